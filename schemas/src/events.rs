@@ -1,0 +1,298 @@
+//! Event types. Each mirrors one `.avsc` file field for field; the round-trip tests below keep
+//! them in step.
+
+use std::sync::OnceLock;
+
+use apache_avro::{reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter, Schema};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::topics::TopicKind;
+
+/// An event type: its Avro schema, the schema id it is framed with, and the topic it lives on.
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The Avro record name (also the schema subject's record name).
+    const NAME: &'static str;
+    /// The id written in the Confluent frame. Fixed per schema version in this catalogue.
+    const SCHEMA_ID: u32;
+    /// The topic this event type is produced to.
+    const TOPIC: TopicKind;
+
+    /// The parsed Avro schema.
+    fn schema() -> &'static Schema;
+    /// A datum writer for the schema, built once.
+    fn writer() -> &'static GenericDatumWriter<'static>;
+    /// A datum reader for the schema, built once.
+    fn reader() -> &'static GenericDatumReader<'static>;
+    /// The Avro schema as JSON text, as shipped in `schemas/avro/`.
+    fn schema_text() -> &'static str;
+    /// The message key: the order id.
+    fn order_id(&self) -> &str;
+    /// The id consumers deduplicate on.
+    fn event_id(&self) -> &str;
+    /// When the step happened (ms since the epoch).
+    fn occurred_at(&self) -> i64;
+}
+
+macro_rules! event {
+    ($ty:ident, $name:literal, $id:expr, $topic:expr, $file:literal) => {
+        impl Event for $ty {
+            const NAME: &'static str = $name;
+            const SCHEMA_ID: u32 = $id;
+            const TOPIC: TopicKind = $topic;
+
+            fn schema() -> &'static Schema {
+                static SCHEMA: OnceLock<Schema> = OnceLock::new();
+                SCHEMA.get_or_init(|| {
+                    Schema::parse_str(Self::schema_text())
+                        .expect(concat!("schemas/avro/", $file, " is valid Avro"))
+                })
+            }
+
+            fn writer() -> &'static GenericDatumWriter<'static> {
+                static WRITER: OnceLock<GenericDatumWriter<'static>> = OnceLock::new();
+                WRITER.get_or_init(|| {
+                    GenericDatumWriter::builder(Self::schema())
+                        .build()
+                        .expect("the schema resolves")
+                })
+            }
+
+            fn reader() -> &'static GenericDatumReader<'static> {
+                static READER: OnceLock<GenericDatumReader<'static>> = OnceLock::new();
+                READER.get_or_init(|| {
+                    GenericDatumReader::builder(Self::schema())
+                        .build()
+                        .expect("the schema resolves")
+                })
+            }
+
+            fn schema_text() -> &'static str {
+                include_str!(concat!("../avro/", $file))
+            }
+
+            fn order_id(&self) -> &str {
+                &self.order_id
+            }
+
+            fn event_id(&self) -> &str {
+                &self.event_id
+            }
+
+            fn occurred_at(&self) -> i64 {
+                self.occurred_at
+            }
+        }
+    };
+}
+
+/// The status an order is in, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Accepted,
+    Validated,
+    Rejected,
+    Paid,
+    PaymentFailed,
+    Invoiced,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Accepted => "accepted",
+            OrderStatus::Validated => "validated",
+            OrderStatus::Rejected => "rejected",
+            OrderStatus::Paid => "paid",
+            OrderStatus::PaymentFailed => "payment_failed",
+            OrderStatus::Invoiced => "invoiced",
+        }
+    }
+
+    /// The position of the status in the pipeline; a later step never gives way to an earlier one.
+    pub fn rank(self) -> u8 {
+        match self {
+            OrderStatus::Accepted => 0,
+            OrderStatus::Validated => 1,
+            OrderStatus::Rejected | OrderStatus::Paid | OrderStatus::PaymentFailed => 2,
+            OrderStatus::Invoiced => 3,
+        }
+    }
+
+    /// The suffix of event ids for this step: `<order id>:<step>`.
+    pub fn event_id(self, order_id: &str) -> String {
+        format!("{order_id}:{}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One requested item of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub sku: String,
+    pub quantity: i32,
+}
+
+/// Where an order ships to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub name: String,
+    pub line1: String,
+    pub line2: Option<String>,
+    pub city: String,
+    pub postal_code: String,
+    pub country: String,
+}
+
+/// How an order is paid: a method name and the gateway token for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentMethod {
+    pub method: String,
+    pub token: String,
+}
+
+/// A priced line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+    pub line_total_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderAccepted {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub items: Vec<OrderItem>,
+    pub shipping_address: Address,
+    pub payment: PaymentMethod,
+    pub occurred_at: i64,
+}
+event!(
+    OrderAccepted,
+    "io.orderflow.events.OrderAccepted",
+    1,
+    TopicKind::OrdersAccepted,
+    "order_accepted.avsc"
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderValidated {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub lines: Vec<OrderLine>,
+    pub currency: String,
+    pub subtotal_cents: i64,
+    pub tax_cents: i64,
+    pub total_cents: i64,
+    pub payment: PaymentMethod,
+    pub occurred_at: i64,
+}
+event!(
+    OrderValidated,
+    "io.orderflow.events.OrderValidated",
+    2,
+    TopicKind::OrdersValidated,
+    "order_validated.avsc"
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRejected {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub reason_code: String,
+    pub reason: String,
+    pub occurred_at: i64,
+}
+event!(
+    OrderRejected,
+    "io.orderflow.events.OrderRejected",
+    3,
+    TopicKind::OrdersRejected,
+    "order_rejected.avsc"
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPaid {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub payment_id: String,
+    pub lines: Vec<OrderLine>,
+    pub currency: String,
+    pub subtotal_cents: i64,
+    pub tax_cents: i64,
+    pub total_cents: i64,
+    pub occurred_at: i64,
+}
+event!(
+    OrderPaid,
+    "io.orderflow.events.OrderPaid",
+    4,
+    TopicKind::OrdersPaid,
+    "order_paid.avsc"
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub reason: String,
+    pub occurred_at: i64,
+}
+event!(
+    PaymentFailed,
+    "io.orderflow.events.PaymentFailed",
+    5,
+    TopicKind::PaymentFailed,
+    "payment_failed.avsc"
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderInvoiced {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub invoice_number: String,
+    pub lines: Vec<OrderLine>,
+    pub currency: String,
+    pub subtotal_cents: i64,
+    pub tax_cents: i64,
+    pub total_cents: i64,
+    pub occurred_at: i64,
+}
+event!(
+    OrderInvoiced,
+    "io.orderflow.events.OrderInvoiced",
+    6,
+    TopicKind::OrdersInvoiced,
+    "order_invoiced.avsc"
+);
+
+/// Every schema of the catalogue: (record name, schema id, topic, schema text).
+pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 6] {
+    fn row<E: Event>() -> (&'static str, u32, TopicKind, &'static str) {
+        (E::NAME, E::SCHEMA_ID, E::TOPIC, E::schema_text())
+    }
+    [
+        row::<OrderAccepted>(),
+        row::<OrderValidated>(),
+        row::<OrderRejected>(),
+        row::<OrderPaid>(),
+        row::<PaymentFailed>(),
+        row::<OrderInvoiced>(),
+    ]
+}

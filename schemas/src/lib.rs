@@ -1,0 +1,29 @@
+//! Orderflow's event contract, shared by every stage.
+//!
+//! # Layout
+//! - [`events`]: the Rust event types, one per Avro schema in `schemas/avro/*.avsc`, and the
+//!   [`Event`] trait that ties a type to its schema, schema id and topic.
+//! - [`topics`]: the topic catalogue (name, key, schema, producer, consumers).
+//! - [`wire`]: the Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro datum).
+//!
+//! Every event is keyed by its order id, so all events of one order land in one partition, in
+//! order. Every event carries an `event_id` (`<order id>:<step>`) that consumers deduplicate on.
+
+pub mod events;
+pub mod topics;
+pub mod wire;
+
+pub use events::{
+    Address, Event, OrderAccepted, OrderInvoiced, OrderItem, OrderLine, OrderPaid, OrderRejected,
+    OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
+};
+pub use topics::{TopicKind, Topics};
+pub use wire::{decode, encode, DecodeError, EncodeError};
+
+/// Milliseconds since the Unix epoch, the unit of every event timestamp.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,163 @@
+//! The records the store keeps. Money is in integer cents; times in ms since the Unix epoch.
+
+use orderflow_schemas::{Address, OrderItem, OrderLine, OrderStatus};
+use serde::{Deserialize, Serialize};
+
+/// A catalogue entry with its stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub currency: String,
+    /// Units available to reserve.
+    pub stock: i64,
+    /// Units held for orders.
+    #[serde(default)]
+    pub reserved: i64,
+}
+
+/// One step in an order's life, as `GET /v1/orders/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub status: OrderStatus,
+    pub event_id: String,
+    pub at: i64,
+    /// A reason (rejection, decline) or a reference (payment id, invoice number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Prices of an order, known from validation on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pricing {
+    pub lines: Vec<OrderLine>,
+    pub currency: String,
+    pub subtotal_cents: i64,
+    pub tax_cents: i64,
+    pub total_cents: i64,
+}
+
+/// The read model of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub shipping_address: Option<Address>,
+    /// The payment method's name (the token is not kept here).
+    pub payment_method: Option<String>,
+    #[serde(default)]
+    pub pricing: Option<Pricing>,
+    #[serde(default)]
+    pub invoice_number: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub timeline: Vec<TimelineEntry>,
+    /// Whether the `accepted` event is known to be on the topic.
+    #[serde(default)]
+    pub published: bool,
+}
+
+/// An `Idempotency-Key` as the API received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// A digest of the request, so that a key reused for another request is caught.
+    pub fingerprint: String,
+    pub expires_at: i64,
+}
+
+/// What `create_order` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOrder {
+    Created,
+    /// The idempotency key was used before for the same request: here is its order.
+    Existing(Box<OrderRecord>),
+    /// The idempotency key was used before for a different request.
+    KeyReused { order_id: String },
+}
+
+/// A status change for the read model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub order_id: String,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub event_id: String,
+    pub at: i64,
+    pub detail: Option<String>,
+    pub pricing: Option<Pricing>,
+    pub invoice_number: Option<String>,
+}
+
+/// A product as it was when an order reserved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservedLine {
+    pub sku: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+    pub currency: String,
+}
+
+/// The outcome of a reservation, recorded once per order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Reservation {
+    Reserved {
+        lines: Vec<ReservedLine>,
+        at: i64,
+        /// Set once the stock went back (payment failed, cancelled).
+        #[serde(default)]
+        released: bool,
+    },
+    Rejected {
+        /// `unknown_sku`, `out_of_stock` or `invalid_order`.
+        code: String,
+        reason: String,
+        at: i64,
+    },
+}
+
+/// The outcome of a charge, recorded once per order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    pub order_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub approved: bool,
+    /// The gateway's charge id when approved.
+    pub payment_id: Option<String>,
+    /// The gateway's reason when declined.
+    pub reason: Option<String>,
+    pub at: i64,
+}
+
+/// An invoice before it has a number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceDraft {
+    pub order_id: String,
+    pub customer_id: String,
+    pub pricing: Pricing,
+    pub at: i64,
+}
+
+/// A numbered invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    /// `INV-` and eight digits.
+    pub number: String,
+    pub sequence: u64,
+    pub order_id: String,
+    pub customer_id: String,
+    pub pricing: Pricing,
+    pub issued_at: i64,
+}
+
+impl Invoice {
+    pub fn format_number(sequence: u64) -> String {
+        format!("INV-{sequence:08}")
+    }
+}
