@@ -1,1 +1,203 @@
-//! orderflow-kafka
+//! Orderflow's Kafka plumbing, shared by ingest, the processors and the bridge. Everything
+//! talks the Kafka protocol through rdkafka, whatever the broker (embedded tansu, Redpanda,
+//! Kafka, librdkafka's mock cluster in tests).
+//!
+//! # Layout
+//! - [`KafkaConfig`]: bootstrap servers, topic names and librdkafka properties, turned into
+//!   producer, consumer and admin configs with throughput-minded defaults.
+//! - [`producer::EventProducer`]: frames events and produces them keyed by order id.
+//! - [`consume`]: the consume loop every stage runs: batches, per-key ordering, retries with
+//!   backoff, dead-lettering of poison messages, offsets stored only after the work is done.
+//! - [`admin`]: topic creation.
+
+pub mod admin;
+pub mod consume;
+pub mod producer;
+
+use std::time::Duration;
+
+use orderflow_schemas::Topics;
+use rdkafka::ClientConfig;
+
+pub use consume::{run_consumer, Handler, HandlerError, Incoming, StageConfig};
+pub use producer::EventProducer;
+
+/// Errors of the Kafka layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Encode(#[from] orderflow_schemas::EncodeError),
+    #[error("kafka admin: {0}")]
+    Admin(String),
+}
+
+impl Error {
+    /// Whether trying again can help. Only a payload the broker refuses as too large, and a
+    /// payload we cannot encode, are final.
+    pub fn is_retriable(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match self {
+            Error::Kafka(e) => !matches!(
+                e.rdkafka_error_code(),
+                Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord)
+            ),
+            Error::Encode(_) => false,
+            Error::Admin(_) => true,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to reach the cluster and name the topics.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    pub topics: Topics,
+    /// librdkafka properties applied last, over Orderflow's defaults (`--kafka-property`,
+    /// `ORDERFLOW_KAFKA_*`).
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>, topics: Topics) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topics,
+            properties: Vec::new(),
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "orderflow")
+            .set("broker.address.family", "v4");
+        config
+    }
+
+    fn overrides(&self, config: &mut ClientConfig, allowed: fn(&str) -> bool) {
+        for (k, v) in &self.properties {
+            if allowed(k) {
+                config.set(k, v);
+            }
+        }
+    }
+
+    /// A producer that batches (linger, compression), retries, and never duplicates on retry.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "30000");
+        self.overrides(&mut config, |k| !is_consumer_only(k));
+        config
+    }
+
+    /// A consumer in `group` that stores offsets only when told, and commits stored offsets in
+    /// the background.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("session.timeout.ms", "10000")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        self.overrides(&mut config, |k| !is_producer_only(k));
+        config
+    }
+
+    pub fn admin_config(&self) -> ClientConfig {
+        let mut config = self.base();
+        self.overrides(&mut config, |k| !is_consumer_only(k) && !is_producer_only(k));
+        config
+    }
+}
+
+fn is_producer_only(key: &str) -> bool {
+    matches!(
+        key,
+        "enable.idempotence"
+            | "acks"
+            | "linger.ms"
+            | "queue.buffering.max.ms"
+            | "batch.num.messages"
+            | "batch.size"
+            | "compression.type"
+            | "compression.codec"
+            | "message.timeout.ms"
+            | "transactional.id"
+    )
+}
+
+fn is_consumer_only(key: &str) -> bool {
+    matches!(
+        key,
+        "group.id"
+            | "enable.auto.commit"
+            | "auto.commit.interval.ms"
+            | "enable.auto.offset.store"
+            | "auto.offset.reset"
+            | "fetch.wait.max.ms"
+            | "session.timeout.ms"
+            | "partition.assignment.strategy"
+            | "isolation.level"
+            | "fetch.min.bytes"
+    )
+}
+
+/// How long to wait before retry number `attempt` (0-based): exponential from 50 ms, capped
+/// at 5 s, with up to 25% jitter so that stages do not retry in lock step.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 50u64.saturating_mul(1u64 << attempt.min(7)).min(5_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let jitter = nanos % (base / 4 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) >= Duration::from_millis(50));
+        assert!(backoff(0) <= Duration::from_millis(63));
+        assert!(backoff(3) >= Duration::from_millis(400));
+        assert!(backoff(30) >= Duration::from_millis(5_000));
+        assert!(backoff(30) <= Duration::from_millis(6_250));
+    }
+
+    #[test]
+    fn overrides_reach_only_the_clients_they_apply_to() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092", Topics::default());
+        config.properties = vec![
+            ("linger.ms".into(), "20".into()),
+            ("fetch.wait.max.ms".into(), "10".into()),
+            ("security.protocol".into(), "plaintext".into()),
+        ];
+        let p = config.producer_config();
+        assert_eq!(p.get("linger.ms"), Some("20"));
+        assert_eq!(p.get("fetch.wait.max.ms"), None);
+        assert_eq!(p.get("security.protocol"), Some("plaintext"));
+        let c = config.consumer_config("g");
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(c.get("linger.ms"), None);
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+}

@@ -1,1 +1,119 @@
-//! orderflow-processors
+//! Orderflow's stream processors. Each stage consumes one topic, applies its effect to the
+//! store idempotently (keyed by order id), records the step on the order's read model, and
+//! produces its outcome; the shared consume loop (`orderflow_kafka::consume`) stores offsets
+//! only after all of that is done.
+//!
+//! # Layout
+//! - [`validation`]: `orders.accepted` → reserve stock, price → `orders.validated` |
+//!   `orders.rejected`.
+//! - [`payment`]: `orders.validated` → charge through a [`payment::PaymentGateway`] →
+//!   `orders.paid` | `orders.payment-failed` (releasing the stock).
+//! - [`invoicing`]: `orders.paid` → numbered invoice → `orders.invoiced`.
+
+pub mod invoicing;
+pub mod payment;
+pub mod validation;
+
+use std::sync::Arc;
+
+use orderflow_kafka::{
+    run_consumer, EventProducer, HandlerError, Incoming, KafkaConfig, StageConfig,
+};
+use orderflow_schemas::{wire, Event};
+use orderflow_store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+pub use invoicing::InvoicingHandler;
+pub use payment::{PaymentHandler, SimulatedGateway};
+pub use validation::ValidationHandler;
+
+/// The stages, by the name `orderflow process <stage>` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Validation,
+    Payment,
+    Invoicing,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Validation, Stage::Payment, Stage::Invoicing];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Validation => "validation",
+            Stage::Payment => "payment",
+            Stage::Invoicing => "invoicing",
+        }
+    }
+}
+
+/// What the processors need to know beyond Kafka and the store.
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    /// Tax added at validation, in basis points of the subtotal (2000 = 20%).
+    pub tax_bps: i64,
+    /// The simulated gateway declines charges above this amount.
+    pub payment_limit_cents: i64,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        ProcessorSettings {
+            tax_bps: 2000,
+            payment_limit_cents: 1_000_000,
+        }
+    }
+}
+
+/// Runs one stage until `shutdown`.
+pub async fn run_stage(
+    stage: Stage,
+    kafka: &KafkaConfig,
+    store: Arc<dyn Store>,
+    producer: EventProducer,
+    settings: &ProcessorSettings,
+    shutdown: CancellationToken,
+) -> orderflow_kafka::Result<()> {
+    use orderflow_schemas::TopicKind as T;
+    match stage {
+        Stage::Validation => {
+            let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersAccepted]);
+            let handler = ValidationHandler::new(store, producer.clone(), settings.tax_bps);
+            run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
+        }
+        Stage::Payment => {
+            let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersValidated]);
+            let gateway = SimulatedGateway::new(settings.payment_limit_cents);
+            let handler = PaymentHandler::new(store, producer.clone(), Arc::new(gateway));
+            run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
+        }
+        Stage::Invoicing => {
+            let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersPaid]);
+            let handler = InvoicingHandler::new(store, producer.clone());
+            run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
+        }
+    }
+}
+
+/// Decodes a message's payload, or calls it poison.
+pub(crate) fn decode<E: Event>(m: &Incoming) -> Result<E, HandlerError> {
+    wire::decode::<E>(&m.payload).map_err(|e| HandlerError::Poison(e.to_string()))
+}
+
+/// A store failure: retry when it may pass, dead-letter when it cannot.
+pub(crate) fn store_error(e: StoreError) -> HandlerError {
+    if e.is_retriable() {
+        HandlerError::Retriable(e.to_string())
+    } else {
+        HandlerError::Poison(e.to_string())
+    }
+}
+
+/// A produce failure: retry unless the broker refuses the payload itself.
+pub(crate) fn produce_error(e: orderflow_kafka::Error) -> HandlerError {
+    if e.is_retriable() {
+        HandlerError::Retriable(e.to_string())
+    } else {
+        HandlerError::Poison(e.to_string())
+    }
+}

@@ -1,0 +1,331 @@
+//! The consume loop every stage runs.
+//!
+//! It takes what the consumer has ready (up to `max_batch` messages) as one batch, runs the
+//! handler on every message — messages with the same key one after another, in offset order,
+//! different keys concurrently, so that the store can group their writes — and only when the
+//! whole batch is done stores the batch's offsets for the background commit. A message the
+//! handler calls poison goes to the dead-letter topic with the reason; a retriable failure is
+//! retried with backoff until it succeeds or the stage is asked to stop, in which case the
+//! batch's offsets are not stored and the messages come again after a restart. Every handler
+//! is idempotent, so a message seen twice does no harm.
+
+use std::{collections::HashMap, future::Future, sync::Arc};
+
+use futures::{future::join_all, FutureExt};
+use orderflow_schemas::TopicKind;
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::{Header, Headers, OwnedHeaders},
+    Message,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{backoff, EventProducer, KafkaConfig, Result};
+
+/// Headers set on a dead-lettered message.
+pub mod dlq_headers {
+    pub const REASON: &str = "orderflow-dlq-reason";
+    pub const STAGE: &str = "orderflow-dlq-stage";
+    pub const SOURCE_TOPIC: &str = "orderflow-dlq-source-topic";
+    pub const SOURCE_PARTITION: &str = "orderflow-dlq-source-partition";
+    pub const SOURCE_OFFSET: &str = "orderflow-dlq-source-offset";
+}
+
+/// One consumed message, owned.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    /// Which catalogue topic it came from (`None` if the name is not in the catalogue).
+    pub kind: Option<TopicKind>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Incoming {
+    /// A header's value, if present and UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Why a message could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The message itself is bad (cannot be decoded, breaks an invariant): retrying cannot
+    /// help. It goes to the dead-letter topic and the stage moves on.
+    #[error("poison message: {0}")]
+    Poison(String),
+    /// Something the message needs is unavailable (store, broker, gateway): try again later.
+    #[error("retriable: {0}")]
+    Retriable(String),
+}
+
+/// What a stage does with one message. It must be idempotent: it may see a message again
+/// after a crash or a rebalance, and must then do nothing twice (re-emitting its output is
+/// fine: consumers deduplicate by event id).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, message: &Incoming)
+        -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Which topics a stage reads, as which consumer group.
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    /// The stage's name, used in logs and on dead-lettered messages.
+    pub name: String,
+    pub group_id: String,
+    pub inputs: Vec<TopicKind>,
+    /// Most messages handled as one batch.
+    pub max_batch: usize,
+}
+
+impl StageConfig {
+    /// A stage reading `inputs` in the consumer group `<prefix>orderflow-<name>`.
+    pub fn new(kafka: &KafkaConfig, name: &str, inputs: Vec<TopicKind>) -> Self {
+        StageConfig {
+            name: name.to_string(),
+            group_id: format!("{}orderflow-{name}", kafka.topics.prefix()),
+            inputs,
+            max_batch: 1000,
+        }
+    }
+}
+
+/// Runs a stage until `shutdown` is cancelled; then finishes the batch in hand, commits, and
+/// returns.
+pub async fn run_consumer<H: Handler>(
+    kafka: &KafkaConfig,
+    stage: StageConfig,
+    handler: Arc<H>,
+    producer: EventProducer,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let consumer: StreamConsumer = kafka.consumer_config(&stage.group_id).create()?;
+    let topics: Vec<String> = stage.inputs.iter().map(|k| kafka.topics.name(*k)).collect();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    info!(stage = %stage.name, group = %stage.group_id, topics = ?topics, "Stage started.");
+
+    let mut recv_errors = 0u32;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        let first = match first {
+            Ok(m) => m.detach(),
+            Err(error) => {
+                warn!(stage = %stage.name, %error, "Consumer error.");
+                tokio::time::sleep(backoff(recv_errors)).await;
+                recv_errors = recv_errors.saturating_add(1);
+                continue;
+            }
+        };
+        recv_errors = 0;
+        let mut batch = vec![incoming(kafka, first)];
+        while batch.len() < stage.max_batch {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(incoming(kafka, m.detach())),
+                Some(Err(error)) => {
+                    warn!(stage = %stage.name, %error, "Consumer error.");
+                    break;
+                }
+                None => break,
+            }
+        }
+        debug!(stage = %stage.name, size = batch.len(), "Batch received.");
+        if !handle_batch(&stage, handler.as_ref(), &producer, &batch, &shutdown).await {
+            info!(stage = %stage.name, "Stopping with a batch unfinished; it will be redelivered.");
+            break;
+        }
+        store_offsets(&consumer, &batch);
+    }
+
+    // Commit what was stored, then leave the group.
+    let name = stage.name.clone();
+    tokio::task::spawn_blocking(move || {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(error) => warn!(stage = %name, %error, "Final commit failed."),
+        }
+        drop(consumer);
+    })
+    .await
+    .ok();
+    info!(stage = %stage.name, "Stage stopped.");
+    Ok(())
+}
+
+fn incoming(kafka: &KafkaConfig, m: rdkafka::message::OwnedMessage) -> Incoming {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Incoming {
+        kind: kafka.topics.kind_of(m.topic()),
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Handles a batch: same key in order, different keys concurrently. False if the stage was
+/// asked to stop before every message was done.
+async fn handle_batch<H: Handler>(
+    stage: &StageConfig,
+    handler: &H,
+    producer: &EventProducer,
+    batch: &[Incoming],
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut by_key: HashMap<Option<&[u8]>, Vec<&Incoming>> = HashMap::new();
+    let mut order: Vec<Option<&[u8]>> = Vec::new();
+    for m in batch {
+        let key = m.key.as_deref();
+        by_key
+            .entry(key)
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push(m);
+    }
+    let groups = order.into_iter().map(|key| {
+        let messages = by_key.remove(&key).unwrap_or_default();
+        async move {
+            for m in messages {
+                if !handle_one(stage, handler, producer, m, shutdown).await {
+                    return false;
+                }
+            }
+            true
+        }
+    });
+    join_all(groups).await.into_iter().all(|done| done)
+}
+
+async fn handle_one<H: Handler>(
+    stage: &StageConfig,
+    handler: &H,
+    producer: &EventProducer,
+    m: &Incoming,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut attempt = 0;
+    loop {
+        match handler.handle(m).await {
+            Ok(()) => return true,
+            Err(HandlerError::Poison(reason)) => {
+                return dead_letter(stage, producer, m, &reason, shutdown).await;
+            }
+            Err(HandlerError::Retriable(error)) => {
+                warn!(stage = %stage.name, topic = %m.topic, partition = m.partition,
+                      offset = m.offset, attempt, %error, "Retrying message.");
+                if !pause(attempt, shutdown).await {
+                    return false;
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Sleeps before a retry; false when the stage is asked to stop instead.
+async fn pause(attempt: u32, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(backoff(attempt)) => true,
+    }
+}
+
+/// Sends a poison message to the dead-letter topic, as it came, with the reason in headers.
+async fn dead_letter(
+    stage: &StageConfig,
+    producer: &EventProducer,
+    m: &Incoming,
+    reason: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    warn!(stage = %stage.name, topic = %m.topic, partition = m.partition, offset = m.offset,
+          %reason, "Dead-lettering message.");
+    let topic = producer.topic(TopicKind::DeadLetter);
+    let partition = m.partition.to_string();
+    let offset = m.offset.to_string();
+    let mut attempt = 0;
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 5);
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let headers = headers
+            .insert(Header {
+                key: dlq_headers::REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: dlq_headers::STAGE,
+                value: Some(&stage.name),
+            })
+            .insert(Header {
+                key: dlq_headers::SOURCE_TOPIC,
+                value: Some(&m.topic),
+            })
+            .insert(Header {
+                key: dlq_headers::SOURCE_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: dlq_headers::SOURCE_OFFSET,
+                value: Some(&offset),
+            });
+        match producer
+            .send_raw(&topic, m.key.as_deref(), &m.payload, headers)
+            .await
+        {
+            Ok(()) => return true,
+            Err(error) => {
+                warn!(stage = %stage.name, %error, attempt, "Dead-letter produce failed; retrying.");
+                if !pause(attempt, shutdown).await {
+                    return false;
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Stores, per partition, the highest offset of the batch, for the next background commit.
+fn store_offsets(consumer: &StreamConsumer, batch: &[Incoming]) {
+    let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
+    for m in batch {
+        let entry = highest.entry((m.topic.as_str(), m.partition)).or_insert(m.offset);
+        *entry = (*entry).max(m.offset);
+    }
+    for ((topic, partition), offset) in highest {
+        // Fails only for a partition revoked meanwhile; its new owner redoes the work.
+        if let Err(error) = consumer.store_offset(topic, partition, offset) {
+            debug!(topic, partition, offset, %error, "Offset not stored.");
+        }
+    }
+}

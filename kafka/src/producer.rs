@@ -1,0 +1,94 @@
+//! Producing events.
+
+use std::time::Duration;
+
+use orderflow_schemas::{wire, Event, TopicKind, Topics};
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+
+use crate::{KafkaConfig, Result};
+
+/// The header naming the Avro record of a message, for consumers that route before decoding.
+pub const EVENT_TYPE_HEADER: &str = "orderflow-event-type";
+
+/// A cheap-to-clone producer of framed events.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    topics: Topics,
+}
+
+impl EventProducer {
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        let producer: FutureProducer = config.producer_config().create()?;
+        Ok(EventProducer {
+            producer,
+            topics: config.topics.clone(),
+        })
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Frames `event` and produces it to its topic, keyed by order id; resolves once the broker
+    /// has acknowledged it (acks=all).
+    pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
+        let payload = wire::encode(event)?;
+        let topic = self.topics.name(E::TOPIC);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: EVENT_TYPE_HEADER,
+            value: Some(E::NAME),
+        });
+        self.send_raw(&topic, Some(event.order_id().as_bytes()), &payload, headers)
+            .await
+    }
+
+    /// Produces a payload as it is.
+    pub async fn send_raw(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<()> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.into())
+    }
+
+    /// The name of a catalogue topic.
+    pub fn topic(&self, kind: TopicKind) -> String {
+        self.topics.name(kind)
+    }
+
+    /// Waits until everything queued is acknowledged (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(Timeout::After(timeout));
+    }
+
+    /// Asks the cluster for its metadata: a cheap readiness probe.
+    pub async fn healthcheck(&self) -> Result<()> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(Duration::from_secs(2)))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| crate::Error::Admin(e.to_string()))?
+        .map_err(Into::into)
+    }
+}

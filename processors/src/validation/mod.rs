@@ -1,0 +1,152 @@
+//! Validation: checks an accepted order against the catalogue and reserves its stock, all
+//! items or none, atomically in the store. The reservation is recorded per order id, so a
+//! redelivered order gets the same answer and reserves nothing more.
+
+use std::sync::Arc;
+
+use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
+use orderflow_schemas::{OrderAccepted, OrderLine, OrderRejected, OrderStatus, OrderValidated};
+use orderflow_store::{Pricing, Reservation, ReservedLine, StatusUpdate, Store};
+use tracing::debug;
+
+use crate::{decode, produce_error, store_error};
+
+pub struct ValidationHandler {
+    store: Arc<dyn Store>,
+    producer: EventProducer,
+    tax_bps: i64,
+}
+
+impl ValidationHandler {
+    pub fn new(store: Arc<dyn Store>, producer: EventProducer, tax_bps: i64) -> Self {
+        ValidationHandler {
+            store,
+            producer,
+            tax_bps,
+        }
+    }
+}
+
+/// Prices reserved lines: line totals, subtotal, tax (rounded half up), total.
+pub fn price(lines: &[ReservedLine], tax_bps: i64) -> Pricing {
+    let currency = lines.first().map(|l| l.currency.as_str()).unwrap_or_default();
+    let lines: Vec<OrderLine> = lines
+        .iter()
+        .map(|l| OrderLine {
+            sku: l.sku.clone(),
+            name: l.name.clone(),
+            quantity: l.quantity,
+            unit_price_cents: l.unit_price_cents,
+            line_total_cents: l.unit_price_cents * i64::from(l.quantity),
+        })
+        .collect();
+    let subtotal_cents: i64 = lines.iter().map(|l| l.line_total_cents).sum();
+    let tax_cents = (subtotal_cents * tax_bps + 5_000) / 10_000;
+    Pricing {
+        currency: currency.to_string(),
+        lines,
+        subtotal_cents,
+        tax_cents,
+        total_cents: subtotal_cents + tax_cents,
+    }
+}
+
+impl Handler for ValidationHandler {
+    async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
+        let order: OrderAccepted = decode(m)?;
+        let now = orderflow_schemas::now_millis();
+        let reservation = self
+            .store
+            .reserve(&order.order_id, &order.items, now)
+            .await
+            .map_err(store_error)?;
+        match reservation {
+            Reservation::Reserved { lines, at, .. } => {
+                let pricing = price(&lines, self.tax_bps);
+                let event = OrderValidated {
+                    event_id: OrderStatus::Validated.event_id(&order.order_id),
+                    order_id: order.order_id.clone(),
+                    customer_id: order.customer_id.clone(),
+                    lines: pricing.lines.clone(),
+                    currency: pricing.currency.clone(),
+                    subtotal_cents: pricing.subtotal_cents,
+                    tax_cents: pricing.tax_cents,
+                    total_cents: pricing.total_cents,
+                    payment: order.payment.clone(),
+                    occurred_at: at,
+                };
+                self.store
+                    .apply_status(StatusUpdate {
+                        order_id: order.order_id.clone(),
+                        customer_id: order.customer_id.clone(),
+                        status: OrderStatus::Validated,
+                        event_id: event.event_id.clone(),
+                        at,
+                        detail: None,
+                        pricing: Some(pricing),
+                        invoice_number: None,
+                    })
+                    .await
+                    .map_err(store_error)?;
+                self.producer.send(&event).await.map_err(produce_error)?;
+                debug!(order_id = %order.order_id, "Order validated.");
+            }
+            Reservation::Rejected { code, reason, at } => {
+                let event = OrderRejected {
+                    event_id: OrderStatus::Rejected.event_id(&order.order_id),
+                    order_id: order.order_id.clone(),
+                    customer_id: order.customer_id.clone(),
+                    reason_code: code,
+                    reason,
+                    occurred_at: at,
+                };
+                self.store
+                    .apply_status(StatusUpdate {
+                        order_id: order.order_id.clone(),
+                        customer_id: order.customer_id.clone(),
+                        status: OrderStatus::Rejected,
+                        event_id: event.event_id.clone(),
+                        at,
+                        detail: Some(event.reason.clone()),
+                        pricing: None,
+                        invoice_number: None,
+                    })
+                    .await
+                    .map_err(store_error)?;
+                self.producer.send(&event).await.map_err(produce_error)?;
+                debug!(order_id = %order.order_id, reason = %event.reason, "Order rejected.");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(quantity: i32, unit_price_cents: i64) -> ReservedLine {
+        ReservedLine {
+            sku: "S".into(),
+            name: "N".into(),
+            quantity,
+            unit_price_cents,
+            currency: "EUR".into(),
+        }
+    }
+
+    #[test]
+    fn pricing_sums_lines_and_rounds_tax_half_up() {
+        let p = price(&[line(2, 1250), line(1, 999)], 2000);
+        assert_eq!(p.lines[0].line_total_cents, 2500);
+        assert_eq!(p.subtotal_cents, 3499);
+        // 20% of 34.99 is 6.998 -> 7.00
+        assert_eq!(p.tax_cents, 700);
+        assert_eq!(p.total_cents, 4199);
+        assert_eq!(p.currency, "EUR");
+        let p = price(&[line(1, 25)], 2000);
+        assert_eq!(p.tax_cents, 5);
+        let p = price(&[line(1, 2)], 2500); // 0.5 cent rounds up
+        assert_eq!(p.tax_cents, 1);
+    }
+}

@@ -1,0 +1,685 @@
+//! The embedded store: redb under `--data-dir`.
+//!
+//! Why redb: pure Rust (no C build), one file, ACID transactions with copy-on-write B-trees, so
+//! a `kill -9` leaves the state of the last committed transaction, and one writer at a time,
+//! which makes the conditional stock update trivially atomic.
+//!
+//! Writes go through one writer thread that drains every queued write into a single
+//! transaction before it commits (group commit): many concurrent callers share one fsync.
+//! Each write is a closure that may run twice: when one write of a group fails, the group is
+//! rolled back and every write is retried in a transaction of its own, so one bad write
+//! never fails its neighbours. Reads use MVCC read transactions and never wait for the writer.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use orderflow_schemas::OrderItem;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{model::*, Result, Store, StoreError};
+
+const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+/// `customer \0 order id` → (); order ids are UUIDv7, so key order is creation order.
+const CUSTOMER_ORDERS: TableDefinition<&str, ()> = TableDefinition::new("customer_orders");
+/// `customer \0 key` → idempotency record.
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
+const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
+const INVOICES: TableDefinition<&str, &[u8]> = TableDefinition::new("invoices");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// `sink \0 id` → ms when delivered.
+const DELIVERIES: TableDefinition<&str, i64> = TableDefinition::new("deliveries");
+
+/// Most writes one transaction takes; more wait for the next one.
+const MAX_GROUP: usize = 1024;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct IdempotencyRecord {
+    order_id: String,
+    fingerprint: String,
+    expires_at: i64,
+}
+
+/// The redb-backed [`Store`].
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writes: mpsc::UnboundedSender<Box<dyn Job>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file `state.redb` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("state.redb");
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        // Create every table up front, so reads never see a missing table.
+        {
+            let txn = db.begin_write().map_err(unavailable)?;
+            txn.open_table(PRODUCTS).map_err(unavailable)?;
+            txn.open_table(ORDERS).map_err(unavailable)?;
+            txn.open_table(CUSTOMER_ORDERS).map_err(unavailable)?;
+            txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+            txn.open_table(RESERVATIONS).map_err(unavailable)?;
+            txn.open_table(PAYMENTS).map_err(unavailable)?;
+            txn.open_table(INVOICES).map_err(unavailable)?;
+            txn.open_table(COUNTERS).map_err(unavailable)?;
+            txn.open_table(DELIVERIES).map_err(unavailable)?;
+            txn.commit().map_err(unavailable)?;
+        }
+        let (writes, queue) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_db, queue))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+        Ok(EmbeddedStore { db, writes, path })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in a write transaction shared with other concurrent writes; resolves once the
+    /// transaction is durable.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&WriteTransaction) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            f,
+            result: None,
+            reply: Some(reply),
+        });
+        self.writes
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+
+    fn read(&self) -> Result<ReadTransaction> {
+        self.db.begin_read().map_err(unavailable)
+    }
+}
+
+trait Job: Send {
+    /// Runs the write; false when it failed (its error is kept for the reply).
+    fn run(&mut self, txn: &WriteTransaction) -> bool;
+    /// Replies with the write's result, or with the commit's error.
+    fn finish(&mut self, commit: Result<()>);
+}
+
+struct TypedJob<T, F> {
+    f: F,
+    result: Option<Result<T>>,
+    reply: Option<oneshot::Sender<Result<T>>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send,
+    F: Fn(&WriteTransaction) -> Result<T> + Send,
+{
+    fn run(&mut self, txn: &WriteTransaction) -> bool {
+        let result = (self.f)(txn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(&mut self, commit: Result<()>) {
+        let result = match (commit, self.result.take()) {
+            (Ok(()), Some(result)) => result,
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(StoreError::Unavailable("write did not run".into())),
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn writer_loop(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<Box<dyn Job>>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let all_ok = match db.begin_write() {
+            Ok(txn) => {
+                let ok = group.iter_mut().all(|job| job.run(&txn));
+                if ok {
+                    let commit = txn.commit().map_err(unavailable);
+                    for job in &mut group {
+                        job.finish(commit.clone());
+                    }
+                    continue;
+                }
+                let _ = txn.abort();
+                false
+            }
+            Err(e) => {
+                let e = unavailable(e);
+                for job in &mut group {
+                    job.finish(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        debug_assert!(!all_ok);
+        // One write failed: run each alone so the others still land.
+        for job in &mut group {
+            let commit = match db.begin_write() {
+                Ok(txn) => {
+                    if job.run(&txn) {
+                        txn.commit().map_err(unavailable)
+                    } else {
+                        let _ = txn.abort();
+                        Ok(()) // the job's own error is the reply
+                    }
+                }
+                Err(e) => Err(unavailable(e)),
+            };
+            job.finish(commit);
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+fn from_bytes<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Reads and decodes one JSON record from a table.
+fn get_json<T, Tbl>(table: &Tbl, what: &str, key: &str) -> Result<Option<T>>
+where
+    T: DeserializeOwned,
+    Tbl: ReadableTable<&'static str, &'static [u8]>,
+{
+    match table.get(key).map_err(unavailable)? {
+        Some(guard) => from_bytes(what, guard.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn put_json<T: Serialize>(
+    txn: &WriteTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> Result<()> {
+    let bytes = to_bytes(value)?;
+    txn.open_table(def)
+        .map_err(unavailable)?
+        .insert(key, bytes.as_slice())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn compound(a: &str, b: &str) -> String {
+    format!("{a}\u{0}{b}")
+}
+
+/// Moves an order's read model forward; see [`Store::apply_status`].
+fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> {
+    let mut orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let existing: Option<OrderRecord> = get_json(&orders, "order", &update.order_id)?;
+    let mut order = match existing {
+        Some(order) => order,
+        // An event for an order this store never saw (produced elsewhere): start its record.
+        None => OrderRecord {
+            order_id: update.order_id.clone(),
+            customer_id: update.customer_id.clone(),
+            status: update.status,
+            items: Vec::new(),
+            shipping_address: None,
+            payment_method: None,
+            pricing: None,
+            invoice_number: None,
+            created_at: update.at,
+            updated_at: update.at,
+            timeline: Vec::new(),
+            published: true,
+        },
+    };
+    if order.timeline.iter().any(|t| t.event_id == update.event_id) {
+        return Ok(());
+    }
+    order.timeline.push(TimelineEntry {
+        status: update.status,
+        event_id: update.event_id.clone(),
+        at: update.at,
+        detail: update.detail.clone(),
+    });
+    order
+        .timeline
+        .sort_by_key(|t| (t.status.rank(), t.at));
+    if update.status.rank() >= order.status.rank() {
+        order.status = update.status;
+    }
+    order.updated_at = order.updated_at.max(update.at);
+    if update.pricing.is_some() {
+        order.pricing = update.pricing.clone();
+    }
+    if update.invoice_number.is_some() {
+        order.invoice_number = update.invoice_number.clone();
+    }
+    let bytes = to_bytes(&order)?;
+    orders
+        .insert(update.order_id.as_str(), bytes.as_slice())
+        .map_err(unavailable)?;
+    drop(orders);
+    txn.open_table(CUSTOMER_ORDERS)
+        .map_err(unavailable)?
+        .insert(compound(&order.customer_id, &order.order_id).as_str(), ())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Reserves all items or none; see [`Store::reserve`].
+fn reserve_in(
+    txn: &WriteTransaction,
+    order_id: &str,
+    items: &[OrderItem],
+    at: i64,
+) -> Result<Reservation> {
+    let mut reservations = txn.open_table(RESERVATIONS).map_err(unavailable)?;
+    if let Some(done) = get_json(&reservations, "reservation", order_id)? {
+        return Ok(done);
+    }
+    let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+    // Sum quantities per SKU first, so an order naming a SKU twice is checked as one demand.
+    let mut demand: Vec<(&str, i64)> = Vec::new();
+    for item in items {
+        match demand.iter_mut().find(|(sku, _)| *sku == item.sku) {
+            Some((_, q)) => *q += i64::from(item.quantity),
+            None => demand.push((item.sku.as_str(), i64::from(item.quantity))),
+        }
+    }
+    let mut found = Vec::with_capacity(demand.len());
+    let mut outcome = None;
+    for (sku, quantity) in &demand {
+        if *quantity <= 0 {
+            outcome = Some(("invalid_order", format!("quantity for {sku} must be positive")));
+            break;
+        }
+        match get_json::<Product, _>(&products, "product", sku)? {
+            None => {
+                outcome = Some(("unknown_sku", format!("unknown SKU {sku}")));
+                break;
+            }
+            Some(p) if p.stock < *quantity => {
+                outcome = Some((
+                    "out_of_stock",
+                    format!("{sku}: {quantity} requested, {} available", p.stock),
+                ));
+                break;
+            }
+            Some(p) => found.push(p),
+        }
+    }
+    if outcome.is_none() && found.windows(2).any(|w| w[0].currency != w[1].currency) {
+        outcome = Some(("invalid_order", "items are priced in different currencies".into()));
+    }
+    let reservation = match outcome {
+        Some((code, reason)) => Reservation::Rejected {
+            code: code.into(),
+            reason,
+            at,
+        },
+        None => {
+            for (product, (_, quantity)) in found.iter_mut().zip(&demand) {
+                product.stock -= quantity;
+                product.reserved += quantity;
+                let bytes = to_bytes(&*product)?;
+                products
+                    .insert(product.sku.as_str(), bytes.as_slice())
+                    .map_err(unavailable)?;
+            }
+            let lines = items
+                .iter()
+                .map(|item| {
+                    let p = found
+                        .iter()
+                        .find(|p| p.sku == item.sku)
+                        .expect("every item's product was found");
+                    ReservedLine {
+                        sku: p.sku.clone(),
+                        name: p.name.clone(),
+                        quantity: item.quantity,
+                        unit_price_cents: p.price_cents,
+                        currency: p.currency.clone(),
+                    }
+                })
+                .collect();
+            Reservation::Reserved {
+                lines,
+                at,
+                released: false,
+            }
+        }
+    };
+    let bytes = to_bytes(&reservation)?;
+    reservations
+        .insert(order_id, bytes.as_slice())
+        .map_err(unavailable)?;
+    Ok(reservation)
+}
+
+fn release_in(txn: &WriteTransaction, order_id: &str) -> Result<bool> {
+    let mut reservations = txn.open_table(RESERVATIONS).map_err(unavailable)?;
+    let Some(mut reservation) = get_json::<Reservation, _>(&reservations, "reservation", order_id)?
+    else {
+        return Ok(false);
+    };
+    let Reservation::Reserved {
+        lines, released, ..
+    } = &mut reservation
+    else {
+        return Ok(false);
+    };
+    if *released {
+        return Ok(false);
+    }
+    let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+    for line in lines.iter() {
+        if let Some(mut p) = get_json::<Product, _>(&products, "product", &line.sku)? {
+            let q = i64::from(line.quantity);
+            p.stock += q;
+            p.reserved -= q;
+            let bytes = to_bytes(&p)?;
+            products
+                .insert(p.sku.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+    }
+    *released = true;
+    let bytes = to_bytes(&reservation)?;
+    reservations
+        .insert(order_id, bytes.as_slice())
+        .map_err(unavailable)?;
+    Ok(true)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put_products(&self, products: Vec<Product>) -> Result<()> {
+        self.write(move |txn| {
+            for p in &products {
+                put_json(txn, PRODUCTS, &p.sku, p)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn seed_products(&self, products: Vec<Product>) -> Result<usize> {
+        self.write(move |txn| {
+            let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            let mut new = Vec::new();
+            for p in &products {
+                if table.get(p.sku.as_str()).map_err(unavailable)?.is_none() {
+                    new.push(p);
+                }
+            }
+            drop(table);
+            for p in &new {
+                put_json(txn, PRODUCTS, &p.sku, *p)?;
+            }
+            Ok(new.len())
+        })
+        .await
+    }
+
+    async fn get_product(&self, sku: &str) -> Result<Option<Product>> {
+        let txn = self.read()?;
+        let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
+        get_json(&table, "product", sku)
+    }
+
+    async fn list_products(&self) -> Result<Vec<Product>> {
+        let txn = self.read()?;
+        let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (_, v) = entry.map_err(unavailable)?;
+            out.push(from_bytes("product", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn create_order(
+        &self,
+        order: OrderRecord,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreateOrder> {
+        let now = order.created_at;
+        self.write(move |txn| {
+            if let Some(key) = &idempotency {
+                let ikey = compound(&order.customer_id, &key.key);
+                let table = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+                let seen: Option<IdempotencyRecord> = get_json(&table, "idempotency", &ikey)?;
+                drop(table);
+                if let Some(seen) = seen.filter(|s| s.expires_at > now) {
+                    if seen.fingerprint != key.fingerprint {
+                        return Ok(CreateOrder::KeyReused {
+                            order_id: seen.order_id,
+                        });
+                    }
+                    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+                    if let Some(existing) = get_json::<OrderRecord, _>(&orders, "order", &seen.order_id)? {
+                        return Ok(CreateOrder::Existing(Box::new(existing)));
+                    }
+                }
+                put_json(
+                    txn,
+                    IDEMPOTENCY,
+                    &ikey,
+                    &IdempotencyRecord {
+                        order_id: order.order_id.clone(),
+                        fingerprint: key.fingerprint.clone(),
+                        expires_at: key.expires_at,
+                    },
+                )?;
+            }
+            put_json(txn, ORDERS, &order.order_id, &order)?;
+            txn.open_table(CUSTOMER_ORDERS)
+                .map_err(unavailable)?
+                .insert(compound(&order.customer_id, &order.order_id).as_str(), ())
+                .map_err(unavailable)?;
+            Ok(CreateOrder::Created)
+        })
+        .await
+    }
+
+    async fn mark_published(&self, order_id: &str) -> Result<()> {
+        let order_id = order_id.to_string();
+        self.write(move |txn| {
+            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+            let order: Option<OrderRecord> = get_json(&orders, "order", &order_id)?;
+            drop(orders);
+            if let Some(mut order) = order.filter(|o| !o.published) {
+                order.published = true;
+                put_json(txn, ORDERS, &order_id, &order)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+        let txn = self.read()?;
+        let table = txn.open_table(ORDERS).map_err(unavailable)?;
+        get_json(&table, "order", order_id)
+    }
+
+    async fn list_customer_orders(
+        &self,
+        customer_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        let txn = self.read()?;
+        let index = txn.open_table(CUSTOMER_ORDERS).map_err(unavailable)?;
+        let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+        let start = compound(customer_id, "");
+        let end = match before {
+            Some(before) => compound(customer_id, before),
+            None => format!("{customer_id}\u{1}"),
+        };
+        let mut out = Vec::new();
+        for entry in index
+            .range(start.as_str()..end.as_str())
+            .map_err(unavailable)?
+            .rev()
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(unavailable)?;
+            let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default().to_string();
+            if let Some(order) = get_json(&orders, "order", &order_id)? {
+                out.push(order);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
+        self.write(move |txn| apply_status_in(txn, &update)).await
+    }
+
+    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
+        let order_id = order_id.to_string();
+        let items = items.to_vec();
+        self.write(move |txn| reserve_in(txn, &order_id, &items, at))
+            .await
+    }
+
+    async fn release(&self, order_id: &str) -> Result<bool> {
+        let order_id = order_id.to_string();
+        self.write(move |txn| release_in(txn, &order_id)).await
+    }
+
+    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>> {
+        let txn = self.read()?;
+        let table = txn.open_table(PAYMENTS).map_err(unavailable)?;
+        get_json(&table, "payment", order_id)
+    }
+
+    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
+        self.write(move |txn| {
+            let table = txn.open_table(PAYMENTS).map_err(unavailable)?;
+            if let Some(existing) = get_json(&table, "payment", &payment.order_id)? {
+                return Ok(existing);
+            }
+            drop(table);
+            put_json(txn, PAYMENTS, &payment.order_id, &payment)?;
+            Ok(payment.clone())
+        })
+        .await
+    }
+
+    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
+        self.write(move |txn| {
+            let table = txn.open_table(INVOICES).map_err(unavailable)?;
+            if let Some(existing) = get_json(&table, "invoice", &draft.order_id)? {
+                return Ok(existing);
+            }
+            drop(table);
+            let mut counters = txn.open_table(COUNTERS).map_err(unavailable)?;
+            let sequence = counters
+                .get("invoice")
+                .map_err(unavailable)?
+                .map(|g| g.value())
+                .unwrap_or(0)
+                + 1;
+            counters.insert("invoice", sequence).map_err(unavailable)?;
+            drop(counters);
+            let invoice = Invoice {
+                number: Invoice::format_number(sequence),
+                sequence,
+                order_id: draft.order_id.clone(),
+                customer_id: draft.customer_id.clone(),
+                pricing: draft.pricing.clone(),
+                issued_at: draft.at,
+            };
+            put_json(txn, INVOICES, &draft.order_id, &invoice)?;
+            Ok(invoice)
+        })
+        .await
+    }
+
+    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
+        let txn = self.read()?;
+        let table = txn.open_table(INVOICES).map_err(unavailable)?;
+        get_json(&table, "invoice", order_id)
+    }
+
+    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
+        let txn = self.read()?;
+        let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+        ids.iter()
+            .map(|id| {
+                Ok(table
+                    .get(compound(sink, id).as_str())
+                    .map_err(unavailable)?
+                    .is_some())
+            })
+            .collect()
+    }
+
+    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
+        let keys: Vec<String> = ids.iter().map(|id| compound(sink, id)).collect();
+        let now = orderflow_schemas::now_millis();
+        self.write(move |txn| {
+            let mut table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            for key in &keys {
+                table.insert(key.as_str(), now).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        let txn = self.read()?;
+        txn.open_table(COUNTERS).map_err(unavailable)?;
+        Ok(())
+    }
+}
