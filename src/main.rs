@@ -1,1 +1,255 @@
-fn main() {}
+//! `orderflow`: the whole pipeline in one process (`orderflow run`), or one stage per process
+//! for a real deployment (`ingest`, `process <stage>`, `bridge`, `topics create`).
+
+mod cli;
+mod demo;
+#[cfg(feature = "embedded-broker")]
+mod embedded_broker;
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cli::{Cli, Command, CommonArgs, TopicsCommand};
+use orderflow_bridge::{file::FileSink, log::LogSink, Sink};
+use orderflow_kafka::{admin, EventProducer, KafkaConfig};
+use orderflow_processors::{run_stage, Stage};
+use orderflow_store::{EmbeddedStore, Store};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    cli::init_logging(&cli.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        match cli.command {
+            Command::Run(args) => run(args, shutdown).await,
+            Command::Ingest(args) => {
+                let kafka = args.common.kafka(&args.brokers)?;
+                let store = open_store(&args.common)?;
+                let producer = EventProducer::new(&kafka)?;
+                serve_http(args.http, store, producer.clone(), shutdown).await?;
+                producer.flush(Duration::from_secs(10));
+                Ok(())
+            }
+            Command::Process(args) => {
+                let kafka = args.common.kafka(&args.brokers)?;
+                let store = open_store(&args.common)?;
+                let producer = EventProducer::new(&kafka)?;
+                let stage: Stage = args.stage.into();
+                run_stage(stage, &kafka, store, producer.clone(), &args.common.processor_settings(), shutdown)
+                    .await?;
+                producer.flush(Duration::from_secs(10));
+                Ok(())
+            }
+            Command::Bridge(args) => {
+                let kafka = args.common.kafka(&args.brokers)?;
+                let store = open_store(&args.common)?;
+                let producer = EventProducer::new(&kafka)?;
+                let sinks = default_sinks(&args.common.data_dir)?;
+                orderflow_bridge::run_bridge(&kafka, store, sinks, producer.clone(), shutdown)
+                    .await?;
+                producer.flush(Duration::from_secs(10));
+                Ok(())
+            }
+            Command::Topics(TopicsCommand::Create(args)) => {
+                let kafka = args.common.kafka(&args.brokers)?;
+                let created = admin::create_topics(&kafka, &args.settings()).await?;
+                for name in kafka.topics.all() {
+                    let state = if created.contains(&name) { "created" } else { "exists" };
+                    println!("{name}\t{state}");
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "Cannot listen for SIGTERM.");
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    info!("Shutting down: finishing in-flight work.");
+    shutdown.cancel();
+}
+
+fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
+    let store = EmbeddedStore::open(&common.data_dir.join("state"))
+        .with_context(|| format!("opening the store under {}", common.data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn default_sinks(data_dir: &Path) -> Result<Vec<Arc<dyn Sink>>> {
+    let file = FileSink::open(&data_dir.join("notifications.jsonl"))
+        .map_err(|e| anyhow::anyhow!("opening the file sink: {e}"))?;
+    Ok(vec![Arc::new(LogSink), Arc::new(file)])
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    producer: EventProducer,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP API to {addr}"))?;
+    let state = Arc::new(orderflow_ingest::ApiState::new(store, producer));
+    orderflow_ingest::serve(listener, state, shutdown).await?;
+    Ok(())
+}
+
+/// Creates the topics, retrying while the broker comes up.
+async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> Result<()> {
+    let mut last = None;
+    for attempt in 0..20 {
+        match admin::create_topics(kafka, settings).await {
+            Ok(created) => {
+                if !created.is_empty() {
+                    info!(topics = ?created, "Topics created.");
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(orderflow_kafka::backoff(attempt.min(4))).await;
+            }
+        }
+    }
+    bail!("cannot create topics: {}", last.map(|e| e.to_string()).unwrap_or_default())
+}
+
+/// `orderflow run`: every stage in this process, on the embedded broker unless `--brokers`.
+async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
+    let common = &args.common;
+    #[cfg(feature = "embedded-broker")]
+    let mut embedded = None;
+    let brokers = match &args.brokers {
+        Some(brokers) => brokers.clone(),
+        None => {
+            #[cfg(feature = "embedded-broker")]
+            {
+                let broker =
+                    embedded_broker::EmbeddedBroker::start(args.kafka_listen, &common.data_dir)
+                        .await?;
+                let addr = broker.addr.to_string();
+                embedded = Some(broker);
+                addr
+            }
+            #[cfg(not(feature = "embedded-broker"))]
+            bail!("this build has no embedded broker: pass --brokers HOST:PORT")
+        }
+    };
+    let kafka = common.kafka(&brokers)?;
+    let settings = admin::TopicSettings {
+        partitions: args.partitions,
+        ..Default::default()
+    };
+    if args.brokers.is_some() {
+        // An external cluster may manage its topics itself (or auto-create them).
+        if let Err(e) = ensure_topics(&kafka, &settings).await {
+            warn!(error = %e, "Could not create topics; assuming they exist.");
+        }
+    } else {
+        ensure_topics(&kafka, &settings).await?;
+    }
+
+    let store = open_store(common)?;
+    let seeded = store.seed_products(demo::catalogue()).await?;
+    if seeded > 0 {
+        info!(products = seeded, "Demo catalogue loaded.");
+    }
+    let producer = EventProducer::new(&kafka)?;
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", args.http))?;
+    let http_addr = listener.local_addr()?;
+
+    let mut tasks = JoinSet::new();
+    let processor_settings = common.processor_settings();
+    for stage in Stage::ALL {
+        let (kafka, store, producer, settings, shutdown) = (
+            kafka.clone(),
+            store.clone(),
+            producer.clone(),
+            processor_settings.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            run_stage(stage, &kafka, store, producer, &settings, shutdown)
+                .await
+                .with_context(|| format!("stage {}", stage.name()))
+        });
+    }
+    {
+        let sinks = default_sinks(&common.data_dir)?;
+        let (kafka, store, producer, shutdown) =
+            (kafka.clone(), store.clone(), producer.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            orderflow_bridge::run_bridge(&kafka, store, sinks, producer, shutdown)
+                .await
+                .context("bridge")
+        });
+    }
+    {
+        let state = Arc::new(orderflow_ingest::ApiState::new(store.clone(), producer.clone()));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            orderflow_ingest::serve(listener, state, shutdown)
+                .await
+                .context("HTTP API")
+        });
+    }
+
+    println!("Orderflow is running.");
+    println!("  HTTP API:        http://{http_addr}");
+    println!("  Kafka bootstrap: {brokers}");
+    println!("  Data dir:        {}", common.data_dir.display());
+    println!("Try: curl http://{http_addr}/v1/products");
+    println!("Press Ctrl-C to stop.");
+
+    // A task that ends before shutdown is a failure: stop the rest.
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            if result.is_ok() {
+                result = Err(e);
+            }
+            shutdown.cancel();
+        } else if !shutdown.is_cancelled() {
+            result = Err(anyhow::anyhow!("a pipeline task stopped unexpectedly"));
+            shutdown.cancel();
+        }
+    }
+    producer.flush(Duration::from_secs(10));
+    #[cfg(feature = "embedded-broker")]
+    if let Some(broker) = embedded {
+        broker.stop().await;
+    }
+    info!("Stopped.");
+    result
+}

@@ -27,3 +27,21 @@ pub fn now_millis() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+/// Formats integer cents as a decimal amount: `1250` → `"12.50"`, `-5` → `"-0.05"`.
+pub fn format_cents(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cents_format_as_decimal_amounts() {
+        assert_eq!(super::format_cents(1250), "12.50");
+        assert_eq!(super::format_cents(7), "0.07");
+        assert_eq!(super::format_cents(-5), "-0.05");
+        assert_eq!(super::format_cents(0), "0.00");
+    }
+}

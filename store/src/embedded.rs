@@ -274,7 +274,6 @@ fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> 
             created_at: update.at,
             updated_at: update.at,
             timeline: Vec::new(),
-            published: true,
         },
     };
     if order.timeline.iter().any(|t| t.event_id == update.event_id) {
@@ -523,21 +522,6 @@ impl Store for EmbeddedStore {
                 .insert(compound(&order.customer_id, &order.order_id).as_str(), ())
                 .map_err(unavailable)?;
             Ok(CreateOrder::Created)
-        })
-        .await
-    }
-
-    async fn mark_published(&self, order_id: &str) -> Result<()> {
-        let order_id = order_id.to_string();
-        self.write(move |txn| {
-            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-            let order: Option<OrderRecord> = get_json(&orders, "order", &order_id)?;
-            drop(orders);
-            if let Some(mut order) = order.filter(|o| !o.published) {
-                order.published = true;
-                put_json(txn, ORDERS, &order_id, &order)?;
-            }
-            Ok(())
         })
         .await
     }

@@ -63,8 +63,6 @@ pub trait Store: Send + Sync + 'static {
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<CreateOrder>;
-    /// Notes that the order's `accepted` event is on the topic.
-    async fn mark_published(&self, order_id: &str) -> Result<()>;
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>>;
     /// A customer's orders, newest first, at most `limit`, strictly older than `before` (an order
     /// id) when given.

@@ -55,9 +55,6 @@ pub struct OrderRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub timeline: Vec<TimelineEntry>,
-    /// Whether the `accepted` event is known to be on the topic.
-    #[serde(default)]
-    pub published: bool,
 }
 
 /// An `Idempotency-Key` as the API received it.

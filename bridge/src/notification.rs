@@ -1,0 +1,123 @@
+//! What an order event becomes for a customer.
+
+use orderflow_schemas::{
+    format_cents, wire, DecodeError, OrderInvoiced, OrderRejected, OrderValidated, PaymentFailed,
+    TopicKind,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    OrderConfirmed,
+    OrderRejected,
+    PaymentFailed,
+    InvoiceReady,
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::OrderConfirmed => "order_confirmed",
+            NotificationKind::OrderRejected => "order_rejected",
+            NotificationKind::PaymentFailed => "payment_failed",
+            NotificationKind::InvoiceReady => "invoice_ready",
+        }
+    }
+}
+
+/// A message for a customer about an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// The id of the event it came from; sinks deduplicate on it.
+    pub id: String,
+    pub kind: NotificationKind,
+    pub order_id: String,
+    pub customer_id: String,
+    pub subject: String,
+    pub text: String,
+    /// When the event happened, ms since the Unix epoch.
+    pub occurred_at: i64,
+}
+
+impl Notification {
+    /// The notification for a message on a catalogue topic, or `None` when that topic's events
+    /// notify nobody.
+    pub fn from_message(kind: TopicKind, payload: &[u8]) -> Result<Option<Self>, DecodeError> {
+        Ok(Some(match kind {
+            TopicKind::OrdersValidated => {
+                let e: OrderValidated = wire::decode(payload)?;
+                let items = e
+                    .lines
+                    .iter()
+                    .map(|l| format!("{} × {}", l.quantity, l.name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Notification {
+                    subject: format!("Order {} confirmed", e.order_id),
+                    text: format!(
+                        "We have your order: {items}. Total {} {}.",
+                        format_cents(e.total_cents),
+                        e.currency
+                    ),
+                    id: e.event_id,
+                    kind: NotificationKind::OrderConfirmed,
+                    order_id: e.order_id,
+                    customer_id: e.customer_id,
+                    occurred_at: e.occurred_at,
+                }
+            }
+            TopicKind::OrdersRejected => {
+                let e: OrderRejected = wire::decode(payload)?;
+                Notification {
+                    subject: format!("Order {} could not be accepted", e.order_id),
+                    text: format!("We could not accept your order: {}.", e.reason),
+                    id: e.event_id,
+                    kind: NotificationKind::OrderRejected,
+                    order_id: e.order_id,
+                    customer_id: e.customer_id,
+                    occurred_at: e.occurred_at,
+                }
+            }
+            TopicKind::PaymentFailed => {
+                let e: PaymentFailed = wire::decode(payload)?;
+                Notification {
+                    subject: format!("Payment for order {} failed", e.order_id),
+                    text: format!(
+                        "The payment of {} {} was not accepted: {}.",
+                        format_cents(e.amount_cents),
+                        e.currency,
+                        e.reason
+                    ),
+                    id: e.event_id,
+                    kind: NotificationKind::PaymentFailed,
+                    order_id: e.order_id,
+                    customer_id: e.customer_id,
+                    occurred_at: e.occurred_at,
+                }
+            }
+            TopicKind::OrdersInvoiced => {
+                let e: OrderInvoiced = wire::decode(payload)?;
+                Notification {
+                    subject: format!("Invoice {} for order {}", e.invoice_number, e.order_id),
+                    text: format!(
+                        "Your invoice {} is ready: subtotal {}, tax {}, total {} {}.",
+                        e.invoice_number,
+                        format_cents(e.subtotal_cents),
+                        format_cents(e.tax_cents),
+                        format_cents(e.total_cents),
+                        e.currency
+                    ),
+                    id: e.event_id,
+                    kind: NotificationKind::InvoiceReady,
+                    order_id: e.order_id,
+                    customer_id: e.customer_id,
+                    occurred_at: e.occurred_at,
+                }
+            }
+            TopicKind::OrdersAccepted | TopicKind::OrdersPaid | TopicKind::DeadLetter => {
+                return Ok(None)
+            }
+        }))
+    }
+}

@@ -1,0 +1,585 @@
+//! `POST /v1/orders` and `GET /v1/orders/{id}`.
+
+use std::{sync::Arc, time::UNIX_EPOCH};
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use orderflow_schemas::{
+    Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod,
+};
+use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, TimelineEntry};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    problem::{FieldError, Problem},
+    ApiState,
+};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most items in one order.
+pub const MAX_ITEMS: usize = 100;
+/// Most units of one item.
+pub const MAX_QUANTITY: i64 = 1000;
+/// Longest `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderRequest {
+    pub customer_id: String,
+    pub items: Vec<ItemRequest>,
+    pub shipping_address: AddressRequest,
+    pub payment: PaymentRequest,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemRequest {
+    pub sku: String,
+    /// Wider than the event's `int`, so that an absurd number is named by our check.
+    pub quantity: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressRequest {
+    pub name: String,
+    pub line1: String,
+    #[serde(default)]
+    pub line2: Option<String>,
+    pub city: String,
+    pub postal_code: String,
+    pub country: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequest {
+    pub method: String,
+    pub token: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub order_id: String,
+    pub status: OrderStatus,
+}
+
+/// The order as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipping_address: Option<Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<orderflow_schemas::OrderLine>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtotal_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invoice_number: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub timeline: Vec<TimelineView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimelineView {
+    pub status: OrderStatus,
+    pub at: String,
+    pub event_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl From<OrderRecord> for OrderView {
+    fn from(o: OrderRecord) -> Self {
+        let pricing = o.pricing;
+        OrderView {
+            order_id: o.order_id,
+            customer_id: o.customer_id,
+            status: o.status,
+            items: o.items,
+            shipping_address: o.shipping_address,
+            payment_method: o.payment_method,
+            currency: pricing.as_ref().map(|p| p.currency.clone()),
+            subtotal_cents: pricing.as_ref().map(|p| p.subtotal_cents),
+            tax_cents: pricing.as_ref().map(|p| p.tax_cents),
+            total_cents: pricing.as_ref().map(|p| p.total_cents),
+            lines: pricing.map(|p| p.lines),
+            invoice_number: o.invoice_number,
+            created_at: rfc3339(o.created_at),
+            updated_at: rfc3339(o.updated_at),
+            timeline: o
+                .timeline
+                .into_iter()
+                .map(|t: TimelineEntry| TimelineView {
+                    status: t.status,
+                    at: rfc3339(t.at),
+                    event_id: t.event_id,
+                    detail: t.detail,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Is the content type JSON (`application/json`, `application/*+json`, any parameters)?
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Reads the body within the size limit.
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Problem> {
+    let too_large = || {
+        Problem::field(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            "body",
+            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Parses JSON into `T`, naming the field that is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = result.map_err(|e| {
+        let inner = e.inner();
+        let mut field = e.path().to_string();
+        if field == "." {
+            field.clear();
+        }
+        let message = inner.to_string();
+        // Missing and unknown fields are reported at their parent: name the field itself.
+        if let Some(name) = backticked(&message).filter(|_| {
+            message.starts_with("missing field") || message.starts_with("unknown field")
+        }) {
+            field = if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
+        if field.is_empty() {
+            field = "body".into();
+        }
+        // Strip serde_json's " at line L column C"; the field says where.
+        let message = match message.rfind(" at line ") {
+            Some(i) if !(inner.is_syntax() || inner.is_eof()) => message[..i].to_string(),
+            _ => message,
+        };
+        if inner.is_syntax() || inner.is_eof() {
+            Problem::field(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "The body is not valid JSON",
+                &field,
+                message,
+            )
+        } else {
+            Problem::invalid(vec![FieldError { field, message }])
+        }
+    })?;
+    de.end().map_err(|e| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "The body is not valid JSON",
+            "body",
+            e.to_string(),
+        )
+    })?;
+    Ok(value)
+}
+
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// Checks the values serde cannot: ranges, lengths, formats. Lists every problem at once.
+pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |field: String, message: &str| {
+        errors.push(FieldError {
+            field,
+            message: message.to_string(),
+        })
+    };
+    let text = |value: &str, max: usize| -> Option<&'static str> {
+        if value.trim().is_empty() {
+            Some("must not be empty")
+        } else if value.chars().count() > max {
+            Some("is too long")
+        } else if value.chars().any(char::is_control) {
+            Some("must not contain control characters")
+        } else {
+            None
+        }
+    };
+    if let Some(m) = text(&req.customer_id, 128) {
+        err("customer_id".into(), m);
+    }
+    if req.items.is_empty() {
+        err("items".into(), "must hold at least one item");
+    }
+    if req.items.len() > MAX_ITEMS {
+        err("items".into(), &format!("must hold at most {MAX_ITEMS} items"));
+    }
+    for (i, item) in req.items.iter().enumerate().take(MAX_ITEMS) {
+        if let Some(m) = text(&item.sku, 64) {
+            err(format!("items[{i}].sku"), m);
+        }
+        if item.quantity <= 0 {
+            err(format!("items[{i}].quantity"), "must be at least 1");
+        } else if item.quantity > MAX_QUANTITY {
+            err(
+                format!("items[{i}].quantity"),
+                &format!("must be at most {MAX_QUANTITY}"),
+            );
+        }
+    }
+    let a = &req.shipping_address;
+    for (name, value, max) in [
+        ("name", &a.name, 200),
+        ("line1", &a.line1, 200),
+        ("city", &a.city, 100),
+        ("postal_code", &a.postal_code, 20),
+    ] {
+        if let Some(m) = text(value, max) {
+            err(format!("shipping_address.{name}"), m);
+        }
+    }
+    if let Some(line2) = &a.line2 {
+        if line2.chars().count() > 200 || line2.chars().any(char::is_control) {
+            err("shipping_address.line2".into(), "is too long or has control characters");
+        }
+    }
+    if a.country.len() != 2 || !a.country.chars().all(|c| c.is_ascii_uppercase()) {
+        err(
+            "shipping_address.country".into(),
+            "must be an ISO 3166-1 alpha-2 code such as \"DE\"",
+        );
+    }
+    if let Some(m) = text(&req.payment.method, 32) {
+        err("payment.method".into(), m);
+    }
+    if let Some(m) = text(&req.payment.token, 256) {
+        err("payment.token".into(), m);
+    }
+    errors
+}
+
+/// FNV-1a, 64 bits: a fingerprint that stays the same across builds and platforms.
+fn fingerprint(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn idempotency_key(
+    headers: &HeaderMap,
+    req: &CreateOrderRequest,
+    now: i64,
+    ttl_ms: i64,
+) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |message: &str| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key header",
+            "header:Idempotency-Key",
+            message,
+        )
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| bad("must be visible ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad(&format!(
+            "must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    let normalized = serde_json::to_vec(req).unwrap_or_default();
+    Ok(Some(IdempotencyKey {
+        key: key.to_string(),
+        fingerprint: fingerprint(&normalized),
+        expires_at: now + ttl_ms,
+    }))
+}
+
+fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            order_id: order_id.to_string(),
+            status,
+        }),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/orders/{order_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// `POST /v1/orders`.
+pub async fn create(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    if !is_json(&headers) {
+        return Err(Problem::field(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            "header:Content-Type",
+            "must be application/json",
+        ));
+    }
+    let bytes = read_body(&headers, body).await?;
+    let req: CreateOrderRequest = parse_json(&bytes)?;
+    let errors = validate(&req);
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let now = orderflow_schemas::now_millis();
+    let key = idempotency_key(&headers, &req, now, state.idempotency_ttl_ms)?;
+
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let items: Vec<OrderItem> = req
+        .items
+        .iter()
+        .map(|i| OrderItem {
+            sku: i.sku.clone(),
+            quantity: i.quantity as i32,
+        })
+        .collect();
+    let address = Address {
+        name: req.shipping_address.name,
+        line1: req.shipping_address.line1,
+        line2: req.shipping_address.line2,
+        city: req.shipping_address.city,
+        postal_code: req.shipping_address.postal_code,
+        country: req.shipping_address.country,
+    };
+    let event = OrderAccepted {
+        event_id: OrderStatus::Accepted.event_id(&order_id),
+        order_id: order_id.clone(),
+        customer_id: req.customer_id.clone(),
+        items: items.clone(),
+        shipping_address: address.clone(),
+        payment: PaymentMethod {
+            method: req.payment.method.clone(),
+            token: req.payment.token,
+        },
+        occurred_at: now,
+    };
+    let record = OrderRecord {
+        order_id: order_id.clone(),
+        customer_id: req.customer_id,
+        status: OrderStatus::Accepted,
+        items,
+        shipping_address: Some(address),
+        payment_method: Some(req.payment.method),
+        pricing: None,
+        invoice_number: None,
+        created_at: now,
+        updated_at: now,
+        timeline: vec![TimelineEntry {
+            status: OrderStatus::Accepted,
+            event_id: event.event_id.clone(),
+            at: now,
+            detail: None,
+        }],
+    };
+
+    let outcome = state
+        .store
+        .create_order(record, key)
+        .await
+        .map_err(|e| Problem::unavailable(format!("the order store is unavailable: {e}")))?;
+    match outcome {
+        CreateOrder::Created => {}
+        CreateOrder::KeyReused { order_id } => {
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key already used for another request",
+                "header:Idempotency-Key",
+                format!("was used for order {order_id} with a different body"),
+            ));
+        }
+        CreateOrder::Existing(existing) => {
+            // Still `accepted`: its event may not have reached the topic (the first attempt
+            // failed to produce). Produce it again; every stage deduplicates by order id.
+            if existing.status == OrderStatus::Accepted {
+                let mut event = event;
+                event.order_id = existing.order_id.clone();
+                event.event_id = OrderStatus::Accepted.event_id(&existing.order_id);
+                event.occurred_at = existing.created_at;
+                event.items = existing.items.clone();
+                if let Err(e) = state.producer.send(&event).await {
+                    warn!(order_id = %existing.order_id, error = %e, "Re-produce failed.");
+                    return Err(Problem::unavailable(
+                        "the event log is unavailable; retry with the same Idempotency-Key",
+                    ));
+                }
+            }
+            return Ok(accepted_response(&existing.order_id, existing.status, true));
+        }
+    }
+    if let Err(e) = state.producer.send(&event).await {
+        warn!(%order_id, error = %e, "Produce failed.");
+        return Err(Problem::unavailable(
+            "the event log is unavailable; retry with the same Idempotency-Key",
+        ));
+    }
+    info!(%order_id, "Order accepted.");
+    Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
+}
+
+/// `GET /v1/orders/{id}`.
+pub async fn get(
+    State(state): State<Arc<ApiState>>,
+    Path(order_id): Path<String>,
+) -> Result<Json<OrderView>, Problem> {
+    match state.store.get_order(&order_id).await {
+        Ok(Some(order)) => Ok(Json(order.into())),
+        Ok(None) => Err(Problem::not_found(format!("no order {order_id}"))),
+        Err(e) => Err(Problem::unavailable(format!(
+            "the order store is unavailable: {e}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "customer_id": "c1",
+            "items": [{"sku": "SKU-1", "quantity": 2}],
+            "shipping_address": {"name": "Ada", "line1": "1 Main St", "city": "Berlin",
+                                 "postal_code": "10115", "country": "DE"},
+            "payment": {"method": "card", "token": "tok_visa"}
+        })
+    }
+
+    fn field_of(p: &Problem) -> &str {
+        &p.errors[0].field
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::json!("two");
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(p.status, 422);
+        assert_eq!(field_of(&p), "items[0].quantity");
+
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove("customer_id");
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(field_of(&p), "customer_id");
+
+        let mut v = valid();
+        v["shipping_address"]["planet"] = serde_json::json!("Mars");
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(field_of(&p), "shipping_address.planet");
+
+        let p = parse_json::<CreateOrderRequest>(b"{\"customer_id\": \"c1\",").unwrap_err();
+        assert_eq!(p.status, 400);
+
+        let p = parse_json::<CreateOrderRequest>(format!("{} x", valid()).as_bytes()).unwrap_err();
+        assert_eq!(p.status, 400);
+    }
+
+    #[test]
+    fn validation_lists_every_bad_field() {
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::json!(0);
+        v["shipping_address"]["country"] = serde_json::json!("Germany");
+        v["customer_id"] = serde_json::json!(" ");
+        let req: CreateOrderRequest = serde_json::from_value(v).unwrap();
+        let fields: Vec<String> = validate(&req).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["customer_id", "items[0].quantity", "shipping_address.country"]
+        );
+
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::json!(1_000_000_000_000i64);
+        let req: CreateOrderRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(validate(&req)[0].field, "items[0].quantity");
+
+        let mut v = valid();
+        v["items"] = serde_json::json!((0..101).map(|i| serde_json::json!({"sku": format!("S{i}"), "quantity": 1})).collect::<Vec<_>>());
+        let req: CreateOrderRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(validate(&req)[0].field, "items");
+
+        let req: CreateOrderRequest = serde_json::from_value(valid()).unwrap();
+        assert!(validate(&req).is_empty());
+    }
+
+    #[test]
+    fn fingerprints_are_stable() {
+        assert_eq!(fingerprint(b""), "cbf29ce484222325");
+        assert_eq!(fingerprint(b"a"), "af63dc4c8601ec8c");
+    }
+}

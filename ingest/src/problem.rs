@@ -1,0 +1,110 @@
+//! RFC 9457 problem details: every error the API returns is `application/problem+json`.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// One field that failed validation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where in the request: `items[0].quantity`, `customer_id`, `body`, `header:Idempotency-Key`.
+    pub field: String,
+    pub message: String,
+}
+
+/// A problem details document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem, relative to the API: `/problems/<slug>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip)]
+    retry_after: Option<u32>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: format!("/problems/{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 422: the request is well-formed but some fields are invalid.
+    pub fn invalid(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "The request has invalid fields",
+            detail,
+        );
+        p.errors = errors;
+        p
+    }
+
+    /// One field, with a status of its own.
+    pub fn field(
+        status: StatusCode,
+        slug: &str,
+        title: &str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        let message = message.into();
+        let mut p = Problem::new(status, slug, title, format!("{field}: {message}"));
+        p.errors.push(FieldError {
+            field: field.to_string(),
+            message,
+        });
+        p
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// 503 with `Retry-After`: a dependency (store, broker) is down; retrying can help.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service temporarily unavailable",
+            detail,
+        );
+        p.retry_after = Some(1);
+        p
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,219 @@
+//! Command line and environment.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
+use orderflow_processors::{ProcessorSettings, Stage};
+use orderflow_schemas::Topics;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderflow", version, about = "A Kafka-compatible order pipeline.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline in this process: embedded broker (unless --brokers), store,
+    /// HTTP API, processors and bridge.
+    Run(RunArgs),
+    /// Run the HTTP API alone.
+    Ingest(IngestArgs),
+    /// Run one processor stage (scale out by starting more: one consumer group per stage).
+    Process(ProcessArgs),
+    /// Run the bridge (notifications to sinks) alone.
+    Bridge(ServiceArgs),
+    /// Manage topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Where the embedded store, the embedded broker's log and the file sink live.
+    #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Prefix for every topic name (and consumer group), to share a cluster.
+    #[arg(long, env = "ORDERFLOW_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// A librdkafka property, KEY=VALUE (repeatable). `ORDERFLOW_KAFKA_<KEY>` works too, with
+    /// dots as underscores: ORDERFLOW_KAFKA_COMPRESSION_TYPE=zstd.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    pub kafka_properties: Vec<String>,
+    /// Tax added to every order, in basis points (2000 = 20%).
+    #[arg(long, env = "ORDERFLOW_TAX_BPS", default_value_t = 2000)]
+    pub tax_bps: i64,
+    /// The simulated payment gateway declines charges above this many cents.
+    #[arg(long, env = "ORDERFLOW_PAYMENT_LIMIT_CENTS", default_value_t = 1_000_000)]
+    pub payment_limit_cents: i64,
+}
+
+impl CommonArgs {
+    pub fn kafka(&self, brokers: &str) -> Result<KafkaConfig> {
+        let mut config = KafkaConfig::new(brokers, Topics::new(self.topic_prefix.clone()));
+        for (key, value) in std::env::vars() {
+            if let Some(name) = key.strip_prefix("ORDERFLOW_KAFKA_") {
+                if name == "LISTEN" {
+                    continue;
+                }
+                config
+                    .properties
+                    .push((name.to_ascii_lowercase().replace('_', "."), value));
+            }
+        }
+        for property in &self.kafka_properties {
+            let Some((k, v)) = property.split_once('=') else {
+                bail!("--kafka-property {property}: expected KEY=VALUE");
+            };
+            config.properties.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        Ok(config)
+    }
+
+    pub fn processor_settings(&self) -> ProcessorSettings {
+        ProcessorSettings {
+            tax_bps: self.tax_bps,
+            payment_limit_cents: self.payment_limit_cents,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The HTTP API's address.
+    #[arg(long, env = "ORDERFLOW_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Use this Kafka/Redpanda cluster instead of the embedded broker.
+    #[arg(long, env = "ORDERFLOW_BROKERS")]
+    pub brokers: Option<String>,
+    /// The embedded broker's address (port 0 picks a free one).
+    #[arg(long, env = "ORDERFLOW_KAFKA_LISTEN", default_value = "127.0.0.1:9092")]
+    pub kafka_listen: SocketAddr,
+    /// Partitions per topic when creating topics.
+    #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The Kafka/Redpanda bootstrap servers, host:port[,host:port…].
+    #[arg(long, env = "ORDERFLOW_BROKERS")]
+    pub brokers: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, env = "ORDERFLOW_BROKERS")]
+    pub brokers: String,
+    /// The HTTP API's address.
+    #[arg(long, env = "ORDERFLOW_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Which stage.
+    #[arg(value_enum)]
+    pub stage: StageArg,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, env = "ORDERFLOW_BROKERS")]
+    pub brokers: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StageArg {
+    Validation,
+    Payment,
+    Invoicing,
+}
+
+impl From<StageArg> for Stage {
+    fn from(s: StageArg) -> Self {
+        match s {
+            StageArg::Validation => Stage::Validation,
+            StageArg::Payment => Stage::Payment,
+            StageArg::Invoicing => Stage::Invoicing,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every catalogue topic that does not exist yet.
+    Create(TopicsCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsCreateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, env = "ORDERFLOW_BROKERS")]
+    pub brokers: String,
+    /// Partitions per topic: the most consumers one stage can usefully run.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Retention, e.g. `7d`, `12h` (default: the broker's).
+    #[arg(long, value_parser = humantime_duration)]
+    pub retention: Option<Duration>,
+}
+
+impl TopicsCreateArgs {
+    pub fn settings(&self) -> TopicSettings {
+        TopicSettings {
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            retention: self.retention,
+        }
+    }
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Text logs by default, JSON with `--log-format json`; `RUST_LOG` filters.
+pub fn init_logging(args: &LogArgs) -> Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            "info,tansu_broker=warn,tansu_storage=warn,tansu_service=warn,tansu_sans_io=warn,\
+             tansu_schema=warn,tansu_auth=warn,libsql=warn,rdkafka=warn",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
