@@ -48,12 +48,27 @@ struct IdempotencyRecord {
     expires_at: i64,
 }
 
-/// The redb-backed [`Store`].
+/// The redb-backed [`Store`]. Clones share one database; when the last clone is dropped the
+/// writer finishes the queued writes and the file is closed, so it can be opened again.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    writes: mpsc::UnboundedSender<Box<dyn Job>>,
+    writer: Arc<Writer>,
     path: PathBuf,
+}
+
+struct Writer {
+    queue: Option<mpsc::UnboundedSender<Box<dyn Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -89,11 +104,15 @@ impl EmbeddedStore {
         }
         let (writes, queue) = mpsc::unbounded_channel();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(writer_db, queue))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-        Ok(EmbeddedStore { db, writes, path })
+        let writer = Arc::new(Writer {
+            queue: Some(writes),
+            thread: Some(thread),
+        });
+        Ok(EmbeddedStore { db, writer, path })
     }
 
     /// Where the database file is.
@@ -114,7 +133,10 @@ impl EmbeddedStore {
             result: None,
             reply: Some(reply),
         });
-        self.writes
+        self.writer
+            .queue
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?
             .send(job)
             .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
         answer
