@@ -190,9 +190,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Pro
             field.clear();
         }
         let message = inner.to_string();
-        // Missing and unknown fields are reported at their parent: name the field itself.
-        if let Some(name) = backticked(&message).filter(|_| {
-            message.starts_with("missing field") || message.starts_with("unknown field")
+        // Missing fields are reported at their parent (unknown ones already at themselves).
+        if let Some(name) = backticked(&message).filter(|name| {
+            (message.starts_with("missing field") || message.starts_with("unknown field"))
+                && !field.ends_with(name)
         }) {
             field = if field.is_empty() {
                 name.to_string()

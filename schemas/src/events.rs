@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use apache_avro::{reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter, Schema};
+use apache_avro::Schema;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::topics::TopicKind;
@@ -19,10 +19,6 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The parsed Avro schema.
     fn schema() -> &'static Schema;
-    /// A datum writer for the schema, built once.
-    fn writer() -> &'static GenericDatumWriter<'static>;
-    /// A datum reader for the schema, built once.
-    fn reader() -> &'static GenericDatumReader<'static>;
     /// The Avro schema as JSON text, as shipped in `schemas/avro/`.
     fn schema_text() -> &'static str;
     /// The message key: the order id.
@@ -45,24 +41,6 @@ macro_rules! event {
                 SCHEMA.get_or_init(|| {
                     Schema::parse_str(Self::schema_text())
                         .expect(concat!("schemas/avro/", $file, " is valid Avro"))
-                })
-            }
-
-            fn writer() -> &'static GenericDatumWriter<'static> {
-                static WRITER: OnceLock<GenericDatumWriter<'static>> = OnceLock::new();
-                WRITER.get_or_init(|| {
-                    GenericDatumWriter::builder(Self::schema())
-                        .build()
-                        .expect("the schema resolves")
-                })
-            }
-
-            fn reader() -> &'static GenericDatumReader<'static> {
-                static READER: OnceLock<GenericDatumReader<'static>> = OnceLock::new();
-                READER.get_or_init(|| {
-                    GenericDatumReader::builder(Self::schema())
-                        .build()
-                        .expect("the schema resolves")
                 })
             }
 

@@ -53,9 +53,7 @@ pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, EncodeError> {
     let mut buf = Vec::with_capacity(256);
     buf.push(MAGIC);
     buf.extend_from_slice(&E::SCHEMA_ID.to_be_bytes());
-    E::writer()
-        .write_ser(&mut buf, event)
-        .map_err(|e| EncodeError {
+    apache_avro::write_avro_datum_ref(E::schema(), event, &mut buf).map_err(|e| EncodeError {
             name: E::NAME,
             message: e.to_string(),
         })?;
@@ -73,12 +71,12 @@ pub fn decode<E: Event>(payload: &[u8]) -> Result<E, DecodeError> {
         });
     }
     let mut datum = &payload[HEADER_LEN..];
-    let event = E::reader()
-        .read_deser(&mut datum)
-        .map_err(|e| DecodeError::Avro {
-            name: E::NAME,
-            message: e.to_string(),
-        })?;
+    let avro = |e: apache_avro::Error| DecodeError::Avro {
+        name: E::NAME,
+        message: e.to_string(),
+    };
+    let value = apache_avro::from_avro_datum(E::schema(), &mut datum, None).map_err(avro)?;
+    let event = apache_avro::from_value::<E>(&value).map_err(avro)?;
     if !datum.is_empty() {
         return Err(DecodeError::Trailing(datum.len()));
     }
@@ -134,11 +132,8 @@ mod tests {
 
         // The datum is plain Avro: a generic reader that knows only the .avsc reads it too.
         let schema = apache_avro::Schema::parse_str(E::schema_text()).unwrap();
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-            .build()
-            .unwrap()
-            .read_value(&mut &bytes[HEADER_LEN..])
-            .unwrap();
+        let value =
+            apache_avro::from_avro_datum(&schema, &mut &bytes[HEADER_LEN..], None).unwrap();
         let Value::Record(fields) = value else {
             panic!("not a record")
         };

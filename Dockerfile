@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1
+#
+# The `orderflow` binary in a small Debian image.
+#
+#   docker build -t orderflow .
+#   docker run --rm -p 8080:8080 -p 9092:9092 orderflow          # whole pipeline, embedded broker
+#   docker run --rm orderflow process payment --brokers HOST:9092  # one stage against a cluster
+#
+# Built with default features, so `orderflow run` (embedded tansu broker) works in the image.
+# The cache mounts below need BuildKit (the default builder of Docker 23+ and Compose v2).
+
+# --- build ---------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+
+# What the C parts of the dependency tree need: librdkafka (rdkafka-sys runs its `./configure`
+# and `make`: gcc, g++, make, perl, python3), zlib (found by libz-sys through pkg-config),
+# and the cc builds of SQLite (libsql), lz4, zstd and aws-lc. The rust image ships most of this
+# already; listing it keeps the build honest if the base changes. No cmake: nothing needs it.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      build-essential perl python3 pkg-config zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY . .
+
+# The crate registry, git checkouts and target/ live in BuildKit cache mounts: a source change
+# recompiles only the workspace crates, not librdkafka and the other dependencies. The binary
+# is copied out of the cache mount, which does not end up in the image layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin orderflow \
+ && install -m 0755 target/release/orderflow /usr/local/bin/orderflow
+
+# --- runtime -------------------------------------------------------------------------------
+FROM debian:bookworm-slim AS runtime
+
+# ca-certificates for TLS clients; curl for container healthchecks.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/*
+
+# A fixed, non-root uid/gid so volumes and Kubernetes securityContexts can rely on it.
+RUN groupadd --gid 10001 orderflow \
+ && useradd --uid 10001 --gid orderflow --home-dir /data --no-create-home \
+      --shell /usr/sbin/nologin orderflow \
+ && mkdir -p /data \
+ && chown orderflow:orderflow /data
+
+COPY --from=builder /usr/local/bin/orderflow /usr/local/bin/orderflow
+
+# The embedded store, the embedded broker's log and the file sink live here; mount a volume.
+ENV ORDERFLOW_DATA_DIR=/data
+WORKDIR /data
+USER 10001:10001
+
+# 8080: HTTP API. 9092: the embedded broker of `orderflow run` (unless --brokers is given).
+# The embedded broker advertises its listen address as given (0.0.0.0:9092 below): fine for
+# the process itself and, through `-p 9092:9092`, usually for clients on the Docker host;
+# other containers cannot use that address, so give them a real cluster (docker-compose.yml).
+EXPOSE 8080 9092
+
+# No HEALTHCHECK here: `process` and `bridge` serve no HTTP. Services that run the API
+# (`run`, `ingest`) check `curl -fsS http://localhost:8080/readyz` (see docker-compose.yml).
+ENTRYPOINT ["orderflow"]
+CMD ["run", "--http", "0.0.0.0:8080", "--kafka-listen", "0.0.0.0:9092"]

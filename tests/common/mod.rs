@@ -1,0 +1,248 @@
+//! Helpers for the end-to-end tests: start the real `orderflow run` binary on ephemeral
+//! ports with its own data dir, talk to it over HTTP and over the Kafka protocol.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    message::OwnedMessage,
+    ClientConfig, Message,
+};
+use serde_json::{json, Value};
+
+/// A running `orderflow run`.
+pub struct Pipeline {
+    child: Option<Child>,
+    pub http: String,
+    pub bootstrap: String,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl Pipeline {
+    /// Starts the pipeline on the embedded broker.
+    pub fn start(data_dir: &Path) -> Pipeline {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Pipeline {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(["run", "--http", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("orderflow starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut http, mut bootstrap) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http.is_none() || bootstrap.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("orderflow run printed no addresses within 60 s"));
+            if let Some(url) = line.trim().strip_prefix("HTTP API:") {
+                http = Some(url.trim().to_string());
+            }
+            if let Some(addr) = line.trim().strip_prefix("Kafka bootstrap:") {
+                bootstrap = Some(addr.trim().to_string());
+            }
+        }
+        Pipeline {
+            child: Some(child),
+            http: http.unwrap(),
+            bootstrap: bootstrap.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("orderflow did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    /// POSTs an order body; returns the response.
+    pub async fn post_order(&self, body: &Value, key: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url("/v1/orders"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// POSTs an order that must be accepted; returns its id.
+    pub async fn place(&self, body: &Value) -> String {
+        let response = self.post_order(body, None).await;
+        assert_eq!(response.status(), 202);
+        let v: Value = response.json().await.unwrap();
+        v["order_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn order(&self, id: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/orders/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls the order until its status is `status` (panics after 15 s).
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let order = self.order(id).await;
+            if order["status"] == status {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} never reached {status}: {order:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The stock of a SKU as `GET /v1/products` shows it.
+    pub async fn stock(&self, sku: &str) -> i64 {
+        let v: Value = self
+            .client
+            .get(self.url("/v1/products"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["sku"] == sku)
+            .unwrap()["stock"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// The notifications the file sink holds.
+    pub fn notifications(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data_dir.join("notifications.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Polls the file sink until `pred` holds for its notifications (panics after 15 s).
+    pub async fn wait_for_notifications(&self, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let all = self.notifications();
+            if pred(&all) {
+                return all;
+            }
+            assert!(Instant::now() < deadline, "notifications never matched: {all:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A valid order body.
+pub fn order_body(sku: &str, quantity: i64, token: &str) -> Value {
+    json!({
+        "customer_id": "cust-1",
+        "items": [{"sku": sku, "quantity": quantity}],
+        "shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Berlin",
+                             "postal_code": "10115", "country": "DE"},
+        "payment": {"method": "card", "token": token}
+    })
+}
+
+/// Reads `topic` from the beginning, as an outside Kafka client would, until `done` holds for
+/// what was read (panics after 20 s).
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    done: impl Fn(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: never saw what was expected; read {} messages",
+            seen.len()
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            seen.push(m.detach());
+        }
+    }
+    seen
+}
+
+/// Whether a message is keyed by `order_id`.
+pub fn keyed(m: &OwnedMessage, order_id: &str) -> bool {
+    m.key() == Some(order_id.as_bytes())
+}
