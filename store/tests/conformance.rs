@@ -1,0 +1,1029 @@
+//! The conformance suite of the [`Store`] trait: what every implementation must do, written once.
+//!
+//! Each `check_*` function takes a fresh store as `Arc<dyn Store>` and asserts one part of the
+//! contract (reservations, payments, invoices, idempotency keys, the order read model, delivery
+//! markers, seeding). Ids, SKUs and customers are unique per check, so a check also holds on a
+//! store shared with others; only [`check_invoice_numbers_are_gapless`] needs the store to be
+//! fresh, because it expects the first invoice to be number 1.
+//!
+//! `conformance_tests!(open)` turns every check into a `#[tokio::test]`; `open` is an
+//! `async fn() -> Option<(Arc<dyn Store>, Guard)>` that returns a fresh store and a guard kept
+//! alive for the test (a temporary directory, a keyspace to drop), or `None` after saying loudly
+//! why the test is skipped (e.g. no server address in the environment). A second
+//! implementation plugs in with one module:
+//!
+//! ```ignore
+//! #[cfg(feature = "scylla")]
+//! mod scylla {
+//!     use super::*;
+//!     async fn open() -> Option<(Arc<dyn Store>, KeyspaceGuard)> { /* ... */ }
+//!     conformance_tests!(open);
+//! }
+//! ```
+//!
+//! The embedded (redb) store runs the suite in a temporary directory, plus
+//! [`embedded::restart_keeps_everything`], which only makes sense for a store on disk.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
+use orderflow_store::{
+    CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft, OrderRecord, PaymentRecord, Pricing,
+    Product, Reservation, StatusUpdate, Store, TimelineEntry,
+};
+use tokio::{sync::Barrier, task::JoinHandle};
+use uuid::Uuid;
+
+/// A fixed "now" (ms), so times in assertions are exact.
+const T0: i64 = 1_750_000_000_000;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Generates one `#[tokio::test]` per check, each on a fresh store from `$open`.
+macro_rules! conformance_tests {
+    ($open:path) => {
+        conformance_tests! { $open;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            reservations_never_oversell = check_reservations_never_oversell;
+            [tokio::test]
+            reservation_is_all_or_nothing = check_reservation_is_all_or_nothing;
+            [tokio::test]
+            reservation_sums_a_sku_listed_twice = check_reservation_sums_a_sku_listed_twice;
+            [tokio::test]
+            reserve_and_release_are_idempotent = check_reserve_and_release_are_idempotent;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            first_payment_wins = check_first_payment_wins;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            invoice_numbers_are_gapless = check_invoice_numbers_are_gapless;
+            [tokio::test]
+            idempotency_keys = check_idempotency_keys;
+            [tokio::test]
+            customer_orders_page_newest_first = check_customer_orders_page_newest_first;
+            [tokio::test]
+            status_moves_forward_only = check_status_moves_forward_only;
+            [tokio::test]
+            delivery_markers_are_per_sink = check_delivery_markers_are_per_sink;
+            [tokio::test]
+            seeding_never_overwrites = check_seeding_never_overwrites;
+        }
+    };
+    ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
+        $(
+            #[$($attr)*]
+            async fn $name() {
+                let Some((store, _guard)) = $open().await else {
+                    return;
+                };
+                $check(store).await;
+            }
+        )*
+    };
+}
+
+mod embedded {
+    use super::*;
+
+    async fn open() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
+        Some((Arc::new(store), dir))
+    }
+
+    conformance_tests!(open);
+
+    /// Everything written survives dropping every handle and opening the directory again, and
+    /// the invoice sequence continues where it stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_keeps_everything() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let sku = unique("sku");
+        let customer = unique("customer");
+        let first = order(&customer, T0);
+        let key = IdempotencyKey {
+            key: unique("key"),
+            fingerprint: "fp".into(),
+            expires_at: T0 + DAY_MS,
+        };
+        let other_order = Uuid::now_v7().to_string();
+
+        let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
+        store.put_products(vec![product(&sku, 10)]).await.unwrap();
+        let created = store
+            .create_order(first.clone(), Some(key.clone()))
+            .await
+            .unwrap();
+        assert_eq!(created, CreateOrder::Created);
+        store
+            .apply_status(update(&first, OrderStatus::Validated, T0 + 10))
+            .await
+            .unwrap();
+        let reservation = store
+            .reserve(&first.order_id, &[item(&sku, 4)], T0 + 10)
+            .await
+            .unwrap();
+        assert!(matches!(reservation, Reservation::Reserved { .. }));
+        let paid = payment(&first.order_id, true, "ch_1");
+        store.record_payment(paid.clone()).await.unwrap();
+        let invoice = store.create_invoice(draft(&first, T0 + 30)).await.unwrap();
+        let other_invoice = store
+            .create_invoice(draft(&order_with_id(&other_order, &customer, T0), T0 + 31))
+            .await
+            .unwrap();
+        assert_eq!((invoice.sequence, other_invoice.sequence), (1, 2));
+        store
+            .mark_delivered("file", std::slice::from_ref(&first.order_id))
+            .await
+            .unwrap();
+
+        // A clone used by another task: the file is closed only when every handle is gone.
+        let clone = store.clone();
+        tokio::spawn(async move { clone.healthcheck().await })
+            .await
+            .unwrap()
+            .unwrap();
+        drop(store);
+
+        let store = EmbeddedStore::open(dir.path()).expect("the store opens again");
+        assert_eq!(stock(&store, &sku).await, (6, 4));
+        let stored = store
+            .get_order(&first.order_id)
+            .await
+            .unwrap()
+            .expect("the order");
+        assert_eq!(stored.status, OrderStatus::Validated);
+        assert_eq!(stored.timeline.len(), 2);
+        let listed = store
+            .list_customer_orders(&customer, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(ids(&listed), vec![first.order_id.clone()]);
+        // The idempotency key is remembered.
+        let retry = store
+            .create_order(
+                order_with_id(&Uuid::now_v7().to_string(), &customer, T0 + 50),
+                Some(key),
+            )
+            .await
+            .unwrap();
+        assert_eq!(retry, CreateOrder::Existing(Box::new(stored)));
+        // The reservation is remembered: a redelivery reserves nothing more.
+        let again = store
+            .reserve(&first.order_id, &[item(&sku, 4)], T0 + 60)
+            .await
+            .unwrap();
+        assert_eq!(again, reservation);
+        assert_eq!(stock(&store, &sku).await, (6, 4));
+        assert_eq!(
+            store.get_payment(&first.order_id).await.unwrap(),
+            Some(paid)
+        );
+        assert_eq!(
+            store.get_invoice(&first.order_id).await.unwrap(),
+            Some(invoice.clone())
+        );
+        assert_eq!(
+            store.create_invoice(draft(&first, T0 + 70)).await.unwrap(),
+            invoice
+        );
+        let next = store
+            .create_invoice(draft(&order(&customer, T0), T0 + 80))
+            .await
+            .unwrap();
+        assert_eq!(next.sequence, 3);
+        assert_eq!(next.number, "INV-00000003");
+        assert_eq!(
+            store
+                .delivered("file", std::slice::from_ref(&first.order_id))
+                .await
+                .unwrap(),
+            vec![true]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reservations
+
+/// 50 concurrent single-unit orders against a stock of 10: exactly 10 win, 40 are out of stock.
+async fn check_reservations_never_oversell(store: Arc<dyn Store>) {
+    const TASKS: usize = 50;
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 10)]).await.unwrap();
+    let orders: Vec<String> = (0..TASKS).map(|_| Uuid::now_v7().to_string()).collect();
+
+    let reserve_all = |at: i64| {
+        let barrier = Arc::new(Barrier::new(TASKS));
+        let handles: Vec<JoinHandle<Reservation>> = orders
+            .iter()
+            .map(|order_id| {
+                let (store, barrier, order_id, sku) = (
+                    store.clone(),
+                    barrier.clone(),
+                    order_id.clone(),
+                    sku.clone(),
+                );
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .reserve(&order_id, &[item(&sku, 1)], at)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        join(handles)
+    };
+
+    let outcomes = reserve_all(T0).await;
+    let reserved = outcomes
+        .iter()
+        .filter(|r| matches!(r, Reservation::Reserved { .. }))
+        .count();
+    let out_of_stock = outcomes
+        .iter()
+        .filter(|r| rejection_code(r) == Some("out_of_stock"))
+        .count();
+    assert_eq!(
+        (reserved, out_of_stock),
+        (10, 40),
+        "outcomes: {outcomes:#?}"
+    );
+    assert_eq!(stock(&*store, &sku).await, (0, 10));
+
+    // Every order's outcome was recorded: the same 50 calls again change nothing.
+    let again = reserve_all(T0 + 1).await;
+    assert_eq!(again, outcomes);
+    assert_eq!(stock(&*store, &sku).await, (0, 10));
+}
+
+/// One unavailable item rejects the whole order and reserves nothing for the others.
+async fn check_reservation_is_all_or_nothing(store: Arc<dyn Store>) {
+    let (a, b) = (unique("sku-a"), unique("sku-b"));
+    store
+        .put_products(vec![product(&a, 5), product(&b, 1)])
+        .await
+        .unwrap();
+
+    let short = store
+        .reserve(&new_id(), &[item(&a, 3), item(&b, 2)], T0)
+        .await
+        .unwrap();
+    assert_eq!(rejection_code(&short), Some("out_of_stock"), "{short:?}");
+    assert_eq!(stock(&*store, &a).await, (5, 0));
+    assert_eq!(stock(&*store, &b).await, (1, 0));
+
+    let unknown = unique("no-such-sku");
+    let bad_sku = store
+        .reserve(&new_id(), &[item(&a, 1), item(&unknown, 1)], T0)
+        .await
+        .unwrap();
+    assert_eq!(rejection_code(&bad_sku), Some("unknown_sku"), "{bad_sku:?}");
+    assert_eq!(stock(&*store, &a).await, (5, 0));
+
+    let zero = store
+        .reserve(&new_id(), &[item(&a, 1), item(&b, 0)], T0)
+        .await
+        .unwrap();
+    assert_eq!(rejection_code(&zero), Some("invalid_order"), "{zero:?}");
+    assert_eq!(stock(&*store, &a).await, (5, 0));
+
+    let fits = store
+        .reserve(&new_id(), &[item(&a, 3), item(&b, 1)], T0)
+        .await
+        .unwrap();
+    let Reservation::Reserved {
+        lines,
+        at,
+        released,
+    } = fits
+    else {
+        panic!("expected a reservation, got {fits:?}");
+    };
+    assert_eq!((at, released), (T0, false));
+    assert_eq!(reserved_quantity(&lines, &a), 3);
+    assert_eq!(reserved_quantity(&lines, &b), 1);
+    let line = lines.iter().find(|l| l.sku == a).unwrap();
+    assert_eq!(
+        (
+            line.name.as_str(),
+            line.unit_price_cents,
+            line.currency.as_str()
+        ),
+        (product(&a, 0).name.as_str(), 1250, "EUR"),
+        "a line carries the catalogue's name and price"
+    );
+    assert_eq!(stock(&*store, &a).await, (2, 3));
+    assert_eq!(stock(&*store, &b).await, (0, 1));
+}
+
+/// An order naming a SKU twice is checked and reserved as one demand of the summed quantity.
+async fn check_reservation_sums_a_sku_listed_twice(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 3)]).await.unwrap();
+
+    // Each line fits alone (2 ≤ 3); together they do not (4 > 3).
+    let too_many = store
+        .reserve(&new_id(), &[item(&sku, 2), item(&sku, 2)], T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        rejection_code(&too_many),
+        Some("out_of_stock"),
+        "{too_many:?}"
+    );
+    assert_eq!(stock(&*store, &sku).await, (3, 0));
+
+    let order_id = new_id();
+    let fits = store
+        .reserve(&order_id, &[item(&sku, 2), item(&sku, 1)], T0)
+        .await
+        .unwrap();
+    let Reservation::Reserved { lines, .. } = &fits else {
+        panic!("expected a reservation, got {fits:?}");
+    };
+    assert_eq!(reserved_quantity(lines, &sku), 3);
+    assert_eq!(stock(&*store, &sku).await, (0, 3));
+
+    // Releasing gives back all of it, once.
+    assert!(store.release(&order_id).await.unwrap());
+    assert_eq!(stock(&*store, &sku).await, (3, 0));
+}
+
+/// A second `reserve` for an order returns the first outcome; `release` gives stock back once.
+async fn check_reserve_and_release_are_idempotent(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    let other_sku = unique("sku-other");
+    store
+        .put_products(vec![product(&sku, 5), product(&other_sku, 1)])
+        .await
+        .unwrap();
+
+    let order_id = new_id();
+    let first = store
+        .reserve(&order_id, &[item(&sku, 2)], T0)
+        .await
+        .unwrap();
+    assert!(matches!(first, Reservation::Reserved { .. }), "{first:?}");
+    assert_eq!(stock(&*store, &sku).await, (3, 2));
+
+    // A redelivery (later, even with other items) returns the recorded outcome.
+    let again = store
+        .reserve(&order_id, &[item(&sku, 2)], T0 + 100)
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let changed = store
+        .reserve(&order_id, &[item(&sku, 3)], T0 + 200)
+        .await
+        .unwrap();
+    assert_eq!(changed, first);
+    assert_eq!(stock(&*store, &sku).await, (3, 2));
+
+    // Another order's reservation is untouched by this order's release.
+    let neighbour = new_id();
+    let kept = store
+        .reserve(&neighbour, &[item(&sku, 1)], T0)
+        .await
+        .unwrap();
+    assert!(matches!(kept, Reservation::Reserved { .. }), "{kept:?}");
+    assert_eq!(stock(&*store, &sku).await, (2, 3));
+
+    assert!(
+        store.release(&order_id).await.unwrap(),
+        "the first release returns stock"
+    );
+    assert_eq!(stock(&*store, &sku).await, (4, 1));
+    assert!(
+        !store.release(&order_id).await.unwrap(),
+        "the second release is a no-op"
+    );
+    assert_eq!(stock(&*store, &sku).await, (4, 1));
+
+    // A redelivered reservation after the release does not take the stock again.
+    let after_release = store
+        .reserve(&order_id, &[item(&sku, 2)], T0 + 300)
+        .await
+        .unwrap();
+    assert!(
+        matches!(after_release, Reservation::Reserved { .. }),
+        "{after_release:?}"
+    );
+    assert_eq!(stock(&*store, &sku).await, (4, 1));
+
+    // A rejected order is recorded as rejected, even once stock arrives, and has nothing to
+    // release.
+    let rejected_id = new_id();
+    let rejected = store
+        .reserve(&rejected_id, &[item(&other_sku, 5)], T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        rejection_code(&rejected),
+        Some("out_of_stock"),
+        "{rejected:?}"
+    );
+    assert!(!store.release(&rejected_id).await.unwrap());
+    assert_eq!(stock(&*store, &other_sku).await, (1, 0));
+    store
+        .put_products(vec![product(&other_sku, 10)])
+        .await
+        .unwrap();
+    let retried = store
+        .reserve(&rejected_id, &[item(&other_sku, 5)], T0 + 100)
+        .await
+        .unwrap();
+    assert_eq!(retried, rejected);
+    assert_eq!(stock(&*store, &other_sku).await, (10, 0));
+
+    assert!(!store.release(&new_id()).await.unwrap(), "unknown order");
+    assert_eq!(stock(&*store, &sku).await, (4, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payments and invoices
+
+/// The first recorded payment of an order wins, also when several race.
+async fn check_first_payment_wins(store: Arc<dyn Store>) {
+    let order_id = new_id();
+    assert_eq!(store.get_payment(&order_id).await.unwrap(), None);
+
+    let barrier = Arc::new(Barrier::new(10));
+    let handles: Vec<JoinHandle<PaymentRecord>> = (0..10)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            let attempt = payment(&order_id, i % 2 == 0, &format!("ch_{i}"));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.record_payment(attempt).await.unwrap()
+            })
+        })
+        .collect();
+    let recorded = join(handles).await;
+    let winner = recorded[0].clone();
+    assert!(
+        recorded.iter().all(|r| *r == winner),
+        "every caller sees the one recorded payment: {recorded:#?}"
+    );
+    assert_eq!(
+        store.get_payment(&order_id).await.unwrap(),
+        Some(winner.clone())
+    );
+
+    // A later call with the opposite outcome still gets the first one back.
+    let opposite = PaymentRecord {
+        approved: !winner.approved,
+        payment_id: None,
+        reason: Some("card_declined".into()),
+        at: T0 + 1000,
+        ..winner.clone()
+    };
+    assert_eq!(store.record_payment(opposite).await.unwrap(), winner);
+    assert_eq!(store.get_payment(&order_id).await.unwrap(), Some(winner));
+
+    // Sequentially: declined first, then approved → declined stays.
+    let declined_id = new_id();
+    let declined = payment(&declined_id, false, "unused");
+    assert_eq!(
+        store.record_payment(declined.clone()).await.unwrap(),
+        declined
+    );
+    let approved = payment(&declined_id, true, "ch_late");
+    assert_eq!(store.record_payment(approved).await.unwrap(), declined);
+    assert_eq!(
+        store.get_payment(&declined_id).await.unwrap(),
+        Some(declined)
+    );
+}
+
+/// Invoice numbers are 1..=N without gaps across N concurrent orders, each order numbered once
+/// even when its invoice is requested twice at the same time. Needs a fresh store.
+async fn check_invoice_numbers_are_gapless(store: Arc<dyn Store>) {
+    const ORDERS: usize = 20;
+    let customer = unique("customer");
+    let orders: Vec<OrderRecord> = (0..ORDERS).map(|_| order(&customer, T0)).collect();
+
+    // Two concurrent requests per order.
+    let barrier = Arc::new(Barrier::new(2 * ORDERS));
+    let handles: Vec<JoinHandle<_>> = orders
+        .iter()
+        .flat_map(|o| [o, o])
+        .enumerate()
+        .map(|(i, o)| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            let draft = draft(o, T0 + i as i64);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.create_invoice(draft).await.unwrap()
+            })
+        })
+        .collect();
+    let invoices = join(handles).await;
+    for pair in invoices.chunks(2) {
+        assert_eq!(pair[0], pair[1], "one invoice per order");
+    }
+    let sequences: BTreeSet<u64> = invoices.iter().map(|i| i.sequence).collect();
+    assert_eq!(sequences, (1..=ORDERS as u64).collect(), "gapless from 1");
+    for (invoice, o) in invoices.iter().step_by(2).zip(&orders) {
+        assert_eq!(invoice.number, format!("INV-{:08}", invoice.sequence));
+        assert_eq!(invoice.order_id, o.order_id);
+        assert_eq!(invoice.customer_id, customer);
+        assert_eq!(invoice.pricing, pricing(o.order_id.len() as i64));
+        assert_eq!(
+            store.get_invoice(&o.order_id).await.unwrap().as_ref(),
+            Some(invoice)
+        );
+    }
+    let first = invoices.iter().find(|i| i.sequence == 1).unwrap();
+    assert_eq!(first.number, "INV-00000001");
+
+    // Asking again returns the same invoice and consumes no number.
+    for (invoice, o) in invoices.iter().step_by(2).zip(&orders) {
+        let again = store.create_invoice(draft(o, T0 + 10_000)).await.unwrap();
+        assert_eq!(&again, invoice);
+    }
+    let next = store
+        .create_invoice(draft(&order(&customer, T0), T0 + 20_000))
+        .await
+        .unwrap();
+    assert_eq!(next.sequence, ORDERS as u64 + 1);
+    assert_eq!(next.number, "INV-00000021");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orders
+
+/// An `Idempotency-Key` returns the first order for the same request, is refused for another
+/// request, is scoped to its customer and is forgotten once expired.
+async fn check_idempotency_keys(store: Arc<dyn Store>) {
+    let customer = unique("customer");
+    let key = IdempotencyKey {
+        key: unique("key"),
+        fingerprint: "request-1".into(),
+        expires_at: T0 + DAY_MS,
+    };
+
+    let first = order(&customer, T0);
+    let created = store
+        .create_order(first.clone(), Some(key.clone()))
+        .await
+        .unwrap();
+    assert_eq!(created, CreateOrder::Created);
+
+    // The same request again: the first order, and the retry's order is not stored.
+    let retry = order(&customer, T0 + 1000);
+    let existing = store
+        .create_order(retry.clone(), Some(key.clone()))
+        .await
+        .unwrap();
+    assert_eq!(existing, CreateOrder::Existing(Box::new(first.clone())));
+    assert_eq!(store.get_order(&retry.order_id).await.unwrap(), None);
+
+    // The same key for a different request.
+    let other_request = order(&customer, T0 + 2000);
+    let reused = store
+        .create_order(
+            other_request.clone(),
+            Some(IdempotencyKey {
+                fingerprint: "request-2".into(),
+                ..key.clone()
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reused,
+        CreateOrder::KeyReused {
+            order_id: first.order_id.clone()
+        }
+    );
+    assert_eq!(
+        store.get_order(&other_request.order_id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        ids(&store
+            .list_customer_orders(&customer, None, 10)
+            .await
+            .unwrap()),
+        vec![first.order_id.clone()]
+    );
+
+    // Another customer's key with the same name is independent.
+    let stranger = unique("customer");
+    let theirs = order(&stranger, T0 + 3000);
+    assert_eq!(
+        store
+            .create_order(theirs.clone(), Some(key.clone()))
+            .await
+            .unwrap(),
+        CreateOrder::Created
+    );
+    assert_eq!(
+        store.get_order(&theirs.order_id).await.unwrap(),
+        Some(theirs)
+    );
+
+    // Expiry: the key still holds just before `expires_at`, and is free from `expires_at` on.
+    let short_key = IdempotencyKey {
+        key: unique("key"),
+        fingerprint: "request-3".into(),
+        expires_at: T0 + 1000,
+    };
+    let original = order(&customer, T0);
+    assert_eq!(
+        store
+            .create_order(original.clone(), Some(short_key.clone()))
+            .await
+            .unwrap(),
+        CreateOrder::Created
+    );
+    let just_before = store
+        .create_order(order(&customer, T0 + 999), Some(short_key.clone()))
+        .await
+        .unwrap();
+    assert_eq!(just_before, CreateOrder::Existing(Box::new(original)));
+    let after_expiry = order(&customer, T0 + 1000);
+    let renewed_key = IdempotencyKey {
+        expires_at: T0 + 1000 + DAY_MS,
+        ..short_key.clone()
+    };
+    assert_eq!(
+        store
+            .create_order(after_expiry.clone(), Some(renewed_key.clone()))
+            .await
+            .unwrap(),
+        CreateOrder::Created
+    );
+    assert_eq!(
+        store.get_order(&after_expiry.order_id).await.unwrap(),
+        Some(after_expiry.clone())
+    );
+    // …and the key now stands for the new order.
+    let retry_new = store
+        .create_order(order(&customer, T0 + 1500), Some(renewed_key))
+        .await
+        .unwrap();
+    assert_eq!(retry_new, CreateOrder::Existing(Box::new(after_expiry)));
+}
+
+/// A customer's orders come newest first; pages chained with `before` cover every order once;
+/// other customers' orders (even with a customer id that starts the same) never appear.
+async fn check_customer_orders_page_newest_first(store: Arc<dyn Store>) {
+    let customer = unique("customer");
+    let similar = format!("{customer}x");
+    let stranger = unique("customer");
+
+    let mut mine = Vec::new();
+    for i in 0..7 {
+        let o = order(&customer, T0 + i);
+        store.create_order(o.clone(), None).await.unwrap();
+        mine.push(o);
+        for other in [&similar, &stranger] {
+            let o = order(other, T0 + i);
+            store.create_order(o, None).await.unwrap();
+        }
+    }
+    let newest_first: Vec<String> = mine.iter().rev().map(|o| o.order_id.clone()).collect();
+
+    let all = store
+        .list_customer_orders(&customer, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(&all), newest_first);
+    assert_eq!(all[0], mine[6], "the full record is returned");
+
+    let mut pages = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = store
+            .list_customer_orders(&customer, before.as_deref(), 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        assert!(page.iter().all(|o| o.customer_id == customer));
+        let Some(last) = page.last() else { break };
+        before = Some(last.order_id.clone());
+        pages.push(ids(&page));
+        assert!(pages.len() <= 3, "paging does not end: {pages:?}");
+    }
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![3, 3, 1]
+    );
+    assert_eq!(pages.concat(), newest_first);
+
+    assert!(store
+        .list_customer_orders(&customer, None, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_customer_orders(&unique("nobody"), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .list_customer_orders(&similar, None, 100)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+}
+
+/// `apply_status` ignores redelivered events, never moves the status back, keeps the timeline
+/// in pipeline order and keeps pricing and invoice number when an update has none.
+async fn check_status_moves_forward_only(store: Arc<dyn Store>) {
+    let customer = unique("customer");
+    let o = order(&customer, T0);
+    store.create_order(o.clone(), None).await.unwrap();
+
+    let invoiced = StatusUpdate {
+        invoice_number: Some("INV-00000042".into()),
+        detail: Some("INV-00000042".into()),
+        ..update(&o, OrderStatus::Invoiced, T0 + 30)
+    };
+    let validated = StatusUpdate {
+        pricing: Some(pricing(7)),
+        ..update(&o, OrderStatus::Validated, T0 + 10)
+    };
+    let paid = StatusUpdate {
+        detail: Some("ch_1".into()),
+        ..update(&o, OrderStatus::Paid, T0 + 20)
+    };
+
+    // Out of order, with a redelivery of each.
+    for u in [&invoiced, &validated, &validated, &paid, &invoiced, &paid] {
+        store.apply_status(u.clone()).await.unwrap();
+    }
+
+    let got = store
+        .get_order(&o.order_id)
+        .await
+        .unwrap()
+        .expect("the order");
+    assert_eq!(got.status, OrderStatus::Invoiced, "never moves back");
+    let statuses: Vec<OrderStatus> = got.timeline.iter().map(|t| t.status).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            OrderStatus::Accepted,
+            OrderStatus::Validated,
+            OrderStatus::Paid,
+            OrderStatus::Invoiced
+        ],
+        "one entry per event, in pipeline order"
+    );
+    assert_eq!(
+        got.timeline[3],
+        TimelineEntry {
+            status: OrderStatus::Invoiced,
+            event_id: invoiced.event_id.clone(),
+            at: T0 + 30,
+            detail: Some("INV-00000042".into()),
+        }
+    );
+    assert_eq!(got.pricing, Some(pricing(7)), "pricing kept");
+    assert_eq!(
+        got.invoice_number.as_deref(),
+        Some("INV-00000042"),
+        "invoice number kept"
+    );
+    assert_eq!(got.updated_at, T0 + 30);
+    assert_eq!(
+        (got.items, got.created_at, got.shipping_address),
+        (o.items, o.created_at, o.shipping_address),
+        "what the order was created with is kept"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deliveries and catalogue
+
+/// A delivery marker belongs to one sink.
+async fn check_delivery_markers_are_per_sink(store: Arc<dyn Store>) {
+    let (a, b) = (unique("sink-a"), unique("sink-b"));
+    let ids: Vec<String> = (0..3).map(|_| new_id()).collect();
+
+    assert_eq!(store.delivered(&a, &ids).await.unwrap(), vec![false; 3]);
+    store
+        .mark_delivered(&a, &[ids[0].clone(), ids[2].clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delivered(&a, &ids).await.unwrap(),
+        vec![true, false, true]
+    );
+    assert_eq!(store.delivered(&b, &ids).await.unwrap(), vec![false; 3]);
+
+    // Marking again is harmless; the answer follows the order of the ids asked for.
+    store.mark_delivered(&a, &ids[..1]).await.unwrap();
+    store.mark_delivered(&b, &ids[1..2]).await.unwrap();
+    let reversed: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(
+        store.delivered(&a, &reversed).await.unwrap(),
+        vec![true, false, true]
+    );
+    assert_eq!(
+        store.delivered(&b, &reversed).await.unwrap(),
+        vec![false, true, false]
+    );
+    assert!(store.delivered(&a, &[]).await.unwrap().is_empty());
+}
+
+/// Seeding inserts only SKUs the catalogue lacks and never touches the stock of the others.
+async fn check_seeding_never_overwrites(store: Arc<dyn Store>) {
+    let prefix = unique("seed");
+    let (a, b, c) = (
+        format!("{prefix}-a"),
+        format!("{prefix}-b"),
+        format!("{prefix}-c"),
+    );
+    store.put_products(vec![product(&a, 5)]).await.unwrap();
+    let reservation = store.reserve(&new_id(), &[item(&a, 2)], T0).await.unwrap();
+    assert!(
+        matches!(reservation, Reservation::Reserved { .. }),
+        "{reservation:?}"
+    );
+
+    let seed = vec![
+        Product {
+            name: "renamed".into(),
+            ..product(&a, 100)
+        },
+        product(&c, 8),
+        product(&b, 7),
+    ];
+    assert_eq!(store.seed_products(seed.clone()).await.unwrap(), 2);
+    let a_now = store.get_product(&a).await.unwrap().expect("a");
+    assert_eq!(
+        a_now,
+        Product {
+            stock: 3,
+            reserved: 2,
+            ..product(&a, 0)
+        }
+    );
+    assert_eq!(stock(&*store, &b).await, (7, 0));
+    assert_eq!(stock(&*store, &c).await, (8, 0));
+
+    // Seeding again (a restart) inserts nothing and resets nothing.
+    assert_eq!(store.seed_products(seed).await.unwrap(), 0);
+    assert_eq!(stock(&*store, &a).await, (3, 2));
+
+    let listed: Vec<String> = store
+        .list_products()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.sku)
+        .filter(|sku| sku.starts_with(&prefix))
+        .collect();
+    assert_eq!(listed, vec![a, b, c], "the catalogue is ordered by SKU");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn new_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::now_v7())
+}
+
+fn product(sku: &str, stock: i64) -> Product {
+    Product {
+        sku: sku.into(),
+        name: format!("Product {sku}"),
+        price_cents: 1250,
+        currency: "EUR".into(),
+        stock,
+        reserved: 0,
+    }
+}
+
+fn item(sku: &str, quantity: i32) -> OrderItem {
+    OrderItem {
+        sku: sku.into(),
+        quantity,
+    }
+}
+
+/// A new order (fresh UUIDv7 id) as ingest records it.
+fn order(customer_id: &str, created_at: i64) -> OrderRecord {
+    order_with_id(&new_id(), customer_id, created_at)
+}
+
+fn order_with_id(order_id: &str, customer_id: &str, created_at: i64) -> OrderRecord {
+    OrderRecord {
+        order_id: order_id.into(),
+        customer_id: customer_id.into(),
+        status: OrderStatus::Accepted,
+        items: vec![item("any-sku", 1)],
+        shipping_address: None,
+        payment_method: Some("card".into()),
+        pricing: None,
+        invoice_number: None,
+        created_at,
+        updated_at: created_at,
+        timeline: vec![TimelineEntry {
+            status: OrderStatus::Accepted,
+            event_id: OrderStatus::Accepted.event_id(order_id),
+            at: created_at,
+            detail: None,
+        }],
+    }
+}
+
+fn update(order: &OrderRecord, status: OrderStatus, at: i64) -> StatusUpdate {
+    StatusUpdate {
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        status,
+        event_id: status.event_id(&order.order_id),
+        at,
+        detail: None,
+        pricing: None,
+        invoice_number: None,
+    }
+}
+
+/// Pricing of `quantity` units at 12.50 plus 20 % tax.
+fn pricing(quantity: i64) -> Pricing {
+    let subtotal = 1250 * quantity;
+    Pricing {
+        lines: vec![OrderLine {
+            sku: "any-sku".into(),
+            name: "Any".into(),
+            quantity: quantity as i32,
+            unit_price_cents: 1250,
+            line_total_cents: subtotal,
+        }],
+        currency: "EUR".into(),
+        subtotal_cents: subtotal,
+        tax_cents: subtotal / 5,
+        total_cents: subtotal + subtotal / 5,
+    }
+}
+
+fn draft(order: &OrderRecord, at: i64) -> InvoiceDraft {
+    InvoiceDraft {
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        pricing: pricing(order.order_id.len() as i64),
+        at,
+    }
+}
+
+fn payment(order_id: &str, approved: bool, charge: &str) -> PaymentRecord {
+    PaymentRecord {
+        order_id: order_id.into(),
+        amount_cents: 1500,
+        currency: "EUR".into(),
+        approved,
+        payment_id: approved.then(|| charge.to_string()),
+        reason: (!approved).then(|| "insufficient_funds".to_string()),
+        at: T0,
+    }
+}
+
+/// (stock, reserved) of a product that must exist.
+async fn stock(store: &dyn Store, sku: &str) -> (i64, i64) {
+    let p = store
+        .get_product(sku)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("product {sku} exists"));
+    (p.stock, p.reserved)
+}
+
+fn rejection_code(reservation: &Reservation) -> Option<&str> {
+    match reservation {
+        Reservation::Rejected { code, .. } => Some(code),
+        Reservation::Reserved { .. } => None,
+    }
+}
+
+/// Units of `sku` across a reservation's lines.
+fn reserved_quantity(lines: &[orderflow_store::ReservedLine], sku: &str) -> i64 {
+    lines
+        .iter()
+        .filter(|l| l.sku == sku)
+        .map(|l| i64::from(l.quantity))
+        .sum()
+}
+
+fn ids(orders: &[OrderRecord]) -> Vec<String> {
+    orders.iter().map(|o| o.order_id.clone()).collect()
+}
+
+/// Awaits every task, in order; a panicking task fails the test.
+async fn join<T>(handles: Vec<JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("a task panicked"));
+    }
+    out
+}
