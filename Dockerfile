@@ -56,9 +56,8 @@ WORKDIR /data
 USER 10001:10001
 
 # 8080: HTTP API. 9092: the embedded broker of `orderflow run` (unless --brokers is given).
-# The embedded broker advertises its listen address as given (0.0.0.0:9092 below): fine for
-# the process itself and, through `-p 9092:9092`, usually for clients on the Docker host;
-# other containers cannot use that address, so give them a real cluster (docker-compose.yml).
+# The embedded broker advertises 127.0.0.1:9092 for a 0.0.0.0 listener: right for clients on
+# the Docker host through `-p 9092:9092`; other containers need `--kafka-advertise NAME:9092`.
 EXPOSE 8080 9092
 
 # No HEALTHCHECK here: `process` and `bridge` serve no HTTP. Services that run the API

@@ -10,7 +10,11 @@ use orderflow_schemas::Topics;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderflow", version, about = "A Kafka-compatible order pipeline.")]
+#[command(
+    name = "orderflow",
+    version,
+    about = "A Kafka-compatible order pipeline."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -32,6 +36,33 @@ pub enum Command {
     /// Manage topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Load a running pipeline: post orders over HTTP, read `orders.invoiced` over Kafka, and
+    /// report throughput and accept → invoiced latency.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The pipeline's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The pipeline's Kafka bootstrap servers.
+    #[arg(long, env = "ORDERFLOW_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, env = "ORDERFLOW_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// How many orders to post.
+    #[arg(long, default_value_t = 10_000)]
+    pub orders: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// The SKU every order buys one of (the demo catalogue has 1,000,000 sticker packs).
+    #[arg(long, default_value = "STICKER-001")]
+    pub sku: String,
+    /// Give up waiting for invoiced events after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -63,7 +94,11 @@ pub struct CommonArgs {
     #[arg(long, env = "ORDERFLOW_TAX_BPS", default_value_t = 2000)]
     pub tax_bps: i64,
     /// The simulated payment gateway declines charges above this many cents.
-    #[arg(long, env = "ORDERFLOW_PAYMENT_LIMIT_CENTS", default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_PAYMENT_LIMIT_CENTS",
+        default_value_t = 1_000_000
+    )]
     pub payment_limit_cents: i64,
 }
 
@@ -72,9 +107,6 @@ impl CommonArgs {
         let mut config = KafkaConfig::new(brokers, Topics::new(self.topic_prefix.clone()));
         for (key, value) in std::env::vars() {
             if let Some(name) = key.strip_prefix("ORDERFLOW_KAFKA_") {
-                if name == "LISTEN" {
-                    continue;
-                }
                 config
                     .properties
                     .push((name.to_ascii_lowercase().replace('_', "."), value));
@@ -84,7 +116,9 @@ impl CommonArgs {
             let Some((k, v)) = property.split_once('=') else {
                 bail!("--kafka-property {property}: expected KEY=VALUE");
             };
-            config.properties.push((k.trim().to_string(), v.trim().to_string()));
+            config
+                .properties
+                .push((k.trim().to_string(), v.trim().to_string()));
         }
         Ok(config)
     }
@@ -108,8 +142,17 @@ pub struct RunArgs {
     #[arg(long, env = "ORDERFLOW_BROKERS")]
     pub brokers: Option<String>,
     /// The embedded broker's address (port 0 picks a free one).
-    #[arg(long, env = "ORDERFLOW_KAFKA_LISTEN", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_BROKER_LISTEN",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_listen: SocketAddr,
+    /// The address the embedded broker tells clients to connect to (default: the listen
+    /// address, with 127.0.0.1 for an unspecified IP). Set it when clients reach this host by
+    /// another name, e.g. in a container.
+    #[arg(long, env = "ORDERFLOW_BROKER_ADVERTISE")]
+    pub kafka_advertise: Option<String>,
     /// Partitions per topic when creating topics.
     #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,

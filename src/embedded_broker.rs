@@ -13,14 +13,20 @@ use url::Url;
 
 /// A running embedded broker.
 pub struct EmbeddedBroker {
-    pub addr: SocketAddr,
+    /// What clients should use as bootstrap servers.
+    pub advertised: String,
     task: JoinHandle<()>,
 }
 
 impl EmbeddedBroker {
     /// Starts the broker on `listen` (port 0 picks a free port) with its log in
-    /// `<data_dir>/broker.db`.
-    pub async fn start(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<Self> {
+    /// `<data_dir>/broker.db`. It advertises `advertise` (`host:port`), or else the listen
+    /// address with 127.0.0.1 for an unspecified IP.
+    pub async fn start(
+        listen: SocketAddr,
+        advertise: Option<&str>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let addr = if listen.port() == 0 {
             // tansu advertises the address it is given, so find the port before it binds.
             let probe = TcpListener::bind(listen).context("finding a free port for the broker")?;
@@ -33,20 +39,30 @@ impl EmbeddedBroker {
         let db = std::path::absolute(data_dir.join("broker.db"))?;
         let storage = sqlite_url(&db)?;
         let listener = Url::parse(&format!("tcp://{addr}"))?;
+        let advertised = match advertise {
+            Some(a) => a.to_string(),
+            None if addr.ip().is_unspecified() => format!("127.0.0.1:{}", addr.port()),
+            None => addr.to_string(),
+        };
+        let advertised_url = Url::parse(&format!("tcp://{advertised}"))
+            .with_context(|| format!("--kafka-advertise {advertised}: expected host:port"))?;
         let broker = tansu_broker::broker::Broker::<
-            tansu_broker::coordinator::group::administrator::Controller<tansu_storage::StorageContainer>,
+            tansu_broker::coordinator::group::administrator::Controller<
+                tansu_storage::StorageContainer,
+            >,
             tansu_storage::StorageContainer,
         >::builder()
-            .node_id(1)
-            .cluster_id("orderflow")
-            .incarnation_id(uuid::Uuid::now_v7())
-            .advertised_listener(listener.clone())
-            .storage(storage)
-            .listener(listener)
-            .silent(true)
-            .build()
-            .await
-            .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:?}"))?;
+        .node_id(1)
+        .cluster_id("orderflow")
+        .incarnation_id(uuid::Uuid::now_v7())
+        .advertised_listener(advertised_url)
+        .storage(storage)
+        .listener(listener)
+        .silent(true)
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:?}"))?;
+        add_header_index(&db).await?;
         let mut broker = broker;
         let task = tokio::spawn(async move {
             if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
@@ -57,7 +73,7 @@ impl EmbeddedBroker {
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 info!(%addr, db = %db.display(), "Embedded broker started.");
-                return Ok(EmbeddedBroker { addr, task });
+                return Ok(EmbeddedBroker { advertised, task });
             }
             if task.is_finished() {
                 break;
@@ -73,6 +89,26 @@ impl EmbeddedBroker {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// tansu 0.6 reads a record's headers with a query on `header (topition, offset_id)`, a table
+/// it gives no index: every fetched record scans every header ever written, so fetches slow
+/// down as the log grows. The index makes that lookup a B-tree seek. Creating it is idempotent
+/// and changes no data.
+async fn add_header_index(db: &Path) -> anyhow::Result<()> {
+    let database = libsql::Builder::new_local(db)
+        .build()
+        .await
+        .context("opening the broker's log to index it")?;
+    let connection = database.connect()?;
+    connection
+        .execute(
+            "create index if not exists orderflow_header_record on header (topition, offset_id)",
+            (),
+        )
+        .await
+        .context("indexing the broker's record headers")?;
+    Ok(())
 }
 
 /// tansu joins the URL's host and path onto the working directory; a path that still starts

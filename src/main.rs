@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 #[cfg(feature = "embedded-broker")]
 mod embedded_broker;
+mod load;
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -31,38 +32,44 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Run(args) => run(args, shutdown).await,
             Command::Ingest(args) => {
-                let kafka = args.common.kafka(&args.brokers)?;
-                let store = open_store(&args.common)?;
-                let producer = EventProducer::new(&kafka)?;
+                let (_, store, producer) = connect(&args.common, &args.brokers)?;
                 serve_http(args.http, store, producer.clone(), shutdown).await?;
                 producer.flush(Duration::from_secs(10));
                 Ok(())
             }
             Command::Process(args) => {
-                let kafka = args.common.kafka(&args.brokers)?;
-                let store = open_store(&args.common)?;
-                let producer = EventProducer::new(&kafka)?;
+                let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
                 let stage: Stage = args.stage.into();
-                run_stage(stage, &kafka, store, producer.clone(), &args.common.processor_settings(), shutdown)
-                    .await?;
+                run_stage(
+                    stage,
+                    &kafka,
+                    store,
+                    producer.clone(),
+                    &args.common.processor_settings(),
+                    shutdown,
+                )
+                .await?;
                 producer.flush(Duration::from_secs(10));
                 Ok(())
             }
             Command::Bridge(args) => {
-                let kafka = args.common.kafka(&args.brokers)?;
-                let store = open_store(&args.common)?;
-                let producer = EventProducer::new(&kafka)?;
+                let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
                 let sinks = default_sinks(&args.common.data_dir)?;
                 orderflow_bridge::run_bridge(&kafka, store, sinks, producer.clone(), shutdown)
                     .await?;
                 producer.flush(Duration::from_secs(10));
                 Ok(())
             }
+            Command::Load(args) => load::run(args).await,
             Command::Topics(TopicsCommand::Create(args)) => {
                 let kafka = args.common.kafka(&args.brokers)?;
                 let created = admin::create_topics(&kafka, &args.settings()).await?;
                 for name in kafka.topics.all() {
-                    let state = if created.contains(&name) { "created" } else { "exists" };
+                    let state = if created.contains(&name) {
+                        "created"
+                    } else {
+                        "exists"
+                    };
                     println!("{name}\t{state}");
                 }
                 Ok(())
@@ -94,6 +101,17 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     info!("Shutting down: finishing in-flight work.");
     shutdown.cancel();
+}
+
+/// What a single-stage service needs: its Kafka config, the store, a producer.
+fn connect(
+    common: &CommonArgs,
+    brokers: &str,
+) -> Result<(KafkaConfig, Arc<dyn Store>, EventProducer)> {
+    let kafka = common.kafka(brokers)?;
+    let store = open_store(common)?;
+    let producer = EventProducer::new(&kafka)?;
+    Ok((kafka, store, producer))
 }
 
 fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
@@ -139,7 +157,10 @@ async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> 
             }
         }
     }
-    bail!("cannot create topics: {}", last.map(|e| e.to_string()).unwrap_or_default())
+    bail!(
+        "cannot create topics: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )
 }
 
 /// `orderflow run`: every stage in this process, on the embedded broker unless `--brokers`.
@@ -152,10 +173,13 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         None => {
             #[cfg(feature = "embedded-broker")]
             {
-                let broker =
-                    embedded_broker::EmbeddedBroker::start(args.kafka_listen, &common.data_dir)
-                        .await?;
-                let addr = broker.addr.to_string();
+                let broker = embedded_broker::EmbeddedBroker::start(
+                    args.kafka_listen,
+                    args.kafka_advertise.as_deref(),
+                    &common.data_dir,
+                )
+                .await?;
+                let addr = broker.advertised.clone();
                 embedded = Some(broker);
                 addr
             }
@@ -163,7 +187,15 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
             bail!("this build has no embedded broker: pass --brokers HOST:PORT")
         }
     };
-    let kafka = common.kafka(&brokers)?;
+    let mut kafka = common.kafka(&brokers)?;
+    if args.brokers.is_none() {
+        // tansu answers a fetch only after its full max wait, even when data is there: keep
+        // the wait short so that each hop adds milliseconds, not the 100 ms default. Flags and
+        // ORDERFLOW_KAFKA_* still win, since they are applied after this.
+        kafka
+            .properties
+            .insert(0, ("fetch.wait.max.ms".into(), "10".into()));
+    }
     let settings = admin::TopicSettings {
         partitions: args.partitions,
         ..Default::default()
@@ -206,8 +238,12 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     }
     {
         let sinks = default_sinks(&common.data_dir)?;
-        let (kafka, store, producer, shutdown) =
-            (kafka.clone(), store.clone(), producer.clone(), shutdown.clone());
+        let (kafka, store, producer, shutdown) = (
+            kafka.clone(),
+            store.clone(),
+            producer.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             orderflow_bridge::run_bridge(&kafka, store, sinks, producer, shutdown)
                 .await
@@ -215,7 +251,10 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         });
     }
     {
-        let state = Arc::new(orderflow_ingest::ApiState::new(store.clone(), producer.clone()));
+        let state = Arc::new(orderflow_ingest::ApiState::new(
+            store.clone(),
+            producer.clone(),
+        ));
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             orderflow_ingest::serve(listener, state, shutdown)

@@ -4,9 +4,7 @@
 mod common;
 
 use common::{keyed, order_body, read_topic, Pipeline};
-use orderflow_schemas::{
-    wire, Event, OrderAccepted, OrderInvoiced, OrderPaid, OrderValidated,
-};
+use orderflow_schemas::{wire, Event, OrderAccepted, OrderInvoiced, OrderPaid, OrderValidated};
 use rdkafka::{
     message::{Headers, OwnedMessage},
     producer::{BaseProducer, BaseRecord, Producer},
@@ -25,15 +23,18 @@ fn statuses(order: &Value) -> Vec<String> {
 
 /// Decodes the message of `topic` keyed by the order, checking the Confluent frame.
 fn find<E: Event>(messages: &[OwnedMessage], order_id: &str) -> Option<E> {
-    messages.iter().filter(|m| keyed(m, order_id)).find_map(|m| {
-        let payload = m.payload().unwrap();
-        assert_eq!(payload[0], 0, "magic byte");
-        assert_eq!(
-            u32::from_be_bytes(payload[1..5].try_into().unwrap()),
-            E::SCHEMA_ID
-        );
-        Some(wire::decode::<E>(payload).expect("decodes with its schema"))
-    })
+    messages
+        .iter()
+        .filter(|m| keyed(m, order_id))
+        .find_map(|m| {
+            let payload = m.payload().unwrap();
+            assert_eq!(payload[0], 0, "magic byte");
+            assert_eq!(
+                u32::from_be_bytes(payload[1..5].try_into().unwrap()),
+                E::SCHEMA_ID
+            );
+            Some(wire::decode::<E>(payload).expect("decodes with its schema"))
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +42,9 @@ async fn an_order_reaches_invoiced_with_its_timeline_events_and_notifications() 
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
 
-    let response = p.post_order(&order_body("MUG-001", 2, "tok_visa"), None).await;
+    let response = p
+        .post_order(&order_body("MUG-001", 2, "tok_visa"), None)
+        .await;
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_string();
     let body: Value = response.json().await.unwrap();
@@ -50,14 +53,20 @@ async fn an_order_reaches_invoiced_with_its_timeline_events_and_notifications() 
     assert_eq!(location, format!("/v1/orders/{id}"));
 
     let order = p.wait_for_status(&id, "invoiced").await;
-    assert_eq!(statuses(&order), ["accepted", "validated", "paid", "invoiced"]);
+    assert_eq!(
+        statuses(&order),
+        ["accepted", "validated", "paid", "invoiced"]
+    );
     // 2 × 12.50, plus 20% tax.
     assert_eq!(order["subtotal_cents"], 2500);
     assert_eq!(order["tax_cents"], 500);
     assert_eq!(order["total_cents"], 3000);
     assert_eq!(order["currency"], "EUR");
     assert_eq!(order["lines"][0]["name"], "Orderflow mug");
-    assert!(order["invoice_number"].as_str().unwrap().starts_with("INV-"));
+    assert!(order["invoice_number"]
+        .as_str()
+        .unwrap()
+        .starts_with("INV-"));
     for entry in order["timeline"].as_array().unwrap() {
         assert!(entry["at"].as_str().unwrap().ends_with('Z'), "{entry}");
     }
@@ -87,7 +96,10 @@ async fn an_order_reaches_invoiced_with_its_timeline_events_and_notifications() 
     let paid: OrderPaid = find(&paid, id).unwrap();
     assert_eq!(paid.total_cents, 3000);
     let inv: OrderInvoiced = find(&invoiced, id).unwrap();
-    assert_eq!(inv.invoice_number, order["invoice_number"].as_str().unwrap());
+    assert_eq!(
+        inv.invoice_number,
+        order["invoice_number"].as_str().unwrap()
+    );
     assert_eq!(inv.event_id, format!("{id}:invoiced"));
 
     // The file sink holds the customer's notifications.
@@ -132,7 +144,10 @@ async fn rejected_and_declined_orders_say_why_and_release_stock() {
     let before = p.stock("HOODIE-001").await;
     let declined = p.place(&order_body("HOODIE-001", 5, "tok_decline")).await;
     let order = p.wait_for_status(&declined, "payment_failed").await;
-    assert_eq!(statuses(&order), ["accepted", "validated", "payment_failed"]);
+    assert_eq!(
+        statuses(&order),
+        ["accepted", "validated", "payment_failed"]
+    );
     assert_eq!(order["timeline"][2]["detail"], "card declined");
     assert_eq!(p.stock("HOODIE-001").await, before);
 
@@ -143,8 +158,11 @@ async fn rejected_and_declined_orders_say_why_and_release_stock() {
 
     let notes = p
         .wait_for_notifications(|all| {
-            all.iter().any(|n| n["order_id"] == declined && n["kind"] == "payment_failed")
-                && all.iter().any(|n| n["order_id"] == unknown && n["kind"] == "order_rejected")
+            all.iter()
+                .any(|n| n["order_id"] == declined && n["kind"] == "payment_failed")
+                && all
+                    .iter()
+                    .any(|n| n["order_id"] == unknown && n["kind"] == "order_rejected")
         })
         .await;
     assert!(notes
@@ -213,21 +231,111 @@ async fn bad_input_gets_problem_json_naming_the_field() {
         .map(|i| json!({"sku": format!("S{i}"), "quantity": 1}))
         .collect();
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
-        ("malformed JSON", "{\"customer_id\": ".into(), "application/json", 400, "customer_id"),
-        ("not JSON at all", "<order/>".into(), "application/json", 400, "body"),
-        ("unknown field", with(&["coupon"], json!("FREE")), "application/json", 422, "coupon"),
-        ("missing field", with(&["customer_id"], Value::Null), "application/json", 422, "customer_id"),
-        ("missing nested field", with(&["shipping_address", "city"], Value::Null), "application/json", 422, "shipping_address.city"),
-        ("wrong type", with(&["items", "0", "quantity"], json!("two")), "application/json", 422, "items[0].quantity"),
-        ("zero quantity", with(&["items", "0", "quantity"], json!(0)), "application/json", 422, "items[0].quantity"),
-        ("negative quantity", with(&["items", "0", "quantity"], json!(-3)), "application/json", 422, "items[0].quantity"),
-        ("absurd quantity", with(&["items", "0", "quantity"], json!(10_000_000_000i64)), "application/json", 422, "items[0].quantity"),
-        ("no items", with(&["items"], json!([])), "application/json", 422, "items"),
-        ("too many items", with(&["items"], json!(many)), "application/json", 422, "items"),
-        ("bad country", with(&["shipping_address", "country"], json!("Germany")), "application/json", 422, "shipping_address.country"),
-        ("empty token", with(&["payment", "token"], json!("")), "application/json", 422, "payment.token"),
-        ("wrong content type", valid.to_string(), "text/plain", 415, "header:Content-Type"),
-        ("body over 1 MiB", format!("{{\"customer_id\": \"{}\"}}", "x".repeat(1024 * 1024 + 1)), "application/json", 413, "body"),
+        (
+            "malformed JSON",
+            "{\"customer_id\": ".into(),
+            "application/json",
+            400,
+            "customer_id",
+        ),
+        (
+            "not JSON at all",
+            "<order/>".into(),
+            "application/json",
+            400,
+            "body",
+        ),
+        (
+            "unknown field",
+            with(&["coupon"], json!("FREE")),
+            "application/json",
+            422,
+            "coupon",
+        ),
+        (
+            "missing field",
+            with(&["customer_id"], Value::Null),
+            "application/json",
+            422,
+            "customer_id",
+        ),
+        (
+            "missing nested field",
+            with(&["shipping_address", "city"], Value::Null),
+            "application/json",
+            422,
+            "shipping_address.city",
+        ),
+        (
+            "wrong type",
+            with(&["items", "0", "quantity"], json!("two")),
+            "application/json",
+            422,
+            "items[0].quantity",
+        ),
+        (
+            "zero quantity",
+            with(&["items", "0", "quantity"], json!(0)),
+            "application/json",
+            422,
+            "items[0].quantity",
+        ),
+        (
+            "negative quantity",
+            with(&["items", "0", "quantity"], json!(-3)),
+            "application/json",
+            422,
+            "items[0].quantity",
+        ),
+        (
+            "absurd quantity",
+            with(&["items", "0", "quantity"], json!(10_000_000_000i64)),
+            "application/json",
+            422,
+            "items[0].quantity",
+        ),
+        (
+            "no items",
+            with(&["items"], json!([])),
+            "application/json",
+            422,
+            "items",
+        ),
+        (
+            "too many items",
+            with(&["items"], json!(many)),
+            "application/json",
+            422,
+            "items",
+        ),
+        (
+            "bad country",
+            with(&["shipping_address", "country"], json!("Germany")),
+            "application/json",
+            422,
+            "shipping_address.country",
+        ),
+        (
+            "empty token",
+            with(&["payment", "token"], json!("")),
+            "application/json",
+            422,
+            "payment.token",
+        ),
+        (
+            "wrong content type",
+            valid.to_string(),
+            "text/plain",
+            415,
+            "header:Content-Type",
+        ),
+        (
+            "body over 1 MiB",
+            format!("{{\"customer_id\": \"{}\"}}", "x".repeat(1024 * 1024 + 1)),
+            "application/json",
+            413,
+            "body",
+        ),
     ];
     for (name, body, content_type, status, field) in cases {
         let response = p
@@ -259,7 +367,10 @@ async fn bad_input_gets_problem_json_naming_the_field() {
     for path in ["/v1/orders/does-not-exist", "/v2/nothing"] {
         let response = p.client.get(p.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 404);
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
     }
     // Nothing bad reached the pipeline, and it still takes good orders.
     let id = p.place(&valid).await;
@@ -310,7 +421,9 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_stage_goes_on() 
         header("orderflow-dlq-source-topic").as_deref(),
         Some("orders.accepted")
     );
-    assert!(header("orderflow-dlq-reason").unwrap().contains("magic byte"));
+    assert!(header("orderflow-dlq-reason")
+        .unwrap()
+        .contains("magic byte"));
     assert!(p.stop().success());
 }
 
@@ -354,7 +467,13 @@ async fn a_restart_keeps_orders_topics_and_offsets() {
                 .any(|n| n["order_id"] == second.as_str() && n["kind"] == "invoice_ready")
         })
         .await;
-    let first_notes = notes.iter().filter(|n| n["order_id"] == first.as_str()).count();
-    assert_eq!(first_notes, 2, "confirmation + invoice, once each: {notes:#?}");
+    let first_notes = notes
+        .iter()
+        .filter(|n| n["order_id"] == first.as_str())
+        .count();
+    assert_eq!(
+        first_notes, 2,
+        "confirmation + invoice, once each: {notes:#?}"
+    );
     assert!(p.stop().success());
 }

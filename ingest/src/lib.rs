@@ -75,7 +75,9 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::V
         .healthcheck()
         .await
         .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
-    Ok(Json(json!({"status": "ready", "store": "ok", "broker": "ok"})))
+    Ok(Json(
+        json!({"status": "ready", "store": "ok", "broker": "ok"}),
+    ))
 }
 
 async fn not_found(uri: Uri) -> Problem {

@@ -9,9 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use orderflow_schemas::{
-    Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod,
-};
+use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod};
 use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, TimelineEntry};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -149,10 +147,18 @@ impl From<OrderRecord> for OrderView {
 
 /// Is the content type JSON (`application/json`, `application/*+json`, any parameters)?
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -266,7 +272,10 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
         err("items".into(), "must hold at least one item");
     }
     if req.items.len() > MAX_ITEMS {
-        err("items".into(), &format!("must hold at most {MAX_ITEMS} items"));
+        err(
+            "items".into(),
+            &format!("must hold at most {MAX_ITEMS} items"),
+        );
     }
     for (i, item) in req.items.iter().enumerate().take(MAX_ITEMS) {
         if let Some(m) = text(&item.sku, 64) {
@@ -294,7 +303,10 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
     }
     if let Some(line2) = &a.line2 {
         if line2.chars().count() > 200 || line2.chars().any(char::is_control) {
-            err("shipping_address.line2".into(), "is too long or has control characters");
+            err(
+                "shipping_address.line2".into(),
+                "is too long or has control characters",
+            );
         }
     }
     if a.country.len() != 2 || !a.country.chars().all(|c| c.is_ascii_uppercase()) {
@@ -561,7 +573,11 @@ mod tests {
         let fields: Vec<String> = validate(&req).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
-            ["customer_id", "items[0].quantity", "shipping_address.country"]
+            [
+                "customer_id",
+                "items[0].quantity",
+                "shipping_address.country"
+            ]
         );
 
         let mut v = valid();
@@ -570,7 +586,9 @@ mod tests {
         assert_eq!(validate(&req)[0].field, "items[0].quantity");
 
         let mut v = valid();
-        v["items"] = serde_json::json!((0..101).map(|i| serde_json::json!({"sku": format!("S{i}"), "quantity": 1})).collect::<Vec<_>>());
+        v["items"] = serde_json::json!((0..101)
+            .map(|i| serde_json::json!({"sku": format!("S{i}"), "quantity": 1}))
+            .collect::<Vec<_>>());
         let req: CreateOrderRequest = serde_json::from_value(v).unwrap();
         assert_eq!(validate(&req)[0].field, "items");
 

@@ -71,8 +71,7 @@ pub enum HandlerError {
 /// after a crash or a rebalance, and must then do nothing twice (re-emitting its output is
 /// fine: consumers deduplicate by event id).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, message: &Incoming)
-        -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(&self, message: &Incoming) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// Which topics a stage reads, as which consumer group.
@@ -116,6 +115,7 @@ pub async fn run_consumer<H: Handler>(
     let mut recv_errors = 0u32;
     loop {
         let first = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             message = consumer.recv() => message,
         };
@@ -172,7 +172,12 @@ fn incoming(kafka: &KafkaConfig, m: rdkafka::message::OwnedMessage) -> Incoming 
         .headers()
         .map(|h| {
             h.iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -319,7 +324,9 @@ async fn dead_letter(
 fn store_offsets(consumer: &StreamConsumer, batch: &[Incoming]) {
     let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
     for m in batch {
-        let entry = highest.entry((m.topic.as_str(), m.partition)).or_insert(m.offset);
+        let entry = highest
+            .entry((m.topic.as_str(), m.partition))
+            .or_insert(m.offset);
         *entry = (*entry).max(m.offset);
     }
     for ((topic, partition), offset) in highest {

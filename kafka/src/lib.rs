@@ -112,7 +112,7 @@ impl KafkaConfig {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "100")
             .set("session.timeout.ms", "10000")
             .set("partition.assignment.strategy", "cooperative-sticky");
         self.overrides(&mut config, |k| !is_producer_only(k));
@@ -121,7 +121,9 @@ impl KafkaConfig {
 
     pub fn admin_config(&self) -> ClientConfig {
         let mut config = self.base();
-        self.overrides(&mut config, |k| !is_consumer_only(k) && !is_producer_only(k));
+        self.overrides(&mut config, |k| {
+            !is_consumer_only(k) && !is_producer_only(k)
+        });
         config
     }
 }

@@ -4,15 +4,12 @@ use std::time::Duration;
 
 use orderflow_schemas::{wire, Event, TopicKind, Topics};
 use rdkafka::{
-    message::{Header, OwnedHeaders},
+    message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
 
 use crate::{KafkaConfig, Result};
-
-/// The header naming the Avro record of a message, for consumers that route before decoding.
-pub const EVENT_TYPE_HEADER: &str = "orderflow-event-type";
 
 /// A cheap-to-clone producer of framed events.
 #[derive(Clone)]
@@ -39,12 +36,14 @@ impl EventProducer {
     pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
         let payload = wire::encode(event)?;
         let topic = self.topics.name(E::TOPIC);
-        let headers = OwnedHeaders::new().insert(Header {
-            key: EVENT_TYPE_HEADER,
-            value: Some(E::NAME),
-        });
-        self.send_raw(&topic, Some(event.order_id().as_bytes()), &payload, headers)
-            .await
+        // No headers: the topic and the schema id say what the message is.
+        self.send_raw(
+            &topic,
+            Some(event.order_id().as_bytes()),
+            &payload,
+            OwnedHeaders::new(),
+        )
+        .await
     }
 
     /// Produces a payload as it is.

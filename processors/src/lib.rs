@@ -19,8 +19,8 @@ use std::sync::Arc;
 use orderflow_kafka::{
     run_consumer, EventProducer, HandlerError, Incoming, KafkaConfig, StageConfig,
 };
-use orderflow_schemas::{wire, Event};
-use orderflow_store::{Store, StoreError};
+use orderflow_schemas::{wire, Event, OrderStatus};
+use orderflow_store::{Pricing, StatusUpdate, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub use invoicing::InvoicingHandler;
@@ -116,4 +116,37 @@ pub(crate) fn produce_error(e: orderflow_kafka::Error) -> HandlerError {
     } else {
         HandlerError::Poison(e.to_string())
     }
+}
+
+/// What a step records on the order's read model besides its status.
+#[derive(Debug, Default)]
+pub(crate) struct StepDetails {
+    pub detail: Option<String>,
+    pub pricing: Option<Pricing>,
+    pub invoice_number: Option<String>,
+}
+
+/// Records a step on the order's read model, then produces its event. Both are idempotent by
+/// the event id, so a redelivered message may do this again safely.
+pub(crate) async fn record_and_emit<E: Event>(
+    store: &dyn Store,
+    producer: &EventProducer,
+    status: OrderStatus,
+    event: &E,
+    details: StepDetails,
+) -> Result<(), HandlerError> {
+    store
+        .apply_status(StatusUpdate {
+            order_id: event.order_id().to_string(),
+            customer_id: event.customer_id().to_string(),
+            status,
+            event_id: event.event_id().to_string(),
+            at: event.occurred_at(),
+            detail: details.detail,
+            pricing: details.pricing,
+            invoice_number: details.invoice_number,
+        })
+        .await
+        .map_err(store_error)?;
+    producer.send(event).await.map_err(produce_error)
 }

@@ -23,6 +23,8 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn schema_text() -> &'static str;
     /// The message key: the order id.
     fn order_id(&self) -> &str;
+    /// The customer the order belongs to.
+    fn customer_id(&self) -> &str;
     /// The id consumers deduplicate on.
     fn event_id(&self) -> &str;
     /// When the step happened (ms since the epoch).
@@ -39,8 +41,11 @@ macro_rules! event {
             fn schema() -> &'static Schema {
                 static SCHEMA: OnceLock<Schema> = OnceLock::new();
                 SCHEMA.get_or_init(|| {
-                    Schema::parse_str(Self::schema_text())
-                        .expect(concat!("schemas/avro/", $file, " is valid Avro"))
+                    Schema::parse_str(Self::schema_text()).expect(concat!(
+                        "schemas/avro/",
+                        $file,
+                        " is valid Avro"
+                    ))
                 })
             }
 
@@ -50,6 +55,10 @@ macro_rules! event {
 
             fn order_id(&self) -> &str {
                 &self.order_id
+            }
+
+            fn customer_id(&self) -> &str {
+                &self.customer_id
             }
 
             fn event_id(&self) -> &str {

@@ -58,7 +58,12 @@ impl TopicKind {
                 "validation",
                 "bridge",
             ),
-            TopicKind::OrdersPaid => ("orders.paid", Some("OrderPaid"), "payment", "invoicing, bridge"),
+            TopicKind::OrdersPaid => (
+                "orders.paid",
+                Some("OrderPaid"),
+                "payment",
+                "invoicing, bridge",
+            ),
             TopicKind::PaymentFailed => (
                 "orders.payment-failed",
                 Some("PaymentFailed"),

@@ -45,7 +45,9 @@ pub fn schema_id(payload: &[u8]) -> Result<u32, DecodeError> {
     if payload[0] != MAGIC {
         return Err(DecodeError::BadMagic(payload[0]));
     }
-    Ok(u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]))
+    Ok(u32::from_be_bytes([
+        payload[1], payload[2], payload[3], payload[4],
+    ]))
 }
 
 /// Frames an event: header + Avro datum.
@@ -54,9 +56,9 @@ pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, EncodeError> {
     buf.push(MAGIC);
     buf.extend_from_slice(&E::SCHEMA_ID.to_be_bytes());
     apache_avro::write_avro_datum_ref(E::schema(), event, &mut buf).map_err(|e| EncodeError {
-            name: E::NAME,
-            message: e.to_string(),
-        })?;
+        name: E::NAME,
+        message: e.to_string(),
+    })?;
     Ok(buf)
 }
 
@@ -132,8 +134,7 @@ mod tests {
 
         // The datum is plain Avro: a generic reader that knows only the .avsc reads it too.
         let schema = apache_avro::Schema::parse_str(E::schema_text()).unwrap();
-        let value =
-            apache_avro::from_avro_datum(&schema, &mut &bytes[HEADER_LEN..], None).unwrap();
+        let value = apache_avro::from_avro_datum(&schema, &mut &bytes[HEADER_LEN..], None).unwrap();
         let Value::Record(fields) = value else {
             panic!("not a record")
         };
@@ -207,7 +208,10 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_named_errors() {
-        assert!(matches!(decode::<OrderAccepted>(b"{}"), Err(DecodeError::TooShort(2))));
+        assert!(matches!(
+            decode::<OrderAccepted>(b"{}"),
+            Err(DecodeError::TooShort(2))
+        ));
         assert!(matches!(
             decode::<OrderAccepted>(b"{\"order_id\": 1}"),
             Err(DecodeError::BadMagic(b'{'))
@@ -223,7 +227,11 @@ mod tests {
         .unwrap();
         assert!(matches!(
             decode::<OrderAccepted>(&paid),
-            Err(DecodeError::WrongSchema { found: 3, expected: 1, .. })
+            Err(DecodeError::WrongSchema {
+                found: 3,
+                expected: 1,
+                ..
+            })
         ));
         let mut truncated = encode(&accepted()).unwrap();
         truncated.truncate(truncated.len() - 10);

@@ -82,8 +82,9 @@ impl std::fmt::Debug for EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the database file `state.redb` in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
         let path = dir.join("state.redb");
         let db = Database::create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -307,9 +308,7 @@ fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> 
         at: update.at,
         detail: update.detail.clone(),
     });
-    order
-        .timeline
-        .sort_by_key(|t| (t.status.rank(), t.at));
+    order.timeline.sort_by_key(|t| (t.status.rank(), t.at));
     if update.status.rank() >= order.status.rank() {
         order.status = update.status;
     }
@@ -356,7 +355,10 @@ fn reserve_in(
     let mut outcome = None;
     for (sku, quantity) in &demand {
         if *quantity <= 0 {
-            outcome = Some(("invalid_order", format!("quantity for {sku} must be positive")));
+            outcome = Some((
+                "invalid_order",
+                format!("quantity for {sku} must be positive"),
+            ));
             break;
         }
         match get_json::<Product, _>(&products, "product", sku)? {
@@ -375,7 +377,10 @@ fn reserve_in(
         }
     }
     if outcome.is_none() && found.windows(2).any(|w| w[0].currency != w[1].currency) {
-        outcome = Some(("invalid_order", "items are priced in different currencies".into()));
+        outcome = Some((
+            "invalid_order",
+            "items are priced in different currencies".into(),
+        ));
     }
     let reservation = match outcome {
         Some((code, reason)) => Reservation::Rejected {
@@ -523,7 +528,9 @@ impl Store for EmbeddedStore {
                         });
                     }
                     let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-                    if let Some(existing) = get_json::<OrderRecord, _>(&orders, "order", &seen.order_id)? {
+                    if let Some(existing) =
+                        get_json::<OrderRecord, _>(&orders, "order", &seen.order_id)?
+                    {
                         return Ok(CreateOrder::Existing(Box::new(existing)));
                     }
                 }
@@ -578,7 +585,12 @@ impl Store for EmbeddedStore {
                 break;
             }
             let (key, _) = entry.map_err(unavailable)?;
-            let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default().to_string();
+            let order_id = key
+                .value()
+                .rsplit('\u{0}')
+                .next()
+                .unwrap_or_default()
+                .to_string();
             if let Some(order) = get_json(&orders, "order", &order_id)? {
                 out.push(order);
             }

@@ -73,7 +73,9 @@ pub enum CreateOrder {
     /// The idempotency key was used before for the same request: here is its order.
     Existing(Box<OrderRecord>),
     /// The idempotency key was used before for a different request.
-    KeyReused { order_id: String },
+    KeyReused {
+        order_id: String,
+    },
 }
 
 /// A status change for the read model.

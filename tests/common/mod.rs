@@ -35,7 +35,13 @@ impl Pipeline {
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args(["run", "--http", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--http",
+                "127.0.0.1:0",
+                "--kafka-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -79,10 +85,9 @@ impl Pipeline {
     /// SIGTERM, then waits for the exit.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        // SAFETY: signals a child process this test started and still owns.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM delivered");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -186,7 +191,10 @@ impl Pipeline {
             if pred(&all) {
                 return all;
             }
-            assert!(Instant::now() < deadline, "notifications never matched: {all:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "notifications never matched: {all:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

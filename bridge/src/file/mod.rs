@@ -77,8 +77,7 @@ impl Sink for FileSink {
     }
 
     async fn send(&self, n: &Notification) -> Result<(), SinkError> {
-        let mut line =
-            serde_json::to_vec(n).map_err(|e| SinkError::Rejected(e.to_string()))?;
+        let mut line = serde_json::to_vec(n).map_err(|e| SinkError::Rejected(e.to_string()))?;
         line.push(b'\n');
         let (reply, done) = oneshot::channel();
         self.lines

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
 use orderflow_schemas::{OrderInvoiced, OrderPaid, OrderStatus};
-use orderflow_store::{InvoiceDraft, Pricing, StatusUpdate, Store};
+use orderflow_store::{InvoiceDraft, Pricing, Store};
 use tracing::debug;
 
-use crate::{decode, produce_error, store_error};
+use crate::{decode, record_and_emit, store_error, StepDetails};
 
 pub struct InvoicingHandler {
     store: Arc<dyn Store>,
@@ -53,20 +53,19 @@ impl Handler for InvoicingHandler {
             total_cents: invoice.pricing.total_cents,
             occurred_at: invoice.issued_at,
         };
-        self.store
-            .apply_status(StatusUpdate {
-                order_id: paid.order_id.clone(),
-                customer_id: paid.customer_id.clone(),
-                status: OrderStatus::Invoiced,
-                event_id: event.event_id.clone(),
-                at: invoice.issued_at,
-                detail: Some(invoice.number.clone()),
-                pricing: None,
-                invoice_number: Some(invoice.number),
-            })
-            .await
-            .map_err(store_error)?;
-        self.producer.send(&event).await.map_err(produce_error)?;
+        let details = StepDetails {
+            detail: Some(invoice.number.clone()),
+            pricing: None,
+            invoice_number: Some(invoice.number),
+        };
+        record_and_emit(
+            &*self.store,
+            &self.producer,
+            OrderStatus::Invoiced,
+            &event,
+            details,
+        )
+        .await?;
         debug!(order_id = %paid.order_id, "Order invoiced.");
         Ok(())
     }

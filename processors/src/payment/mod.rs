@@ -9,10 +9,10 @@ use std::sync::Arc;
 pub use gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, SimulatedGateway};
 use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
 use orderflow_schemas::{OrderPaid, OrderStatus, OrderValidated, PaymentFailed};
-use orderflow_store::{PaymentRecord, Pricing, StatusUpdate, Store};
+use orderflow_store::{PaymentRecord, Pricing, Store};
 use tracing::debug;
 
-use crate::{decode, produce_error, store_error};
+use crate::{decode, record_and_emit, store_error, StepDetails};
 
 pub struct PaymentHandler {
     store: Arc<dyn Store>,
@@ -92,26 +92,25 @@ impl Handler for PaymentHandler {
                 total_cents: order.total_cents,
                 occurred_at: payment.at,
             };
-            self.store
-                .apply_status(StatusUpdate {
-                    order_id: order.order_id.clone(),
-                    customer_id: order.customer_id.clone(),
-                    status: OrderStatus::Paid,
-                    event_id: event.event_id.clone(),
-                    at: payment.at,
-                    detail: Some(payment_id),
-                    pricing: Some(Pricing {
-                        lines: order.lines,
-                        currency: order.currency,
-                        subtotal_cents: order.subtotal_cents,
-                        tax_cents: order.tax_cents,
-                        total_cents: order.total_cents,
-                    }),
-                    invoice_number: None,
-                })
-                .await
-                .map_err(store_error)?;
-            self.producer.send(&event).await.map_err(produce_error)?;
+            let details = StepDetails {
+                detail: Some(payment_id),
+                pricing: Some(Pricing {
+                    lines: order.lines,
+                    currency: order.currency,
+                    subtotal_cents: order.subtotal_cents,
+                    tax_cents: order.tax_cents,
+                    total_cents: order.total_cents,
+                }),
+                invoice_number: None,
+            };
+            record_and_emit(
+                &*self.store,
+                &self.producer,
+                OrderStatus::Paid,
+                &event,
+                details,
+            )
+            .await?;
             debug!(order_id = %order.order_id, "Order paid.");
         } else {
             self.store
@@ -128,20 +127,18 @@ impl Handler for PaymentHandler {
                 reason: reason.clone(),
                 occurred_at: payment.at,
             };
-            self.store
-                .apply_status(StatusUpdate {
-                    order_id: order.order_id.clone(),
-                    customer_id: order.customer_id.clone(),
-                    status: OrderStatus::PaymentFailed,
-                    event_id: event.event_id.clone(),
-                    at: payment.at,
-                    detail: Some(reason),
-                    pricing: None,
-                    invoice_number: None,
-                })
-                .await
-                .map_err(store_error)?;
-            self.producer.send(&event).await.map_err(produce_error)?;
+            let details = StepDetails {
+                detail: Some(reason),
+                ..Default::default()
+            };
+            record_and_emit(
+                &*self.store,
+                &self.producer,
+                OrderStatus::PaymentFailed,
+                &event,
+                details,
+            )
+            .await?;
             debug!(order_id = %order.order_id, "Payment failed.");
         }
         Ok(())

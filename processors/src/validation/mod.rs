@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
 use orderflow_schemas::{OrderAccepted, OrderLine, OrderRejected, OrderStatus, OrderValidated};
-use orderflow_store::{Pricing, Reservation, ReservedLine, StatusUpdate, Store};
+use orderflow_store::{Pricing, Reservation, ReservedLine, Store};
 use tracing::debug;
 
-use crate::{decode, produce_error, store_error};
+use crate::{decode, record_and_emit, store_error, StepDetails};
 
 pub struct ValidationHandler {
     store: Arc<dyn Store>,
@@ -29,7 +29,10 @@ impl ValidationHandler {
 
 /// Prices reserved lines: line totals, subtotal, tax (rounded half up), total.
 pub fn price(lines: &[ReservedLine], tax_bps: i64) -> Pricing {
-    let currency = lines.first().map(|l| l.currency.as_str()).unwrap_or_default();
+    let currency = lines
+        .first()
+        .map(|l| l.currency.as_str())
+        .unwrap_or_default();
     let lines: Vec<OrderLine> = lines
         .iter()
         .map(|l| OrderLine {
@@ -75,20 +78,18 @@ impl Handler for ValidationHandler {
                     payment: order.payment.clone(),
                     occurred_at: at,
                 };
-                self.store
-                    .apply_status(StatusUpdate {
-                        order_id: order.order_id.clone(),
-                        customer_id: order.customer_id.clone(),
-                        status: OrderStatus::Validated,
-                        event_id: event.event_id.clone(),
-                        at,
-                        detail: None,
-                        pricing: Some(pricing),
-                        invoice_number: None,
-                    })
-                    .await
-                    .map_err(store_error)?;
-                self.producer.send(&event).await.map_err(produce_error)?;
+                let details = StepDetails {
+                    pricing: Some(pricing),
+                    ..Default::default()
+                };
+                record_and_emit(
+                    &*self.store,
+                    &self.producer,
+                    OrderStatus::Validated,
+                    &event,
+                    details,
+                )
+                .await?;
                 debug!(order_id = %order.order_id, "Order validated.");
             }
             Reservation::Rejected { code, reason, at } => {
@@ -100,20 +101,18 @@ impl Handler for ValidationHandler {
                     reason,
                     occurred_at: at,
                 };
-                self.store
-                    .apply_status(StatusUpdate {
-                        order_id: order.order_id.clone(),
-                        customer_id: order.customer_id.clone(),
-                        status: OrderStatus::Rejected,
-                        event_id: event.event_id.clone(),
-                        at,
-                        detail: Some(event.reason.clone()),
-                        pricing: None,
-                        invoice_number: None,
-                    })
-                    .await
-                    .map_err(store_error)?;
-                self.producer.send(&event).await.map_err(produce_error)?;
+                let details = StepDetails {
+                    detail: Some(event.reason.clone()),
+                    ..Default::default()
+                };
+                record_and_emit(
+                    &*self.store,
+                    &self.producer,
+                    OrderStatus::Rejected,
+                    &event,
+                    details,
+                )
+                .await?;
                 debug!(order_id = %order.order_id, reason = %event.reason, "Order rejected.");
             }
         }

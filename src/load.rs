@@ -1,0 +1,171 @@
+//! `orderflow load`: drives a running pipeline over HTTP and reads `orders.invoiced` over the
+//! Kafka protocol to measure end-to-end throughput and latency (accept → invoiced).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use orderflow_schemas::{wire, OrderInvoiced, TopicKind, Topics};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    ClientConfig, Message,
+};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::cli::LoadArgs;
+
+pub async fn run(args: LoadArgs) -> Result<()> {
+    let topics = Topics::new(args.topic_prefix.clone());
+    let invoiced_topic = topics.name(TopicKind::OrdersInvoiced);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set(
+            "group.id",
+            format!("orderflow-load-{}", uuid::Uuid::now_v7()),
+        )
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()?;
+    consumer.subscribe(&[&invoiced_topic])?;
+    // Let the consumer join before orders flow, so that it reads from "latest" = now.
+    let joined = Instant::now();
+    while consumer.assignment()?.count() == 0 {
+        if joined.elapsed() > Duration::from_secs(15) {
+            bail!("could not join a consumer group on {}", args.brokers);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+
+    let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let next = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!("{}/v1/orders", args.url.trim_end_matches('/'));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, url, sent, next, failures) = (
+            client.clone(),
+            url.clone(),
+            sent.clone(),
+            next.clone(),
+            failures.clone(),
+        );
+        let (total, sku) = (args.orders, args.sku.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let body = json!({
+                    "customer_id": format!("load-{}", n % 1000),
+                    "items": [{"sku": sku, "quantity": 1}],
+                    "shipping_address": {"name": "Load Test", "line1": "1 Bench St",
+                        "city": "Berlin", "postal_code": "10115", "country": "DE"},
+                    "payment": {"method": "card", "token": "tok_visa"}
+                });
+                let at = orderflow_schemas::now_millis();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        if let Some(id) = v["order_id"].as_str() {
+                            sent.lock().await.insert(id.to_string(), at);
+                        }
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    let expected = args.orders;
+    let mut latencies = Vec::with_capacity(args.orders as usize);
+    let mut early: HashMap<String, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut accepted_in = None;
+    while (latencies.len() as u64) < expected - failures.load(Ordering::Relaxed) {
+        if accepted_in.is_none() && workers.iter().all(|w| w.is_finished()) {
+            accepted_in = Some(started.elapsed());
+        }
+        if Instant::now() > deadline {
+            eprintln!("timed out waiting for invoiced events");
+            break;
+        }
+        let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
+        {
+            Ok(Ok(m)) => m,
+            _ => continue,
+        };
+        let Some(Ok(event)) = message.payload().map(wire::decode::<OrderInvoiced>) else {
+            continue;
+        };
+        early.insert(event.order_id, event.occurred_at);
+        let sent = sent.lock().await;
+        early.retain(|id, invoiced_at| match sent.get(id) {
+            Some(at) => {
+                latencies.push((*invoiced_at - at).max(0) as u64);
+                false
+            }
+            None => true,
+        });
+    }
+    let elapsed = started.elapsed();
+    let accepted_in = accepted_in.unwrap_or(elapsed);
+    for w in workers {
+        w.await.context("load worker")?;
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i]
+    };
+    let done = latencies.len();
+    println!("orders sent:          {}", args.orders);
+    println!("rejected by the API:  {}", failures.load(Ordering::Relaxed));
+    println!("invoiced seen:        {done}");
+    println!(
+        "accept rate:          {:.0} orders/s ({:.2} s)",
+        args.orders as f64 / accepted_in.as_secs_f64(),
+        accepted_in.as_secs_f64()
+    );
+    println!(
+        "end-to-end rate:      {:.0} orders/s invoiced ({:.2} s)",
+        done as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "accept → invoiced:    p50 {} ms, p99 {} ms, max {} ms",
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    if (done as u64) < args.orders - failures.load(Ordering::Relaxed) {
+        bail!(
+            "{} orders were not invoiced in time",
+            args.orders as usize - done
+        );
+    }
+    Ok(())
+}

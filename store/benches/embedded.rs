@@ -1,0 +1,140 @@
+//! The embedded store's hot operations, as the pipeline uses them: many concurrent callers
+//! (one per message of a batch) sharing group commits.
+//!
+//! `cargo bench -p orderflow-store` prints the time per batch; divide the batch size by it for
+//! operations per second.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use orderflow_schemas::{OrderItem, OrderStatus};
+use orderflow_store::{EmbeddedStore, OrderRecord, Product, StatusUpdate, Store, TimelineEntry};
+
+/// Messages handled concurrently, as in one consume-loop batch.
+const BATCH: usize = 256;
+
+fn order(id: &str) -> OrderRecord {
+    OrderRecord {
+        order_id: id.into(),
+        customer_id: "bench".into(),
+        status: OrderStatus::Accepted,
+        items: vec![OrderItem {
+            sku: "SKU".into(),
+            quantity: 1,
+        }],
+        shipping_address: None,
+        payment_method: Some("card".into()),
+        pricing: None,
+        invoice_number: None,
+        created_at: 1,
+        updated_at: 1,
+        timeline: vec![TimelineEntry {
+            status: OrderStatus::Accepted,
+            event_id: format!("{id}:accepted"),
+            at: 1,
+            detail: None,
+        }],
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    runtime.block_on(async {
+        store
+            .put_products(vec![Product {
+                sku: "SKU".into(),
+                name: "Bench".into(),
+                price_cents: 100,
+                currency: "EUR".into(),
+                stock: i64::MAX / 2,
+                reserved: 0,
+            }])
+            .await
+            .unwrap();
+    });
+    let mut next = 0u64;
+    let mut ids = move || {
+        next += 1;
+        (0..BATCH)
+            .map(|i| format!("o{next}-{i}"))
+            .collect::<Vec<_>>()
+    };
+
+    let mut group = c.benchmark_group("embedded_store");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(20);
+
+    group.bench_function("create_order", |b| {
+        b.iter_batched(
+            &mut ids,
+            |ids| {
+                runtime.block_on(futures::future::join_all(
+                    ids.iter().map(|id| store.create_order(order(id), None)),
+                ))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.bench_function("reserve", |b| {
+        let items = [OrderItem {
+            sku: "SKU".into(),
+            quantity: 1,
+        }];
+        b.iter_batched(
+            &mut ids,
+            |ids| {
+                runtime.block_on(futures::future::join_all(
+                    ids.iter().map(|id| store.reserve(id, &items, 1)),
+                ))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.bench_function("apply_status", |b| {
+        b.iter_batched(
+            &mut ids,
+            |ids| {
+                runtime.block_on(futures::future::join_all(ids.iter().map(|id| {
+                    store.apply_status(StatusUpdate {
+                        order_id: id.clone(),
+                        customer_id: "bench".into(),
+                        status: OrderStatus::Validated,
+                        event_id: format!("{id}:validated"),
+                        at: 2,
+                        detail: None,
+                        pricing: None,
+                        invoice_number: None,
+                    })
+                })))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    let existing = runtime.block_on(async {
+        let ids = ids();
+        for id in &ids {
+            store.create_order(order(id), None).await.unwrap();
+        }
+        ids
+    });
+    group.bench_function("get_order", |b| {
+        b.iter(|| {
+            runtime.block_on(futures::future::join_all(
+                existing.iter().map(|id| store.get_order(id)),
+            ))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
