@@ -26,15 +26,16 @@ fn find<E: Event>(messages: &[OwnedMessage], order_id: &str) -> Option<E> {
     messages
         .iter()
         .filter(|m| keyed(m, order_id))
-        .find_map(|m| {
+        .map(|m| {
             let payload = m.payload().unwrap();
             assert_eq!(payload[0], 0, "magic byte");
             assert_eq!(
                 u32::from_be_bytes(payload[1..5].try_into().unwrap()),
                 E::SCHEMA_ID
             );
-            Some(wire::decode::<E>(payload).expect("decodes with its schema"))
+            wire::decode::<E>(payload).expect("decodes with its schema")
         })
+        .next()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
