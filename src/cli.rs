@@ -165,6 +165,9 @@ pub struct ServiceArgs {
     /// The Kafka/Redpanda bootstrap servers, host:port[,host:port…].
     #[arg(long, env = "ORDERFLOW_BROKERS")]
     pub brokers: String,
+    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz`.
+    #[arg(long, env = "ORDERFLOW_METRICS", default_value = "0.0.0.0:9464")]
+    pub metrics: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +190,9 @@ pub struct ProcessArgs {
     pub common: CommonArgs,
     #[arg(long, env = "ORDERFLOW_BROKERS")]
     pub brokers: String,
+    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz`.
+    #[arg(long, env = "ORDERFLOW_METRICS", default_value = "0.0.0.0:9464")]
+    pub metrics: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

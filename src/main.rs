@@ -15,7 +15,7 @@ use cli::{Cli, Command, CommonArgs, TopicsCommand};
 use orderflow_bridge::{file::FileSink, log::LogSink, Sink};
 use orderflow_kafka::{admin, EventProducer, KafkaConfig};
 use orderflow_processors::{run_stage, Stage};
-use orderflow_store::{EmbeddedStore, Store};
+use orderflow_store::{EmbeddedStore, Instrumented, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -39,25 +39,39 @@ fn main() -> Result<()> {
             }
             Command::Process(args) => {
                 let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
+                let metrics = serve_metrics(args.metrics, shutdown.clone()).await?;
                 let stage: Stage = args.stage.into();
-                run_stage(
+                let result = run_stage(
                     stage,
                     &kafka,
                     store,
                     producer.clone(),
                     &args.common.processor_settings(),
-                    shutdown,
+                    shutdown.clone(),
                 )
-                .await?;
+                .await;
                 producer.flush(Duration::from_secs(10));
+                shutdown.cancel();
+                metrics.await??;
+                result?;
                 Ok(())
             }
             Command::Bridge(args) => {
                 let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
+                let metrics = serve_metrics(args.metrics, shutdown.clone()).await?;
                 let sinks = default_sinks(&args.common.data_dir)?;
-                orderflow_bridge::run_bridge(&kafka, store, sinks, producer.clone(), shutdown)
-                    .await?;
+                let result = orderflow_bridge::run_bridge(
+                    &kafka,
+                    store,
+                    sinks,
+                    producer.clone(),
+                    shutdown.clone(),
+                )
+                .await;
                 producer.flush(Duration::from_secs(10));
+                shutdown.cancel();
+                metrics.await??;
+                result?;
                 Ok(())
             }
             Command::Load(args) => load::run(args).await,
@@ -114,10 +128,26 @@ fn connect(
     Ok((kafka, store, producer))
 }
 
+/// The store, timed by `orderflow_store_operation_seconds`.
 fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
     let store = EmbeddedStore::open(&common.data_dir.join("state"))
         .with_context(|| format!("opening the store under {}", common.data_dir.display()))?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(Instrumented::new(store)))
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` there until `shutdown`, in a task.
+async fn serve_metrics(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener to {addr}"))?;
+    Ok(tokio::spawn(async move {
+        orderflow_ingest::serve_metrics(listener, shutdown)
+            .await
+            .context("metrics listener")
+    }))
 }
 
 fn default_sinks(data_dir: &Path) -> Result<Vec<Arc<dyn Sink>>> {

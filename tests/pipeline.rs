@@ -478,3 +478,181 @@ async fn a_restart_keeps_orders_topics_and_offsets() {
     );
     assert!(p.stop().success());
 }
+
+/// One series line of a Prometheus text exposition: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of a Prometheus text exposition.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a series and its value");
+        let value: f64 = value.parse().expect("a numeric value");
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("labels end with }");
+                let mut labels = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (key, after) = rest.split_once("=\"").expect("label=\"value\"");
+                    let mut value = String::new();
+                    let mut chars = after.char_indices();
+                    let end = loop {
+                        match chars.next().expect("closing quote") {
+                            (_, '\\') => value.push(chars.next().unwrap().1),
+                            (i, '"') => break i,
+                            (_, c) => value.push(c),
+                        }
+                    };
+                    labels.push((key.to_string(), value));
+                    rest = after[end + 1..].trim_start_matches(',');
+                }
+                (name.to_string(), labels)
+            }
+        };
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+/// The sum of the series of `name` that have every label in `want`.
+fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    parse_metrics(text)
+        .into_iter()
+        .filter(|(n, labels, _)| {
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_and_count_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+
+    let good = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+    let unknown = p.place(&order_body("NOPE-404", 1, "tok_visa")).await;
+    p.wait_for_status(&good, "invoiced").await;
+    p.wait_for_status(&unknown, "rejected").await;
+
+    // The bridge runs behind the read model: poll until its counts are in too.
+    let stage_ok = |stage: &'static str| {
+        move |text: &str| {
+            metric(
+                text,
+                "orderflow_stage_messages_total",
+                &[("stage", stage), ("outcome", "ok")],
+            )
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let text = loop {
+        let response = p.client.get(p.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        let text = response.text().await.unwrap();
+        // Validated, rejected and invoiced reach the bridge.
+        if stage_ok("bridge")(&text) >= 3.0 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge never counted 3 messages:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+
+    assert!(stage_ok("validation")(&text) >= 2.0, "{text}");
+    assert!(stage_ok("payment")(&text) >= 1.0, "{text}");
+    assert!(stage_ok("invoicing")(&text) >= 1.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "orderflow_http_requests_total",
+            &[
+                ("route", "/v1/orders"),
+                ("method", "POST"),
+                ("status", "202")
+            ],
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "orderflow_http_requests_total",
+            &[("route", "/v1/orders/{id}"), ("status", "200")],
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "orderflow_orders_accepted_total", &[]) >= 2.0);
+    assert!(
+        metric(
+            &text,
+            "orderflow_store_operation_seconds_count",
+            &[("operation", "create_order")],
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "orderflow_store_operation_seconds_count",
+            &[("operation", "apply_status")],
+        ) >= 4.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "orderflow_stage_batch_size_count",
+            &[("stage", "validation")]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "orderflow_stage_lag_seconds_count",
+            &[("stage", "validation")]
+        ) >= 2.0
+    );
+    for status in ["validated", "rejected", "paid", "invoiced"] {
+        assert!(
+            metric(
+                &text,
+                "orderflow_order_latency_seconds_count",
+                &[("status", status)]
+            ) >= 1.0,
+            "no latency for {status}:\n{text}"
+        );
+    }
+    assert!(
+        metric(
+            &text,
+            "orderflow_sink_deliveries_total",
+            &[("sink", "file"), ("outcome", "sent")]
+        ) >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "orderflow_stage_in_flight",
+            &[("stage", "validation")]
+        ),
+        0.0
+    );
+}

@@ -9,7 +9,8 @@
 //!   data dir.
 //! - [`BridgeHandler`]: the stage. It delivers each notification to each sink at most once
 //!   per sink, using delivery markers in the store, and only then lets the consume loop store
-//!   the offset.
+//!   the offset. It records `orderflow_sink_deliveries_total{sink, outcome}` and
+//!   `orderflow_sink_send_seconds{sink}`.
 
 pub mod file;
 pub mod log;
@@ -21,7 +22,10 @@ use std::sync::Arc;
 use orderflow_kafka::{
     run_consumer, EventProducer, Handler, HandlerError, Incoming, KafkaConfig, StageConfig,
 };
-use orderflow_schemas::TopicKind;
+use orderflow_schemas::{
+    metrics::{self, outcome},
+    TopicKind,
+};
 use orderflow_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -59,19 +63,31 @@ impl Handler for BridgeHandler {
             return Ok(());
         };
         let ids = [notification.id.clone()];
+        let m = metrics::metrics();
         for sink in &self.sinks {
+            let deliveries = |outcome| m.sink_deliveries.with_label_values(&[sink.name(), outcome]);
             let done = self
                 .store
                 .delivered(sink.name(), &ids)
                 .await
                 .map_err(|e| HandlerError::Retriable(e.to_string()))?;
             if done.first().copied().unwrap_or(false) {
+                deliveries(outcome::SKIPPED_DUPLICATE).inc();
                 continue;
             }
-            sink.send(&notification).await.map_err(|e| match e {
-                SinkError::Retriable(e) => HandlerError::Retriable(format!("{}: {e}", sink.name())),
-                SinkError::Rejected(e) => HandlerError::Poison(format!("{}: {e}", sink.name())),
+            let timer = m.sink_send.with_label_values(&[sink.name()]).start_timer();
+            let sent = sink.send(&notification).await;
+            timer.observe_duration();
+            sent.map_err(|e| {
+                deliveries(outcome::FAILED).inc();
+                match e {
+                    SinkError::Retriable(e) => {
+                        HandlerError::Retriable(format!("{}: {e}", sink.name()))
+                    }
+                    SinkError::Rejected(e) => HandlerError::Poison(format!("{}: {e}", sink.name())),
+                }
             })?;
+            deliveries(outcome::SENT).inc();
             self.store
                 .mark_delivered(sink.name(), &ids)
                 .await

@@ -4,7 +4,10 @@
 //! stages keep current.
 //!
 //! # Layout
-//! - [`router`]: the routes and the shared [`ApiState`].
+//! - [`router`]: the routes and the shared [`ApiState`]; `GET /metrics` serves the process's
+//!   Prometheus metrics, and a middleware records `orderflow_http_requests_total` and
+//!   `orderflow_http_request_duration_seconds` by matched route.
+//! - [`serve_metrics`]: `/metrics` and `/healthz` alone, for the services without the API.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
@@ -13,15 +16,18 @@ pub mod orders;
 pub mod problem;
 pub mod products;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{
-    extract::State,
-    http::{StatusCode, Uri},
+    extract::{MatchedPath, Request, State},
+    http::{header, Method, StatusCode, Uri},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
 use orderflow_kafka::EventProducer;
+use orderflow_schemas::metrics;
 use orderflow_store::Store;
 use problem::Problem;
 use serde_json::json;
@@ -54,9 +60,57 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/products", get(products::list))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track_requests))
         .with_state(state)
+}
+
+/// `GET /metrics`: every metric of the process, in the Prometheus text format.
+pub async fn render_metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+/// Counts and times every request by its matched route (`unmatched` when no route matched),
+/// so that the label stays bounded whatever paths clients send.
+async fn track_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = method_label(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = metrics::metrics();
+    m.http_request_duration
+        .with_label_values(&[route.as_str(), method])
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[route.as_str(), method, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// The method as a label: the standard ones by name, anything else as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -104,4 +158,80 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`: for the services
+/// that have no HTTP API (`orderflow process`, `orderflow bridge`).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    info!(addr = ?addr, "Metrics listening.");
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_ones_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_and_requests_counted_by_matched_route() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = Router::new()
+            .route("/items/{id}", get(healthz))
+            .route("/metrics", get(render_metrics))
+            .layer(middleware::from_fn(track_requests));
+        let server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        });
+        let (_, _) = (
+            get_raw(addr, "/items/42").await,
+            get_raw(addr, "/nowhere").await,
+        );
+        let response = get_raw(addr, "/metrics").await;
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"));
+        assert!(response.contains(
+            "orderflow_http_requests_total{method=\"GET\",route=\"/items/{id}\",status=\"200\"}"
+        ));
+        assert!(response.contains(
+            "orderflow_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}"
+        ));
+    }
+
+    /// A bare HTTP/1.1 GET (the crate has no HTTP client); returns the whole response.
+    async fn get_raw(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
 }

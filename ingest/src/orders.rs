@@ -502,6 +502,7 @@ pub async fn create(
             "the event log is unavailable; retry with the same Idempotency-Key",
         ));
     }
+    orderflow_schemas::metrics::metrics().orders_accepted.inc();
     info!(%order_id, "Order accepted.");
     Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
 }

@@ -8,11 +8,19 @@
 //! retried with backoff until it succeeds or the stage is asked to stop, in which case the
 //! batch's offsets are not stored and the messages come again after a restart. Every handler
 //! is idempotent, so a message seen twice does no harm.
+//!
+//! It records the stage's metrics (`orderflow_schemas::metrics`): messages by outcome, batch
+//! sizes, per-message processing time, messages in flight, the age of each consumed event, and
+//! errors by type.
 
 use std::{collections::HashMap, future::Future, sync::Arc};
 
 use futures::{future::join_all, FutureExt};
-use orderflow_schemas::TopicKind;
+use orderflow_schemas::{
+    metrics::{self, error_type, outcome},
+    TopicKind,
+};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{Header, Headers, OwnedHeaders},
@@ -97,6 +105,53 @@ impl StageConfig {
     }
 }
 
+/// A stage's metrics, with its labels resolved once.
+struct StageMetrics {
+    ok: IntCounter,
+    retried: IntCounter,
+    dead_lettered: IntCounter,
+    batch_size: Histogram,
+    processing: Histogram,
+    in_flight: IntGauge,
+    lag: Histogram,
+    retriable_errors: IntCounter,
+    poison_errors: IntCounter,
+    consumer_errors: IntCounter,
+    dead_letter_errors: IntCounter,
+}
+
+impl StageMetrics {
+    fn new(stage: &str) -> Self {
+        let m = metrics::metrics();
+        let messages = |outcome| m.stage_messages.with_label_values(&[stage, outcome]);
+        let errors = |error_type| m.errors.with_label_values(&[stage, error_type]);
+        StageMetrics {
+            ok: messages(outcome::OK),
+            retried: messages(outcome::RETRIED),
+            dead_lettered: messages(outcome::DEAD_LETTERED),
+            batch_size: m.stage_batch_size.with_label_values(&[stage]),
+            processing: m.stage_processing.with_label_values(&[stage]),
+            in_flight: m.stage_in_flight.with_label_values(&[stage]),
+            lag: m.stage_lag.with_label_values(&[stage]),
+            retriable_errors: errors(error_type::RETRIABLE),
+            poison_errors: errors(error_type::POISON),
+            consumer_errors: errors(error_type::CONSUMER),
+            dead_letter_errors: errors(error_type::DEAD_LETTER_PRODUCE),
+        }
+    }
+
+    /// Observes how old a consumed message's event is: its record timestamp is the event's
+    /// `occurred_at` (see `EventProducer::send`), or the broker's append time.
+    fn observe_lag(&self, m: &rdkafka::message::OwnedMessage) {
+        if let Some(at) = m.timestamp().to_millis() {
+            self.lag.observe(metrics::seconds_between(
+                at,
+                orderflow_schemas::now_millis(),
+            ));
+        }
+    }
+}
+
 /// Runs a stage until `shutdown` is cancelled; then finishes the batch in hand, commits, and
 /// returns.
 pub async fn run_consumer<H: Handler>(
@@ -111,6 +166,7 @@ pub async fn run_consumer<H: Handler>(
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     info!(stage = %stage.name, group = %stage.group_id, topics = ?topics, "Stage started.");
+    let stats = StageMetrics::new(&stage.name);
 
     let mut recv_errors = 0u32;
     loop {
@@ -123,25 +179,42 @@ pub async fn run_consumer<H: Handler>(
             Ok(m) => m.detach(),
             Err(error) => {
                 warn!(stage = %stage.name, %error, "Consumer error.");
+                stats.consumer_errors.inc();
                 tokio::time::sleep(backoff(recv_errors)).await;
                 recv_errors = recv_errors.saturating_add(1);
                 continue;
             }
         };
         recv_errors = 0;
+        stats.observe_lag(&first);
         let mut batch = vec![incoming(kafka, first)];
         while batch.len() < stage.max_batch {
             match consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(incoming(kafka, m.detach())),
+                Some(Ok(m)) => {
+                    let m = m.detach();
+                    stats.observe_lag(&m);
+                    batch.push(incoming(kafka, m));
+                }
                 Some(Err(error)) => {
                     warn!(stage = %stage.name, %error, "Consumer error.");
+                    stats.consumer_errors.inc();
                     break;
                 }
                 None => break,
             }
         }
         debug!(stage = %stage.name, size = batch.len(), "Batch received.");
-        if !handle_batch(&stage, handler.as_ref(), &producer, &batch, &shutdown).await {
+        stats.batch_size.observe(batch.len() as f64);
+        if !handle_batch(
+            &stage,
+            &stats,
+            handler.as_ref(),
+            &producer,
+            &batch,
+            &shutdown,
+        )
+        .await
+        {
             info!(stage = %stage.name, "Stopping with a batch unfinished; it will be redelivered.");
             break;
         }
@@ -196,6 +269,7 @@ fn incoming(kafka: &KafkaConfig, m: rdkafka::message::OwnedMessage) -> Incoming 
 /// asked to stop before every message was done.
 async fn handle_batch<H: Handler>(
     stage: &StageConfig,
+    stats: &StageMetrics,
     handler: &H,
     producer: &EventProducer,
     batch: &[Incoming],
@@ -217,7 +291,7 @@ async fn handle_batch<H: Handler>(
         let messages = by_key.remove(&key).unwrap_or_default();
         async move {
             for m in messages {
-                if !handle_one(stage, handler, producer, m, shutdown).await {
+                if !handle_one(stage, stats, handler, producer, m, shutdown).await {
                     return false;
                 }
             }
@@ -227,8 +301,40 @@ async fn handle_batch<H: Handler>(
     join_all(groups).await.into_iter().all(|done| done)
 }
 
+/// Handles one message, recording its outcome (not when the stage stops before it is done:
+/// it comes again).
 async fn handle_one<H: Handler>(
     stage: &StageConfig,
+    stats: &StageMetrics,
+    handler: &H,
+    producer: &EventProducer,
+    m: &Incoming,
+    shutdown: &CancellationToken,
+) -> bool {
+    let _in_flight = InFlight::enter(&stats.in_flight);
+    let _timer = stats.processing.start_timer();
+    handle_with_retries(stage, stats, handler, producer, m, shutdown).await
+}
+
+/// Counts a message in flight until dropped, even if its future is.
+struct InFlight<'a>(&'a IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn handle_with_retries<H: Handler>(
+    stage: &StageConfig,
+    stats: &StageMetrics,
     handler: &H,
     producer: &EventProducer,
     m: &Incoming,
@@ -237,11 +343,24 @@ async fn handle_one<H: Handler>(
     let mut attempt = 0;
     loop {
         match handler.handle(m).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                if attempt == 0 {
+                    stats.ok.inc();
+                } else {
+                    stats.retried.inc();
+                }
+                return true;
+            }
             Err(HandlerError::Poison(reason)) => {
-                return dead_letter(stage, producer, m, &reason, shutdown).await;
+                stats.poison_errors.inc();
+                let done = dead_letter(stage, stats, producer, m, &reason, shutdown).await;
+                if done {
+                    stats.dead_lettered.inc();
+                }
+                return done;
             }
             Err(HandlerError::Retriable(error)) => {
+                stats.retriable_errors.inc();
                 warn!(stage = %stage.name, topic = %m.topic, partition = m.partition,
                       offset = m.offset, attempt, %error, "Retrying message.");
                 if !pause(attempt, shutdown).await {
@@ -264,6 +383,7 @@ async fn pause(attempt: u32, shutdown: &CancellationToken) -> bool {
 /// Sends a poison message to the dead-letter topic, as it came, with the reason in headers.
 async fn dead_letter(
     stage: &StageConfig,
+    stats: &StageMetrics,
     producer: &EventProducer,
     m: &Incoming,
     reason: &str,
@@ -310,6 +430,7 @@ async fn dead_letter(
         {
             Ok(()) => return true,
             Err(error) => {
+                stats.dead_letter_errors.inc();
                 warn!(stage = %stage.name, %error, attempt, "Dead-letter produce failed; retrying.");
                 if !pause(attempt, shutdown).await {
                     return false;

@@ -32,16 +32,18 @@ impl EventProducer {
     }
 
     /// Frames `event` and produces it to its topic, keyed by order id; resolves once the broker
-    /// has acknowledged it (acks=all).
+    /// has acknowledged it (acks=all). The record's timestamp is the event's `occurred_at`, so
+    /// a consumer sees how old an event is without decoding it (`orderflow_stage_lag_seconds`).
     pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
         let payload = wire::encode(event)?;
         let topic = self.topics.name(E::TOPIC);
         // No headers: the topic and the schema id say what the message is.
-        self.send_raw(
+        self.send_record(
             &topic,
             Some(event.order_id().as_bytes()),
             &payload,
             OwnedHeaders::new(),
+            Some(event.occurred_at()),
         )
         .await
     }
@@ -54,11 +56,26 @@ impl EventProducer {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<()> {
+        self.send_record(topic, key, payload, headers, None).await
+    }
+
+    /// Produces a payload with a record timestamp (ms since the epoch; `None`: now).
+    async fn send_record(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        timestamp: Option<i64>,
+    ) -> Result<()> {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
             .payload(payload)
             .headers(headers);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(timestamp) = timestamp {
+            record = record.timestamp(timestamp);
         }
         self.producer
             .send(record, Timeout::After(Duration::from_secs(5)))

@@ -9,6 +9,9 @@
 //! - [`payment`]: `orders.validated` → charge through a [`payment::PaymentGateway`] →
 //!   `orders.paid` | `orders.payment-failed` (releasing the stock).
 //! - [`invoicing`]: `orders.paid` → numbered invoice → `orders.invoiced`.
+//!
+//! Each recorded step observes `orderflow_order_latency_seconds{status}`, the time from the
+//! order's acceptance (carried in its UUIDv7 order id) to the step's `occurred_at`.
 
 pub mod invoicing;
 pub mod payment;
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use orderflow_kafka::{
     run_consumer, EventProducer, HandlerError, Incoming, KafkaConfig, StageConfig,
 };
-use orderflow_schemas::{wire, Event, OrderStatus};
+use orderflow_schemas::{metrics, wire, Event, OrderStatus};
 use orderflow_store::{Pricing, StatusUpdate, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -148,5 +151,46 @@ pub(crate) async fn record_and_emit<E: Event>(
         })
         .await
         .map_err(store_error)?;
-    producer.send(event).await.map_err(produce_error)
+    producer.send(event).await.map_err(produce_error)?;
+    if let Some(accepted_at) = accepted_at(event.order_id()) {
+        metrics::metrics()
+            .order_latency
+            .with_label_values(&[status.as_str()])
+            .observe(metrics::seconds_between(accepted_at, event.occurred_at()));
+    }
+    Ok(())
+}
+
+/// When an order was accepted, read from its id: the API mints order ids as UUIDv7 at accept
+/// time, whose first 48 bits are the Unix time in ms. `None` for an id of another form.
+pub(crate) fn accepted_at(order_id: &str) -> Option<i64> {
+    let b = order_id.as_bytes();
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[14] != b'7' {
+        return None;
+    }
+    let hex = format!("{}{}", order_id.get(..8)?, order_id.get(9..13)?);
+    i64::from_str_radix(&hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepted_at;
+
+    #[test]
+    fn the_accept_time_comes_from_a_uuid_v7_order_id() {
+        // 0x0193_4b2c_5e10 ms = 2024-11-23T…, version nibble 7.
+        assert_eq!(
+            accepted_at("01934b2c-5e10-7abc-8def-0123456789ab"),
+            Some(0x0193_4b2c_5e10)
+        );
+        assert_eq!(accepted_at("01934b2c-5e10-4abc-8def-0123456789ab"), None);
+        assert_eq!(accepted_at("order-1"), None);
+        let before = orderflow_schemas::now_millis();
+        let id = format!(
+            "{:08x}-{:04x}-7000-8000-000000000000",
+            before >> 16,
+            before & 0xffff
+        );
+        assert_eq!(accepted_at(&id), Some(before));
+    }
 }

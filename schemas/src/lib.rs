@@ -5,11 +5,14 @@
 //!   [`Event`] trait that ties a type to its schema, schema id and topic.
 //! - [`topics`]: the topic catalogue (name, key, schema, producer, consumers).
 //! - [`wire`]: the Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro datum).
+//! - [`metrics`]: the Prometheus metric names every stage records, one process-wide registry,
+//!   and the text exposition `GET /metrics` serves.
 //!
 //! Every event is keyed by its order id, so all events of one order land in one partition, in
 //! order. Every event carries an `event_id` (`<order id>:<step>`) that consumers deduplicate on.
 
 pub mod events;
+pub mod metrics;
 pub mod topics;
 pub mod wire;
 

@@ -9,8 +9,11 @@
 //! - [`embedded`]: the default implementation on redb, a pure-Rust durable B-tree, under
 //!   `--data-dir`. Writes from concurrent callers are grouped into one transaction (group
 //!   commit), so a batch of events costs one fsync, not one each.
+//! - [`instrumented`]: [`Instrumented`], a wrapper that records every call's duration and
+//!   failures as Prometheus metrics.
 
 pub mod embedded;
+pub mod instrumented;
 pub mod model;
 
 use std::time::Duration;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedStore;
+pub use instrumented::Instrumented;
 pub use model::*;
 use orderflow_schemas::OrderItem;
 

@@ -1,0 +1,309 @@
+//! Prometheus metrics, shared by every stage: the metric names, one process-wide registry, and
+//! the text exposition that `GET /metrics` serves.
+//!
+//! Names carry the `orderflow_` prefix; counters end in `_total`, durations are histograms in
+//! `_seconds`; labels are few and bounded (stage, outcome, sink, status, operation, route).
+//! Every metric is registered on first use of [`metrics()`] or [`render`]; a labelled family
+//! shows up in a scrape once it has its first series.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Messages a stage finished, by `stage` and `outcome` ([`outcome`]).
+pub const STAGE_MESSAGES_TOTAL: &str = "orderflow_stage_messages_total";
+/// Messages per batch a stage took from the consumer, by `stage` (a count, not seconds).
+pub const STAGE_BATCH_SIZE: &str = "orderflow_stage_batch_size";
+/// Time to handle one message, retries and dead-lettering included, by `stage`.
+pub const STAGE_PROCESSING_SECONDS: &str = "orderflow_stage_processing_seconds";
+/// Messages a stage is handling right now, by `stage`.
+pub const STAGE_IN_FLIGHT: &str = "orderflow_stage_in_flight";
+/// Age of a consumed event when the stage receives it (now − its `occurred_at`, which the
+/// producer sets as the record timestamp), by `stage`.
+pub const STAGE_LAG_SECONDS: &str = "orderflow_stage_lag_seconds";
+/// The one errors counter, by `stage` and `error_type` ([`error_type`]).
+pub const ERRORS_TOTAL: &str = "orderflow_errors_total";
+/// From an order's acceptance to each later status, by `status`.
+pub const ORDER_LATENCY_SECONDS: &str = "orderflow_order_latency_seconds";
+/// HTTP requests answered, by `route` (the matched route, or `unmatched`), `method`, `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "orderflow_http_requests_total";
+/// HTTP request durations, by `route` and `method`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "orderflow_http_request_duration_seconds";
+/// Orders newly accepted by the API (idempotent replays not counted).
+pub const ORDERS_ACCEPTED_TOTAL: &str = "orderflow_orders_accepted_total";
+/// Notification deliveries per sink, by `sink` and `outcome` ([`outcome`]).
+pub const SINK_DELIVERIES_TOTAL: &str = "orderflow_sink_deliveries_total";
+/// Time a sink takes to take one notification, by `sink`.
+pub const SINK_SEND_SECONDS: &str = "orderflow_sink_send_seconds";
+/// Store call durations, by `operation` (the `Store` method).
+pub const STORE_OPERATION_SECONDS: &str = "orderflow_store_operation_seconds";
+/// Store calls that failed, by `operation`.
+pub const STORE_ERRORS_TOTAL: &str = "orderflow_store_errors_total";
+
+/// Values of the `outcome` label.
+pub mod outcome {
+    /// A stage handled the message on the first attempt.
+    pub const OK: &str = "ok";
+    /// A stage handled the message after one or more retriable failures.
+    pub const RETRIED: &str = "retried";
+    /// A stage sent the message to the dead-letter topic.
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// A sink took the notification.
+    pub const SENT: &str = "sent";
+    /// The sink had delivered this notification before.
+    pub const SKIPPED_DUPLICATE: &str = "skipped_duplicate";
+    /// The sink failed to take the notification.
+    pub const FAILED: &str = "failed";
+}
+
+/// Values of the `error_type` label of [`ERRORS_TOTAL`].
+pub mod error_type {
+    /// A handler failure that may pass; the message is retried.
+    pub const RETRIABLE: &str = "retriable";
+    /// A message that cannot be handled; it goes to the dead-letter topic.
+    pub const POISON: &str = "poison";
+    /// The consumer reported an error while receiving.
+    pub const CONSUMER: &str = "consumer";
+    /// Producing to the dead-letter topic failed; it is retried.
+    pub const DEAD_LETTER_PRODUCE: &str = "dead_letter_produce";
+}
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Buckets for durations: 0.5 ms to 30 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets for batch sizes (the consume loop takes at most 1000 by default).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+/// Every Orderflow metric, registered in [`registry()`].
+pub struct Metrics {
+    pub stage_messages: IntCounterVec,
+    pub stage_batch_size: HistogramVec,
+    pub stage_processing: HistogramVec,
+    pub stage_in_flight: IntGaugeVec,
+    pub stage_lag: HistogramVec,
+    pub errors: IntCounterVec,
+    pub order_latency: HistogramVec,
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+    pub orders_accepted: IntCounter,
+    pub sink_deliveries: IntCounterVec,
+    pub sink_send: HistogramVec,
+    pub store_operation: HistogramVec,
+    pub store_errors: IntCounterVec,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = &*REGISTRY;
+    Metrics {
+        stage_messages: counter_vec(
+            registry,
+            STAGE_MESSAGES_TOTAL,
+            "Messages a stage finished, by outcome.",
+            &["stage", "outcome"],
+        ),
+        stage_batch_size: histogram_vec(
+            registry,
+            STAGE_BATCH_SIZE,
+            "Messages per batch taken from the consumer.",
+            &["stage"],
+            BATCH_BUCKETS,
+        ),
+        stage_processing: histogram_vec(
+            registry,
+            STAGE_PROCESSING_SECONDS,
+            "Time to handle one message, retries included.",
+            &["stage"],
+            SECONDS_BUCKETS,
+        ),
+        stage_in_flight: register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(STAGE_IN_FLIGHT, "Messages a stage is handling now."),
+                &["stage"],
+            ),
+        ),
+        stage_lag: histogram_vec(
+            registry,
+            STAGE_LAG_SECONDS,
+            "Age of a consumed event when the stage receives it.",
+            &["stage"],
+            SECONDS_BUCKETS,
+        ),
+        errors: counter_vec(
+            registry,
+            ERRORS_TOTAL,
+            "Errors, by stage and type.",
+            &["stage", "error_type"],
+        ),
+        order_latency: histogram_vec(
+            registry,
+            ORDER_LATENCY_SECONDS,
+            "Time from an order's acceptance to a later status.",
+            &["status"],
+            SECONDS_BUCKETS,
+        ),
+        http_requests: counter_vec(
+            registry,
+            HTTP_REQUESTS_TOTAL,
+            "HTTP requests answered.",
+            &["route", "method", "status"],
+        ),
+        http_request_duration: histogram_vec(
+            registry,
+            HTTP_REQUEST_DURATION_SECONDS,
+            "HTTP request durations.",
+            &["route", "method"],
+            SECONDS_BUCKETS,
+        ),
+        orders_accepted: register(
+            registry,
+            IntCounter::new(ORDERS_ACCEPTED_TOTAL, "Orders newly accepted by the API."),
+        ),
+        sink_deliveries: counter_vec(
+            registry,
+            SINK_DELIVERIES_TOTAL,
+            "Notification deliveries per sink, by outcome.",
+            &["sink", "outcome"],
+        ),
+        sink_send: histogram_vec(
+            registry,
+            SINK_SEND_SECONDS,
+            "Time a sink takes to take one notification.",
+            &["sink"],
+            SECONDS_BUCKETS,
+        ),
+        store_operation: histogram_vec(
+            registry,
+            STORE_OPERATION_SECONDS,
+            "Store call durations, by operation.",
+            &["operation"],
+            SECONDS_BUCKETS,
+        ),
+        store_errors: counter_vec(
+            registry,
+            STORE_ERRORS_TOTAL,
+            "Store calls that failed, by operation.",
+            &["operation"],
+        ),
+    }
+});
+
+fn register<C>(registry: &Registry, collector: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    // The names and labels are constants: an error here is a programming mistake.
+    let collector = collector.expect("metric definition is valid");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric is registered once");
+    collector
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(registry, HistogramVec::new(opts, labels))
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The process-wide registry, with every Orderflow metric in it.
+pub fn registry() -> &'static Registry {
+    LazyLock::force(&METRICS);
+    &REGISTRY
+}
+
+/// Every metric in the Prometheus text exposition format (version 0.0.4, [`CONTENT_TYPE`]).
+pub fn render() -> String {
+    let families = registry().gather();
+    let mut out = Vec::new();
+    // Writing to a Vec fails only on invalid metric data, which the registry does not hold.
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        return format!("# encoding failed: {e}\n");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Seconds from `from_ms` to `to_ms` (both ms since the epoch), never negative (clocks of
+/// different hosts may disagree a little).
+pub fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
+    (to_ms.saturating_sub(from_ms)).max(0) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_shows_every_family_with_its_samples() {
+        metrics()
+            .stage_messages
+            .with_label_values(&["test-stage", outcome::OK])
+            .inc_by(3);
+        metrics()
+            .store_operation
+            .with_label_values(&["test_op"])
+            .observe(0.002);
+        let text = render();
+        assert!(
+            text.contains("orderflow_stage_messages_total{outcome=\"ok\",stage=\"test-stage\"} 3")
+        );
+        assert!(text.contains("orderflow_store_operation_seconds_count{operation=\"test_op\"} 1"));
+        // An unlabelled metric is there from the start.
+        assert!(text.contains("# TYPE orderflow_orders_accepted_total counter"));
+        assert!(CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));
+    }
+
+    #[test]
+    fn names_follow_the_conventions() {
+        let counters = [
+            STAGE_MESSAGES_TOTAL,
+            ERRORS_TOTAL,
+            HTTP_REQUESTS_TOTAL,
+            ORDERS_ACCEPTED_TOTAL,
+            SINK_DELIVERIES_TOTAL,
+            STORE_ERRORS_TOTAL,
+        ];
+        let seconds = [
+            STAGE_PROCESSING_SECONDS,
+            STAGE_LAG_SECONDS,
+            ORDER_LATENCY_SECONDS,
+            HTTP_REQUEST_DURATION_SECONDS,
+            SINK_SEND_SECONDS,
+            STORE_OPERATION_SECONDS,
+        ];
+        for name in counters.iter().chain(&seconds) {
+            assert!(name.starts_with("orderflow_"), "{name}");
+        }
+        assert!(counters.iter().all(|n| n.ends_with("_total")));
+        assert!(seconds.iter().all(|n| n.ends_with("_seconds")));
+    }
+
+    #[test]
+    fn seconds_between_is_never_negative() {
+        assert_eq!(seconds_between(1_000, 3_500), 2.5);
+        assert_eq!(seconds_between(3_500, 1_000), 0.0);
+    }
+}

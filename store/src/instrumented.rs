@@ -1,0 +1,163 @@
+//! [`Instrumented`]: a [`Store`] that times every call of the store it wraps
+//! (`orderflow_store_operation_seconds{operation}`) and counts the failed ones
+//! (`orderflow_store_errors_total{operation}`); `operation` is the method's name.
+
+use std::{future::Future, time::Instant};
+
+use async_trait::async_trait;
+use orderflow_schemas::{metrics, OrderItem};
+
+use crate::{
+    CreateOrder, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord, Product,
+    Reservation, Result, StatusUpdate, Store,
+};
+
+/// Wraps a store with metrics.
+pub struct Instrumented<S: Store>(pub S);
+
+impl<S: Store> Instrumented<S> {
+    pub fn new(store: S) -> Self {
+        Instrumented(store)
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.0
+    }
+}
+
+/// Runs one store call, recording its duration and whether it failed.
+async fn timed<T>(operation: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    let m = metrics::metrics();
+    let started = Instant::now();
+    let result = call.await;
+    m.store_operation
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        m.store_errors.with_label_values(&[operation]).inc();
+    }
+    result
+}
+
+#[async_trait]
+impl<S: Store> Store for Instrumented<S> {
+    async fn put_products(&self, products: Vec<Product>) -> Result<()> {
+        timed("put_products", self.0.put_products(products)).await
+    }
+
+    async fn seed_products(&self, products: Vec<Product>) -> Result<usize> {
+        timed("seed_products", self.0.seed_products(products)).await
+    }
+
+    async fn get_product(&self, sku: &str) -> Result<Option<Product>> {
+        timed("get_product", self.0.get_product(sku)).await
+    }
+
+    async fn list_products(&self) -> Result<Vec<Product>> {
+        timed("list_products", self.0.list_products()).await
+    }
+
+    async fn create_order(
+        &self,
+        order: OrderRecord,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreateOrder> {
+        timed("create_order", self.0.create_order(order, idempotency)).await
+    }
+
+    async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+        timed("get_order", self.0.get_order(order_id)).await
+    }
+
+    async fn list_customer_orders(
+        &self,
+        customer_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        timed(
+            "list_customer_orders",
+            self.0.list_customer_orders(customer_id, before, limit),
+        )
+        .await
+    }
+
+    async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
+        timed("apply_status", self.0.apply_status(update)).await
+    }
+
+    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
+        timed("reserve", self.0.reserve(order_id, items, at)).await
+    }
+
+    async fn release(&self, order_id: &str) -> Result<bool> {
+        timed("release", self.0.release(order_id)).await
+    }
+
+    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>> {
+        timed("get_payment", self.0.get_payment(order_id)).await
+    }
+
+    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
+        timed("record_payment", self.0.record_payment(payment)).await
+    }
+
+    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
+        timed("create_invoice", self.0.create_invoice(draft)).await
+    }
+
+    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
+        timed("get_invoice", self.0.get_invoice(order_id)).await
+    }
+
+    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
+        timed("delivered", self.0.delivered(sink, ids)).await
+    }
+
+    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
+        timed("mark_delivered", self.0.mark_delivered(sink, ids)).await
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        timed("healthcheck", self.0.healthcheck()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmbeddedStore;
+
+    fn count(operation: &str) -> u64 {
+        metrics::metrics()
+            .store_operation
+            .with_label_values(&[operation])
+            .get_sample_count()
+    }
+
+    #[tokio::test]
+    async fn every_call_is_timed_and_failures_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Instrumented::new(EmbeddedStore::open(&dir.path().join("state")).unwrap());
+        let (gets, checks) = (count("get_order"), count("healthcheck"));
+        assert!(store.get_order("nope").await.unwrap().is_none());
+        store.healthcheck().await.unwrap();
+        assert_eq!(count("get_order"), gets + 1);
+        assert_eq!(count("healthcheck"), checks + 1);
+
+        let errors = || {
+            metrics::metrics()
+                .store_errors
+                .with_label_values(&["test_failing"])
+                .get()
+        };
+        let before = errors();
+        let failed: Result<()> = timed("test_failing", async {
+            Err(crate::StoreError::Unavailable("down".into()))
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(errors(), before + 1);
+    }
+}
