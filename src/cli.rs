@@ -187,12 +187,7 @@ pub struct ProcessArgs {
     #[arg(value_enum)]
     pub stage: StageArg,
     #[command(flatten)]
-    pub common: CommonArgs,
-    #[arg(long, env = "ORDERFLOW_BROKERS")]
-    pub brokers: String,
-    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz`.
-    #[arg(long, env = "ORDERFLOW_METRICS", default_value = "0.0.0.0:9464")]
-    pub metrics: SocketAddr,
+    pub service: ServiceArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

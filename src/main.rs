@@ -38,41 +38,27 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::Process(args) => {
-                let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
-                let metrics = serve_metrics(args.metrics, shutdown.clone()).await?;
                 let stage: Stage = args.stage.into();
-                let result = run_stage(
-                    stage,
-                    &kafka,
-                    store,
-                    producer.clone(),
-                    &args.common.processor_settings(),
-                    shutdown.clone(),
+                let settings = args.service.common.processor_settings();
+                run_service(
+                    &args.service,
+                    shutdown,
+                    |kafka, store, producer, shutdown| async move {
+                        run_stage(stage, &kafka, store, producer, &settings, shutdown).await
+                    },
                 )
-                .await;
-                producer.flush(Duration::from_secs(10));
-                shutdown.cancel();
-                metrics.await??;
-                result?;
-                Ok(())
+                .await
             }
             Command::Bridge(args) => {
-                let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
-                let metrics = serve_metrics(args.metrics, shutdown.clone()).await?;
                 let sinks = default_sinks(&args.common.data_dir)?;
-                let result = orderflow_bridge::run_bridge(
-                    &kafka,
-                    store,
-                    sinks,
-                    producer.clone(),
-                    shutdown.clone(),
+                run_service(
+                    &args,
+                    shutdown,
+                    |kafka, store, producer, shutdown| async move {
+                        orderflow_bridge::run_bridge(&kafka, store, sinks, producer, shutdown).await
+                    },
                 )
-                .await;
-                producer.flush(Duration::from_secs(10));
-                shutdown.cancel();
-                metrics.await??;
-                result?;
-                Ok(())
+                .await
             }
             Command::Load(args) => load::run(args).await,
             Command::Topics(TopicsCommand::Create(args)) => {
@@ -115,6 +101,27 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     info!("Shutting down: finishing in-flight work.");
     shutdown.cancel();
+}
+
+/// Runs a consuming service (`process`, `bridge`): serves `/metrics`, runs `service` until
+/// shutdown, then flushes the producer and stops the metrics listener.
+async fn run_service<F, Fut>(
+    args: &cli::ServiceArgs,
+    shutdown: CancellationToken,
+    service: F,
+) -> Result<()>
+where
+    F: FnOnce(KafkaConfig, Arc<dyn Store>, EventProducer, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = orderflow_kafka::Result<()>>,
+{
+    let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
+    let metrics = serve_metrics(args.metrics, shutdown.clone()).await?;
+    let result = service(kafka, store, producer.clone(), shutdown.clone()).await;
+    producer.flush(Duration::from_secs(10));
+    shutdown.cancel();
+    metrics.await??;
+    result?;
+    Ok(())
 }
 
 /// What a single-stage service needs: its Kafka config, the store, a producer.
