@@ -164,12 +164,12 @@ pub(crate) async fn record_and_emit<E: Event>(
 /// When an order was accepted, read from its id: the API mints order ids as UUIDv7 at accept
 /// time, whose first 48 bits are the Unix time in ms. `None` for an id of another form.
 pub(crate) fn accepted_at(order_id: &str) -> Option<i64> {
-    let b = order_id.as_bytes();
-    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[14] != b'7' {
+    let id = uuid::Uuid::parse_str(order_id).ok()?;
+    if id.get_version_num() != 7 {
         return None;
     }
-    let hex = format!("{}{}", order_id.get(..8)?, order_id.get(9..13)?);
-    i64::from_str_radix(&hex, 16).ok()
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
 }
 
 #[cfg(test)]
