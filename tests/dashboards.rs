@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{order_body, Pipeline};
+use common::Pipeline;
 use orderflow_schemas::metrics;
 use serde_json::Value;
 
@@ -197,10 +197,7 @@ async fn a_running_pipeline_serves_every_metric_the_dashboards_query() {
 
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
-    let good = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
-    let unknown = p.place(&order_body("NOPE-404", 1, "tok_visa")).await;
-    p.wait_for_status(&good, "invoiced").await;
-    p.wait_for_status(&unknown, "rejected").await;
+    common::one_invoiced_one_rejected(&p).await;
 
     // The bridge runs behind the read model: poll until every family is there (or time runs out).
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -539,10 +539,7 @@ async fn metrics_are_served_and_count_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
 
-    let good = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
-    let unknown = p.place(&order_body("NOPE-404", 1, "tok_visa")).await;
-    p.wait_for_status(&good, "invoiced").await;
-    p.wait_for_status(&unknown, "rejected").await;
+    common::one_invoiced_one_rejected(&p).await;
 
     // The bridge runs behind the read model: poll until its counts are in too.
     let stage_ok = |stage: &'static str| {

@@ -209,6 +209,16 @@ impl Drop for Pipeline {
     }
 }
 
+/// Places one order that gets invoiced and one that gets rejected (unknown SKU), and waits for
+/// both; returns their ids.
+pub async fn one_invoiced_one_rejected(p: &Pipeline) -> (String, String) {
+    let good = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+    let unknown = p.place(&order_body("NOPE-404", 1, "tok_visa")).await;
+    p.wait_for_status(&good, "invoiced").await;
+    p.wait_for_status(&unknown, "rejected").await;
+    (good, unknown)
+}
+
 /// A valid order body.
 pub fn order_body(sku: &str, quantity: i64, token: &str) -> Value {
     json!({
