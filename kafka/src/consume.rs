@@ -53,16 +53,6 @@ pub struct Incoming {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-impl Incoming {
-    /// A header's value, if present and UTF-8.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    }
-}
-
 /// Why a message could not be handled.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {

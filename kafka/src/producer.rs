@@ -27,10 +27,6 @@ impl EventProducer {
         })
     }
 
-    pub fn topics(&self) -> &Topics {
-        &self.topics
-    }
-
     /// Frames `event` and produces it to its topic, keyed by order id; resolves once the broker
     /// has acknowledged it (acks=all). The record's timestamp is the event's `occurred_at`, so
     /// a consumer sees how old an event is without decoding it (`orderflow_stage_lag_seconds`).
