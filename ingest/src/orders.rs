@@ -324,16 +324,6 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
     errors
 }
 
-/// FNV-1a, 64 bits: a fingerprint that stays the same across builds and platforms.
-fn fingerprint(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
 fn idempotency_key(
     headers: &HeaderMap,
     req: &CreateOrderRequest,
@@ -364,7 +354,7 @@ fn idempotency_key(
     let normalized = serde_json::to_vec(req).unwrap_or_default();
     Ok(Some(IdempotencyKey {
         key: key.to_string(),
-        fingerprint: fingerprint(&normalized),
+        fingerprint: orderflow_schemas::stable_digest(&normalized),
         expires_at: now + ttl_ms,
     }))
 }
@@ -595,11 +585,5 @@ mod tests {
 
         let req: CreateOrderRequest = serde_json::from_value(valid()).unwrap();
         assert!(validate(&req).is_empty());
-    }
-
-    #[test]
-    fn fingerprints_are_stable() {
-        assert_eq!(fingerprint(b""), "cbf29ce484222325");
-        assert_eq!(fingerprint(b"a"), "af63dc4c8601ec8c");
     }
 }

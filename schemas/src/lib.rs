@@ -31,6 +31,17 @@ pub fn now_millis() -> i64 {
         .unwrap_or_default()
 }
 
+/// FNV-1a, 64 bits, as 16 hex digits: a digest that stays the same across builds and platforms
+/// (request fingerprints for idempotency keys, migration checksums). Not for security.
+pub fn stable_digest(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 /// Formats integer cents as a decimal amount: `1250` → `"12.50"`, `-5` → `"-0.05"`.
 pub fn format_cents(cents: i64) -> String {
     let sign = if cents < 0 { "-" } else { "" };
@@ -46,5 +57,11 @@ mod tests {
         assert_eq!(super::format_cents(7), "0.07");
         assert_eq!(super::format_cents(-5), "-0.05");
         assert_eq!(super::format_cents(0), "0.00");
+    }
+
+    #[test]
+    fn stable_digests_do_not_change() {
+        assert_eq!(super::stable_digest(b""), "cbf29ce484222325");
+        assert_eq!(super::stable_digest(b"a"), "af63dc4c8601ec8c");
     }
 }

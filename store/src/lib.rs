@@ -9,12 +9,16 @@
 //! - [`embedded`]: the default implementation on redb, a pure-Rust durable B-tree, under
 //!   `--data-dir`. Writes from concurrent callers are grouped into one transaction (group
 //!   commit), so a batch of events costs one fsync, not one each.
+//! - `scylla`: the ScyllaDB implementation, for services that run apart (`--scylla`), with its
+//!   CQL migrations.
 //! - [`instrumented`]: [`Instrumented`], a wrapper that records every call's duration and
 //!   failures as Prometheus metrics.
 
 pub mod embedded;
 pub mod instrumented;
 pub mod model;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 
 use std::time::Duration;
 
@@ -24,6 +28,8 @@ pub use embedded::EmbeddedStore;
 pub use instrumented::Instrumented;
 pub use model::*;
 use orderflow_schemas::OrderItem;
+#[cfg(feature = "scylla")]
+pub use scylla::{ScyllaConfig, ScyllaStore};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,8 +54,8 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The state store. Implementations: [`EmbeddedStore`] (redb); ScyllaDB comes with its own crate
-/// feature.
+/// The state store. Implementations: [`EmbeddedStore`] (redb, one machine) and `ScyllaStore`
+/// (ScyllaDB, the `scylla` feature, on by default); both pass `tests/conformance.rs`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts or replaces products (admin, seeding).

@@ -1,0 +1,1500 @@
+//! The ScyllaDB store: the same [`Store`] contract as the embedded one, for services that run
+//! apart and scale out. Tables: `store/migrations/scylla/` (applied by [`migrate`]).
+//!
+//! How each guarantee is kept without multi-partition transactions:
+//! - **Stock** is moved by compare-and-set (LWT on `products.version`). An order's reservation
+//!   is owned by one worker at a time through a lease on its `reservations` row; the owner
+//!   takes each SKU's units recording them in `products.holds[order]`, so a retry after a crash
+//!   knows which SKUs it already took and never takes twice. The outcome is recorded on the
+//!   reservation row (`IF owner = me`), then the holds are dropped. A reservation that fails
+//!   part-way gives back what it took before it records the rejection: all or nothing.
+//! - **Idempotency keys**, **payments** and **invoices** are `INSERT … IF NOT EXISTS`: the first
+//!   writer wins and everyone else reads the winner.
+//! - **Invoice numbers** come from one LWT sequence row that takes the next number together
+//!   with the whole invoice (`pending`): whoever takes the number after it writes that invoice
+//!   first, so a crash between the two steps leaves no gap.
+//! - The **order read model** is one partition per order with one row per timeline event
+//!   (clustered by event id, so a redelivery overwrites itself); the status is the furthest
+//!   step, computed on read, so it never moves back whatever order events arrive in.
+//!
+//! Every operation is idempotent, so a timeout whose outcome is unknown is simply retried (a
+//! few times here, then by the caller, which sees [`StoreError::Unavailable`]).
+//!
+//! Limits, by design: invoice numbering is one LWT partition (a few hundred to a few thousand
+//! invoices/s per cluster); a lease owner stalled past its lease (30 s, and it stops 10 s
+//! before) could race the next owner on one stock update.
+
+mod migrate;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering as AtomicOrdering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use futures::{future::try_join_all, TryStreamExt};
+pub use migrate::{
+    current_version, latest_version, migrate, valid_keyspace, MigrationReport, Replication,
+    MIGRATIONS,
+};
+use orderflow_schemas::{now_millis, OrderItem, OrderStatus};
+use scylla::{
+    client::{session::Session, session_builder::SessionBuilder},
+    frame::types::Consistency,
+    response::query_result::QueryResult,
+    statement::{
+        batch::{Batch, BatchType},
+        prepared::PreparedStatement,
+    },
+    value::{CqlValue, Row},
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{model::*, Result, Store, StoreError};
+
+/// Where the store is and how it behaves.
+#[derive(Debug, Clone)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    /// How long a sink's delivery marker is kept (the bridge's dedup window).
+    pub delivery_ttl: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl ScyllaConfig {
+    pub fn new(nodes: Vec<String>, keyspace: impl Into<String>) -> Self {
+        ScyllaConfig {
+            nodes,
+            keyspace: keyspace.into(),
+            delivery_ttl: Duration::from_secs(14 * 24 * 60 * 60),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connects to the cluster, without selecting a keyspace (for [`migrate`]).
+pub async fn connect(config: &ScyllaConfig) -> Result<Session> {
+    if config.nodes.is_empty() {
+        return Err(StoreError::Invalid("no ScyllaDB node given".into()));
+    }
+    SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .connection_timeout(config.connect_timeout)
+        .build()
+        .await
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to ScyllaDB at {}: {e}",
+                config.nodes.join(",")
+            ))
+        })
+}
+
+/// How long a worker owns an order's reservation before another may take over.
+const LEASE_MS: i64 = 30_000;
+/// A lease owner stops moving stock this long before its lease ends.
+const LEASE_MARGIN_MS: i64 = 10_000;
+/// Attempts of one operation on timeouts and lost races before the caller sees the error.
+const ATTEMPTS: u32 = 6;
+/// 30-day buckets of a customer's order index.
+const BUCKET_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+/// Idempotency-key rows live this long past their `expires_at` (the decision uses `expires_at`).
+const IDEMPOTENCY_GRACE_SECS: i64 = 60 * 60;
+const INVOICE_SEQUENCE: &str = "invoice";
+
+/// The ScyllaDB-backed [`Store`]. Clones share one session.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    q: Arc<Statements>,
+    keyspace: String,
+    delivery_ttl_secs: i32,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("keyspace", &self.keyspace)
+            .finish()
+    }
+}
+
+struct Statements {
+    product_get: PreparedStatement,
+    product_insert: PreparedStatement,
+    product_update: PreparedStatement,
+    product_move: PreparedStatement,
+    product_drop_hold: PreparedStatement,
+    product_list: PreparedStatement,
+    order_get: PreparedStatement,
+    order_statics: PreparedStatement,
+    order_entry: PreparedStatement,
+    order_entry_with_customer: PreparedStatement,
+    order_pricing: PreparedStatement,
+    order_invoice_number: PreparedStatement,
+    customer_order: PreparedStatement,
+    customer_bucket: PreparedStatement,
+    customer_buckets: PreparedStatement,
+    customer_page: PreparedStatement,
+    customer_page_before: PreparedStatement,
+    key_claim: PreparedStatement,
+    key_replace: PreparedStatement,
+    reservation_get: PreparedStatement,
+    reservation_claim: PreparedStatement,
+    reservation_take_over: PreparedStatement,
+    reservation_decide: PreparedStatement,
+    reservation_let_go: PreparedStatement,
+    payment_get: PreparedStatement,
+    payment_insert: PreparedStatement,
+    invoice_get: PreparedStatement,
+    invoice_insert: PreparedStatement,
+    sequence_get: PreparedStatement,
+    sequence_init: PreparedStatement,
+    sequence_take: PreparedStatement,
+    delivery_get: PreparedStatement,
+    delivery_put: PreparedStatement,
+    health: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Self> {
+        let p = |cql: String, serial_read: bool| async move {
+            let mut statement = session
+                .prepare(cql.clone())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
+            // Every statement of this store may run twice: each is written to be idempotent.
+            statement.set_is_idempotent(true);
+            if serial_read {
+                // Reads that a compare-and-set decision depends on see every accepted LWT.
+                statement.set_consistency(Consistency::LocalSerial);
+            } else {
+                statement.set_consistency(Consistency::LocalQuorum);
+            }
+            Ok::<_, StoreError>(statement)
+        };
+        Ok(Statements {
+            product_get: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version FROM {ks}.products WHERE sku = ?"), true).await?,
+            product_insert: p(format!("INSERT INTO {ks}.products (sku, name, price_cents, currency, stock, reserved, version) VALUES (?, ?, ?, ?, ?, ?, 0) IF NOT EXISTS"), false).await?,
+            product_update: p(format!("UPDATE {ks}.products SET name = ?, price_cents = ?, currency = ?, stock = ?, reserved = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
+            product_move: p(format!("UPDATE {ks}.products SET stock = ?, reserved = ?, holds[?] = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
+            product_drop_hold: p(format!("DELETE holds[?] FROM {ks}.products WHERE sku = ? IF EXISTS"), false).await?,
+            product_list: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version FROM {ks}.products"), false).await?,
+            order_get: p(format!("SELECT customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at, event_id, status, at, detail FROM {ks}.orders WHERE order_id = ?"), false).await?,
+            order_statics: p(format!("INSERT INTO {ks}.orders (order_id, customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), false).await?,
+            order_entry: p(format!("INSERT INTO {ks}.orders (order_id, event_id, status, at, detail) VALUES (?, ?, ?, ?, ?)"), false).await?,
+            order_entry_with_customer: p(format!("INSERT INTO {ks}.orders (order_id, event_id, status, at, detail, customer_id) VALUES (?, ?, ?, ?, ?, ?)"), false).await?,
+            order_pricing: p(format!("UPDATE {ks}.orders SET pricing = ? WHERE order_id = ?"), false).await?,
+            order_invoice_number: p(format!("UPDATE {ks}.orders SET invoice_number = ? WHERE order_id = ?"), false).await?,
+            customer_order: p(format!("INSERT INTO {ks}.customer_orders (customer_id, bucket, order_id) VALUES (?, ?, ?)"), false).await?,
+            customer_bucket: p(format!("INSERT INTO {ks}.customer_order_buckets (customer_id, bucket) VALUES (?, ?)"), false).await?,
+            customer_buckets: p(format!("SELECT bucket FROM {ks}.customer_order_buckets WHERE customer_id = ? AND bucket <= ?"), false).await?,
+            customer_page: p(format!("SELECT order_id FROM {ks}.customer_orders WHERE customer_id = ? AND bucket = ? LIMIT ?"), false).await?,
+            customer_page_before: p(format!("SELECT order_id FROM {ks}.customer_orders WHERE customer_id = ? AND bucket = ? AND order_id < ? LIMIT ?"), false).await?,
+            key_claim: p(format!("INSERT INTO {ks}.idempotency_keys (customer_id, key, order_id, fingerprint, expires_at) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"), false).await?,
+            key_replace: p(format!("UPDATE {ks}.idempotency_keys USING TTL ? SET order_id = ?, fingerprint = ?, expires_at = ? WHERE customer_id = ? AND key = ? IF order_id = ? AND expires_at = ?"), false).await?,
+            reservation_get: p(format!("SELECT outcome, owner, lease_until FROM {ks}.reservations WHERE order_id = ?"), true).await?,
+            reservation_claim: p(format!("INSERT INTO {ks}.reservations (order_id, owner, lease_until) VALUES (?, ?, ?) IF NOT EXISTS"), false).await?,
+            reservation_take_over: p(format!("UPDATE {ks}.reservations SET owner = ?, lease_until = ? WHERE order_id = ? IF lease_until < ?"), false).await?,
+            reservation_decide: p(format!("UPDATE {ks}.reservations SET outcome = ?, owner = null, lease_until = 0 WHERE order_id = ? IF owner = ?"), false).await?,
+            reservation_let_go: p(format!("UPDATE {ks}.reservations SET owner = null, lease_until = 0 WHERE order_id = ? IF owner = ?"), false).await?,
+            payment_get: p(format!("SELECT payment FROM {ks}.payments WHERE order_id = ?"), true).await?,
+            payment_insert: p(format!("INSERT INTO {ks}.payments (order_id, payment) VALUES (?, ?) IF NOT EXISTS"), false).await?,
+            invoice_get: p(format!("SELECT invoice FROM {ks}.invoices WHERE order_id = ?"), true).await?,
+            invoice_insert: p(format!("INSERT INTO {ks}.invoices (order_id, invoice) VALUES (?, ?) IF NOT EXISTS"), false).await?,
+            sequence_get: p(format!("SELECT value, pending FROM {ks}.sequences WHERE name = ?"), true).await?,
+            sequence_init: p(format!("INSERT INTO {ks}.sequences (name, value) VALUES (?, 0) IF NOT EXISTS"), false).await?,
+            sequence_take: p(format!("UPDATE {ks}.sequences SET value = ?, pending = ? WHERE name = ? IF value = ?"), false).await?,
+            delivery_get: p(format!("SELECT delivered_at FROM {ks}.deliveries WHERE sink = ? AND id = ?"), false).await?,
+            delivery_put: p(format!("INSERT INTO {ks}.deliveries (sink, id, delivered_at) VALUES (?, ?, ?) USING TTL ?"), false).await?,
+            health: p(format!("SELECT version FROM {ks}.schema_migrations LIMIT 1"), false).await?,
+        })
+    }
+}
+
+impl ScyllaStore {
+    /// Connects, checks that the keyspace has this build's schema (see [`migrate`]) and
+    /// prepares every statement.
+    pub async fn open(config: &ScyllaConfig) -> Result<Self> {
+        let session = connect(config).await?;
+        Self::with_session(session, config).await
+    }
+
+    /// As [`ScyllaStore::open`], on a session already connected.
+    pub async fn with_session(session: Session, config: &ScyllaConfig) -> Result<Self> {
+        let keyspace = config.keyspace.clone();
+        if !valid_keyspace(&keyspace) {
+            return Err(StoreError::Invalid(format!(
+                "`{keyspace}` is not a valid keyspace name"
+            )));
+        }
+        let version = current_version(&session, &keyspace).await?;
+        let needed = latest_version();
+        if version < needed {
+            return Err(StoreError::Invalid(format!(
+                "keyspace {keyspace} is at schema version {version}, this build needs {needed}: \
+                 run `orderflow migrate` (or start with --migrate)"
+            )));
+        }
+        if version > needed {
+            return Err(StoreError::Invalid(format!(
+                "keyspace {keyspace} is at schema version {version}, newer than this build \
+                 knows ({needed}): upgrade orderflow"
+            )));
+        }
+        let q = Statements::prepare(&session, &keyspace).await?;
+        Ok(ScyllaStore {
+            session: Arc::new(session),
+            q: Arc::new(q),
+            keyspace,
+            delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
+                .unwrap_or(i32::MAX)
+                .max(1),
+        })
+    }
+
+    pub fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    async fn run(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<QueryResult> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs a statement and decodes its rows.
+    async fn rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let result = self.run(statement, values).await?;
+        let rows = result.into_rows_result().map_err(corrupt)?;
+        let out = rows
+            .rows::<R>()
+            .map_err(corrupt)?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(corrupt);
+        out
+    }
+
+    async fn first<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Option<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        Ok(self.rows(statement, values).await?.into_iter().next())
+    }
+
+    /// Runs a lightweight transaction: whether it applied, and the row that stopped it.
+    async fn lwt(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Lwt> {
+        let result = self.run(statement, values).await?;
+        let rows = result.into_rows_result().map_err(corrupt)?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let row: Row = rows.first_row().map_err(corrupt)?;
+        let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
+        Ok(Lwt {
+            applied,
+            columns: names.into_iter().zip(row.columns).collect(),
+        })
+    }
+
+    async fn read_product(&self, sku: &str) -> Result<Option<StockRow>> {
+        self.first::<ProductRow>(&self.q.product_get, (sku,))
+            .await
+            .map(|row| row.map(StockRow::from))
+    }
+
+    /// Moves `units` of stock into (positive) or out of (negative) `reserved`, recording `hold`
+    /// for `order_id`, if the row is still at `version`.
+    async fn move_stock(
+        &self,
+        row: &StockRow,
+        order_id: &str,
+        units: i64,
+        hold: i64,
+    ) -> Result<bool> {
+        let lwt = self
+            .lwt(
+                &self.q.product_move,
+                (
+                    row.product.stock - units,
+                    row.product.reserved + units,
+                    order_id,
+                    hold,
+                    row.version + 1,
+                    row.product.sku.as_str(),
+                    row.version,
+                ),
+            )
+            .await?;
+        Ok(lwt.applied)
+    }
+
+    async fn drop_holds(&self, order_id: &str, skus: &[&str]) -> Result<()> {
+        try_join_all(
+            skus.iter()
+                .map(|sku| self.lwt(&self.q.product_drop_hold, (order_id, *sku))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the lease on an order's reservation row: `Ok(Some(outcome))` when one is recorded
+    /// and `wanted` says that is all the caller needs.
+    async fn claim(&self, order_id: &str, lease: &Lease, create: bool) -> Result<Claim> {
+        for _ in 0..ATTEMPTS {
+            if create {
+                let lwt = self
+                    .lwt(
+                        &self.q.reservation_claim,
+                        (order_id, lease.owner.as_str(), lease.until),
+                    )
+                    .await?;
+                if lwt.applied {
+                    return Ok(Claim::Owned(None));
+                }
+            }
+            let Some((outcome, owner, until)) = self
+                .first::<(Option<String>, Option<String>, Option<i64>)>(
+                    &self.q.reservation_get,
+                    (order_id,),
+                )
+                .await?
+            else {
+                if create {
+                    continue; // gone between the two statements: claim again
+                }
+                return Ok(Claim::Missing);
+            };
+            let outcome: Option<Reservation> =
+                outcome.map(|o| from_json("reservation", &o)).transpose()?;
+            if create {
+                if let Some(outcome) = outcome {
+                    return Ok(Claim::Decided(outcome));
+                }
+            }
+            let until = until.unwrap_or(0);
+            // Our own lease, from an attempt whose answer was lost.
+            if owner.as_deref() == Some(lease.owner.as_str()) {
+                return Ok(Claim::Owned(outcome));
+            }
+            if until > now_millis() {
+                return Err(StoreError::Unavailable(format!(
+                    "the reservation of order {order_id} is being changed by another worker"
+                )));
+            }
+            let lwt = self
+                .lwt(
+                    &self.q.reservation_take_over,
+                    (lease.owner.as_str(), lease.until, order_id, now_millis()),
+                )
+                .await?;
+            if lwt.applied {
+                return Ok(Claim::Owned(outcome));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "could not take the reservation lease of order {order_id}"
+        )))
+    }
+
+    /// Records the outcome and gives up the lease; fails if the lease was lost.
+    async fn decide(&self, order_id: &str, lease: &Lease, outcome: &Reservation) -> Result<()> {
+        let lwt = self
+            .lwt(
+                &self.q.reservation_decide,
+                (to_json(outcome)?, order_id, lease.owner.as_str()),
+            )
+            .await?;
+        if !lwt.applied {
+            return Err(StoreError::Unavailable(format!(
+                "lost the reservation lease of order {order_id} before recording its outcome"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Gives back whatever this order still holds of these SKUs (a reservation that failed
+    /// part-way).
+    async fn give_back(&self, order_id: &str, skus: &[&str], lease: &Lease) -> Result<()> {
+        for sku in skus {
+            loop {
+                lease.check(order_id)?;
+                let Some(row) = self.read_product(sku).await? else {
+                    break;
+                };
+                let held = row.holds.get(order_id).copied().unwrap_or(0);
+                if held <= 0 {
+                    break;
+                }
+                if self.move_stock(&row, order_id, -held, 0).await? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reserve_once(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        at: i64,
+        lease: &Lease,
+    ) -> Result<Reservation> {
+        match self.claim(order_id, lease, true).await? {
+            Claim::Decided(outcome) => return Ok(outcome),
+            Claim::Owned(Some(outcome)) => {
+                self.let_go(order_id, lease).await?;
+                return Ok(outcome);
+            }
+            Claim::Owned(None) => {}
+            Claim::Missing => unreachable!("claim with create never answers Missing"),
+        }
+        let demand = demand(items);
+        let skus: Vec<&str> = demand.iter().map(|(sku, _)| *sku).collect();
+        let reject = |code: &str, reason: String| Reservation::Rejected {
+            code: code.into(),
+            reason,
+            at,
+        };
+
+        let mut outcome = None;
+        let mut rows: Vec<StockRow> = Vec::with_capacity(demand.len());
+        if let Some((sku, _)) = demand.iter().find(|(_, q)| *q <= 0) {
+            outcome = Some(reject(
+                "invalid_order",
+                format!("quantity for {sku} must be positive"),
+            ));
+        }
+        if outcome.is_none() {
+            for (sku, quantity) in &demand {
+                match self.read_product(sku).await? {
+                    None => {
+                        outcome = Some(reject("unknown_sku", format!("unknown SKU {sku}")));
+                        break;
+                    }
+                    Some(row) => {
+                        let held = row.holds.get(order_id).copied().unwrap_or(0) > 0;
+                        if !held && row.product.stock < *quantity {
+                            outcome = Some(reject(
+                                "out_of_stock",
+                                format!(
+                                    "{sku}: {quantity} requested, {} available",
+                                    row.product.stock
+                                ),
+                            ));
+                            break;
+                        }
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+        if outcome.is_none()
+            && rows
+                .windows(2)
+                .any(|w| w[0].product.currency != w[1].product.currency)
+        {
+            outcome = Some(reject(
+                "invalid_order",
+                "items are priced in different currencies".into(),
+            ));
+        }
+        // Take each SKU's units, unless an earlier attempt of this order already did. The
+        // first pass's read serves the first compare-and-set; a lost race reads again.
+        if outcome.is_none() {
+            'skus: for ((sku, quantity), first_read) in demand.iter().zip(&rows) {
+                let mut row = first_read.clone();
+                loop {
+                    lease.check(order_id)?;
+                    if row.holds.get(order_id).copied().unwrap_or(0) > 0 {
+                        break;
+                    }
+                    if row.product.stock < *quantity {
+                        outcome = Some(reject(
+                            "out_of_stock",
+                            format!(
+                                "{sku}: {quantity} requested, {} available",
+                                row.product.stock
+                            ),
+                        ));
+                        break 'skus;
+                    }
+                    if self
+                        .move_stock(&row, order_id, *quantity, *quantity)
+                        .await?
+                    {
+                        break;
+                    }
+                    match self.read_product(sku).await? {
+                        Some(now) => row = now,
+                        None => {
+                            outcome = Some(reject("unknown_sku", format!("unknown SKU {sku}")));
+                            break 'skus;
+                        }
+                    }
+                }
+            }
+        }
+        let outcome = match outcome {
+            Some(rejected) => {
+                self.give_back(order_id, &skus, lease).await?;
+                rejected
+            }
+            None => Reservation::Reserved {
+                lines: items
+                    .iter()
+                    .map(|item| {
+                        let p = rows
+                            .iter()
+                            .map(|row| &row.product)
+                            .find(|p| p.sku == item.sku)
+                            .expect("every item's product was read");
+                        ReservedLine {
+                            sku: p.sku.clone(),
+                            name: p.name.clone(),
+                            quantity: item.quantity,
+                            unit_price_cents: p.price_cents,
+                            currency: p.currency.clone(),
+                        }
+                    })
+                    .collect(),
+                at,
+                released: false,
+            },
+        };
+        self.decide(order_id, lease, &outcome).await?;
+        self.drop_holds(order_id, &skus).await?;
+        Ok(outcome)
+    }
+
+    async fn release_once(&self, order_id: &str, lease: &Lease) -> Result<bool> {
+        let outcome = match self.claim(order_id, lease, false).await? {
+            Claim::Missing => return Ok(false),
+            Claim::Owned(outcome) => outcome,
+            Claim::Decided(_) => unreachable!("claim without create never answers Decided"),
+        };
+        let Some(Reservation::Reserved {
+            lines,
+            at,
+            released: false,
+        }) = outcome
+        else {
+            // Rejected, released already, or still being decided: nothing to give back.
+            self.let_go(order_id, lease).await?;
+            return Ok(false);
+        };
+        let mut given: Vec<(String, i64)> = Vec::new();
+        for line in &lines {
+            match given.iter_mut().find(|(sku, _)| *sku == line.sku) {
+                Some((_, q)) => *q += i64::from(line.quantity),
+                None => given.push((line.sku.clone(), i64::from(line.quantity))),
+            }
+        }
+        for (sku, quantity) in &given {
+            loop {
+                lease.check(order_id)?;
+                let Some(row) = self.read_product(sku).await? else {
+                    break; // the product is gone: nothing to give back to
+                };
+                // A negative hold: this release already gave this SKU back.
+                if row.holds.get(order_id).copied().unwrap_or(0) < 0 {
+                    break;
+                }
+                if self
+                    .move_stock(&row, order_id, -quantity, -quantity)
+                    .await?
+                {
+                    break;
+                }
+            }
+        }
+        self.decide(
+            order_id,
+            lease,
+            &Reservation::Reserved {
+                lines,
+                at,
+                released: true,
+            },
+        )
+        .await?;
+        let skus: Vec<&str> = given.iter().map(|(sku, _)| sku.as_str()).collect();
+        self.drop_holds(order_id, &skus).await?;
+        Ok(true)
+    }
+
+    async fn let_go(&self, order_id: &str, lease: &Lease) -> Result<()> {
+        self.lwt(&self.q.reservation_let_go, (order_id, lease.owner.as_str()))
+            .await?;
+        Ok(())
+    }
+
+    async fn write_order(&self, order: &OrderRecord) -> Result<()> {
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+        batch.append_statement(self.q.order_statics.clone());
+        values.push(vec![
+            text(&order.order_id),
+            text(&order.customer_id),
+            Some(CqlValue::Text(to_json(&order.items)?)),
+            json_opt(&order.shipping_address)?,
+            order.payment_method.as_deref().and_then(text),
+            json_opt(&order.pricing)?,
+            order.invoice_number.as_deref().and_then(text),
+            Some(CqlValue::BigInt(order.created_at)),
+        ]);
+        for entry in &order.timeline {
+            batch.append_statement(self.q.order_entry.clone());
+            values.push(vec![
+                text(&order.order_id),
+                text(&entry.event_id),
+                text(entry.status.as_str()),
+                Some(CqlValue::BigInt(entry.at)),
+                entry.detail.as_deref().and_then(text),
+            ]);
+        }
+        let bucket = bucket_of(&order.order_id, order.created_at);
+        batch.append_statement(self.q.customer_order.clone());
+        values.push(vec![
+            text(&order.customer_id),
+            Some(CqlValue::Int(bucket)),
+            text(&order.order_id),
+        ]);
+        batch.append_statement(self.q.customer_bucket.clone());
+        values.push(vec![text(&order.customer_id), Some(CqlValue::Int(bucket))]);
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_is_idempotent(true);
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn create_order_once(
+        &self,
+        order: &OrderRecord,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Result<CreateOrder> {
+        let Some(key) = idempotency else {
+            self.write_order(order).await?;
+            return Ok(CreateOrder::Created);
+        };
+        let ttl = key_ttl_secs(key, order.created_at);
+        let mut claimed = false;
+        for _ in 0..ATTEMPTS {
+            let lwt = self
+                .lwt(
+                    &self.q.key_claim,
+                    (
+                        order.customer_id.as_str(),
+                        key.key.as_str(),
+                        order.order_id.as_str(),
+                        key.fingerprint.as_str(),
+                        key.expires_at,
+                        ttl,
+                    ),
+                )
+                .await?;
+            if lwt.applied {
+                claimed = true;
+                break;
+            }
+            let (Some(seen_order), Some(seen_fingerprint), Some(seen_expiry)) = (
+                lwt.text("order_id"),
+                lwt.text("fingerprint"),
+                lwt.bigint("expires_at"),
+            ) else {
+                continue; // expired (TTL) between the two statements: claim again
+            };
+            if seen_order == order.order_id {
+                claimed = true; // our own claim, from an attempt whose answer was lost
+                break;
+            }
+            if seen_expiry > order.created_at {
+                if seen_fingerprint != key.fingerprint {
+                    return Ok(CreateOrder::KeyReused {
+                        order_id: seen_order,
+                    });
+                }
+                if let Some(existing) = self.get_order(&seen_order).await? {
+                    return Ok(CreateOrder::Existing(Box::new(existing)));
+                }
+            }
+            // Expired, or its order was never written: the key is free for this order.
+            let lwt = self
+                .lwt(
+                    &self.q.key_replace,
+                    (
+                        ttl,
+                        order.order_id.as_str(),
+                        key.fingerprint.as_str(),
+                        key.expires_at,
+                        order.customer_id.as_str(),
+                        key.key.as_str(),
+                        seen_order.as_str(),
+                        seen_expiry,
+                    ),
+                )
+                .await?;
+            if lwt.applied {
+                claimed = true;
+                break;
+            }
+        }
+        if !claimed {
+            return Err(StoreError::Unavailable(format!(
+                "could not claim idempotency key {:?}",
+                key.key
+            )));
+        }
+        self.write_order(order).await?;
+        Ok(CreateOrder::Created)
+    }
+
+    async fn create_invoice_once(&self, draft: &InvoiceDraft) -> Result<Invoice> {
+        for _ in 0..64 {
+            if let Some(invoice) = self.get_invoice(&draft.order_id).await? {
+                return Ok(invoice);
+            }
+            let Some((value, pending)) = self
+                .first::<(Option<i64>, Option<String>)>(&self.q.sequence_get, (INVOICE_SEQUENCE,))
+                .await?
+            else {
+                self.lwt(&self.q.sequence_init, (INVOICE_SEQUENCE,)).await?;
+                continue;
+            };
+            let value = value.unwrap_or(0);
+            if let Some(pending) = pending {
+                let pending: Invoice = from_json("invoice", &pending)?;
+                self.lwt(
+                    &self.q.invoice_insert,
+                    (pending.order_id.as_str(), to_json(&pending)?),
+                )
+                .await?;
+                if pending.order_id == draft.order_id {
+                    return Ok(pending);
+                }
+                // Ours may have been taken and written by a concurrent call since we looked.
+                if let Some(invoice) = self.get_invoice(&draft.order_id).await? {
+                    return Ok(invoice);
+                }
+            }
+            let sequence = value as u64 + 1;
+            let invoice = Invoice {
+                number: Invoice::format_number(sequence),
+                sequence,
+                order_id: draft.order_id.clone(),
+                customer_id: draft.customer_id.clone(),
+                pricing: draft.pricing.clone(),
+                issued_at: draft.at,
+            };
+            let taken = self
+                .lwt(
+                    &self.q.sequence_take,
+                    (value + 1, to_json(&invoice)?, INVOICE_SEQUENCE, value),
+                )
+                .await?;
+            if taken.applied {
+                self.lwt(
+                    &self.q.invoice_insert,
+                    (invoice.order_id.as_str(), to_json(&invoice)?),
+                )
+                .await?;
+                return Ok(invoice);
+            }
+            tokio::time::sleep(jitter(Duration::from_millis(5))).await;
+        }
+        Err(StoreError::Unavailable(
+            "the invoice sequence is too contended; try again".into(),
+        ))
+    }
+}
+
+/// Runs an idempotent operation again on [`StoreError::Unavailable`], with backoff.
+async fn retry<T, F, Fut>(what: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_retriable() && attempt < ATTEMPTS => {
+                tracing::debug!(what, attempt, error = %e, "store operation retried");
+                tokio::time::sleep(jitter(delay)).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `base` plus up to 100 % of it, so racing callers spread out.
+fn jitter(base: Duration) -> Duration {
+    static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let mut x = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, AtomicOrdering::Relaxed);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    base + Duration::from_nanos(x % (base.as_nanos() as u64 + 1))
+}
+
+#[async_trait]
+impl Store for ScyllaStore {
+    async fn put_products(&self, products: Vec<Product>) -> Result<()> {
+        for p in &products {
+            retry("put_product", || async {
+                match self.read_product(&p.sku).await? {
+                    None => {
+                        let lwt = self
+                            .lwt(
+                                &self.q.product_insert,
+                                (
+                                    p.sku.as_str(),
+                                    p.name.as_str(),
+                                    p.price_cents,
+                                    p.currency.as_str(),
+                                    p.stock,
+                                    p.reserved,
+                                ),
+                            )
+                            .await?;
+                        lwt.applied.then_some(()).ok_or_else(raced)
+                    }
+                    Some(row) => {
+                        let lwt = self
+                            .lwt(
+                                &self.q.product_update,
+                                (
+                                    p.name.as_str(),
+                                    p.price_cents,
+                                    p.currency.as_str(),
+                                    p.stock,
+                                    p.reserved,
+                                    row.version + 1,
+                                    p.sku.as_str(),
+                                    row.version,
+                                ),
+                            )
+                            .await?;
+                        lwt.applied.then_some(()).ok_or_else(raced)
+                    }
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn seed_products(&self, products: Vec<Product>) -> Result<usize> {
+        let mut new = 0;
+        for p in &products {
+            let lwt = retry("seed_product", || {
+                self.lwt(
+                    &self.q.product_insert,
+                    (
+                        p.sku.as_str(),
+                        p.name.as_str(),
+                        p.price_cents,
+                        p.currency.as_str(),
+                        p.stock,
+                        p.reserved,
+                    ),
+                )
+            })
+            .await?;
+            new += usize::from(lwt.applied);
+        }
+        Ok(new)
+    }
+
+    async fn get_product(&self, sku: &str) -> Result<Option<Product>> {
+        Ok(self.read_product(sku).await?.map(|row| row.product))
+    }
+
+    async fn list_products(&self) -> Result<Vec<Product>> {
+        let pager = self
+            .session
+            .execute_iter(self.q.product_list.clone(), ())
+            .await
+            .map_err(unavailable)?;
+        let mut products: Vec<Product> = pager
+            .rows_stream::<ProductRow>()
+            .map_err(corrupt)?
+            .map_ok(|row| StockRow::from(row).product)
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        products.sort_by(|a, b| a.sku.cmp(&b.sku));
+        Ok(products)
+    }
+
+    async fn create_order(
+        &self,
+        order: OrderRecord,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreateOrder> {
+        retry("create_order", || {
+            self.create_order_once(&order, idempotency.as_ref())
+        })
+        .await
+    }
+
+    async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+        let rows: Vec<OrderRow> = self.rows(&self.q.order_get, (order_id,)).await?;
+        order_from_rows(order_id, rows)
+    }
+
+    async fn list_customer_orders(
+        &self,
+        customer_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last_bucket = match before {
+            None => i32::MAX,
+            Some(before) => match uuid_v7_millis(before) {
+                Some(ms) => bucket_at(ms),
+                None => match self.get_order(before).await? {
+                    Some(o) => bucket_of(&o.order_id, o.created_at),
+                    None => i32::MAX,
+                },
+            },
+        };
+        let buckets: Vec<(i32,)> = self
+            .rows(&self.q.customer_buckets, (customer_id, last_bucket))
+            .await?;
+        let mut ids: Vec<String> = Vec::with_capacity(limit);
+        for (bucket,) in buckets {
+            let want = i32::try_from(limit - ids.len()).unwrap_or(i32::MAX);
+            let page: Vec<(String,)> = match before {
+                Some(before) if bucket == last_bucket => {
+                    self.rows(
+                        &self.q.customer_page_before,
+                        (customer_id, bucket, before, want),
+                    )
+                    .await?
+                }
+                _ => {
+                    self.rows(&self.q.customer_page, (customer_id, bucket, want))
+                        .await?
+                }
+            };
+            ids.extend(page.into_iter().map(|(id,)| id));
+            if ids.len() >= limit {
+                break;
+            }
+        }
+        let orders = try_join_all(ids.iter().map(|id| self.get_order(id))).await?;
+        Ok(orders.into_iter().flatten().collect())
+    }
+
+    async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
+        retry("apply_status", || async {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+            batch.append_statement(self.q.order_entry_with_customer.clone());
+            values.push(vec![
+                text(&update.order_id),
+                text(&update.event_id),
+                text(update.status.as_str()),
+                Some(CqlValue::BigInt(update.at)),
+                update.detail.as_deref().and_then(text),
+                text(&update.customer_id),
+            ]);
+            if let Some(pricing) = &update.pricing {
+                batch.append_statement(self.q.order_pricing.clone());
+                values.push(vec![
+                    Some(CqlValue::Text(to_json(pricing)?)),
+                    text(&update.order_id),
+                ]);
+            }
+            if let Some(number) = &update.invoice_number {
+                batch.append_statement(self.q.order_invoice_number.clone());
+                values.push(vec![text(number), text(&update.order_id)]);
+            }
+            batch.set_consistency(Consistency::LocalQuorum);
+            batch.set_is_idempotent(true);
+            // One partition: applied together. The index rows are idempotent upserts beside it
+            // (for orders this store never saw created).
+            let bucket = bucket_of(&update.order_id, update.at);
+            let (written, indexed, bucketed) = tokio::join!(
+                self.session.batch(&batch, values),
+                self.run(
+                    &self.q.customer_order,
+                    (
+                        update.customer_id.as_str(),
+                        bucket,
+                        update.order_id.as_str()
+                    ),
+                ),
+                self.run(
+                    &self.q.customer_bucket,
+                    (update.customer_id.as_str(), bucket)
+                ),
+            );
+            written.map_err(unavailable)?;
+            indexed?;
+            bucketed?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
+        let lease = Lease::new();
+        retry("reserve", || self.reserve_once(order_id, items, at, &lease)).await
+    }
+
+    async fn release(&self, order_id: &str) -> Result<bool> {
+        let lease = Lease::new();
+        retry("release", || self.release_once(order_id, &lease)).await
+    }
+
+    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>> {
+        self.first::<(Option<String>,)>(&self.q.payment_get, (order_id,))
+            .await?
+            .and_then(|(p,)| p)
+            .map(|p| from_json("payment", &p))
+            .transpose()
+    }
+
+    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
+        let json = to_json(&payment)?;
+        retry("record_payment", || async {
+            let lwt = self
+                .lwt(
+                    &self.q.payment_insert,
+                    (payment.order_id.as_str(), json.as_str()),
+                )
+                .await?;
+            if lwt.applied {
+                return Ok(payment.clone());
+            }
+            match lwt.text("payment") {
+                Some(existing) => from_json("payment", &existing),
+                None => Err(raced()),
+            }
+        })
+        .await
+    }
+
+    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
+        retry("create_invoice", || self.create_invoice_once(&draft)).await
+    }
+
+    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
+        self.first::<(Option<String>,)>(&self.q.invoice_get, (order_id,))
+            .await?
+            .and_then(|(i,)| i)
+            .map(|i| from_json("invoice", &i))
+            .transpose()
+    }
+
+    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
+        try_join_all(ids.iter().map(|id| async move {
+            Ok(self
+                .first::<(Option<i64>,)>(&self.q.delivery_get, (sink, id.as_str()))
+                .await?
+                .is_some())
+        }))
+        .await
+    }
+
+    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
+        let now = now_millis();
+        try_join_all(ids.iter().map(|id| {
+            self.run(
+                &self.q.delivery_put,
+                (sink, id.as_str(), now, self.delivery_ttl_secs),
+            )
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        self.run(&self.q.health, ()).await?;
+        Ok(())
+    }
+}
+
+/// The owner id and end of a reservation lease.
+struct Lease {
+    owner: String,
+    until: i64,
+}
+
+impl Lease {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let now = now_millis();
+        Lease {
+            owner: format!(
+                "{}-{now}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, AtomicOrdering::Relaxed)
+            ),
+            until: now + LEASE_MS,
+        }
+    }
+
+    /// Fails when the lease is about to end: better to stop than to race the next owner.
+    fn check(&self, order_id: &str) -> Result<()> {
+        if now_millis() >= self.until - LEASE_MARGIN_MS {
+            return Err(StoreError::Unavailable(format!(
+                "the reservation lease of order {order_id} ran out"
+            )));
+        }
+        Ok(())
+    }
+}
+
+enum Claim {
+    /// We hold the lease; the outcome recorded so far, if any.
+    Owned(Option<Reservation>),
+    /// The reservation has an outcome and nothing more is to be done.
+    Decided(Reservation),
+    /// There is no reservation for the order.
+    Missing,
+}
+
+/// What an LWT answered.
+struct Lwt {
+    applied: bool,
+    columns: Vec<(String, Option<CqlValue>)>,
+}
+
+impl Lwt {
+    fn value(&self, name: &str) -> Option<&CqlValue> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_ref())
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        match self.value(name) {
+            Some(CqlValue::Text(s)) | Some(CqlValue::Ascii(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn bigint(&self, name: &str) -> Option<i64> {
+        match self.value(name) {
+            Some(CqlValue::BigInt(v)) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+type ProductRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<HashMap<String, i64>>,
+    Option<i64>,
+);
+
+#[derive(Clone)]
+struct StockRow {
+    product: Product,
+    holds: HashMap<String, i64>,
+    version: i64,
+}
+
+impl From<ProductRow> for StockRow {
+    fn from(
+        (sku, name, price_cents, currency, stock, reserved, holds, version): ProductRow,
+    ) -> Self {
+        StockRow {
+            product: Product {
+                sku,
+                name: name.unwrap_or_default(),
+                price_cents: price_cents.unwrap_or(0),
+                currency: currency.unwrap_or_default(),
+                stock: stock.unwrap_or(0),
+                reserved: reserved.unwrap_or(0),
+            },
+            holds: holds.unwrap_or_default(),
+            version: version.unwrap_or(0),
+        }
+    }
+}
+
+type OrderRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Rebuilds an order from its partition: the static columns (the same on every row) and one
+/// timeline entry per row.
+fn order_from_rows(order_id: &str, rows: Vec<OrderRow>) -> Result<Option<OrderRecord>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let (customer_id, items, address, payment_method, pricing, invoice_number, created_at, ..) =
+        first.clone();
+    let mut timeline = Vec::with_capacity(rows.len());
+    for (.., event_id, status, at, detail) in rows {
+        let (Some(event_id), Some(status)) = (event_id, status) else {
+            continue; // the statics-only row of an order without events
+        };
+        timeline.push(TimelineEntry {
+            status: serde_json::from_value(serde_json::Value::String(status.clone()))
+                .map_err(|_| StoreError::Corrupt(format!("order {order_id}: status {status:?}")))?,
+            event_id,
+            at: at.unwrap_or(0),
+            detail,
+        });
+    }
+    let Some(customer_id) = customer_id else {
+        return Ok(None);
+    };
+    timeline.sort_by_key(|t| (t.status.rank(), t.at));
+    let created_at = created_at
+        .or_else(|| timeline.iter().map(|t| t.at).min())
+        .unwrap_or(0);
+    let status = timeline
+        .iter()
+        .max_by_key(|t| (t.status.rank(), t.at))
+        .map_or(OrderStatus::Accepted, |t| t.status);
+    let updated_at = timeline
+        .iter()
+        .map(|t| t.at)
+        .max()
+        .unwrap_or(created_at)
+        .max(created_at);
+    Ok(Some(OrderRecord {
+        order_id: order_id.to_string(),
+        customer_id,
+        status,
+        items: items
+            .map(|i| from_json("order items", &i))
+            .transpose()?
+            .unwrap_or_default(),
+        shipping_address: address
+            .map(|a| from_json("shipping address", &a))
+            .transpose()?,
+        payment_method,
+        pricing: pricing.map(|p| from_json("pricing", &p)).transpose()?,
+        invoice_number,
+        created_at,
+        updated_at,
+        timeline,
+    }))
+}
+
+/// Quantities per SKU, in the order the SKUs first appear.
+fn demand(items: &[OrderItem]) -> Vec<(&str, i64)> {
+    let mut demand: Vec<(&str, i64)> = Vec::new();
+    for item in items {
+        match demand.iter_mut().find(|(sku, _)| *sku == item.sku) {
+            Some((_, q)) => *q += i64::from(item.quantity),
+            None => demand.push((item.sku.as_str(), i64::from(item.quantity))),
+        }
+    }
+    demand
+}
+
+/// The Unix time (ms) a UUIDv7 carries in its first 48 bits.
+fn uuid_v7_millis(id: &str) -> Option<i64> {
+    let hex: String = id.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || hex.as_bytes()[12] != b'7' {
+        return None;
+    }
+    i64::from_str_radix(&hex[..12], 16).ok()
+}
+
+fn bucket_at(ms: i64) -> i32 {
+    i32::try_from(ms.div_euclid(BUCKET_MS)).unwrap_or(i32::MAX)
+}
+
+/// The index bucket of an order: from its UUIDv7 id, so bucket order is id order.
+fn bucket_of(order_id: &str, fallback_ms: i64) -> i32 {
+    bucket_at(uuid_v7_millis(order_id).unwrap_or(fallback_ms))
+}
+
+/// The TTL of an idempotency-key row: the key's lifetime plus a grace period (the expiry
+/// itself is decided on `expires_at`; the TTL only cleans up).
+fn key_ttl_secs(key: &IdempotencyKey, now: i64) -> i32 {
+    let lifetime = (key.expires_at - now).max(0) / 1000 + 1;
+    i32::try_from(lifetime + IDEMPOTENCY_GRACE_SECS).unwrap_or(i32::MAX)
+}
+
+fn text(s: &str) -> Option<CqlValue> {
+    Some(CqlValue::Text(s.to_string()))
+}
+
+fn json_opt<T: Serialize>(value: &Option<T>) -> Result<Option<CqlValue>> {
+    value
+        .as_ref()
+        .map(|v| to_json(v).map(CqlValue::Text))
+        .transpose()
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn raced() -> StoreError {
+    StoreError::Unavailable("a concurrent write won; retrying".into())
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("ScyllaDB: {e}"))
+}
+
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("ScyllaDB: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_v7_time_orders_buckets() {
+        // 2025-06-15T… as a UUIDv7.
+        let id = "01976f3a-1c2b-7def-8123-456789abcdef";
+        let ms = uuid_v7_millis(id).unwrap();
+        assert_eq!(ms, 0x0197_6f3a_1c2b);
+        assert_eq!(bucket_of(id, 0), bucket_at(ms));
+        assert_eq!(
+            uuid_v7_millis("01976f3a-1c2b-4def-8123-456789abcdef"),
+            None,
+            "v4"
+        );
+        assert_eq!(uuid_v7_millis("order-1"), None);
+        assert_eq!(bucket_of("order-1", BUCKET_MS * 3 + 5), 3);
+        assert!(bucket_at(ms) < bucket_at(ms + BUCKET_MS));
+    }
+
+    #[test]
+    fn demand_sums_a_sku_listed_twice() {
+        let items = [
+            OrderItem {
+                sku: "A".into(),
+                quantity: 2,
+            },
+            OrderItem {
+                sku: "B".into(),
+                quantity: 1,
+            },
+            OrderItem {
+                sku: "A".into(),
+                quantity: 3,
+            },
+        ];
+        assert_eq!(demand(&items), vec![("A", 5), ("B", 1)]);
+    }
+
+    #[test]
+    fn key_rows_outlive_their_expiry() {
+        let key = IdempotencyKey {
+            key: "k".into(),
+            fingerprint: "f".into(),
+            expires_at: 10_000,
+        };
+        assert_eq!(key_ttl_secs(&key, 0), 11 + IDEMPOTENCY_GRACE_SECS as i32);
+        assert_eq!(
+            key_ttl_secs(&key, 20_000),
+            1 + IDEMPOTENCY_GRACE_SECS as i32
+        );
+    }
+
+    #[test]
+    fn an_order_is_rebuilt_from_its_rows() {
+        let statics = (
+            Some("c1".to_string()),
+            Some(r#"[{"sku":"A","quantity":1}]"#.to_string()),
+            None,
+            Some("card".to_string()),
+            None,
+            Some("INV-00000001".to_string()),
+            Some(100),
+        );
+        let row = |event: &str, status: &str, at: i64| -> OrderRow {
+            (
+                statics.0.clone(),
+                statics.1.clone(),
+                statics.2.clone(),
+                statics.3.clone(),
+                statics.4.clone(),
+                statics.5.clone(),
+                statics.6,
+                Some(event.into()),
+                Some(status.into()),
+                Some(at),
+                None,
+            )
+        };
+        // Clustered by event id, so not in pipeline order.
+        let rows = vec![
+            row("o:accepted", "accepted", 100),
+            row("o:invoiced", "invoiced", 400),
+            row("o:paid", "paid", 300),
+            row("o:validated", "validated", 200),
+        ];
+        let order = order_from_rows("o", rows).unwrap().unwrap();
+        assert_eq!(order.status, OrderStatus::Invoiced);
+        let statuses: Vec<&str> = order.timeline.iter().map(|t| t.status.as_str()).collect();
+        assert_eq!(statuses, ["accepted", "validated", "paid", "invoiced"]);
+        assert_eq!((order.created_at, order.updated_at), (100, 400));
+        assert_eq!(order.items.len(), 1);
+        assert_eq!(order.invoice_number.as_deref(), Some("INV-00000001"));
+        assert_eq!(order_from_rows("none", Vec::new()).unwrap(), None);
+    }
+}
