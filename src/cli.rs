@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
 use orderflow_processors::{ProcessorSettings, Stage};
 use orderflow_schemas::Topics;
+use orderflow_store::scylla::{Replication, ScyllaConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -36,6 +37,8 @@ pub enum Command {
     /// Manage topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Apply the ScyllaDB migrations (creates the keyspace and tables; safe to run again).
+    Migrate(MigrateArgs),
     /// Load a running pipeline: post orders over HTTP, read `orders.invoiced` over Kafka, and
     /// report throughput and accept → invoiced latency.
     Load(LoadArgs),
@@ -78,11 +81,69 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which store: the embedded one under `--data-dir`, or ScyllaDB with `--scylla`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Keep state in ScyllaDB at these nodes (host:port[,host:port…]) instead of the embedded
+    /// store under --data-dir. Every service of one deployment must use the same keyspace.
+    #[arg(long = "scylla", env = "ORDERFLOW_SCYLLA_NODES", value_delimiter = ',')]
+    pub scylla_nodes: Vec<String>,
+    /// The ScyllaDB keyspace.
+    #[arg(long, env = "ORDERFLOW_SCYLLA_KEYSPACE", default_value = "orderflow")]
+    pub scylla_keyspace: String,
+    /// The keyspace's replication when migrations create it: `simple:<factor>` (development)
+    /// or `<datacenter>:<factor>[,…]` (NetworkTopologyStrategy, production).
+    #[arg(
+        long,
+        env = "ORDERFLOW_SCYLLA_REPLICATION",
+        default_value = "simple:1",
+        value_parser = parse_replication
+    )]
+    pub scylla_replication: Replication,
+    /// How long the bridge remembers a delivered event in ScyllaDB (its dedup window), e.g. `14d`.
+    #[arg(long, env = "ORDERFLOW_SCYLLA_DELIVERY_TTL", default_value = "14d", value_parser = humantime_duration)]
+    pub scylla_delivery_ttl: Duration,
+}
+
+impl StoreArgs {
+    /// The ScyllaDB settings, when `--scylla` is given.
+    pub fn scylla(&self) -> Option<ScyllaConfig> {
+        let nodes: Vec<String> = self
+            .scylla_nodes
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        let mut config = ScyllaConfig::new(nodes, self.scylla_keyspace.clone());
+        config.delivery_ttl = self.scylla_delivery_ttl;
+        Some(config)
+    }
+}
+
+fn parse_replication(s: &str) -> Result<Replication, String> {
+    s.parse()
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// Where the embedded store, the embedded broker's log and the file sink live.
     #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Apply missing ScyllaDB migrations before starting (otherwise a keyspace without this
+    /// build's schema stops the start with a message naming `orderflow migrate`).
+    #[arg(long, env = "ORDERFLOW_MIGRATE")]
+    pub migrate: bool,
     /// Prefix for every topic name (and consumer group), to share a cluster.
     #[arg(long, env = "ORDERFLOW_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,

@@ -13,9 +13,10 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cli::{Cli, Command, CommonArgs, TopicsCommand};
 use orderflow_bridge::{file::FileSink, log::LogSink, Sink};
+use orderflow_ingest::Readiness;
 use orderflow_kafka::{admin, EventProducer, KafkaConfig};
 use orderflow_processors::{run_stage, Stage};
-use orderflow_store::{EmbeddedStore, Instrumented, Store};
+use orderflow_store::{scylla, EmbeddedStore, Instrumented, ScyllaStore, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -32,7 +33,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Run(args) => run(args, shutdown).await,
             Command::Ingest(args) => {
-                let (_, store, producer) = connect(&args.common, &args.brokers)?;
+                let (_, store, producer) = connect(&args.common, &args.brokers).await?;
                 serve_http(args.http, store, producer.clone(), shutdown).await?;
                 producer.flush(Duration::from_secs(10));
                 Ok(())
@@ -61,6 +62,7 @@ fn main() -> Result<()> {
                 .await
             }
             Command::Load(args) => load::run(args).await,
+            Command::Migrate(args) => migrate(&args.store).await,
             Command::Topics(TopicsCommand::Create(args)) => {
                 let kafka = args.common.kafka(&args.brokers)?;
                 let created = admin::create_topics(&kafka, &args.settings()).await?;
@@ -114,8 +116,9 @@ where
     F: FnOnce(KafkaConfig, Arc<dyn Store>, EventProducer, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = orderflow_kafka::Result<()>>,
 {
-    let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
-    let metrics = serve_metrics(args.metrics, shutdown.clone()).await?;
+    let (kafka, store, producer) = connect(&args.common, &args.brokers).await?;
+    let readiness = Readiness::new(store.clone(), producer.clone());
+    let metrics = serve_metrics(args.metrics, readiness, shutdown.clone()).await?;
     let result = service(kafka, store, producer.clone(), shutdown.clone()).await;
     producer.flush(Duration::from_secs(10));
     shutdown.cancel();
@@ -125,33 +128,73 @@ where
 }
 
 /// What a single-stage service needs: its Kafka config, the store, a producer.
-fn connect(
+async fn connect(
     common: &CommonArgs,
     brokers: &str,
 ) -> Result<(KafkaConfig, Arc<dyn Store>, EventProducer)> {
     let kafka = common.kafka(brokers)?;
-    let store = open_store(common)?;
+    let store = open_store(common).await?;
     let producer = EventProducer::new(&kafka)?;
     Ok((kafka, store, producer))
 }
 
-/// The store, timed by `orderflow_store_operation_seconds`.
-fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
-    let store = EmbeddedStore::open(&common.data_dir.join("state"))
-        .with_context(|| format!("opening the store under {}", common.data_dir.display()))?;
+/// The store (ScyllaDB with `--scylla`, else the embedded one under `--data-dir`), timed by
+/// `orderflow_store_operation_seconds`.
+async fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
+    let Some(config) = common.store.scylla() else {
+        let store = EmbeddedStore::open(&common.data_dir.join("state"))
+            .with_context(|| format!("opening the store under {}", common.data_dir.display()))?;
+        return Ok(Arc::new(Instrumented::new(store)));
+    };
+    let session = scylla::connect(&config).await?;
+    if common.migrate {
+        scylla::migrate(&session, &config.keyspace, &common.store.scylla_replication).await?;
+    }
+    let store = ScyllaStore::with_session(session, &config).await?;
+    info!(nodes = %config.nodes.join(","), keyspace = %config.keyspace, "Using ScyllaDB.");
     Ok(Arc::new(Instrumented::new(store)))
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` there until `shutdown`, in a task.
+/// `orderflow migrate`: applies what the keyspace lacks and says what it did.
+async fn migrate(args: &cli::StoreArgs) -> Result<()> {
+    let Some(config) = args.scylla() else {
+        bail!("orderflow migrate needs --scylla host:9042 (or ORDERFLOW_SCYLLA_NODES); the embedded store needs no migrations");
+    };
+    let session = scylla::connect(&config).await?;
+    let report = scylla::migrate(&session, &config.keyspace, &args.scylla_replication).await?;
+    if report.applied.is_empty() {
+        println!(
+            "keyspace {} is up to date (schema version {})",
+            config.keyspace, report.version
+        );
+    } else {
+        for version in &report.applied {
+            let name = scylla::MIGRATIONS
+                .iter()
+                .find(|m| m.version == *version)
+                .map_or("", |m| m.name);
+            println!("applied {version:04}_{name}");
+        }
+        println!(
+            "keyspace {} is at schema version {}",
+            config.keyspace, report.version
+        );
+    }
+    Ok(())
+}
+
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` there until `shutdown`, in a
+/// task.
 async fn serve_metrics(
     addr: SocketAddr,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener to {addr}"))?;
     Ok(tokio::spawn(async move {
-        orderflow_ingest::serve_metrics(listener, shutdown)
+        orderflow_ingest::serve_metrics(listener, readiness, shutdown)
             .await
             .context("metrics listener")
     }))
@@ -246,7 +289,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         ensure_topics(&kafka, &settings).await?;
     }
 
-    let store = open_store(common)?;
+    let store = open_store(common).await?;
     let seeded = store.seed_products(demo::catalogue()).await?;
     if seeded > 0 {
         info!(products = seeded, "Demo catalogue loaded.");
@@ -304,6 +347,13 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     println!("  HTTP API:        http://{http_addr}");
     println!("  Kafka bootstrap: {brokers}");
     println!("  Data dir:        {}", common.data_dir.display());
+    if let Some(scylla) = common.store.scylla() {
+        println!(
+            "  Store:           ScyllaDB {} (keyspace {})",
+            scylla.nodes.join(","),
+            scylla.keyspace
+        );
+    }
     println!("Try: curl http://{http_addr}/v1/products");
     println!("Press Ctrl-C to stop.");
 

@@ -7,7 +7,8 @@
 //! - [`router`]: the routes and the shared [`ApiState`]; `GET /metrics` serves the process's
 //!   Prometheus metrics, and a middleware records `orderflow_http_requests_total` and
 //!   `orderflow_http_request_duration_seconds` by matched route.
-//! - [`serve_metrics`]: `/metrics` and `/healthz` alone, for the services without the API.
+//! - [`serve_metrics`]: `/metrics`, `/healthz` and `/readyz` alone, for the services without the
+//!   API.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
@@ -117,21 +118,39 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers and the broker gives its metadata.
 async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, Problem> {
-    state
-        .store
-        .healthcheck()
+    Readiness::new(state.store.clone(), state.producer.clone())
+        .check()
         .await
-        .map_err(|e| Problem::unavailable(format!("store: {e}")))?;
-    state
-        .producer
-        .healthcheck()
-        .await
-        .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
-    Ok(Json(
-        json!({"status": "ready", "store": "ok", "broker": "ok"}),
-    ))
+}
+
+/// What `/readyz` checks: a service is ready when its store answers and the broker gives its
+/// metadata. While the store is down, `/readyz` answers 503 naming it (the stages meanwhile
+/// retry and commit no offsets).
+#[derive(Clone)]
+pub struct Readiness {
+    store: Arc<dyn Store>,
+    producer: EventProducer,
+}
+
+impl Readiness {
+    pub fn new(store: Arc<dyn Store>, producer: EventProducer) -> Self {
+        Readiness { store, producer }
+    }
+
+    pub async fn check(&self) -> Result<Json<serde_json::Value>, Problem> {
+        self.store
+            .healthcheck()
+            .await
+            .map_err(|e| Problem::unavailable(format!("store: {e}")))?;
+        self.producer
+            .healthcheck()
+            .await
+            .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
+        Ok(Json(
+            json!({"status": "ready", "store": "ok", "broker": "ok"}),
+        ))
+    }
 }
 
 async fn not_found(uri: Uri) -> Problem {
@@ -160,10 +179,12 @@ pub async fn serve(
         .await
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`: for the services
-/// that have no HTTP API (`orderflow process`, `orderflow bridge`).
+/// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (see [`Readiness`]) on
+/// `listener` until `shutdown`: for the services that have no HTTP API (`orderflow process`,
+/// `orderflow bridge`).
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
@@ -171,7 +192,12 @@ pub async fn serve_metrics(
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
-        .fallback(not_found);
+        .route(
+            "/readyz",
+            get(|State(readiness): State<Readiness>| async move { readiness.check().await }),
+        )
+        .fallback(not_found)
+        .with_state(readiness);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
