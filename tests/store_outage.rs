@@ -1,0 +1,353 @@
+//! A store outage in the middle of a stream: the validation stage, on librdkafka's mock cluster
+//! and a real embedded store that the test can cut off, must stop committing offsets, report
+//! the outage on `/readyz`, retry, and once the store is back, produce every outcome exactly
+//! once and reserve every order's stock exactly once.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use orderflow_kafka::{EventProducer, KafkaConfig};
+use orderflow_processors::{run_stage, ProcessorSettings, Stage};
+use orderflow_schemas::{
+    decode, Address, OrderAccepted, OrderItem, OrderStatus, OrderValidated, PaymentMethod,
+    TopicKind, Topics,
+};
+use orderflow_store::{
+    CreateOrder, EmbeddedStore, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord,
+    Product, Reservation, Result, StatusUpdate, Store, StoreError,
+};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    mocking::MockCluster,
+    producer::DefaultProducerContext,
+    Message, Offset, TopicPartitionList,
+};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+const SKU: &str = "MUG-001";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_pauses_the_stage_and_loses_nothing() {
+    let cluster: MockCluster<'static, DefaultProducerContext> =
+        MockCluster::new(1).expect("mock cluster starts");
+    let topics = Topics::new(format!("t{}-", uuid::Uuid::now_v7().simple()));
+    let mut kafka = KafkaConfig::new(cluster.bootstrap_servers(), topics);
+    kafka
+        .properties
+        .push(("session.timeout.ms".into(), "6000".into()));
+    for name in kafka.topics.all() {
+        cluster.create_topic(&name, 1, 1).expect("topic created");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = EmbeddedStore::open(dir.path()).unwrap();
+    embedded
+        .put_products(vec![Product {
+            sku: SKU.into(),
+            name: "Mug".into(),
+            price_cents: 1250,
+            currency: "EUR".into(),
+            stock: 10,
+            reserved: 0,
+        }])
+        .await
+        .unwrap();
+    let store = Arc::new(Switchable::new(embedded));
+    let producer = EventProducer::new(&kafka).unwrap();
+
+    // The stage, and a readiness endpoint on the same store and producer, as `orderflow
+    // process` serves them.
+    let shutdown = CancellationToken::new();
+    let stage = {
+        let (kafka, store, producer, shutdown) = (
+            kafka.clone(),
+            store.clone() as Arc<dyn Store>,
+            producer.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            run_stage(
+                Stage::Validation,
+                &kafka,
+                store,
+                producer,
+                &ProcessorSettings::default(),
+                shutdown,
+            )
+            .await
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let readyz = format!("http://{}/readyz", listener.local_addr().unwrap());
+    tokio::spawn(orderflow_ingest::serve_metrics(
+        listener,
+        orderflow_ingest::Readiness::new(store.clone(), producer.clone()),
+        shutdown.clone(),
+    ));
+    let http = reqwest::Client::new();
+
+    // Before the outage: an order goes through.
+    let first = accepted();
+    producer.send(&first).await.unwrap();
+    let validated = wait_for_validated(&kafka, 1).await;
+    assert_eq!(validated, [first.order_id.clone()]);
+    assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
+    wait_until("the first order's offset is committed", || {
+        committed(&kafka) == Some(1)
+    })
+    .await;
+
+    // The store goes away; two more orders arrive.
+    store.down.store(true, Ordering::SeqCst);
+    let during: Vec<OrderAccepted> = (0..2).map(|_| accepted()).collect();
+    for order in &during {
+        producer.send(order).await.unwrap();
+    }
+    let refused_before = store.refused.load(Ordering::SeqCst);
+    wait_until("the stage retries against the store", || {
+        store.refused.load(Ordering::SeqCst) >= refused_before + 3
+    })
+    .await;
+    let not_ready = http.get(&readyz).send().await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    let body = not_ready.text().await.unwrap();
+    assert!(body.contains("store"), "readiness names the store: {body}");
+    assert_eq!(
+        validated_ids(&kafka).len(),
+        1,
+        "nothing is validated during the outage"
+    );
+    assert_eq!(
+        committed(&kafka),
+        Some(1),
+        "no offset is committed past what is done"
+    );
+
+    // The store is back: both orders go through, once each.
+    store.down.store(false, Ordering::SeqCst);
+    let mut expected: Vec<String> = std::iter::once(&first)
+        .chain(&during)
+        .map(|o| o.order_id.clone())
+        .collect();
+    expected.sort();
+    let mut validated = wait_for_validated(&kafka, 3).await;
+    validated.sort();
+    assert_eq!(validated, expected);
+    assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
+    wait_until("every offset is committed", || committed(&kafka) == Some(3)).await;
+    let product = store.get_product(SKU).await.unwrap().unwrap();
+    assert_eq!(
+        (product.stock, product.reserved),
+        (7, 3),
+        "one unit reserved per order, once"
+    );
+    for order in &during {
+        let record = store.get_order(&order.order_id).await.unwrap().unwrap();
+        assert_eq!(record.status, OrderStatus::Validated);
+    }
+
+    // A moment later, still exactly three outcomes (nothing was produced twice).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(validated_ids(&kafka).len(), 3);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, stage)
+        .await
+        .expect("the stage stops")
+        .unwrap()
+        .expect("the stage ends cleanly");
+}
+
+fn accepted() -> OrderAccepted {
+    let order_id = uuid::Uuid::now_v7().to_string();
+    OrderAccepted {
+        event_id: OrderStatus::Accepted.event_id(&order_id),
+        order_id,
+        customer_id: "c1".into(),
+        items: vec![OrderItem {
+            sku: SKU.into(),
+            quantity: 1,
+        }],
+        shipping_address: Address {
+            name: "Ada Lovelace".into(),
+            line1: "1 Main St".into(),
+            line2: None,
+            city: "Berlin".into(),
+            postal_code: "10115".into(),
+            country: "DE".into(),
+        },
+        payment: PaymentMethod {
+            method: "card".into(),
+            token: "tok_visa".into(),
+        },
+        occurred_at: orderflow_schemas::now_millis(),
+    }
+}
+
+/// The order ids of every `OrderValidated` on the topic so far.
+fn validated_ids(kafka: &KafkaConfig) -> Vec<String> {
+    let mut config = kafka.consumer_config(&format!("reader-{}", uuid::Uuid::now_v7()));
+    config.set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().unwrap();
+    let topic = kafka.topics.name(TopicKind::OrdersValidated);
+    let (_, high) = consumer
+        .fetch_watermarks(&topic, 0, Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut ids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (ids.len() as i64) < high && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let event: OrderValidated = decode(m.payload().unwrap()).unwrap();
+            ids.push(event.order_id);
+        }
+    }
+    ids
+}
+
+async fn wait_for_validated(kafka: &KafkaConfig, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let kafka = kafka.clone();
+        let ids = tokio::task::spawn_blocking(move || validated_ids(&kafka))
+            .await
+            .unwrap();
+        if ids.len() >= n || Instant::now() > deadline {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The offset the validation stage's group has committed on `orders.accepted`.
+fn committed(kafka: &KafkaConfig) -> Option<i64> {
+    let group = format!("{}orderflow-validation", kafka.topics.prefix());
+    let mut config = kafka.consumer_config(&group);
+    config.set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&kafka.topics.name(TopicKind::OrdersAccepted), 0);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .ok()?;
+    let offsets: BTreeMap<i32, Offset> = committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect();
+    match offsets.get(&0) {
+        Some(Offset::Offset(o)) => Some(*o),
+        _ => None,
+    }
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The real embedded store behind a switch: while `down`, every call fails as an unreachable
+/// store does.
+struct Switchable {
+    inner: EmbeddedStore,
+    down: AtomicBool,
+    refused: AtomicUsize,
+}
+
+impl Switchable {
+    fn new(inner: EmbeddedStore) -> Self {
+        Switchable {
+            inner,
+            down: AtomicBool::new(false),
+            refused: AtomicUsize::new(0),
+        }
+    }
+
+    fn up(&self) -> Result<&EmbeddedStore> {
+        if self.down.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        Ok(&self.inner)
+    }
+}
+
+#[async_trait]
+impl Store for Switchable {
+    async fn put_products(&self, products: Vec<Product>) -> Result<()> {
+        self.up()?.put_products(products).await
+    }
+    async fn seed_products(&self, products: Vec<Product>) -> Result<usize> {
+        self.up()?.seed_products(products).await
+    }
+    async fn get_product(&self, sku: &str) -> Result<Option<Product>> {
+        self.up()?.get_product(sku).await
+    }
+    async fn list_products(&self) -> Result<Vec<Product>> {
+        self.up()?.list_products().await
+    }
+    async fn create_order(
+        &self,
+        order: OrderRecord,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreateOrder> {
+        self.up()?.create_order(order, idempotency).await
+    }
+    async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+        self.up()?.get_order(order_id).await
+    }
+    async fn list_customer_orders(
+        &self,
+        customer_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        self.up()?
+            .list_customer_orders(customer_id, before, limit)
+            .await
+    }
+    async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
+        self.up()?.apply_status(update).await
+    }
+    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
+        self.up()?.reserve(order_id, items, at).await
+    }
+    async fn release(&self, order_id: &str) -> Result<bool> {
+        self.up()?.release(order_id).await
+    }
+    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>> {
+        self.up()?.get_payment(order_id).await
+    }
+    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
+        self.up()?.record_payment(payment).await
+    }
+    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
+        self.up()?.create_invoice(draft).await
+    }
+    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
+        self.up()?.get_invoice(order_id).await
+    }
+    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
+        self.up()?.delivered(sink, ids).await
+    }
+    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
+        self.up()?.mark_delivered(sink, ids).await
+    }
+    async fn healthcheck(&self) -> Result<()> {
+        self.up()?.healthcheck().await
+    }
+}
