@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use orderflow_schemas::{OrderItem, OrderStatus};
-use orderflow_store::{EmbeddedStore, OrderRecord, Product, StatusUpdate, Store, TimelineEntry};
+use orderflow_store::{
+    EmbeddedStore, InvoiceDraft, OrderRecord, PaymentRecord, Pricing, Product, StatusUpdate, Store,
+    TimelineEntry,
+};
 
 /// Messages handled concurrently, as in one consume-loop batch.
 const BATCH: usize = 256;
@@ -134,6 +137,97 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Every store call one order costs on its way through the pipeline, in the pipeline's
+    // order, BATCH orders at a time: the store's ceiling in orders per second.
+    let mut lifecycle = c.benchmark_group("embedded_store_per_order");
+    lifecycle.throughput(Throughput::Elements(BATCH as u64));
+    lifecycle.sample_size(10);
+    lifecycle.bench_function("order_lifecycle", |b| {
+        b.iter_batched(
+            &mut ids,
+            |ids| {
+                runtime.block_on(futures::future::join_all(
+                    ids.iter().map(|id| one_order(&*store, id)),
+                ))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    lifecycle.finish();
+}
+
+/// What ingest, the three stages and the bridge (two sinks, two notifications) ask of the
+/// store for one order that is accepted, validated, paid and invoiced.
+async fn one_order(store: &dyn Store, id: &str) {
+    let status = |status: OrderStatus, at: i64| StatusUpdate {
+        order_id: id.to_string(),
+        customer_id: "bench".into(),
+        status,
+        event_id: status.event_id(id),
+        at,
+        detail: None,
+        pricing: None,
+        invoice_number: None,
+    };
+    let items = [OrderItem {
+        sku: "SKU".into(),
+        quantity: 1,
+    }];
+    let pricing = Pricing {
+        lines: Vec::new(),
+        currency: "EUR".into(),
+        subtotal_cents: 100,
+        tax_cents: 20,
+        total_cents: 120,
+    };
+    store.create_order(order(id), None).await.unwrap();
+    // validation
+    store.reserve(id, &items, 2).await.unwrap();
+    store
+        .apply_status(status(OrderStatus::Validated, 2))
+        .await
+        .unwrap();
+    // payment
+    assert!(store.get_payment(id).await.unwrap().is_none());
+    store
+        .record_payment(PaymentRecord {
+            order_id: id.to_string(),
+            amount_cents: 120,
+            currency: "EUR".into(),
+            approved: true,
+            payment_id: Some(format!("ch_{id}")),
+            reason: None,
+            at: 3,
+        })
+        .await
+        .unwrap();
+    store
+        .apply_status(status(OrderStatus::Paid, 3))
+        .await
+        .unwrap();
+    // invoicing
+    store
+        .create_invoice(InvoiceDraft {
+            order_id: id.to_string(),
+            customer_id: "bench".into(),
+            pricing,
+            at: 4,
+        })
+        .await
+        .unwrap();
+    store
+        .apply_status(status(OrderStatus::Invoiced, 4))
+        .await
+        .unwrap();
+    // bridge: order confirmed and invoice ready, through two sinks
+    for event in [OrderStatus::Validated, OrderStatus::Invoiced] {
+        let ids = [event.event_id(id)];
+        for sink in ["log", "file"] {
+            store.delivered(sink, &ids).await.unwrap();
+            store.mark_delivered(sink, &ids).await.unwrap();
+        }
+    }
 }
 
 criterion_group!(benches, bench);

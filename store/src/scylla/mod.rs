@@ -22,7 +22,10 @@
 //!
 //! Limits, by design: invoice numbering is one LWT partition (a few hundred to a few thousand
 //! invoices/s per cluster); a lease owner stalled past its lease (30 s, and it stops 10 s
-//! before) could race the next owner on one stock update.
+//! before) could race the next owner on one stock update; a crash between recording a
+//! reservation and dropping its holds leaves a stale `holds` entry (the stock stays right; the
+//! entry goes when the order is released). Order ids are UUIDv7 (ingest makes them so): the
+//! customer index is bucketed by their time.
 
 mod migrate;
 
@@ -458,6 +461,7 @@ impl ScyllaStore {
                 if self.move_stock(&row, order_id, -held, 0).await? {
                     break;
                 }
+                tokio::time::sleep(jitter(Duration::from_millis(2))).await;
             }
         }
         Ok(())
@@ -555,6 +559,8 @@ impl ScyllaStore {
                     {
                         break;
                     }
+                    // Lost the race for this product: let the winner's round finish.
+                    tokio::time::sleep(jitter(Duration::from_millis(2))).await;
                     match self.read_product(sku).await? {
                         Some(now) => row = now,
                         None => {
@@ -636,6 +642,7 @@ impl ScyllaStore {
                 {
                     break;
                 }
+                tokio::time::sleep(jitter(Duration::from_millis(2))).await;
             }
         }
         self.decide(
@@ -1001,6 +1008,7 @@ impl Store for ScyllaStore {
             .rows(&self.q.customer_buckets, (customer_id, last_bucket))
             .await?;
         let mut ids: Vec<String> = Vec::with_capacity(limit);
+        let mut seen = std::collections::HashSet::new();
         for (bucket,) in buckets {
             let want = i32::try_from(limit - ids.len()).unwrap_or(i32::MAX);
             let page: Vec<(String,)> = match before {
@@ -1016,7 +1024,12 @@ impl Store for ScyllaStore {
                         .await?
                 }
             };
-            ids.extend(page.into_iter().map(|(id,)| id));
+            // An order whose id is not a UUIDv7 may sit in two buckets (indexed by event time).
+            ids.extend(
+                page.into_iter()
+                    .map(|(id,)| id)
+                    .filter(|id| seen.insert(id.clone())),
+            );
             if ids.len() >= limit {
                 break;
             }
