@@ -282,6 +282,7 @@ fn compound(a: &str, b: &str) -> String {
 fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> {
     let mut orders = txn.open_table(ORDERS).map_err(unavailable)?;
     let existing: Option<OrderRecord> = get_json(&orders, "order", &update.order_id)?;
+    let new = existing.is_none();
     let mut order = match existing {
         Some(order) => order,
         // An event for an order this store never saw (produced elsewhere): start its record.
@@ -324,10 +325,13 @@ fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> 
         .insert(update.order_id.as_str(), bytes.as_slice())
         .map_err(unavailable)?;
     drop(orders);
-    txn.open_table(CUSTOMER_ORDERS)
-        .map_err(unavailable)?
-        .insert(compound(&order.customer_id, &order.order_id).as_str(), ())
-        .map_err(unavailable)?;
+    if new {
+        // An order created here is indexed by `create_order` already.
+        txn.open_table(CUSTOMER_ORDERS)
+            .map_err(unavailable)?
+            .insert(compound(&order.customer_id, &order.order_id).as_str(), ())
+            .map_err(unavailable)?;
+    }
     Ok(())
 }
 
