@@ -18,7 +18,7 @@ use std::{collections::HashMap, future::Future, sync::Arc};
 use futures::{future::join_all, FutureExt};
 use orderflow_schemas::{
     metrics::{self, error_type, outcome},
-    TopicKind,
+    wire, DecodeError, Event, SchemaIds, TopicKind,
 };
 use prometheus::{Histogram, IntCounter, IntGauge};
 use rdkafka::{
@@ -51,6 +51,15 @@ pub struct Incoming {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The ids to decode the payload with (`KafkaConfig::schemas`).
+    pub schemas: SchemaIds,
+}
+
+impl Incoming {
+    /// Decodes the payload as an `E`, by its schema id.
+    pub fn decode<E: Event>(&self) -> Result<E, DecodeError> {
+        wire::decode_with(&self.schemas, &self.payload)
+    }
 }
 
 /// Why a message could not be handled.
@@ -252,6 +261,7 @@ fn incoming(kafka: &KafkaConfig, m: rdkafka::message::OwnedMessage) -> Incoming 
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
+        schemas: kafka.schemas.clone(),
     }
 }
 

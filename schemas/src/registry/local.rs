@@ -30,6 +30,8 @@ pub enum LocalError {
     InvalidSchema(String),
     #[error("The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\"")]
     InvalidVersion(String),
+    #[error("Invalid compatibility level: {0}")]
+    InvalidCompatibility(String),
     #[error("Schema being registered is incompatible with an earlier schema for subject '{subject}': {}", reasons.join("; "))]
     Incompatible {
         subject: String,
@@ -50,6 +52,7 @@ impl LocalError {
             LocalError::Incompatible { .. } => 409,
             LocalError::InvalidSchema(_) => 42201,
             LocalError::InvalidVersion(_) => 42202,
+            LocalError::InvalidCompatibility(_) => 42203,
             LocalError::Storage(_) => 50001,
         }
     }

@@ -293,22 +293,55 @@ pub async fn register_catalogue(
     topics: &Topics,
     level: Compatibility,
 ) -> Result<SchemaIds> {
-    let mut current = Vec::new();
-    let mut older = Vec::new();
+    let mut found = Vec::new();
     for (_, _, kind, text) in events::catalogue() {
         let subject = subject(topics, kind);
         let (id, versions) = register_schema(registry, &subject, text, level).await?;
+        found.push((kind, id, versions));
+    }
+    catalogue_ids(found)
+}
+
+/// The ids a registry already holds for this build's schemas, without registering anything
+/// (for a reader such as `orderflow load`): fails for a subject that has no version equal to
+/// this build's schema.
+pub async fn lookup_catalogue(registry: &impl Registry, topics: &Topics) -> Result<SchemaIds> {
+    let mut found = Vec::new();
+    for (_, _, kind, text) in events::catalogue() {
+        let subject = subject(topics, kind);
+        let wanted = normalize(text);
+        let versions = registry.versions(&subject).await?;
+        let Some(id) = versions
+            .iter()
+            .find(|v| normalize(&v.schema) == wanted)
+            .map(|v| v.id)
+        else {
+            return Err(RegistryError::Catalogue {
+                subject,
+                message: "the registry has no version equal to this build's schema".into(),
+            });
+        };
+        found.push((kind, id, versions));
+    }
+    catalogue_ids(found)
+}
+
+/// The ids from each event type's current id and its subject's versions.
+fn catalogue_ids(found: Vec<(TopicKind, u32, Vec<SubjectVersion>)>) -> Result<SchemaIds> {
+    let mut current = Vec::new();
+    let mut older = Vec::new();
+    for (kind, id, versions) in found {
         current.push((kind, id));
         for v in versions.into_iter().filter(|v| v.id != id) {
             match Schema::parse_str(&v.schema) {
                 Ok(schema) => older.push((v.id, kind, schema)),
-                Err(e) => warn!(subject = %subject, version = v.version, id = v.id, error = %e,
+                Err(e) => warn!(subject = %v.subject, version = v.version, id = v.id, error = %e,
                                 "Skipping a version that is not an Avro schema."),
             }
         }
     }
     SchemaIds::new(current, older).map_err(|message| RegistryError::Catalogue {
-        subject: "(all)".into(),
+        subject: "(every event subject)".into(),
         message,
     })
 }

@@ -1,0 +1,270 @@
+//! The schema registry `orderflow run` serves on its HTTP listener: Confluent's REST API over
+//! the embedded [`LocalRegistry`], so that standard Avro deserializers (Confluent's, Redpanda
+//! Console, `kcat -s avro`, …) decode the topics of the embedded broker.
+//!
+//! Reads: `GET /schemas/ids/{id}`, `/schemas/ids/{id}/versions`, `/schemas/types`,
+//! `/subjects`, `/subjects/{subject}/versions`, `/subjects/{subject}/versions/{version}`
+//! (a number or `latest`) and its `/schema`, `/config`, `/config/{subject}`.
+//! Writes, for tools that register or check schemas: `POST /subjects/{subject}/versions`,
+//! `POST /subjects/{subject}` (lookup), `POST /compatibility/subjects/{subject}/versions/{version}`,
+//! `PUT /config`, `PUT /config/{subject}`.
+//!
+//! Answers are `application/vnd.schemaregistry.v1+json`; errors are Confluent's
+//! `{"error_code": 40401, "message": "…"}`.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use orderflow_schemas::registry::{
+    local::{LocalError, VersionRef},
+    Compatibility, LocalRegistry, SubjectVersion, CONTENT_TYPE,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+type Registry = Arc<LocalRegistry>;
+
+/// The registry's routes, to merge into a router with any state.
+pub fn routes<S: Clone + Send + Sync + 'static>(registry: Registry) -> Router<S> {
+    Router::new()
+        .route("/schemas/types", get(schema_types))
+        .route("/schemas/ids/{id}", get(schema_by_id))
+        .route("/schemas/ids/{id}/schema", get(raw_schema_by_id))
+        .route("/schemas/ids/{id}/versions", get(versions_of_id))
+        .route("/subjects", get(subjects))
+        .route("/subjects/{subject}", post(lookup))
+        .route(
+            "/subjects/{subject}/versions",
+            get(subject_versions).post(register),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(subject_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(raw_subject_version),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check),
+        )
+        .route("/config", get(global_config).put(set_global_config))
+        .route(
+            "/config/{subject}",
+            get(subject_config).put(set_subject_config),
+        )
+        .with_state(registry)
+}
+
+/// A registry answer: JSON in Confluent's content type.
+fn answer(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok(body: Value) -> Response {
+    answer(StatusCode::OK, body)
+}
+
+/// Confluent's error body.
+struct RegistryError(LocalError);
+
+impl From<LocalError> for RegistryError {
+    fn from(e: LocalError) -> Self {
+        RegistryError(e)
+    }
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        answer(
+            status,
+            json!({"error_code": self.0.error_code(), "message": self.0.to_string()}),
+        )
+    }
+}
+
+type Result<T = Response> = std::result::Result<T, RegistryError>;
+
+fn parse_id(id: &str) -> Result<u32> {
+    id.parse()
+        .map_err(|_| LocalError::SchemaNotFound(id.to_string()).into())
+}
+
+fn version_json(v: SubjectVersion) -> Value {
+    json!({"subject": v.subject, "version": v.version, "id": v.id, "schema": v.schema})
+}
+
+/// A schema in a request body: `{"schema": "…", "schemaType": "AVRO"}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SchemaBody {
+    schema: String,
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Value>,
+}
+
+fn schema_body(body: &[u8]) -> Result<String> {
+    let body: SchemaBody = serde_json::from_slice(body)
+        .map_err(|e| LocalError::InvalidSchema(format!("request body: {e}")))?;
+    if let Some(kind) = body.schema_type.filter(|t| t != "AVRO") {
+        return Err(LocalError::InvalidSchema(format!(
+            "schemaType {kind}: only AVRO is supported"
+        ))
+        .into());
+    }
+    if !body.references.is_empty() {
+        return Err(LocalError::InvalidSchema("schema references are not supported".into()).into());
+    }
+    Ok(body.schema)
+}
+
+async fn schema_types() -> Response {
+    ok(json!(["AVRO"]))
+}
+
+async fn schema_by_id(State(r): State<Registry>, Path(id): Path<String>) -> Result {
+    Ok(ok(json!({"schema": r.schema(parse_id(&id)?)?})))
+}
+
+async fn raw_schema_by_id(State(r): State<Registry>, Path(id): Path<String>) -> Result {
+    let schema = r.schema(parse_id(&id)?)?;
+    Ok(answer(
+        StatusCode::OK,
+        serde_json::from_str(&schema).unwrap_or(Value::String(schema)),
+    ))
+}
+
+async fn versions_of_id(State(r): State<Registry>, Path(id): Path<String>) -> Result {
+    let found = r.subject_versions_of(parse_id(&id)?)?;
+    Ok(ok(found
+        .into_iter()
+        .map(|(subject, version)| json!({"subject": subject, "version": version}))
+        .collect()))
+}
+
+async fn subjects(State(r): State<Registry>) -> Response {
+    ok(json!(r.subjects()))
+}
+
+async fn subject_versions(State(r): State<Registry>, Path(subject): Path<String>) -> Result {
+    Ok(ok(json!(r.versions(&subject)?)))
+}
+
+async fn subject_version(
+    State(r): State<Registry>,
+    Path((subject, version)): Path<(String, String)>,
+) -> Result {
+    let found = r.version(&subject, VersionRef::parse(&version)?)?;
+    Ok(ok(version_json(found)))
+}
+
+async fn raw_subject_version(
+    State(r): State<Registry>,
+    Path((subject, version)): Path<(String, String)>,
+) -> Result {
+    let found = r.version(&subject, VersionRef::parse(&version)?)?;
+    Ok(answer(
+        StatusCode::OK,
+        serde_json::from_str(&found.schema).unwrap_or(Value::String(found.schema)),
+    ))
+}
+
+async fn lookup(State(r): State<Registry>, Path(subject): Path<String>, body: Bytes) -> Result {
+    let schema = schema_body(&body)?;
+    Ok(ok(version_json(r.lookup(&subject, &schema)?)))
+}
+
+async fn register(State(r): State<Registry>, Path(subject): Path<String>, body: Bytes) -> Result {
+    let schema = schema_body(&body)?;
+    Ok(ok(json!({"id": r.register(&subject, &schema)?})))
+}
+
+#[derive(Deserialize)]
+struct CheckQuery {
+    #[serde(default)]
+    verbose: bool,
+}
+
+async fn check(
+    State(r): State<Registry>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(query): Query<CheckQuery>,
+    body: Bytes,
+) -> Result {
+    let schema = schema_body(&body)?;
+    let reasons = r.check(&subject, &schema, Some(VersionRef::parse(&version)?))?;
+    let mut answer = json!({"is_compatible": reasons.is_empty()});
+    if query.verbose {
+        answer["messages"] = json!(reasons);
+    }
+    Ok(ok(answer))
+}
+
+async fn global_config(State(r): State<Registry>) -> Response {
+    ok(json!({"compatibilityLevel": r.global_compatibility().as_str()}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigQuery {
+    #[serde(default)]
+    default_to_global: bool,
+}
+
+async fn subject_config(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    Query(query): Query<ConfigQuery>,
+) -> Result {
+    let level = match r.subject_compatibility(&subject) {
+        Ok(level) => level,
+        Err(LocalError::NoSubjectCompatibility(_)) if query.default_to_global => {
+            r.global_compatibility()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(ok(json!({"compatibilityLevel": level.as_str()})))
+}
+
+fn config_body(body: &[u8]) -> Result<Compatibility> {
+    #[derive(Deserialize)]
+    struct Config {
+        compatibility: String,
+    }
+    let invalid = |message: String| RegistryError(LocalError::InvalidCompatibility(message));
+    let config: Config =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("request body: {e}")))?;
+    config.compatibility.parse().map_err(invalid)
+}
+
+async fn set_global_config(State(r): State<Registry>, body: Bytes) -> Result {
+    let level = config_body(&body)?;
+    r.set_compatibility(None, level)?;
+    Ok(ok(json!({"compatibility": level.as_str()})))
+}
+
+async fn set_subject_config(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Result {
+    let level = config_body(&body)?;
+    r.set_compatibility(Some(&subject), level)?;
+    Ok(ok(json!({"compatibility": level.as_str()})))
+}
