@@ -12,7 +12,7 @@
 //! Answers are `application/vnd.schemaregistry.v1+json`; errors are Confluent's
 //! `{"error_code": 40401, "message": "…"}`.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     body::Bytes,
@@ -195,22 +195,23 @@ async fn register(State(r): State<Registry>, Path(subject): Path<String>, body: 
     Ok(ok(json!({"id": r.register(&subject, &schema)?})))
 }
 
-#[derive(Deserialize)]
-struct CheckQuery {
-    #[serde(default)]
-    verbose: bool,
+/// Whether a query flag is set (`true`, `True`: clients spell booleans their way).
+fn flag(query: &HashMap<String, String>, name: &str) -> bool {
+    query
+        .get(name)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 async fn check(
     State(r): State<Registry>,
     Path((subject, version)): Path<(String, String)>,
-    Query(query): Query<CheckQuery>,
+    Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result {
     let schema = schema_body(&body)?;
     let reasons = r.check(&subject, &schema, Some(VersionRef::parse(&version)?))?;
     let mut answer = json!({"is_compatible": reasons.is_empty()});
-    if query.verbose {
+    if flag(&query, "verbose") {
         answer["messages"] = json!(reasons);
     }
     Ok(ok(answer))
@@ -220,21 +221,14 @@ async fn global_config(State(r): State<Registry>) -> Response {
     ok(json!({"compatibilityLevel": r.global_compatibility().as_str()}))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConfigQuery {
-    #[serde(default)]
-    default_to_global: bool,
-}
-
 async fn subject_config(
     State(r): State<Registry>,
     Path(subject): Path<String>,
-    Query(query): Query<ConfigQuery>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result {
     let level = match r.subject_compatibility(&subject) {
         Ok(level) => level,
-        Err(LocalError::NoSubjectCompatibility(_)) if query.default_to_global => {
+        Err(LocalError::NoSubjectCompatibility(_)) if flag(&query, "defaultToGlobal") => {
             r.global_compatibility()
         }
         Err(e) => return Err(e.into()),
