@@ -262,3 +262,151 @@ async fn set_subject_config(
     r.set_compatibility(Some(&subject), level)?;
     Ok(ok(json!({"compatibility": level.as_str()})))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tokio_util::sync::CancellationToken;
+
+    /// One request over plain HTTP/1.1; the status line, content type and body.
+    async fn call(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (String, String, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\
+             content-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.lines().next().unwrap().to_string();
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-type: "))
+            .unwrap_or_default()
+            .to_string();
+        (status, content_type, serde_json::from_str(body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn answers_in_confluents_content_type_and_error_bodies() {
+        let registry = Arc::new(LocalRegistry::in_memory());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn({
+            let app: Router = routes(registry.clone());
+            let shutdown = shutdown.clone();
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        });
+
+        let schema = json!({"schema": r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}]}"#});
+        let (status, content_type, body) = call(
+            addr,
+            "POST",
+            "/subjects/r-value/versions",
+            &schema.to_string(),
+        )
+        .await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(content_type, CONTENT_TYPE);
+        assert_eq!(body, json!({"id": 1}));
+        let (_, _, latest) = call(addr, "GET", "/subjects/r-value/versions/latest", "").await;
+        assert_eq!(latest["subject"], "r-value");
+        assert_eq!((&latest["version"], &latest["id"]), (&json!(1), &json!(1)));
+        let (_, _, by_id) = call(addr, "GET", "/schemas/ids/1", "").await;
+        assert_eq!(by_id["schema"], latest["schema"]);
+
+        let (status, content_type, body) =
+            call(addr, "GET", "/subjects/nope-value/versions/1", "").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        assert_eq!(content_type, CONTENT_TYPE);
+        assert_eq!(body["error_code"], 40401);
+        let (status, _, body) = call(addr, "GET", "/schemas/ids/x", "").await;
+        assert_eq!(
+            (status.as_str(), &body["error_code"]),
+            ("HTTP/1.1 404 Not Found", &json!(40403))
+        );
+        let (status, _, body) = call(addr, "GET", "/config/r-value", "").await;
+        assert_eq!(
+            (status.as_str(), &body["error_code"]),
+            ("HTTP/1.1 404 Not Found", &json!(40408))
+        );
+        let (_, _, body) = call(addr, "GET", "/config/r-value?defaultToGlobal=true", "").await;
+        assert_eq!(body, json!({"compatibilityLevel": "BACKWARD"}));
+        let (status, _, body) = call(
+            addr,
+            "PUT",
+            "/config/r-value",
+            r#"{"compatibility": "SIDEWAYS"}"#,
+        )
+        .await;
+        assert_eq!(
+            (status.as_str(), &body["error_code"]),
+            ("HTTP/1.1 422 Unprocessable Entity", &json!(42203))
+        );
+        let (status, _, body) = call(
+            addr,
+            "POST",
+            "/subjects/r-value/versions",
+            r#"{"schema": "{"}"#,
+        )
+        .await;
+        assert_eq!(
+            (status.as_str(), &body["error_code"]),
+            ("HTTP/1.1 422 Unprocessable Entity", &json!(42201))
+        );
+        let protobuf = json!({"schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF"});
+        let (_, _, body) = call(
+            addr,
+            "POST",
+            "/subjects/p-value/versions",
+            &protobuf.to_string(),
+        )
+        .await;
+        assert_eq!(body["error_code"], 42201);
+
+        // A field without a default breaks BACKWARD: the check says why; registering is a 409.
+        let breaking = json!({"schema": r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}, {"name": "b", "type": "int"}]}"#});
+        let (_, _, check) = call(
+            addr,
+            "POST",
+            "/compatibility/subjects/r-value/versions/latest?verbose=True",
+            &breaking.to_string(),
+        )
+        .await;
+        assert_eq!(check["is_compatible"], false);
+        assert!(
+            check["messages"][0].as_str().unwrap().contains("'b'"),
+            "{check}"
+        );
+        let (status, _, body) = call(
+            addr,
+            "POST",
+            "/subjects/r-value/versions",
+            &breaking.to_string(),
+        )
+        .await;
+        assert_eq!(
+            (status.as_str(), &body["error_code"]),
+            ("HTTP/1.1 409 Conflict", &json!(409))
+        );
+        let (_, _, versions) = call(addr, "GET", "/subjects/r-value/versions", "").await;
+        assert_eq!(versions, json!([1]));
+
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
