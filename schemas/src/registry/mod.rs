@@ -166,7 +166,7 @@ pub enum RegistryError {
         error_code: Option<i64>,
         message: String,
     },
-    #[error("schema for subject {subject} is incompatible with the schema registry's: {}", reasons.join("; "))]
+    #[error("schema for subject {subject} is incompatible with the versions the registry holds: {}", reasons.join("; "))]
     Incompatible {
         subject: String,
         reasons: Vec<String>,
