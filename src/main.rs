@@ -140,7 +140,10 @@ async fn connect(
     kafka.schemas = match &common.schema_registry {
         Some(url) => {
             let client = RegistryClient::new(url)?;
-            register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?
+            let ids =
+                register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?;
+            kafka.registry = Some(client);
+            ids
         }
         None => SchemaIds::builtin(),
     };
@@ -298,6 +301,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
             let client = RegistryClient::new(url)?;
             kafka.schemas =
                 register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?;
+            kafka.registry = Some(client);
             None
         }
         None => {

@@ -24,7 +24,10 @@ use orderflow_schemas::{
     },
     wire, Event, OrderAccepted, OrderRejected, SchemaIds, TopicKind, Topics,
 };
-use rdkafka::Message;
+use rdkafka::{
+    producer::{BaseProducer, BaseRecord, Producer},
+    ClientConfig, Message,
+};
 use serde_json::{json, Value};
 
 /// The Python that has the test peers (scripts/test.sh sets it), else `python3`.
@@ -306,7 +309,8 @@ async fn registration_checks_compatibility_and_returns_the_registrys_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipeline_with_schema_registry_frames_with_its_ids_and_refuses_an_incompatible_subject() {
+async fn a_pipeline_with_schema_registry_frames_with_its_ids_learns_new_versions_and_refuses_an_incompatible_subject(
+) {
     // The registry: a pipeline whose schemas have ids 2..7.
     let registry_dir = tempfile::tempdir().unwrap();
     data_dir_with_a_registered_schema(registry_dir.path());
@@ -345,11 +349,75 @@ async fn a_pipeline_with_schema_registry_frames_with_its_ids_and_refuses_an_inco
     // With an external registry, the pipeline serves none itself.
     let own = p.client.get(p.url("/subjects")).send().await.unwrap();
     assert_eq!(own.status(), 404);
+
+    // A newer, compatible version registered while it runs (as a newer producer would in a
+    // rolling upgrade): a message framed with its id still reaches the customer.
+    let client = RegistryClient::new(&registry.http).unwrap();
+    let mut v2: Value = serde_json::from_str(OrderRejected::schema_text()).unwrap();
+    v2["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "channel", "type": "string", "default": "web"}));
+    let v2 = v2.to_string();
+    let (v2_id, _) = register_schema(
+        &client,
+        "p2.orders.rejected-value",
+        &v2,
+        Compatibility::Backward,
+    )
+    .await
+    .unwrap();
+    let rejected = OrderRejected {
+        event_id: "o-v2:rejected".into(),
+        order_id: "o-v2".into(),
+        customer_id: "c-v2".into(),
+        reason_code: "out_of_stock".into(),
+        reason: "LIMITED-001 is sold out".into(),
+        occurred_at: orderflow_schemas::now_millis(),
+    };
+    let mut value = apache_avro::to_value(&rejected).unwrap();
+    if let apache_avro::types::Value::Record(fields) = &mut value {
+        fields.push((
+            "channel".into(),
+            apache_avro::types::Value::String("app".into()),
+        ));
+    }
+    let mut framed = vec![wire::MAGIC];
+    framed.extend_from_slice(&v2_id.to_be_bytes());
+    framed.extend(
+        apache_avro::to_avro_datum(&apache_avro::Schema::parse_str(&v2).unwrap(), value).unwrap(),
+    );
+    let bootstrap = p.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        producer
+            .send(
+                BaseRecord::to("p2.orders.rejected")
+                    .key("o-v2")
+                    .payload(&framed),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    })
+    .await
+    .unwrap();
+    let notes = p
+        .wait_for_notifications(|all| all.iter().any(|n| n["order_id"] == "o-v2"))
+        .await;
+    let note = notes.iter().find(|n| n["order_id"] == "o-v2").unwrap();
+    assert_eq!(note["kind"], "order_rejected");
+    assert!(note["text"]
+        .as_str()
+        .unwrap()
+        .contains("LIMITED-001 is sold out"));
     assert!(p.stop().success());
 
     // A subject whose latest version this build cannot read: the pipeline does not start, and
     // says which subject and why.
-    let client = RegistryClient::new(&registry.http).unwrap();
     client
         .register("p3.orders.accepted-value", &unreadable_accepted())
         .await

@@ -16,7 +16,7 @@ pub mod producer;
 
 use std::time::Duration;
 
-use orderflow_schemas::{SchemaIds, Topics};
+use orderflow_schemas::{registry::RegistryClient, SchemaIds, Topics};
 use rdkafka::ClientConfig;
 
 pub use consume::{run_consumer, Handler, HandlerError, Incoming, StageConfig};
@@ -63,6 +63,9 @@ pub struct KafkaConfig {
     /// The schema ids events are framed with and decoded by: the built-in ones, or the
     /// registry's (set at start-up).
     pub schemas: SchemaIds,
+    /// The registry the ids came from, if any: the consume loop asks it about ids registered
+    /// after start-up.
+    pub registry: Option<RegistryClient>,
 }
 
 impl KafkaConfig {
@@ -72,6 +75,7 @@ impl KafkaConfig {
             topics,
             properties: Vec::new(),
             schemas: SchemaIds::builtin(),
+            registry: None,
         }
     }
 

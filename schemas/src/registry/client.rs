@@ -6,7 +6,12 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Value};
 
-use super::{Compatibility, Registry, RegistryError, Result, SubjectVersion, CONTENT_TYPE};
+use apache_avro::Schema;
+
+use super::{
+    subject, Compatibility, Registry, RegistryError, Result, SubjectVersion, CONTENT_TYPE,
+};
+use crate::{TopicKind, Topics};
 
 /// What Confluent's clients accept.
 const ACCEPT: &str =
@@ -115,6 +120,62 @@ impl RegistryClient {
             registry,
             message: format!("{url}: {e}"),
         })
+    }
+}
+
+impl RegistryClient {
+    /// The event type and schema behind an id the process has not seen, if it is a version of
+    /// one of `topics`' subjects (`None` otherwise, or when the registry has no such id).
+    pub async fn event_schema(
+        &self,
+        id: u32,
+        topics: &Topics,
+    ) -> Result<Option<(TopicKind, Schema)>> {
+        #[derive(Deserialize)]
+        struct SubjectVersionRef {
+            subject: String,
+        }
+        #[derive(Deserialize)]
+        struct SchemaAnswer {
+            schema: String,
+        }
+        let id_text = id.to_string();
+        let used_by: Vec<SubjectVersionRef> = match self
+            .call(
+                Method::GET,
+                &["schemas", "ids", &id_text, "versions"],
+                &[],
+                None,
+            )
+            .await
+        {
+            Ok(used_by) => used_by,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(kind) = used_by.iter().find_map(|v| {
+            v.subject
+                .strip_suffix("-value")
+                .and_then(|topic| topics.kind_of(topic))
+                .filter(|kind| kind.spec().schema.is_some())
+        }) else {
+            return Ok(None);
+        };
+        let answer: SchemaAnswer = match self
+            .call(Method::GET, &["schemas", "ids", &id_text], &[], None)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match Schema::parse_str(&answer.schema) {
+            Ok(schema) => Ok(Some((kind, schema))),
+            Err(e) => Err(RegistryError::Catalogue {
+                subject: subject(topics, kind),
+                message: format!("schema {id} is not Avro: {e}"),
+            }),
+        }
     }
 }
 

@@ -347,7 +347,7 @@ fn catalogue_ids(found: Vec<(TopicKind, u32, Vec<SubjectVersion>)>) -> Result<Sc
 }
 
 /// An id's event type and, for an older version, the schema its data was written with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Writer {
     kind: TopicKind,
     /// `None`: the event type's current schema.
@@ -359,7 +359,7 @@ struct Writer {
 #[derive(Debug, Clone)]
 pub struct SchemaIds(Arc<Ids>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Ids {
     current: HashMap<TopicKind, u32>,
     by_id: HashMap<u32, Writer>,
@@ -438,6 +438,23 @@ impl SchemaIds {
     /// an older version (`None`: the current one).
     pub fn resolve(&self, id: u32) -> Option<(TopicKind, Option<&Schema>)> {
         self.0.by_id.get(&id).map(|w| (w.kind, w.schema.as_ref()))
+    }
+
+    /// These ids plus an older (or newer) version of `kind`'s schema learnt since (an id
+    /// already known is left as it is).
+    pub fn with_version(&self, id: u32, kind: TopicKind, schema: Schema) -> SchemaIds {
+        if self.0.by_id.contains_key(&id) || kind.spec().schema.is_none() {
+            return self.clone();
+        }
+        let mut ids = Ids::clone(&self.0);
+        ids.by_id.insert(
+            id,
+            Writer {
+                kind,
+                schema: Some(schema),
+            },
+        );
+        SchemaIds(Arc::new(ids))
     }
 
     /// Every event type's current id, in catalogue order.
@@ -534,6 +551,18 @@ mod tests {
         ));
         assert!(matches!(
             ids.resolve(1),
+            Some((TopicKind::OrdersAccepted, None))
+        ));
+        let schema = OrderAccepted::schema().clone();
+        let learnt = ids.with_version(41, TopicKind::OrdersPaid, schema.clone());
+        assert!(matches!(
+            learnt.resolve(41),
+            Some((TopicKind::OrdersPaid, Some(_)))
+        ));
+        assert!(ids.resolve(41).is_none());
+        let unchanged = learnt.with_version(1, TopicKind::OrdersPaid, schema);
+        assert!(matches!(
+            unchanged.resolve(1),
             Some((TopicKind::OrdersAccepted, None))
         ));
     }
