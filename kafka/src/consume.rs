@@ -9,6 +9,10 @@
 //! batch's offsets are not stored and the messages come again after a restart. Every handler
 //! is idempotent, so a message seen twice does no harm.
 //!
+//! Messages are decoded with `KafkaConfig::schemas`; a schema id it does not know (a version
+//! registered after start-up) is asked of `KafkaConfig::registry`, once, before the handler
+//! sees the message.
+//!
 //! It records the stage's metrics (`orderflow_schemas::metrics`): messages by outcome, batch
 //! sizes, per-message processing time, messages in flight, the age of each consumed event, and
 //! errors by type.
