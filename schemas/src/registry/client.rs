@@ -38,8 +38,17 @@ impl RegistryClient {
             message,
         };
         let mut base = Url::parse(url).map_err(|e| invalid(format!("not a URL: {e}")))?;
-        if base.scheme() != "http" {
-            return Err(invalid("only http:// registries are supported".into()));
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("expected an http:// or https:// URL".into()));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            // Name the registry without the secret.
+            let _ = base.set_username("");
+            let _ = base.set_password(None);
+            return Err(RegistryError::Config {
+                registry: base.to_string(),
+                message: "credentials in the URL are not supported".into(),
+            });
         }
         if base.cannot_be_a_base() {
             return Err(invalid("not a base URL".into()));
@@ -339,10 +348,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("registry:8081"), "{err}");
-        let err = RegistryClient::new("https://registry:8081")
+        let err = RegistryClient::new("ftp://registry:8081")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("only http://"), "{err}");
+        assert!(err.contains("expected an http:// or https:// URL"), "{err}");
+        let err = RegistryClient::new("http://key:secret@registry:8081")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credentials"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[tokio::test]
