@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
 use orderflow_processors::{ProcessorSettings, Stage};
-use orderflow_schemas::Topics;
+use orderflow_schemas::{registry::Compatibility, Topics};
 use orderflow_store::scylla::{Replication, ScyllaConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +54,10 @@ pub struct LoadArgs {
     pub brokers: String,
     #[arg(long, env = "ORDERFLOW_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
+    /// The schema registry to read the ids from (default: the --url, which `orderflow run`
+    /// serves it on).
+    #[arg(long, env = "ORDERFLOW_SCHEMA_REGISTRY_URL", value_name = "URL")]
+    pub schema_registry: Option<String>,
     /// How many orders to post.
     #[arg(long, default_value_t = 10_000)]
     pub orders: u64,
@@ -151,6 +155,22 @@ pub struct CommonArgs {
     /// dots as underscores: ORDERFLOW_KAFKA_COMPRESSION_TYPE=zstd.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
     pub kafka_properties: Vec<String>,
+    /// A Confluent-compatible schema registry, e.g. Redpanda's built-in one on :8081. At
+    /// start-up every event schema is registered under its topic's subject `<topic>-value`
+    /// (after a compatibility check) and messages are framed with the ids it returns. Without
+    /// it, `orderflow run` keeps a registry in its data dir and serves it on the HTTP API, and
+    /// the other commands use the built-in ids 1..6.
+    #[arg(long, env = "ORDERFLOW_SCHEMA_REGISTRY_URL", value_name = "URL")]
+    pub schema_registry: Option<String>,
+    /// The compatibility level set on a subject that has none of its own (BACKWARD, FORWARD,
+    /// FULL, their _TRANSITIVE forms, NONE).
+    #[arg(
+        long,
+        env = "ORDERFLOW_SCHEMA_COMPATIBILITY",
+        default_value = "BACKWARD",
+        value_name = "LEVEL"
+    )]
+    pub schema_compatibility: Compatibility,
     /// Tax added to every order, in basis points (2000 = 20%).
     #[arg(long, env = "ORDERFLOW_TAX_BPS", default_value_t = 2000)]
     pub tax_bps: i64,

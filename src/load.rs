@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use orderflow_schemas::{wire, OrderInvoiced, TopicKind, Topics};
+use orderflow_schemas::{
+    registry::{lookup_catalogue, RegistryClient},
+    wire, OrderInvoiced, TopicKind, Topics,
+};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     ClientConfig, Message,
@@ -23,6 +26,11 @@ use crate::cli::LoadArgs;
 
 pub async fn run(args: LoadArgs) -> Result<()> {
     let topics = Topics::new(args.topic_prefix.clone());
+    // The ids the pipeline frames with, from its registry (`orderflow run` serves one).
+    let registry_url = args.schema_registry.as_deref().unwrap_or(&args.url);
+    let ids = lookup_catalogue(&RegistryClient::new(registry_url)?, &topics)
+        .await
+        .with_context(|| format!("reading the schema ids from {registry_url}"))?;
     let invoiced_topic = topics.name(TopicKind::OrdersInvoiced);
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
@@ -115,7 +123,10 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             Ok(Ok(m)) => m,
             _ => continue,
         };
-        let Some(Ok(event)) = message.payload().map(wire::decode::<OrderInvoiced>) else {
+        let Some(Ok(event)) = message
+            .payload()
+            .map(|p| wire::decode_with::<OrderInvoiced>(&ids, p))
+        else {
             continue;
         };
         early.insert(event.order_id, event.occurred_at);

@@ -16,6 +16,12 @@ use orderflow_bridge::{file::FileSink, log::LogSink, Sink};
 use orderflow_ingest::Readiness;
 use orderflow_kafka::{admin, EventProducer, KafkaConfig};
 use orderflow_processors::{run_stage, Stage};
+use orderflow_schemas::{
+    registry::{
+        register_catalogue, subject, Compatibility, LocalRegistry, Registry, RegistryClient,
+    },
+    SchemaIds, Topics,
+};
 use orderflow_store::{scylla, EmbeddedStore, Instrumented, ScyllaStore, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -127,15 +133,57 @@ where
     Ok(())
 }
 
-/// What a single-stage service needs: its Kafka config, the store, a producer.
+/// What a single-stage service needs: its Kafka config (with the schema ids), the store, a
+/// producer.
 async fn connect(
     common: &CommonArgs,
     brokers: &str,
 ) -> Result<(KafkaConfig, Arc<dyn Store>, EventProducer)> {
-    let kafka = common.kafka(brokers)?;
+    let mut kafka = common.kafka(brokers)?;
+    kafka.schemas = match &common.schema_registry {
+        Some(url) => {
+            let client = RegistryClient::new(url)?;
+            let ids =
+                register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?;
+            kafka.registry = Some(client);
+            ids
+        }
+        None => SchemaIds::builtin(),
+    };
     let store = open_store(common).await?;
     let producer = EventProducer::new(&kafka)?;
     Ok((kafka, store, producer))
+}
+
+/// Registers every event schema with `registry` (retrying while it is unreachable or
+/// overloaded); the ids to frame with.
+async fn register_schemas(
+    registry: &impl Registry,
+    name: &str,
+    topics: &Topics,
+    level: Compatibility,
+) -> Result<SchemaIds> {
+    let mut attempt = 0;
+    loop {
+        match register_catalogue(registry, topics, level).await {
+            Ok(ids) => {
+                let ids_text = ids
+                    .current()
+                    .into_iter()
+                    .map(|(kind, id)| format!("{}={id}", subject(topics, kind)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                info!(registry = name, ids = %ids_text, "Event schemas registered.");
+                return Ok(ids);
+            }
+            Err(e) if e.is_retriable() && attempt < 10 => {
+                warn!(registry = name, error = %e, attempt, "Schema registry unavailable; retrying.");
+                tokio::time::sleep(orderflow_kafka::backoff(attempt.min(5))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e).context(format!("registering the event schemas with {name}")),
+        }
+    }
 }
 
 /// The store (ScyllaDB with `--scylla`, else the embedded one under `--data-dir`), timed by
@@ -289,6 +337,33 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         ensure_topics(&kafka, &settings).await?;
     }
 
+    // The schema ids: the external registry's, or those of the registry kept in the data dir,
+    // which the HTTP API then serves.
+    let local_registry = match &common.schema_registry {
+        Some(url) => {
+            let client = RegistryClient::new(url)?;
+            kafka.schemas =
+                register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?;
+            kafka.registry = Some(client);
+            None
+        }
+        None => {
+            let path = common.data_dir.join(LocalRegistry::FILE);
+            let registry = Arc::new(
+                LocalRegistry::open(&path)
+                    .with_context(|| format!("opening the schema registry {}", path.display()))?,
+            );
+            kafka.schemas = register_schemas(
+                registry.as_ref(),
+                "(embedded)",
+                &kafka.topics,
+                common.schema_compatibility,
+            )
+            .await?;
+            Some(registry)
+        }
+    };
+
     let store = open_store(common).await?;
     let seeded = store.seed_products(demo::catalogue()).await?;
     if seeded > 0 {
@@ -331,10 +406,11 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         });
     }
     {
-        let state = Arc::new(orderflow_ingest::ApiState::new(
-            store.clone(),
-            producer.clone(),
-        ));
+        let mut state = orderflow_ingest::ApiState::new(store.clone(), producer.clone());
+        if let Some(registry) = &local_registry {
+            state = state.with_schema_registry(registry.clone());
+        }
+        let state = Arc::new(state);
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             orderflow_ingest::serve(listener, state, shutdown)
@@ -346,6 +422,10 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     println!("Orderflow is running.");
     println!("  HTTP API:        http://{http_addr}");
     println!("  Kafka bootstrap: {brokers}");
+    match &common.schema_registry {
+        Some(url) => println!("  Schema registry: {url}"),
+        None => println!("  Schema registry: http://{http_addr}"),
+    }
     println!("  Data dir:        {}", common.data_dir.display());
     if let Some(scylla) = common.store.scylla() {
         println!(

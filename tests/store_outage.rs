@@ -98,7 +98,7 @@ async fn a_store_outage_pauses_the_stage_and_loses_nothing() {
     let first = accepted();
     producer.send(&first).await.unwrap();
     let validated = wait_for_validated(&kafka, 1).await;
-    assert_eq!(validated, [first.order_id.clone()]);
+    assert_eq!(validated, vec![first.order_id.clone()]);
     assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
     wait_until("the first order's offset is committed", || {
         committed(&kafka) == Some(1)

@@ -57,7 +57,7 @@ impl Handler for BridgeHandler {
         let Some(kind) = m.kind else {
             return Ok(());
         };
-        let Some(notification) = Notification::from_message(kind, &m.payload)
+        let Some(notification) = Notification::from_message(kind, &m.schemas, &m.payload)
             .map_err(|e| HandlerError::Poison(e.to_string()))?
         else {
             return Ok(());

@@ -2,7 +2,7 @@
 
 use orderflow_schemas::{
     format_cents, wire, DecodeError, OrderInvoiced, OrderRejected, OrderValidated, PaymentFailed,
-    TopicKind,
+    SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,12 +41,16 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// The notification for a message on a catalogue topic, or `None` when that topic's events
-    /// notify nobody.
-    pub fn from_message(kind: TopicKind, payload: &[u8]) -> Result<Option<Self>, DecodeError> {
+    /// The notification for a message on a catalogue topic (framed with an id from `ids`), or
+    /// `None` when that topic's events notify nobody.
+    pub fn from_message(
+        kind: TopicKind,
+        ids: &SchemaIds,
+        payload: &[u8],
+    ) -> Result<Option<Self>, DecodeError> {
         Ok(Some(match kind {
             TopicKind::OrdersValidated => {
-                let e: OrderValidated = wire::decode(payload)?;
+                let e: OrderValidated = wire::decode_with(ids, payload)?;
                 let items = e
                     .lines
                     .iter()
@@ -68,7 +72,7 @@ impl Notification {
                 }
             }
             TopicKind::OrdersRejected => {
-                let e: OrderRejected = wire::decode(payload)?;
+                let e: OrderRejected = wire::decode_with(ids, payload)?;
                 Notification {
                     subject: format!("Order {} could not be accepted", e.order_id),
                     text: format!("We could not accept your order: {}.", e.reason),
@@ -80,7 +84,7 @@ impl Notification {
                 }
             }
             TopicKind::PaymentFailed => {
-                let e: PaymentFailed = wire::decode(payload)?;
+                let e: PaymentFailed = wire::decode_with(ids, payload)?;
                 Notification {
                     subject: format!("Payment for order {} failed", e.order_id),
                     text: format!(
@@ -97,7 +101,7 @@ impl Notification {
                 }
             }
             TopicKind::OrdersInvoiced => {
-                let e: OrderInvoiced = wire::decode(payload)?;
+                let e: OrderInvoiced = wire::decode_with(ids, payload)?;
                 Notification {
                     subject: format!("Invoice {} for order {}", e.invoice_number, e.order_id),
                     text: format!(

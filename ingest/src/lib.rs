@@ -12,10 +12,13 @@
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
+//! - [`schema_registry`]: Confluent's schema registry API over the embedded registry, when the
+//!   state has one (`orderflow run` without `--schema-registry`).
 
 pub mod orders;
 pub mod problem;
 pub mod products;
+pub mod schema_registry;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -28,7 +31,7 @@ use axum::{
     Json, Router,
 };
 use orderflow_kafka::EventProducer;
-use orderflow_schemas::metrics;
+use orderflow_schemas::{metrics, registry::LocalRegistry};
 use orderflow_store::Store;
 use problem::Problem;
 use serde_json::json;
@@ -41,6 +44,8 @@ pub struct ApiState {
     pub producer: EventProducer,
     /// How long an `Idempotency-Key` is remembered, in ms.
     pub idempotency_ttl_ms: i64,
+    /// The embedded schema registry to serve, if any.
+    pub schema_registry: Option<Arc<LocalRegistry>>,
 }
 
 impl ApiState {
@@ -49,13 +54,25 @@ impl ApiState {
             store,
             producer,
             idempotency_ttl_ms: orderflow_store::DEFAULT_IDEMPOTENCY_TTL.as_millis() as i64,
+            schema_registry: None,
         }
+    }
+
+    /// Serves this registry's API too ([`schema_registry`]).
+    pub fn with_schema_registry(mut self, registry: Arc<LocalRegistry>) -> Self {
+        self.schema_registry = Some(registry);
+        self
     }
 }
 
 /// Every route of the API.
 pub fn router(state: Arc<ApiState>) -> Router {
+    let registry = match &state.schema_registry {
+        Some(registry) => schema_registry::routes(registry.clone()),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(registry)
         .route("/v1/orders", post(orders::create))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/products", get(products::list))

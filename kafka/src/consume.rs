@@ -9,16 +9,24 @@
 //! batch's offsets are not stored and the messages come again after a restart. Every handler
 //! is idempotent, so a message seen twice does no harm.
 //!
+//! Messages are decoded with `KafkaConfig::schemas`; a schema id it does not know (a version
+//! registered after start-up) is asked of `KafkaConfig::registry`, once, before the handler
+//! sees the message.
+//!
 //! It records the stage's metrics (`orderflow_schemas::metrics`): messages by outcome, batch
 //! sizes, per-message processing time, messages in flight, the age of each consumed event, and
 //! errors by type.
 
-use std::{collections::HashMap, future::Future, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::Arc,
+};
 
 use futures::{future::join_all, FutureExt};
 use orderflow_schemas::{
     metrics::{self, error_type, outcome},
-    TopicKind,
+    wire, DecodeError, Event, SchemaIds, TopicKind,
 };
 use prometheus::{Histogram, IntCounter, IntGauge};
 use rdkafka::{
@@ -51,6 +59,15 @@ pub struct Incoming {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The ids to decode the payload with (`KafkaConfig::schemas`).
+    pub schemas: SchemaIds,
+}
+
+impl Incoming {
+    /// Decodes the payload as an `E`, by its schema id.
+    pub fn decode<E: Event>(&self) -> Result<E, DecodeError> {
+        wire::decode_with(&self.schemas, &self.payload)
+    }
 }
 
 /// Why a message could not be handled.
@@ -157,6 +174,7 @@ pub async fn run_consumer<H: Handler>(
     consumer.subscribe(&topic_refs)?;
     info!(stage = %stage.name, group = %stage.group_id, topics = ?topics, "Stage started.");
     let stats = StageMetrics::new(&stage.name);
+    let mut schemas = SchemaLearner::new(kafka);
 
     let mut recv_errors = 0u32;
     loop {
@@ -177,13 +195,20 @@ pub async fn run_consumer<H: Handler>(
         };
         recv_errors = 0;
         stats.observe_lag(&first);
-        let mut batch = vec![incoming(kafka, first)];
+        if !schemas.learn(kafka, &stage, &first, &shutdown).await {
+            break;
+        }
+        let mut batch = vec![incoming(kafka, &schemas.ids, first)];
         while batch.len() < stage.max_batch {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
                     let m = m.detach();
                     stats.observe_lag(&m);
-                    batch.push(incoming(kafka, m));
+                    if !schemas.learn(kafka, &stage, &m, &shutdown).await {
+                        info!(stage = %stage.name, "Stopping with a batch unfinished; it will be redelivered.");
+                        return finish(consumer, &stage).await;
+                    }
+                    batch.push(incoming(kafka, &schemas.ids, m));
                 }
                 Some(Err(error)) => {
                     warn!(stage = %stage.name, %error, "Consumer error.");
@@ -211,7 +236,11 @@ pub async fn run_consumer<H: Handler>(
         store_offsets(&consumer, &batch);
     }
 
-    // Commit what was stored, then leave the group.
+    finish(consumer, &stage).await
+}
+
+/// Commits what was stored, then leaves the group.
+async fn finish(consumer: StreamConsumer, stage: &StageConfig) -> Result<()> {
     let name = stage.name.clone();
     tokio::task::spawn_blocking(move || {
         match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -230,7 +259,77 @@ pub async fn run_consumer<H: Handler>(
     Ok(())
 }
 
-fn incoming(kafka: &KafkaConfig, m: rdkafka::message::OwnedMessage) -> Incoming {
+/// The schema ids a stage decodes with: those of start-up, plus versions registered since
+/// that it has met (a newer producer's, during a rolling upgrade), asked of the registry once
+/// each.
+struct SchemaLearner {
+    ids: SchemaIds,
+    /// Ids the registry does not know or that are not versions of our subjects.
+    foreign: HashSet<u32>,
+}
+
+impl SchemaLearner {
+    fn new(kafka: &KafkaConfig) -> Self {
+        SchemaLearner {
+            ids: kafka.schemas.clone(),
+            foreign: HashSet::new(),
+        }
+    }
+
+    /// Makes sure the message's schema id is known if the registry knows it, retrying while the
+    /// registry is unreachable; false if asked to stop meanwhile. An id that stays unknown makes
+    /// the handler call the message poison.
+    async fn learn(
+        &mut self,
+        kafka: &KafkaConfig,
+        stage: &StageConfig,
+        m: &rdkafka::message::OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some(registry) = &kafka.registry else {
+            return true;
+        };
+        let Some(Ok(id)) = m.payload().map(wire::schema_id) else {
+            return true;
+        };
+        if self.ids.resolve(id).is_some() || self.foreign.contains(&id) {
+            return true;
+        }
+        let mut attempt = 0;
+        loop {
+            match registry.event_schema(id, &kafka.topics).await {
+                Ok(Some((kind, schema))) => {
+                    info!(stage = %stage.name, id, topic = %kafka.topics.name(kind),
+                          "Learnt a schema version registered after start-up.");
+                    self.ids = self.ids.with_version(id, kind, schema);
+                    return true;
+                }
+                Ok(None) => {
+                    self.foreign.insert(id);
+                    return true;
+                }
+                Err(error) if error.is_retriable() => {
+                    warn!(stage = %stage.name, id, %error, attempt, "Schema registry unavailable; retrying.");
+                    if !pause(attempt, shutdown).await {
+                        return false;
+                    }
+                    attempt += 1;
+                }
+                Err(error) => {
+                    warn!(stage = %stage.name, id, %error, "Cannot use schema from the registry.");
+                    self.foreign.insert(id);
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+fn incoming(
+    kafka: &KafkaConfig,
+    schemas: &SchemaIds,
+    m: rdkafka::message::OwnedMessage,
+) -> Incoming {
     let headers = m
         .headers()
         .map(|h| {
@@ -252,6 +351,7 @@ fn incoming(kafka: &KafkaConfig, m: rdkafka::message::OwnedMessage) -> Incoming 
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
+        schemas: schemas.clone(),
     }
 }
 

@@ -16,7 +16,7 @@ pub mod producer;
 
 use std::time::Duration;
 
-use orderflow_schemas::Topics;
+use orderflow_schemas::{registry::RegistryClient, SchemaIds, Topics};
 use rdkafka::ClientConfig;
 
 pub use consume::{run_consumer, Handler, HandlerError, Incoming, StageConfig};
@@ -60,6 +60,12 @@ pub struct KafkaConfig {
     /// librdkafka properties applied last, over Orderflow's defaults (`--kafka-property`,
     /// `ORDERFLOW_KAFKA_*`).
     pub properties: Vec<(String, String)>,
+    /// The schema ids events are framed with and decoded by: the built-in ones, or the
+    /// registry's (set at start-up).
+    pub schemas: SchemaIds,
+    /// The registry the ids came from, if any: the consume loop asks it about ids registered
+    /// after start-up.
+    pub registry: Option<RegistryClient>,
 }
 
 impl KafkaConfig {
@@ -68,6 +74,8 @@ impl KafkaConfig {
             brokers: brokers.into(),
             topics,
             properties: Vec::new(),
+            schemas: SchemaIds::builtin(),
+            registry: None,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orderflow_schemas::{wire, Event, TopicKind, Topics};
+use orderflow_schemas::{wire, Event, SchemaIds, TopicKind, Topics};
 use rdkafka::{
     message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord, Producer},
@@ -16,6 +16,7 @@ use crate::{KafkaConfig, Result};
 pub struct EventProducer {
     producer: FutureProducer,
     topics: Topics,
+    schemas: SchemaIds,
 }
 
 impl EventProducer {
@@ -24,14 +25,15 @@ impl EventProducer {
         Ok(EventProducer {
             producer,
             topics: config.topics.clone(),
+            schemas: config.schemas.clone(),
         })
     }
 
-    /// Frames `event` and produces it to its topic, keyed by order id; resolves once the broker
+    /// Frames `event` (with its type's id in `KafkaConfig::schemas`) and produces it to its topic, keyed by order id; resolves once the broker
     /// has acknowledged it (acks=all). The record's timestamp is the event's `occurred_at`, so
     /// a consumer sees how old an event is without decoding it (`orderflow_stage_lag_seconds`).
     pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
-        let payload = wire::encode(event)?;
+        let payload = wire::encode_with(&self.schemas, event)?;
         let topic = self.topics.name(E::TOPIC);
         // No headers: the topic and the schema id say what the message is.
         self.send_record(

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use orderflow_kafka::{
     run_consumer, EventProducer, HandlerError, Incoming, KafkaConfig, StageConfig,
 };
-use orderflow_schemas::{metrics, wire, Event, OrderStatus};
+use orderflow_schemas::{metrics, Event, OrderStatus};
 use orderflow_store::{Pricing, StatusUpdate, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +100,8 @@ pub async fn run_stage(
 
 /// Decodes a message's payload, or calls it poison.
 pub(crate) fn decode<E: Event>(m: &Incoming) -> Result<E, HandlerError> {
-    wire::decode::<E>(&m.payload).map_err(|e| HandlerError::Poison(e.to_string()))
+    m.decode::<E>()
+        .map_err(|e| HandlerError::Poison(e.to_string()))
 }
 
 /// A store failure: retry when it may pass, dead-letter when it cannot.

@@ -8,11 +8,13 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::topics::TopicKind;
 
-/// An event type: its Avro schema, the schema id it is framed with, and the topic it lives on.
+/// An event type: its Avro schema, its built-in schema id, and the topic it lives on.
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The Avro record name (also the schema subject's record name).
     const NAME: &'static str;
-    /// The id written in the Confluent frame. Fixed per schema version in this catalogue.
+    /// The built-in schema id: what messages are framed with when no registry is configured,
+    /// and what a fresh embedded registry assigns. With a registry, the id is the registry's
+    /// (`registry::SchemaIds`).
     const SCHEMA_ID: u32;
     /// The topic this event type is produced to.
     const TOPIC: TopicKind;

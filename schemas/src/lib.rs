@@ -5,6 +5,9 @@
 //!   [`Event`] trait that ties a type to its schema, schema id and topic.
 //! - [`topics`]: the topic catalogue (name, key, schema, producer, consumers).
 //! - [`wire`]: the Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro datum).
+//! - [`registry`]: schema ids — the built-in ones, or those a Confluent-compatible registry
+//!   gives at start-up ([`registry::register_catalogue`]) — the registry client, and the
+//!   registry `orderflow run` keeps and serves itself.
 //! - [`metrics`]: the Prometheus metric names every stage records, one process-wide registry,
 //!   and the text exposition `GET /metrics` serves.
 //!
@@ -13,6 +16,7 @@
 
 pub mod events;
 pub mod metrics;
+pub mod registry;
 pub mod topics;
 pub mod wire;
 
@@ -20,8 +24,9 @@ pub use events::{
     Address, Event, OrderAccepted, OrderInvoiced, OrderItem, OrderLine, OrderPaid, OrderRejected,
     OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
 };
+pub use registry::SchemaIds;
 pub use topics::{TopicKind, Topics};
-pub use wire::{decode, encode, DecodeError, EncodeError};
+pub use wire::{decode, decode_with, encode, encode_with, DecodeError, EncodeError};
 
 /// Milliseconds since the Unix epoch, the unit of every event timestamp.
 pub fn now_millis() -> i64 {

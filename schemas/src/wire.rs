@@ -1,8 +1,11 @@
 //! The Confluent wire format: byte 0 is the magic byte `0`, bytes 1..5 the schema id (big
 //! endian), the rest the Avro binary datum. Standard Avro deserializers (Confluent's, Redpanda's,
 //! `fastavro` with a registry) read it given the schema for the id.
+//!
+//! The ids come from a [`SchemaIds`]: the registry's when one is configured, the built-in
+//! ones (1..6) otherwise. [`encode`] and [`decode`] use the built-in ids.
 
-use crate::events::Event;
+use crate::{events::Event, registry::SchemaIds};
 
 /// The magic byte that opens every framed message.
 pub const MAGIC: u8 = 0;
@@ -23,6 +26,8 @@ pub enum DecodeError {
         expected: u32,
         name: &'static str,
     },
+    #[error("schema id {found} is not a known version of {name}'s schema (registered after this process started?)")]
+    UnknownSchema { found: u32, name: &'static str },
     #[error("avro datum does not match {name}: {message}")]
     Avro { name: &'static str, message: String },
     #[error("{0} trailing bytes after the avro datum")]
@@ -50,11 +55,20 @@ pub fn schema_id(payload: &[u8]) -> Result<u32, DecodeError> {
     ]))
 }
 
-/// Frames an event: header + Avro datum.
+/// Frames an event with its built-in schema id.
 pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, EncodeError> {
+    encode_with(&SchemaIds::builtin(), event)
+}
+
+/// Frames an event: header (the id `ids` gives its type) + Avro datum.
+pub fn encode_with<E: Event>(ids: &SchemaIds, event: &E) -> Result<Vec<u8>, EncodeError> {
+    let id = ids.id(E::TOPIC).ok_or_else(|| EncodeError {
+        name: E::NAME,
+        message: "no schema id for this event type".into(),
+    })?;
     let mut buf = Vec::with_capacity(256);
     buf.push(MAGIC);
-    buf.extend_from_slice(&E::SCHEMA_ID.to_be_bytes());
+    buf.extend_from_slice(&id.to_be_bytes());
     apache_avro::write_avro_datum_ref(E::schema(), event, &mut buf).map_err(|e| EncodeError {
         name: E::NAME,
         message: e.to_string(),
@@ -62,22 +76,42 @@ pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, EncodeError> {
     Ok(buf)
 }
 
-/// Reads a framed event of type `E`.
+/// Reads a framed event of type `E` framed with its built-in schema id.
 pub fn decode<E: Event>(payload: &[u8]) -> Result<E, DecodeError> {
+    decode_with(&SchemaIds::builtin(), payload)
+}
+
+/// Reads a framed event of type `E`: the id must stand for `E`'s current schema or an older
+/// version of it in `ids`; an older version's datum is read with its writer schema and resolved
+/// to `E`'s (Avro schema resolution: defaults fill added fields, removed fields are skipped).
+pub fn decode_with<E: Event>(ids: &SchemaIds, payload: &[u8]) -> Result<E, DecodeError> {
     let found = schema_id(payload)?;
-    if found != E::SCHEMA_ID {
-        return Err(DecodeError::WrongSchema {
-            found,
-            expected: E::SCHEMA_ID,
-            name: E::NAME,
-        });
-    }
+    let writer = match ids.resolve(found) {
+        Some((kind, writer)) if kind == E::TOPIC => writer,
+        Some(_) => {
+            return Err(DecodeError::WrongSchema {
+                found,
+                expected: ids.id(E::TOPIC).unwrap_or_default(),
+                name: E::NAME,
+            })
+        }
+        None => {
+            return Err(DecodeError::UnknownSchema {
+                found,
+                name: E::NAME,
+            })
+        }
+    };
     let mut datum = &payload[HEADER_LEN..];
     let avro = |e: apache_avro::Error| DecodeError::Avro {
         name: E::NAME,
         message: e.to_string(),
     };
-    let value = apache_avro::from_avro_datum(E::schema(), &mut datum, None).map_err(avro)?;
+    let value = match writer {
+        None => apache_avro::from_avro_datum(E::schema(), &mut datum, None),
+        Some(writer) => apache_avro::from_avro_datum(writer, &mut datum, Some(E::schema())),
+    }
+    .map_err(avro)?;
     let event = apache_avro::from_value::<E>(&value).map_err(avro)?;
     if !datum.is_empty() {
         return Err(DecodeError::Trailing(datum.len()));
@@ -239,6 +273,65 @@ mod tests {
             decode::<OrderAccepted>(&truncated),
             Err(DecodeError::Avro { .. })
         ));
+    }
+
+    #[test]
+    fn registry_ids_frame_and_older_versions_decode_into_the_current_type() {
+        use crate::{registry::SchemaIds, TopicKind};
+        // Registry ids 101..106, and a newer OrderRejected (one more field) as id 200.
+        let current: Vec<_> = SchemaIds::builtin()
+            .current()
+            .into_iter()
+            .map(|(kind, id)| (kind, id + 100))
+            .collect();
+        let mut v2: serde_json::Value = serde_json::from_str(OrderRejected::schema_text()).unwrap();
+        v2["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "channel", "type": "string", "default": "web"}));
+        let v2 = apache_avro::Schema::parse_str(&v2.to_string()).unwrap();
+        let ids = SchemaIds::new(current, [(200, TopicKind::OrdersRejected, v2.clone())]).unwrap();
+
+        let rejected = OrderRejected {
+            event_id: "o:rejected".into(),
+            order_id: "o".into(),
+            customer_id: "c".into(),
+            reason_code: "unknown_sku".into(),
+            reason: "no such sku".into(),
+            occurred_at: 7,
+        };
+        let framed = encode_with(&ids, &rejected).unwrap();
+        assert_eq!(schema_id(&framed).unwrap(), 103);
+        assert_eq!(
+            decode_with::<OrderRejected>(&ids, &framed).unwrap(),
+            rejected
+        );
+        // The built-in ids do not know 103.
+        assert!(matches!(
+            decode::<OrderRejected>(&framed),
+            Err(DecodeError::UnknownSchema { found: 103, .. })
+        ));
+        assert!(matches!(
+            decode_with::<OrderPaid>(&ids, &framed),
+            Err(DecodeError::WrongSchema {
+                found: 103,
+                expected: 104,
+                ..
+            })
+        ));
+
+        // A message written with a newer version (id 200) reads into today's type.
+        let mut value = apache_avro::to_value(&rejected).unwrap();
+        if let Value::Record(fields) = &mut value {
+            fields.push(("channel".into(), Value::String("app".into())));
+        }
+        let mut newer = vec![MAGIC];
+        newer.extend_from_slice(&200u32.to_be_bytes());
+        newer.extend(apache_avro::to_avro_datum(&v2, value).unwrap());
+        assert_eq!(
+            decode_with::<OrderRejected>(&ids, &newer).unwrap(),
+            rejected
+        );
     }
 
     #[test]
