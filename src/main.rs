@@ -323,6 +323,15 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         kafka
             .properties
             .insert(0, ("fetch.wait.max.ms".into(), "10".into()));
+        // After a crash (kill -9), the stages' old group members block the rebalance until
+        // their session times out: on loopback a short session is safe and resumes in seconds
+        // instead of librdkafka's 45.
+        kafka
+            .properties
+            .insert(0, ("session.timeout.ms".into(), "6000".into()));
+        kafka
+            .properties
+            .insert(0, ("heartbeat.interval.ms".into(), "1500".into()));
     }
     let settings = admin::TopicSettings {
         partitions: args.partitions,

@@ -1,0 +1,174 @@
+//! `kill -9` in the middle of a stream of orders: after a restart on the same data dir, every
+//! order the API acknowledged is invoiced, once; stock and invoice numbers add up. The stages
+//! resume within the wait of `wait_for_status` only because `orderflow run` keeps the consumer
+//! session short on its embedded broker (the killed members' sessions must expire first).
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use common::{order_body, Pipeline};
+use orderflow_schemas::{wire, OrderInvoiced};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+use tokio::sync::Mutex;
+
+const SKU: &str = "STICKER-001";
+const INITIAL_STOCK: i64 = 1_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Arc::new(Pipeline::start(dir.path()));
+
+    // Eight clients post orders until the process dies under them.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (p, acknowledged) = (p.clone(), acknowledged.clone());
+        clients.push(tokio::spawn(async move {
+            let body = order_body(SKU, 1, "tok_visa");
+            for _ in 0..100 {
+                let sent = p
+                    .client
+                    .post(p.url("/v1/orders"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                if response.status() != 202 {
+                    break;
+                }
+                let Ok(v) = response.json::<serde_json::Value>().await else {
+                    break;
+                };
+                acknowledged
+                    .lock()
+                    .await
+                    .push(v["order_id"].as_str().unwrap().to_string());
+            }
+        }));
+    }
+    // Kill once some orders are through the API and, typically, others are mid-pipeline.
+    loop {
+        if acknowledged.lock().await.len() >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill_9(dir.path());
+    for client in clients {
+        let _ = client.await;
+    }
+    drop(p); // reaps the killed process
+    let acknowledged = acknowledged.lock().await.clone();
+    assert!(acknowledged.len() >= 40);
+
+    // Restart on the same data dir: everything acknowledged gets through, once.
+    let p = Pipeline::start(dir.path());
+    for id in &acknowledged {
+        p.wait_for_status(id, "invoiced").await;
+    }
+    // Orders whose answer the kill cut off may be in flight still; let them settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let bootstrap = p.bootstrap.clone();
+    let invoiced = tokio::task::spawn_blocking(move || read_all(&bootstrap, "orders.invoiced"))
+        .await
+        .unwrap();
+    // One invoice number per order, however many times its event was (re)produced.
+    let mut numbers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for payload in &invoiced {
+        let event: OrderInvoiced = wire::decode(payload).unwrap();
+        numbers
+            .entry(event.order_id)
+            .or_default()
+            .insert(event.invoice_number);
+    }
+    for (order, its) in &numbers {
+        assert_eq!(its.len(), 1, "order {order} has invoices {its:?}");
+    }
+    for id in &acknowledged {
+        assert!(numbers.contains_key(id), "acknowledged order {id} invoiced");
+    }
+    let invoiced_orders = numbers.len() as i64;
+    let mut all: Vec<String> = numbers.into_values().flatten().collect();
+    all.sort();
+    let expected: Vec<String> = (1..=invoiced_orders)
+        .map(|n| format!("INV-{n:08}"))
+        .collect();
+    assert_eq!(all, expected, "invoice numbers are gapless and unique");
+    assert_eq!(
+        p.stock(SKU).await,
+        INITIAL_STOCK - invoiced_orders,
+        "one unit reserved per invoiced order, once"
+    );
+}
+
+/// SIGKILLs the `orderflow run` whose command line names `data_dir` (this test's).
+fn kill_9(data_dir: &std::path::Path) {
+    let needle = data_dir.to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("orderflow") && cmdline.contains(" run ") && cmdline.contains(&needle) {
+            // SAFETY: signals a process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Every payload on `topic`, from the beginning to its current end.
+fn read_all(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("crash-reader-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in &partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(*p, high);
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
+    let mut payloads = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while next.iter().any(|(p, n)| *n < ends[p]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic}: could not read to the end"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            next.insert(m.partition(), m.offset() + 1);
+            payloads.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    payloads
+}
