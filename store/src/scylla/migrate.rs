@@ -138,11 +138,7 @@ pub async fn migrate(
             "`{keyspace}` is not a valid keyspace name (letters, digits and _, starting with a letter)"
         )));
     }
-    ddl(
-        session,
-        &format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"),
-    )
-    .await?;
+    create_keyspace(session, keyspace, replication).await?;
     ddl(
         session,
         &format!(
@@ -204,6 +200,31 @@ pub async fn migrate(
         report.version = migration.version;
     }
     Ok(report)
+}
+
+/// Creates the keyspace without tablets where the server has them: this store's lightweight
+/// transactions need a vnode keyspace on ScyllaDB releases whose tablets do not support LWT
+/// (tablets are the default for new keyspaces since 2025.1). Servers that do not know the
+/// option (older ScyllaDB, Cassandra) get the plain statement.
+async fn create_keyspace(
+    session: &Session,
+    keyspace: &str,
+    replication: &Replication,
+) -> Result<()> {
+    let plain =
+        format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}");
+    match ddl(
+        session,
+        &format!("{plain} AND tablets = {{'enabled': false}}"),
+    )
+    .await
+    {
+        Err(e) if e.to_string().to_ascii_lowercase().contains("tablets") => {
+            tracing::debug!(error = %e, "the server has no tablets option; creating the keyspace without it");
+            ddl(session, &plain).await
+        }
+        other => other,
+    }
 }
 
 /// The schema version recorded in the keyspace (0 when it has none).
