@@ -9,18 +9,20 @@ use rdkafka::{
     util::Timeout,
 };
 
-use crate::{KafkaConfig, Result};
+use crate::{KafkaConfig, Result, StatsContext};
 
 /// A cheap-to-clone producer of framed events.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<StatsContext>,
     topics: Topics,
 }
 
 impl EventProducer {
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        let producer: FutureProducer = config.producer_config().create()?;
+        let producer = config
+            .producer_config()
+            .create_with_context(StatsContext::producer())?;
         Ok(EventProducer {
             producer,
             topics: config.topics.clone(),
