@@ -168,8 +168,6 @@ impl Binary {
 struct Invocation {
     /// `process validation`, `topics create`, …: for messages.
     name: String,
-    /// The subcommand path, e.g. `["process"]`.
-    path: Vec<String>,
     /// `--flag` → value (the last one given).
     flags: BTreeMap<String, String>,
     /// `ORDERFLOW_*` variables this subcommand reads.
@@ -196,7 +194,10 @@ impl Invocation {
             };
             path.push(sub.clone());
             if !binary.subcommands.contains_key(&path) {
-                return Err(format!("`orderflow {}`: no such subcommand", path.join(" ")));
+                return Err(format!(
+                    "`orderflow {}`: no such subcommand",
+                    path.join(" ")
+                ));
             }
             rest = &rest[1..];
         }
@@ -257,7 +258,6 @@ impl Invocation {
                 .filter_map(|o| o.env.clone())
                 .collect(),
             options: help.options.clone(),
-            path,
             flags,
         })
     }
@@ -282,21 +282,22 @@ impl Invocation {
 
     /// The port its metrics are served on: `--metrics`, or the HTTP API's.
     fn metrics_port(&self, env: &BTreeMap<String, String>) -> Option<u16> {
-        let with = |flag: &str| Invocation {
-            name: String::new(),
-            path: Vec::new(),
-            flags: self.flags.clone(),
-            envs: BTreeSet::new(),
-            options: self
-                .options
-                .iter()
-                .filter(|(n, _)| n.as_str() == flag)
-                .map(|(n, o)| (n.clone(), o.clone()))
-                .collect(),
-        }
-        .listen_ports(env)
-        .into_iter()
-        .next();
+        let with = |flag: &str| {
+            Invocation {
+                name: String::new(),
+                flags: self.flags.clone(),
+                envs: BTreeSet::new(),
+                options: self
+                    .options
+                    .iter()
+                    .filter(|(n, _)| n.as_str() == flag)
+                    .map(|(n, o)| (n.clone(), o.clone()))
+                    .collect(),
+            }
+            .listen_ports(env)
+            .into_iter()
+            .next()
+        };
         with("--metrics").or_else(|| with("--http"))
     }
 
@@ -487,10 +488,13 @@ fn compose_runs_the_whole_stack_with_commands_envs_files_and_ports_the_code_has(
                 continue;
             };
             match condition["condition"].as_str() {
-                Some("service_healthy") if target.get("healthcheck").is_none() => problems
-                    .push(format!("{name}: waits for `{dep}` to be healthy; it has no healthcheck")),
+                Some("service_healthy") if target.get("healthcheck").is_none() => problems.push(
+                    format!("{name}: waits for `{dep}` to be healthy; it has no healthcheck"),
+                ),
                 Some("service_completed_successfully") if target["restart"] != "no" => problems
-                    .push(format!("{name}: waits for `{dep}` to complete; it is not one-shot")),
+                    .push(format!(
+                        "{name}: waits for `{dep}` to complete; it is not one-shot"
+                    )),
                 _ => {}
             }
         }
@@ -546,7 +550,9 @@ fn compose_runs_the_whole_stack_with_commands_envs_files_and_ports_the_code_has(
                     && root().join(&host).exists()
             });
             if !mounted {
-                problems.push(format!("{name}: uses {path}, which no existing file is mounted at"));
+                problems.push(format!(
+                    "{name}: uses {path}, which no existing file is mounted at"
+                ));
             }
         }
         orderflow.insert(
@@ -663,7 +669,9 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
     let resources: BTreeSet<String> = strings(&kustomization["resources"]).into_iter().collect();
     for r in &resources {
         if !dir.join(r).exists() {
-            problems.push(format!("kustomization.yaml lists {r}, which does not exist"));
+            problems.push(format!(
+                "kustomization.yaml lists {r}, which does not exist"
+            ));
         }
     }
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -681,7 +689,11 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
     }
     // ConfigMap name → its keys (files of a generator are keys named after the file).
     let mut config_maps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for generator in kustomization["configMapGenerator"].as_array().into_iter().flatten() {
+    for generator in kustomization["configMapGenerator"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let name = generator["name"].as_str().unwrap().to_string();
         let mut keys = BTreeMap::new();
         for file in strings(&generator["files"]) {
@@ -725,7 +737,9 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
                     .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
             });
             if !matches {
-                problems.push(format!("{name}: the selector does not match the pod's labels"));
+                problems.push(format!(
+                    "{name}: the selector does not match the pod's labels"
+                ));
             }
         }
         for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
@@ -873,7 +887,10 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
     // Services reach a Deployment's declared port; the HPA scales a Deployment.
     for o in objects.iter().filter(|o| o["kind"] == "Service") {
         let name = o["metadata"]["name"].as_str().unwrap_or("?");
-        let selector = o["spec"]["selector"].as_object().cloned().unwrap_or_default();
+        let selector = o["spec"]["selector"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let target = deployments.iter().find(|(_, (pod, _))| {
             selector
                 .iter()
@@ -887,7 +904,9 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
         for port in o["spec"]["ports"].as_array().into_iter().flatten() {
             let target = port.get("targetPort").unwrap_or(&port["port"]);
             if container_port(container, target).is_none() {
-                problems.push(format!("Service {name}: targetPort {target} is not declared"));
+                problems.push(format!(
+                    "Service {name}: targetPort {target} is not declared"
+                ));
             }
         }
     }
@@ -897,7 +916,9 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
     {
         let target = o["spec"]["scaleTargetRef"]["name"].as_str().unwrap_or("?");
         if !deployments.contains_key(target) {
-            problems.push(format!("HPA scales {target}, which is not a Deployment here"));
+            problems.push(format!(
+                "HPA scales {target}, which is not a Deployment here"
+            ));
         }
     }
     if !objects
@@ -945,7 +966,10 @@ fn help_is_parsed_into_options_envs_defaults_and_subcommands() {
     assert!(!h.options["--help"].takes_value);
     assert_eq!(
         h.positionals,
-        [BTreeSet::from(["validation".to_string(), "payment".to_string()])]
+        [BTreeSet::from([
+            "validation".to_string(),
+            "payment".to_string()
+        ])]
     );
     let top = parse_help(
         "A pipeline.\n\nUsage: orderflow <COMMAND>\n\nCommands:\n  run      Run it\n  topics   Manage topics\n  help     Print help\n",
