@@ -2,8 +2,9 @@
 //! Nothing here can start a container, so the files are checked against what can be known
 //! without one: they parse; every file they reference exists; every `orderflow` subcommand, flag
 //! and `ORDERFLOW_*` variable they use is one the built binary takes (its `--help`); the ports
-//! healthchecks, probes, Services and Prometheus use are the ports the commands listen on; and
-//! start-up order and scaling hold together.
+//! healthchecks, probes, Services and Prometheus use are the ports the commands listen on, and
+//! the commands (started here on 127.0.0.1) answer the paths probed there; start-up order holds
+//! together.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -339,6 +340,122 @@ fn local_url(text: &str) -> Option<(u16, String)> {
     Some((port, path))
 }
 
+/// A probe a deployment file points at a command: `orderflow <name>` must answer `path` on the
+/// listener of `flag` (`--http` or `--metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Probe {
+    name: String,
+    flag: &'static str,
+    path: String,
+}
+
+impl Invocation {
+    /// The listen option (`--http`, `--metrics`) whose port is `port`.
+    fn listener_on(&self, port: u16, env: &BTreeMap<String, String>) -> Option<&'static str> {
+        ["--http", "--metrics"].into_iter().find(|flag| {
+            let only = Invocation {
+                name: String::new(),
+                flags: self.flags.clone(),
+                envs: BTreeSet::new(),
+                options: self
+                    .options
+                    .iter()
+                    .filter(|(n, _)| n == flag)
+                    .map(|(n, o)| (n.clone(), o.clone()))
+                    .collect(),
+            };
+            only.listen_ports(env).contains(&port)
+        })
+    }
+}
+
+/// Starts each probed command on 127.0.0.1 (its broker unreachable, its store in a temporary
+/// directory) and checks that it serves each probed path: any answer but 404 (`/readyz` may
+/// well say 503 here). Returns the problems.
+fn check_probe_paths(binary: &Binary, probes: &BTreeSet<Probe>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut by_command: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for p in probes {
+        by_command
+            .entry((p.name.as_str(), p.flag))
+            .or_default()
+            .push(p.path.as_str());
+    }
+    for ((name, flag), paths) in by_command {
+        let words: Vec<String> = name.split(' ').map(str::to_string).collect();
+        let has_subcommands = !binary.subcommands[&words[..1].to_vec()].commands.is_empty();
+        let path_len = if has_subcommands { 2 } else { 1 };
+        let options = &binary.subcommands[&words[..path_len].to_vec()].options;
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        command
+            .args(&words)
+            .args([flag, &format!("127.0.0.1:{port}")])
+            .env_clear()
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if options.contains_key("--brokers") {
+            // Nothing listens there: the command starts and keeps trying.
+            command.args(["--brokers", "127.0.0.1:9"]);
+        }
+        if options.contains_key("--data-dir") {
+            command.arg("--data-dir").arg(data.path());
+        }
+        let mut child = command.spawn().expect("orderflow starts");
+        for path in paths {
+            match http_status(port, path, &mut child) {
+                Ok(404) => problems.push(format!(
+                    "`orderflow {name}` does not serve {path} on {flag}"
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("`orderflow {name}` on {flag}: {e}")),
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    problems
+}
+
+/// The status of `GET path` on 127.0.0.1:`port`, retried while the command starts (20 s).
+fn http_status(port: u16, path: &str, child: &mut std::process::Child) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let request =
+                format!("GET {path} HTTP/1.1\r\nhost: probe\r\nconnection: close\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            let status = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("no HTTP answer: {response:?}"))?;
+            return Ok(status);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("nothing listens on port {port} after 20 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // YAML
 // ---------------------------------------------------------------------------------------------
@@ -503,6 +620,7 @@ fn compose_runs_the_whole_stack_with_commands_envs_files_and_ports_the_code_has(
     // The Orderflow services: real subcommands, flags, variables; healthchecks on their ports;
     // config files mounted.
     let mut orderflow = BTreeMap::new();
+    let mut probes = BTreeSet::new();
     for (name, service) in services {
         if service["image"] != "orderflow:local" {
             continue;
@@ -537,6 +655,13 @@ fn compose_runs_the_whole_stack_with_commands_envs_files_and_ports_the_code_has(
                         problems.push(format!(
                             "{name}: healthcheck on port {port}; it listens on {ports:?}"
                         ));
+                    }
+                    if let Some(flag) = invocation.listener_on(port, &env) {
+                        probes.insert(Probe {
+                            name: invocation.name.clone(),
+                            flag,
+                            path: path.clone(),
+                        });
                     }
                     if !["/healthz", "/readyz"].contains(&path.as_str()) {
                         problems.push(format!("{name}: healthcheck on {path}"));
@@ -633,6 +758,8 @@ fn compose_runs_the_whole_stack_with_commands_envs_files_and_ports_the_code_has(
         }
     }
 
+    problems.extend(check_probe_paths(&binary, &probes));
+
     assert!(
         problems.is_empty(),
         "docker-compose.yml:\n  {}",
@@ -719,6 +846,7 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
     // Workloads: Deployments and Jobs running the orderflow image.
     let mut deployments: BTreeMap<String, (Value, Vec<u16>)> = BTreeMap::new();
     let mut runs = BTreeSet::new();
+    let mut probes = BTreeSet::new();
     // ConfigMap name → the invocations whose containers load it whole (envFrom).
     let mut env_from_users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut env_from_reads: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -808,7 +936,15 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
                 for probe in ["livenessProbe", "readinessProbe"] {
                     let get = &container[probe]["httpGet"];
                     match container_port(container, &get["port"]) {
-                        Some(port) if listens.contains(&port) => {}
+                        Some(port) if listens.contains(&port) => {
+                            if let Some(flag) = invocation.listener_on(port, &env) {
+                                probes.insert(Probe {
+                                    name: invocation.name.clone(),
+                                    flag,
+                                    path: scalar(&get["path"]),
+                                });
+                            }
+                        }
                         other => problems.push(format!(
                             "{name}: {probe} on port {other:?}; it listens on {listens:?}"
                         )),
@@ -937,6 +1073,8 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
             problems.push(format!("nothing runs `orderflow {w}`"));
         }
     }
+
+    problems.extend(check_probe_paths(&binary, &probes));
 
     assert!(
         problems.is_empty(),
