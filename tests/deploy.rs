@@ -217,6 +217,10 @@ impl Invocation {
                 };
                 let Some(opt) = help.options.get(&name) else {
                     problems.push(format!("`{name}` is not an option"));
+                    // Its value, if it has one, is no positional argument.
+                    if inline.is_none() && rest.get(i).is_some_and(|v| !v.starts_with("--")) {
+                        i += 1;
+                    }
                     continue;
                 };
                 let value = match (opt.takes_value, inline) {
