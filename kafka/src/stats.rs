@@ -13,6 +13,11 @@
 //!
 //! A series that a report no longer has (a partition moved to another consumer, a broker left)
 //! is removed, so the gauges describe the last report and nothing older.
+//!
+//! A consumer hands over its reports when the stage polls it, between batches: while a stage
+//! is stuck inside a batch (retrying a message), its consumer's gauges keep their last values;
+//! `orderflow_stage_in_flight` and `orderflow_errors_total{error_type="retriable"}` show that
+//! case. The producer's are read by its own polling thread, always on time.
 
 use std::{
     collections::{HashMap, HashSet},
