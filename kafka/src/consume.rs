@@ -336,6 +336,8 @@ fn message_span(stage: &StageConfig, m: &Incoming) -> Span {
     if let Some(key) = &m.key {
         span.record("order_id", String::from_utf8_lossy(key).as_ref());
     }
+    #[cfg(feature = "otlp")]
+    crate::trace::set_parent(&span, &m.headers);
     span
 }
 

@@ -11,11 +11,14 @@
 //! - [`admin`]: topic creation.
 //! - [`stats`]: librdkafka's statistics (`statistics.interval.ms`) as Prometheus gauges:
 //!   consumer lag per partition, broker round-trip times and queues, the producer's queue.
+//! - `trace` (feature `otlp`): the W3C trace context in message headers, across stages.
 
 pub mod admin;
 pub mod consume;
 pub mod producer;
 pub mod stats;
+#[cfg(feature = "otlp")]
+mod trace;
 
 use std::time::Duration;
 

@@ -35,12 +35,16 @@ impl EventProducer {
     pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
         let payload = wire::encode(event)?;
         let topic = self.topics.name(E::TOPIC);
-        // No headers: the topic and the schema id say what the message is.
+        // No headers: the topic and the schema id say what the message is. With the `otlp`
+        // feature, the trace context of the span this runs in, when it is traced.
+        let headers = OwnedHeaders::new();
+        #[cfg(feature = "otlp")]
+        let headers = crate::trace::inject(headers);
         self.send_record(
             &topic,
             Some(event.order_id().as_bytes()),
             &payload,
-            OwnedHeaders::new(),
+            headers,
             Some(event.occurred_at()),
         )
         .await
