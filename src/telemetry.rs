@@ -46,14 +46,20 @@ pub fn init(args: &LogArgs) -> Result<Telemetry> {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    // `RUST_LOG` filters the logs only: quieter logs do not lose traces.
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
 
     #[cfg(feature = "otlp")]
     {
         let provider = otlp::provider()?;
         let layer = provider.as_ref().map(|provider| {
             use opentelemetry::trace::TracerProvider as _;
-            tracing_opentelemetry::layer().with_tracer(provider.tracer("orderflow"))
+            // Orderflow's own spans (`orderflow*` targets), not the embedded broker's.
+            let ours = tracing_subscriber::filter::Targets::new()
+                .with_target("orderflow", tracing::Level::INFO);
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("orderflow"))
+                .with_filter(ours)
         });
         registry.with(layer).init();
         if provider.is_some() {

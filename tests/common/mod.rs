@@ -34,7 +34,12 @@ impl Pipeline {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Pipeline {
-        Self::spawn(data_dir, extra, "warn", Stdio::inherit())
+        Self::spawn(data_dir, extra, "warn", &[], Stdio::inherit())
+    }
+
+    /// Starts the pipeline with these environment variables set too.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Pipeline {
+        Self::spawn(data_dir, extra, "warn", env, Stdio::inherit())
     }
 
     /// Starts the pipeline with `RUST_LOG=rust_log`, its log (stderr) going to `log_file`.
@@ -45,10 +50,16 @@ impl Pipeline {
         log_file: &Path,
     ) -> Pipeline {
         let file = std::fs::File::create(log_file).expect("log file created");
-        Self::spawn(data_dir, extra, rust_log, Stdio::from(file))
+        Self::spawn(data_dir, extra, rust_log, &[], Stdio::from(file))
     }
 
-    fn spawn(data_dir: &Path, extra: &[&str], rust_log: &str, stderr: Stdio) -> Pipeline {
+    fn spawn(
+        data_dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .args([
                 "run",
@@ -61,6 +72,7 @@ impl Pipeline {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
