@@ -6,7 +6,8 @@
 #   docker run --rm -p 8080:8080 -p 9092:9092 orderflow          # whole pipeline, embedded broker
 #   docker run --rm orderflow process payment --brokers HOST:9092  # one stage against a cluster
 #
-# Built with default features, so `orderflow run` (embedded tansu broker) works in the image.
+# Built with default features, so `orderflow run` (embedded tansu broker) works in the image;
+# `--build-arg ORDERFLOW_FEATURES=otlp` adds OTLP trace export (OTEL_EXPORTER_OTLP_ENDPOINT).
 # The cache mounts below need BuildKit (the default builder of Docker 23+ and Compose v2).
 
 # --- build ---------------------------------------------------------------------------------
@@ -24,13 +25,16 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 
+# Extra cargo features, e.g. `otlp` (empty: the defaults).
+ARG ORDERFLOW_FEATURES=""
+
 # The crate registry, git checkouts and target/ live in BuildKit cache mounts: a source change
 # recompiles only the workspace crates, not librdkafka and the other dependencies. The binary
 # is copied out of the cache mount, which does not end up in the image layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin orderflow \
+    cargo build --release --locked --bin orderflow --features "$ORDERFLOW_FEATURES" \
  && install -m 0755 target/release/orderflow /usr/local/bin/orderflow
 
 # --- runtime -------------------------------------------------------------------------------
@@ -55,12 +59,14 @@ ENV ORDERFLOW_DATA_DIR=/data
 WORKDIR /data
 USER 10001:10001
 
-# 8080: HTTP API. 9092: the embedded broker of `orderflow run` (unless --brokers is given).
-# The embedded broker advertises 127.0.0.1:9092 for a 0.0.0.0 listener: right for clients on
-# the Docker host through `-p 9092:9092`; other containers need `--kafka-advertise NAME:9092`.
-EXPOSE 8080 9092
+# 8080: HTTP API (`run`, `ingest`). 9464: /metrics and /healthz of `process` and `bridge`.
+# 9092: the embedded broker of `orderflow run` (unless --brokers is given). The embedded broker
+# advertises 127.0.0.1:9092 for a 0.0.0.0 listener: right for clients on the Docker host through
+# `-p 9092:9092`; other containers need `--kafka-advertise NAME:9092`.
+EXPOSE 8080 9092 9464
 
-# No HEALTHCHECK here: `process` and `bridge` serve no HTTP. Services that run the API
-# (`run`, `ingest`) check `curl -fsS http://localhost:8080/readyz` (see docker-compose.yml).
+# No HEALTHCHECK here: which port answers depends on the subcommand. Services that run the API
+# (`run`, `ingest`) check `curl -fsS http://localhost:8080/readyz`, `process` and `bridge`
+# `http://localhost:9464/healthz` (see docker-compose.yml).
 ENTRYPOINT ["orderflow"]
 CMD ["run", "--http", "0.0.0.0:8080", "--kafka-listen", "0.0.0.0:9092"]

@@ -8,7 +8,6 @@ use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
 use orderflow_processors::{ProcessorSettings, Stage};
 use orderflow_schemas::{registry::Compatibility, Topics};
 use orderflow_store::scylla::{Replication, ScyllaConfig};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -322,23 +321,4 @@ impl TopicsCreateArgs {
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
-/// Text logs by default, JSON with `--log-format json`; `RUST_LOG` filters.
-pub fn init_logging(args: &LogArgs) -> Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(
-            "info,tansu_broker=warn,tansu_storage=warn,tansu_service=warn,tansu_sans_io=warn,\
-             tansu_schema=warn,tansu_auth=warn,libsql=warn,rdkafka=warn",
-        )
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
 }

@@ -6,6 +6,7 @@ mod demo;
 #[cfg(feature = "embedded-broker")]
 mod embedded_broker;
 mod load;
+mod telemetry;
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -29,7 +30,8 @@ use tracing::{info, warn};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    cli::init_logging(&cli.log)?;
+    // Dropped after the runtime: flushes the spans still buffered for OTLP export.
+    let _telemetry = telemetry::init(&cli.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -34,6 +34,13 @@ const EXPORTED: &[&str] = &[
     metrics::SINK_SEND_SECONDS,
     metrics::STORE_OPERATION_SECONDS,
     metrics::STORE_ERRORS_TOTAL,
+    metrics::CONSUMER_LAG_MESSAGES,
+    metrics::KAFKA_BROKER_RTT_SECONDS,
+    metrics::KAFKA_BROKER_OUTBUF_REQUESTS,
+    metrics::KAFKA_BROKER_WAITRESP_REQUESTS,
+    metrics::KAFKA_BROKER_UP,
+    metrics::KAFKA_PRODUCER_QUEUE_MESSAGES,
+    metrics::KAFKA_PRODUCER_QUEUE_BYTES,
 ];
 
 /// Labelled families that get their first series only when something fails, so a scrape of a
@@ -196,10 +203,16 @@ async fn a_running_pipeline_serves_every_metric_the_dashboards_query() {
     let wanted = dashboard_metrics();
 
     let dir = tempfile::tempdir().unwrap();
-    let p = Pipeline::start(dir.path());
+    // librdkafka's statistics (consumer lag, broker gauges) every 500 ms instead of 5 s.
+    let p = Pipeline::start_with(
+        dir.path(),
+        &["--kafka-property", "statistics.interval.ms=500"],
+    );
     common::one_invoiced_one_rejected(&p).await;
 
-    // The bridge runs behind the read model: poll until every family is there (or time runs out).
+    // The bridge runs behind the read model, and the gauges fed by librdkafka's statistics
+    // wait for the next report (the lag: for a committed offset): poll until every family is
+    // there (or time runs out).
     let deadline = Instant::now() + Duration::from_secs(15);
     let (served, missing) = loop {
         let response = p.client.get(p.url("/metrics")).send().await.unwrap();

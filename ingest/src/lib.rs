@@ -36,7 +36,7 @@ use orderflow_store::Store;
 use problem::Problem;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{field, info, info_span, Instrument};
 
 /// What the handlers share.
 pub struct ApiState {
@@ -95,7 +95,8 @@ pub async fn render_metrics() -> Response {
 }
 
 /// Counts and times every request by its matched route (`unmatched` when no route matched),
-/// so that the label stays bounded whatever paths clients send.
+/// so that the label stays bounded whatever paths clients send; runs it in an `http_request`
+/// span (method, route, status, and the order id once a handler knows it).
 async fn track_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -103,8 +104,16 @@ async fn track_requests(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = method_label(request.method());
+    let span = info_span!(
+        "http_request",
+        method,
+        route = %route,
+        order_id = field::Empty,
+        status = field::Empty,
+    );
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
     let m = metrics::metrics();
     m.http_request_duration
         .with_label_values(&[route.as_str(), method])

@@ -404,6 +404,7 @@ pub async fn create(
     let key = idempotency_key(&headers, &req, now, state.idempotency_ttl_ms)?;
 
     let order_id = uuid::Uuid::now_v7().to_string();
+    tracing::Span::current().record("order_id", order_id.as_str());
     let items: Vec<OrderItem> = req
         .items
         .iter()
@@ -468,6 +469,7 @@ pub async fn create(
             ));
         }
         CreateOrder::Existing(existing) => {
+            tracing::Span::current().record("order_id", existing.order_id.as_str());
             // Still `accepted`: its event may not have reached the topic (the first attempt
             // failed to produce). Produce it again; every stage deduplicates by order id.
             if existing.status == OrderStatus::Accepted {
@@ -502,6 +504,7 @@ pub async fn get(
     State(state): State<Arc<ApiState>>,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderView>, Problem> {
+    tracing::Span::current().record("order_id", order_id.as_str());
     match state.store.get_order(&order_id).await {
         Ok(Some(order)) => Ok(Json(order.into())),
         Ok(None) => Err(Problem::not_found(format!("no order {order_id}"))),

@@ -13,6 +13,9 @@
 //! registered after start-up) is asked of `KafkaConfig::registry`, once, before the handler
 //! sees the message.
 //!
+//! Each message is handled in a `handle_message` span with the stage, the order id (the
+//! message key), the event type, topic, partition and offset as fields.
+//!
 //! It records the stage's metrics (`orderflow_schemas::metrics`): messages by outcome, batch
 //! sizes, per-message processing time, messages in flight, the age of each consumed event, and
 //! errors by type.
@@ -35,9 +38,9 @@ use rdkafka::{
     Message,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
-use crate::{backoff, EventProducer, KafkaConfig, Result};
+use crate::{backoff, EventProducer, KafkaConfig, Result, StatsContext};
 
 /// Headers set on a dead-lettered message.
 pub mod dlq_headers {
@@ -168,7 +171,9 @@ pub async fn run_consumer<H: Handler>(
     producer: EventProducer,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer = kafka.consumer_config(&stage.group_id).create()?;
+    let consumer: StreamConsumer<StatsContext> = kafka
+        .consumer_config(&stage.group_id)
+        .create_with_context(StatsContext::consumer(&stage.name))?;
     let topics: Vec<String> = stage.inputs.iter().map(|k| kafka.topics.name(*k)).collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
@@ -240,7 +245,7 @@ pub async fn run_consumer<H: Handler>(
 }
 
 /// Commits what was stored, then leaves the group.
-async fn finish(consumer: StreamConsumer, stage: &StageConfig) -> Result<()> {
+async fn finish(consumer: StreamConsumer<StatsContext>, stage: &StageConfig) -> Result<()> {
     let name = stage.name.clone();
     tokio::task::spawn_blocking(move || {
         match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -401,9 +406,39 @@ async fn handle_one<H: Handler>(
     m: &Incoming,
     shutdown: &CancellationToken,
 ) -> bool {
-    let _in_flight = InFlight::enter(&stats.in_flight);
-    let _timer = stats.processing.start_timer();
-    handle_with_retries(stage, stats, handler, producer, m, shutdown).await
+    async {
+        let _in_flight = InFlight::enter(&stats.in_flight);
+        let _timer = stats.processing.start_timer();
+        let done = handle_with_retries(stage, stats, handler, producer, m, shutdown).await;
+        if done {
+            debug!("Message handled.");
+        }
+        done
+    }
+    .instrument(message_span(stage, m))
+    .await
+}
+
+/// The span of one message's handling: every log line of the stage's work on it (and its
+/// retries, its dead-lettering) carries the order id (the message key), the event type, and
+/// where the message came from.
+fn message_span(stage: &StageConfig, m: &Incoming) -> Span {
+    let event_type = m.kind.and_then(|k| k.spec().schema).unwrap_or("unknown");
+    let span = info_span!(
+        "handle_message",
+        stage = %stage.name,
+        order_id = field::Empty,
+        event_type,
+        topic = %m.topic,
+        partition = m.partition,
+        offset = m.offset,
+    );
+    if let Some(key) = &m.key {
+        span.record("order_id", String::from_utf8_lossy(key).as_ref());
+    }
+    #[cfg(feature = "otlp")]
+    crate::trace::set_parent(&span, &m.headers);
+    span
 }
 
 /// Counts a message in flight until dropped, even if its future is.
@@ -532,7 +567,7 @@ async fn dead_letter(
 }
 
 /// Stores, per partition, the highest offset of the batch, for the next background commit.
-fn store_offsets(consumer: &StreamConsumer, batch: &[Incoming]) {
+fn store_offsets(consumer: &StreamConsumer<StatsContext>, batch: &[Incoming]) {
     let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
     for m in batch {
         let entry = highest

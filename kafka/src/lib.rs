@@ -9,10 +9,16 @@
 //! - [`consume`]: the consume loop every stage runs: batches, per-key ordering, retries with
 //!   backoff, dead-lettering of poison messages, offsets stored only after the work is done.
 //! - [`admin`]: topic creation.
+//! - [`stats`]: librdkafka's statistics (`statistics.interval.ms`) as Prometheus gauges:
+//!   consumer lag per partition, broker round-trip times and queues, the producer's queue.
+//! - `trace` (feature `otlp`): the W3C trace context in message headers, across stages.
 
 pub mod admin;
 pub mod consume;
 pub mod producer;
+pub mod stats;
+#[cfg(feature = "otlp")]
+mod trace;
 
 use std::time::Duration;
 
@@ -21,6 +27,7 @@ use rdkafka::ClientConfig;
 
 pub use consume::{run_consumer, Handler, HandlerError, Incoming, StageConfig};
 pub use producer::EventProducer;
+pub use stats::StatsContext;
 
 /// Errors of the Kafka layer.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +103,20 @@ impl KafkaConfig {
         }
     }
 
+    /// The settings of a long-lived client: the base, and a statistics report every 5 s for
+    /// [`StatsContext`] (`statistics.interval.ms`; 0 turns them off).
+    fn monitored(&self) -> ClientConfig {
+        let mut config = self.base();
+        config.set(
+            "statistics.interval.ms",
+            stats::DEFAULT_INTERVAL_MS.to_string(),
+        );
+        config
+    }
+
     /// A producer that batches (linger, compression), retries, and never duplicates on retry.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = self.base();
+        let mut config = self.monitored();
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -113,7 +131,7 @@ impl KafkaConfig {
     /// A consumer in `group` that stores offsets only when told, and commits stored offsets in
     /// the background.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut config = self.base();
+        let mut config = self.monitored();
         config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
@@ -127,10 +145,11 @@ impl KafkaConfig {
         config
     }
 
+    /// A short-lived admin client (no statistics: nothing reads them).
     pub fn admin_config(&self) -> ClientConfig {
         let mut config = self.base();
         self.overrides(&mut config, |k| {
-            !is_consumer_only(k) && !is_producer_only(k)
+            !is_consumer_only(k) && !is_producer_only(k) && k != "statistics.interval.ms"
         });
         config
     }
@@ -209,5 +228,24 @@ mod tests {
         assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
         assert_eq!(c.get("linger.ms"), None);
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn producer_and_consumers_report_statistics_unless_told_otherwise() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092", Topics::default());
+        assert_eq!(
+            config.producer_config().get("statistics.interval.ms"),
+            Some("5000")
+        );
+        assert_eq!(
+            config.consumer_config("g").get("statistics.interval.ms"),
+            Some("5000")
+        );
+        config.properties = vec![("statistics.interval.ms".into(), "250".into())];
+        assert_eq!(
+            config.consumer_config("g").get("statistics.interval.ms"),
+            Some("250")
+        );
+        assert_eq!(config.admin_config().get("statistics.interval.ms"), None);
     }
 }

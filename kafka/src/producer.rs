@@ -9,19 +9,21 @@ use rdkafka::{
     util::Timeout,
 };
 
-use crate::{KafkaConfig, Result};
+use crate::{KafkaConfig, Result, StatsContext};
 
 /// A cheap-to-clone producer of framed events.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<StatsContext>,
     topics: Topics,
     schemas: SchemaIds,
 }
 
 impl EventProducer {
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        let producer: FutureProducer = config.producer_config().create()?;
+        let producer = config
+            .producer_config()
+            .create_with_context(StatsContext::producer())?;
         Ok(EventProducer {
             producer,
             topics: config.topics.clone(),
@@ -35,12 +37,16 @@ impl EventProducer {
     pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
         let payload = wire::encode_with(&self.schemas, event)?;
         let topic = self.topics.name(E::TOPIC);
-        // No headers: the topic and the schema id say what the message is.
+        // No headers: the topic and the schema id say what the message is. With the `otlp`
+        // feature, the trace context of the span this runs in, when it is traced.
+        let headers = OwnedHeaders::new();
+        #[cfg(feature = "otlp")]
+        let headers = crate::trace::inject(headers);
         self.send_record(
             &topic,
             Some(event.order_id().as_bytes()),
             &payload,
-            OwnedHeaders::new(),
+            headers,
             Some(event.occurred_at()),
         )
         .await

@@ -15,7 +15,7 @@ use orderflow_kafka::{
     consume::dlq_headers, run_consumer, EventProducer, Handler, HandlerError, Incoming,
     KafkaConfig, StageConfig,
 };
-use orderflow_schemas::{TopicKind, Topics};
+use orderflow_schemas::{metrics, TopicKind, Topics};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer, StreamConsumer},
     message::{Header, Headers, OwnedHeaders},
@@ -612,4 +612,80 @@ async fn idle_shutdown_is_prompt_and_commits() {
         expected,
         "committed offsets = last handled offset + 1 per partition"
     );
+}
+
+/// The consumer lag gauge of `stage` on `topic`'s `partition`, as a scrape shows it.
+fn consumer_lag(stage: &str, topic: &str, partition: i32) -> Option<i64> {
+    let series = format!(
+        "{}{{partition=\"{partition}\",stage=\"{stage}\",topic=\"{topic}\"}} ",
+        metrics::CONSUMER_LAG_MESSAGES
+    );
+    metrics::render()
+        .lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+}
+
+/// A handler that takes its time over every message.
+struct Slow {
+    each: Duration,
+    handled: Mutex<usize>,
+}
+
+impl Handler for Slow {
+    async fn handle(&self, _: &Incoming) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.each).await;
+        *self.handled.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+/// A stage that falls behind shows its backlog as consumer lag on the partition (from
+/// librdkafka's statistics, which the consumer reads between batches), and the lag goes back
+/// to 0 once it has caught up and committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_shows_a_backlog_and_clears_when_the_stage_catches_up() {
+    let env = Env::with_properties(1, &[("statistics.interval.ms", "100")]);
+    let handler = Arc::new(Slow {
+        each: Duration::from_millis(250),
+        handled: Mutex::new(0),
+    });
+    let mut stage = env.stage("lag-stage");
+    // One message per batch: the consumer polls (and reads its statistics) between messages.
+    stage.max_batch = 1;
+    let (shutdown, kafka, events) = (
+        CancellationToken::new(),
+        env.kafka.clone(),
+        env.events.clone(),
+    );
+    let task = tokio::spawn({
+        let (handler, shutdown) = (handler.clone(), shutdown.clone());
+        async move { run_consumer(&kafka, stage, handler, events, shutdown).await }
+    });
+    let lag = || consumer_lag("lag-stage", &env.input, 0);
+
+    let backlog: Vec<(String, String)> = (0..24)
+        .map(|i| ("order-1".to_string(), format!("m{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = backlog
+        .iter()
+        .map(|(k, p)| (k.as_str(), p.as_str()))
+        .collect();
+    env.produce(&refs).await;
+    // 24 messages at 250 ms each: about 6 s of backlog, committed every second.
+    wait_for("a lag of 5 messages or more", || {
+        lag().is_some_and(|l| l >= 5)
+    })
+    .await;
+    wait_for("the backlog to be handled", || {
+        *handler.handled.lock().unwrap() == 24
+    })
+    .await;
+    wait_for("the lag to be 0", || lag() == Some(0)).await;
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the stage stops")
+        .expect("no panic")
+        .expect("run_consumer returns Ok");
 }

@@ -2,15 +2,16 @@
 //! the text exposition that `GET /metrics` serves.
 //!
 //! Names carry the `orderflow_` prefix; counters end in `_total`, durations are histograms in
-//! `_seconds`; labels are few and bounded (stage, outcome, sink, status, operation, route).
+//! `_seconds`; labels are few and bounded (stage, outcome, sink, status, operation, route; topic,
+//! partition, client and broker for the gauges fed by librdkafka's statistics).
 //! Every metric is registered on first use of [`metrics()`] or [`render`]; a labelled family
 //! shows up in a scrape once it has its first series.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Messages a stage finished, by `stage` and `outcome` ([`outcome`]).
@@ -43,6 +44,27 @@ pub const STORE_OPERATION_SECONDS: &str = "orderflow_store_operation_seconds";
 /// Store calls that failed, by `operation`.
 pub const STORE_ERRORS_TOTAL: &str = "orderflow_store_errors_total";
 
+// From librdkafka's statistics (`statistics.interval.ms`, every 5 s by default): gauges set on
+// each report, so they are as fresh as the last one.
+
+/// Messages in a partition after the stage's committed offset (the partition's high watermark
+/// − the committed offset), by `stage`, `topic`, `partition`: for the partitions the stage's
+/// consumer owns and has committed on. A partition that moves to another consumer leaves.
+pub const CONSUMER_LAG_MESSAGES: &str = "orderflow_consumer_lag_messages";
+/// Mean round-trip time of requests to a broker over the last statistics interval, by
+/// `client` ([`client`]) and `broker` (librdkafka's name, `host:port/node-id`).
+pub const KAFKA_BROKER_RTT_SECONDS: &str = "orderflow_kafka_broker_rtt_seconds";
+/// Requests waiting to be sent to a broker, by `client` and `broker`.
+pub const KAFKA_BROKER_OUTBUF_REQUESTS: &str = "orderflow_kafka_broker_outbuf_requests";
+/// Requests sent to a broker and waiting for its response, by `client` and `broker`.
+pub const KAFKA_BROKER_WAITRESP_REQUESTS: &str = "orderflow_kafka_broker_waitresp_requests";
+/// 1 while the client's connection to a broker is up, 0 otherwise, by `client` and `broker`.
+pub const KAFKA_BROKER_UP: &str = "orderflow_kafka_broker_up";
+/// Messages in the producer's queues: produced but not yet acknowledged by the broker.
+pub const KAFKA_PRODUCER_QUEUE_MESSAGES: &str = "orderflow_kafka_producer_queue_messages";
+/// Bytes of the messages in the producer's queues.
+pub const KAFKA_PRODUCER_QUEUE_BYTES: &str = "orderflow_kafka_producer_queue_bytes";
+
 /// Values of the `outcome` label.
 pub mod outcome {
     /// A stage handled the message on the first attempt.
@@ -71,6 +93,13 @@ pub mod error_type {
     pub const DEAD_LETTER_PRODUCE: &str = "dead_letter_produce";
 }
 
+/// Values of the `client` label of the broker gauges: which Kafka client of the process.
+pub mod client {
+    /// The process's producer (every stage and the API share one).
+    pub const PRODUCER: &str = "producer";
+    // A stage's consumer is labelled with the stage's name (`validation`, …, `bridge`).
+}
+
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
@@ -97,6 +126,13 @@ pub struct Metrics {
     pub sink_send: HistogramVec,
     pub store_operation: HistogramVec,
     pub store_errors: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub broker_rtt: GaugeVec,
+    pub broker_outbuf: IntGaugeVec,
+    pub broker_waitresp: IntGaugeVec,
+    pub broker_up: IntGaugeVec,
+    pub producer_queue_messages: IntGauge,
+    pub producer_queue_bytes: IntGauge,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -124,12 +160,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["stage"],
             SECONDS_BUCKETS,
         ),
-        stage_in_flight: register(
+        stage_in_flight: gauge_vec(
             registry,
-            IntGaugeVec::new(
-                Opts::new(STAGE_IN_FLIGHT, "Messages a stage is handling now."),
-                &["stage"],
-            ),
+            STAGE_IN_FLIGHT,
+            "Messages a stage is handling now.",
+            &["stage"],
         ),
         stage_lag: histogram_vec(
             registry,
@@ -194,8 +229,59 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Store calls that failed, by operation.",
             &["operation"],
         ),
+        consumer_lag: gauge_vec(
+            registry,
+            CONSUMER_LAG_MESSAGES,
+            "Messages in a partition after the stage's committed offset.",
+            &["stage", "topic", "partition"],
+        ),
+        broker_rtt: register(
+            registry,
+            GaugeVec::new(
+                Opts::new(
+                    KAFKA_BROKER_RTT_SECONDS,
+                    "Mean round-trip time to a broker over the last statistics interval.",
+                ),
+                BROKER_LABELS,
+            ),
+        ),
+        broker_outbuf: gauge_vec(
+            registry,
+            KAFKA_BROKER_OUTBUF_REQUESTS,
+            "Requests waiting to be sent to a broker.",
+            BROKER_LABELS,
+        ),
+        broker_waitresp: gauge_vec(
+            registry,
+            KAFKA_BROKER_WAITRESP_REQUESTS,
+            "Requests sent to a broker, waiting for the response.",
+            BROKER_LABELS,
+        ),
+        broker_up: gauge_vec(
+            registry,
+            KAFKA_BROKER_UP,
+            "1 while the connection to a broker is up.",
+            BROKER_LABELS,
+        ),
+        producer_queue_messages: register(
+            registry,
+            IntGauge::new(
+                KAFKA_PRODUCER_QUEUE_MESSAGES,
+                "Messages in the producer's queues, not yet acknowledged.",
+            ),
+        ),
+        producer_queue_bytes: register(
+            registry,
+            IntGauge::new(
+                KAFKA_PRODUCER_QUEUE_BYTES,
+                "Bytes of the messages in the producer's queues.",
+            ),
+        ),
     }
 });
+
+/// The labels of the broker gauges.
+const BROKER_LABELS: &[&str] = &["client", "broker"];
 
 fn register<C>(registry: &Registry, collector: prometheus::Result<C>) -> C
 where
@@ -211,6 +297,10 @@ where
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram_vec(
@@ -294,11 +384,22 @@ mod tests {
             SINK_SEND_SECONDS,
             STORE_OPERATION_SECONDS,
         ];
-        for name in counters.iter().chain(&seconds) {
+        let gauges = [
+            STAGE_IN_FLIGHT,
+            CONSUMER_LAG_MESSAGES,
+            KAFKA_BROKER_RTT_SECONDS,
+            KAFKA_BROKER_OUTBUF_REQUESTS,
+            KAFKA_BROKER_WAITRESP_REQUESTS,
+            KAFKA_BROKER_UP,
+            KAFKA_PRODUCER_QUEUE_MESSAGES,
+            KAFKA_PRODUCER_QUEUE_BYTES,
+        ];
+        for name in counters.iter().chain(&seconds).chain(&gauges) {
             assert!(name.starts_with("orderflow_"), "{name}");
         }
         assert!(counters.iter().all(|n| n.ends_with("_total")));
         assert!(seconds.iter().all(|n| n.ends_with("_seconds")));
+        assert!(gauges.iter().all(|n| !n.ends_with("_total")));
     }
 
     #[test]

@@ -34,6 +34,32 @@ impl Pipeline {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Pipeline {
+        Self::spawn(data_dir, extra, "warn", &[], Stdio::inherit())
+    }
+
+    /// Starts the pipeline with these environment variables set too.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Pipeline {
+        Self::spawn(data_dir, extra, "warn", env, Stdio::inherit())
+    }
+
+    /// Starts the pipeline with `RUST_LOG=rust_log`, its log (stderr) going to `log_file`.
+    pub fn start_logging_to(
+        data_dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+        log_file: &Path,
+    ) -> Pipeline {
+        let file = std::fs::File::create(log_file).expect("log file created");
+        Self::spawn(data_dir, extra, rust_log, &[], Stdio::from(file))
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .args([
                 "run",
@@ -45,9 +71,10 @@ impl Pipeline {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("orderflow starts");
         let stdout = child.stdout.take().unwrap();

@@ -1,0 +1,107 @@
+//! Logs: with `--log-format json`, every line is a JSON object, and the lines written while an
+//! order is handled (by the HTTP API, by each stage) carry the order id in their span.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{order_body, Pipeline};
+use serde_json::Value;
+
+/// The spans a JSON log line was written in (tracing-subscriber's `spans` list, outermost
+/// first).
+fn spans(line: &Value) -> Vec<&Value> {
+    line["spans"]
+        .as_array()
+        .map(|spans| spans.iter().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("orderflow.log");
+    let p = Pipeline::start_logging_to(
+        dir.path(),
+        &["--log-format", "json"],
+        // Each stage logs "Message handled." at debug level, in the message's span.
+        "info,orderflow_kafka=debug",
+        &log_file,
+    );
+    let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+    let other = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+    p.wait_for_status(&id, "invoiced").await;
+    p.wait_for_status(&other, "invoiced").await;
+    p.wait_for_notifications(|all| {
+        [&id, &other].iter().all(|order| {
+            all.iter()
+                .any(|n| n["order_id"] == **order && n["kind"] == "invoice_ready")
+        })
+    })
+    .await;
+    assert!(p.stop().success());
+
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    assert!(!lines.is_empty(), "no log lines");
+
+    // The span of the request that accepted the order.
+    let accepted = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "Order accepted." && l["fields"]["order_id"] == *id)
+        .unwrap_or_else(|| panic!("no \"Order accepted.\" line for {id}:\n{text}"));
+    let request = spans(accepted)
+        .into_iter()
+        .find(|s| s["name"] == "http_request")
+        .unwrap_or_else(|| panic!("\"Order accepted.\" outside an http_request span: {accepted}"));
+    assert_eq!(request["order_id"], *id, "{request}");
+    assert_eq!(request["route"], "/v1/orders");
+    assert_eq!(request["method"], "POST");
+
+    // Every stage handled the order's events in spans that name the order, what the event was
+    // and where it came from.
+    let mut handled = BTreeSet::new();
+    for line in &lines {
+        for span in spans(line) {
+            if span["name"] != "handle_message" || span["order_id"] != *id {
+                continue;
+            }
+            assert!(span["partition"].is_i64(), "{span}");
+            assert!(span["offset"].is_i64(), "{span}");
+            handled.insert((
+                span["stage"].as_str().unwrap().to_string(),
+                span["event_type"].as_str().unwrap().to_string(),
+                span["topic"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let expected: BTreeSet<(String, String, String)> = [
+        ("validation", "OrderAccepted", "orders.accepted"),
+        ("payment", "OrderValidated", "orders.validated"),
+        ("invoicing", "OrderPaid", "orders.paid"),
+        ("bridge", "OrderValidated", "orders.validated"),
+        ("bridge", "OrderInvoiced", "orders.invoiced"),
+    ]
+    .into_iter()
+    .map(|(s, e, t)| (s.into(), e.into(), t.into()))
+    .collect();
+    assert_eq!(handled, expected, "stages that logged in a span with {id}");
+
+    // A line in one order's span is about that order: the bridge's notification lines name
+    // the order their span names.
+    for line in &lines {
+        if line["fields"]["message"] != "Notification." {
+            continue;
+        }
+        let span = spans(line)
+            .into_iter()
+            .find(|s| s["name"] == "handle_message")
+            .unwrap_or_else(|| panic!("a notification outside a message span: {line}"));
+        assert_eq!(span["order_id"], line["fields"]["order_id"], "{line}");
+    }
+}
