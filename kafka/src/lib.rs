@@ -9,10 +9,12 @@
 //! - [`consume`]: the consume loop every stage runs: batches, per-key ordering, retries with
 //!   backoff, dead-lettering of poison messages, offsets stored only after the work is done.
 //! - [`admin`]: topic creation.
+//! - [`replay`]: re-driving a dead-letter topic to the topics its messages came from.
 
 pub mod admin;
 pub mod consume;
 pub mod producer;
+pub mod replay;
 
 use std::time::Duration;
 
