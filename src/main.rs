@@ -11,8 +11,9 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cli::{Cli, Command, CommonArgs, TopicsCommand};
-use orderflow_bridge::{file::FileSink, log::LogSink, Sink};
+use cli::{Cli, Command, CommonArgs, DlqCommand, TopicsCommand};
+use orderflow_bridge::{BridgeConfig, BuildContext, Routing, SinkHealth};
+use orderflow_ingest::ReadyCheck;
 use orderflow_kafka::{admin, EventProducer, KafkaConfig};
 use orderflow_processors::{run_stage, Stage};
 use orderflow_store::{EmbeddedStore, Instrumented, Store};
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
                 let settings = args.service.common.processor_settings();
                 run_service(
                     &args.service,
+                    Vec::new(),
                     shutdown,
                     |kafka, store, producer, shutdown| async move {
                         run_stage(stage, &kafka, store, producer, &settings, shutdown).await
@@ -50,15 +52,36 @@ fn main() -> Result<()> {
                 .await
             }
             Command::Bridge(args) => {
-                let sinks = default_sinks(&args.common.data_dir)?;
+                let (routing, ready) =
+                    build_bridge(&args.service.common.data_dir, &args.bridge, &shutdown).await?;
                 run_service(
-                    &args,
+                    &args.service,
+                    vec![ready],
                     shutdown,
                     |kafka, store, producer, shutdown| async move {
-                        orderflow_bridge::run_bridge(&kafka, store, sinks, producer, shutdown).await
+                        orderflow_bridge::run_bridge(&kafka, store, routing, producer, shutdown)
+                            .await
                     },
                 )
                 .await
+            }
+            Command::Dlq(DlqCommand::Replay(args)) => {
+                let kafka = args.common.kafka(&args.brokers)?;
+                let producer = EventProducer::new(&kafka)?;
+                let topic = format!("{}{}", kafka.topics.prefix(), args.topic);
+                let report = orderflow_kafka::replay::replay_dead_letters(
+                    &kafka,
+                    &topic,
+                    &producer,
+                    Duration::from_secs(args.idle_secs.max(1)),
+                )
+                .await?;
+                producer.flush(Duration::from_secs(10));
+                println!(
+                    "{topic}: {} replayed, {} skipped (no source topic)",
+                    report.replayed, report.skipped
+                );
+                Ok(())
             }
             Command::Load(args) => load::run(args).await,
             Command::Topics(TopicsCommand::Create(args)) => {
@@ -107,6 +130,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 /// shutdown, then flushes the producer and stops the metrics listener.
 async fn run_service<F, Fut>(
     args: &cli::ServiceArgs,
+    ready_checks: Vec<ReadyCheck>,
     shutdown: CancellationToken,
     service: F,
 ) -> Result<()>
@@ -115,7 +139,7 @@ where
     Fut: std::future::Future<Output = orderflow_kafka::Result<()>>,
 {
     let (kafka, store, producer) = connect(&args.common, &args.brokers)?;
-    let metrics = serve_metrics(args.metrics, shutdown.clone()).await?;
+    let metrics = serve_metrics(args.metrics, ready_checks, shutdown.clone()).await?;
     let result = service(kafka, store, producer.clone(), shutdown.clone()).await;
     producer.flush(Duration::from_secs(10));
     shutdown.cancel();
@@ -142,25 +166,53 @@ fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(Instrumented::new(store)))
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` there until `shutdown`, in a task.
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` there until `shutdown`, in a
+/// task.
 async fn serve_metrics(
     addr: SocketAddr,
+    ready_checks: Vec<ReadyCheck>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener to {addr}"))?;
     Ok(tokio::spawn(async move {
-        orderflow_ingest::serve_metrics(listener, shutdown)
+        orderflow_ingest::serve_metrics(listener, ready_checks, shutdown)
             .await
             .context("metrics listener")
     }))
 }
 
-fn default_sinks(data_dir: &Path) -> Result<Vec<Arc<dyn Sink>>> {
-    let file = FileSink::open(&data_dir.join("notifications.jsonl"))
-        .map_err(|e| anyhow::anyhow!("opening the file sink: {e}"))?;
-    Ok(vec![Arc::new(LogSink), Arc::new(file)])
+/// The bridge's sinks and routes (from `--bridge-config`, or the log and file default), and a
+/// readiness check over the sinks' healthchecks, which run every 10 s until `shutdown`.
+async fn build_bridge(
+    data_dir: &Path,
+    args: &cli::BridgeArgs,
+    shutdown: &CancellationToken,
+) -> Result<(Arc<Routing>, ReadyCheck)> {
+    let config = match &args.bridge_config {
+        Some(path) => BridgeConfig::load(path, std::env::vars())?,
+        None => BridgeConfig::default(),
+    };
+    let ctx = BuildContext::new(
+        data_dir,
+        config.provision || args.provision_sinks,
+        config.aws.clone(),
+    );
+    let routing = Routing::build(&config, &ctx)
+        .await
+        .context("building the bridge's sinks")?;
+    let names: Vec<&str> = routing.sinks.iter().map(|s| s.sink.name()).collect();
+    info!(sinks = ?names, "Bridge sinks ready.");
+    let health = Arc::new(SinkHealth::new(
+        routing.sinks.iter().map(|s| s.sink.clone()).collect(),
+    ));
+    health.spawn(Duration::from_secs(10), shutdown.clone());
+    let ready = ReadyCheck {
+        name: "sinks",
+        check: Arc::new(move || health.ready()),
+    };
+    Ok((Arc::new(routing), ready))
 }
 
 async fn serve_http(
@@ -273,8 +325,8 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
                 .with_context(|| format!("stage {}", stage.name()))
         });
     }
+    let (routing, sinks_ready) = build_bridge(&common.data_dir, &args.bridge, &shutdown).await?;
     {
-        let sinks = default_sinks(&common.data_dir)?;
         let (kafka, store, producer, shutdown) = (
             kafka.clone(),
             store.clone(),
@@ -282,16 +334,16 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
         );
         tasks.spawn(async move {
-            orderflow_bridge::run_bridge(&kafka, store, sinks, producer, shutdown)
+            orderflow_bridge::run_bridge(&kafka, store, routing, producer, shutdown)
                 .await
                 .context("bridge")
         });
     }
     {
-        let state = Arc::new(orderflow_ingest::ApiState::new(
-            store.clone(),
-            producer.clone(),
-        ));
+        let state = Arc::new(
+            orderflow_ingest::ApiState::new(store.clone(), producer.clone())
+                .with_ready_check(sinks_ready),
+        );
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             orderflow_ingest::serve(listener, state, shutdown)

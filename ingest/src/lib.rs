@@ -7,7 +7,10 @@
 //! - [`router`]: the routes and the shared [`ApiState`]; `GET /metrics` serves the process's
 //!   Prometheus metrics, and a middleware records `orderflow_http_requests_total` and
 //!   `orderflow_http_request_duration_seconds` by matched route.
-//! - [`serve_metrics`]: `/metrics` and `/healthz` alone, for the services without the API.
+//! - [`serve_metrics`]: `/metrics`, `/healthz` and `/readyz` alone, for the services without
+//!   the API.
+//! - [`ReadyCheck`]: something else readiness depends on (the bridge's sinks), as a cheap
+//!   synchronous read of its latest state.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
@@ -34,12 +37,22 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// A named readiness condition beyond the store and the broker: `Err` says why it is not
+/// ready. It must answer at once (read a cached state, do no I/O).
+#[derive(Clone)]
+pub struct ReadyCheck {
+    pub name: &'static str,
+    pub check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
 /// What the handlers share.
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub producer: EventProducer,
     /// How long an `Idempotency-Key` is remembered, in ms.
     pub idempotency_ttl_ms: i64,
+    /// More conditions `/readyz` requires (e.g. the bridge's sinks in `orderflow run`).
+    pub ready_checks: Vec<ReadyCheck>,
 }
 
 impl ApiState {
@@ -48,8 +61,25 @@ impl ApiState {
             store,
             producer,
             idempotency_ttl_ms: orderflow_store::DEFAULT_IDEMPOTENCY_TTL.as_millis() as i64,
+            ready_checks: Vec::new(),
         }
     }
+
+    /// Makes `/readyz` require `check` too.
+    pub fn with_ready_check(mut self, check: ReadyCheck) -> Self {
+        self.ready_checks.push(check);
+        self
+    }
+}
+
+/// Runs the extra checks; a 503 problem naming the first that fails.
+fn extra_checks(checks: &[ReadyCheck]) -> Result<serde_json::Map<String, serde_json::Value>, Problem> {
+    let mut report = serde_json::Map::new();
+    for c in checks {
+        (c.check)().map_err(|e| Problem::unavailable(format!("{}: {e}", c.name)))?;
+        report.insert(c.name.to_string(), json!("ok"));
+    }
+    Ok(report)
 }
 
 /// Every route of the API.
@@ -117,8 +147,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers and the broker gives its metadata.
+/// Ready when the store answers, the broker gives its metadata and the extra checks pass.
 async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, Problem> {
+    let extra = extra_checks(&state.ready_checks)?;
     state
         .store
         .healthcheck()
@@ -129,9 +160,11 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::V
         .healthcheck()
         .await
         .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
-    Ok(Json(
-        json!({"status": "ready", "store": "ok", "broker": "ok"}),
-    ))
+    let mut report = json!({"status": "ready", "store": "ok", "broker": "ok"});
+    if let Some(fields) = report.as_object_mut() {
+        fields.extend(extra);
+    }
+    Ok(Json(report))
 }
 
 async fn not_found(uri: Uri) -> Problem {
@@ -160,17 +193,31 @@ pub async fn serve(
         .await
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`: for the services
-/// that have no HTTP API (`orderflow process`, `orderflow bridge`).
+/// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` (ready when every check passes) on
+/// `listener` until `shutdown`: for the services that have no HTTP API (`orderflow process`,
+/// `orderflow bridge`).
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
+    checks: Vec<ReadyCheck>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(addr = ?addr, "Metrics listening.");
+    let checks = Arc::new(checks);
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = checks.clone();
+                async move {
+                    let mut report = extra_checks(&checks)?;
+                    report.insert("status".into(), json!("ready"));
+                    Ok::<_, Problem>(Json(serde_json::Value::Object(report)))
+                }
+            }),
+        )
         .fallback(not_found);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -34,6 +36,15 @@ impl Pipeline {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Pipeline {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts the pipeline with extra arguments and environment variables.
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .args([
                 "run",
@@ -45,6 +56,7 @@ impl Pipeline {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -98,6 +110,29 @@ impl Pipeline {
                 panic!("orderflow did not stop within 30 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no graceful stop, nothing committed that was not committed already.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Polls `GET /readyz` until it answers 200 (panics after 30 s); returns its body.
+    pub async fn wait_until_ready(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or_default();
+            if status == 200 {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "never ready: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
