@@ -144,8 +144,27 @@ events = ["order_paid"]
 sinks = ["orders_paid"]
 "#;
 
+/// Produces messages again, as a producer retry or a replay would.
+fn produce_again(bootstrap: &str, messages: &[OwnedMessage]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for m in messages {
+        producer
+            .send(
+                BaseRecord::to(m.topic())
+                    .key(m.key().unwrap())
+                    .payload(m.payload().unwrap()),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fifo_queue_gets_each_event_once_across_a_bridge_crash() {
+async fn the_fifo_queue_gets_each_event_once_across_a_restart_and_redelivery() {
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), FIFO_ONLY);
@@ -157,12 +176,21 @@ async fn the_fifo_queue_gets_each_event_once_across_a_bridge_crash() {
         ids.push(p.place(&order_body("STICKER-001", 1, "tok_visa")).await);
     }
     for id in &ids {
-        p.wait_for_status(id, "paid").await;
+        p.wait_for_status(id, "invoiced").await;
     }
-    // Killed, not stopped: whatever the bridge had sent but not committed comes again.
-    p.kill();
+    assert!(p.stop().success());
 
     let p = start(&data, &config, &moto);
+    // The paid events come to the bridge again, after the restart.
+    let (bootstrap, first) = (p.bootstrap.clone(), ids.clone());
+    tokio::task::spawn_blocking(move || {
+        let paid = read_topic(&bootstrap, "orders.paid", |ms| {
+            first.iter().all(|id| ms.iter().any(|m| keyed(m, id)))
+        });
+        produce_again(&bootstrap, &paid);
+    })
+    .await
+    .unwrap();
     for _ in 0..5 {
         ids.push(p.place(&order_body("STICKER-001", 1, "tok_visa")).await);
     }
@@ -184,6 +212,21 @@ async fn the_fifo_queue_gets_each_event_once_across_a_bridge_crash() {
         assert_eq!(seen.get(e), Some(&1), "{e} received once: {seen:?}");
     }
     assert_eq!(messages.len(), expected.len(), "{seen:?}");
+    let metrics = p
+        .client
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("orderflow_sink_deliveries_total{")
+            && l.contains("outcome=\"skipped_duplicate\"")
+            && l.contains("sink=\"orders_paid\"")),
+        "the redelivered events were seen and skipped:\n{metrics}"
+    );
     assert!(p.stop().success());
 }
 
