@@ -64,14 +64,18 @@ async fn an_order_shows_up_as_sqs_messages_and_emails_to_its_customer() {
     let created = moto.queue_url("orderflow-orders-created").await;
     let messages = moto
         .receive_until(&created, |ms| {
-            ms.iter().any(|m| attribute(m, "order_id").as_deref() == Some(&id))
+            ms.iter()
+                .any(|m| attribute(m, "order_id").as_deref() == Some(&id))
         })
         .await;
     let m = messages
         .iter()
         .find(|m| attribute(m, "order_id").as_deref() == Some(&id))
         .unwrap();
-    assert_eq!(attribute(m, "event_type").as_deref(), Some("order_accepted"));
+    assert_eq!(
+        attribute(m, "event_type").as_deref(),
+        Some("order_accepted")
+    );
     assert_eq!(attribute(m, "event_id"), Some(format!("{id}:accepted")));
     assert_eq!(attribute(m, "schema_id").as_deref(), Some("1"));
     let event = body(m);
@@ -83,7 +87,8 @@ async fn an_order_shows_up_as_sqs_messages_and_emails_to_its_customer() {
     let paid = moto.queue_url("orderflow-orders-paid.fifo").await;
     let messages = moto
         .receive_until(&paid, |ms| {
-            ms.iter().any(|m| attribute(m, "order_id").as_deref() == Some(&id))
+            ms.iter()
+                .any(|m| attribute(m, "order_id").as_deref() == Some(&id))
         })
         .await;
     let m = messages
@@ -222,9 +227,11 @@ async fn the_fifo_queue_gets_each_event_once_across_a_restart_and_redelivery() {
         .await
         .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("orderflow_sink_deliveries_total{")
-            && l.contains("outcome=\"skipped_duplicate\"")
-            && l.contains("sink=\"orders_paid\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("orderflow_sink_deliveries_total{")
+                && l.contains("outcome=\"skipped_duplicate\"")
+                && l.contains("sink=\"orders_paid\"")),
         "the redelivered events were seen and skipped:\n{metrics}"
     );
     assert!(p.stop().success());
@@ -282,7 +289,10 @@ async fn with_aws_down_the_bridge_retries_and_delivers_everything_once_it_is_bac
         }) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the bridge never retried:\n{metrics}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge never retried:\n{metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -368,7 +378,10 @@ async fn refused_and_poison_events_go_to_the_bridge_dead_letter_topic_and_replay
     let reason = header(refused, dlq_headers::REASON).unwrap();
     assert!(reason.contains("sink email rejected it"), "{reason}");
     assert!(reason.contains("MessageRejected"), "{reason}");
-    assert_eq!(header(refused, dlq_headers::STAGE).as_deref(), Some("bridge"));
+    assert_eq!(
+        header(refused, dlq_headers::STAGE).as_deref(),
+        Some("bridge")
+    );
     assert_eq!(
         header(refused, dlq_headers::SOURCE_TOPIC).as_deref(),
         Some("orders.validated")
@@ -381,12 +394,23 @@ async fn refused_and_poison_events_go_to_the_bridge_dead_letter_topic_and_replay
     // Fix the cause, re-drive the dead letters: the email goes out, once.
     moto.verify_identity("shop@unverified.example").await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(["dlq", "replay", "--brokers", &p.bootstrap, "--idle-secs", "5"])
+        .args([
+            "dlq",
+            "replay",
+            "--brokers",
+            &p.bootstrap,
+            "--idle-secs",
+            "5",
+        ])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("2 replayed"), "{stdout}");
     let subject = format!("Your order {id} is confirmed");
     moto.emails_until(|es| es.iter().any(|e| e["subject"] == subject))

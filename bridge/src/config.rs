@@ -87,7 +87,10 @@ impl Default for BridgeConfig {
                 ("file".to_string(), SinkConfig::File(FileConfig::default())),
             ]),
             routes: vec![RouteConfig {
-                events: EventType::ALL.into_iter().filter(|t| t.notifies()).collect(),
+                events: EventType::ALL
+                    .into_iter()
+                    .filter(|t| t.notifies())
+                    .collect(),
                 sinks: vec!["log".into(), "file".into()],
                 mapping: None,
             }],
@@ -136,9 +139,7 @@ impl SinkConfig {
     pub fn default_mapping(&self) -> Mapping {
         match self {
             SinkConfig::Sqs(_) | SinkConfig::Webhook(_) => Mapping::Event,
-            SinkConfig::Log(_) | SinkConfig::File(_) | SinkConfig::Ses(_) => {
-                Mapping::Notification
-            }
+            SinkConfig::Log(_) | SinkConfig::File(_) | SinkConfig::Ses(_) => Mapping::Notification,
         }
     }
 
@@ -154,7 +155,11 @@ impl SinkConfig {
     }
 
     /// Builds the sink: the one place where sink types are registered.
-    pub async fn build(&self, name: &str, ctx: &BuildContext) -> Result<Arc<dyn Sink>, ConfigError> {
+    pub async fn build(
+        &self,
+        name: &str,
+        ctx: &BuildContext,
+    ) -> Result<Arc<dyn Sink>, ConfigError> {
         Ok(match self {
             SinkConfig::Log(c) => Arc::new(c.build(name)),
             SinkConfig::File(c) => Arc::new(
@@ -264,7 +269,9 @@ impl BridgeConfig {
             }
             for sink_name in &route.sinks {
                 let sink = self.sinks.get(sink_name).ok_or_else(|| {
-                    ConfigError::Invalid(format!("a route names sink {sink_name}, which is not in [sinks]"))
+                    ConfigError::Invalid(format!(
+                        "a route names sink {sink_name}, which is not in [sinks]"
+                    ))
                 })?;
                 let mapping = route.mapping.unwrap_or_else(|| sink.default_mapping());
                 for event in &route.events {
@@ -274,7 +281,11 @@ impl BridgeConfig {
                         return Err(ConfigError::Invalid(format!(
                             "route {event} → {sink_name}: {event} events become no customer \
                              notification; use mapping = \"event\"{}",
-                            if notification_only { " with a sink that is not ses" } else { "" }
+                            if notification_only {
+                                " with a sink that is not ses"
+                            } else {
+                                ""
+                            }
                         )));
                     }
                     if !seen.insert((*event, sink_name.clone())) {
@@ -367,8 +378,9 @@ impl Routing {
                 permits: tokio::sync::Semaphore::new(1024),
             })
             .collect();
-        let targets: Vec<(usize, Mapping)> =
-            (0..slots.len()).map(|i| (i, Mapping::Notification)).collect();
+        let targets: Vec<(usize, Mapping)> = (0..slots.len())
+            .map(|i| (i, Mapping::Notification))
+            .collect();
         Routing {
             sinks: slots,
             routes: EventType::ALL
@@ -444,7 +456,10 @@ mod tests {
             panic!("hook is a webhook")
         };
         assert_eq!(hook.secret, "s3cret");
-        assert!(!format!("{c:?}").contains("s3cret"), "Debug hides the secret");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug hides the secret"
+        );
         let SinkConfig::Sqs(created) = &c.sinks["created"] else {
             panic!("created is sqs")
         };
@@ -459,20 +474,30 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let unknown_field = EXAMPLE.replace("group_by", "group_bi");
-        let e = BridgeConfig::parse(&unknown_field, []).unwrap_err().to_string();
+        let e = BridgeConfig::parse(&unknown_field, [])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("group_bi"), "{e}");
 
         let unknown_sink = EXAMPLE.replace(r#"sinks = ["paid"]"#, r#"sinks = ["nope"]"#);
-        let e = BridgeConfig::parse(&unknown_sink, []).unwrap_err().to_string();
+        let e = BridgeConfig::parse(&unknown_sink, [])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope"), "{e}");
 
         let unknown_event = EXAMPLE.replace("order_paid", "order_payed");
-        let e = BridgeConfig::parse(&unknown_event, []).unwrap_err().to_string();
+        let e = BridgeConfig::parse(&unknown_event, [])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("order_payed"), "{e}");
 
-        let email_for_accepted =
-            EXAMPLE.replace(r#"["order_validated", "order_invoiced"]"#, r#"["order_accepted"]"#);
-        let e = BridgeConfig::parse(&email_for_accepted, []).unwrap_err().to_string();
+        let email_for_accepted = EXAMPLE.replace(
+            r#"["order_validated", "order_invoiced"]"#,
+            r#"["order_accepted"]"#,
+        );
+        let e = BridgeConfig::parse(&email_for_accepted, [])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("order_accepted"), "{e}");
 
         let unknown_type = EXAMPLE.replace(r#"type = "webhook""#, r#"type = "pigeon""#);

@@ -9,9 +9,12 @@ use tracing::{info, warn};
 
 use crate::Sink;
 
+/// A sink's last healthcheck: `Err` says what failed.
+type LastCheck = Mutex<Result<(), String>>;
+
 /// The latest healthcheck result of each sink.
 pub struct SinkHealth {
-    sinks: Vec<(Arc<dyn Sink>, Mutex<Result<(), String>>)>,
+    sinks: Vec<(Arc<dyn Sink>, LastCheck)>,
 }
 
 impl SinkHealth {
@@ -61,7 +64,10 @@ impl SinkHealth {
             .iter()
             .filter_map(|(sink, state)| {
                 let state = state.lock().unwrap_or_else(|p| p.into_inner());
-                state.as_ref().err().map(|e| format!("sink {}: {e}", sink.name()))
+                state
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("sink {}: {e}", sink.name()))
             })
             .collect();
         if failing.is_empty() {

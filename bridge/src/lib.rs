@@ -95,7 +95,9 @@ impl BridgeHandler {
         sent.map_err(|e| {
             deliveries(outcome::FAILED).inc();
             match e {
-                SinkError::Retriable(e) => HandlerError::Retriable(format!("sink {}: {e}", sink.name())),
+                SinkError::Retriable(e) => {
+                    HandlerError::Retriable(format!("sink {}: {e}", sink.name()))
+                }
                 SinkError::Rejected(e) => {
                     HandlerError::Poison(format!("sink {} rejected it: {e}", sink.name()))
                 }

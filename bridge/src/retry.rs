@@ -92,7 +92,10 @@ mod tests {
     fn throttling_server_errors_and_no_answer_are_retried() {
         assert!(is_retriable(Cause::Transport));
         for status in [401, 403, 408, 429, 500, 502, 503, 504] {
-            assert!(is_retriable(Cause::Response { status, code: None }), "{status}");
+            assert!(
+                is_retriable(Cause::Response { status, code: None }),
+                "{status}"
+            );
         }
         assert!(is_retriable(Cause::Response {
             status: 400,
@@ -112,7 +115,10 @@ mod tests {
     fn bad_requests_and_sender_faults_are_final() {
         assert!(!is_retriable(Cause::Request));
         for status in [400, 404, 413, 422] {
-            assert!(!is_retriable(Cause::Response { status, code: None }), "{status}");
+            assert!(
+                !is_retriable(Cause::Response { status, code: None }),
+                "{status}"
+            );
         }
         assert!(!is_retriable(Cause::Response {
             status: 400,

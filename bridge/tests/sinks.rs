@@ -97,7 +97,9 @@ async fn concurrent_sends_are_batched_under_the_byte_limit_and_all_arrive() {
         .map(|m| attribute(m, "order_id").unwrap())
         .collect();
     assert_eq!(orders.len(), 25);
-    let first = messages.iter().find(|m| attribute(m, "order_id").as_deref() == Some("o0"));
+    let first = messages
+        .iter()
+        .find(|m| attribute(m, "order_id").as_deref() == Some("o0"));
     let event = body(first.unwrap());
     assert_eq!(event["type"], "order_validated");
     assert_eq!(event["data"]["total_cents"], 1500);
@@ -247,7 +249,8 @@ async fn http_server(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<(String, Vec<
                 }
             };
             record.lock().unwrap().push((head, body));
-            let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let answer =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             let _ = stream.write_all(answer.as_bytes()).await;
         }
     });
@@ -285,12 +288,18 @@ async fn a_webhook_gets_the_event_signed_with_a_timestamp() {
     .unwrap();
     let (head, body) = seen.lock().unwrap()[0].clone();
     assert!(head.starts_with("post /hook"), "{head}");
-    let timestamp: u64 = header(&head, webhook::TIMESTAMP_HEADER).unwrap().parse().unwrap();
+    let timestamp: u64 = header(&head, webhook::TIMESTAMP_HEADER)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(
         header(&head, webhook::SIGNATURE_HEADER).unwrap(),
         webhook::signature(b"hook-secret", timestamp, &body)
     );
-    assert_eq!(header(&head, webhook::EVENT_ID_HEADER), Some("o1:validated"));
+    assert_eq!(
+        header(&head, webhook::EVENT_ID_HEADER),
+        Some("o1:validated")
+    );
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(event["type"], "order_validated");
     assert_eq!(event["id"], "o1:validated");
@@ -304,15 +313,27 @@ async fn webhook_answers_are_classified_retriable_or_rejected() {
         mapping: Mapping::Event,
     };
     let (url, _) = http_server(vec![503]).await;
-    assert!(matches!(webhook_sink(&url).send(&d).await, Err(SinkError::Retriable(_))));
+    assert!(matches!(
+        webhook_sink(&url).send(&d).await,
+        Err(SinkError::Retriable(_))
+    ));
     let (url, _) = http_server(vec![429]).await;
-    assert!(matches!(webhook_sink(&url).send(&d).await, Err(SinkError::Retriable(_))));
+    assert!(matches!(
+        webhook_sink(&url).send(&d).await,
+        Err(SinkError::Retriable(_))
+    ));
     let (url, _) = http_server(vec![400]).await;
-    assert!(matches!(webhook_sink(&url).send(&d).await, Err(SinkError::Rejected(_))));
+    assert!(matches!(
+        webhook_sink(&url).send(&d).await,
+        Err(SinkError::Rejected(_))
+    ));
     // Nobody listening: connection refused.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/hook", l.local_addr().unwrap())
     };
-    assert!(matches!(webhook_sink(&closed).send(&d).await, Err(SinkError::Retriable(_))));
+    assert!(matches!(
+        webhook_sink(&closed).send(&d).await,
+        Err(SinkError::Retriable(_))
+    ));
 }

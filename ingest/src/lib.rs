@@ -73,7 +73,9 @@ impl ApiState {
 }
 
 /// Runs the extra checks; a 503 problem naming the first that fails.
-fn extra_checks(checks: &[ReadyCheck]) -> Result<serde_json::Map<String, serde_json::Value>, Problem> {
+fn extra_checks(
+    checks: &[ReadyCheck],
+) -> Result<serde_json::Map<String, serde_json::Value>, Problem> {
     let mut report = serde_json::Map::new();
     for c in checks {
         (c.check)().map_err(|e| Problem::unavailable(format!("{}: {e}", c.name)))?;

@@ -62,7 +62,10 @@ pub async fn replay_dead_letters(
     while at_end.len() < partitions {
         let message = match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => {
-                warn!(topic, "No message and no partition end within the idle time; stopping.");
+                warn!(
+                    topic,
+                    "No message and no partition end within the idle time; stopping."
+                );
                 break;
             }
             Ok(Err(KafkaError::PartitionEOF(partition))) => {
@@ -102,16 +105,29 @@ pub async fn replay_dead_letters(
                 report.replayed += 1;
             }
             None => {
-                warn!(topic, partition = message.partition(), offset = message.offset(),
-                      "Dead letter without a source topic; skipped.");
+                warn!(
+                    topic,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "Dead letter without a source topic; skipped."
+                );
                 report.skipped += 1;
             }
         }
         let mut done = TopicPartitionList::new();
-        done.add_partition_offset(topic, message.partition(), Offset::Offset(message.offset() + 1))?;
+        done.add_partition_offset(
+            topic,
+            message.partition(),
+            Offset::Offset(message.offset() + 1),
+        )?;
         consumer.commit(&done, CommitMode::Sync)?;
     }
-    info!(topic, replayed = report.replayed, skipped = report.skipped, "Replay done.");
+    info!(
+        topic,
+        replayed = report.replayed,
+        skipped = report.skipped,
+        "Replay done."
+    );
     Ok(report)
 }
 

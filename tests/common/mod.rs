@@ -40,11 +40,7 @@ impl Pipeline {
     }
 
     /// Starts the pipeline with extra arguments and environment variables.
-    pub fn start_with_env(
-        data_dir: &Path,
-        extra: &[&str],
-        env: &[(&str, String)],
-    ) -> Pipeline {
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .args([
                 "run",

@@ -71,7 +71,11 @@ impl Moto {
                     return;
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("moto server exited at start: {status}");
             }
             assert!(Instant::now() < deadline, "moto did not answer within 60 s");
@@ -182,9 +186,7 @@ impl Moto {
                 .visibility_timeout(300)
                 .wait_time_seconds(1)
                 .message_attribute_names("All")
-                .message_system_attribute_names(
-                    aws_sdk_sqs::types::MessageSystemAttributeName::All,
-                )
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
                 .send()
                 .await
                 .unwrap();
@@ -194,7 +196,11 @@ impl Moto {
     }
 
     /// Receives whatever arrives in the next `quiet` (each message once).
-    pub async fn drain(&self, queue_url: &str, quiet: Duration) -> Vec<aws_sdk_sqs::types::Message> {
+    pub async fn drain(
+        &self,
+        queue_url: &str,
+        quiet: Duration,
+    ) -> Vec<aws_sdk_sqs::types::Message> {
         let sqs = self.sqs().await;
         let mut all = Vec::new();
         let until = Instant::now() + quiet;
@@ -236,7 +242,10 @@ impl Moto {
             .json()
             .await
             .unwrap();
-        data["ses"]["Message"].as_array().cloned().unwrap_or_default()
+        data["ses"]["Message"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Polls the emails until `done` holds (panics after 30 s).

@@ -144,9 +144,12 @@ impl Sink for SesSink {
     async fn healthcheck(&self) -> Result<(), SinkError> {
         match self.client.get_account().send().await {
             Ok(account) if account.sending_enabled => Ok(()),
-            Ok(_) => Err(SinkError::Retriable("SES sending is disabled for the account".into())),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
-                && aws::error_code(&e).is_none() =>
+            Ok(_) => Err(SinkError::Retriable(
+                "SES sending is disabled for the account".into(),
+            )),
+            Err(e)
+                if e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+                    && aws::error_code(&e).is_none() =>
             {
                 self.client
                     .get_email_identity()

@@ -185,10 +185,21 @@ mod tests {
         let t = Templates::new("{{ customer_id }}@customers.example").unwrap();
         let email = t.render(&validated("c1", "Orderflow mug")).unwrap();
         assert_eq!(email.subject, "Your order o1 is confirmed");
-        assert!(email.text.contains("2 × Orderflow mug: 25.00 EUR"), "{}", email.text);
+        assert!(
+            email.text.contains("2 × Orderflow mug: 25.00 EUR"),
+            "{}",
+            email.text
+        );
         assert!(email.text.contains("Total:    30.00 EUR"), "{}", email.text);
-        assert!(email.html.contains("<strong>30.00 EUR</strong>"), "{}", email.html);
-        assert_eq!(t.recipient(&validated("c1", "x")).unwrap(), "c1@customers.example");
+        assert!(
+            email.html.contains("<strong>30.00 EUR</strong>"),
+            "{}",
+            email.html
+        );
+        assert_eq!(
+            t.recipient(&validated("c1", "x")).unwrap(),
+            "c1@customers.example"
+        );
     }
 
     #[test]
@@ -207,9 +218,19 @@ mod tests {
         let context = serde_json::json!({"order_id": "o1", "customer_id": "c1", "text": "",
             "event": {"carrier": "DHL", "tracking_number": "T1", "reason": "asked",
                       "refund_cents": 3000, "currency": "EUR"}});
-        let shipped = t.env.get_template("order_shipped.txt").unwrap().render(&context).unwrap();
+        let shipped = t
+            .env
+            .get_template("order_shipped.txt")
+            .unwrap()
+            .render(&context)
+            .unwrap();
         assert!(shipped.contains("DHL, tracking number T1"), "{shipped}");
-        let cancelled = t.env.get_template("order_cancelled.txt").unwrap().render(&context).unwrap();
+        let cancelled = t
+            .env
+            .get_template("order_cancelled.txt")
+            .unwrap()
+            .render(&context)
+            .unwrap();
         assert!(cancelled.contains("We refund 30.00 EUR"), "{cancelled}");
     }
 

@@ -63,7 +63,11 @@ pub trait BatchApi: Send + Sync + 'static {
 /// Splits entries (by their sizes) into batches of at most `max_entries` entries and
 /// `max_bytes` bytes, keeping their order; returns the batches as indices, and the entries
 /// that exceed `max_bytes` on their own.
-pub fn plan(sizes: &[usize], max_entries: usize, max_bytes: usize) -> (Vec<Vec<usize>>, Vec<usize>) {
+pub fn plan(
+    sizes: &[usize],
+    max_entries: usize,
+    max_bytes: usize,
+) -> (Vec<Vec<usize>>, Vec<usize>) {
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut too_large = Vec::new();
     let mut current: Vec<usize> = Vec::new();
@@ -211,10 +215,7 @@ mod tests {
 
     #[async_trait]
     impl BatchApi for Flaky {
-        async fn send_batch(
-            &self,
-            entries: &[Arc<Entry>],
-        ) -> Result<Vec<EntryFailure>, SinkError> {
+        async fn send_batch(&self, entries: &[Arc<Entry>]) -> Result<Vec<EntryFailure>, SinkError> {
             let mut calls = self.calls.lock().unwrap();
             let round = calls.len();
             calls.push(entries.iter().map(|e| e.body.clone()).collect());
@@ -299,10 +300,7 @@ mod tests {
 
     #[async_trait]
     impl BatchApi for RefusesBad {
-        async fn send_batch(
-            &self,
-            entries: &[Arc<Entry>],
-        ) -> Result<Vec<EntryFailure>, SinkError> {
+        async fn send_batch(&self, entries: &[Arc<Entry>]) -> Result<Vec<EntryFailure>, SinkError> {
             if entries.iter().any(|e| e.body == "bad") {
                 return Err(SinkError::Rejected("InvalidMessageContents".into()));
             }

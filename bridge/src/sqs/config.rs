@@ -72,9 +72,10 @@ impl SqsConfig {
         if self.queue_url.is_none() && self.queue_name.is_none() {
             return Err("needs queue_url or queue_name".into());
         }
-        if self.max_batch_bytes == 0 || self.max_batches_in_flight == 0 || self.max_in_flight == 0
-        {
-            return Err("max_batch_bytes, max_batches_in_flight and max_in_flight must be > 0".into());
+        if self.max_batch_bytes == 0 || self.max_batches_in_flight == 0 || self.max_in_flight == 0 {
+            return Err(
+                "max_batch_bytes, max_batches_in_flight and max_in_flight must be > 0".into(),
+            );
         }
         if self.attempts == 0 {
             return Err("attempts must be at least 1".into());

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
 
-pub use self::config::{GroupBy, SqsConfig};
 use self::batch::{BatchApi, Entry, EntryFailure, MAX_ATTRIBUTES, MAX_ENTRIES};
+pub use self::config::{GroupBy, SqsConfig};
 use crate::{aws, config::BuildContext, ConfigError, Delivery, Sink, SinkError};
 
 /// An entry waiting to be sent, and where to say how it went.
@@ -56,7 +56,10 @@ impl SqsConfig {
                 .send()
                 .await
                 .map_err(|e| aws::sdk_error(&format!("GetQueueUrl {queue}"), &e).to_string())
-                .and_then(|o| o.queue_url.ok_or_else(|| "GetQueueUrl gave no URL".to_string()))
+                .and_then(|o| {
+                    o.queue_url
+                        .ok_or_else(|| "GetQueueUrl gave no URL".to_string())
+                })
         }
         .map_err(|e| ConfigError::sink(name, e))?;
         info!(sink = name, queue_url = %queue_url, fifo = self.is_fifo(), "SQS sink ready.");
@@ -107,11 +110,19 @@ async fn create_queue(
     {
         Ok(out) => {
             info!(queue = name, "SQS queue provisioned.");
-            out.queue_url.ok_or_else(|| "CreateQueue gave no URL".into())
+            out.queue_url
+                .ok_or_else(|| "CreateQueue gave no URL".into())
         }
         // It exists with other attributes: leave it, use it.
-        Err(e) if aws::error_code(&e).is_some_and(|c| c.contains("QueueAlreadyExists") || c.contains("QueueNameExists")) => {
-            warn!(queue = name, "SQS queue exists with other attributes; using it as it is.");
+        Err(e)
+            if aws::error_code(&e).is_some_and(|c| {
+                c.contains("QueueAlreadyExists") || c.contains("QueueNameExists")
+            }) =>
+        {
+            warn!(
+                queue = name,
+                "SQS queue exists with other attributes; using it as it is."
+            );
             client
                 .get_queue_url()
                 .queue_name(name)
