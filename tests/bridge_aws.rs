@@ -411,7 +411,14 @@ async fn refused_and_poison_events_go_to_the_bridge_dead_letter_topic_and_replay
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("2 replayed"), "{stdout}");
+    // The refused event and the poison message, each at least once (a stage may re-emit an
+    // event after a rebalance: at least once, deduplicated downstream).
+    let replayed: u64 = stdout
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {stdout:?}"));
+    assert!(replayed >= 2, "{stdout}");
     let subject = format!("Your order {id} is confirmed");
     moto.emails_until(|es| es.iter().any(|e| e["subject"] == subject))
         .await;
