@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
-    /// Where to POST.
+    /// Where to POST (`http://` or `https://`, verified against the system's root certificates).
     pub url: String,
     /// The HMAC-SHA256 key the receiver verifies `x-orderflow-signature` with. Keep it out of
     /// the file: `ORDERFLOW_BRIDGE__SINKS__<NAME>__SECRET`.
