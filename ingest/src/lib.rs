@@ -237,6 +237,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_metrics_listener_is_ready_only_while_its_checks_pass() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let check = ReadyCheck {
+            name: "sinks",
+            check: Arc::new({
+                let healthy = healthy.clone();
+                move || {
+                    if healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err("sink queue: unreachable".into())
+                    }
+                }
+            }),
+        };
+        let server = tokio::spawn(serve_metrics(listener, vec![check], shutdown.clone()));
+        let not_ready = get_raw(addr, "/readyz").await;
+        healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+        let ready = get_raw(addr, "/readyz").await;
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(
+            not_ready.contains("sinks: sink queue: unreachable"),
+            "{not_ready}"
+        );
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        assert!(ready.contains("\"sinks\":\"ok\""), "{ready}");
+    }
+
+    #[tokio::test]
     async fn metrics_are_served_and_requests_counted_by_matched_route() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
