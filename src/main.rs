@@ -309,6 +309,8 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("binding the HTTP API to {}", args.http))?;
     let http_addr = listener.local_addr()?;
 
+    // A bad routing config or an unreachable sink fails the start before anything runs.
+    let (routing, sinks_ready) = build_bridge(&common.data_dir, &args.bridge, &shutdown).await?;
     let mut tasks = JoinSet::new();
     let processor_settings = common.processor_settings();
     for stage in Stage::ALL {
@@ -325,7 +327,6 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
                 .with_context(|| format!("stage {}", stage.name()))
         });
     }
-    let (routing, sinks_ready) = build_bridge(&common.data_dir, &args.bridge, &shutdown).await?;
     {
         let (kafka, store, producer, shutdown) = (
             kafka.clone(),
