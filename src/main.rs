@@ -192,7 +192,7 @@ async fn build_bridge(
 ) -> Result<(Arc<Routing>, ReadyCheck)> {
     let config = match &args.bridge_config {
         Some(path) => BridgeConfig::load(path, std::env::vars())?,
-        None => BridgeConfig::default(),
+        None => BridgeConfig::default_with_env(std::env::vars())?,
     };
     let ctx = BuildContext::new(
         data_dir,

@@ -237,8 +237,25 @@ impl BridgeConfig {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<BridgeConfig, ConfigError> {
-        let mut table: toml::Table =
+        let table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Self::from_table(table, env)
+    }
+
+    /// The default config (notifications to the log and the file), with `ORDERFLOW_BRIDGE__*`
+    /// from `env` applied.
+    pub fn default_with_env(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<BridgeConfig, ConfigError> {
+        let table = toml::Table::try_from(BridgeConfig::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Self::from_table(table, env)
+    }
+
+    fn from_table(
+        mut table: toml::Table,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<BridgeConfig, ConfigError> {
         for (key, value) in env {
             let Some(path) = key.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -508,6 +525,16 @@ mod tests {
     fn the_default_sends_every_notification_to_the_log_and_the_file() {
         let c = BridgeConfig::default();
         c.validate().unwrap();
+        assert_eq!(BridgeConfig::default_with_env([]).unwrap(), c);
+        let moved = BridgeConfig::default_with_env(env(&[(
+            "ORDERFLOW_BRIDGE__SINKS__FILE__PATH",
+            "out/n.jsonl",
+        )]))
+        .unwrap();
+        let SinkConfig::File(file) = &moved.sinks["file"] else {
+            panic!("file is a file sink")
+        };
+        assert_eq!(file.path.as_deref(), Some(Path::new("out/n.jsonl")));
         let routing = Routing::notifications_to(vec![]);
         let mut types: Vec<_> = routing.routes.keys().copied().collect();
         types.sort();
