@@ -31,8 +31,11 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Run one processor stage (scale out by starting more: one consumer group per stage).
     Process(ProcessArgs),
-    /// Run the bridge (notifications to sinks) alone.
-    Bridge(ServiceArgs),
+    /// Run the bridge (events and notifications to sinks) alone.
+    Bridge(BridgeServiceArgs),
+    /// Dead-letter topics.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Manage topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -41,6 +44,49 @@ pub enum Command {
     /// Load a running pipeline: post orders over HTTP, read `orders.invoiced` over Kafka, and
     /// report throughput and accept → invoiced latency.
     Load(LoadArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-drive a dead-letter topic: each message goes back to the topic it came from (its
+    /// `orderflow-dlq-source-topic` header), from where the last replay stopped to the end.
+    Replay(DlqReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, env = "ORDERFLOW_BROKERS")]
+    pub brokers: String,
+    /// The dead-letter topic, without the prefix (default: the bridge's,
+    /// `orderflow.bridge.dead-letter`; the stages' is `orderflow.dead-letter`).
+    #[arg(long, default_value = "orderflow.bridge.dead-letter")]
+    pub topic: String,
+    /// Stop when no message came for this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
+}
+
+/// How the bridge is set up.
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// The routing config (TOML): sinks and which events go to them. Without it, every
+    /// customer notification goes to the log and to `<data dir>/notifications.jsonl`.
+    #[arg(long, env = "ORDERFLOW_BRIDGE_CONFIG")]
+    pub bridge_config: Option<PathBuf>,
+    /// Create missing SQS queues and the SES sender identity at start (as `provision = true`
+    /// in the config).
+    #[arg(long, env = "ORDERFLOW_PROVISION_SINKS")]
+    pub provision_sinks: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BridgeServiceArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +282,8 @@ pub struct RunArgs {
     /// Partitions per topic when creating topics.
     #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -245,7 +293,7 @@ pub struct ServiceArgs {
     /// The Kafka/Redpanda bootstrap servers, host:port[,host:port…].
     #[arg(long, env = "ORDERFLOW_BROKERS")]
     pub brokers: String,
-    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz`.
+    /// Where to serve `GET /metrics` (Prometheus), `GET /healthz` and `GET /readyz`.
     #[arg(long, env = "ORDERFLOW_METRICS", default_value = "0.0.0.0:9464")]
     pub metrics: SocketAddr,
 }

@@ -12,9 +12,9 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cli::{Cli, Command, CommonArgs, TopicsCommand};
-use orderflow_bridge::{file::FileSink, log::LogSink, Sink};
-use orderflow_ingest::Readiness;
+use cli::{Cli, Command, CommonArgs, DlqCommand, TopicsCommand};
+use orderflow_bridge::{BridgeConfig, BuildContext, Routing, SinkHealth};
+use orderflow_ingest::{Readiness, ReadyCheck};
 use orderflow_kafka::{admin, EventProducer, KafkaConfig};
 use orderflow_processors::{run_stage, Stage};
 use orderflow_schemas::{
@@ -51,6 +51,7 @@ fn main() -> Result<()> {
                 let settings = args.service.common.processor_settings();
                 run_service(
                     &args.service,
+                    Vec::new(),
                     shutdown,
                     |kafka, store, producer, shutdown| async move {
                         run_stage(stage, &kafka, store, producer, &settings, shutdown).await
@@ -59,15 +60,36 @@ fn main() -> Result<()> {
                 .await
             }
             Command::Bridge(args) => {
-                let sinks = default_sinks(&args.common.data_dir)?;
+                let (routing, ready) =
+                    build_bridge(&args.service.common.data_dir, &args.bridge, &shutdown).await?;
                 run_service(
-                    &args,
+                    &args.service,
+                    vec![ready],
                     shutdown,
                     |kafka, store, producer, shutdown| async move {
-                        orderflow_bridge::run_bridge(&kafka, store, sinks, producer, shutdown).await
+                        orderflow_bridge::run_bridge(&kafka, store, routing, producer, shutdown)
+                            .await
                     },
                 )
                 .await
+            }
+            Command::Dlq(DlqCommand::Replay(args)) => {
+                let kafka = args.common.kafka(&args.brokers)?;
+                let producer = EventProducer::new(&kafka)?;
+                let topic = format!("{}{}", kafka.topics.prefix(), args.topic);
+                let report = orderflow_kafka::replay::replay_dead_letters(
+                    &kafka,
+                    &topic,
+                    &producer,
+                    Duration::from_secs(args.idle_secs.max(1)),
+                )
+                .await?;
+                producer.flush(Duration::from_secs(10));
+                println!(
+                    "{topic}: {} replayed, {} skipped (no source topic)",
+                    report.replayed, report.skipped
+                );
+                Ok(())
             }
             Command::Load(args) => load::run(args).await,
             Command::Migrate(args) => migrate(&args.store).await,
@@ -117,6 +139,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 /// shutdown, then flushes the producer and stops the metrics listener.
 async fn run_service<F, Fut>(
     args: &cli::ServiceArgs,
+    ready_checks: Vec<ReadyCheck>,
     shutdown: CancellationToken,
     service: F,
 ) -> Result<()>
@@ -125,7 +148,7 @@ where
     Fut: std::future::Future<Output = orderflow_kafka::Result<()>>,
 {
     let (kafka, store, producer) = connect(&args.common, &args.brokers).await?;
-    let readiness = Readiness::new(store.clone(), producer.clone());
+    let readiness = Readiness::new(store.clone(), producer.clone()).with_checks(ready_checks);
     let metrics = serve_metrics(args.metrics, readiness, shutdown.clone()).await?;
     let result = service(kafka, store, producer.clone(), shutdown.clone()).await;
     producer.flush(Duration::from_secs(10));
@@ -250,10 +273,36 @@ async fn serve_metrics(
     }))
 }
 
-fn default_sinks(data_dir: &Path) -> Result<Vec<Arc<dyn Sink>>> {
-    let file = FileSink::open(&data_dir.join("notifications.jsonl"))
-        .map_err(|e| anyhow::anyhow!("opening the file sink: {e}"))?;
-    Ok(vec![Arc::new(LogSink), Arc::new(file)])
+/// The bridge's sinks and routes (from `--bridge-config`, or the log and file default), and a
+/// readiness check over the sinks' healthchecks, which run every 10 s until `shutdown`.
+async fn build_bridge(
+    data_dir: &Path,
+    args: &cli::BridgeArgs,
+    shutdown: &CancellationToken,
+) -> Result<(Arc<Routing>, ReadyCheck)> {
+    let config = match &args.bridge_config {
+        Some(path) => BridgeConfig::load(path, std::env::vars())?,
+        None => BridgeConfig::default_with_env(std::env::vars())?,
+    };
+    let ctx = BuildContext::new(
+        data_dir,
+        config.provision || args.provision_sinks,
+        config.aws.clone(),
+    );
+    let routing = Routing::build(&config, &ctx)
+        .await
+        .context("building the bridge's sinks")?;
+    let names: Vec<&str> = routing.sinks.iter().map(|s| s.sink.name()).collect();
+    info!(sinks = ?names, "Bridge sinks ready.");
+    let health = Arc::new(SinkHealth::new(
+        routing.sinks.iter().map(|s| s.sink.clone()).collect(),
+    ));
+    health.spawn(Duration::from_secs(10), shutdown.clone());
+    let ready = ReadyCheck {
+        name: "sinks",
+        check: Arc::new(move || health.ready()),
+    };
+    Ok((Arc::new(routing), ready))
 }
 
 async fn serve_http(
@@ -386,6 +435,8 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("binding the HTTP API to {}", args.http))?;
     let http_addr = listener.local_addr()?;
 
+    // A bad routing config or an unreachable sink fails the start before anything runs.
+    let (routing, sinks_ready) = build_bridge(&common.data_dir, &args.bridge, &shutdown).await?;
     let mut tasks = JoinSet::new();
     let processor_settings = common.processor_settings();
     for stage in Stage::ALL {
@@ -403,7 +454,6 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         });
     }
     {
-        let sinks = default_sinks(&common.data_dir)?;
         let (kafka, store, producer, shutdown) = (
             kafka.clone(),
             store.clone(),
@@ -411,13 +461,14 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
         );
         tasks.spawn(async move {
-            orderflow_bridge::run_bridge(&kafka, store, sinks, producer, shutdown)
+            orderflow_bridge::run_bridge(&kafka, store, routing, producer, shutdown)
                 .await
                 .context("bridge")
         });
     }
     {
-        let mut state = orderflow_ingest::ApiState::new(store.clone(), producer.clone());
+        let mut state = orderflow_ingest::ApiState::new(store.clone(), producer.clone())
+            .with_ready_check(sinks_ready);
         if let Some(registry) = &local_registry {
             state = state.with_schema_registry(registry.clone());
         }

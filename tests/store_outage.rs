@@ -1,6 +1,7 @@
 //! A store outage in the middle of a stream: the validation stage, on librdkafka's mock cluster
 //! and a real embedded store that the test can cut off, must stop committing offsets, report
-//! the outage on `/readyz`, retry, and once the store is back, produce every outcome exactly
+//! the outage on `/readyz` (which also requires its extra checks, such as the bridge's sinks),
+//! retry, and once the store is back, produce every outcome exactly
 //! once and reserve every order's stock exactly once.
 
 use std::{
@@ -87,9 +88,25 @@ async fn a_store_outage_pauses_the_stage_and_loses_nothing() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let readyz = format!("http://{}/readyz", listener.local_addr().unwrap());
+    // An extra readiness condition (the bridge's sinks, in `orderflow bridge`), held up at
+    // first.
+    let sinks_up = Arc::new(AtomicBool::new(false));
+    let sinks = orderflow_ingest::ReadyCheck {
+        name: "sinks",
+        check: Arc::new({
+            let sinks_up = sinks_up.clone();
+            move || {
+                if sinks_up.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("sink queue unreachable".into())
+                }
+            }
+        }),
+    };
     tokio::spawn(orderflow_ingest::serve_metrics(
         listener,
-        orderflow_ingest::Readiness::new(store.clone(), producer.clone()),
+        orderflow_ingest::Readiness::new(store.clone(), producer.clone()).with_checks(vec![sinks]),
         shutdown.clone(),
     ));
     let http = reqwest::Client::new();
@@ -99,7 +116,15 @@ async fn a_store_outage_pauses_the_stage_and_loses_nothing() {
     producer.send(&first).await.unwrap();
     let validated = wait_for_validated(&kafka, 1).await;
     assert_eq!(validated, vec![first.order_id.clone()]);
-    assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
+    let not_ready = http.get(&readyz).send().await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    let body = not_ready.text().await.unwrap();
+    assert!(body.contains("sinks: sink queue unreachable"), "{body}");
+    sinks_up.store(true, Ordering::SeqCst);
+    let ready = http.get(&readyz).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("\"sinks\":\"ok\""), "{body}");
     wait_until("the first order's offset is committed", || {
         committed(&kafka) == Some(1)
     })

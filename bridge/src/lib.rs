@@ -1,24 +1,42 @@
-//! The bridge: turns order status events into customer notifications and hands them to
-//! pluggable sinks.
+//! The bridge: mirrors order events to the systems other teams use (SQS queues, customer
+//! emails through SES, webhooks, files, the log), as routed by configuration.
 //!
 //! # Layout
-//! - [`notification`]: the [`Notification`] an event becomes (confirmation, rejection,
-//!   payment failed, invoice ready).
-//! - [`sink`]: the [`Sink`] trait every sink implements.
-//! - [`log`], [`file`]: the sinks for one machine: the process log, and JSON lines under the
-//!   data dir.
-//! - [`BridgeHandler`]: the stage. It delivers each notification to each sink at most once
-//!   per sink, using delivery markers in the store, and only then lets the consume loop store
-//!   the offset. It records `orderflow_sink_deliveries_total{sink, outcome}` and
+//! - [`envelope`]: the decoded event ([`Envelope`]) and its [`EventType`]; [`notification`]:
+//!   the customer [`Notification`] an event becomes (confirmation, rejection, payment failed,
+//!   invoice ready).
+//! - [`sink`]: the [`Sink`] trait, the [`Delivery`] it gets and its [`Mapping`] (the event, or
+//!   the notification).
+//! - [`config`]: the routing config (TOML + `ORDERFLOW_BRIDGE__*` env): sinks by name, routes
+//!   from event types to sinks; [`config::SinkConfig::build`] is where sink types register.
+//! - One folder per sink, each with its config: [`log`], [`file`], [`sqs`], [`ses`],
+//!   [`webhook`]. [`aws`]: what the AWS sinks share (SDK config, error mapping).
+//! - [`retry`]: the one function that says whether a failure is worth retrying.
+//! - [`health`]: sink healthchecks in the background, for readiness.
+//! - [`BridgeHandler`]: the stage. For each event it delivers to every routed sink at once
+//!   (at most `max_in_flight` per sink), each at most once per sink thanks to delivered-markers
+//!   in the store, and only then lets the consume loop store the offset. A retriable failure
+//!   makes the consume loop retry the event with backoff (sinks that took it already are
+//!   skipped); a rejection sends it to `orderflow.bridge.dead-letter` with the reason.
+//!   It records `orderflow_sink_deliveries_total{sink, outcome}` and
 //!   `orderflow_sink_send_seconds{sink}`.
 
+pub mod aws;
+pub mod config;
+pub mod envelope;
 pub mod file;
+pub mod health;
 pub mod log;
 pub mod notification;
+pub mod retry;
+pub mod ses;
 pub mod sink;
+pub mod sqs;
+pub mod webhook;
 
 use std::sync::Arc;
 
+use futures::future::join_all;
 use orderflow_kafka::{
     run_consumer, EventProducer, Handler, HandlerError, Incoming, KafkaConfig, StageConfig,
 };
@@ -29,83 +47,122 @@ use orderflow_schemas::{
 use orderflow_store::Store;
 use tokio_util::sync::CancellationToken;
 
+pub use config::{BridgeConfig, BuildContext, ConfigError, Routing};
+pub use envelope::{Envelope, EventType};
+pub use health::SinkHealth;
 pub use notification::{Notification, NotificationKind};
-pub use sink::{Sink, SinkError};
+pub use sink::{Delivery, Mapping, Sink, SinkError};
 
-/// The topics the bridge reads.
-pub const INPUTS: [TopicKind; 4] = [
-    TopicKind::OrdersValidated,
-    TopicKind::OrdersRejected,
-    TopicKind::PaymentFailed,
-    TopicKind::OrdersInvoiced,
-];
-
-/// The bridge stage over a set of sinks.
+/// The bridge stage over its routing.
 pub struct BridgeHandler {
     store: Arc<dyn Store>,
-    sinks: Vec<Arc<dyn Sink>>,
+    routing: Arc<Routing>,
 }
 
 impl BridgeHandler {
-    pub fn new(store: Arc<dyn Store>, sinks: Vec<Arc<dyn Sink>>) -> Self {
-        BridgeHandler { store, sinks }
+    pub fn new(store: Arc<dyn Store>, routing: Arc<Routing>) -> Self {
+        BridgeHandler { store, routing }
+    }
+
+    /// Delivers to one sink unless it has the event already; marks it delivered after.
+    async fn deliver(
+        &self,
+        sink_index: usize,
+        envelope: &Envelope,
+        mapping: Mapping,
+    ) -> Result<(), HandlerError> {
+        let slot = &self.routing.sinks[sink_index];
+        let sink = slot.sink.as_ref();
+        let m = metrics::metrics();
+        let deliveries = |outcome| m.sink_deliveries.with_label_values(&[sink.name(), outcome]);
+        let ids = [envelope.id.clone()];
+        let done = self
+            .store
+            .delivered(sink.name(), &ids)
+            .await
+            .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+        if done.first().copied().unwrap_or(false) {
+            deliveries(outcome::SKIPPED_DUPLICATE).inc();
+            return Ok(());
+        }
+        let sent = {
+            let _permit = slot.permits.acquire().await;
+            let timer = m.sink_send.with_label_values(&[sink.name()]).start_timer();
+            let sent = sink.send(&Delivery { envelope, mapping }).await;
+            timer.observe_duration();
+            sent
+        };
+        sent.map_err(|e| {
+            deliveries(outcome::FAILED).inc();
+            match e {
+                SinkError::Retriable(e) => {
+                    HandlerError::Retriable(format!("sink {}: {e}", sink.name()))
+                }
+                SinkError::Rejected(e) => {
+                    HandlerError::Poison(format!("sink {} rejected it: {e}", sink.name()))
+                }
+            }
+        })?;
+        deliveries(outcome::SENT).inc();
+        self.store
+            .mark_delivered(sink.name(), &ids)
+            .await
+            .map_err(|e| HandlerError::Retriable(e.to_string()))
     }
 }
 
 impl Handler for BridgeHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
-        let Some(kind) = m.kind else {
+        let Some(event_type) = m.kind.and_then(EventType::of_topic) else {
             return Ok(());
         };
-        let Some(notification) = Notification::from_message(kind, &m.schemas, &m.payload)
+        let Some(targets) = self.routing.routes.get(&event_type) else {
+            return Ok(());
+        };
+        let kind = event_type.topic();
+        let Some(envelope) = Envelope::decode(kind, &m.schemas, &m.payload)
             .map_err(|e| HandlerError::Poison(e.to_string()))?
         else {
             return Ok(());
         };
-        let ids = [notification.id.clone()];
-        let m = metrics::metrics();
-        for sink in &self.sinks {
-            let deliveries = |outcome| m.sink_deliveries.with_label_values(&[sink.name(), outcome]);
-            let done = self
-                .store
-                .delivered(sink.name(), &ids)
-                .await
-                .map_err(|e| HandlerError::Retriable(e.to_string()))?;
-            if done.first().copied().unwrap_or(false) {
-                deliveries(outcome::SKIPPED_DUPLICATE).inc();
-                continue;
+        let results = join_all(
+            targets
+                .iter()
+                .map(|&(sink, mapping)| self.deliver(sink, &envelope, mapping)),
+        )
+        .await;
+        // Retry first: the sinks that took the event are skipped next time. Dead-letter only
+        // when every failure is final.
+        let mut poison = Vec::new();
+        let mut retriable = Vec::new();
+        for result in results {
+            match result {
+                Ok(()) => {}
+                Err(HandlerError::Retriable(e)) => retriable.push(e),
+                Err(HandlerError::Poison(e)) => poison.push(e),
             }
-            let timer = m.sink_send.with_label_values(&[sink.name()]).start_timer();
-            let sent = sink.send(&notification).await;
-            timer.observe_duration();
-            sent.map_err(|e| {
-                deliveries(outcome::FAILED).inc();
-                match e {
-                    SinkError::Retriable(e) => {
-                        HandlerError::Retriable(format!("{}: {e}", sink.name()))
-                    }
-                    SinkError::Rejected(e) => HandlerError::Poison(format!("{}: {e}", sink.name())),
-                }
-            })?;
-            deliveries(outcome::SENT).inc();
-            self.store
-                .mark_delivered(sink.name(), &ids)
-                .await
-                .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+        }
+        if !retriable.is_empty() {
+            return Err(HandlerError::Retriable(retriable.join("; ")));
+        }
+        if !poison.is_empty() {
+            return Err(HandlerError::Poison(poison.join("; ")));
         }
         Ok(())
     }
 }
 
-/// Runs the bridge until `shutdown`.
+/// Runs the bridge until `shutdown`: reads the topics its routes need, dead-letters to
+/// `orderflow.bridge.dead-letter`.
 pub async fn run_bridge(
     kafka: &KafkaConfig,
     store: Arc<dyn Store>,
-    sinks: Vec<Arc<dyn Sink>>,
+    routing: Arc<Routing>,
     producer: EventProducer,
     shutdown: CancellationToken,
 ) -> orderflow_kafka::Result<()> {
-    let config = StageConfig::new(kafka, "bridge", INPUTS.to_vec());
-    let handler = BridgeHandler::new(store, sinks);
+    let config = StageConfig::new(kafka, "bridge", routing.inputs())
+        .with_dead_letter(TopicKind::BridgeDeadLetter);
+    let handler = BridgeHandler::new(store, routing);
     run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
 }

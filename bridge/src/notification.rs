@@ -1,7 +1,7 @@
 //! What an order event becomes for a customer.
 
 use orderflow_schemas::{
-    format_cents, wire, DecodeError, OrderInvoiced, OrderRejected, OrderValidated, PaymentFailed,
+    format_cents, DecodeError, OrderInvoiced, OrderRejected, OrderValidated, PaymentFailed,
     SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,8 @@ pub enum NotificationKind {
     OrderRejected,
     PaymentFailed,
     InvoiceReady,
+    // Issue #5 adds `OrderShipped` and `OrderCancelled` here (their email templates are in
+    // `ses/templates/` already), built in `Envelope::decode` from the new events.
 }
 
 impl NotificationKind {
@@ -48,80 +50,76 @@ impl Notification {
         ids: &SchemaIds,
         payload: &[u8],
     ) -> Result<Option<Self>, DecodeError> {
-        Ok(Some(match kind {
-            TopicKind::OrdersValidated => {
-                let e: OrderValidated = wire::decode_with(ids, payload)?;
-                let items = e
-                    .lines
-                    .iter()
-                    .map(|l| format!("{} × {}", l.quantity, l.name))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                Notification {
-                    subject: format!("Order {} confirmed", e.order_id),
-                    text: format!(
-                        "We have your order: {items}. Total {} {}.",
-                        format_cents(e.total_cents),
-                        e.currency
-                    ),
-                    id: e.event_id,
-                    kind: NotificationKind::OrderConfirmed,
-                    order_id: e.order_id,
-                    customer_id: e.customer_id,
-                    occurred_at: e.occurred_at,
-                }
-            }
-            TopicKind::OrdersRejected => {
-                let e: OrderRejected = wire::decode_with(ids, payload)?;
-                Notification {
-                    subject: format!("Order {} could not be accepted", e.order_id),
-                    text: format!("We could not accept your order: {}.", e.reason),
-                    id: e.event_id,
-                    kind: NotificationKind::OrderRejected,
-                    order_id: e.order_id,
-                    customer_id: e.customer_id,
-                    occurred_at: e.occurred_at,
-                }
-            }
-            TopicKind::PaymentFailed => {
-                let e: PaymentFailed = wire::decode_with(ids, payload)?;
-                Notification {
-                    subject: format!("Payment for order {} failed", e.order_id),
-                    text: format!(
-                        "The payment of {} {} was not accepted: {}.",
-                        format_cents(e.amount_cents),
-                        e.currency,
-                        e.reason
-                    ),
-                    id: e.event_id,
-                    kind: NotificationKind::PaymentFailed,
-                    order_id: e.order_id,
-                    customer_id: e.customer_id,
-                    occurred_at: e.occurred_at,
-                }
-            }
-            TopicKind::OrdersInvoiced => {
-                let e: OrderInvoiced = wire::decode_with(ids, payload)?;
-                Notification {
-                    subject: format!("Invoice {} for order {}", e.invoice_number, e.order_id),
-                    text: format!(
-                        "Your invoice {} is ready: subtotal {}, tax {}, total {} {}.",
-                        e.invoice_number,
-                        format_cents(e.subtotal_cents),
-                        format_cents(e.tax_cents),
-                        format_cents(e.total_cents),
-                        e.currency
-                    ),
-                    id: e.event_id,
-                    kind: NotificationKind::InvoiceReady,
-                    order_id: e.order_id,
-                    customer_id: e.customer_id,
-                    occurred_at: e.occurred_at,
-                }
-            }
-            TopicKind::OrdersAccepted | TopicKind::OrdersPaid | TopicKind::DeadLetter => {
-                return Ok(None)
-            }
-        }))
+        Ok(crate::Envelope::decode(kind, ids, payload)?.and_then(|e| e.notification))
+    }
+
+    pub(crate) fn confirmed(e: &OrderValidated) -> Self {
+        let items = e
+            .lines
+            .iter()
+            .map(|l| format!("{} × {}", l.quantity, l.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Notification {
+            subject: format!("Order {} confirmed", e.order_id),
+            text: format!(
+                "We have your order: {items}. Total {} {}.",
+                format_cents(e.total_cents),
+                e.currency
+            ),
+            id: e.event_id.clone(),
+            kind: NotificationKind::OrderConfirmed,
+            order_id: e.order_id.clone(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
+    }
+
+    pub(crate) fn rejected(e: &OrderRejected) -> Self {
+        Notification {
+            subject: format!("Order {} could not be accepted", e.order_id),
+            text: format!("We could not accept your order: {}.", e.reason),
+            id: e.event_id.clone(),
+            kind: NotificationKind::OrderRejected,
+            order_id: e.order_id.clone(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
+    }
+
+    pub(crate) fn payment_failed(e: &PaymentFailed) -> Self {
+        Notification {
+            subject: format!("Payment for order {} failed", e.order_id),
+            text: format!(
+                "The payment of {} {} was not accepted: {}.",
+                format_cents(e.amount_cents),
+                e.currency,
+                e.reason
+            ),
+            id: e.event_id.clone(),
+            kind: NotificationKind::PaymentFailed,
+            order_id: e.order_id.clone(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
+    }
+
+    pub(crate) fn invoice_ready(e: &OrderInvoiced) -> Self {
+        Notification {
+            subject: format!("Invoice {} for order {}", e.invoice_number, e.order_id),
+            text: format!(
+                "Your invoice {} is ready: subtotal {}, tax {}, total {} {}.",
+                e.invoice_number,
+                format_cents(e.subtotal_cents),
+                format_cents(e.tax_cents),
+                format_cents(e.total_cents),
+                e.currency
+            ),
+            id: e.event_id.clone(),
+            kind: NotificationKind::InvoiceReady,
+            order_id: e.order_id.clone(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
     }
 }

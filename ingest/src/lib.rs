@@ -7,8 +7,10 @@
 //! - [`router`]: the routes and the shared [`ApiState`]; `GET /metrics` serves the process's
 //!   Prometheus metrics, and a middleware records `orderflow_http_requests_total` and
 //!   `orderflow_http_request_duration_seconds` by matched route.
-//! - [`serve_metrics`]: `/metrics`, `/healthz` and `/readyz` alone, for the services without the
-//!   API.
+//! - [`serve_metrics`]: `/metrics`, `/healthz` and `/readyz` alone, for the services without
+//!   the API.
+//! - [`ReadyCheck`]: something else readiness depends on (the bridge's sinks), as a cheap
+//!   synchronous read of its latest state.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
@@ -38,6 +40,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{field, info, info_span, Instrument};
 
+/// A named readiness condition beyond the store and the broker: `Err` says why it is not
+/// ready. It must answer at once (read a cached state, do no I/O).
+#[derive(Clone)]
+pub struct ReadyCheck {
+    pub name: &'static str,
+    pub check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
 /// What the handlers share.
 pub struct ApiState {
     pub store: Arc<dyn Store>,
@@ -46,6 +56,8 @@ pub struct ApiState {
     pub idempotency_ttl_ms: i64,
     /// The embedded schema registry to serve, if any.
     pub schema_registry: Option<Arc<LocalRegistry>>,
+    /// More conditions `/readyz` requires (e.g. the bridge's sinks in `orderflow run`).
+    pub ready_checks: Vec<ReadyCheck>,
 }
 
 impl ApiState {
@@ -55,12 +67,19 @@ impl ApiState {
             producer,
             idempotency_ttl_ms: orderflow_store::DEFAULT_IDEMPOTENCY_TTL.as_millis() as i64,
             schema_registry: None,
+            ready_checks: Vec::new(),
         }
     }
 
     /// Serves this registry's API too ([`schema_registry`]).
     pub fn with_schema_registry(mut self, registry: Arc<LocalRegistry>) -> Self {
         self.schema_registry = Some(registry);
+        self
+    }
+
+    /// Makes `/readyz` require `check` too.
+    pub fn with_ready_check(mut self, check: ReadyCheck) -> Self {
+        self.ready_checks.push(check);
         self
     }
 }
@@ -146,25 +165,41 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, Problem> {
     Readiness::new(state.store.clone(), state.producer.clone())
+        .with_checks(state.ready_checks.clone())
         .check()
         .await
 }
 
-/// What `/readyz` checks: a service is ready when its store answers and the broker gives its
-/// metadata. While the store is down, `/readyz` answers 503 naming it (the stages meanwhile
-/// retry and commit no offsets).
+/// What `/readyz` checks: a service is ready when its store answers, the broker gives its
+/// metadata and every extra [`ReadyCheck`] passes (the bridge's sinks). While the store is
+/// down, `/readyz` answers 503 naming it (the stages meanwhile retry and commit no offsets).
 #[derive(Clone)]
 pub struct Readiness {
     store: Arc<dyn Store>,
     producer: EventProducer,
+    checks: Vec<ReadyCheck>,
 }
 
 impl Readiness {
     pub fn new(store: Arc<dyn Store>, producer: EventProducer) -> Self {
-        Readiness { store, producer }
+        Readiness {
+            store,
+            producer,
+            checks: Vec::new(),
+        }
+    }
+
+    pub fn with_checks(mut self, checks: Vec<ReadyCheck>) -> Self {
+        self.checks.extend(checks);
+        self
     }
 
     pub async fn check(&self) -> Result<Json<serde_json::Value>, Problem> {
+        let mut report = serde_json::Map::new();
+        for c in &self.checks {
+            (c.check)().map_err(|e| Problem::unavailable(format!("{}: {e}", c.name)))?;
+            report.insert(c.name.to_string(), json!("ok"));
+        }
         self.store
             .healthcheck()
             .await
@@ -173,9 +208,10 @@ impl Readiness {
             .healthcheck()
             .await
             .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
-        Ok(Json(
-            json!({"status": "ready", "store": "ok", "broker": "ok"}),
-        ))
+        report.insert("status".into(), json!("ready"));
+        report.insert("store".into(), json!("ok"));
+        report.insert("broker".into(), json!("ok"));
+        Ok(Json(serde_json::Value::Object(report)))
     }
 }
 

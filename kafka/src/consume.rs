@@ -101,6 +101,9 @@ pub struct StageConfig {
     pub inputs: Vec<TopicKind>,
     /// Most messages handled as one batch.
     pub max_batch: usize,
+    /// Where poison messages go: `orderflow.dead-letter` unless the stage has its own
+    /// (the bridge: `orderflow.bridge.dead-letter`).
+    pub dead_letter: TopicKind,
 }
 
 impl StageConfig {
@@ -111,7 +114,14 @@ impl StageConfig {
             group_id: format!("{}orderflow-{name}", kafka.topics.prefix()),
             inputs,
             max_batch: 1000,
+            dead_letter: TopicKind::DeadLetter,
         }
+    }
+
+    /// The same stage, dead-lettering to `topic`.
+    pub fn with_dead_letter(mut self, topic: TopicKind) -> Self {
+        self.dead_letter = topic;
+        self
     }
 }
 
@@ -505,7 +515,7 @@ async fn pause(attempt: u32, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Sends a poison message to the dead-letter topic, as it came, with the reason in headers.
+/// Sends a poison message to the stage's dead-letter topic, as it came, with the reason in headers.
 async fn dead_letter(
     stage: &StageConfig,
     stats: &StageMetrics,
@@ -516,7 +526,7 @@ async fn dead_letter(
 ) -> bool {
     warn!(stage = %stage.name, topic = %m.topic, partition = m.partition, offset = m.offset,
           %reason, "Dead-lettering message.");
-    let topic = producer.topic(TopicKind::DeadLetter);
+    let topic = producer.topic(stage.dead_letter);
     let partition = m.partition.to_string();
     let offset = m.offset.to_string();
     let mut attempt = 0;

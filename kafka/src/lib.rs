@@ -12,10 +12,12 @@
 //! - [`stats`]: librdkafka's statistics (`statistics.interval.ms`) as Prometheus gauges:
 //!   consumer lag per partition, broker round-trip times and queues, the producer's queue.
 //! - `trace` (feature `otlp`): the W3C trace context in message headers, across stages.
+//! - [`replay`]: re-driving a dead-letter topic to the topics its messages came from.
 
 pub mod admin;
 pub mod consume;
 pub mod producer;
+pub mod replay;
 pub mod stats;
 #[cfg(feature = "otlp")]
 mod trace;

@@ -11,6 +11,8 @@ pub enum TopicKind {
     PaymentFailed,
     OrdersInvoiced,
     DeadLetter,
+    /// What the bridge could not deliver: a sink refused it for good.
+    BridgeDeadLetter,
 }
 
 /// One row of the catalogue, as the README prints it.
@@ -28,7 +30,7 @@ pub struct TopicSpec {
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 7] = [
+    pub const ALL: [TopicKind; 8] = [
         TopicKind::OrdersAccepted,
         TopicKind::OrdersValidated,
         TopicKind::OrdersRejected,
@@ -36,6 +38,7 @@ impl TopicKind {
         TopicKind::PaymentFailed,
         TopicKind::OrdersInvoiced,
         TopicKind::DeadLetter,
+        TopicKind::BridgeDeadLetter,
     ];
 
     pub fn spec(self) -> TopicSpec {
@@ -81,6 +84,12 @@ impl TopicKind {
                 None,
                 "every stage",
                 "operators (`kcat`, replay)",
+            ),
+            TopicKind::BridgeDeadLetter => (
+                "orderflow.bridge.dead-letter",
+                None,
+                "bridge",
+                "operators (`orderflow dlq replay`)",
             ),
         };
         TopicSpec {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -34,11 +36,19 @@ impl Pipeline {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Pipeline {
-        Self::spawn(data_dir, extra, "warn", &[], Stdio::inherit())
+        Self::spawn(data_dir, extra, "warn", Vec::new(), Stdio::inherit())
     }
 
     /// Starts the pipeline with these environment variables set too.
-    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Pipeline {
+    pub fn start_with_env<V: AsRef<std::ffi::OsStr>>(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, V)],
+    ) -> Pipeline {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_ref().to_os_string()))
+            .collect();
         Self::spawn(data_dir, extra, "warn", env, Stdio::inherit())
     }
 
@@ -50,14 +60,14 @@ impl Pipeline {
         log_file: &Path,
     ) -> Pipeline {
         let file = std::fs::File::create(log_file).expect("log file created");
-        Self::spawn(data_dir, extra, rust_log, &[], Stdio::from(file))
+        Self::spawn(data_dir, extra, rust_log, Vec::new(), Stdio::from(file))
     }
 
     fn spawn(
         data_dir: &Path,
         extra: &[&str],
         rust_log: &str,
-        env: &[(&str, &str)],
+        env: Vec<(String, std::ffi::OsString)>,
         stderr: Stdio,
     ) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
@@ -72,7 +82,7 @@ impl Pipeline {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", rust_log)
-            .envs(env.iter().copied())
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -125,6 +135,29 @@ impl Pipeline {
                 panic!("orderflow did not stop within 30 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no graceful stop, nothing committed that was not committed already.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Polls `GET /readyz` until it answers 200 (panics after 30 s); returns its body.
+    pub async fn wait_until_ready(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or_default();
+            if status == 200 {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "never ready: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -1,6 +1,7 @@
-//! The file sink: appends each notification as one JSON line to a file (by default
-//! `<data dir>/notifications.jsonl`). Concurrent sends are written together and made durable
-//! with one `fsync` (group commit) by a writer thread.
+//! The file sink: appends each delivery's body (the notification, or the event, by the
+//! route's mapping) as one JSON line to a file (by default `<data dir>/notifications.jsonl`).
+//! Concurrent sends are written together and made durable with one `fsync` (group commit) by a
+//! writer thread.
 
 use std::{
     fs::{File, OpenOptions},
@@ -9,14 +10,48 @@ use std::{
 };
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Notification, Sink, SinkError};
+use crate::{Delivery, Sink, SinkError};
+
+/// `type = "file"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// The file to append to (default: `<data dir>/notifications.jsonl`; relative paths are
+    /// under the data dir).
+    pub path: Option<PathBuf>,
+    /// Most deliveries to this sink in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            path: None,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+impl FileConfig {
+    pub fn build(&self, name: &str, data_dir: &Path) -> Result<FileSink, SinkError> {
+        let path = match &self.path {
+            Some(p) => data_dir.join(p),
+            None => data_dir.join("notifications.jsonl"),
+        };
+        let mut sink = FileSink::open(&path)?;
+        sink.name = name.to_string();
+        Ok(sink)
+    }
+}
 
 /// A line to append, and where to say when it is durable.
 type Pending = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
 pub struct FileSink {
+    name: String,
     path: PathBuf,
     lines: mpsc::UnboundedSender<Pending>,
 }
@@ -40,6 +75,7 @@ impl FileSink {
             .spawn(move || writer(file, queue))
             .map_err(|e| SinkError::Retriable(e.to_string()))?;
         Ok(FileSink {
+            name: "file".into(),
             path: path.to_path_buf(),
             lines,
         })
@@ -73,11 +109,11 @@ fn writer(mut file: File, mut queue: mpsc::UnboundedReceiver<Pending>) {
 #[async_trait]
 impl Sink for FileSink {
     fn name(&self) -> &str {
-        "file"
+        &self.name
     }
 
-    async fn send(&self, n: &Notification) -> Result<(), SinkError> {
-        let mut line = serde_json::to_vec(n).map_err(|e| SinkError::Rejected(e.to_string()))?;
+    async fn send(&self, d: &Delivery<'_>) -> Result<(), SinkError> {
+        let mut line = d.body()?;
         line.push(b'\n');
         let (reply, done) = oneshot::channel();
         self.lines

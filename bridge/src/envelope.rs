@@ -1,0 +1,152 @@
+//! What the bridge hands its sinks: a decoded event with its metadata (the [`Envelope`]), and
+//! the customer [`Notification`] it becomes, when it becomes one.
+
+use orderflow_schemas::{
+    wire, DecodeError, Event, OrderAccepted, OrderInvoiced, OrderPaid, OrderRejected,
+    OrderValidated, PaymentFailed, SchemaIds, TopicKind,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::Notification;
+
+/// The event types the bridge can route, named as in routing configs (`events = [...]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    OrderAccepted,
+    OrderValidated,
+    OrderRejected,
+    OrderPaid,
+    PaymentFailed,
+    OrderInvoiced,
+    // Issue #5: `OrderShipped` and `OrderCancelled` go here, with their topics below and their
+    // notifications in `Envelope::decode`.
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        EventType::OrderAccepted,
+        EventType::OrderValidated,
+        EventType::OrderRejected,
+        EventType::OrderPaid,
+        EventType::PaymentFailed,
+        EventType::OrderInvoiced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::OrderAccepted => "order_accepted",
+            EventType::OrderValidated => "order_validated",
+            EventType::OrderRejected => "order_rejected",
+            EventType::OrderPaid => "order_paid",
+            EventType::PaymentFailed => "payment_failed",
+            EventType::OrderInvoiced => "order_invoiced",
+        }
+    }
+
+    /// The topic events of this type are on.
+    pub fn topic(self) -> TopicKind {
+        match self {
+            EventType::OrderAccepted => TopicKind::OrdersAccepted,
+            EventType::OrderValidated => TopicKind::OrdersValidated,
+            EventType::OrderRejected => TopicKind::OrdersRejected,
+            EventType::OrderPaid => TopicKind::OrdersPaid,
+            EventType::PaymentFailed => TopicKind::PaymentFailed,
+            EventType::OrderInvoiced => TopicKind::OrdersInvoiced,
+        }
+    }
+
+    /// The event type on a topic (`None` for the dead-letter topics).
+    pub fn of_topic(kind: TopicKind) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.topic() == kind)
+    }
+
+    /// Whether events of this type become a customer notification (an email).
+    pub fn notifies(self) -> bool {
+        matches!(
+            self,
+            EventType::OrderValidated
+                | EventType::OrderRejected
+                | EventType::PaymentFailed
+                | EventType::OrderInvoiced
+        )
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decoded event. Serialized as the body of the `event` mapping:
+/// `{"type", "id", "order_id", "customer_id", "occurred_at", "schema_id", "data": {…}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The event id (`<order id>:<step>`): the deduplication key everywhere downstream.
+    pub id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    /// When it happened, ms since the Unix epoch.
+    pub occurred_at: i64,
+    /// The Avro schema id it was framed with.
+    pub schema_id: u32,
+    /// The event's fields, as JSON.
+    pub data: serde_json::Value,
+    /// The customer notification it becomes, if any.
+    #[serde(skip)]
+    pub notification: Option<Notification>,
+}
+
+impl Envelope {
+    /// Decodes a message of a catalogue topic (`None` for topics that carry no event).
+    pub fn decode(
+        kind: TopicKind,
+        ids: &SchemaIds,
+        payload: &[u8],
+    ) -> Result<Option<Envelope>, DecodeError> {
+        let Some(event_type) = EventType::of_topic(kind) else {
+            return Ok(None);
+        };
+        let t = event_type;
+        let p = (ids, payload);
+        Ok(Some(match event_type {
+            EventType::OrderAccepted => Self::of::<OrderAccepted>(t, p, |_| None)?,
+            EventType::OrderValidated => {
+                Self::of::<OrderValidated>(t, p, |e| Some(Notification::confirmed(e)))?
+            }
+            EventType::OrderRejected => {
+                Self::of::<OrderRejected>(t, p, |e| Some(Notification::rejected(e)))?
+            }
+            EventType::OrderPaid => Self::of::<OrderPaid>(t, p, |_| None)?,
+            EventType::PaymentFailed => {
+                Self::of::<PaymentFailed>(t, p, |e| Some(Notification::payment_failed(e)))?
+            }
+            EventType::OrderInvoiced => {
+                Self::of::<OrderInvoiced>(t, p, |e| Some(Notification::invoice_ready(e)))?
+            }
+        }))
+    }
+
+    fn of<E: Event>(
+        event_type: EventType,
+        (ids, payload): (&SchemaIds, &[u8]),
+        notification: impl FnOnce(&E) -> Option<Notification>,
+    ) -> Result<Envelope, DecodeError> {
+        let event: E = wire::decode_with(ids, payload)?;
+        Ok(Envelope {
+            event_type,
+            id: event.event_id().to_string(),
+            order_id: event.order_id().to_string(),
+            customer_id: event.customer_id().to_string(),
+            occurred_at: event.occurred_at(),
+            // The id the message was framed with (the registry's, when there is one).
+            schema_id: wire::schema_id(payload)?,
+            // Serializing a plain struct of strings, numbers and lists cannot fail.
+            data: serde_json::to_value(&event).unwrap_or_default(),
+            notification: notification(&event),
+        })
+    }
+}

@@ -1,0 +1,245 @@
+//! The customer emails, rendered with minijinja from the templates in `templates/`: a subject,
+//! a text body and an HTML body (auto-escaped) per kind of email. The context is the event:
+//! `order_id`, `customer_id`, `event` (every field of the event) and `text` (the
+//! notification's one-line summary); `| money` formats cents as `12.50`.
+
+use minijinja::{AutoEscape, Environment, Value};
+use serde::Serialize;
+
+use crate::{Envelope, NotificationKind, SinkError};
+
+/// Subject, text and HTML templates by email name. `order_shipped` and `order_cancelled` wait
+/// for their events (issue #5): map them in [`template_name`] when the notification kinds exist.
+const TEMPLATES: &[(&str, &str, &str, &str)] = &[
+    (
+        "order_confirmed",
+        "Your order {{ order_id }} is confirmed",
+        include_str!("templates/order_confirmed.txt"),
+        include_str!("templates/order_confirmed.html"),
+    ),
+    (
+        "order_rejected",
+        "We could not accept your order {{ order_id }}",
+        include_str!("templates/order_rejected.txt"),
+        include_str!("templates/order_rejected.html"),
+    ),
+    (
+        "payment_failed",
+        "Payment for your order {{ order_id }} failed",
+        include_str!("templates/payment_failed.txt"),
+        include_str!("templates/payment_failed.html"),
+    ),
+    (
+        "invoice_ready",
+        "Invoice {{ event.invoice_number }} for your order {{ order_id }}",
+        include_str!("templates/invoice_ready.txt"),
+        include_str!("templates/invoice_ready.html"),
+    ),
+    (
+        "order_shipped",
+        "Your order {{ order_id }} is on its way",
+        include_str!("templates/order_shipped.txt"),
+        include_str!("templates/order_shipped.html"),
+    ),
+    (
+        "order_cancelled",
+        "Your order {{ order_id }} is cancelled",
+        include_str!("templates/order_cancelled.txt"),
+        include_str!("templates/order_cancelled.html"),
+    ),
+];
+
+/// The template set for a kind of notification.
+pub fn template_name(kind: NotificationKind) -> &'static str {
+    match kind {
+        NotificationKind::OrderConfirmed => "order_confirmed",
+        NotificationKind::OrderRejected => "order_rejected",
+        NotificationKind::PaymentFailed => "payment_failed",
+        NotificationKind::InvoiceReady => "invoice_ready",
+    }
+}
+
+/// A rendered email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// The compiled templates, plus the recipient template of the sink's config.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+#[derive(Serialize)]
+struct Context<'a> {
+    order_id: &'a str,
+    customer_id: &'a str,
+    event: &'a serde_json::Value,
+    text: &'a str,
+}
+
+impl Templates {
+    /// Compiles every template and `recipient` (checked at start, so a typo fails the start,
+    /// not every send).
+    pub fn new(recipient: &str) -> Result<Templates, String> {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        env.add_filter("money", |cents: i64| {
+            Value::from(orderflow_schemas::format_cents(cents))
+        });
+        for (name, subject, text, html) in TEMPLATES {
+            for (suffix, source) in [("subject", subject), ("txt", text), ("html", html)] {
+                env.add_template_owned(format!("{name}.{suffix}"), *source)
+                    .map_err(|e| format!("template {name}.{suffix}: {e}"))?;
+            }
+        }
+        env.add_template_owned("recipient", recipient.to_string())
+            .map_err(|e| format!("recipient {recipient:?}: {e}"))?;
+        Ok(Templates { env })
+    }
+
+    /// The email for an event that notifies.
+    pub fn render(&self, envelope: &Envelope) -> Result<Email, SinkError> {
+        let notification = envelope.notification.as_ref().ok_or_else(|| {
+            SinkError::Rejected(format!("{} events send no email", envelope.event_type))
+        })?;
+        let name = template_name(notification.kind);
+        let context = Context {
+            order_id: &envelope.order_id,
+            customer_id: &envelope.customer_id,
+            event: &envelope.data,
+            text: &notification.text,
+        };
+        let render = |suffix: &str| {
+            self.env
+                .get_template(&format!("{name}.{suffix}"))
+                .and_then(|t| t.render(&context))
+                .map_err(|e| SinkError::Rejected(format!("rendering {name}.{suffix}: {e}")))
+        };
+        Ok(Email {
+            subject: render("subject")?.trim().to_string(),
+            text: render("txt")?,
+            html: render("html")?,
+        })
+    }
+
+    /// The customer's address.
+    pub fn recipient(&self, envelope: &Envelope) -> Result<String, SinkError> {
+        let context = Context {
+            order_id: &envelope.order_id,
+            customer_id: &envelope.customer_id,
+            event: &envelope.data,
+            text: "",
+        };
+        self.env
+            .get_template("recipient")
+            .and_then(|t| t.render(&context))
+            .map(|r| r.trim().to_string())
+            .map_err(|e| SinkError::Rejected(format!("rendering the recipient: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use orderflow_schemas::{wire, OrderLine, OrderValidated, PaymentMethod, TopicKind};
+
+    use super::*;
+
+    fn validated(customer_id: &str, name: &str) -> Envelope {
+        let event = OrderValidated {
+            event_id: "o1:validated".into(),
+            order_id: "o1".into(),
+            customer_id: customer_id.into(),
+            lines: vec![OrderLine {
+                sku: "MUG-001".into(),
+                name: name.into(),
+                quantity: 2,
+                unit_price_cents: 1250,
+                line_total_cents: 2500,
+            }],
+            currency: "EUR".into(),
+            subtotal_cents: 2500,
+            tax_cents: 500,
+            total_cents: 3000,
+            payment: PaymentMethod {
+                method: "card".into(),
+                token: "tok_visa".into(),
+            },
+            occurred_at: 0,
+        };
+        Envelope::decode(
+            TopicKind::OrdersValidated,
+            &orderflow_schemas::SchemaIds::builtin(),
+            &wire::encode(&event).unwrap(),
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_confirmation_lists_the_lines_and_the_total_in_text_and_html() {
+        let t = Templates::new("{{ customer_id }}@customers.example").unwrap();
+        let email = t.render(&validated("c1", "Orderflow mug")).unwrap();
+        assert_eq!(email.subject, "Your order o1 is confirmed");
+        assert!(
+            email.text.contains("2 × Orderflow mug: 25.00 EUR"),
+            "{}",
+            email.text
+        );
+        assert!(email.text.contains("Total:    30.00 EUR"), "{}", email.text);
+        assert!(
+            email.html.contains("<strong>30.00 EUR</strong>"),
+            "{}",
+            email.html
+        );
+        assert_eq!(
+            t.recipient(&validated("c1", "x")).unwrap(),
+            "c1@customers.example"
+        );
+    }
+
+    #[test]
+    fn html_bodies_escape_what_came_from_the_order() {
+        let t = Templates::new("{{ customer_id }}@x.example").unwrap();
+        let email = t.render(&validated("c1", "<script>mug</script>")).unwrap();
+        assert!(email.html.contains("&lt;script&gt;mug"), "{}", email.html);
+        assert!(!email.html.contains("<script>"));
+        assert!(email.text.contains("<script>mug</script>"));
+    }
+
+    #[test]
+    fn the_templates_for_later_events_compile() {
+        // Shipped and cancelled render from whatever fields their events will have.
+        let t = Templates::new("r@x.example").unwrap();
+        let context = serde_json::json!({"order_id": "o1", "customer_id": "c1", "text": "",
+            "event": {"carrier": "DHL", "tracking_number": "T1", "reason": "asked",
+                      "refund_cents": 3000, "currency": "EUR"}});
+        let shipped = t
+            .env
+            .get_template("order_shipped.txt")
+            .unwrap()
+            .render(&context)
+            .unwrap();
+        assert!(shipped.contains("DHL, tracking number T1"), "{shipped}");
+        let cancelled = t
+            .env
+            .get_template("order_cancelled.txt")
+            .unwrap()
+            .render(&context)
+            .unwrap();
+        assert!(cancelled.contains("We refund 30.00 EUR"), "{cancelled}");
+    }
+
+    #[test]
+    fn a_broken_recipient_template_fails_at_start() {
+        assert!(Templates::new("{{ customer_id").is_err());
+    }
+}
