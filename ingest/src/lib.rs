@@ -12,9 +12,12 @@
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
+//! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
+//!   and Swagger UI over it (`GET /docs`), its assets compiled in.
 //! - [`schema_registry`]: Confluent's schema registry API over the embedded registry, when the
 //!   state has one (`orderflow run` without `--schema-registry`).
 
+pub mod openapi;
 pub mod orders;
 pub mod problem;
 pub mod products;
@@ -34,9 +37,10 @@ use orderflow_kafka::EventProducer;
 use orderflow_schemas::{metrics, registry::LocalRegistry};
 use orderflow_store::Store;
 use problem::Problem;
-use serde_json::json;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use utoipa::ToSchema;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -65,7 +69,8 @@ impl ApiState {
     }
 }
 
-/// Every route of the API.
+/// Every route of the API. A new route also gets a `#[utoipa::path]` on its handler and a line
+/// in [`openapi::ApiDoc`] (`tests/openapi.rs` checks that the two agree).
 pub fn router(state: Arc<ApiState>) -> Router {
     let registry = match &state.schema_registry {
         Some(registry) => schema_registry::routes(registry.clone()),
@@ -79,6 +84,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
+        .route("/docs/swagger-ui.css", get(openapi::swagger_ui_css))
+        .route("/docs/swagger-ui-bundle.js", get(openapi::swagger_ui_js))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_requests))
@@ -86,6 +95,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// `GET /metrics`: every metric of the process, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Every metric of the process, text format 0.0.4.",
+               body = String, content_type = "text/plain")),
+)]
 pub async fn render_metrics() -> Response {
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
@@ -131,11 +148,54 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /healthz`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, Problem> {
+/// `GET /readyz`'s answer when ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub store: &'static str,
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub broker: &'static str,
+}
+
+/// `GET /healthz`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up.", body = Alive)),
+)]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// `GET /readyz`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "The store and the broker answer.", body = Ready),
+        (status = 503, description = "The store or the broker does not answer; `detail` says \
+            which.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<Ready>, Problem> {
     Readiness::new(state.store.clone(), state.producer.clone())
         .check()
         .await
@@ -155,7 +215,7 @@ impl Readiness {
         Readiness { store, producer }
     }
 
-    pub async fn check(&self) -> Result<Json<serde_json::Value>, Problem> {
+    pub async fn check(&self) -> Result<Json<Ready>, Problem> {
         self.store
             .healthcheck()
             .await
@@ -164,9 +224,11 @@ impl Readiness {
             .healthcheck()
             .await
             .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
-        Ok(Json(
-            json!({"status": "ready", "store": "ok", "broker": "ok"}),
-        ))
+        Ok(Json(Ready {
+            status: "ready",
+            store: "ok",
+            broker: "ok",
+        }))
     }
 }
 

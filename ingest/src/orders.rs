@@ -4,7 +4,7 @@ use std::{sync::Arc, time::UNIX_EPOCH};
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::{rejection::PathRejection, Path, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -13,6 +13,7 @@ use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentM
 use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, TimelineEntry};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+use utoipa::ToSchema;
 
 use crate::{
     problem::{FieldError, Problem},
@@ -28,50 +29,88 @@ pub const MAX_QUANTITY: i64 = 1000;
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-#[derive(Debug, Deserialize, Serialize)]
+// The `#[schema]` limits below document what [`validate`] checks: text fields must hold a
+// character that is not whitespace and none that is a control character (`TEXT` pattern), within
+// a length in characters.
+
+/// A new order. Unknown fields are refused.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
+    /// Who orders.
+    #[schema(max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "c1")]
     pub customer_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ItemRequest>,
     pub shipping_address: AddressRequest,
     pub payment: PaymentRequest,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// One item of a new order.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemRequest {
+    /// A SKU of the catalogue (`GET /v1/products`); an unknown one gets the order rejected by
+    /// the validation stage, after the `202`.
+    #[schema(max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "MUG-001")]
     pub sku: String,
     /// Wider than the event's `int`, so that an absurd number is named by our check.
+    #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub quantity: i64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// Where the order ships to.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressRequest {
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "Ada Lovelace")]
     pub name: String,
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "1 Main St")]
     pub line1: String,
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub line2: Option<String>,
+    #[schema(max_length = 100, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "Berlin")]
     pub city: String,
+    #[schema(max_length = 20, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "10115")]
     pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = "^[A-Z]{2}$", example = "DE")]
     pub country: String,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// How the order is paid.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
+    #[schema(max_length = 32, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "card")]
     pub method: String,
+    /// The payment gateway's token; the simulated gateway declines `tok_decline` and
+    /// `tok_insufficient_funds`.
+    #[schema(max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(example = "tok_visa")]
     pub token: String,
 }
 
-#[derive(Debug, Serialize)]
+/// The order was recorded and its `OrderAccepted` event is on the topic.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
+    /// A UUIDv7.
     pub order_id: String,
+    /// `accepted`, or where an order replayed by its `Idempotency-Key` has got to.
     pub status: OrderStatus,
 }
 
-/// The order as the API shows it.
-#[derive(Debug, Serialize)]
+/// The order as the API shows it. Pricing fields appear once the validation stage priced it,
+/// `invoice_number` once it is invoiced.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderView {
     pub order_id: String,
     pub customer_id: String,
@@ -93,14 +132,18 @@ pub struct OrderView {
     pub total_cents: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invoice_number: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     pub timeline: Vec<TimelineView>,
 }
 
-#[derive(Debug, Serialize)]
+/// One step the order went through.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TimelineView {
     pub status: OrderStatus,
+    #[schema(format = DateTime)]
     pub at: String,
     pub event_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -380,6 +423,43 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
 }
 
 /// `POST /v1/orders`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    summary = "Place an order",
+    description = "Validates the order, records it and puts its `OrderAccepted` event on \
+        `orders.accepted`; answers once the broker acknowledged it. The stages then validate \
+        (stock), charge and invoice it: follow it with `GET /v1/orders/{id}`.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+         pattern = "^[\\t -~]*[!-~][\\t -~]*$",
+         description = "Makes a retry safe: the same key (per customer, kept 24 h) with the \
+            same body answers with the first order (`idempotent-replayed: true`); with \
+            another body, 422. Visible ASCII, 1 to 255 characters."),
+    ),
+    request_body(content = CreateOrderRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the order is on its way.", body = Accepted,
+         headers(
+            ("Location" = String, description = "The order: `/v1/orders/{order_id}`."),
+            ("idempotent-replayed" = String,
+             description = "`true` when the `Idempotency-Key` named an earlier order."),
+         )),
+        (status = 400, description = "The body is not JSON, or the `Idempotency-Key` is \
+            not valid.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "Fields are unknown, missing, mistyped or out of range \
+            (each is listed in `errors`), or the `Idempotency-Key` was used with another body.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the broker is down; retry (with the same \
+            `Idempotency-Key`).", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn create(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -498,10 +578,38 @@ pub async fn create(
 }
 
 /// `GET /v1/orders/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "orders",
+    summary = "Read an order",
+    description = "The order's status, items, priced lines, totals, invoice number and timeline, \
+        as the stages have got it so far.",
+    params(("id" = String, Path, description = "The order id `POST /v1/orders` returned.")),
+    responses(
+        (status = 200, description = "The order.", body = OrderView),
+        (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such order.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
-    Path(order_id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
+    let Path(order_id) = order_id.map_err(|e| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            "Invalid path",
+            "path:id",
+            e.body_text(),
+        )
+    })?;
     match state.store.get_order(&order_id).await {
         Ok(Some(order)) => Ok(Json(order.into())),
         Ok(None) => Err(Problem::not_found(format!("no order {order_id}"))),
