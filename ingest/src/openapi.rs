@@ -111,7 +111,11 @@ const DOCS_HTML: &str = r##"<!DOCTYPE html>
                content_type = "text/html")),
 )]
 pub async fn docs() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DOCS_HTML).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DOCS_HTML,
+    )
+        .into_response()
 }
 
 /// `GET /docs/swagger-ui.css`.
@@ -181,6 +185,10 @@ mod tests {
             .expect("Idempotency-Key documented");
         assert_eq!(key["in"], "header");
         assert_eq!(key["required"], false);
+        assert_eq!(
+            key["schema"]["type"], "string",
+            "a header is never null: {key}"
+        );
         let problem = &doc["components"]["schemas"]["Problem"];
         let required: Vec<&str> = problem["required"]
             .as_array()

@@ -38,7 +38,10 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// Who orders.
-    #[schema(max_length = 128, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "c1")]
     pub customer_id: String,
     #[schema(min_items = 1, max_items = 100)]
@@ -53,31 +56,83 @@ pub struct CreateOrderRequest {
 pub struct ItemRequest {
     /// A SKU of the catalogue (`GET /v1/products`); an unknown one gets the order rejected by
     /// the validation stage, after the `202`.
-    #[schema(max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "MUG-001")]
     pub sku: String,
-    /// Wider than the event's `int`, so that an absurd number is named by our check.
+    /// Wider than the event's `int`, so that an absurd number is named by our check. `2.0` is
+    /// `2`, as JSON Schema's `integer` has it (and as clients that send every number as a
+    /// float write it).
+    #[serde(deserialize_with = "integer")]
     #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub quantity: i64,
+}
+
+/// An `i64` from a JSON integer, or from a number with no fractional part within range (`2.0`).
+fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Integer;
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // The bounds are exactly -2^63 and 2^63: every integral f64 in [-2^63, 2^63) fits.
+            if v.fract() == 0.0
+                && v >= -9_223_372_036_854_775_808.0
+                && v < 9_223_372_036_854_775_808.0
+            {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    deserializer.deserialize_any(Integer)
 }
 
 /// Where the order ships to.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressRequest {
-    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "Ada Lovelace")]
     pub name: String,
-    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "1 Main St")]
     pub line1: String,
     #[serde(default)]
     #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub line2: Option<String>,
-    #[schema(max_length = 100, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "Berlin")]
     pub city: String,
-    #[schema(max_length = 20, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 20,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "10115")]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2.
@@ -89,12 +144,18 @@ pub struct AddressRequest {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
-    #[schema(max_length = 32, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 32,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "card")]
     pub method: String,
     /// The payment gateway's token; the simulated gateway declines `tok_decline` and
     /// `tok_insufficient_funds`.
-    #[schema(max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     #[schema(example = "tok_visa")]
     pub token: String,
 }
@@ -432,7 +493,7 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
         `orders.accepted`; answers once the broker acknowledged it. The stages then validate \
         (stock), charge and invoice it: follow it with `GET /v1/orders/{id}`.",
     params(
-        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255,
          pattern = "^[\\t -~]*[!-~][\\t -~]*$",
          description = "Makes a retry safe: the same key (per customer, kept 24 h) with the \
             same body answers with the first order (`idempotent-replayed: true`); with \
@@ -655,11 +716,37 @@ mod tests {
         let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
         assert_eq!(field_of(&p), "shipping_address.planet");
 
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::json!(2.5);
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(p.status, 422);
+        assert_eq!(field_of(&p), "items[0].quantity");
+        assert_eq!(
+            p.errors[0].message,
+            "invalid value: floating point `2.5`, expected an integer"
+        );
+
         let p = parse_json::<CreateOrderRequest>(b"{\"customer_id\": \"c1\",").unwrap_err();
         assert_eq!(p.status, 400);
 
         let p = parse_json::<CreateOrderRequest>(format!("{} x", valid()).as_bytes()).unwrap_err();
         assert_eq!(p.status, 400);
+    }
+
+    #[test]
+    fn a_quantity_without_a_fraction_is_an_integer_however_written() {
+        for (written, quantity) in [("2", 2), ("2.0", 2), ("2e0", 2), ("-0.0", 0)] {
+            let body = valid()
+                .to_string()
+                .replace("\"quantity\":2", &format!("\"quantity\":{written}"));
+            let req: CreateOrderRequest = parse_json(body.as_bytes()).unwrap();
+            assert_eq!(req.items[0].quantity, quantity, "{written}");
+        }
+        let body = valid()
+            .to_string()
+            .replace("\"quantity\":2", "\"quantity\":1e300");
+        let p = parse_json::<CreateOrderRequest>(body.as_bytes()).unwrap_err();
+        assert_eq!(field_of(&p), "items[0].quantity");
     }
 
     #[test]

@@ -115,10 +115,7 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(CONTENT_TYPE),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         // The body was not read to its end: the connection cannot carry another request.
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
