@@ -90,11 +90,9 @@ fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::
         }
 
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
-            // The bounds are exactly -2^63 and 2^63: every integral f64 in [-2^63, 2^63) fits.
-            if v.fract() == 0.0
-                && v >= -9_223_372_036_854_775_808.0
-                && v < 9_223_372_036_854_775_808.0
-            {
+            // -2^63 and 2^63 are exact in f64: every integral f64 in [-2^63, 2^63) fits.
+            const BOUND: f64 = 9_223_372_036_854_775_808.0;
+            if v.fract() == 0.0 && (-BOUND..BOUND).contains(&v) {
                 Ok(v as i64)
             } else {
                 Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
