@@ -149,6 +149,24 @@ async fn the_document_describes_every_route_the_router_answers_and_docs_are_serv
         assert!(is_router_fallback(response).await.is_some(), "GET {path}");
     }
 
+    // Errors the router or an extractor raises are problem+json too, as the document says: an
+    // order id that is not UTF-8 once decoded (schemathesis does not send one) names the field.
+    let response = p.client.get(p.url("/v1/orders/%FF")).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(content_type(&response), "application/problem+json");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "path:id", "{problem}");
+    for (method, path, status) in [("GET", "/nowhere", 404), ("DELETE", "/v1/products", 405)] {
+        let response = p
+            .client
+            .request(Method::from_bytes(method.as_bytes()).unwrap(), p.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        assert_eq!(content_type(&response), "application/problem+json");
+    }
+
     // The embedded schema registry answers on the same listener, deliberately outside the
     // document (it is Confluent's API).
     for path in ["/subjects", "/schemas/ids/1", "/config"] {
