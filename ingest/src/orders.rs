@@ -119,7 +119,11 @@ pub struct AddressRequest {
     #[schema(example = "1 Main St")]
     pub line1: String,
     #[serde(default)]
-    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        example = "Flat 2",
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub line2: Option<String>,
     #[schema(
         max_length = 100,
@@ -294,7 +298,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Pro
     let value = result.map_err(|e| {
         let inner = e.inner();
         let mut field = e.path().to_string();
-        if field == "." {
+        // `?` stands for a segment the parser never reached (the body ended first): say where it
+        // broke off instead.
+        while let Some(known) = field.strip_suffix(".?") {
+            field.truncate(known.len());
+        }
+        if field == "." || field == "?" {
             field.clear();
         }
         let message = inner.to_string();
@@ -506,17 +515,31 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
              description = "`true` when the `Idempotency-Key` named an earlier order."),
          )),
         (status = 400, description = "The body is not JSON, or the `Idempotency-Key` is \
-            not valid.", body = Problem, content_type = "application/problem+json"),
+            not valid.", body = Problem, content_type = "application/problem+json",
+         example = json!({"type": "/problems/malformed-json", "title": "The body is not valid JSON",
+            "status": 400, "detail": "body: EOF while parsing a value at line 1 column 21",
+            "errors": [{"field": "body",
+                        "message": "EOF while parsing a value at line 1 column 21"}]})),
         (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/body-too-large", "title": "Request body too large",
+            "status": 413, "detail": "body: the body must be at most 1048576 bytes",
+            "errors": [{"field": "body", "message": "the body must be at most 1048576 bytes"}]})),
         (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/unsupported-media-type",
+            "title": "Unsupported content type", "status": 415,
+            "detail": "header:Content-Type: must be application/json",
+            "errors": [{"field": "header:Content-Type", "message": "must be application/json"}]})),
         (status = 422, description = "Fields are unknown, missing, mistyped or out of range \
             (each is listed in `errors`), or the `Idempotency-Key` was used with another body.",
          body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store or the broker is down; retry (with the same \
             `Idempotency-Key`).", body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+         headers(("Retry-After" = u32, description = "Seconds to wait.")),
+         example = json!({"type": "/problems/unavailable",
+            "title": "Service temporarily unavailable", "status": 503,
+            "detail": "the event log is unavailable; retry with the same Idempotency-Key"})),
     ),
 )]
 pub async fn create(
@@ -650,7 +673,9 @@ pub async fn create(
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
         (status = 404, description = "No such order.", body = Problem,
-         content_type = "application/problem+json"),
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404,
+            "detail": "no order 01a2…"})),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -726,6 +751,14 @@ mod tests {
 
         let p = parse_json::<CreateOrderRequest>(b"{\"customer_id\": \"c1\",").unwrap_err();
         assert_eq!(p.status, 400);
+        assert_eq!(field_of(&p), "body");
+        assert_eq!(
+            p.detail,
+            "body: EOF while parsing a value at line 1 column 21"
+        );
+
+        let p = parse_json::<CreateOrderRequest>(b"{\"items\": [{\"sku\": \"A\", ").unwrap_err();
+        assert_eq!((p.status, field_of(&p)), (400, "items[0]"));
 
         let p = parse_json::<CreateOrderRequest>(format!("{} x", valid()).as_bytes()).unwrap_err();
         assert_eq!(p.status, 400);
