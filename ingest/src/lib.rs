@@ -14,9 +14,12 @@
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
+//! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
+//!   and Swagger UI over it (`GET /docs`), its assets compiled in.
 //! - [`schema_registry`]: Confluent's schema registry API over the embedded registry, when the
 //!   state has one (`orderflow run` without `--schema-registry`).
 
+pub mod openapi;
 pub mod orders;
 pub mod problem;
 pub mod products;
@@ -36,7 +39,7 @@ use orderflow_kafka::EventProducer;
 use orderflow_schemas::{metrics, registry::LocalRegistry};
 use orderflow_store::Store;
 use problem::Problem;
-use serde_json::json;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{field, info, info_span, Instrument};
 
@@ -47,6 +50,7 @@ pub struct ReadyCheck {
     pub name: &'static str,
     pub check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
+use utoipa::ToSchema;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -84,7 +88,8 @@ impl ApiState {
     }
 }
 
-/// Every route of the API.
+/// Every route of the API. A new route also gets a `#[utoipa::path]` on its handler and a line
+/// in [`openapi::ApiDoc`] (`tests/openapi.rs` checks that the two agree).
 pub fn router(state: Arc<ApiState>) -> Router {
     let registry = match &state.schema_registry {
         Some(registry) => schema_registry::routes(registry.clone()),
@@ -98,6 +103,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
+        .route("/docs/swagger-ui.css", get(openapi::swagger_ui_css))
+        .route("/docs/swagger-ui-bundle.js", get(openapi::swagger_ui_js))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_requests))
@@ -105,6 +114,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// `GET /metrics`: every metric of the process, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Every metric of the process, text format 0.0.4.",
+               body = String, content_type = "text/plain")),
+)]
 pub async fn render_metrics() -> Response {
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
@@ -159,11 +176,57 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /healthz`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, Problem> {
+/// `GET /readyz`'s answer when ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub store: &'static str,
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub broker: &'static str,
+    /// The service's other conditions (e.g. `sinks` for the bridge), each `ok`.
+    #[serde(flatten)]
+    pub checks: std::collections::BTreeMap<String, &'static str>,
+}
+
+/// `GET /healthz`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up.", body = Alive)),
+)]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// `GET /readyz`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "The store and the broker answer.", body = Ready),
+        (status = 503, description = "The store or the broker does not answer; `detail` says \
+            which.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Json<Ready>, Problem> {
     Readiness::new(state.store.clone(), state.producer.clone())
         .with_checks(state.ready_checks.clone())
         .check()
@@ -194,11 +257,11 @@ impl Readiness {
         self
     }
 
-    pub async fn check(&self) -> Result<Json<serde_json::Value>, Problem> {
-        let mut report = serde_json::Map::new();
+    pub async fn check(&self) -> Result<Json<Ready>, Problem> {
+        let mut checks = std::collections::BTreeMap::new();
         for c in &self.checks {
             (c.check)().map_err(|e| Problem::unavailable(format!("{}: {e}", c.name)))?;
-            report.insert(c.name.to_string(), json!("ok"));
+            checks.insert(c.name.to_string(), "ok");
         }
         self.store
             .healthcheck()
@@ -208,10 +271,12 @@ impl Readiness {
             .healthcheck()
             .await
             .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
-        report.insert("status".into(), json!("ready"));
-        report.insert("store".into(), json!("ok"));
-        report.insert("broker".into(), json!("ok"));
-        Ok(Json(serde_json::Value::Object(report)))
+        Ok(Json(Ready {
+            status: "ready",
+            store: "ok",
+            broker: "ok",
+            checks,
+        }))
     }
 }
 

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::UNIX_EPOCH};
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::{rejection::PathRejection, Path, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -13,6 +13,7 @@ use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentM
 use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, TimelineEntry};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+use utoipa::ToSchema;
 
 use crate::{
     problem::{FieldError, Problem},
@@ -28,50 +29,151 @@ pub const MAX_QUANTITY: i64 = 1000;
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-#[derive(Debug, Deserialize, Serialize)]
+// The `#[schema]` limits below document what [`validate`] checks: text fields must hold a
+// character that is not whitespace and none that is a control character (`TEXT` pattern), within
+// a length in characters.
+
+/// A new order. Unknown fields are refused.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
+    /// Who orders.
+    #[schema(
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "c1")]
     pub customer_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ItemRequest>,
     pub shipping_address: AddressRequest,
     pub payment: PaymentRequest,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// One item of a new order.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemRequest {
+    /// A SKU of the catalogue (`GET /v1/products`); an unknown one gets the order rejected by
+    /// the validation stage, after the `202`.
+    #[schema(
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "MUG-001")]
     pub sku: String,
-    /// Wider than the event's `int`, so that an absurd number is named by our check.
+    /// Wider than the event's `int`, so that an absurd number is named by our check. `2.0` is
+    /// `2`, as JSON Schema's `integer` has it (and as clients that send every number as a
+    /// float write it).
+    #[serde(deserialize_with = "integer")]
+    #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub quantity: i64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// An `i64` from a JSON integer, or from a number with no fractional part within range (`2.0`).
+fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Integer;
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // -2^63 and 2^63 are exact in f64: every integral f64 in [-2^63, 2^63) fits.
+            const BOUND: f64 = 9_223_372_036_854_775_808.0;
+            if v.fract() == 0.0 && (-BOUND..BOUND).contains(&v) {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    deserializer.deserialize_any(Integer)
+}
+
+/// Where the order ships to.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressRequest {
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "Ada Lovelace")]
     pub name: String,
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "1 Main St")]
     pub line1: String,
     #[serde(default)]
+    #[schema(
+        example = "Flat 2",
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub line2: Option<String>,
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "Berlin")]
     pub city: String,
+    #[schema(
+        max_length = 20,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "10115")]
     pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = "^[A-Z]{2}$", example = "DE")]
     pub country: String,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// How the order is paid.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
+    #[schema(
+        max_length = 32,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "card")]
     pub method: String,
+    /// The payment gateway's token; the simulated gateway declines `tok_decline` and
+    /// `tok_insufficient_funds`.
+    #[schema(
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    #[schema(example = "tok_visa")]
     pub token: String,
 }
 
-#[derive(Debug, Serialize)]
+/// The order was recorded and its `OrderAccepted` event is on the topic.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
+    /// A UUIDv7.
     pub order_id: String,
+    /// `accepted`, or where an order replayed by its `Idempotency-Key` has got to.
     pub status: OrderStatus,
 }
 
-/// The order as the API shows it.
-#[derive(Debug, Serialize)]
+/// The order as the API shows it. Pricing fields appear once the validation stage priced it,
+/// `invoice_number` once it is invoiced.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderView {
     pub order_id: String,
     pub customer_id: String,
@@ -93,14 +195,18 @@ pub struct OrderView {
     pub total_cents: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invoice_number: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     pub timeline: Vec<TimelineView>,
 }
 
-#[derive(Debug, Serialize)]
+/// One step the order went through.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TimelineView {
     pub status: OrderStatus,
+    #[schema(format = DateTime)]
     pub at: String,
     pub event_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,7 +298,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Pro
     let value = result.map_err(|e| {
         let inner = e.inner();
         let mut field = e.path().to_string();
-        if field == "." {
+        // `?` stands for a segment the parser never reached (the body ended first): say where it
+        // broke off instead.
+        while let Some(known) = field.strip_suffix(".?") {
+            field.truncate(known.len());
+        }
+        if field == "." || field == "?" {
             field.clear();
         }
         let message = inner.to_string();
@@ -380,6 +491,57 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
 }
 
 /// `POST /v1/orders`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    summary = "Place an order",
+    description = "Validates the order, records it and puts its `OrderAccepted` event on \
+        `orders.accepted`; answers once the broker acknowledged it. The stages then validate \
+        (stock), charge and invoice it: follow it with `GET /v1/orders/{id}`.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255,
+         pattern = "^[\\t -~]*[!-~][\\t -~]*$",
+         description = "Makes a retry safe: the same key (per customer, kept 24 h) with the \
+            same body answers with the first order (`idempotent-replayed: true`); with \
+            another body, 422. Visible ASCII, 1 to 255 characters."),
+    ),
+    request_body(content = CreateOrderRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the order is on its way.", body = Accepted,
+         headers(
+            ("Location" = String, description = "The order: `/v1/orders/{order_id}`."),
+            ("idempotent-replayed" = String,
+             description = "`true` when the `Idempotency-Key` named an earlier order."),
+         )),
+        (status = 400, description = "The body is not JSON, or the `Idempotency-Key` is \
+            not valid.", body = Problem, content_type = "application/problem+json",
+         example = json!({"type": "/problems/malformed-json", "title": "The body is not valid JSON",
+            "status": 400, "detail": "body: EOF while parsing a value at line 1 column 21",
+            "errors": [{"field": "body",
+                        "message": "EOF while parsing a value at line 1 column 21"}]})),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/body-too-large", "title": "Request body too large",
+            "status": 413, "detail": "body: the body must be at most 1048576 bytes",
+            "errors": [{"field": "body", "message": "the body must be at most 1048576 bytes"}]})),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/unsupported-media-type",
+            "title": "Unsupported content type", "status": 415,
+            "detail": "header:Content-Type: must be application/json",
+            "errors": [{"field": "header:Content-Type", "message": "must be application/json"}]})),
+        (status = 422, description = "Fields are unknown, missing, mistyped or out of range \
+            (each is listed in `errors`), or the `Idempotency-Key` was used with another body.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the broker is down; retry (with the same \
+            `Idempotency-Key`).", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait.")),
+         example = json!({"type": "/problems/unavailable",
+            "title": "Service temporarily unavailable", "status": 503,
+            "detail": "the event log is unavailable; retry with the same Idempotency-Key"})),
+    ),
+)]
 pub async fn create(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -500,10 +662,40 @@ pub async fn create(
 }
 
 /// `GET /v1/orders/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "orders",
+    summary = "Read an order",
+    description = "The order's status, items, priced lines, totals, invoice number and timeline, \
+        as the stages have got it so far.",
+    params(("id" = String, Path, description = "The order id `POST /v1/orders` returned.")),
+    responses(
+        (status = 200, description = "The order.", body = OrderView),
+        (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such order.", body = Problem,
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404,
+            "detail": "no order 01a2…"})),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
-    Path(order_id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
+    let Path(order_id) = order_id.map_err(|e| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            "Invalid path",
+            "path:id",
+            e.body_text(),
+        )
+    })?;
     tracing::Span::current().record("order_id", order_id.as_str());
     match state.store.get_order(&order_id).await {
         Ok(Some(order)) => Ok(Json(order.into())),
@@ -550,11 +742,45 @@ mod tests {
         let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
         assert_eq!(field_of(&p), "shipping_address.planet");
 
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::json!(2.5);
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(p.status, 422);
+        assert_eq!(field_of(&p), "items[0].quantity");
+        assert_eq!(
+            p.errors[0].message,
+            "invalid value: floating point `2.5`, expected an integer"
+        );
+
         let p = parse_json::<CreateOrderRequest>(b"{\"customer_id\": \"c1\",").unwrap_err();
         assert_eq!(p.status, 400);
+        assert_eq!(field_of(&p), "body");
+        assert_eq!(
+            p.detail,
+            "body: EOF while parsing a value at line 1 column 21"
+        );
+
+        let p = parse_json::<CreateOrderRequest>(b"{\"items\": [{\"sku\": \"A\", ").unwrap_err();
+        assert_eq!((p.status, field_of(&p)), (400, "items[0]"));
 
         let p = parse_json::<CreateOrderRequest>(format!("{} x", valid()).as_bytes()).unwrap_err();
         assert_eq!(p.status, 400);
+    }
+
+    #[test]
+    fn a_quantity_without_a_fraction_is_an_integer_however_written() {
+        for (written, quantity) in [("2", 2), ("2.0", 2), ("2e0", 2), ("-0.0", 0)] {
+            let body = valid()
+                .to_string()
+                .replace("\"quantity\":2", &format!("\"quantity\":{written}"));
+            let req: CreateOrderRequest = parse_json(body.as_bytes()).unwrap();
+            assert_eq!(req.items[0].quantity, quantity, "{written}");
+        }
+        let body = valid()
+            .to_string()
+            .replace("\"quantity\":2", "\"quantity\":1e300");
+        let p = parse_json::<CreateOrderRequest>(body.as_bytes()).unwrap_err();
+        assert_eq!(field_of(&p), "items[0].quantity");
     }
 
     #[test]

@@ -5,25 +5,42 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The media type of every error.
+pub const CONTENT_TYPE: &str = "application/problem+json";
 
 /// One field that failed validation.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct FieldError {
-    /// Where in the request: `items[0].quantity`, `customer_id`, `body`, `header:Idempotency-Key`.
+    /// Where in the request: `items[0].quantity`, `customer_id`, `body`,
+    /// `header:Idempotency-Key`, `header:Content-Type`, `path:id`.
+    #[schema(example = "items[0].quantity")]
     pub field: String,
+    /// What is wrong with it.
+    #[schema(example = "must be at least 1")]
     pub message: String,
 }
 
-/// A problem details document.
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem details document (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
     /// A URI reference naming the kind of problem, relative to the API: `/problems/<slug>`.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/invalid-request")]
     pub kind: String,
+    /// A short summary of the kind of problem.
+    #[schema(example = "The request has invalid fields")]
     pub title: String,
+    /// The HTTP status code.
+    #[schema(example = 422)]
     pub status: u16,
+    /// What went wrong this time: every field error as `field: message`, joined by `; `.
+    #[schema(example = "items[0].quantity: must be at least 1")]
     pub detail: String,
+    /// The fields at fault, when the problem is in the request; absent otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     retry_after: Option<u32>,
@@ -98,10 +115,7 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         // The body was not read to its end: the connection cannot carry another request.
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
