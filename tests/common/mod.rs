@@ -199,18 +199,14 @@ impl Pipeline {
 
     /// Polls the order until its status is `status` (panics after 15 s).
     pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let order = self.order(id).await;
-            if order["status"] == status {
-                return order;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "order {id} never reached {status}: {order:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        poll_until(
+            &format!("order {id} reaching {status}"),
+            Duration::from_secs(15),
+            Duration::from_millis(25),
+            || self.order(id),
+            |order| order["status"] == status,
+        )
+        .await
     }
 
     /// The stock of a SKU as `GET /v1/products` shows it.
@@ -245,18 +241,41 @@ impl Pipeline {
 
     /// Polls the file sink until `pred` holds for its notifications (panics after 15 s).
     pub async fn wait_for_notifications(&self, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let all = self.notifications();
-            if pred(&all) {
-                return all;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "notifications never matched: {all:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        poll_until(
+            "notifications",
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            || async { self.notifications() },
+            |all| pred(all),
+        )
+        .await
+    }
+}
+
+/// Reads with `read` every `every` until `done` holds for what it read, and returns that;
+/// panics after `within`, showing the last read of `what`.
+pub async fn poll_until<T, Fut>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut read: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let value = read().await;
+        if done(&value) {
+            return value;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never matched within {within:?}: {value:#?}"
+        );
+        tokio::time::sleep(every).await;
     }
 }
 
