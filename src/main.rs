@@ -165,19 +165,25 @@ async fn connect(
     brokers: &str,
 ) -> Result<(KafkaConfig, Arc<dyn Store>, EventProducer)> {
     let mut kafka = common.kafka(brokers)?;
-    kafka.schemas = match &common.schema_registry {
-        Some(url) => {
-            let client = RegistryClient::new(url)?;
-            let ids =
-                register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?;
-            kafka.registry = Some(client);
-            ids
-        }
-        None => SchemaIds::builtin(),
-    };
+    if let Some(url) = &common.schema_registry {
+        use_external_registry(&mut kafka, url, common.schema_compatibility).await?;
+    }
     let store = open_store(common).await?;
     let producer = EventProducer::new(&kafka)?;
     Ok((kafka, store, producer))
+}
+
+/// Registers the event schemas with the registry at `url` and frames and decodes with its ids
+/// (`--schema-registry`); the consume loop asks it about ids registered later.
+async fn use_external_registry(
+    kafka: &mut KafkaConfig,
+    url: &str,
+    level: Compatibility,
+) -> Result<()> {
+    let client = RegistryClient::new(url)?;
+    kafka.schemas = register_schemas(&client, url, &kafka.topics, level).await?;
+    kafka.registry = Some(client);
+    Ok(())
 }
 
 /// Registers every event schema with `registry` (retrying while it is unreachable or
@@ -401,10 +407,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     // which the HTTP API then serves.
     let local_registry = match &common.schema_registry {
         Some(url) => {
-            let client = RegistryClient::new(url)?;
-            kafka.schemas =
-                register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?;
-            kafka.registry = Some(client);
+            use_external_registry(&mut kafka, url, common.schema_compatibility).await?;
             None
         }
         None => {
