@@ -329,6 +329,22 @@ impl ScyllaStore {
         })
     }
 
+    /// Inserts a product unless its SKU exists (`applied` says which).
+    async fn insert_product(&self, p: &Product) -> Result<Lwt> {
+        self.lwt(
+            &self.q.product_insert,
+            (
+                p.sku.as_str(),
+                p.name.as_str(),
+                p.price_cents,
+                p.currency.as_str(),
+                p.stock,
+                p.reserved,
+            ),
+        )
+        .await
+    }
+
     async fn read_product(&self, sku: &str) -> Result<Option<StockRow>> {
         self.first::<ProductRow>(&self.q.product_get, (sku,))
             .await
@@ -886,19 +902,7 @@ impl Store for ScyllaStore {
             retry("put_product", || async {
                 match self.read_product(&p.sku).await? {
                     None => {
-                        let lwt = self
-                            .lwt(
-                                &self.q.product_insert,
-                                (
-                                    p.sku.as_str(),
-                                    p.name.as_str(),
-                                    p.price_cents,
-                                    p.currency.as_str(),
-                                    p.stock,
-                                    p.reserved,
-                                ),
-                            )
-                            .await?;
+                        let lwt = self.insert_product(p).await?;
                         lwt.applied.then_some(()).ok_or_else(raced)
                     }
                     Some(row) => {
@@ -929,20 +933,7 @@ impl Store for ScyllaStore {
     async fn seed_products(&self, products: Vec<Product>) -> Result<usize> {
         let mut new = 0;
         for p in &products {
-            let lwt = retry("seed_product", || {
-                self.lwt(
-                    &self.q.product_insert,
-                    (
-                        p.sku.as_str(),
-                        p.name.as_str(),
-                        p.price_cents,
-                        p.currency.as_str(),
-                        p.stock,
-                        p.reserved,
-                    ),
-                )
-            })
-            .await?;
+            let lwt = retry("seed_product", || self.insert_product(p)).await?;
             new += usize::from(lwt.applied);
         }
         Ok(new)
