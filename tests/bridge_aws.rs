@@ -8,7 +8,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use common::{
     keyed,
     moto::{attribute, body, sent_to, Moto},
-    order_body, read_topic, Pipeline,
+    order_body, produce_raw, read_topic, Pipeline,
 };
 use orderflow_kafka::consume::dlq_headers;
 use rdkafka::{
@@ -27,6 +27,25 @@ fn start(dir: &Path, config: &Path, moto: &Moto) -> Pipeline {
         &["--bridge-config", config.to_str().unwrap()],
         &moto.env(),
     )
+}
+
+/// Receives from `queue` until a message for `order_id` is there: that message, and every
+/// message received meanwhile.
+async fn message_for(
+    moto: &Moto,
+    queue: &str,
+    order_id: &str,
+) -> (
+    aws_sdk_sqs::types::Message,
+    Vec<aws_sdk_sqs::types::Message>,
+) {
+    let for_order =
+        |m: &aws_sdk_sqs::types::Message| attribute(m, "order_id").as_deref() == Some(order_id);
+    let messages = moto
+        .receive_until(queue, |ms| ms.iter().any(for_order))
+        .await;
+    let m = messages.iter().find(|m| for_order(m)).unwrap().clone();
+    (m, messages)
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -62,16 +81,8 @@ async fn an_order_shows_up_as_sqs_messages_and_emails_to_its_customer() {
 
     // Created orders: the standard queue, the event as JSON, attributes to filter on.
     let created = moto.queue_url("orderflow-orders-created").await;
-    let messages = moto
-        .receive_until(&created, |ms| {
-            ms.iter()
-                .any(|m| attribute(m, "order_id").as_deref() == Some(&id))
-        })
-        .await;
-    let m = messages
-        .iter()
-        .find(|m| attribute(m, "order_id").as_deref() == Some(&id))
-        .unwrap();
+    let (m, _) = message_for(&moto, &created, &id).await;
+    let m = &m;
     assert_eq!(
         attribute(m, "event_type").as_deref(),
         Some("order_accepted")
@@ -85,16 +96,8 @@ async fn an_order_shows_up_as_sqs_messages_and_emails_to_its_customer() {
 
     // Paid orders: the FIFO queue, one group per order, deduplicated by event id.
     let paid = moto.queue_url("orderflow-orders-paid.fifo").await;
-    let messages = moto
-        .receive_until(&paid, |ms| {
-            ms.iter()
-                .any(|m| attribute(m, "order_id").as_deref() == Some(&id))
-        })
-        .await;
-    let m = messages
-        .iter()
-        .find(|m| attribute(m, "order_id").as_deref() == Some(&id))
-        .unwrap();
+    let (m, messages) = message_for(&moto, &paid, &id).await;
+    let m = &m;
     let system = m.attributes().unwrap();
     assert_eq!(
         system
@@ -347,24 +350,13 @@ async fn refused_and_poison_events_go_to_the_bridge_dead_letter_topic_and_replay
     let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
     p.wait_for_status(&id, "invoiced").await;
     // A message on a bridge input that is not an event at all.
-    let bootstrap = p.bootstrap.clone();
-    tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .unwrap();
-        producer
-            .send(
-                BaseRecord::to("orders.validated")
-                    .key("poison-1")
-                    .payload(b"not avro".as_slice()),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-        producer.flush(Duration::from_secs(10)).unwrap();
-    })
-    .await
-    .unwrap();
+    produce_raw(
+        &p.bootstrap,
+        "orders.validated",
+        "poison-1",
+        b"not avro".to_vec(),
+    )
+    .await;
 
     let (bootstrap, order_id) = (p.bootstrap.clone(), id.clone());
     let dead = tokio::task::spawn_blocking(move || {

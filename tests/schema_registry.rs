@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{keyed, order_body, read_topic, Pipeline};
+use common::{keyed, order_body, produce_raw, read_topic, Pipeline};
 use orderflow_schemas::{
     registry::{
         register_catalogue, register_schema, subject, Compatibility, LocalRegistry, Registry,
@@ -24,10 +24,7 @@ use orderflow_schemas::{
     },
     wire, Event, OrderAccepted, OrderRejected, SchemaIds, TopicKind, Topics,
 };
-use rdkafka::{
-    producer::{BaseProducer, BaseRecord, Producer},
-    ClientConfig, Message,
-};
+use rdkafka::Message;
 use serde_json::{json, Value};
 
 /// The Python that has the test peers (scripts/test.sh sets it), else `python3`.
@@ -387,24 +384,7 @@ async fn a_pipeline_with_schema_registry_frames_with_its_ids_learns_new_versions
     framed.extend(
         apache_avro::to_avro_datum(&apache_avro::Schema::parse_str(&v2).unwrap(), value).unwrap(),
     );
-    let bootstrap = p.bootstrap.clone();
-    tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .unwrap();
-        producer
-            .send(
-                BaseRecord::to("p2.orders.rejected")
-                    .key("o-v2")
-                    .payload(&framed),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-        producer.flush(Duration::from_secs(10)).unwrap();
-    })
-    .await
-    .unwrap();
+    produce_raw(&p.bootstrap, "p2.orders.rejected", "o-v2", framed).await;
     let notes = p
         .wait_for_notifications(|all| all.iter().any(|n| n["order_id"] == "o-v2"))
         .await;

@@ -16,6 +16,7 @@ use std::{
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::OwnedMessage,
+    producer::{BaseProducer, BaseRecord, Producer},
     ClientConfig, Message,
 };
 use serde_json::{json, Value};
@@ -307,6 +308,25 @@ pub fn order_body(sku: &str, quantity: i64, token: &str) -> Value {
                              "postal_code": "10115", "country": "DE"},
         "payment": {"method": "card", "token": token}
     })
+}
+
+/// Produces one raw record to `topic` as an outside Kafka client would (e.g. something that is
+/// not one of our events), and waits until the broker has it.
+pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, payload: Vec<u8>) {
+    let (bootstrap, topic, key) = (bootstrap.to_string(), topic.to_string(), key.to_string());
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        producer
+            .send(BaseRecord::to(&topic).key(&key).payload(&payload))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 /// Reads `topic` from the beginning, as an outside Kafka client would, until `done` holds for
