@@ -13,12 +13,14 @@
 //!   synchronous read of its latest state.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
+//! - [`auth`]: access tokens, roles, and the [`auth::Caller`] extractor.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
 //!   and Swagger UI over it (`GET /docs`), its assets compiled in.
 //! - [`schema_registry`]: Confluent's schema registry API over the embedded registry, when the
 //!   state has one (`orderflow run` without `--schema-registry`).
 
+pub mod auth;
 pub mod openapi;
 pub mod orders;
 pub mod problem;
@@ -62,6 +64,8 @@ pub struct ApiState {
     pub schema_registry: Option<Arc<LocalRegistry>>,
     /// More conditions `/readyz` requires (e.g. the bridge's sinks in `orderflow run`).
     pub ready_checks: Vec<ReadyCheck>,
+    /// How access tokens are signed and checked ([`auth`]).
+    pub auth: auth::AuthSettings,
 }
 
 impl ApiState {
@@ -72,7 +76,14 @@ impl ApiState {
             idempotency_ttl_ms: orderflow_store::DEFAULT_IDEMPOTENCY_TTL.as_millis() as i64,
             schema_registry: None,
             ready_checks: Vec::new(),
+            auth: auth::AuthSettings::development(),
         }
+    }
+
+    /// Signs and checks tokens with these settings instead of the development secret.
+    pub fn with_auth(mut self, auth: auth::AuthSettings) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Serves this registry's API too ([`schema_registry`]).

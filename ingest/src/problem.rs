@@ -44,6 +44,9 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     retry_after: Option<u32>,
+    /// `WWW-Authenticate` for a `401`.
+    #[serde(skip)]
+    challenge: Option<String>,
 }
 
 impl Problem {
@@ -55,6 +58,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -92,6 +96,32 @@ impl Problem {
         p
     }
 
+    /// 401 with `WWW-Authenticate: Bearer`: no valid access token came with the request.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let mut p = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            detail.clone(),
+        );
+        p.challenge = Some(format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            detail.replace(['"', '\\'], "'")
+        ));
+        p
+    }
+
+    /// 403: the caller is known but may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
+    /// 409: the resource is not in a state that allows this.
+    pub fn conflict(slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::CONFLICT, slug, title, detail)
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
@@ -119,6 +149,11 @@ impl IntoResponse for Problem {
         // The body was not read to its end: the connection cannot carry another request.
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(challenge) = self.challenge.as_deref() {
+            if let Ok(value) = HeaderValue::from_str(challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -1,0 +1,204 @@
+//! Who is calling: access tokens, roles and the [`Caller`] extractor every protected route
+//! takes.
+//!
+//! # Layout
+//! - [`token`]: signing and checking access JWTs (`HS256`).
+//! - [`Caller`]: the account behind a request's `Authorization: Bearer <token>`. A missing,
+//!   malformed, tampered or expired token is a `401` (with `WWW-Authenticate: Bearer`); a
+//!   valid token without the right role is a `403` ([`Caller::require_admin`]); a customer
+//!   asking for another customer's resource gets `404`, as if it did not exist
+//!   ([`Caller::may_access`]).
+//!
+//! The secret comes from `--jwt-secret` / `ORDERFLOW_JWT_SECRET`. [`DEV_SECRET`] is built in
+//! for `orderflow run` on its embedded defaults only: the separate services refuse to start
+//! with it.
+
+pub mod token;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use token::{Claims, TokenError, TokenKeys, ISSUER};
+
+use crate::{problem::Problem, ApiState};
+
+/// The development secret `orderflow run` signs with when no secret is configured. Never
+/// accepted by `orderflow ingest`.
+pub const DEV_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
+
+/// Shortest secret the services accept (bytes).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Orders for itself, reads and edits its own account.
+    Customer,
+    /// Everything: every customer, the catalogue, shipping.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// How the API signs and times tokens.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub keys: TokenKeys,
+    /// Lifetime of an access token.
+    pub access_ttl: Duration,
+    /// Lifetime of a refresh token (each refresh issues a new one).
+    pub refresh_ttl: Duration,
+}
+
+impl AuthSettings {
+    pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+    pub const DEFAULT_REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+    pub fn new(secret: &[u8]) -> Self {
+        AuthSettings {
+            keys: TokenKeys::new(secret),
+            access_ttl: Self::DEFAULT_ACCESS_TTL,
+            refresh_ttl: Self::DEFAULT_REFRESH_TTL,
+        }
+    }
+
+    /// Signed with [`DEV_SECRET`]: for `orderflow run` and tests only.
+    pub fn development() -> Self {
+        Self::new(DEV_SECRET.as_bytes())
+    }
+
+    /// A signed access token for the account, valid from `now` (seconds) for `access_ttl`.
+    pub fn access_token(&self, customer_id: &str, role: Role, now: i64) -> String {
+        self.keys.sign(&Claims {
+            sub: customer_id.to_string(),
+            role,
+            iat: now,
+            exp: now + self.access_ttl.as_secs() as i64,
+            iss: ISSUER.to_string(),
+        })
+    }
+}
+
+/// Checks a secret a service is asked to sign with: refused when it is the built-in
+/// development secret (unless `development`) or shorter than [`MIN_SECRET_LEN`].
+pub fn check_secret(secret: &str, development: bool) -> Result<(), String> {
+    if secret == DEV_SECRET && !development {
+        return Err(
+            "the built-in development JWT secret is only for `orderflow run`; set \
+                    --jwt-secret / ORDERFLOW_JWT_SECRET to a secret of your own"
+                .into(),
+        );
+    }
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "the JWT secret must be at least {MIN_SECRET_LEN} bytes long (it is {})",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The account behind a request, from its `Authorization: Bearer <access token>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub customer_id: String,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// `403` unless the caller is an admin.
+    pub fn require_admin(&self) -> Result<(), Problem> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(Problem::forbidden("this needs the admin role"))
+        }
+    }
+
+    /// Whether the caller may see what belongs to `customer_id`: its own, or anything for an
+    /// admin. Handlers answer `404` when not, so that other customers' ids are not revealed.
+    pub fn may_access(&self, customer_id: &str) -> bool {
+        self.is_admin() || self.customer_id == customer_id
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl FromRequestParts<Arc<ApiState>> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(Problem::unauthorized(
+                "this needs an access token: `Authorization: Bearer <token>` (POST /v1/auth/login)",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or_else(|| {
+                Problem::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
+        let claims = state
+            .auth
+            .keys
+            .verify(token, now_secs())
+            .map_err(|e| Problem::unauthorized(e.to_string()))?;
+        Ok(Caller {
+            customer_id: claims.sub,
+            role: claims.role,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_development_secret_is_refused_outside_development() {
+        assert!(check_secret(DEV_SECRET, true).is_ok());
+        let err = check_secret(DEV_SECRET, false).unwrap_err();
+        assert!(err.contains("ORDERFLOW_JWT_SECRET"), "{err}");
+        assert!(check_secret("short", false)
+            .unwrap_err()
+            .contains("32 bytes"));
+        assert!(check_secret(&"k".repeat(32), false).is_ok());
+    }
+
+    #[test]
+    fn access_tokens_carry_the_account_and_role() {
+        let auth = AuthSettings::development();
+        let token = auth.access_token("c1", Role::Admin, 1_000);
+        let claims = auth.keys.verify(&token, 1_001).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.role), ("c1", Role::Admin));
+        assert_eq!(claims.exp, 1_000 + 15 * 60);
+    }
+}
