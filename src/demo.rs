@@ -19,6 +19,7 @@ pub fn catalogue() -> Vec<Product> {
         currency: "EUR".into(),
         stock,
         reserved: 0,
+        discontinued: false,
     })
     .collect()
 }

@@ -58,6 +58,7 @@ async fn a_store_outage_pauses_the_stage_and_loses_nothing() {
             currency: "EUR".into(),
             stock: 10,
             reserved: 0,
+            discontinued: false,
         }])
         .await
         .unwrap();

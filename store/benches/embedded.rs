@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
                 currency: "EUR".into(),
                 stock: i64::MAX / 2,
                 reserved: 0,
+                discontinued: false,
             }])
             .await
             .unwrap();

@@ -370,6 +370,10 @@ fn reserve_in(
                 outcome = Some(("unknown_sku", format!("unknown SKU {sku}")));
                 break;
             }
+            Some(p) if p.discontinued => {
+                outcome = Some(("unknown_sku", format!("SKU {sku} is discontinued")));
+                break;
+            }
             Some(p) if p.stock < *quantity => {
                 outcome = Some((
                     "out_of_stock",
@@ -511,6 +515,49 @@ impl Store for EmbeddedStore {
             out.push(from_bytes("product", v.value())?);
         }
         Ok(out)
+    }
+
+    async fn create_product(&self, product: Product) -> Result<bool> {
+        Ok(self.seed_products(vec![product]).await? == 1)
+    }
+
+    async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>> {
+        let sku = sku.to_string();
+        self.write(move |txn| {
+            let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            let Some(mut product) = get_json::<Product, _>(&table, "product", &sku)? else {
+                return Ok(None);
+            };
+            drop(table);
+            change.apply(&mut product);
+            put_json(txn, PRODUCTS, &sku, &product)?;
+            Ok(Some(product))
+        })
+        .await
+    }
+
+    /// Runs on the single writer, like every reservation and release: no race to lose.
+    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
+        let sku = sku.to_string();
+        self.write(move |txn| {
+            let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            let Some(mut product) = get_json::<Product, _>(&table, "product", &sku)? else {
+                return Ok(StockAdjustment::NotFound);
+            };
+            drop(table);
+            match product.stock.checked_add(delta) {
+                Some(stock) if stock >= 0 => product.stock = stock,
+                Some(_) => {
+                    return Ok(StockAdjustment::Insufficient {
+                        available: product.stock,
+                    })
+                }
+                None => return Err(StoreError::Invalid(format!("stock of {sku} overflows"))),
+            }
+            put_json(txn, PRODUCTS, &sku, &product)?;
+            Ok(StockAdjustment::Adjusted(product))
+        })
+        .await
     }
 
     async fn create_order(

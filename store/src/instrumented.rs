@@ -9,7 +9,7 @@ use orderflow_schemas::{metrics, OrderItem};
 
 use crate::{
     CreateOrder, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord, Product,
-    Reservation, Result, StatusUpdate, Store,
+    ProductChange, Reservation, Result, StatusUpdate, StockAdjustment, Store,
 };
 
 /// Wraps a store with metrics.
@@ -56,6 +56,18 @@ impl<S: Store> Store for Instrumented<S> {
 
     async fn list_products(&self) -> Result<Vec<Product>> {
         timed("list_products", self.0.list_products()).await
+    }
+
+    async fn create_product(&self, product: Product) -> Result<bool> {
+        timed("create_product", self.0.create_product(product)).await
+    }
+
+    async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>> {
+        timed("update_product", self.0.update_product(sku, change)).await
+    }
+
+    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
+        timed("adjust_stock", self.0.adjust_stock(sku, delta)).await
     }
 
     async fn create_order(

@@ -63,8 +63,21 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts the products whose SKU is not in the catalogue yet; returns how many were new.
     async fn seed_products(&self, products: Vec<Product>) -> Result<usize>;
     async fn get_product(&self, sku: &str) -> Result<Option<Product>>;
-    /// The catalogue, ordered by SKU.
+    /// The catalogue, ordered by SKU, discontinued products included.
     async fn list_products(&self) -> Result<Vec<Product>>;
+
+    // --- Catalogue administration (products CRUD). ---
+
+    /// Inserts a product unless its SKU is in the catalogue already: false then, and nothing
+    /// changes.
+    async fn create_product(&self, product: Product) -> Result<bool>;
+    /// Changes a product's name, price or discontinued flag, never its stock; the product as it
+    /// is now, or `None` when no product has the SKU.
+    async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>>;
+    /// Adds `delta` (negative: removes) to the units available, atomically with respect to
+    /// reservations and releases: never below zero (refused as a whole, nothing changes), and
+    /// never lost or applied twice when a reservation races it.
+    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment>;
 
     /// Records a new order (status `accepted`), or, when the idempotency key was used before by
     /// the same customer and has not expired, returns the order it created instead.

@@ -15,6 +15,45 @@ pub struct Product {
     /// Units held for orders.
     #[serde(default)]
     pub reserved: i64,
+    /// Withdrawn from sale (`DELETE /v1/products/{sku}`): kept for past orders and invoices,
+    /// but new orders for it are rejected like an unknown SKU.
+    #[serde(default)]
+    pub discontinued: bool,
+}
+
+/// A change to a product's details (not its stock: see [`crate::Store::adjust_stock`]); `None`
+/// leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductChange {
+    pub name: Option<String>,
+    pub price_cents: Option<i64>,
+    pub discontinued: Option<bool>,
+}
+
+impl ProductChange {
+    /// Applies the change to `product`.
+    pub fn apply(&self, product: &mut Product) {
+        if let Some(name) = &self.name {
+            product.name = name.clone();
+        }
+        if let Some(price) = self.price_cents {
+            product.price_cents = price;
+        }
+        if let Some(discontinued) = self.discontinued {
+            product.discontinued = discontinued;
+        }
+    }
+}
+
+/// What [`crate::Store::adjust_stock`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StockAdjustment {
+    /// Applied: the product as it is now.
+    Adjusted(Product),
+    /// Refused: the available stock would go below zero. Nothing changed.
+    Insufficient { available: i64 },
+    /// No product has this SKU.
+    NotFound,
 }
 
 /// One step in an order's life, as `GET /v1/orders/{id}` shows it.

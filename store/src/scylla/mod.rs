@@ -133,6 +133,8 @@ struct Statements {
     product_get: PreparedStatement,
     product_insert: PreparedStatement,
     product_update: PreparedStatement,
+    product_edit: PreparedStatement,
+    product_adjust: PreparedStatement,
     product_move: PreparedStatement,
     product_drop_hold: PreparedStatement,
     product_list: PreparedStatement,
@@ -184,12 +186,14 @@ impl Statements {
             Ok::<_, StoreError>(statement)
         };
         Ok(Statements {
-            product_get: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version FROM {ks}.products WHERE sku = ?"), true).await?,
-            product_insert: p(format!("INSERT INTO {ks}.products (sku, name, price_cents, currency, stock, reserved, version) VALUES (?, ?, ?, ?, ?, ?, 0) IF NOT EXISTS"), false).await?,
-            product_update: p(format!("UPDATE {ks}.products SET name = ?, price_cents = ?, currency = ?, stock = ?, reserved = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
+            product_get: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version, discontinued FROM {ks}.products WHERE sku = ?"), true).await?,
+            product_insert: p(format!("INSERT INTO {ks}.products (sku, name, price_cents, currency, stock, reserved, discontinued, version) VALUES (?, ?, ?, ?, ?, ?, ?, 0) IF NOT EXISTS"), false).await?,
+            product_update: p(format!("UPDATE {ks}.products SET name = ?, price_cents = ?, currency = ?, stock = ?, reserved = ?, discontinued = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
+            product_edit: p(format!("UPDATE {ks}.products SET name = ?, price_cents = ?, discontinued = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
+            product_adjust: p(format!("UPDATE {ks}.products SET stock = ?, holds[?] = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
             product_move: p(format!("UPDATE {ks}.products SET stock = ?, reserved = ?, holds[?] = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
             product_drop_hold: p(format!("DELETE holds[?] FROM {ks}.products WHERE sku = ? IF EXISTS"), false).await?,
-            product_list: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version FROM {ks}.products"), false).await?,
+            product_list: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version, discontinued FROM {ks}.products"), false).await?,
             order_get: p(format!("SELECT customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at, event_id, status, at, detail FROM {ks}.orders WHERE order_id = ?"), false).await?,
             order_statics: p(format!("INSERT INTO {ks}.orders (order_id, customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), false).await?,
             order_entry: p(format!("INSERT INTO {ks}.orders (order_id, event_id, status, at, detail) VALUES (?, ?, ?, ?, ?)"), false).await?,
@@ -340,6 +344,7 @@ impl ScyllaStore {
                 p.currency.as_str(),
                 p.stock,
                 p.reserved,
+                p.discontinued,
             ),
         )
         .await
@@ -520,6 +525,10 @@ impl ScyllaStore {
                 match self.read_product(sku).await? {
                     None => {
                         outcome = Some(reject("unknown_sku", format!("unknown SKU {sku}")));
+                        break;
+                    }
+                    Some(row) if row.product.discontinued => {
+                        outcome = Some(reject("unknown_sku", format!("SKU {sku} is discontinued")));
                         break;
                     }
                     Some(row) => {
@@ -915,6 +924,7 @@ impl Store for ScyllaStore {
                                     p.currency.as_str(),
                                     p.stock,
                                     p.reserved,
+                                    p.discontinued,
                                     row.version + 1,
                                     p.sku.as_str(),
                                     row.version,
@@ -958,6 +968,100 @@ impl Store for ScyllaStore {
             .map_err(unavailable)?;
         products.sort_by(|a, b| a.sku.cmp(&b.sku));
         Ok(products)
+    }
+
+    async fn create_product(&self, product: Product) -> Result<bool> {
+        let lwt = retry("create_product", || self.insert_product(&product)).await?;
+        if lwt.applied {
+            return Ok(true);
+        }
+        // Not applied: someone else's product, or ours from an attempt whose answer was lost
+        // (then the row is exactly what we wrote, untouched since: version 0).
+        let row = retry("create_product", || self.read_product(&product.sku)).await?;
+        Ok(row.is_some_and(|row| row.version == 0 && row.product == product))
+    }
+
+    async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>> {
+        retry("update_product", || async {
+            let Some(row) = self.read_product(sku).await? else {
+                return Ok(None);
+            };
+            let mut product = row.product.clone();
+            change.apply(&mut product);
+            let lwt = self
+                .lwt(
+                    &self.q.product_edit,
+                    (
+                        product.name.as_str(),
+                        product.price_cents,
+                        product.discontinued,
+                        row.version + 1,
+                        sku,
+                        row.version,
+                    ),
+                )
+                .await?;
+            lwt.applied.then_some(Some(product)).ok_or_else(raced)
+        })
+        .await
+    }
+
+    /// A compare-and-set on `products.version`, as reservations move stock, so the two never
+    /// overwrite each other. The change is recorded in `holds` under a key of its own, in the
+    /// same write: when an attempt's answer is lost (a timeout), the next read tells whether it
+    /// applied, so it is never applied twice. The entry is dropped afterwards.
+    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
+        let key = format!("adjust:{}", Lease::new().owner);
+        let mut attempts = 0;
+        let outcome = loop {
+            let Some(row) = retry("adjust_stock", || self.read_product(sku)).await? else {
+                return Ok(StockAdjustment::NotFound);
+            };
+            if row.holds.contains_key(&key) {
+                break StockAdjustment::Adjusted(row.product);
+            }
+            let Some(stock) = row.product.stock.checked_add(delta) else {
+                return Err(StoreError::Invalid(format!("stock of {sku} overflows")));
+            };
+            if stock < 0 {
+                break StockAdjustment::Insufficient {
+                    available: row.product.stock,
+                };
+            }
+            let values = (
+                stock,
+                key.as_str(),
+                delta,
+                row.version + 1,
+                sku,
+                row.version,
+            );
+            match self.lwt(&self.q.product_adjust, values).await {
+                Ok(lwt) if lwt.applied => {
+                    let mut product = row.product;
+                    product.stock = stock;
+                    break StockAdjustment::Adjusted(product);
+                }
+                // Lost the race (or the answer): read again.
+                Ok(_) => {}
+                Err(e) if e.is_retriable() => {}
+                Err(e) => return Err(e),
+            }
+            attempts += 1;
+            if attempts >= ATTEMPTS * 8 {
+                return Err(StoreError::Unavailable(format!(
+                    "the stock of {sku} is too contended; try again"
+                )));
+            }
+            tokio::time::sleep(jitter(Duration::from_millis(2))).await;
+        };
+        if matches!(outcome, StockAdjustment::Adjusted(_)) {
+            // Only bookkeeping: a stale entry changes no stock and no decision.
+            if let Err(e) = self.drop_holds(&key, &[sku]).await {
+                tracing::warn!(sku, error = %e, "Could not drop a stock adjustment's marker.");
+            }
+        }
+        Ok(outcome)
     }
 
     async fn create_order(
@@ -1237,6 +1341,7 @@ type ProductRow = (
     Option<i64>,
     Option<HashMap<String, i64>>,
     Option<i64>,
+    Option<bool>,
 );
 
 #[derive(Clone)]
@@ -1248,7 +1353,7 @@ struct StockRow {
 
 impl From<ProductRow> for StockRow {
     fn from(
-        (sku, name, price_cents, currency, stock, reserved, holds, version): ProductRow,
+        (sku, name, price_cents, currency, stock, reserved, holds, version, discontinued): ProductRow,
     ) -> Self {
         StockRow {
             product: Product {
@@ -1258,6 +1363,7 @@ impl From<ProductRow> for StockRow {
                 currency: currency.unwrap_or_default(),
                 stock: stock.unwrap_or(0),
                 reserved: reserved.unwrap_or(0),
+                discontinued: discontinued.unwrap_or(false),
             },
             holds: holds.unwrap_or_default(),
             version: version.unwrap_or(0),
