@@ -22,6 +22,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orders"),
     ("GET", "/v1/orders/{id}"),
     ("GET", "/v1/products"),
+    // (f/products)
+    ("POST", "/v1/products"),
+    ("GET", "/v1/products/{sku}"),
+    ("PATCH", "/v1/products/{sku}"),
+    ("DELETE", "/v1/products/{sku}"),
+    ("POST", "/v1/products/{sku}/stock"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -35,8 +41,7 @@ const ROUTES: &[(&str, &str)] = &[
 const NOT_SERVED: &[&str] = &[
     "/",
     "/v1",
-    "/v1/orders/some-id/invoice",
-    "/v1/products/MUG-001",
+    "/v1/products/MUG-001/stock/x",
     "/v1/customers",
     "/v1/auth/login",
     "/openapi.yaml",

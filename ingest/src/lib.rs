@@ -12,7 +12,9 @@
 //! - [`ReadyCheck`]: something else readiness depends on (the bridge's sinks), as a cheap
 //!   synchronous read of its latest state.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
-//! - [`products`]: `GET /v1/products`.
+//! - [`products`]: the catalogue: `GET /v1/products`, `GET /v1/products/{sku}`, and for admins
+//!   `POST /v1/products`, `PATCH`/`DELETE /v1/products/{sku}` and
+//!   `POST /v1/products/{sku}/stock`.
 //! - [`auth`]: access tokens, roles, and the [`auth::Caller`] extractor.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
@@ -110,7 +112,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(registry)
         .route("/v1/orders", post(orders::create))
         .route("/v1/orders/{id}", get(orders::get))
-        .route("/v1/products", get(products::list))
+        // (f/products) catalogue administration and invoices.
+        .route("/v1/products", get(products::list).post(products::create))
+        .route(
+            "/v1/products/{sku}",
+            get(products::get)
+                .patch(products::update)
+                .delete(products::discontinue),
+        )
+        .route("/v1/products/{sku}/stock", post(products::adjust_stock))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))

@@ -37,6 +37,12 @@ use crate::{orders, products};
         orders::create,
         orders::get,
         products::list,
+        // (f/products)
+        products::get,
+        products::create,
+        products::update,
+        products::discontinue,
+        products::adjust_stock,
         crate::healthz,
         crate::readyz,
         crate::render_metrics,

@@ -71,7 +71,7 @@ pub struct ItemRequest {
 }
 
 /// An `i64` from a JSON integer, or from a number with no fractional part within range (`2.0`).
-fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     struct Integer;
     impl serde::de::Visitor<'_> for Integer {
         type Value = i64;
@@ -252,7 +252,7 @@ impl From<OrderRecord> for OrderView {
 }
 
 /// Is the content type JSON (`application/json`, `application/*+json`, any parameters)?
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -1,13 +1,40 @@
-//! `GET /v1/products`: the catalogue with what is in stock.
+//! The catalogue: `GET /v1/products` (what is for sale), `GET /v1/products/{sku}`, and for
+//! admins `POST /v1/products`, `PATCH /v1/products/{sku}`, `DELETE /v1/products/{sku}` (soft:
+//! the product is discontinued) and `POST /v1/products/{sku}/stock` (an atomic adjustment of
+//! the units available, under the rules reservations follow: never below zero).
+//!
+//! Writes check the caller first (no token: 401, a customer: 403), then the body (422 naming
+//! each bad field).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use axum::{extract::State, Json};
+use axum::{
+    body::Body,
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path, Query, State,
+    },
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
 use orderflow_schemas::format_cents;
-use serde::Serialize;
+use orderflow_store::{Product, ProductChange, StockAdjustment};
+use serde::{Deserialize, Serialize};
+use tracing::info;
 use utoipa::ToSchema;
 
-use crate::{problem::Problem, ApiState};
+use crate::{
+    auth::Caller,
+    orders::{integer, is_json, parse_json, read_body},
+    problem::{FieldError, Problem},
+    ApiState,
+};
+
+/// Highest price, in cents (10,000,000.00).
+pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
+/// Most units a product may start with, and the largest single stock adjustment.
+pub const MAX_STOCK: i64 = 1_000_000_000;
 
 /// A product of the catalogue.
 #[derive(Debug, Serialize, ToSchema)]
@@ -21,6 +48,22 @@ pub struct ProductView {
     pub currency: String,
     /// Units available to order.
     pub stock: i64,
+    /// Withdrawn from sale: still shown for past orders, but new orders for it are rejected.
+    pub discontinued: bool,
+}
+
+impl From<Product> for ProductView {
+    fn from(p: Product) -> Self {
+        ProductView {
+            price: format_cents(p.price_cents),
+            sku: p.sku,
+            name: p.name,
+            price_cents: p.price_cents,
+            currency: p.currency,
+            stock: p.stock,
+            discontinued: p.discontinued,
+        }
+    }
 }
 
 /// The catalogue.
@@ -29,37 +72,620 @@ pub struct ProductList {
     pub products: Vec<ProductView>,
 }
 
+/// A new product. Unknown fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProductRequest {
+    /// Letters, digits, `.`, `_` and `-`, starting with a letter or digit; unique.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", example = "MUG-002")]
+    pub sku: String,
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "Espresso cup"
+    )]
+    pub name: String,
+    #[serde(deserialize_with = "integer")]
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 850)]
+    pub price_cents: i64,
+    /// ISO 4217, e.g. `EUR`.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: String,
+    /// Units available at the start.
+    #[serde(deserialize_with = "integer")]
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 25)]
+    pub stock: i64,
+}
+
+/// Changes to a product: at least one field. Its stock changes through
+/// `POST /v1/products/{sku}/stock`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProductRequest {
+    #[serde(default)]
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "Espresso cup, blue"
+    )]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 900)]
+    pub price_cents: Option<i64>,
+}
+
+fn optional_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    integer(d).map(Some)
+}
+
+/// A stock adjustment.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockAdjustmentRequest {
+    /// Units to add (positive) or remove (negative); not zero. The available stock never goes
+    /// below zero: a larger removal is refused (409) and changes nothing.
+    #[serde(deserialize_with = "integer")]
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000, example = 10)]
+    pub delta: i64,
+    /// Why, for the log (a delivery, a count, breakage).
+    #[serde(default)]
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "delivery"
+    )]
+    pub reason: Option<String>,
+}
+
+/// A problem for a bad path segment.
+fn path_problem(e: PathRejection) -> Problem {
+    Problem::field(
+        StatusCode::BAD_REQUEST,
+        "invalid-path",
+        "Invalid path",
+        "path:sku",
+        e.body_text(),
+    )
+}
+
+fn store_down(e: orderflow_store::StoreError) -> Problem {
+    Problem::unavailable(format!("the catalogue is unavailable: {e}"))
+}
+
+fn no_product(sku: &str) -> Problem {
+    Problem::not_found(format!("no product {sku}"))
+}
+
+/// The body of a write, as JSON of type `T`.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Problem> {
+    if !is_json(headers) {
+        return Err(Problem::field(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            "header:Content-Type",
+            "must be application/json",
+        ));
+    }
+    let bytes = read_body(headers, body).await?;
+    parse_json(&bytes)
+}
+
+/// Why a text field is wrong, if it is.
+fn text_error(value: &str, max: usize) -> Option<&'static str> {
+    if value.trim().is_empty() {
+        Some("must not be empty")
+    } else if value.chars().count() > max {
+        Some("is too long")
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    }
+}
+
+fn valid_sku(sku: &str) -> bool {
+    let mut chars = sku.chars();
+    sku.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn price_error(price_cents: i64) -> Option<String> {
+    (!(0..=MAX_PRICE_CENTS).contains(&price_cents))
+        .then(|| format!("must be between 0 and {MAX_PRICE_CENTS}"))
+}
+
+/// Checks a new product; lists every problem at once.
+pub fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: String| {
+        errors.push(FieldError {
+            field: field.into(),
+            message,
+        })
+    };
+    if !valid_sku(&req.sku) {
+        err(
+            "sku",
+            "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+                .into(),
+        );
+    }
+    if let Some(m) = text_error(&req.name, 200) {
+        err("name", m.into());
+    }
+    if let Some(m) = price_error(req.price_cents) {
+        err("price_cents", m);
+    }
+    if req.currency.len() != 3 || !req.currency.chars().all(|c| c.is_ascii_uppercase()) {
+        err(
+            "currency",
+            "must be an ISO 4217 code such as \"EUR\"".into(),
+        );
+    }
+    if !(0..=MAX_STOCK).contains(&req.stock) {
+        err("stock", format!("must be between 0 and {MAX_STOCK}"));
+    }
+    errors
+}
+
+/// Checks a product change; lists every problem at once.
+pub fn validate_update(req: &UpdateProductRequest) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if req.name.is_none() && req.price_cents.is_none() {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "must change at least one of name, price_cents".into(),
+        });
+    }
+    if let Some(m) = req.name.as_deref().and_then(|n| text_error(n, 200)) {
+        errors.push(FieldError {
+            field: "name".into(),
+            message: m.into(),
+        });
+    }
+    if let Some(m) = req.price_cents.and_then(price_error) {
+        errors.push(FieldError {
+            field: "price_cents".into(),
+            message: m,
+        });
+    }
+    errors
+}
+
+/// Checks a stock adjustment; lists every problem at once.
+pub fn validate_adjustment(req: &StockAdjustmentRequest) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if req.delta == 0 {
+        errors.push(FieldError {
+            field: "delta".into(),
+            message: "must not be 0".into(),
+        });
+    } else if !(-MAX_STOCK..=MAX_STOCK).contains(&req.delta) {
+        errors.push(FieldError {
+            field: "delta".into(),
+            message: format!("must be between -{MAX_STOCK} and {MAX_STOCK}"),
+        });
+    }
+    if let Some(reason) = &req.reason {
+        if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
+            errors.push(FieldError {
+                field: "reason".into(),
+                message: "is too long or has control characters".into(),
+            });
+        }
+    }
+    errors
+}
+
 /// `GET /v1/products`.
 #[utoipa::path(
     get,
     path = "/v1/products",
     tag = "products",
     summary = "List the catalogue",
-    description = "Every product with its price and the units available to order.",
+    description = "Every product for sale with its price and the units available to order; \
+        discontinued ones too with `include_discontinued=true`.",
+    params(("include_discontinued" = Option<bool>, Query,
+            description = "List discontinued products too (default `false`).")),
     responses(
-        (status = 200, description = "The catalogue.", body = ProductList),
+        (status = 200, description = "The catalogue, by SKU.", body = ProductList),
+        (status = 400, description = "The query string cannot be read.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "`include_discontinued` is neither `true` nor `false`.",
+         body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
     ),
 )]
-pub async fn list(State(state): State<Arc<ApiState>>) -> Result<Json<ProductList>, Problem> {
-    let products = state
-        .store
-        .list_products()
-        .await
-        .map_err(|e| Problem::unavailable(format!("the catalogue is unavailable: {e}")))?;
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<ProductList>, Problem> {
+    let Query(query) = query.map_err(|e| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query string",
+            "query",
+            e.body_text(),
+        )
+    })?;
+    let include_discontinued = match query.get("include_discontinued").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(Problem::invalid(vec![FieldError {
+                field: "query:include_discontinued".into(),
+                message: "must be true or false".into(),
+            }]))
+        }
+    };
+    let products = state.store.list_products().await.map_err(store_down)?;
     Ok(Json(ProductList {
         products: products
             .into_iter()
-            .map(|p| ProductView {
-                price: format_cents(p.price_cents),
-                sku: p.sku,
-                name: p.name,
-                price_cents: p.price_cents,
-                currency: p.currency,
-                stock: p.stock,
-            })
+            .filter(|p| include_discontinued || !p.discontinued)
+            .map(ProductView::from)
             .collect(),
     }))
+}
+
+/// `GET /v1/products/{sku}`.
+#[utoipa::path(
+    get,
+    path = "/v1/products/{sku}",
+    tag = "products",
+    summary = "Read a product",
+    description = "A product of the catalogue, discontinued or not.",
+    params(("sku" = String, Path, description = "The product's SKU.")),
+    responses(
+        (status = 200, description = "The product.", body = ProductView),
+        (status = 400, description = "The SKU is not UTF-8 once percent-decoded.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such product.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn get(
+    State(state): State<Arc<ApiState>>,
+    sku: Result<Path<String>, PathRejection>,
+) -> Result<Json<ProductView>, Problem> {
+    let Path(sku) = sku.map_err(path_problem)?;
+    match state.store.get_product(&sku).await.map_err(store_down)? {
+        Some(p) => Ok(Json(p.into())),
+        None => Err(no_product(&sku)),
+    }
+}
+
+/// `POST /v1/products`.
+#[utoipa::path(
+    post,
+    path = "/v1/products",
+    tag = "products",
+    summary = "Add a product (admin)",
+    description = "Adds a product with its price and initial stock. Needs an admin's access \
+        token.",
+    request_body(content = CreateProductRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Added.", body = ProductView,
+         headers(("Location" = String, description = "The product: `/v1/products/{sku}`."))),
+        (status = 400, description = "The body is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "A product has this SKU already.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "Fields are unknown, missing, mistyped or out of range \
+            (each is listed in `errors`).", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn create(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    caller.require_admin()?;
+    let req: CreateProductRequest = json_body(&headers, body).await?;
+    let errors = validate_create(&req);
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let product = Product {
+        sku: req.sku,
+        name: req.name,
+        price_cents: req.price_cents,
+        currency: req.currency,
+        stock: req.stock,
+        reserved: 0,
+        discontinued: false,
+    };
+    let sku = product.sku.clone();
+    if !state
+        .store
+        .create_product(product.clone())
+        .await
+        .map_err(store_down)?
+    {
+        return Err(Problem::field(
+            StatusCode::CONFLICT,
+            "sku-taken",
+            "A product has this SKU already",
+            "sku",
+            format!("{sku} is in the catalogue already"),
+        ));
+    }
+    info!(%sku, by = %caller.customer_id, "Product added.");
+    let mut response = (StatusCode::CREATED, Json(ProductView::from(product))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/products/{sku}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `PATCH /v1/products/{sku}`.
+#[utoipa::path(
+    patch,
+    path = "/v1/products/{sku}",
+    tag = "products",
+    summary = "Change a product's name or price (admin)",
+    description = "Orders already validated keep the price they were validated at.",
+    params(("sku" = String, Path, description = "The product's SKU.")),
+    request_body(content = UpdateProductRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The product as it is now.", body = ProductView),
+        (status = 400, description = "The body is not JSON, or the SKU not UTF-8.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such product.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "Fields are unknown, mistyped or out of range, or none \
+            is given.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn update(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    sku: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ProductView>, Problem> {
+    caller.require_admin()?;
+    let Path(sku) = sku.map_err(path_problem)?;
+    let req: UpdateProductRequest = json_body(&headers, body).await?;
+    let errors = validate_update(&req);
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let change = ProductChange {
+        name: req.name,
+        price_cents: req.price_cents,
+        discontinued: None,
+    };
+    match state
+        .store
+        .update_product(&sku, change)
+        .await
+        .map_err(store_down)?
+    {
+        Some(p) => {
+            info!(%sku, by = %caller.customer_id, "Product changed.");
+            Ok(Json(p.into()))
+        }
+        None => Err(no_product(&sku)),
+    }
+}
+
+/// `DELETE /v1/products/{sku}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/products/{sku}",
+    tag = "products",
+    summary = "Discontinue a product (admin)",
+    description = "Soft: the product stays readable (past orders and invoices name it) but \
+        leaves the list, and new orders for it are rejected like an unknown SKU. Orders already \
+        validated are not affected. Deleting it again changes nothing.",
+    params(("sku" = String, Path, description = "The product's SKU.")),
+    responses(
+        (status = 204, description = "The product is discontinued."),
+        (status = 400, description = "The SKU is not UTF-8 once percent-decoded.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such product.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn discontinue(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    sku: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, Problem> {
+    caller.require_admin()?;
+    let Path(sku) = sku.map_err(path_problem)?;
+    let change = ProductChange {
+        discontinued: Some(true),
+        ..ProductChange::default()
+    };
+    match state
+        .store
+        .update_product(&sku, change)
+        .await
+        .map_err(store_down)?
+    {
+        Some(_) => {
+            info!(%sku, by = %caller.customer_id, "Product discontinued.");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(no_product(&sku)),
+    }
+}
+
+/// `POST /v1/products/{sku}/stock`.
+#[utoipa::path(
+    post,
+    path = "/v1/products/{sku}/stock",
+    tag = "products",
+    summary = "Adjust a product's stock (admin)",
+    description = "Adds `delta` units to those available (removes, when negative), atomically \
+        with the reservations orders make: the available stock never goes below zero, and an \
+        adjustment is never lost to a concurrent reservation.",
+    params(("sku" = String, Path, description = "The product's SKU.")),
+    request_body(content = StockAdjustmentRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Adjusted: the product as it is now.", body = ProductView),
+        (status = 400, description = "The body is not JSON, or the SKU not UTF-8.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such product.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "The adjustment would take the available stock below \
+            zero; nothing changed. `errors` names `delta`.", body = Problem,
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/insufficient-stock",
+            "title": "Not enough stock", "status": 409,
+            "detail": "delta: -5 would leave MUG-001 below zero: 3 available",
+            "errors": [{"field": "delta",
+                        "message": "-5 would leave MUG-001 below zero: 3 available"}]})),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "Fields are unknown, missing, mistyped or out of range.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn adjust_stock(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    sku: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ProductView>, Problem> {
+    caller.require_admin()?;
+    let Path(sku) = sku.map_err(path_problem)?;
+    let req: StockAdjustmentRequest = json_body(&headers, body).await?;
+    let errors = validate_adjustment(&req);
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    match state
+        .store
+        .adjust_stock(&sku, req.delta)
+        .await
+        .map_err(store_down)?
+    {
+        StockAdjustment::Adjusted(p) => {
+            info!(
+                %sku,
+                delta = req.delta,
+                stock = p.stock,
+                reason = req.reason.as_deref().unwrap_or(""),
+                by = %caller.customer_id,
+                "Stock adjusted."
+            );
+            Ok(Json(p.into()))
+        }
+        StockAdjustment::Insufficient { available } => Err(Problem::field(
+            StatusCode::CONFLICT,
+            "insufficient-stock",
+            "Not enough stock",
+            "delta",
+            format!(
+                "{} would leave {sku} below zero: {available} available",
+                req.delta
+            ),
+        )),
+        StockAdjustment::NotFound => Err(no_product(&sku)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_new_product_names_every_bad_field() {
+        let req: CreateProductRequest = parse_json(
+            br#"{"sku": "-bad sku", "name": " ", "price_cents": -1, "currency": "eur",
+                 "stock": 2000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            fields(validate_create(&req)),
+            ["sku", "name", "price_cents", "currency", "stock"]
+        );
+        let req: CreateProductRequest = parse_json(
+            br#"{"sku": "MUG-002", "name": "Cup", "price_cents": 850.0, "currency": "EUR",
+                 "stock": 0}"#,
+        )
+        .unwrap();
+        assert!(validate_create(&req).is_empty());
+        let p = parse_json::<CreateProductRequest>(br#"{"sku": "A"}"#).unwrap_err();
+        assert_eq!(p.errors[0].field, "name");
+    }
+
+    #[test]
+    fn a_change_needs_a_field_and_an_adjustment_a_delta() {
+        assert_eq!(
+            fields(validate_update(&UpdateProductRequest::default())),
+            ["body"]
+        );
+        let req: UpdateProductRequest = parse_json(br#"{"price_cents": 1e12}"#).unwrap();
+        assert_eq!(fields(validate_update(&req)), ["price_cents"]);
+        let p = parse_json::<UpdateProductRequest>(br#"{"stock": 3}"#).unwrap_err();
+        assert_eq!(p.errors[0].field, "stock");
+
+        let req: StockAdjustmentRequest = parse_json(br#"{"delta": 0}"#).unwrap();
+        assert_eq!(fields(validate_adjustment(&req)), ["delta"]);
+        let req: StockAdjustmentRequest =
+            parse_json(br#"{"delta": -3, "reason": "breakage"}"#).unwrap();
+        assert!(validate_adjustment(&req).is_empty());
+        let p = parse_json::<StockAdjustmentRequest>(br#"{"delta": "x"}"#).unwrap_err();
+        assert_eq!(p.errors[0].field, "delta");
+    }
 }
