@@ -226,9 +226,23 @@ pub struct CommonArgs {
         default_value_t = 1_000_000
     )]
     pub payment_limit_cents: i64,
+    /// (f/products) Where invoice PDFs are kept: `s3://bucket[/prefix]` (credentials, region
+    /// and `AWS_ENDPOINT_URL` from the standard AWS environment), `file:///dir` or a directory.
+    /// Default: `<data dir>/objects`. Invoicing writes there, the API reads from there.
+    #[arg(long, env = "ORDERFLOW_INVOICE_STORE", value_name = "URL")]
+    pub invoice_store: Option<String>,
 }
 
 impl CommonArgs {
+    /// The invoice PDFs' object store (`--invoice-store`).
+    pub fn invoice_files(&self) -> Result<orderflow_store::InvoiceFiles> {
+        let files = match &self.invoice_store {
+            Some(url) => orderflow_store::InvoiceFiles::open(url)?,
+            None => orderflow_store::InvoiceFiles::local(&self.data_dir.join("objects"))?,
+        };
+        Ok(files)
+    }
+
     pub fn kafka(&self, brokers: &str) -> Result<KafkaConfig> {
         let mut config = KafkaConfig::new(brokers, Topics::new(self.topic_prefix.clone()));
         for (key, value) in std::env::vars() {
@@ -253,6 +267,7 @@ impl CommonArgs {
         ProcessorSettings {
             tax_bps: self.tax_bps,
             payment_limit_cents: self.payment_limit_cents,
+            invoice_files: None,
         }
     }
 }

@@ -41,14 +41,18 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Run(args) => run(args, shutdown).await,
             Command::Ingest(args) => {
-                let (_, store, producer) = connect(&args.common, &args.brokers).await?;
-                serve_http(args.http, store, producer.clone(), shutdown).await?;
+                let (kafka, store, producer) = connect(&args.common, &args.brokers).await?;
+                let files = args.common.invoice_files()?;
+                serve_http(args.http, store, producer.clone(), &kafka, files, shutdown).await?;
                 producer.flush(Duration::from_secs(10));
                 Ok(())
             }
             Command::Process(args) => {
                 let stage: Stage = args.stage.into();
-                let settings = args.service.common.processor_settings();
+                let mut settings = args.service.common.processor_settings();
+                if stage == Stage::Invoicing {
+                    settings.invoice_files = Some(args.service.common.invoice_files()?);
+                }
                 run_service(
                     &args.service,
                     Vec::new(),
@@ -315,14 +319,35 @@ async fn serve_http(
     addr: SocketAddr,
     store: Arc<dyn Store>,
     producer: EventProducer,
+    kafka: &KafkaConfig,
+    invoice_files: orderflow_store::InvoiceFiles,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP API to {addr}"))?;
-    let state = Arc::new(orderflow_ingest::ApiState::new(store, producer));
-    orderflow_ingest::serve(listener, state, shutdown).await?;
+    let state = Arc::new(
+        orderflow_ingest::ApiState::new(store, producer).with_invoice_files(invoice_files),
+    );
+    let follower = spawn_order_follower(kafka, &state, &shutdown);
+    orderflow_ingest::serve(listener, state, shutdown.clone()).await?;
+    shutdown.cancel();
+    follower.await??;
     Ok(())
+}
+
+/// (f/products) Follows the order topics for the API's order cache, until `shutdown`.
+fn spawn_order_follower(
+    kafka: &KafkaConfig,
+    state: &Arc<orderflow_ingest::ApiState>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<()>> {
+    let (kafka, cache, shutdown) = (kafka.clone(), state.orders.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        orderflow_ingest::cache::follow_orders(&kafka, cache, shutdown)
+            .await
+            .context("following the order topics")
+    })
 }
 
 /// Creates the topics, retrying while the broker comes up.
@@ -441,7 +466,13 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     // A bad routing config or an unreachable sink fails the start before anything runs.
     let (routing, sinks_ready) = build_bridge(&common.data_dir, &args.bridge, &shutdown).await?;
     let mut tasks = JoinSet::new();
-    let processor_settings = common.processor_settings();
+    let invoice_files = common.invoice_files()?;
+    info!(
+        location = invoice_files.location(),
+        "Invoice PDFs kept there."
+    );
+    let mut processor_settings = common.processor_settings();
+    processor_settings.invoice_files = Some(invoice_files.clone());
     for stage in Stage::ALL {
         let (kafka, store, producer, settings, shutdown) = (
             kafka.clone(),
@@ -471,11 +502,14 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     }
     {
         let mut state = orderflow_ingest::ApiState::new(store.clone(), producer.clone())
-            .with_ready_check(sinks_ready);
+            .with_ready_check(sinks_ready)
+            .with_invoice_files(invoice_files);
         if let Some(registry) = &local_registry {
             state = state.with_schema_registry(registry.clone());
         }
         let state = Arc::new(state);
+        let follower = spawn_order_follower(&kafka, &state, &shutdown);
+        tasks.spawn(async move { follower.await? });
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             orderflow_ingest::serve(listener, state, shutdown)

@@ -34,6 +34,7 @@ const EXPORTED: &[&str] = &[
     metrics::SINK_SEND_SECONDS,
     metrics::STORE_OPERATION_SECONDS,
     metrics::STORE_ERRORS_TOTAL,
+    metrics::ORDER_CACHE_REQUESTS_TOTAL,
     metrics::CONSUMER_LAG_MESSAGES,
     metrics::KAFKA_BROKER_RTT_SECONDS,
     metrics::KAFKA_BROKER_OUTBUF_REQUESTS,

@@ -28,6 +28,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/products/{sku}"),
     ("DELETE", "/v1/products/{sku}"),
     ("POST", "/v1/products/{sku}/stock"),
+    ("GET", "/v1/orders/{id}/invoice"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

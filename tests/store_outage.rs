@@ -22,7 +22,7 @@ use orderflow_schemas::{
 };
 use orderflow_store::{
     CreateOrder, EmbeddedStore, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord,
-    Product, Reservation, Result, StatusUpdate, Store, StoreError,
+    Product, ProductChange, Reservation, Result, StatusUpdate, StockAdjustment, Store, StoreError,
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -325,6 +325,15 @@ impl Store for Switchable {
     }
     async fn list_products(&self) -> Result<Vec<Product>> {
         self.up()?.list_products().await
+    }
+    async fn create_product(&self, product: Product) -> Result<bool> {
+        self.up()?.create_product(product).await
+    }
+    async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>> {
+        self.up()?.update_product(sku, change).await
+    }
+    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
+        self.up()?.adjust_stock(sku, delta).await
     }
     async fn create_order(
         &self,

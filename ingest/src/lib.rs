@@ -11,7 +11,9 @@
 //!   the API.
 //! - [`ReadyCheck`]: something else readiness depends on (the bridge's sinks), as a cheap
 //!   synchronous read of its latest state.
-//! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
+//! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation;
+//!   `GET /v1/orders/{id}/invoice` (the invoice PDF, from object storage).
+//! - [`cache`]: the order read cache, dropped by the order's events.
 //! - [`products`]: the catalogue: `GET /v1/products`, `GET /v1/products/{sku}`, and for admins
 //!   `POST /v1/products`, `PATCH`/`DELETE /v1/products/{sku}` and
 //!   `POST /v1/products/{sku}/stock`.
@@ -23,6 +25,7 @@
 //!   state has one (`orderflow run` without `--schema-registry`).
 
 pub mod auth;
+pub mod cache;
 pub mod openapi;
 pub mod orders;
 pub mod problem;
@@ -68,6 +71,11 @@ pub struct ApiState {
     pub ready_checks: Vec<ReadyCheck>,
     /// How access tokens are signed and checked ([`auth`]).
     pub auth: auth::AuthSettings,
+    /// (f/products) Order reads go through this; a handler that changes an order calls
+    /// `state.orders.invalidate(order_id)` after the store write ([`cache`]).
+    pub orders: Arc<cache::OrderCache>,
+    /// (f/products) Where the invoice PDFs are (`GET /v1/orders/{id}/invoice`).
+    pub invoice_files: Option<orderflow_store::InvoiceFiles>,
 }
 
 impl ApiState {
@@ -79,7 +87,15 @@ impl ApiState {
             schema_registry: None,
             ready_checks: Vec::new(),
             auth: auth::AuthSettings::development(),
+            orders: Arc::new(cache::OrderCache::default()),
+            invoice_files: None,
         }
+    }
+
+    /// Serves the invoice PDFs kept in `files`.
+    pub fn with_invoice_files(mut self, files: orderflow_store::InvoiceFiles) -> Self {
+        self.invoice_files = Some(files);
+        self
     }
 
     /// Signs and checks tokens with these settings instead of the development secret.
@@ -121,6 +137,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .delete(products::discontinue),
         )
         .route("/v1/products/{sku}/stock", post(products::adjust_stock))
+        .route("/v1/orders/{id}/invoice", get(orders::invoice))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))

@@ -38,6 +38,7 @@ use crate::{orders, products};
         orders::get,
         products::list,
         // (f/products)
+        orders::invoice,
         products::get,
         products::create,
         products::update,

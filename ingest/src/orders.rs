@@ -697,13 +697,97 @@ pub async fn get(
         )
     })?;
     tracing::Span::current().record("order_id", order_id.as_str());
-    match state.store.get_order(&order_id).await {
+    match state.orders.get(&*state.store, &order_id).await {
         Ok(Some(order)) => Ok(Json(order.into())),
         Ok(None) => Err(Problem::not_found(format!("no order {order_id}"))),
         Err(e) => Err(Problem::unavailable(format!(
             "the order store is unavailable: {e}"
         ))),
     }
+}
+
+/// `GET /v1/orders/{id}/invoice`.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}/invoice",
+    tag = "orders",
+    summary = "Download an order's invoice (PDF)",
+    description = "The invoice the invoicing stage rendered, as `application/pdf`. For the \
+        order's customer and admins; another customer gets 404, as if the order did not exist.",
+    params(("id" = String, Path, description = "The order id.")),
+    responses(
+        (status = 200, description = "The invoice.", body = String,
+         content_type = "application/pdf",
+         headers(("Content-Disposition" = String,
+                  description = "`attachment; filename=\"INV-00000001.pdf\"`"))),
+        (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such order (for this caller), or it is not invoiced \
+            yet (`detail` says which).", body = Problem,
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404,
+            "detail": "order 01a2… has no invoice yet (status paid)"})),
+        (status = 503, description = "The store or the invoice storage is down; retry.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn invoice(
+    State(state): State<Arc<ApiState>>,
+    caller: crate::auth::Caller,
+    order_id: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let Path(order_id) = order_id.map_err(|e| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            "Invalid path",
+            "path:id",
+            e.body_text(),
+        )
+    })?;
+    tracing::Span::current().record("order_id", order_id.as_str());
+    let order = state
+        .orders
+        .get(&*state.store, &order_id)
+        .await
+        .map_err(|e| Problem::unavailable(format!("the order store is unavailable: {e}")))?
+        .filter(|o| caller.may_access(&o.customer_id))
+        .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
+    let Some(number) = order.invoice_number else {
+        return Err(Problem::not_found(format!(
+            "order {order_id} has no invoice yet (status {})",
+            order.status.as_str()
+        )));
+    };
+    let files = state
+        .invoice_files
+        .as_ref()
+        .ok_or_else(|| Problem::unavailable("no invoice storage is configured"))?;
+    let file = files
+        .get(&number)
+        .await
+        .map_err(|e| Problem::unavailable(format!("the invoice storage is unavailable: {e}")))?
+        .ok_or_else(|| {
+            Problem::not_found(format!(
+                "invoice {number} of order {order_id} is not stored"
+            ))
+        })?;
+    let mut response = Body::from_stream(file.bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pdf"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(file.size));
+    if let Ok(disposition) =
+        HeaderValue::from_str(&format!("attachment; filename=\"{number}.pdf\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

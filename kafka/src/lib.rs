@@ -13,9 +13,12 @@
 //!   consumer lag per partition, broker round-trip times and queues, the producer's queue.
 //! - `trace` (feature `otlp`): the W3C trace context in message headers, across stages.
 //! - [`replay`]: re-driving a dead-letter topic to the topics its messages came from.
+//! - [`follow`]: the keys of the order topics from their end, without a consumer group (the
+//!   API's order cache).
 
 pub mod admin;
 pub mod consume;
+pub mod follow;
 pub mod producer;
 pub mod replay;
 pub mod stats;

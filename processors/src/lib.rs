@@ -8,7 +8,8 @@
 //!   `orders.rejected`.
 //! - [`payment`]: `orders.validated` → charge through a [`payment::PaymentGateway`] →
 //!   `orders.paid` | `orders.payment-failed` (releasing the stock).
-//! - [`invoicing`]: `orders.paid` → numbered invoice → `orders.invoiced`.
+//! - [`invoicing`]: `orders.paid` → numbered invoice, its PDF in object storage →
+//!   `orders.invoiced`.
 //!
 //! Each recorded step observes `orderflow_order_latency_seconds{status}`, the time from the
 //! order's acceptance (carried in its UUIDv7 order id) to the step's `occurred_at`.
@@ -57,6 +58,8 @@ pub struct ProcessorSettings {
     pub tax_bps: i64,
     /// The simulated gateway declines charges above this amount.
     pub payment_limit_cents: i64,
+    /// Where invoicing keeps the invoice PDFs; `None`: it renders none.
+    pub invoice_files: Option<orderflow_store::InvoiceFiles>,
 }
 
 impl Default for ProcessorSettings {
@@ -64,6 +67,7 @@ impl Default for ProcessorSettings {
         ProcessorSettings {
             tax_bps: 2000,
             payment_limit_cents: 1_000_000,
+            invoice_files: None,
         }
     }
 }
@@ -92,7 +96,10 @@ pub async fn run_stage(
         }
         Stage::Invoicing => {
             let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersPaid]);
-            let handler = InvoicingHandler::new(store, producer.clone());
+            let mut handler = InvoicingHandler::new(store, producer.clone());
+            if let Some(files) = &settings.invoice_files {
+                handler = handler.with_files(files.clone());
+            }
             run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
         }
     }

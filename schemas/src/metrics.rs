@@ -43,6 +43,9 @@ pub const SINK_SEND_SECONDS: &str = "orderflow_sink_send_seconds";
 pub const STORE_OPERATION_SECONDS: &str = "orderflow_store_operation_seconds";
 /// Store calls that failed, by `operation`.
 pub const STORE_ERRORS_TOTAL: &str = "orderflow_store_errors_total";
+/// (f/products) Order reads the API answered from its in-process cache (`outcome` `hit`) or
+/// from the store (`miss`).
+pub const ORDER_CACHE_REQUESTS_TOTAL: &str = "orderflow_order_cache_requests_total";
 
 // From librdkafka's statistics (`statistics.interval.ms`, every 5 s by default): gauges set on
 // each report, so they are as fresh as the last one.
@@ -122,6 +125,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
     pub orders_accepted: IntCounter,
+    pub order_cache_requests: IntCounterVec,
     pub sink_deliveries: IntCounterVec,
     pub sink_send: HistogramVec,
     pub store_operation: HistogramVec,
@@ -202,6 +206,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         orders_accepted: register(
             registry,
             IntCounter::new(ORDERS_ACCEPTED_TOTAL, "Orders newly accepted by the API."),
+        ),
+        order_cache_requests: counter_vec(
+            registry,
+            ORDER_CACHE_REQUESTS_TOTAL,
+            "Order reads answered from the API's cache (hit) or the store (miss).",
+            &["outcome"],
         ),
         sink_deliveries: counter_vec(
             registry,
@@ -375,6 +385,7 @@ mod tests {
             ORDERS_ACCEPTED_TOTAL,
             SINK_DELIVERIES_TOTAL,
             STORE_ERRORS_TOTAL,
+            ORDER_CACHE_REQUESTS_TOTAL,
         ];
         let seconds = [
             STAGE_PROCESSING_SECONDS,

@@ -13,10 +13,12 @@
 //!   CQL migrations.
 //! - [`instrumented`]: [`Instrumented`], a wrapper that records every call's duration and
 //!   failures as Prometheus metrics.
+//! - [`objects`]: [`InvoiceFiles`], the invoice PDFs in object storage (a local directory, S3).
 
 pub mod embedded;
 pub mod instrumented;
 pub mod model;
+pub mod objects;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
@@ -27,6 +29,7 @@ use async_trait::async_trait;
 pub use embedded::EmbeddedStore;
 pub use instrumented::Instrumented;
 pub use model::*;
+pub use objects::{InvoiceFile, InvoiceFiles};
 use orderflow_schemas::OrderItem;
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaStore};

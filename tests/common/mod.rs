@@ -363,3 +363,18 @@ pub fn read_topic(
 pub fn keyed(m: &OwnedMessage, order_id: &str) -> bool {
     m.key() == Some(order_id.as_bytes())
 }
+
+/// (f/products) A signed access token for `customer_id` with `role`, as `orderflow run` (on
+/// the development secret) accepts it, valid from now.
+pub fn token(customer_id: &str, role: orderflow_ingest::auth::Role) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    orderflow_ingest::auth::AuthSettings::development().access_token(customer_id, role, now)
+}
+
+/// (f/products) An admin's access token.
+pub fn admin_token() -> String {
+    token("admin-1", orderflow_ingest::auth::Role::Admin)
+}

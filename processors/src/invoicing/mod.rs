@@ -1,11 +1,17 @@
 //! Invoicing: gives a paid order its numbered invoice (gapless numbers, one invoice per order)
-//! and records it, then announces it.
+//! and records it, renders it as a PDF ([`pdf`]) and keeps that in object storage
+//! (`invoices/<number>.pdf`, [`InvoiceFiles`]), then announces it. The PDF is stored before
+//! `OrderInvoiced` is produced, so whoever sees the event can download it; a redelivery
+//! renders the same bytes and puts them again. An object store that cannot be reached is a
+//! retriable failure: the offset is not stored until the PDF is in.
+
+pub mod pdf;
 
 use std::sync::Arc;
 
 use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
 use orderflow_schemas::{OrderInvoiced, OrderPaid, OrderStatus};
-use orderflow_store::{InvoiceDraft, Pricing, Store};
+use orderflow_store::{InvoiceDraft, InvoiceFiles, Pricing, Store};
 use tracing::debug;
 
 use crate::{decode, record_and_emit, store_error, StepDetails};
@@ -13,11 +19,23 @@ use crate::{decode, record_and_emit, store_error, StepDetails};
 pub struct InvoicingHandler {
     store: Arc<dyn Store>,
     producer: EventProducer,
+    /// Where the PDFs go; `None`: no PDFs (tests of the numbering alone).
+    files: Option<InvoiceFiles>,
 }
 
 impl InvoicingHandler {
     pub fn new(store: Arc<dyn Store>, producer: EventProducer) -> Self {
-        InvoicingHandler { store, producer }
+        InvoicingHandler {
+            store,
+            producer,
+            files: None,
+        }
+    }
+
+    /// Renders each invoice as a PDF and keeps it in `files`.
+    pub fn with_files(mut self, files: InvoiceFiles) -> Self {
+        self.files = Some(files);
+        self
     }
 }
 
@@ -41,6 +59,13 @@ impl Handler for InvoicingHandler {
             })
             .await
             .map_err(store_error)?;
+        if let Some(files) = &self.files {
+            let rendered = invoice.clone();
+            let pdf = tokio::task::spawn_blocking(move || pdf::render(&rendered))
+                .await
+                .map_err(|e| HandlerError::Retriable(format!("rendering the invoice: {e}")))?;
+            files.put(&invoice.number, pdf).await.map_err(store_error)?;
+        }
         let event = OrderInvoiced {
             event_id: OrderStatus::Invoiced.event_id(&paid.order_id),
             order_id: paid.order_id.clone(),

@@ -1,0 +1,204 @@
+//! [`InvoiceFiles`]: where invoice PDFs are kept, in object storage (the `object_store`
+//! crate): a local directory on one machine, S3 (or anything that speaks its API: LocalStack,
+//! moto, MinIO) when the services run apart.
+//!
+//! Each invoice is one object, `invoices/<number>.pdf` under the configured prefix. A put
+//! replaces the object whole (atomic on S3 and on the local directory), so writing the same
+//! invoice again, as a redelivered event does, is harmless.
+//!
+//! Configured by a URL (`--invoice-store`):
+//! - `s3://bucket[/prefix]`: credentials, region and endpoint from the standard `AWS_*`
+//!   variables (`AWS_ENDPOINT_URL` for an emulator; plain `http://` endpoints are allowed);
+//! - `file:///path` or a plain path: a local directory (created if missing).
+
+use std::{path::Path as FsPath, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use object_store::{
+    aws::AmazonS3Builder, local::LocalFileSystem, path::Path, prefix::PrefixStore, ClientOptions,
+    ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+
+use crate::{Result, StoreError};
+
+/// The object store holding invoice PDFs. Cheap to clone.
+#[derive(Clone)]
+pub struct InvoiceFiles {
+    objects: Arc<dyn ObjectStore>,
+    /// Where, for logs and errors (no secret in it).
+    location: String,
+}
+
+impl std::fmt::Debug for InvoiceFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvoiceFiles")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// A PDF read back, ready to stream.
+pub struct InvoiceFile {
+    /// Size in bytes.
+    pub size: u64,
+    pub bytes: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
+}
+
+impl InvoiceFiles {
+    /// From a URL: `s3://bucket[/prefix]`, `file:///dir` or a plain directory path.
+    pub fn open(url: &str) -> Result<Self> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            return Self::s3(bucket, prefix.trim_matches('/'));
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            return Self::local(FsPath::new(path));
+        }
+        if url.contains("://") {
+            return Err(StoreError::Invalid(format!(
+                "invoice store {url}: expected s3://bucket[/prefix], file:///dir or a directory"
+            )));
+        }
+        Self::local(FsPath::new(url))
+    }
+
+    /// A local directory (created if missing).
+    pub fn local(dir: &FsPath) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| StoreError::Invalid(format!("invoice store {}: {e}", dir.display())))?;
+        Ok(InvoiceFiles {
+            objects: Arc::new(fs),
+            location: dir.display().to_string(),
+        })
+    }
+
+    /// An S3 bucket, configured from the standard `AWS_*` environment.
+    fn s3(bucket: &str, prefix: &str) -> Result<Self> {
+        if bucket.is_empty() {
+            return Err(StoreError::Invalid(
+                "invoice store s3://: the URL names no bucket".into(),
+            ));
+        }
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            // Fail over to the stage's own retries (with backoff, offsets held) rather than
+            // stall a batch for minutes inside one call.
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(15),
+                ..RetryConfig::default()
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(3))
+                    .with_timeout(Duration::from_secs(15))
+                    .with_allow_http(
+                        std::env::var("AWS_ENDPOINT_URL").is_ok_and(|e| e.starts_with("http://")),
+                    ),
+            );
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let s3 = builder
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("invoice store s3://{bucket}: {e}")))?;
+        let location = format!("s3://{bucket}/{prefix}");
+        let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        };
+        Ok(InvoiceFiles { objects, location })
+    }
+
+    /// Where the files are, for logs.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The key of an invoice's PDF: `invoices/<number>.pdf`.
+    pub fn key(number: &str) -> String {
+        format!("invoices/{number}.pdf")
+    }
+
+    fn path(number: &str) -> Result<Path> {
+        Path::parse(Self::key(number))
+            .map_err(|e| StoreError::Invalid(format!("invoice number {number}: {e}")))
+    }
+
+    /// Stores an invoice's PDF, replacing what is there (the same bytes, when redelivered).
+    pub async fn put(&self, number: &str, pdf: Vec<u8>) -> Result<()> {
+        self.objects
+            .put(&Self::path(number)?, PutPayload::from(pdf))
+            .await
+            .map_err(|e| self.error("put", number, e))?;
+        Ok(())
+    }
+
+    /// An invoice's PDF, or `None` when it is not there.
+    pub async fn get(&self, number: &str) -> Result<Option<InvoiceFile>> {
+        match self.objects.get(&Self::path(number)?).await {
+            Ok(found) => Ok(Some(InvoiceFile {
+                size: found.meta.size,
+                bytes: Box::pin(found.into_stream().map_err(std::io::Error::other)),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("get", number, e)),
+        }
+    }
+
+    /// A cheap read that fails when the store cannot be reached (a missing object is fine).
+    pub async fn healthcheck(&self) -> Result<()> {
+        match self.objects.head(&Self::path("healthcheck")?).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("head", "healthcheck", e)),
+        }
+    }
+
+    /// Every failure may pass (the store is down, throttling, credentials being fixed): the
+    /// caller retries.
+    fn error(&self, op: &str, number: &str, e: object_store::Error) -> StoreError {
+        StoreError::Unavailable(format!(
+            "invoice store {}: {op} {}: {e}",
+            self.location,
+            Self::key(number)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_directory_keeps_each_invoice_under_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = InvoiceFiles::open(&format!("file://{}", dir.path().display())).unwrap();
+        assert!(files.get("INV-00000001").await.unwrap().is_none());
+        files
+            .put("INV-00000001", b"%PDF-1.7 one".to_vec())
+            .await
+            .unwrap();
+        files
+            .put("INV-00000001", b"%PDF-1.7 one".to_vec())
+            .await
+            .unwrap();
+        let found = files.get("INV-00000001").await.unwrap().expect("stored");
+        assert_eq!(found.size, 12);
+        let bytes: Vec<Bytes> = found.bytes.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), b"%PDF-1.7 one");
+        assert!(dir.path().join("invoices/INV-00000001.pdf").is_file());
+        files.healthcheck().await.unwrap();
+
+        assert!(InvoiceFiles::open("ftp://x").is_err());
+        assert!(InvoiceFiles::open("s3://").is_err());
+    }
+}

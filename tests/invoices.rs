@@ -1,0 +1,202 @@
+//! Invoice PDFs through the real pipeline: an invoiced order's PDF downloads from
+//! `GET /v1/orders/{id}/invoice` (its owner and admins only), from the local object store that
+//! `orderflow run` keeps under its data dir, and from S3 (moto); and order reads, cached in the
+//! API, never go backwards nor get stuck while an order moves through the pipeline.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{admin_token, moto::Moto, order_body, token, Pipeline};
+use orderflow_ingest::auth::Role;
+use serde_json::Value;
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Places an order for `cust-1` and waits until it is invoiced; the order.
+async fn invoiced_order(p: &Pipeline) -> Value {
+    let id = p.place(&order_body("MUG-001", 3, "tok_visa")).await;
+    p.wait_for_status(&id, "invoiced").await
+}
+
+/// Downloads the invoice as `bearer`; the response.
+async fn download(p: &Pipeline, id: &str, bearer: Option<&str>) -> reqwest::Response {
+    let mut request = p.client.get(p.url(&format!("/v1/orders/{id}/invoice")));
+    if let Some(t) = bearer {
+        request = request.bearer_auth(t);
+    }
+    request.send().await.unwrap()
+}
+
+/// The owner's download is the PDF of this order's invoice; returns its bytes.
+async fn check_download(p: &Pipeline, order: &Value) -> Vec<u8> {
+    let id = order["order_id"].as_str().unwrap();
+    let number = order["invoice_number"].as_str().unwrap();
+    let response = download(p, id, Some(&token("cust-1", Role::Customer))).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        response.headers()["content-disposition"],
+        format!("attachment; filename=\"{number}.pdf\"").as_str()
+    );
+    let pdf = response.bytes().await.unwrap().to_vec();
+    assert!(pdf.starts_with(b"%PDF-"), "a PDF");
+    // 3 × 12.50 = 37.50, 20 % tax 7.50, total 45.00.
+    assert_eq!(order["total_cents"], 4500);
+    for text in [
+        format!("({number})"),
+        "(45.00 EUR)".into(),
+        "(37.50 EUR)".into(),
+        "(Customer: cust-1)".into(),
+    ] {
+        assert!(contains(&pdf, &text), "{text} in the PDF");
+    }
+    pdf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoiced_order_has_its_pdf_for_its_customer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    let order = invoiced_order(&p).await;
+    let id = order["order_id"].as_str().unwrap();
+    let number = order["invoice_number"].as_str().unwrap();
+    let pdf = check_download(&p, &order).await;
+    // Kept under the data dir, as downloaded; an admin gets it too.
+    let stored = std::fs::read(dir.path().join(format!("objects/invoices/{number}.pdf"))).unwrap();
+    assert_eq!(stored, pdf);
+    let response = download(&p, id, Some(&admin_token())).await;
+    assert_eq!(response.status(), 200);
+
+    // Another customer: as if the order did not exist. No token: 401.
+    let response = download(&p, id, Some(&token("cust-2", Role::Customer))).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = download(&p, id, None).await;
+    assert_eq!(response.status(), 401);
+    // Not invoiced (rejected): 404 saying so.
+    let rejected = p.place(&order_body("NOPE-404", 1, "tok_visa")).await;
+    p.wait_for_status(&rejected, "rejected").await;
+    let response = download(&p, &rejected, Some(&admin_token())).await;
+    assert_eq!(response.status(), 404);
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no invoice yet"),
+        "{problem}"
+    );
+    let response = download(&p, "no-such-order", Some(&admin_token())).await;
+    assert_eq!(response.status(), 404);
+    assert!(p.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_are_kept_in_s3() {
+    let moto = Moto::start().await;
+    let bucket = format!("invoices-{}", std::process::id());
+    let http = reqwest::Client::new();
+    let created = http
+        .put(moto.url(&format!("/{bucket}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        created.status().is_success(),
+        "bucket created: {}",
+        created.status()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("s3://{bucket}/shop-1");
+    let p = Pipeline::start_with_env(dir.path(), &["--invoice-store", &store], &moto.env());
+    let order = invoiced_order(&p).await;
+    let pdf = check_download(&p, &order).await;
+    let number = order["invoice_number"].as_str().unwrap();
+    let object = http
+        .get(moto.url(&format!("/{bucket}/shop-1/invoices/{number}.pdf")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(object.status(), 200, "the object is in the bucket");
+    assert_eq!(object.bytes().await.unwrap().to_vec(), pdf);
+    assert!(
+        !dir.path().join("objects/invoices").exists(),
+        "nothing kept locally"
+    );
+    assert!(p.stop().success());
+}
+
+/// Order reads go through the API's cache: polled as fast as we can while the order moves
+/// through the pipeline, its status never goes back, and each step shows up (the cache does
+/// not hold it back: it ends at `invoiced` within the usual time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_order_reads_never_go_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    let rank = |s: &str| {
+        ["accepted", "validated", "paid", "invoiced"]
+            .iter()
+            .position(|x| *x == s)
+    };
+    for _ in 0..3 {
+        let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = p.order(&id).await["status"].as_str().unwrap().to_string();
+            if let Some(last) = seen.last() {
+                assert!(
+                    rank(&status) >= rank(last),
+                    "went back from {last} to {status}: {seen:?}"
+                );
+            }
+            if seen.last() != Some(&status) {
+                seen.push(status.clone());
+            }
+            if status == "invoiced" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "stuck: {seen:?}");
+        }
+        // Still invoiced, read again (from the cache now).
+        for _ in 0..5 {
+            assert_eq!(p.order(&id).await["status"], "invoiced");
+        }
+    }
+    let metrics = p
+        .client
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |outcome: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "orderflow_order_cache_requests_total{{outcome=\"{outcome}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count("hit") > 0.0,
+        "reads were served from the cache:\n{metrics}"
+    );
+    assert!(count("miss") > 0.0);
+    assert!(p.stop().success());
+}
