@@ -19,11 +19,19 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append; never edit one that has shipped.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    cql: include_str!("../../migrations/scylla/0001_initial.cql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        cql: include_str!("../../migrations/scylla/0001_initial.cql"),
+    },
+    // Issue #5, f/auth.
+    Migration {
+        version: 2,
+        name: "accounts",
+        cql: include_str!("../../migrations/scylla/0002_accounts.cql"),
+    },
+];
 
 /// The schema version this build needs.
 pub fn latest_version() -> i32 {
