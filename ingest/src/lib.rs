@@ -13,7 +13,9 @@
 //!   synchronous read of its latest state.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
 //! - [`products`]: `GET /v1/products`.
-//! - [`auth`]: access tokens, roles, and the [`auth::Caller`] extractor.
+//! - [`auth`]: access tokens, roles, and the [`auth::Caller`] extractor; the `/v1/auth/*`
+//!   routes (accounts, login, refresh tokens).
+//! - [`customers`]: `/v1/customers` (accounts as admins and customers see them).
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
 //!   and Swagger UI over it (`GET /docs`), its assets compiled in.
@@ -21,6 +23,7 @@
 //!   state has one (`orderflow run` without `--schema-registry`).
 
 pub mod auth;
+pub mod customers;
 pub mod openapi;
 pub mod orders;
 pub mod problem;
@@ -66,6 +69,8 @@ pub struct ApiState {
     pub ready_checks: Vec<ReadyCheck>,
     /// How access tokens are signed and checked ([`auth`]).
     pub auth: auth::AuthSettings,
+    /// Login attempts per email and per client IP ([`auth::limit`]).
+    pub login_limits: auth::limit::LoginLimits,
 }
 
 impl ApiState {
@@ -77,6 +82,7 @@ impl ApiState {
             schema_registry: None,
             ready_checks: Vec::new(),
             auth: auth::AuthSettings::development(),
+            login_limits: auth::limit::LoginLimits::default(),
         }
     }
 
@@ -111,6 +117,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/orders", post(orders::create))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/products", get(products::list))
+        // Accounts (issue #5, f/auth).
+        .route("/v1/auth/register", post(auth::routes::register))
+        .route("/v1/auth/verify", post(auth::routes::verify))
+        .route("/v1/auth/resend", post(auth::routes::resend))
+        .route("/v1/auth/login", post(auth::routes::login))
+        .route("/v1/auth/refresh", post(auth::routes::refresh))
+        .route("/v1/auth/logout", post(auth::routes::logout))
+        .route(
+            "/v1/customers",
+            get(customers::list).post(customers::create),
+        )
+        .route("/v1/customers/me", get(customers::me))
+        .route(
+            "/v1/customers/{id}",
+            get(customers::get)
+                .patch(customers::update)
+                .delete(customers::delete),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
@@ -312,9 +336,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(addr = ?addr, "HTTP API listening.");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // With the peer's address, which login rate-limits by ([`auth::limit`]).
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (see [`Readiness`]) on

@@ -252,7 +252,7 @@ impl From<OrderRecord> for OrderView {
 }
 
 /// Is the content type JSON (`application/json`, `application/*+json`, any parameters)?
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
