@@ -17,7 +17,9 @@
 //! - [`products`]: the catalogue: `GET /v1/products`, `GET /v1/products/{sku}`, and for admins
 //!   `POST /v1/products`, `PATCH`/`DELETE /v1/products/{sku}` and
 //!   `POST /v1/products/{sku}/stock`.
-//! - [`auth`]: access tokens, roles, and the [`auth::Caller`] extractor.
+//! - [`auth`]: access tokens, roles, and the [`auth::Caller`] extractor; the `/v1/auth/*`
+//!   routes (accounts, login, refresh tokens).
+//! - [`customers`]: `/v1/customers` (accounts as admins and customers see them).
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
 //!   and Swagger UI over it (`GET /docs`), its assets compiled in.
@@ -26,6 +28,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod customers;
 pub mod openapi;
 pub mod orders;
 pub mod problem;
@@ -76,6 +79,8 @@ pub struct ApiState {
     pub orders: Arc<cache::OrderCache>,
     /// (f/products) Where the invoice PDFs are (`GET /v1/orders/{id}/invoice`).
     pub invoice_files: Option<orderflow_store::InvoiceFiles>,
+    /// Login attempts per email and per client IP ([`auth::limit`]).
+    pub login_limits: auth::limit::LoginLimits,
 }
 
 impl ApiState {
@@ -89,6 +94,7 @@ impl ApiState {
             auth: auth::AuthSettings::development(),
             orders: Arc::new(cache::OrderCache::default()),
             invoice_files: None,
+            login_limits: auth::limit::LoginLimits::default(),
         }
     }
 
@@ -138,6 +144,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/products/{sku}/stock", post(products::adjust_stock))
         .route("/v1/orders/{id}/invoice", get(orders::invoice))
+        // Accounts (issue #5, f/auth).
+        .route("/v1/auth/register", post(auth::routes::register))
+        .route("/v1/auth/verify", post(auth::routes::verify))
+        .route("/v1/auth/resend", post(auth::routes::resend))
+        .route("/v1/auth/login", post(auth::routes::login))
+        .route("/v1/auth/refresh", post(auth::routes::refresh))
+        .route("/v1/auth/logout", post(auth::routes::logout))
+        .route(
+            "/v1/customers",
+            get(customers::list).post(customers::create),
+        )
+        .route("/v1/customers/me", get(customers::me))
+        .route(
+            "/v1/customers/{id}",
+            get(customers::get)
+                .patch(customers::update)
+                .delete(customers::delete),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
@@ -339,9 +363,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(addr = ?addr, "HTTP API listening.");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // With the peer's address, which login rate-limits by ([`auth::limit`]).
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (see [`Readiness`]) on

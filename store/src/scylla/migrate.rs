@@ -25,7 +25,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "initial",
         cql: include_str!("../../migrations/scylla/0001_initial.cql"),
     },
-    // (f/products) products CRUD: the discontinued flag.
+    // Accounts, verification codes, refresh tokens (issue #5).
+    Migration {
+        version: 2,
+        name: "accounts",
+        cql: include_str!("../../migrations/scylla/0002_accounts.cql"),
+    },
+    // Products CRUD: the discontinued flag (issue #5).
     Migration {
         version: 4,
         name: "catalogue",

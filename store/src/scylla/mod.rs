@@ -27,6 +27,7 @@
 //! entry goes when the order is released). Order ids are UUIDv7 (ingest makes them so): the
 //! customer index is bucketed by their time.
 
+mod accounts;
 mod migrate;
 
 use std::{
@@ -58,7 +59,7 @@ use scylla::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{model::*, Result, Store, StoreError};
+use crate::{account::*, model::*, Result, Store, StoreError};
 
 /// Where the store is and how it behaves.
 #[derive(Debug, Clone)]
@@ -117,6 +118,8 @@ const INVOICE_SEQUENCE: &str = "invoice";
 pub struct ScyllaStore {
     session: Arc<Session>,
     q: Arc<Statements>,
+    /// The statements of accounts (issue #5): [`accounts`].
+    accounts: Arc<accounts::AccountStatements>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -257,9 +260,11 @@ impl ScyllaStore {
             )));
         }
         let q = Statements::prepare(&session, &keyspace).await?;
+        let accounts = accounts::AccountStatements::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
+            accounts: Arc::new(accounts),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -1260,6 +1265,69 @@ impl Store for ScyllaStore {
     async fn healthcheck(&self) -> Result<()> {
         self.run(&self.q.health, ()).await?;
         Ok(())
+    }
+
+    // --- Accounts (issue #5, f/auth): see [`accounts`] ---
+
+    async fn create_account(&self, account: Account) -> Result<bool> {
+        self.create_account_impl(&account).await
+    }
+
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
+        self.get_account_impl(customer_id).await
+    }
+
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        self.get_account_by_email_impl(email).await
+    }
+
+    async fn update_account(&self, account: Account) -> Result<bool> {
+        self.update_account_impl(&account).await
+    }
+
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
+        self.list_accounts_impl(after, limit).await
+    }
+
+    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
+        self.put_verification_impl(&code).await
+    }
+
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        self.check_verification_impl(customer_id, code_hash, now)
+            .await
+    }
+
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        self.create_refresh_token_impl(&token).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        self.rotate_refresh_token_impl(presented, next_hash, next_expires_at, now)
+            .await
+    }
+
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
+        self.revoke_refresh_family_impl(token_hash).await
+    }
+
+    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
+        self.revoke_customer_refresh_tokens_impl(customer_id).await
+    }
+
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
+        self.set_marker_impl(name, at).await
     }
 }
 
