@@ -21,6 +21,8 @@ use serde_json::Value;
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orders"),
     ("GET", "/v1/orders/{id}"),
+    // --- Order lifecycle (f/orders) ---
+    ("GET", "/v1/orders"),
     ("GET", "/v1/products"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -286,6 +288,13 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
             "--report-junit-path",
         ])
         .arg(&junit)
+        // An admin's token: every operation is open to it (schemathesis also checks that
+        // leaving the token out is refused with 401).
+        .arg("--header")
+        .arg(format!(
+            "Authorization: {}",
+            common::admin_bearer("schemathesis")
+        ))
         .env("SCHEMATHESIS_HOOKS", &hooks)
         .current_dir(work.path())
         .stdin(Stdio::null())

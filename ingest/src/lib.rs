@@ -12,6 +12,8 @@
 //! - [`ReadyCheck`]: something else readiness depends on (the bridge's sinks), as a cheap
 //!   synchronous read of its latest state.
 //! - [`orders`]: `POST /v1/orders`, `GET /v1/orders/{id}`, request validation.
+//! - [`order_list`]: `GET /v1/orders`, a customer's own orders or (admin) everyone's, filtered
+//!   and cursor-paged.
 //! - [`products`]: `GET /v1/products`.
 //! - [`auth`]: access tokens, roles, and the [`auth::Caller`] extractor.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
@@ -22,6 +24,7 @@
 
 pub mod auth;
 pub mod openapi;
+pub mod order_list;
 pub mod orders;
 pub mod problem;
 pub mod products;
@@ -108,7 +111,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     };
     Router::new()
         .merge(registry)
-        .route("/v1/orders", post(orders::create))
+        .route("/v1/orders", post(orders::create).get(order_list::list))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/products", get(products::list))
         .route("/healthz", get(healthz))

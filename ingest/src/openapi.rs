@@ -20,7 +20,7 @@ use axum::{
 };
 use utoipa::OpenApi;
 
-use crate::{orders, products};
+use crate::{order_list, orders, products};
 
 /// The OpenAPI document of every route [`crate::router`] serves but the schema registry's.
 #[derive(OpenApi)]
@@ -36,6 +36,7 @@ use crate::{orders, products};
     paths(
         orders::create,
         orders::get,
+        order_list::list,
         products::list,
         crate::healthz,
         crate::readyz,
@@ -45,6 +46,7 @@ use crate::{orders, products};
         swagger_ui_css,
         swagger_ui_js,
     ),
+    modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "Placing orders and following them."),
         (name = "products", description = "The catalogue."),
@@ -53,6 +55,27 @@ use crate::{orders, products};
     ),
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme the order routes name: an access JWT in
+/// `Authorization: Bearer <token>` ([`crate::auth`]).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token (HS256 JWT)."))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document as JSON, rendered once.
 pub fn json() -> &'static str {
