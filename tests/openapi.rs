@@ -264,6 +264,13 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
     .collect();
     let work = tempfile::tempdir().unwrap();
     let junit = work.path().join("junit.xml");
+    // An admin's token for the document's `bearer` scheme: every operation is open to it, and
+    // schemathesis, knowing where it goes, also checks that leaving it out is refused (401).
+    std::fs::write(
+        work.path().join("schemathesis.toml"),
+        "[auth.openapi.bearer]\nbearer = \"${ORDERFLOW_TEST_TOKEN}\"\n",
+    )
+    .unwrap();
 
     let out = Command::new(python)
         .args([
@@ -288,14 +295,11 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
             "--report-junit-path",
         ])
         .arg(&junit)
-        // An admin's token: every operation is open to it (schemathesis also checks that
-        // leaving the token out is refused with 401).
-        .arg("--header")
-        .arg(format!(
-            "Authorization: {}",
-            common::admin_bearer("schemathesis")
-        ))
         .env("SCHEMATHESIS_HOOKS", &hooks)
+        .env(
+            "ORDERFLOW_TEST_TOKEN",
+            common::token("schemathesis", orderflow_ingest::auth::Role::Admin),
+        )
         .current_dir(work.path())
         .stdin(Stdio::null())
         .output()

@@ -45,7 +45,11 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub struct CreateOrderRequest {
     /// Who orders: the caller when omitted. A customer may only name itself; an admin may
     /// name any customer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "some_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(
         max_length = 128,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
@@ -76,6 +80,14 @@ pub struct ItemRequest {
     #[serde(deserialize_with = "integer")]
     #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub quantity: i64,
+}
+
+/// An optional field that, when present, must be a string (`null` is refused, as the document
+/// says).
+fn some_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    String::deserialize(deserializer).map(Some)
 }
 
 /// An `i64` from a JSON integer, or from a number with no fractional part within range (`2.0`).
@@ -766,6 +778,11 @@ mod tests {
         let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
         assert_eq!(p.status, 422);
         assert_eq!(field_of(&p), "items[0].quantity");
+
+        let mut v = valid();
+        v["customer_id"] = serde_json::Value::Null;
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!((p.status, field_of(&p)), (422, "customer_id"));
 
         let mut v = valid();
         v.as_object_mut().unwrap().remove("items");
