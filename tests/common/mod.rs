@@ -204,6 +204,11 @@ impl Pipeline {
         }
     }
 
+    /// An access token this pipeline accepts for the account ([`token`]).
+    pub fn token(&self, customer_id: &str, role: orderflow_ingest::auth::Role) -> String {
+        token(customer_id, role)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
     }
