@@ -1097,12 +1097,14 @@ impl Store for ScyllaStore {
         // Everyone: day partitions, newest first, within the filter's time range (a day of
         // margin either side: the day is the id's time, the filter is on `created_at`).
         let before_day = before.map(|b| day_of(b, i64::MAX));
-        let newest = [before_day, filter.to.map(|to| day_at(to) + 1)]
+        let newest = [before_day, filter.to.map(|to| day_at(to).saturating_add(1))]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(i32::MAX);
-        let oldest = filter.from.map_or(i32::MIN, |from| day_at(from) - 1);
+        let oldest = filter
+            .from
+            .map_or(i32::MIN, |from| day_at(from).saturating_sub(1));
         let days: Vec<(i32,)> = self.rows(&self.q.days, (newest, oldest)).await?;
         for (day,) in days {
             let mut cursor: Option<String> = match before {
@@ -1173,16 +1175,7 @@ impl Store for ScyllaStore {
             // (for orders this store never saw created).
             let bucket = bucket_of(&update.order_id, update.at);
             let day = day_of(&update.order_id, update.at);
-            let (day_indexed, day_marked) = tokio::join!(
-                self.run(
-                    &self.q.day_order,
-                    (day, update.order_id.as_str(), update.customer_id.as_str()),
-                ),
-                self.run(&self.q.day_mark, (day,)),
-            );
-            day_indexed?;
-            day_marked?;
-            let (written, indexed, bucketed) = tokio::join!(
+            let (written, indexed, bucketed, day_indexed, day_marked) = tokio::join!(
                 self.session.batch(&batch, values),
                 self.run(
                     &self.q.customer_order,
@@ -1196,10 +1189,17 @@ impl Store for ScyllaStore {
                     &self.q.customer_bucket,
                     (update.customer_id.as_str(), bucket)
                 ),
+                self.run(
+                    &self.q.day_order,
+                    (day, update.order_id.as_str(), update.customer_id.as_str()),
+                ),
+                self.run(&self.q.day_mark, (day,)),
             );
             written.map_err(unavailable)?;
             indexed?;
             bucketed?;
+            day_indexed?;
+            day_marked?;
             Ok(())
         })
         .await
@@ -1544,6 +1544,14 @@ pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_days_follow_the_id_time_and_saturate() {
+        assert_eq!(day_of("order-1", DAY_MS * 5 + 1), 5);
+        assert_eq!(day_of("0190b6a2-7c1e-7000-8000-000000000001", 0), 19_919);
+        assert_eq!(day_at(-1), -1);
+        assert_eq!(day_at(i64::MAX), i32::MAX);
+    }
 
     #[test]
     fn uuid_v7_time_orders_buckets() {
