@@ -121,6 +121,16 @@ pub struct LoadArgs {
     /// Give up waiting for invoiced events after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// The access token to post every order with (as its account: the orders name no
+    /// customer). Without it, each order is posted as one of 1,000 customers with a token
+    /// signed by the development secret, which only `orderflow run` accepts.
+    #[arg(
+        long,
+        env = "ORDERFLOW_TOKEN",
+        value_name = "JWT",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

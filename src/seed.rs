@@ -97,8 +97,14 @@ pub async fn orders(state: Arc<ApiState>) -> Result<usize> {
             "idempotency-key",
             HeaderValue::from_str(&format!("demo-seed-{i}"))?,
         );
+        // Placed as the customer itself, as its own POST /v1/orders would be.
+        let caller = orderflow_ingest::auth::Caller {
+            customer_id: user.customer_id.clone(),
+            role: orderflow_ingest::auth::Role::Customer,
+        };
         if let Err(p) = orderflow_ingest::orders::create(
             State(state.clone()),
+            caller,
             headers,
             Body::from(body.to_string()),
         )

@@ -21,6 +21,8 @@ use serde_json::Value;
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orders"),
     ("GET", "/v1/orders/{id}"),
+    // --- Order lifecycle (f/orders) ---
+    ("GET", "/v1/orders"),
     ("GET", "/v1/products"),
     // (f/products)
     ("POST", "/v1/products"),
@@ -283,6 +285,13 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
     .collect();
     let work = tempfile::tempdir().unwrap();
     let junit = work.path().join("junit.xml");
+    // An admin's token for the document's `bearer` scheme: every operation is open to it, and
+    // schemathesis, knowing where it goes, also checks that leaving it out is refused (401).
+    std::fs::write(
+        work.path().join("schemathesis.toml"),
+        "[auth.openapi.bearer]\nbearer = \"${ORDERFLOW_TEST_TOKEN}\"\n",
+    )
+    .unwrap();
 
     let out = Command::new(python)
         .args([
@@ -308,6 +317,10 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
         ])
         .arg(&junit)
         .env("SCHEMATHESIS_HOOKS", &hooks)
+        .env(
+            "ORDERFLOW_TEST_TOKEN",
+            common::token("schemathesis", orderflow_ingest::auth::Role::Admin),
+        )
         .current_dir(work.path())
         .stdin(Stdio::null())
         .output()

@@ -356,6 +356,14 @@ impl Store for Switchable {
             .list_customer_orders(customer_id, before, limit)
             .await
     }
+    async fn list_orders(
+        &self,
+        filter: &orderflow_store::OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        self.up()?.list_orders(filter, before, limit).await
+    }
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         self.up()?.apply_status(update).await
     }

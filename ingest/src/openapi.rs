@@ -20,7 +20,7 @@ use axum::{
 };
 use utoipa::OpenApi;
 
-use crate::{auth, customers, orders, products};
+use crate::{auth, customers, order_list, orders, products};
 
 /// The OpenAPI document of every route [`crate::router`] serves but the schema registry's.
 #[derive(OpenApi)]
@@ -36,6 +36,7 @@ use crate::{auth, customers, orders, products};
     paths(
         orders::create,
         orders::get,
+        order_list::list,
         products::list,
         // (f/products)
         orders::invoice,
@@ -64,6 +65,7 @@ use crate::{auth, customers, orders, products};
         swagger_ui_css,
         swagger_ui_js,
     ),
+    modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "Placing orders and following them."),
         (name = "products", description = "The catalogue."),

@@ -771,6 +771,60 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    async fn list_orders(
+        &self,
+        filter: &OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.read()?;
+        let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut keep = |order: OrderRecord| {
+            if filter.matches(&order) {
+                out.push(order);
+            }
+            out.len() < limit
+        };
+        // One customer's orders through its index; everyone's in key (= id) order.
+        if let Some(customer_id) = &filter.customer_id {
+            let index = txn.open_table(CUSTOMER_ORDERS).map_err(unavailable)?;
+            let start = compound(customer_id, "");
+            let end = match before {
+                Some(before) => compound(customer_id, before),
+                None => format!("{customer_id}\u{1}"),
+            };
+            for entry in index
+                .range(start.as_str()..end.as_str())
+                .map_err(unavailable)?
+                .rev()
+            {
+                let (key, _) = entry.map_err(unavailable)?;
+                let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default();
+                if let Some(order) = get_json(&orders, "order", order_id)? {
+                    if !keep(order) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let range = match before {
+                Some(before) => orders.range(..before),
+                None => orders.range::<&str>(..),
+            };
+            for entry in range.map_err(unavailable)?.rev() {
+                let (_, value) = entry.map_err(unavailable)?;
+                if !keep(from_bytes("order", value.value())?) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         self.write(move |txn| apply_status_in(txn, &update)).await
     }

@@ -96,6 +96,15 @@ impl<S: Store> Store for Instrumented<S> {
         .await
     }
 
+    async fn list_orders(
+        &self,
+        filter: &crate::OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        timed("list_orders", self.0.list_orders(filter, before, limit)).await
+    }
+
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         timed("apply_status", self.0.apply_status(update)).await
     }

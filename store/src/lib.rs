@@ -101,6 +101,15 @@ pub trait Store: Send + Sync + 'static {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OrderRecord>>;
+    /// Orders across customers (the admin list), newest first (by order id, a UUIDv7), at most
+    /// `limit`, strictly older than `before` (an order id) when given, narrowed by `filter`.
+    /// The status is matched while paging, so a rare status may take a longer scan.
+    async fn list_orders(
+        &self,
+        filter: &OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>>;
     /// Applies a status change to the order's read model: appends to the timeline unless the
     /// event id is there already, and moves the status forward (never back).
     async fn apply_status(&self, update: StatusUpdate) -> Result<()>;

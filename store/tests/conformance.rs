@@ -21,9 +21,9 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
-    Account, CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft, OrderRecord, PaymentRecord,
-    Pricing, Product, ProductChange, RefreshToken, Reservation, RotateOutcome, StatusUpdate,
-    StockAdjustment, Store, TimelineEntry, VerificationCode, VerifyOutcome,
+    Account, CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft, OrderFilter, OrderRecord,
+    PaymentRecord, Pricing, Product, ProductChange, RefreshToken, Reservation, RotateOutcome,
+    StatusUpdate, StockAdjustment, Store, TimelineEntry, VerificationCode, VerifyOutcome,
     MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
@@ -79,6 +79,9 @@ macro_rules! conformance_tests {
             a_refresh_token_rotates_once = check_a_refresh_token_rotates_once;
             [tokio::test]
             markers_are_set_once = check_markers_are_set_once;
+            // Order lifecycle (issue #5).
+            [tokio::test]
+            admin_list_filters_and_pages = check_admin_list_filters_and_pages;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -220,6 +223,7 @@ mod scylla {
 
     use orderflow_store::scylla::{
         connect, current_version, latest_version, migrate, Replication, ScyllaConfig, ScyllaStore,
+        MIGRATIONS,
     };
 
     use super::*;
@@ -319,7 +323,7 @@ mod scylla {
             .await
             .unwrap();
         assert_eq!(first.version, latest_version());
-        assert_eq!(first.applied.len(), latest_version() as usize);
+        assert_eq!(first.applied.len(), MIGRATIONS.len());
         let again = migrate(&session, &config.keyspace, &Replication::Simple(1))
             .await
             .unwrap();
@@ -863,6 +867,138 @@ async fn check_customer_orders_page_newest_first(store: Arc<dyn Store>) {
             .len(),
         7
     );
+}
+
+// --- Order lifecycle (f/orders) ---
+
+/// A UUIDv7 order id carrying the time `ms`, as ingest makes them.
+fn id_at(ms: i64) -> String {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (ms / 1000) as u64,
+        ((ms % 1000) * 1_000_000) as u32,
+    );
+    Uuid::new_v7(ts).to_string()
+}
+
+/// `list_orders` (the admin list): every customer's orders newest first, paged without overlap
+/// or gap, narrowed by status, customer and creation time (from inclusive, to exclusive).
+async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
+    // A stretch of time no other check uses, so a shared store does not disturb the counts.
+    let start = T0 + 400 * DAY_MS;
+    let step = DAY_MS / 4;
+    let (a, b) = (unique("customer"), unique("customer"));
+    let mut all = Vec::new();
+    for i in 0..9 {
+        let at = start + i * step;
+        let customer = if i % 2 == 0 { &a } else { &b };
+        let o = order_with_id(&id_at(at), customer, at);
+        store.create_order(o.clone(), None).await.unwrap();
+        all.push(o);
+    }
+    for i in [2, 5] {
+        store
+            .apply_status(update(
+                &all[i],
+                OrderStatus::Validated,
+                all[i].created_at + 1,
+            ))
+            .await
+            .unwrap();
+    }
+    let in_range = OrderFilter {
+        from: Some(start),
+        to: Some(start + 10 * DAY_MS),
+        ..OrderFilter::default()
+    };
+    let newest_first = |pick: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..all.len())
+            .rev()
+            .filter(|i| pick(*i))
+            .map(|i| all[i].order_id.clone())
+            .collect()
+    };
+
+    let listed = store.list_orders(&in_range, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|_| true));
+    assert_eq!(listed[3].status, OrderStatus::Validated, "the full record");
+
+    let mut pages = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = store
+            .list_orders(&in_range, before.as_deref(), 4)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.order_id.clone());
+        pages.push(ids(&page));
+        assert!(pages.len() <= 3, "paging does not end: {pages:?}");
+    }
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![4, 4, 1]
+    );
+    assert_eq!(pages.concat(), newest_first(&|_| true));
+
+    let validated = OrderFilter {
+        status: Some(OrderStatus::Validated),
+        ..in_range.clone()
+    };
+    let listed = store.list_orders(&validated, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 2 || i == 5));
+    let listed = store.list_orders(&validated, None, 1).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 5));
+    let after = listed[0].order_id.clone();
+    let listed = store
+        .list_orders(&validated, Some(&after), 1)
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 2));
+
+    let only_a = OrderFilter {
+        customer_id: Some(a.clone()),
+        ..OrderFilter::default()
+    };
+    let listed = store.list_orders(&only_a, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i % 2 == 0));
+    let listed = store
+        .list_orders(&only_a, Some(&all[6].order_id), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&listed),
+        vec![all[4].order_id.clone(), all[2].order_id.clone()]
+    );
+    let a_validated = OrderFilter {
+        status: Some(OrderStatus::Validated),
+        ..only_a.clone()
+    };
+    let listed = store.list_orders(&a_validated, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 2));
+
+    let window = OrderFilter {
+        from: Some(start + 2 * step),
+        to: Some(start + 5 * step),
+        ..OrderFilter::default()
+    };
+    let listed = store.list_orders(&window, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| (2..5).contains(&i)));
+
+    assert!(store
+        .list_orders(&in_range, None, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    let nobody = OrderFilter {
+        customer_id: Some(unique("nobody")),
+        ..OrderFilter::default()
+    };
+    assert!(store
+        .list_orders(&nobody, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// `apply_status` ignores redelivered events, never moves the status back, keeps the timeline
