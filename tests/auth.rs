@@ -14,7 +14,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
 async fn post(p: &Pipeline, path: &str, body: Value) -> Response {
-    p.client
+    p.anonymous
         .post(p.url(path))
         .header("content-type", "application/json")
         .body(body.to_string())
@@ -359,7 +359,7 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
     // Nor list customers (403), nor anything without a token (401).
     problem(call(&p, "GET", "/v1/customers", &user, None).await, 403).await;
     let anonymous = p
-        .client
+        .anonymous
         .get(p.url("/v1/customers/me"))
         .send()
         .await

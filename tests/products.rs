@@ -16,7 +16,7 @@ async fn call(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut request = p.client.request(method, p.url(path));
+    let mut request = p.anonymous.request(method, p.url(path));
     if let Some(t) = bearer {
         request = request.bearer_auth(t);
     }
