@@ -542,3 +542,39 @@ fn ingest_refuses_the_development_secret() {
         assert!(stderr.contains(says), "{secret:?}: {stderr}");
     }
 }
+
+/// `orderflow seed` loads the demo accounts, catalogue and orders once: a second run changes
+/// nothing. (Against a running pipeline's broker, with a store of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_twice_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    let store = tempfile::tempdir().unwrap();
+    let (bootstrap, store_dir) = (p.bootstrap.clone(), store.path().to_path_buf());
+    let seed = move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(["seed", "--brokers", &bootstrap])
+            .arg("--data-dir")
+            .arg(&store_dir)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("orderflow seed runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = tokio::task::spawn_blocking(seed.clone()).await.unwrap();
+    assert!(
+        first.contains("Seeded: 2 accounts, 6 products, 3 orders new."),
+        "{first}"
+    );
+    let second = tokio::task::spawn_blocking(seed).await.unwrap();
+    assert!(
+        second.contains("Seeded: 0 accounts, 0 products, 0 orders new."),
+        "{second}"
+    );
+    assert!(p.stop().success());
+}
