@@ -102,9 +102,17 @@ pub struct PageQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCustomerRequest {
-    #[schema(example = "Grace Hopper", min_length = 1, max_length = 100)]
+    #[schema(
+        example = "Grace Hopper",
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
-    #[schema(example = "grace@example.com", max_length = 254)]
+    #[schema(
+        example = "grace@example.com",
+        max_length = 254,
+        pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$"
+    )]
     pub email: String,
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
@@ -118,7 +126,10 @@ pub struct CreateCustomerRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateCustomerRequest {
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: Option<String>,
     #[serde(default)]
     #[schema(min_length = 8, max_length = 128)]
@@ -211,7 +222,11 @@ pub async fn list(
             }]))
         }
     };
-    if query.after.as_ref().is_some_and(|a| a.len() > 128) {
+    if query
+        .after
+        .as_ref()
+        .is_some_and(|a| a.chars().count() > 128)
+    {
         return Err(Problem::invalid(vec![FieldError {
             field: "query:after".into(),
             message: "is too long".into(),

@@ -42,14 +42,26 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub errors: Vec<FieldError>,
+    /// The response headers beyond the body (`Retry-After`, `WWW-Authenticate`), boxed: most
+    /// problems have none, and every handler returns `Problem`, so it stays small (clippy's
+    /// `result_large_err`).
     #[serde(skip)]
+    headers: Option<Box<Headers>>,
+}
+
+/// A problem's response headers.
+#[derive(Debug, Clone, Default)]
+struct Headers {
     retry_after: Option<u32>,
     /// `WWW-Authenticate` for a `401`.
-    #[serde(skip)]
     challenge: Option<String>,
 }
 
 impl Problem {
+    fn headers_mut(&mut self) -> &mut Headers {
+        self.headers.get_or_insert_with(Default::default)
+    }
+
     pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
         Problem {
             kind: format!("/problems/{slug}"),
@@ -57,8 +69,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
-            retry_after: None,
-            challenge: None,
+            headers: None,
         }
     }
 
@@ -105,7 +116,7 @@ impl Problem {
             "Authentication required",
             detail.clone(),
         );
-        p.challenge = Some(format!(
+        p.headers_mut().challenge = Some(format!(
             "Bearer error=\"invalid_token\", error_description=\"{}\"",
             detail.replace(['"', '\\'], "'")
         ));
@@ -134,7 +145,7 @@ impl Problem {
             "Too many requests",
             detail,
         );
-        p.retry_after = Some(seconds);
+        p.headers_mut().retry_after = Some(seconds);
         p
     }
 
@@ -146,7 +157,7 @@ impl Problem {
             "Service temporarily unavailable",
             detail,
         );
-        p.retry_after = Some(1);
+        p.headers_mut().retry_after = Some(1);
         p
     }
 }
@@ -162,12 +173,13 @@ impl IntoResponse for Problem {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some(challenge) = self.challenge.as_deref() {
+        let extra = self.headers.as_deref();
+        if let Some(challenge) = extra.and_then(|h| h.challenge.as_deref()) {
             if let Ok(value) = HeaderValue::from_str(challenge) {
                 headers.insert(header::WWW_AUTHENTICATE, value);
             }
         }
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = extra.and_then(|h| h.retry_after) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response

@@ -43,14 +43,23 @@ pub const CODE_TTL: Duration = Duration::from_secs(15 * 60);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
+    #[schema(
+        example = "Ada Lovelace",
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
-    #[schema(example = "ada@example.com", max_length = 254)]
+    /// Stored lowercase; unique.
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$"
+    )]
     pub email: String,
     /// 8 to 128 characters.
     #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     pub password: String,
-    /// The password again.
+    /// The password again (`422` naming `confirm` when it differs).
     #[schema(example = "correct horse battery")]
     pub confirm: String,
 }
@@ -59,7 +68,11 @@ pub struct RegisterRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
-    #[schema(example = "ada@example.com")]
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$"
+    )]
     pub email: String,
     /// The 6-digit code from the email.
     #[schema(example = "042137", pattern = "^[0-9]{6}$")]
@@ -70,7 +83,11 @@ pub struct VerifyRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResendRequest {
-    #[schema(example = "ada@example.com")]
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^\\s@.\\u0000-\\u001f\\u007f-\\u009f]+)+$"
+    )]
     pub email: String,
 }
 
@@ -78,9 +95,9 @@ pub struct ResendRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(example = "user@example.com")]
+    #[schema(example = "user@example.com", min_length = 1, max_length = 254)]
     pub email: String,
-    #[schema(example = "user123")]
+    #[schema(example = "user123", min_length = 1, max_length = 128)]
     pub password: String,
 }
 
@@ -88,6 +105,7 @@ pub struct LoginRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    #[schema(min_length = 1, max_length = 512)]
     pub refresh_token: String,
 }
 
@@ -143,27 +161,27 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// Why an email is not acceptable, if it is not.
+/// Why an email is not acceptable, if it is not: `local@domain.tld`, no whitespace or control
+/// characters, every domain label non-empty (the schema's `pattern` says the same).
 pub fn email_problem(email: &str) -> Option<&'static str> {
-    let email = email.trim();
     if email.is_empty() {
         return Some("must not be empty");
     }
     if email.chars().count() > 254 {
         return Some("is too long");
     }
+    let shape = "must be an email address such as ada@example.com";
     let Some((local, domain)) = email.split_once('@') else {
-        return Some("must be an email address such as ada@example.com");
+        return Some(shape);
     };
-    let bad = |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control());
-    if bad(local)
-        || bad(domain)
-        || domain.contains('@')
-        || !domain.contains('.')
-        || domain.starts_with('.')
-        || domain.ends_with('.')
+    let bad_char = |c: char| c.is_whitespace() || c.is_control() || c == '@';
+    if local.is_empty()
+        || local.chars().any(bad_char)
+        || domain.chars().any(bad_char)
+        || domain.split('.').count() < 2
+        || domain.split('.').any(str::is_empty)
     {
-        return Some("must be an email address such as ada@example.com");
+        return Some(shape);
     }
     None
 }
@@ -365,8 +383,11 @@ pub(crate) fn email_taken() -> Problem {
          content_type = "application/problem+json"),
         (status = 415, description = "The content type is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 422, description = "A field is invalid, or the code is wrong, expired or \
-            used up (`code`).", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The code is wrong, expired or used up (`code`; an \
+            unknown email gets the same answer).", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid.", body = Problem,
+         content_type = "application/problem+json"),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -382,14 +403,24 @@ pub async fn verify(
     if let Some(m) = email_problem(&req.email) {
         errors.push(field("email", m));
     }
-    let code = req.code.trim();
+    let code = req.code.as_str();
     if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
         errors.push(field("code", "must be the 6 digits from the email"));
     }
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
-    let wrong = |message: &str| Problem::invalid(vec![field("code", message)]);
+    // A well-formed code that does not verify is a 403 naming `code`: the request is valid,
+    // the proof is not.
+    let wrong = |message: &str| {
+        Problem::field(
+            StatusCode::FORBIDDEN,
+            "verification-failed",
+            "Verification failed",
+            "code",
+            message,
+        )
+    };
     // An unknown email looks like a wrong code: whether an account exists stays unsaid.
     let Some(account) = state
         .store
@@ -600,7 +631,7 @@ pub async fn login(
     let (parts, body) = request.into_parts();
     let req: LoginRequest = json_body(&parts.headers, body).await?;
     let mut errors = Vec::new();
-    if req.email.trim().is_empty() {
+    if req.email.is_empty() {
         errors.push(field("email", "must not be empty"));
     } else if req.email.chars().count() > 254 {
         errors.push(field("email", "is too long"));
@@ -641,14 +672,14 @@ pub async fn login(
 }
 
 fn refresh_field(req: &RefreshRequest) -> Result<(), Problem> {
-    let t = req.refresh_token.trim();
+    let t = req.refresh_token.as_str();
     if t.is_empty() {
         return Err(Problem::invalid(vec![field(
             "refresh_token",
             "must not be empty",
         )]));
     }
-    if t.len() > 512 {
+    if t.chars().count() > 512 {
         return Err(Problem::invalid(vec![field(
             "refresh_token",
             "is too long",
@@ -690,7 +721,7 @@ pub async fn refresh(
 ) -> Result<Json<TokenResponse>, Problem> {
     let req: RefreshRequest = json_body(&headers, body).await?;
     refresh_field(&req)?;
-    let presented = secrets::digest(req.refresh_token.trim());
+    let presented = secrets::digest(&req.refresh_token);
     let next = secrets::refresh_token().map_err(internal)?;
     let now = now_ms();
     let outcome = state
@@ -777,7 +808,7 @@ pub async fn logout(
     refresh_field(&req)?;
     state
         .store
-        .revoke_refresh_family(&secrets::digest(req.refresh_token.trim()))
+        .revoke_refresh_family(&secrets::digest(&req.refresh_token))
         .await
         .map_err(store_down)?;
     Ok(StatusCode::NO_CONTENT)
