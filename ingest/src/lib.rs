@@ -28,11 +28,6 @@
 //! - [`schema_registry`]: Confluent's schema registry API over the embedded registry, when the
 //!   state has one (`orderflow run` without `--schema-registry`).
 
-// `Problem` (the error every handler returns) grew past clippy's 128-byte threshold with the
-// `WWW-Authenticate` challenge; it is built on the cold path and turned into a response at once,
-// so it stays unboxed.
-#![allow(clippy::result_large_err)]
-
 pub mod auth;
 pub mod cache;
 pub mod customers;
