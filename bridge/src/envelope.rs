@@ -105,6 +105,10 @@ pub struct Envelope {
     /// The customer notification it becomes, if any.
     #[serde(skip)]
     pub notification: Option<Notification>,
+    /// The customer's account email, when it has an account: the bridge looks it up before
+    /// delivering a notification ([`crate::BridgeHandler`]).
+    #[serde(skip)]
+    pub email: Option<String>,
 }
 
 impl Envelope {
@@ -159,6 +163,7 @@ impl Envelope {
             // Serializing a plain struct of strings, numbers and lists cannot fail.
             data: serde_json::to_value(&event).unwrap_or_default(),
             notification: notification(&event),
+            email: None,
         })
     }
 }

@@ -120,11 +120,21 @@ impl Handler for BridgeHandler {
             return Ok(());
         };
         let kind = event_type.topic();
-        let Some(envelope) = Envelope::decode(kind, &m.schemas, &m.payload)
+        let Some(mut envelope) = Envelope::decode(kind, &m.schemas, &m.payload)
             .map_err(|e| HandlerError::Poison(e.to_string()))?
         else {
             return Ok(());
         };
+        // An email goes to the account's own address (sinks fall back to their recipient
+        // template for customers without an account).
+        if envelope.notification.is_some() && !envelope.customer_id.is_empty() {
+            envelope.email = self
+                .store
+                .get_account(&envelope.customer_id)
+                .await
+                .map_err(|e| HandlerError::Retriable(e.to_string()))?
+                .map(|account| account.email);
+        }
         let results = join_all(
             targets
                 .iter()

@@ -140,7 +140,8 @@ impl Templates {
     }
 
     /// The customer's address: the account's own for a verification code (the account is not
-    /// verified yet, so the address is the one to prove), else the sink's recipient template.
+    /// verified yet, so the address is the one to prove), else the account's email the bridge
+    /// looked up, else (no account) the sink's recipient template.
     pub fn recipient(&self, envelope: &Envelope) -> Result<String, SinkError> {
         if envelope
             .notification
@@ -153,6 +154,9 @@ impl Templates {
                 .and_then(|e| e.as_str())
                 .map(str::to_string)
                 .ok_or_else(|| SinkError::Rejected("the verification event has no email".into()));
+        }
+        if let Some(email) = &envelope.email {
+            return Ok(email.clone());
         }
         let context = Context {
             order_id: &envelope.order_id,
@@ -225,6 +229,14 @@ mod tests {
             t.recipient(&validated("c1", "x")).unwrap(),
             "c1@customers.example"
         );
+    }
+
+    #[test]
+    fn a_customer_with_an_account_is_written_to_at_its_own_address() {
+        let t = Templates::new("{{ customer_id }}@customers.example").unwrap();
+        let mut envelope = validated("c1", "x");
+        envelope.email = Some("ada@example.com".into());
+        assert_eq!(t.recipient(&envelope).unwrap(), "ada@example.com");
     }
 
     #[test]
