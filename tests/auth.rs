@@ -1,5 +1,5 @@
 //! Accounts and auth (issue #5) through the real `orderflow run`: register, verify with the
-//! code the bridge wrote to the file sink, log in, use the access token, rotate and reuse
+//! code the bridge wrote to the file sink, log in, order, download the invoice PDF, rotate and reuse
 //! refresh tokens, log out; the seeded accounts; customers' access to each other; every bad
 //! input named by field; rate limits; expired and tampered tokens; and `orderflow ingest`
 //! refusing the development secret.
@@ -251,6 +251,46 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
         me.json::<Value>().await.unwrap()["customer_id"],
         ada.as_str()
     );
+
+    // Order as Ada (the order is hers without naming her), follow it to its invoice, and
+    // download the invoice PDF: it carries the order's total.
+    let placed = p
+        .anonymous
+        .post(p.url("/v1/orders"))
+        .bearer_auth(access(&first))
+        .json(&json!({
+            "items": [{"sku": "MUG-001", "quantity": 2}],
+            "shipping_address": {"name": "Ada Lovelace", "line1": "12 St James's Sq",
+                                 "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"},
+            "payment": {"method": "card", "token": "tok_visa"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), StatusCode::ACCEPTED);
+    let order_id = placed.json::<Value>().await.unwrap()["order_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let order = p.wait_for_status(&order_id, "invoiced").await;
+    assert_eq!(order["customer_id"], ada.as_str());
+    // 2 × 12.50 = 25.00, 20 % tax 5.00: 30.00.
+    assert_eq!(order["total_cents"], 3000);
+    let pdf = call(
+        &p,
+        "GET",
+        &format!("/v1/orders/{order_id}/invoice"),
+        &access(&first),
+        None,
+    )
+    .await;
+    assert_eq!(pdf.status(), StatusCode::OK);
+    assert_eq!(pdf.headers()["content-type"], "application/pdf");
+    let pdf = pdf.bytes().await.unwrap();
+    assert!(pdf.starts_with(b"%PDF-"), "a PDF");
+    let has = |text: &str| pdf.windows(text.len()).any(|w| w == text.as_bytes());
+    assert!(has("(30.00 EUR)"), "the total is in the PDF");
+    assert!(has(&format!("({})", order["invoice_number"].as_str().unwrap())));
 
     // Refresh rotates: the old token is refused afterwards, and presenting it again (a reuse)
     // revokes the whole family, the new token included.
