@@ -24,6 +24,10 @@
 //! - [`schema_registry`]: Confluent's schema registry API over the embedded registry, when the
 //!   state has one (`orderflow run` without `--schema-registry`).
 
+// `Problem` (with the 401 challenge) is 136 bytes, just over clippy's threshold; every handler
+// returns it, boxing it would buy nothing measurable. (f/products: clippy failed on the base.)
+#![allow(clippy::result_large_err)]
+
 pub mod auth;
 pub mod cache;
 pub mod openapi;
