@@ -286,6 +286,7 @@ pub fn validate_adjustment(req: &StockAdjustmentRequest) -> Vec<FieldError> {
 #[utoipa::path(
     get,
     path = "/v1/products",
+    operation_id = "list_products",
     tag = "products",
     summary = "List the catalogue",
     description = "Every product for sale with its price and the units available to order; \
@@ -340,6 +341,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/v1/products/{sku}",
+    operation_id = "get_product",
     tag = "products",
     summary = "Read a product",
     description = "A product of the catalogue, discontinued or not.",
@@ -370,6 +372,7 @@ pub async fn get(
 #[utoipa::path(
     post,
     path = "/v1/products",
+    operation_id = "create_product",
     tag = "products",
     summary = "Add a product (admin)",
     description = "Adds a product with its price and initial stock. Needs an admin's access \
@@ -446,6 +449,7 @@ pub async fn create(
 #[utoipa::path(
     patch,
     path = "/v1/products/{sku}",
+    operation_id = "update_product",
     tag = "products",
     summary = "Change a product's name or price (admin)",
     description = "Orders already validated keep the price they were validated at.",
@@ -509,6 +513,7 @@ pub async fn update(
 #[utoipa::path(
     delete,
     path = "/v1/products/{sku}",
+    operation_id = "discontinue_product",
     tag = "products",
     summary = "Discontinue a product (admin)",
     description = "Soft: the product stays readable (past orders and invoices name it) but \
@@ -559,6 +564,7 @@ pub async fn discontinue(
 #[utoipa::path(
     post,
     path = "/v1/products/{sku}/stock",
+    operation_id = "adjust_stock",
     tag = "products",
     summary = "Adjust a product's stock (admin)",
     description = "Adds `delta` units to those available (removes, when negative), atomically \
