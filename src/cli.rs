@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use orderflow_ingest::auth::{check_secret, AuthSettings, DEV_SECRET, MIN_SECRET_LEN};
 use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
 use orderflow_processors::{ProcessorSettings, Stage};
 use orderflow_schemas::{registry::Compatibility, Topics};
@@ -41,6 +42,11 @@ pub enum Command {
     Topics(TopicsCommand),
     /// Apply the ScyllaDB migrations (creates the keyspace and tables; safe to run again).
     Migrate(MigrateArgs),
+    /// Load the demo data (idempotently: running it again changes nothing): the accounts
+    /// admin@example.com / admin123 (admin) and user@example.com / user123 (customer), the
+    /// demo catalogue, and a few orders of the user, placed as `POST /v1/orders` places them.
+    /// The passwords are weak on purpose: demo data, for development only.
+    Seed(SeedArgs),
     /// Load a running pipeline: post orders over HTTP, read `orders.invoiced` over Kafka, and
     /// report throughput and accept → invoiced latency.
     Load(LoadArgs),
@@ -115,6 +121,16 @@ pub struct LoadArgs {
     /// Give up waiting for invoiced events after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// The access token to post every order with (as its account: the orders name no
+    /// customer). Without it, each order is posted as one of 1,000 customers with a token
+    /// signed by the development secret, which only `orderflow run` accepts.
+    #[arg(
+        long,
+        env = "ORDERFLOW_TOKEN",
+        value_name = "JWT",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +315,8 @@ pub struct RunArgs {
     pub partitions: i32,
     #[command(flatten)]
     pub bridge: BridgeArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +340,63 @@ pub struct IngestArgs {
     /// The HTTP API's address.
     #[arg(long, env = "ORDERFLOW_HTTP", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// How access tokens are signed and how long tokens live (issue #5).
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// The secret access tokens (HS256 JWTs) are signed with: at least 32 bytes, the same for
+    /// every API instance. `orderflow ingest` requires it; `orderflow run` falls back to a
+    /// built-in development secret (with a warning).
+    #[arg(long, env = "ORDERFLOW_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// How long an access token is valid, e.g. `15m`.
+    #[arg(long, env = "ORDERFLOW_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = humantime_duration)]
+    pub access_token_ttl: Duration,
+    /// How long a refresh token is valid, e.g. `30d` (each refresh issues a new one).
+    #[arg(long, env = "ORDERFLOW_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = humantime_duration)]
+    pub refresh_token_ttl: Duration,
+}
+
+impl AuthArgs {
+    /// The API's token settings. With `development` (`orderflow run`), a missing secret is the
+    /// built-in development one; otherwise a missing or development secret is an error.
+    pub fn settings(&self, development: bool) -> Result<AuthSettings> {
+        let secret = match (&self.jwt_secret, development) {
+            (Some(secret), _) => secret.clone(),
+            (None, true) => {
+                tracing::warn!(
+                    "No --jwt-secret / ORDERFLOW_JWT_SECRET: signing access tokens with the \
+                     built-in development secret. Set a secret of your own outside development."
+                );
+                DEV_SECRET.to_string()
+            }
+            (None, false) => bail!(
+                "the API needs a JWT secret: set --jwt-secret or ORDERFLOW_JWT_SECRET (at \
+                 least {MIN_SECRET_LEN} bytes)"
+            ),
+        };
+        if let Err(e) = check_secret(&secret, development) {
+            bail!("{e}");
+        }
+        if self.access_token_ttl.is_zero() || self.refresh_token_ttl.is_zero() {
+            bail!("--access-token-ttl and --refresh-token-ttl must be more than 0");
+        }
+        let mut settings = AuthSettings::new(secret.as_bytes());
+        settings.access_ttl = self.access_token_ttl;
+        settings.refresh_ttl = self.refresh_token_ttl;
+        Ok(settings)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, env = "ORDERFLOW_BROKERS")]
+    pub brokers: String,
 }
 
 #[derive(Debug, Args)]

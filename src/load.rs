@@ -1,5 +1,9 @@
 //! `orderflow load`: drives a running pipeline over HTTP and reads `orders.invoiced` over the
 //! Kafka protocol to measure end-to-end throughput and latency (accept → invoiced).
+//!
+//! Orders need an access token: `--token` posts them all as that account; without it each is
+//! posted as one of 1,000 customers (`load-0` … `load-999`) with a token signed by the
+//! development secret, which only `orderflow run` accepts.
 
 use std::{
     collections::HashMap,
@@ -69,23 +73,38 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             next.clone(),
             failures.clone(),
         );
-        let (total, sku) = (args.orders, args.sku.clone());
+        let (total, sku, token) = (args.orders, args.sku.clone(), args.token.clone());
+        let dev = orderflow_ingest::auth::AuthSettings::development();
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
                     break;
                 }
-                let body = json!({
-                    "customer_id": format!("load-{}", n % 1000),
+                let mut body = json!({
                     "items": [{"sku": sku, "quantity": 1}],
                     "shipping_address": {"name": "Load Test", "line1": "1 Bench St",
                         "city": "Berlin", "postal_code": "10115", "country": "DE"},
                     "payment": {"method": "card", "token": "tok_visa"}
                 });
                 let at = orderflow_schemas::now_millis();
+                // An order is its caller's: sign in as the customer it is for.
+                let bearer = match &token {
+                    Some(token) => token.clone(),
+                    None => {
+                        let customer = format!("load-{}", n % 1000);
+                        let token = dev.access_token(
+                            &customer,
+                            orderflow_ingest::auth::Role::Customer,
+                            at / 1000,
+                        );
+                        body["customer_id"] = json!(customer);
+                        token
+                    }
+                };
                 let response = client
                     .post(&url)
+                    .bearer_auth(bearer)
                     .header("content-type", "application/json")
                     .body(body.to_string())
                     .send()

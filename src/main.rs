@@ -6,6 +6,7 @@ mod demo;
 #[cfg(feature = "embedded-broker")]
 mod embedded_broker;
 mod load;
+mod seed;
 mod telemetry;
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
@@ -41,9 +42,16 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Run(args) => run(args, shutdown).await,
             Command::Ingest(args) => {
+                // Refused before anything connects: no secret, or the development one.
+                let auth = args.auth.settings(false)?;
                 let (kafka, store, producer) = connect(&args.common, &args.brokers).await?;
                 let files = args.common.invoice_files()?;
-                serve_http(args.http, store, producer.clone(), &kafka, files, shutdown).await?;
+                let ready = invoice_store_check(files.clone(), &shutdown);
+                let state = orderflow_ingest::ApiState::new(store, producer.clone())
+                    .with_invoice_files(files)
+                    .with_ready_check(ready)
+                    .with_auth(auth);
+                serve_http(args.http, state, &kafka, shutdown).await?;
                 producer.flush(Duration::from_secs(10));
                 Ok(())
             }
@@ -99,6 +107,17 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::Load(args) => load::run(args).await,
+            Command::Seed(args) => {
+                let (_, store, producer) = connect(&args.common, &args.brokers).await?;
+                let state = Arc::new(orderflow_ingest::ApiState::new(store, producer.clone()));
+                let seeded = seed::all(state).await?;
+                producer.flush(Duration::from_secs(10));
+                println!(
+                    "Seeded: {} accounts, {} products, {} orders new.",
+                    seeded.accounts, seeded.products, seeded.orders
+                );
+                Ok(())
+            }
             Command::Migrate(args) => migrate(&args.store).await,
             Command::Topics(TopicsCommand::Create(args)) => {
                 let kafka = args.common.kafka(&args.brokers)?;
@@ -320,21 +339,14 @@ async fn build_bridge(
 
 async fn serve_http(
     addr: SocketAddr,
-    store: Arc<dyn Store>,
-    producer: EventProducer,
+    state: orderflow_ingest::ApiState,
     kafka: &KafkaConfig,
-    invoice_files: orderflow_store::InvoiceFiles,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP API to {addr}"))?;
-    let ready = invoice_store_check(invoice_files.clone(), &shutdown);
-    let state = Arc::new(
-        orderflow_ingest::ApiState::new(store, producer)
-            .with_invoice_files(invoice_files)
-            .with_ready_check(ready),
-    );
+    let state = Arc::new(state);
     let follower = spawn_order_follower(kafka, &state, &shutdown);
     orderflow_ingest::serve(listener, state, shutdown.clone()).await?;
     shutdown.cancel();
@@ -409,6 +421,7 @@ async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> 
 /// `orderflow run`: every stage in this process, on the embedded broker unless `--brokers`.
 async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     let common = &args.common;
+    let auth = args.auth.settings(true)?;
     #[cfg(feature = "embedded-broker")]
     let mut embedded = None;
     let brokers = match &args.brokers {
@@ -490,6 +503,22 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     if seeded > 0 {
         info!(products = seeded, "Demo catalogue loaded.");
     }
+    // Demo accounts on the embedded defaults' first start only (issue #5; `orderflow seed`
+    // elsewhere). Sample orders are left to `orderflow seed`: a fresh `run` starts with
+    // untouched stock and invoice number 1.
+    if common.store.scylla().is_none()
+        && args.brokers.is_none()
+        && store
+            .set_marker(seed::MARKER, orderflow_schemas::now_millis())
+            .await?
+    {
+        let accounts = seed::accounts(store.as_ref()).await?;
+        info!(
+            accounts,
+            "Demo accounts created: admin@example.com / admin123, user@example.com / user123 \
+             (development only)."
+        );
+    }
     let producer = EventProducer::new(&kafka)?;
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -537,7 +566,8 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         let mut state = orderflow_ingest::ApiState::new(store.clone(), producer.clone())
             .with_ready_check(sinks_ready)
             .with_ready_check(invoice_store_check(invoice_files.clone(), &shutdown))
-            .with_invoice_files(invoice_files);
+            .with_invoice_files(invoice_files)
+            .with_auth(auth);
         if let Some(registry) = &local_registry {
             state = state.with_schema_registry(registry.clone());
         }

@@ -411,6 +411,10 @@ fn check_probe_paths(binary: &Binary, probes: &BTreeSet<Probe>) -> Vec<String> {
         if options.contains_key("--data-dir") {
             command.arg("--data-dir").arg(data.path());
         }
+        if options.contains_key("--jwt-secret") {
+            // `orderflow ingest` refuses to start without a secret of its own.
+            command.args(["--jwt-secret", "probe-secret-of-at-least-32-bytes!!"]);
+        }
         let mut child = command.spawn().expect("orderflow starts");
         for path in paths {
             match http_status(port, path, &mut child) {

@@ -21,6 +21,8 @@ use serde_json::Value;
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orders"),
     ("GET", "/v1/orders/{id}"),
+    // --- Order lifecycle (f/orders) ---
+    ("GET", "/v1/orders"),
     ("GET", "/v1/products"),
     // (f/products)
     ("POST", "/v1/products"),
@@ -29,6 +31,19 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/products/{sku}"),
     ("POST", "/v1/products/{sku}/stock"),
     ("GET", "/v1/orders/{id}/invoice"),
+    // Accounts (issue #5, f/auth).
+    ("POST", "/v1/auth/register"),
+    ("POST", "/v1/auth/verify"),
+    ("POST", "/v1/auth/resend"),
+    ("POST", "/v1/auth/login"),
+    ("POST", "/v1/auth/refresh"),
+    ("POST", "/v1/auth/logout"),
+    ("GET", "/v1/customers"),
+    ("POST", "/v1/customers"),
+    ("GET", "/v1/customers/me"),
+    ("GET", "/v1/customers/{id}"),
+    ("PATCH", "/v1/customers/{id}"),
+    ("DELETE", "/v1/customers/{id}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -43,8 +58,10 @@ const NOT_SERVED: &[&str] = &[
     "/",
     "/v1",
     "/v1/products/MUG-001/stock/x",
-    "/v1/customers",
-    "/v1/auth/login",
+    "/v1/orders/some-id/invoice",
+    "/v1/products/MUG-001",
+    "/v1/customers/some-id/orders",
+    "/v1/auth",
     "/openapi.yaml",
     "/docs/",
     "/docs/index.html",
@@ -268,6 +285,13 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
     .collect();
     let work = tempfile::tempdir().unwrap();
     let junit = work.path().join("junit.xml");
+    // An admin's token for the document's `bearer` scheme: every operation is open to it, and
+    // schemathesis, knowing where it goes, also checks that leaving it out is refused (401).
+    std::fs::write(
+        work.path().join("schemathesis.toml"),
+        "[auth.openapi.bearer]\nbearer = \"${ORDERFLOW_TEST_TOKEN}\"\n",
+    )
+    .unwrap();
 
     let out = Command::new(python)
         .args([
@@ -293,6 +317,10 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
         ])
         .arg(&junit)
         .env("SCHEMATHESIS_HOOKS", &hooks)
+        .env(
+            "ORDERFLOW_TEST_TOKEN",
+            common::token("schemathesis", orderflow_ingest::auth::Role::Admin),
+        )
         .current_dir(work.path())
         .stdin(Stdio::null())
         .output()

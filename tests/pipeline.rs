@@ -255,10 +255,10 @@ async fn bad_input_gets_problem_json_naming_the_field() {
         ),
         (
             "missing field",
-            with(&["customer_id"], Value::Null),
+            with(&["items"], Value::Null),
             "application/json",
             422,
-            "customer_id",
+            "items",
         ),
         (
             "missing nested field",

@@ -21,8 +21,9 @@ use orderflow_schemas::{
     TopicKind, Topics,
 };
 use orderflow_store::{
-    CreateOrder, EmbeddedStore, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord,
-    Product, ProductChange, Reservation, Result, StatusUpdate, StockAdjustment, Store, StoreError,
+    Account, CreateOrder, EmbeddedStore, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord,
+    PaymentRecord, Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome,
+    StatusUpdate, StockAdjustment, Store, StoreError, VerificationCode, VerifyOutcome,
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -355,6 +356,14 @@ impl Store for Switchable {
             .list_customer_orders(customer_id, before, limit)
             .await
     }
+    async fn list_orders(
+        &self,
+        filter: &orderflow_store::OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        self.up()?.list_orders(filter, before, limit).await
+    }
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         self.up()?.apply_status(update).await
     }
@@ -384,5 +393,57 @@ impl Store for Switchable {
     }
     async fn healthcheck(&self) -> Result<()> {
         self.up()?.healthcheck().await
+    }
+    // Accounts (issue #5, f/auth).
+    async fn create_account(&self, account: Account) -> Result<bool> {
+        self.up()?.create_account(account).await
+    }
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
+        self.up()?.get_account(customer_id).await
+    }
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        self.up()?.get_account_by_email(email).await
+    }
+    async fn update_account(&self, account: Account) -> Result<bool> {
+        self.up()?.update_account(account).await
+    }
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
+        self.up()?.list_accounts(after, limit).await
+    }
+    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
+        self.up()?.put_verification(code).await
+    }
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        self.up()?
+            .check_verification(customer_id, code_hash, now)
+            .await
+    }
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        self.up()?.create_refresh_token(token).await
+    }
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        self.up()?
+            .rotate_refresh_token(presented, next_hash, next_expires_at, now)
+            .await
+    }
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
+        self.up()?.revoke_refresh_family(token_hash).await
+    }
+    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
+        self.up()?.revoke_customer_refresh_tokens(customer_id).await
+    }
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
+        self.up()?.set_marker(name, at).await
     }
 }

@@ -114,7 +114,7 @@ pub enum SinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Event types: `order_accepted`, `order_validated`, `order_rejected`, `order_paid`,
-    /// `payment_failed`, `order_invoiced`.
+    /// `payment_failed`, `order_invoiced`, `account_verification`.
     pub events: Vec<EventType>,
     /// Sink names.
     pub sinks: Vec<String>,

@@ -2,8 +2,8 @@
 //! the customer [`Notification`] it becomes, when it becomes one.
 
 use orderflow_schemas::{
-    wire, DecodeError, Event, OrderAccepted, OrderInvoiced, OrderPaid, OrderRejected,
-    OrderValidated, PaymentFailed, SchemaIds, TopicKind,
+    wire, AccountVerificationRequested, DecodeError, Event, OrderAccepted, OrderInvoiced,
+    OrderPaid, OrderRejected, OrderValidated, PaymentFailed, SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,16 +21,19 @@ pub enum EventType {
     OrderInvoiced,
     // Issue #5: `OrderShipped` and `OrderCancelled` go here, with their topics below and their
     // notifications in `Envelope::decode`.
+    /// An email verification code to send (issue #5, f/auth).
+    AccountVerification,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::OrderAccepted,
         EventType::OrderValidated,
         EventType::OrderRejected,
         EventType::OrderPaid,
         EventType::PaymentFailed,
         EventType::OrderInvoiced,
+        EventType::AccountVerification,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl EventType {
             EventType::OrderPaid => "order_paid",
             EventType::PaymentFailed => "payment_failed",
             EventType::OrderInvoiced => "order_invoiced",
+            EventType::AccountVerification => "account_verification",
         }
     }
 
@@ -53,6 +57,7 @@ impl EventType {
             EventType::OrderPaid => TopicKind::OrdersPaid,
             EventType::PaymentFailed => TopicKind::PaymentFailed,
             EventType::OrderInvoiced => TopicKind::OrdersInvoiced,
+            EventType::AccountVerification => TopicKind::AccountsVerification,
         }
     }
 
@@ -69,6 +74,7 @@ impl EventType {
                 | EventType::OrderRejected
                 | EventType::PaymentFailed
                 | EventType::OrderInvoiced
+                | EventType::AccountVerification
         )
     }
 }
@@ -87,6 +93,7 @@ pub struct Envelope {
     pub event_type: EventType,
     /// The event id (`<order id>:<step>`): the deduplication key everywhere downstream.
     pub id: String,
+    /// Empty for account events.
     pub order_id: String,
     pub customer_id: String,
     /// When it happened, ms since the Unix epoch.
@@ -126,6 +133,11 @@ impl Envelope {
             }
             EventType::OrderInvoiced => {
                 Self::of::<OrderInvoiced>(t, p, |e| Some(Notification::invoice_ready(e)))?
+            }
+            EventType::AccountVerification => {
+                Self::of::<AccountVerificationRequested>(t, p, |e| {
+                    Some(Notification::verify_email(e))
+                })?
             }
         }))
     }

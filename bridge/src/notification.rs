@@ -1,8 +1,8 @@
 //! What an order event becomes for a customer.
 
 use orderflow_schemas::{
-    format_cents, DecodeError, OrderInvoiced, OrderRejected, OrderValidated, PaymentFailed,
-    SchemaIds, TopicKind,
+    format_cents, AccountVerificationRequested, DecodeError, OrderInvoiced, OrderRejected,
+    OrderValidated, PaymentFailed, SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,8 @@ pub enum NotificationKind {
     InvoiceReady,
     // Issue #5 adds `OrderShipped` and `OrderCancelled` here (their email templates are in
     // `ses/templates/` already), built in `Envelope::decode` from the new events.
+    /// The one-time code that verifies an account's email (f/auth).
+    VerifyEmail,
 }
 
 impl NotificationKind {
@@ -24,11 +26,13 @@ impl NotificationKind {
             NotificationKind::OrderRejected => "order_rejected",
             NotificationKind::PaymentFailed => "payment_failed",
             NotificationKind::InvoiceReady => "invoice_ready",
+            NotificationKind::VerifyEmail => "verify_email",
         }
     }
 }
 
-/// A message for a customer about an order.
+/// A message for a customer about an order (or, `verify_email`, about its account: then
+/// `order_id` is empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// The id of the event it came from; sinks deduplicate on it.
@@ -118,6 +122,23 @@ impl Notification {
             id: e.event_id.clone(),
             kind: NotificationKind::InvoiceReady,
             order_id: e.order_id.clone(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
+    }
+
+    /// The verification code email; the SES sink sends it to the event's `email`.
+    pub(crate) fn verify_email(e: &AccountVerificationRequested) -> Self {
+        let minutes = ((e.expires_at - e.occurred_at) / 60_000).max(1);
+        Notification {
+            subject: "Your Orderflow verification code".into(),
+            text: format!(
+                "Your verification code is {}. It expires in {minutes} minutes.",
+                e.code
+            ),
+            id: e.event_id.clone(),
+            kind: NotificationKind::VerifyEmail,
+            order_id: String::new(),
             customer_id: e.customer_id.clone(),
             occurred_at: e.occurred_at,
         }

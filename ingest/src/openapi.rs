@@ -20,7 +20,7 @@ use axum::{
 };
 use utoipa::OpenApi;
 
-use crate::{orders, products};
+use crate::{auth, customers, order_list, orders, products};
 
 /// The OpenAPI document of every route [`crate::router`] serves but the schema registry's.
 #[derive(OpenApi)]
@@ -36,6 +36,7 @@ use crate::{orders, products};
     paths(
         orders::create,
         orders::get,
+        order_list::list,
         products::list,
         // (f/products)
         orders::invoice,
@@ -44,6 +45,18 @@ use crate::{orders, products};
         products::update,
         products::discontinue,
         products::adjust_stock,
+        auth::routes::register,
+        auth::routes::verify,
+        auth::routes::resend,
+        auth::routes::login,
+        auth::routes::refresh,
+        auth::routes::logout,
+        customers::list,
+        customers::create,
+        customers::me,
+        customers::get,
+        customers::update,
+        customers::delete,
         crate::healthz,
         crate::readyz,
         crate::render_metrics,
@@ -52,14 +65,42 @@ use crate::{orders, products};
         swagger_ui_css,
         swagger_ui_js,
     ),
+    modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "Placing orders and following them."),
         (name = "products", description = "The catalogue."),
+        (name = "auth", description = "Accounts: register, verify the email, log in, refresh, \
+            log out."),
+        (name = "customers", description = "Accounts as admins manage them and as each \
+            customer sees itself."),
         (name = "operations", description = "Liveness, readiness and metrics."),
         (name = "documentation", description = "This document and Swagger UI over it."),
     ),
+    modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
+
+/// The `bearer` security scheme: an access token from `POST /v1/auth/login`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An access token from `POST /v1/auth/login` (15 minutes by default).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document as JSON, rendered once.
 pub fn json() -> &'static str {

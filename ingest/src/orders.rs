@@ -1,4 +1,9 @@
 //! `POST /v1/orders` and `GET /v1/orders/{id}`.
+//!
+//! Both need an access token ([`Caller`]). An order's customer is the caller: a customer may
+//! omit `customer_id` or give its own (another id is a `403`); an admin may name any customer
+//! (omitted: the admin itself). Reading another customer's order is a `404`, the same answer as
+//! for an order that does not exist.
 
 use std::{sync::Arc, time::UNIX_EPOCH};
 
@@ -16,6 +21,7 @@ use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use crate::{
+    auth::Caller,
     problem::{FieldError, Problem},
     ApiState,
 };
@@ -37,13 +43,19 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
-    /// Who orders.
+    /// Who orders: the caller when omitted. A customer may only name itself; an admin may
+    /// name any customer.
+    #[serde(
+        default,
+        deserialize_with = "some_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(
         max_length = 128,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
-    #[schema(example = "c1")]
-    pub customer_id: String,
+    #[schema(example = "c1", nullable = false)]
+    pub customer_id: Option<String>,
     #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ItemRequest>,
     pub shipping_address: AddressRequest,
@@ -68,6 +80,14 @@ pub struct ItemRequest {
     #[serde(deserialize_with = "integer")]
     #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub quantity: i64,
+}
+
+/// An optional field that, when present, must be a string (`null` is refused, as the document
+/// says).
+fn some_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    String::deserialize(deserializer).map(Some)
 }
 
 /// An `i64` from a JSON integer, or from a number with no fractional part within range (`2.0`).
@@ -376,7 +396,7 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
             None
         }
     };
-    if let Some(m) = text(&req.customer_id, 128) {
+    if let Some(m) = req.customer_id.as_deref().and_then(|c| text(c, 128)) {
         err("customer_id".into(), m);
     }
     if req.items.is_empty() {
@@ -507,6 +527,7 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
             another body, 422. Visible ASCII, 1 to 255 characters."),
     ),
     request_body(content = CreateOrderRequest, content_type = "application/json"),
+    security(("bearer" = [])),
     responses(
         (status = 202, description = "Accepted: the order is on its way.", body = Accepted,
          headers(
@@ -520,6 +541,11 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
             "status": 400, "detail": "body: EOF while parsing a value at line 1 column 21",
             "errors": [{"field": "body",
                         "message": "EOF while parsing a value at line 1 column 21"}]})),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
+        (status = 403, description = "A customer named another customer in `customer_id`.",
+         body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 1 MiB.", body = Problem,
          content_type = "application/problem+json",
          example = json!({"type": "/problems/body-too-large", "title": "Request body too large",
@@ -544,6 +570,7 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
 )]
 pub async fn create(
     State(state): State<Arc<ApiState>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -557,11 +584,14 @@ pub async fn create(
         ));
     }
     let bytes = read_body(&headers, body).await?;
-    let req: CreateOrderRequest = parse_json(&bytes)?;
+    let mut req: CreateOrderRequest = parse_json(&bytes)?;
     let errors = validate(&req);
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
+    let customer_id = order_customer(&caller, req.customer_id.as_deref())?;
+    // The idempotency fingerprint covers the customer the order is for, however it was named.
+    req.customer_id = Some(customer_id.clone());
     let now = orderflow_schemas::now_millis();
     let key = idempotency_key(&headers, &req, now, state.idempotency_ttl_ms)?;
 
@@ -586,7 +616,7 @@ pub async fn create(
     let event = OrderAccepted {
         event_id: OrderStatus::Accepted.event_id(&order_id),
         order_id: order_id.clone(),
-        customer_id: req.customer_id.clone(),
+        customer_id: customer_id.clone(),
         items: items.clone(),
         shipping_address: address.clone(),
         payment: PaymentMethod {
@@ -597,7 +627,7 @@ pub async fn create(
     };
     let record = OrderRecord {
         order_id: order_id.clone(),
-        customer_id: req.customer_id,
+        customer_id,
         status: OrderStatus::Accepted,
         items,
         shipping_address: Some(address),
@@ -661,6 +691,17 @@ pub async fn create(
     Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
 }
 
+/// Whose order a new order is: see the module docs.
+fn order_customer(caller: &Caller, named: Option<&str>) -> Result<String, Problem> {
+    match named {
+        None => Ok(caller.customer_id.clone()),
+        Some(named) if caller.is_admin() || named == caller.customer_id => Ok(named.to_string()),
+        Some(_) => Err(Problem::forbidden(
+            "a customer can only order for itself: omit customer_id or give your own",
+        )),
+    }
+}
+
 /// `GET /v1/orders/{id}`.
 #[utoipa::path(
     get,
@@ -670,11 +711,15 @@ pub async fn create(
     description = "The order's status, items, priced lines, totals, invoice number and timeline, \
         as the stages have got it so far.",
     params(("id" = String, Path, description = "The order id `POST /v1/orders` returned.")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The order.", body = OrderView),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 404, description = "No such order.", body = Problem,
+        (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json",
          example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404,
             "detail": "no order 01a2…"})),
@@ -685,6 +730,7 @@ pub async fn create(
 )]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
+    caller: Caller,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
     let Path(order_id) = order_id.map_err(|e| {
@@ -698,8 +744,9 @@ pub async fn get(
     })?;
     tracing::Span::current().record("order_id", order_id.as_str());
     match state.orders.get(&*state.store, &order_id).await {
-        Ok(Some(order)) => Ok(Json(order.into())),
-        Ok(None) => Err(Problem::not_found(format!("no order {order_id}"))),
+        Ok(Some(order)) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
+        // Someone else's order: the same answer as for none at all.
+        Ok(_) => Err(Problem::not_found(format!("no order {order_id}"))),
         Err(e) => Err(Problem::unavailable(format!(
             "the order store is unavailable: {e}"
         ))),
@@ -818,9 +865,14 @@ mod tests {
         assert_eq!(field_of(&p), "items[0].quantity");
 
         let mut v = valid();
-        v.as_object_mut().unwrap().remove("customer_id");
+        v["customer_id"] = serde_json::Value::Null;
         let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
-        assert_eq!(field_of(&p), "customer_id");
+        assert_eq!((p.status, field_of(&p)), (422, "customer_id"));
+
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove("items");
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(field_of(&p), "items");
 
         let mut v = valid();
         v["shipping_address"]["planet"] = serde_json::json!("Mars");
@@ -850,6 +902,31 @@ mod tests {
 
         let p = parse_json::<CreateOrderRequest>(format!("{} x", valid()).as_bytes()).unwrap_err();
         assert_eq!(p.status, 400);
+    }
+
+    #[test]
+    fn the_order_is_for_the_caller_unless_an_admin_names_someone() {
+        use crate::auth::Role;
+        let customer = Caller {
+            customer_id: "c1".into(),
+            role: Role::Customer,
+        };
+        let admin = Caller {
+            customer_id: "a1".into(),
+            role: Role::Admin,
+        };
+        assert_eq!(order_customer(&customer, None).unwrap(), "c1");
+        assert_eq!(order_customer(&customer, Some("c1")).unwrap(), "c1");
+        assert_eq!(
+            order_customer(&customer, Some("c2")).unwrap_err().status,
+            403
+        );
+        assert_eq!(order_customer(&admin, None).unwrap(), "a1");
+        assert_eq!(order_customer(&admin, Some("c2")).unwrap(), "c2");
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove("customer_id");
+        let req: CreateOrderRequest = serde_json::from_value(v).unwrap();
+        assert!(validate(&req).is_empty());
     }
 
     #[test]

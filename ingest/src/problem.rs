@@ -126,6 +126,18 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// 429 with `Retry-After`: too many attempts (login); wait `seconds`.
+    pub fn too_many_requests(detail: impl Into<String>, seconds: u32) -> Self {
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            "Too many requests",
+            detail,
+        );
+        p.retry_after = Some(seconds);
+        p
+    }
+
     /// 503 with `Retry-After`: a dependency (store, broker) is down; retrying can help.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut p = Problem::new(

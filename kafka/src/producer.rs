@@ -31,7 +31,7 @@ impl EventProducer {
         })
     }
 
-    /// Frames `event` (with its type's id in `KafkaConfig::schemas`) and produces it to its topic, keyed by order id; resolves once the broker
+    /// Frames `event` (with its type's id in `KafkaConfig::schemas`) and produces it to its topic, keyed by [`Event::key`] (the order id); resolves once the broker
     /// has acknowledged it (acks=all). The record's timestamp is the event's `occurred_at`, so
     /// a consumer sees how old an event is without decoding it (`orderflow_stage_lag_seconds`).
     pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
@@ -44,7 +44,7 @@ impl EventProducer {
         let headers = crate::trace::inject(headers);
         self.send_record(
             &topic,
-            Some(event.order_id().as_bytes()),
+            Some(event.key().as_bytes()),
             &payload,
             headers,
             Some(event.occurred_at()),

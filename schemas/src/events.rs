@@ -23,8 +23,12 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn schema() -> &'static Schema;
     /// The Avro schema as JSON text, as shipped in `schemas/avro/`.
     fn schema_text() -> &'static str;
-    /// The message key: the order id.
+    /// The order the event is about (empty for account events).
     fn order_id(&self) -> &str;
+    /// The message key: the order id, or the customer id for account events.
+    fn key(&self) -> &str {
+        self.order_id()
+    }
     /// The customer the order belongs to.
     fn customer_id(&self) -> &str;
     /// The id consumers deduplicate on.
@@ -275,8 +279,63 @@ event!(
     "order_invoiced.avsc"
 );
 
+// --- Account events (issue #5, f/auth) --------------------------------------------------------
+
+/// An account needs its email verified: the bridge emails it the code (`verify_email`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountVerificationRequested {
+    pub event_id: String,
+    pub customer_id: String,
+    pub email: String,
+    pub name: String,
+    pub code: String,
+    pub expires_at: i64,
+    pub occurred_at: i64,
+}
+
+impl Event for AccountVerificationRequested {
+    const NAME: &'static str = "io.orderflow.events.AccountVerificationRequested";
+    // After merging with the order events of f/orders, the next free id (ids are contiguous:
+    // a fresh registry assigns them in catalogue order).
+    const SCHEMA_ID: u32 = 7;
+    const TOPIC: TopicKind = TopicKind::AccountsVerification;
+
+    fn schema() -> &'static Schema {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        SCHEMA.get_or_init(|| {
+            Schema::parse_str(Self::schema_text())
+                .expect("schemas/avro/account_verification.avsc is valid Avro")
+        })
+    }
+
+    fn schema_text() -> &'static str {
+        include_str!("../avro/account_verification.avsc")
+    }
+
+    fn order_id(&self) -> &str {
+        ""
+    }
+
+    fn key(&self) -> &str {
+        &self.customer_id
+    }
+
+    fn customer_id(&self) -> &str {
+        &self.customer_id
+    }
+
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    fn occurred_at(&self) -> i64 {
+        self.occurred_at
+    }
+}
+// --- end of account events ----------------------------------------------------------------------
+
 /// Every schema of the catalogue: (record name, schema id, topic, schema text).
-pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 6] {
+pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 7] {
     fn row<E: Event>() -> (&'static str, u32, TopicKind, &'static str) {
         (E::NAME, E::SCHEMA_ID, E::TOPIC, E::schema_text())
     }
@@ -287,5 +346,6 @@ pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 6] {
         row::<OrderPaid>(),
         row::<PaymentFailed>(),
         row::<OrderInvoiced>(),
+        row::<AccountVerificationRequested>(),
     ]
 }

@@ -21,8 +21,8 @@ pub mod topics;
 pub mod wire;
 
 pub use events::{
-    Address, Event, OrderAccepted, OrderInvoiced, OrderItem, OrderLine, OrderPaid, OrderRejected,
-    OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
+    AccountVerificationRequested, Address, Event, OrderAccepted, OrderInvoiced, OrderItem,
+    OrderLine, OrderPaid, OrderRejected, OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
 };
 pub use registry::SchemaIds;
 pub use topics::{TopicKind, Topics};

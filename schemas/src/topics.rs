@@ -13,6 +13,8 @@ pub enum TopicKind {
     DeadLetter,
     /// What the bridge could not deliver: a sink refused it for good.
     BridgeDeadLetter,
+    /// Email verification codes to send (issue #5), keyed by customer id.
+    AccountsVerification,
 }
 
 /// One row of the catalogue, as the README prints it.
@@ -30,7 +32,7 @@ pub struct TopicSpec {
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 8] = [
+    pub const ALL: [TopicKind; 9] = [
         TopicKind::OrdersAccepted,
         TopicKind::OrdersValidated,
         TopicKind::OrdersRejected,
@@ -39,6 +41,7 @@ impl TopicKind {
         TopicKind::OrdersInvoiced,
         TopicKind::DeadLetter,
         TopicKind::BridgeDeadLetter,
+        TopicKind::AccountsVerification,
     ];
 
     pub fn spec(self) -> TopicSpec {
@@ -91,11 +94,20 @@ impl TopicKind {
                 "bridge",
                 "operators (`orderflow dlq replay`)",
             ),
+            TopicKind::AccountsVerification => (
+                "accounts.verification",
+                Some("AccountVerificationRequested"),
+                "ingest",
+                "bridge",
+            ),
         };
         TopicSpec {
             kind: self,
             base_name,
-            key: "order id (the source message's key on the dead-letter topic)",
+            key: match self {
+                TopicKind::AccountsVerification => "customer id",
+                _ => "order id (the source message's key on the dead-letter topic)",
+            },
             schema,
             producer,
             consumers,

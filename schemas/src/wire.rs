@@ -177,6 +177,29 @@ mod tests {
     }
 
     #[test]
+    fn an_account_event_round_trips_keyed_by_customer() {
+        let event = crate::AccountVerificationRequested {
+            event_id: "c1:verify:1".into(),
+            customer_id: "c1".into(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            code: "123456".into(),
+            expires_at: 2,
+            occurred_at: 1,
+        };
+        let bytes = encode(&event).unwrap();
+        assert_eq!(
+            schema_id(&bytes).unwrap(),
+            crate::AccountVerificationRequested::SCHEMA_ID
+        );
+        assert_eq!(
+            decode::<crate::AccountVerificationRequested>(&bytes).unwrap(),
+            event
+        );
+        assert_eq!(event.key(), "c1");
+    }
+
+    #[test]
     fn every_event_round_trips_through_its_schema() {
         let mut a = accepted();
         round_trip(a.clone());

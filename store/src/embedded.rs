@@ -23,7 +23,7 @@ use redb::{
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{model::*, Result, Store, StoreError};
+use crate::{account::*, model::*, Result, Store, StoreError};
 
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
@@ -37,6 +37,20 @@ const INVOICES: TableDefinition<&str, &[u8]> = TableDefinition::new("invoices");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// `sink \0 id` → ms when delivered.
 const DELIVERIES: TableDefinition<&str, i64> = TableDefinition::new("deliveries");
+
+// Accounts (issue #5, f/auth).
+/// customer id → account.
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// email → customer id: the uniqueness of emails.
+const ACCOUNT_EMAILS: TableDefinition<&str, &str> = TableDefinition::new("account_emails");
+/// customer id → its live verification code.
+const VERIFICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("verifications");
+/// token hash → refresh token.
+const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
+/// `customer \0 family` → revoked; every family of a customer, so all can be revoked.
+const REFRESH_FAMILIES: TableDefinition<&str, bool> = TableDefinition::new("refresh_families");
+/// name → ms when set.
+const MARKERS: TableDefinition<&str, i64> = TableDefinition::new("markers");
 
 /// Most writes one transaction takes; more wait for the next one.
 const MAX_GROUP: usize = 1024;
@@ -101,6 +115,12 @@ impl EmbeddedStore {
             txn.open_table(INVOICES).map_err(unavailable)?;
             txn.open_table(COUNTERS).map_err(unavailable)?;
             txn.open_table(DELIVERIES).map_err(unavailable)?;
+            txn.open_table(ACCOUNTS).map_err(unavailable)?;
+            txn.open_table(ACCOUNT_EMAILS).map_err(unavailable)?;
+            txn.open_table(VERIFICATIONS).map_err(unavailable)?;
+            txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
+            txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+            txn.open_table(MARKERS).map_err(unavailable)?;
             txn.commit().map_err(unavailable)?;
         }
         let (writes, queue) = mpsc::unbounded_channel();
@@ -470,6 +490,108 @@ fn release_in(txn: &WriteTransaction, order_id: &str) -> Result<bool> {
     Ok(true)
 }
 
+// --- Accounts (issue #5, f/auth) -------------------------------------------------------------
+
+/// Revokes one family (`customer \0 family`).
+fn revoke_family_in(txn: &WriteTransaction, customer_id: &str, family_id: &str) -> Result<()> {
+    txn.open_table(REFRESH_FAMILIES)
+        .map_err(unavailable)?
+        .insert(compound(customer_id, family_id).as_str(), true)
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn family_revoked(txn: &WriteTransaction, customer_id: &str, family_id: &str) -> Result<bool> {
+    let table = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+    let revoked = table
+        .get(compound(customer_id, family_id).as_str())
+        .map_err(unavailable)?
+        .is_some_and(|g| g.value());
+    Ok(revoked)
+}
+
+fn rotate_in(
+    txn: &WriteTransaction,
+    presented: &str,
+    next_hash: &str,
+    next_expires_at: i64,
+    now: i64,
+) -> Result<RotateOutcome> {
+    let table = txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
+    let Some(mut token) = get_json::<RefreshToken, _>(&table, "refresh token", presented)? else {
+        return Ok(RotateOutcome::Unknown);
+    };
+    drop(table);
+    if family_revoked(txn, &token.customer_id, &token.family_id)? {
+        return Ok(RotateOutcome::Revoked);
+    }
+    if token.used {
+        revoke_family_in(txn, &token.customer_id, &token.family_id)?;
+        return Ok(RotateOutcome::Reused);
+    }
+    if token.expires_at <= now {
+        return Ok(RotateOutcome::Expired);
+    }
+    token.used = true;
+    put_json(txn, REFRESH_TOKENS, presented, &token)?;
+    let next = RefreshToken {
+        token_hash: next_hash.to_string(),
+        family_id: token.family_id.clone(),
+        customer_id: token.customer_id.clone(),
+        expires_at: next_expires_at,
+        used: false,
+    };
+    put_json(txn, REFRESH_TOKENS, next_hash, &next)?;
+    Ok(RotateOutcome::Rotated {
+        customer_id: token.customer_id,
+    })
+}
+
+fn check_verification_in(
+    txn: &WriteTransaction,
+    customer_id: &str,
+    code_hash: &str,
+    now: i64,
+) -> Result<VerifyOutcome> {
+    let mut table = txn.open_table(VERIFICATIONS).map_err(unavailable)?;
+    let Some(mut code) = get_json::<VerificationCode, _>(&table, "verification", customer_id)?
+    else {
+        return Ok(VerifyOutcome::NoCode);
+    };
+    if code.attempts >= MAX_VERIFICATION_ATTEMPTS {
+        table.remove(customer_id).map_err(unavailable)?;
+        return Ok(VerifyOutcome::NoCode);
+    }
+    if code.expires_at <= now {
+        table.remove(customer_id).map_err(unavailable)?;
+        return Ok(VerifyOutcome::Expired);
+    }
+    if code.code_hash != code_hash {
+        code.attempts += 1;
+        let remaining = MAX_VERIFICATION_ATTEMPTS - code.attempts;
+        if remaining == 0 {
+            table.remove(customer_id).map_err(unavailable)?;
+        } else {
+            let bytes = to_bytes(&code)?;
+            table
+                .insert(customer_id, bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        return Ok(VerifyOutcome::Wrong { remaining });
+    }
+    table.remove(customer_id).map_err(unavailable)?;
+    drop(table);
+    let accounts = txn.open_table(ACCOUNTS).map_err(unavailable)?;
+    let account: Option<Account> = get_json(&accounts, "account", customer_id)?;
+    drop(accounts);
+    if let Some(mut account) = account {
+        account.verified = true;
+        account.updated_at = account.updated_at.max(now);
+        put_json(txn, ACCOUNTS, customer_id, &account)?;
+    }
+    Ok(VerifyOutcome::Verified)
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn put_products(&self, products: Vec<Product>) -> Result<()> {
@@ -649,6 +771,60 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    async fn list_orders(
+        &self,
+        filter: &OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.read()?;
+        let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut keep = |order: OrderRecord| {
+            if filter.matches(&order) {
+                out.push(order);
+            }
+            out.len() < limit
+        };
+        // One customer's orders through its index; everyone's in key (= id) order.
+        if let Some(customer_id) = &filter.customer_id {
+            let index = txn.open_table(CUSTOMER_ORDERS).map_err(unavailable)?;
+            let start = compound(customer_id, "");
+            let end = match before {
+                Some(before) => compound(customer_id, before),
+                None => format!("{customer_id}\u{1}"),
+            };
+            for entry in index
+                .range(start.as_str()..end.as_str())
+                .map_err(unavailable)?
+                .rev()
+            {
+                let (key, _) = entry.map_err(unavailable)?;
+                let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default();
+                if let Some(order) = get_json(&orders, "order", order_id)? {
+                    if !keep(order) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let range = match before {
+                Some(before) => orders.range(..before),
+                None => orders.range::<&str>(..),
+            };
+            for entry in range.map_err(unavailable)?.rev() {
+                let (_, value) = entry.map_err(unavailable)?;
+                if !keep(from_bytes("order", value.value())?) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         self.write(move |txn| apply_status_in(txn, &update)).await
     }
@@ -750,5 +926,179 @@ impl Store for EmbeddedStore {
         let txn = self.read()?;
         txn.open_table(COUNTERS).map_err(unavailable)?;
         Ok(())
+    }
+
+    // --- Accounts (issue #5, f/auth) ---
+
+    async fn create_account(&self, account: Account) -> Result<bool> {
+        self.write(move |txn| {
+            let mut emails = txn.open_table(ACCOUNT_EMAILS).map_err(unavailable)?;
+            let owner = emails
+                .get(account.email.as_str())
+                .map_err(unavailable)?
+                .map(|g| g.value().to_string());
+            match owner {
+                Some(owner) => return Ok(owner == account.customer_id),
+                None => {
+                    emails
+                        .insert(account.email.as_str(), account.customer_id.as_str())
+                        .map_err(unavailable)?;
+                }
+            }
+            drop(emails);
+            put_json(txn, ACCOUNTS, &account.customer_id, &account)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
+        let txn = self.read()?;
+        let table = txn.open_table(ACCOUNTS).map_err(unavailable)?;
+        get_json(&table, "account", customer_id)
+    }
+
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        let txn = self.read()?;
+        let emails = txn.open_table(ACCOUNT_EMAILS).map_err(unavailable)?;
+        let Some(id) = emails
+            .get(email)
+            .map_err(unavailable)?
+            .map(|g| g.value().to_string())
+        else {
+            return Ok(None);
+        };
+        let table = txn.open_table(ACCOUNTS).map_err(unavailable)?;
+        get_json(&table, "account", &id)
+    }
+
+    async fn update_account(&self, account: Account) -> Result<bool> {
+        self.write(move |txn| {
+            let table = txn.open_table(ACCOUNTS).map_err(unavailable)?;
+            let Some(existing) = get_json::<Account, _>(&table, "account", &account.customer_id)?
+            else {
+                return Ok(false);
+            };
+            drop(table);
+            let updated = Account {
+                email: existing.email,
+                created_at: existing.created_at,
+                ..account.clone()
+            };
+            put_json(txn, ACCOUNTS, &updated.customer_id, &updated)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
+        let txn = self.read()?;
+        let table = txn.open_table(ACCOUNTS).map_err(unavailable)?;
+        let range = match after {
+            Some(after) => {
+                table.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            }
+            None => table.range::<&str>(..),
+        }
+        .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (_, v) = entry.map_err(unavailable)?;
+            out.push(from_bytes("account", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
+        self.write(move |txn| put_json(txn, VERIFICATIONS, &code.customer_id, &code))
+            .await
+    }
+
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        let (customer_id, code_hash) = (customer_id.to_string(), code_hash.to_string());
+        self.write(move |txn| check_verification_in(txn, &customer_id, &code_hash, now))
+            .await
+    }
+
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        self.write(move |txn| {
+            put_json(txn, REFRESH_TOKENS, &token.token_hash, &token)?;
+            let key = compound(&token.customer_id, &token.family_id);
+            let mut families = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+            if families.get(key.as_str()).map_err(unavailable)?.is_none() {
+                families.insert(key.as_str(), false).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        let (presented, next_hash) = (presented.to_string(), next_hash.to_string());
+        self.write(move |txn| rotate_in(txn, &presented, &next_hash, next_expires_at, now))
+            .await
+    }
+
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
+        let token_hash = token_hash.to_string();
+        self.write(move |txn| {
+            let table = txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
+            let Some(token) = get_json::<RefreshToken, _>(&table, "refresh token", &token_hash)?
+            else {
+                return Ok(false);
+            };
+            drop(table);
+            revoke_family_in(txn, &token.customer_id, &token.family_id)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
+        let customer_id = customer_id.to_string();
+        self.write(move |txn| {
+            let table = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+            let (start, end) = (compound(&customer_id, ""), format!("{customer_id}\u{1}"));
+            let mut families = Vec::new();
+            for entry in table
+                .range(start.as_str()..end.as_str())
+                .map_err(unavailable)?
+            {
+                let (key, _) = entry.map_err(unavailable)?;
+                if let Some((_, family)) = key.value().split_once('\u{0}') {
+                    families.push(family.to_string());
+                }
+            }
+            drop(table);
+            for family in &families {
+                revoke_family_in(txn, &customer_id, family)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |txn| {
+            let mut table = txn.open_table(MARKERS).map_err(unavailable)?;
+            if table.get(name.as_str()).map_err(unavailable)?.is_some() {
+                return Ok(false);
+            }
+            table.insert(name.as_str(), at).map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
     }
 }

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use orderflow_schemas::{metrics, OrderItem};
 
 use crate::{
-    CreateOrder, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord, Product,
-    ProductChange, Reservation, Result, StatusUpdate, StockAdjustment, Store,
+    Account, CreateOrder, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord,
+    Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome, StatusUpdate,
+    StockAdjustment, Store, VerificationCode, VerifyOutcome,
 };
 
 /// Wraps a store with metrics.
@@ -95,6 +96,15 @@ impl<S: Store> Store for Instrumented<S> {
         .await
     }
 
+    async fn list_orders(
+        &self,
+        filter: &crate::OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        timed("list_orders", self.0.list_orders(filter, before, limit)).await
+    }
+
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         timed("apply_status", self.0.apply_status(update)).await
     }
@@ -133,6 +143,84 @@ impl<S: Store> Store for Instrumented<S> {
 
     async fn healthcheck(&self) -> Result<()> {
         timed("healthcheck", self.0.healthcheck()).await
+    }
+
+    // --- Accounts (issue #5, f/auth) ---
+
+    async fn create_account(&self, account: Account) -> Result<bool> {
+        timed("create_account", self.0.create_account(account)).await
+    }
+
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
+        timed("get_account", self.0.get_account(customer_id)).await
+    }
+
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        timed("get_account_by_email", self.0.get_account_by_email(email)).await
+    }
+
+    async fn update_account(&self, account: Account) -> Result<bool> {
+        timed("update_account", self.0.update_account(account)).await
+    }
+
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
+        timed("list_accounts", self.0.list_accounts(after, limit)).await
+    }
+
+    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
+        timed("put_verification", self.0.put_verification(code)).await
+    }
+
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        timed(
+            "check_verification",
+            self.0.check_verification(customer_id, code_hash, now),
+        )
+        .await
+    }
+
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        timed("create_refresh_token", self.0.create_refresh_token(token)).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        timed(
+            "rotate_refresh_token",
+            self.0
+                .rotate_refresh_token(presented, next_hash, next_expires_at, now),
+        )
+        .await
+    }
+
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
+        timed(
+            "revoke_refresh_family",
+            self.0.revoke_refresh_family(token_hash),
+        )
+        .await
+    }
+
+    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
+        timed(
+            "revoke_customer_refresh_tokens",
+            self.0.revoke_customer_refresh_tokens(customer_id),
+        )
+        .await
+    }
+
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
+        timed("set_marker", self.0.set_marker(name, at)).await
     }
 }
 

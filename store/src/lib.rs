@@ -6,6 +6,7 @@
 //!   from the event (order id, event id), so a redelivered event never applies twice and a
 //!   stage can always re-emit the outcome it already recorded.
 //! - [`model`]: the records the store keeps.
+//! - [`account`]: accounts, email verification codes and refresh tokens (issue #5).
 //! - [`embedded`]: the default implementation on redb, a pure-Rust durable B-tree, under
 //!   `--data-dir`. Writes from concurrent callers are grouped into one transaction (group
 //!   commit), so a batch of events costs one fsync, not one each.
@@ -15,6 +16,7 @@
 //!   failures as Prometheus metrics.
 //! - [`objects`]: [`InvoiceFiles`], the invoice PDFs in object storage (a local directory, S3).
 
+pub mod account;
 pub mod embedded;
 pub mod instrumented;
 pub mod model;
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use account::*;
 pub use embedded::EmbeddedStore;
 pub use instrumented::Instrumented;
 pub use model::*;
@@ -98,6 +101,15 @@ pub trait Store: Send + Sync + 'static {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OrderRecord>>;
+    /// Orders across customers (the admin list), newest first (by order id, a UUIDv7), at most
+    /// `limit`, strictly older than `before` (an order id) when given, narrowed by `filter`.
+    /// The status is matched while paging, so a rare status may take a longer scan.
+    async fn list_orders(
+        &self,
+        filter: &OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>>;
     /// Applies a status change to the order's read model: appends to the timeline unless the
     /// event id is there already, and moves the status forward (never back).
     async fn apply_status(&self, update: StatusUpdate) -> Result<()>;
@@ -126,6 +138,54 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap read that fails when the store is unusable.
     async fn healthcheck(&self) -> Result<()>;
+
+    // --- Accounts (issue #5, f/auth) ---------------------------------------------------------
+
+    /// Creates an account unless its email is taken (by any account, disabled ones included);
+    /// false when taken. Holds under concurrent calls: exactly one of two racing creates with
+    /// the same email succeeds. Creating the same account (same id) again answers true.
+    async fn create_account(&self, account: Account) -> Result<bool>;
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>>;
+    /// The account with this (normalised) email.
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>>;
+    /// Replaces an existing account's fields except `email` and `created_at`; false when
+    /// there is no such account.
+    async fn update_account(&self, account: Account) -> Result<bool>;
+    /// Accounts ordered by customer id, strictly after `after` when given, at most `limit`.
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>>;
+
+    /// Stores the account's verification code, replacing any earlier one.
+    async fn put_verification(&self, code: VerificationCode) -> Result<()>;
+    /// Checks a code (by its hash) at `now`: a match verifies the account and removes the
+    /// code; a miss counts a try, and the code dies after [`MAX_VERIFICATION_ATTEMPTS`].
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome>;
+
+    /// Stores a refresh token that starts a new family (a login).
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()>;
+    /// Exchanges the token with hash `presented` for `next_hash` (valid until
+    /// `next_expires_at`), atomically: the first exchange of a token wins; presenting a used
+    /// token again revokes its whole family ([`RotateOutcome::Reused`]).
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome>;
+    /// Revokes the family of the token with this hash (logout); false when no such token.
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool>;
+    /// Revokes every refresh token family of the account (it was disabled).
+    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()>;
+
+    /// Sets a named one-time marker (e.g. `seeded`); true when this call set it, false when
+    /// it was set already.
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool>;
+    // --- end of accounts ----------------------------------------------------------------------
 }
 
 /// How long an `Idempotency-Key` is remembered by default.

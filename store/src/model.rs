@@ -199,3 +199,32 @@ impl Invoice {
         format!("INV-{sequence:08}")
     }
 }
+
+// --- Order lifecycle (f/orders) ---
+
+/// Which orders `Store::list_orders` returns. Every field narrows the list; none set lists
+/// every order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    /// Only orders with this status.
+    pub status: Option<OrderStatus>,
+    /// Only this customer's orders.
+    pub customer_id: Option<String>,
+    /// Only orders created at or after this time (ms).
+    pub from: Option<i64>,
+    /// Only orders created before this time (ms).
+    pub to: Option<i64>,
+}
+
+impl OrderFilter {
+    /// Whether `order` passes the filter.
+    pub fn matches(&self, order: &OrderRecord) -> bool {
+        self.status.is_none_or(|s| s == order.status)
+            && self
+                .customer_id
+                .as_ref()
+                .is_none_or(|c| *c == order.customer_id)
+            && self.from.is_none_or(|from| order.created_at >= from)
+            && self.to.is_none_or(|to| order.created_at < to)
+    }
+}

@@ -21,8 +21,10 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
-    CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft, OrderRecord, PaymentRecord, Pricing,
-    Product, ProductChange, Reservation, StatusUpdate, StockAdjustment, Store, TimelineEntry,
+    Account, CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft, OrderFilter, OrderRecord,
+    PaymentRecord, Pricing, Product, ProductChange, RefreshToken, Reservation, RotateOutcome,
+    StatusUpdate, StockAdjustment, Store, TimelineEntry, VerificationCode, VerifyOutcome,
+    MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -64,6 +66,22 @@ macro_rules! conformance_tests {
             stock_adjustments_never_go_below_zero = check_stock_adjustments_never_go_below_zero;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             stock_adjustments_racing_reservations_never_oversell = check_stock_adjustments_racing_reservations_never_oversell;
+            // Accounts (issue #5, f/auth).
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            account_emails_are_unique = check_account_emails_are_unique;
+            [tokio::test]
+            accounts_update_and_page = check_accounts_update_and_page;
+            [tokio::test]
+            verification_codes = check_verification_codes;
+            [tokio::test]
+            refresh_tokens_rotate_and_revoke = check_refresh_tokens_rotate_and_revoke;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            a_refresh_token_rotates_once = check_a_refresh_token_rotates_once;
+            [tokio::test]
+            markers_are_set_once = check_markers_are_set_once;
+            // Order lifecycle (issue #5).
+            [tokio::test]
+            admin_list_filters_and_pages = check_admin_list_filters_and_pages;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -205,6 +223,7 @@ mod scylla {
 
     use orderflow_store::scylla::{
         connect, current_version, latest_version, migrate, Replication, ScyllaConfig, ScyllaStore,
+        MIGRATIONS,
     };
 
     use super::*;
@@ -304,7 +323,7 @@ mod scylla {
             .await
             .unwrap();
         assert_eq!(first.version, latest_version());
-        assert_eq!(first.applied.len(), latest_version() as usize);
+        assert_eq!(first.applied.len(), MIGRATIONS.len());
         let again = migrate(&session, &config.keyspace, &Replication::Simple(1))
             .await
             .unwrap();
@@ -850,6 +869,138 @@ async fn check_customer_orders_page_newest_first(store: Arc<dyn Store>) {
     );
 }
 
+// --- Order lifecycle (f/orders) ---
+
+/// A UUIDv7 order id carrying the time `ms`, as ingest makes them.
+fn id_at(ms: i64) -> String {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (ms / 1000) as u64,
+        ((ms % 1000) * 1_000_000) as u32,
+    );
+    Uuid::new_v7(ts).to_string()
+}
+
+/// `list_orders` (the admin list): every customer's orders newest first, paged without overlap
+/// or gap, narrowed by status, customer and creation time (from inclusive, to exclusive).
+async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
+    // A stretch of time no other check uses, so a shared store does not disturb the counts.
+    let start = T0 + 400 * DAY_MS;
+    let step = DAY_MS / 4;
+    let (a, b) = (unique("customer"), unique("customer"));
+    let mut all = Vec::new();
+    for i in 0..9 {
+        let at = start + i * step;
+        let customer = if i % 2 == 0 { &a } else { &b };
+        let o = order_with_id(&id_at(at), customer, at);
+        store.create_order(o.clone(), None).await.unwrap();
+        all.push(o);
+    }
+    for i in [2, 5] {
+        store
+            .apply_status(update(
+                &all[i],
+                OrderStatus::Validated,
+                all[i].created_at + 1,
+            ))
+            .await
+            .unwrap();
+    }
+    let in_range = OrderFilter {
+        from: Some(start),
+        to: Some(start + 10 * DAY_MS),
+        ..OrderFilter::default()
+    };
+    let newest_first = |pick: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..all.len())
+            .rev()
+            .filter(|i| pick(*i))
+            .map(|i| all[i].order_id.clone())
+            .collect()
+    };
+
+    let listed = store.list_orders(&in_range, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|_| true));
+    assert_eq!(listed[3].status, OrderStatus::Validated, "the full record");
+
+    let mut pages = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = store
+            .list_orders(&in_range, before.as_deref(), 4)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.order_id.clone());
+        pages.push(ids(&page));
+        assert!(pages.len() <= 3, "paging does not end: {pages:?}");
+    }
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![4, 4, 1]
+    );
+    assert_eq!(pages.concat(), newest_first(&|_| true));
+
+    let validated = OrderFilter {
+        status: Some(OrderStatus::Validated),
+        ..in_range.clone()
+    };
+    let listed = store.list_orders(&validated, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 2 || i == 5));
+    let listed = store.list_orders(&validated, None, 1).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 5));
+    let after = listed[0].order_id.clone();
+    let listed = store
+        .list_orders(&validated, Some(&after), 1)
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 2));
+
+    let only_a = OrderFilter {
+        customer_id: Some(a.clone()),
+        ..OrderFilter::default()
+    };
+    let listed = store.list_orders(&only_a, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i % 2 == 0));
+    let listed = store
+        .list_orders(&only_a, Some(&all[6].order_id), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&listed),
+        vec![all[4].order_id.clone(), all[2].order_id.clone()]
+    );
+    let a_validated = OrderFilter {
+        status: Some(OrderStatus::Validated),
+        ..only_a.clone()
+    };
+    let listed = store.list_orders(&a_validated, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| i == 2));
+
+    let window = OrderFilter {
+        from: Some(start + 2 * step),
+        to: Some(start + 5 * step),
+        ..OrderFilter::default()
+    };
+    let listed = store.list_orders(&window, None, 100).await.unwrap();
+    assert_eq!(ids(&listed), newest_first(&|i| (2..5).contains(&i)));
+
+    assert!(store
+        .list_orders(&in_range, None, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    let nobody = OrderFilter {
+        customer_id: Some(unique("nobody")),
+        ..OrderFilter::default()
+    };
+    assert!(store
+        .list_orders(&nobody, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// `apply_status` ignores redelivered events, never moves the status back, keeps the timeline
 /// in pipeline order and keeps pricing and invoice number when an update has none.
 async fn check_status_moves_forward_only(store: Arc<dyn Store>) {
@@ -1201,6 +1352,334 @@ async fn check_stock_adjustments_racing_reservations_never_oversell(store: Arc<d
         "no adjustment or reservation was lost or applied twice"
     );
     assert!(available >= 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts (issue #5, f/auth)
+
+fn account(email: &str) -> Account {
+    Account {
+        customer_id: new_id(),
+        name: "Ada".into(),
+        email: email.into(),
+        role: "customer".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        verified: false,
+        disabled: false,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn refresh(customer_id: &str, family_id: &str, expires_at: i64) -> RefreshToken {
+    RefreshToken {
+        token_hash: unique("token"),
+        family_id: family_id.into(),
+        customer_id: customer_id.into(),
+        expires_at,
+        used: false,
+    }
+}
+
+/// Of many concurrent creates with one email exactly one wins, and the email finds it.
+async fn check_account_emails_are_unique(store: Arc<dyn Store>) {
+    let email = format!("{}@example.com", unique("u"));
+    let barrier = Arc::new(Barrier::new(8));
+    let handles = (0..8)
+        .map(|_| {
+            let (store, barrier, email) = (store.clone(), barrier.clone(), email.clone());
+            tokio::spawn(async move {
+                let a = account(&email);
+                barrier.wait().await;
+                (store.create_account(a.clone()).await.unwrap(), a)
+            })
+        })
+        .collect();
+    let results = join(handles).await;
+    let winners: Vec<&Account> = results
+        .iter()
+        .filter(|(ok, _)| *ok)
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one create wins");
+    let winner = winners[0];
+    assert_eq!(
+        store.get_account_by_email(&email).await.unwrap().as_ref(),
+        Some(winner)
+    );
+    assert_eq!(
+        store
+            .get_account(&winner.customer_id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(winner)
+    );
+    // The losers left nothing behind.
+    for (_, loser) in results.iter().filter(|(ok, _)| !*ok) {
+        assert_eq!(store.get_account(&loser.customer_id).await.unwrap(), None);
+    }
+    // Creating the winner again (a retry) is fine; another account with its email is not.
+    assert!(store.create_account(winner.clone()).await.unwrap());
+    assert!(!store.create_account(account(&email)).await.unwrap());
+    assert_eq!(
+        store
+            .get_account_by_email("nobody@example.com")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// Updates keep the email and creation time; pages cover every account once.
+async fn check_accounts_update_and_page(store: Arc<dyn Store>) {
+    let prefix = unique("page");
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        let a = account(&format!("{prefix}-{i}@example.com"));
+        assert!(store.create_account(a.clone()).await.unwrap());
+        mine.push(a);
+    }
+    let changed = Account {
+        name: "Grace".into(),
+        role: "admin".into(),
+        email: "ignored@example.com".into(),
+        disabled: true,
+        created_at: T0 + 5,
+        updated_at: T0 + 10,
+        ..mine[0].clone()
+    };
+    assert!(store.update_account(changed).await.unwrap());
+    let read = store
+        .get_account(&mine[0].customer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read,
+        Account {
+            name: "Grace".into(),
+            role: "admin".into(),
+            disabled: true,
+            updated_at: T0 + 10,
+            ..mine[0].clone()
+        }
+    );
+    assert!(!store
+        .update_account(account("x@example.com"))
+        .await
+        .unwrap());
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_accounts(after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.customer_id.clone());
+        seen.extend(page.into_iter().map(|a| a.customer_id));
+    }
+    let unique_seen: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique_seen.len(), seen.len(), "no account is listed twice");
+    for a in &mine {
+        assert!(seen.contains(&a.customer_id), "{} is listed", a.customer_id);
+    }
+    assert!(store.list_accounts(None, 0).await.unwrap().is_empty());
+}
+
+/// A code verifies once; wrong tries are counted and kill it; an expired code is refused.
+async fn check_verification_codes(store: Arc<dyn Store>) {
+    let a = account(&format!("{}@example.com", unique("v")));
+    store.create_account(a.clone()).await.unwrap();
+    let id = a.customer_id.as_str();
+    assert_eq!(
+        store.check_verification(id, "h", T0).await.unwrap(),
+        VerifyOutcome::NoCode
+    );
+    let code = VerificationCode {
+        customer_id: id.into(),
+        code_hash: "right".into(),
+        expires_at: T0 + 1000,
+        attempts: 0,
+    };
+    store.put_verification(code.clone()).await.unwrap();
+    assert_eq!(
+        store.check_verification(id, "wrong", T0).await.unwrap(),
+        VerifyOutcome::Wrong {
+            remaining: MAX_VERIFICATION_ATTEMPTS - 1
+        }
+    );
+    assert_eq!(
+        store.check_verification(id, "right", T0).await.unwrap(),
+        VerifyOutcome::Verified
+    );
+    assert!(store.get_account(id).await.unwrap().unwrap().verified);
+    // Used up.
+    assert_eq!(
+        store.check_verification(id, "right", T0).await.unwrap(),
+        VerifyOutcome::NoCode
+    );
+
+    // Wrong tries kill a code, even the right one after.
+    store.put_verification(code.clone()).await.unwrap();
+    for i in 1..=MAX_VERIFICATION_ATTEMPTS {
+        assert_eq!(
+            store.check_verification(id, "wrong", T0).await.unwrap(),
+            VerifyOutcome::Wrong {
+                remaining: MAX_VERIFICATION_ATTEMPTS - i
+            }
+        );
+    }
+    assert_eq!(
+        store.check_verification(id, "right", T0).await.unwrap(),
+        VerifyOutcome::NoCode
+    );
+
+    // Expired.
+    store.put_verification(code).await.unwrap();
+    assert_eq!(
+        store
+            .check_verification(id, "right", T0 + 1000)
+            .await
+            .unwrap(),
+        VerifyOutcome::Expired
+    );
+    assert_eq!(
+        store.check_verification(id, "right", T0).await.unwrap(),
+        VerifyOutcome::NoCode
+    );
+}
+
+/// Rotation hands on the family; a reuse, a logout or disabling the account revokes it.
+async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
+    let customer = new_id();
+    let family = new_id();
+    let first = refresh(&customer, &family, T0 + DAY_MS);
+    store.create_refresh_token(first.clone()).await.unwrap();
+    let second = unique("token");
+    assert_eq!(
+        store
+            .rotate_refresh_token(&first.token_hash, &second, T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated {
+            customer_id: customer.clone()
+        }
+    );
+    // The first token again: a reuse, which revokes the family, the second token too.
+    assert_eq!(
+        store
+            .rotate_refresh_token(&first.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Reused
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token(&second, &unique("token"), T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Revoked
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token("no-such-token", &unique("token"), T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Unknown
+    );
+
+    // Logout revokes the family of the token it is given.
+    let login = refresh(&customer, &new_id(), T0 + DAY_MS);
+    store.create_refresh_token(login.clone()).await.unwrap();
+    assert!(store
+        .revoke_refresh_family(&login.token_hash)
+        .await
+        .unwrap());
+    assert!(!store.revoke_refresh_family("no-such-token").await.unwrap());
+    assert_eq!(
+        store
+            .rotate_refresh_token(&login.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Revoked
+    );
+
+    // Expired.
+    let old = refresh(&customer, &new_id(), T0);
+    store.create_refresh_token(old.clone()).await.unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token(&old.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Expired
+    );
+
+    // Disabling the account revokes every family of it, and only its.
+    let (a, b) = (
+        refresh(&customer, &new_id(), T0 + DAY_MS),
+        refresh(&customer, &new_id(), T0 + DAY_MS),
+    );
+    let other = refresh(&new_id(), &new_id(), T0 + DAY_MS);
+    for t in [&a, &b, &other] {
+        store.create_refresh_token(t.clone()).await.unwrap();
+    }
+    store
+        .revoke_customer_refresh_tokens(&customer)
+        .await
+        .unwrap();
+    for t in [&a, &b] {
+        assert_eq!(
+            store
+                .rotate_refresh_token(&t.token_hash, &unique("token"), T0 + DAY_MS, T0)
+                .await
+                .unwrap(),
+            RotateOutcome::Revoked
+        );
+    }
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&other.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated { .. }
+    ));
+}
+
+/// Of concurrent exchanges of one token, exactly one gets a new token.
+async fn check_a_refresh_token_rotates_once(store: Arc<dyn Store>) {
+    let token = refresh(&new_id(), &new_id(), T0 + DAY_MS);
+    store.create_refresh_token(token.clone()).await.unwrap();
+    let barrier = Arc::new(Barrier::new(6));
+    let handles = (0..6)
+        .map(|_| {
+            let (store, barrier, hash) = (store.clone(), barrier.clone(), token.token_hash.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .rotate_refresh_token(&hash, &unique("token"), T0 + DAY_MS, T0)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let outcomes = join(handles).await;
+    let rotated = outcomes
+        .iter()
+        .filter(|o| matches!(o, RotateOutcome::Rotated { .. }))
+        .count();
+    assert_eq!(rotated, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(
+        o,
+        RotateOutcome::Rotated { .. } | RotateOutcome::Reused | RotateOutcome::Revoked
+    )));
+}
+
+async fn check_markers_are_set_once(store: Arc<dyn Store>) {
+    let name = unique("marker");
+    assert!(store.set_marker(&name, T0).await.unwrap());
+    assert!(!store.set_marker(&name, T0 + 1).await.unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,13 +21,46 @@ use rdkafka::{
 };
 use serde_json::{json, Value};
 
+/// The account `Pipeline::client` acts as: an admin, so that tests about something else can
+/// read and place any customer's orders.
+pub const TEST_ADMIN: &str = "test-admin";
+
 /// A running `orderflow run`.
 pub struct Pipeline {
     child: Option<Child>,
     pub http: String,
     pub bootstrap: String,
     pub data_dir: PathBuf,
+    /// Sends an admin's access token ([`TEST_ADMIN`]) with every request that sets none.
     pub client: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
+}
+
+/// An access token `orderflow run` accepts (signed with the development secret), valid for 15
+/// minutes. Until f/auth's login lands, tests get their tokens this way.
+pub fn token(customer_id: &str, role: orderflow_ingest::auth::Role) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    orderflow_ingest::auth::AuthSettings::development().access_token(customer_id, role, now)
+}
+
+/// `Bearer <token>` for a customer.
+pub fn bearer(customer_id: &str) -> String {
+    format!(
+        "Bearer {}",
+        token(customer_id, orderflow_ingest::auth::Role::Customer)
+    )
+}
+
+/// `Bearer <token>` for an admin.
+pub fn admin_bearer(admin_id: &str) -> String {
+    format!(
+        "Bearer {}",
+        token(admin_id, orderflow_ingest::auth::Role::Admin)
+    )
 }
 
 impl Pipeline {
@@ -111,12 +144,21 @@ impl Pipeline {
                 bootstrap = Some(addr.trim().to_string());
             }
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            admin_bearer(TEST_ADMIN).parse().unwrap(),
+        );
         Pipeline {
             child: Some(child),
             http: http.unwrap(),
             bootstrap: bootstrap.unwrap(),
             data_dir: data_dir.to_path_buf(),
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            anonymous: reqwest::Client::new(),
         }
     }
 
@@ -162,15 +204,26 @@ impl Pipeline {
         }
     }
 
+    /// An access token this pipeline accepts for the account ([`token`]).
+    pub fn token(&self, customer_id: &str, role: orderflow_ingest::auth::Role) -> String {
+        token(customer_id, role)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
     }
 
-    /// POSTs an order body; returns the response.
+    /// POSTs an order body as its customer (`customer_id`, signed in as a customer; as
+    /// [`TEST_ADMIN`] when the body names none); returns the response.
     pub async fn post_order(&self, body: &Value, key: Option<&str>) -> reqwest::Response {
+        let authorization = match body["customer_id"].as_str() {
+            Some(customer) => bearer(customer),
+            None => admin_bearer(TEST_ADMIN),
+        };
         let mut request = self
             .client
             .post(self.url("/v1/orders"))
+            .header("authorization", authorization)
             .header("content-type", "application/json")
             .body(body.to_string());
         if let Some(key) = key {
@@ -362,16 +415,6 @@ pub fn read_topic(
 /// Whether a message is keyed by `order_id`.
 pub fn keyed(m: &OwnedMessage, order_id: &str) -> bool {
     m.key() == Some(order_id.as_bytes())
-}
-
-/// (f/products) A signed access token for `customer_id` with `role`, as `orderflow run` (on
-/// the development secret) accepts it, valid from now.
-pub fn token(customer_id: &str, role: orderflow_ingest::auth::Role) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    orderflow_ingest::auth::AuthSettings::development().access_token(customer_id, role, now)
 }
 
 /// (f/products) An admin's access token.

@@ -26,3 +26,22 @@ def before_call(ctx, case, **kwargs):
     if isinstance(key, str) and len(key) <= 255 and VALID_KEY.match(key):
         body = json.dumps(case.body, sort_keys=True, default=str)
         case.headers["Idempotency-Key"] = "k-" + hashlib.sha256(body.encode()).hexdigest()
+
+
+# CPython 3.11's parser can raise "SystemError: AST constructor recursion depth mismatch" when
+# `ast.parse` runs deep in the stack, which hypothesis does to describe a filter lambda
+# (schemathesis filters generated query parameters with one). The description is cosmetic (a
+# strategy's repr), so fall back to a plain one instead of failing the operation.
+from hypothesis.internal import lambda_sources  # noqa: E402
+
+_describe_lambda = lambda_sources.lambda_description
+
+
+def _lambda_description(f):
+    try:
+        return _describe_lambda(f)
+    except SystemError:
+        return "lambda"
+
+
+lambda_sources.lambda_description = _lambda_description

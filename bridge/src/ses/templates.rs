@@ -47,6 +47,13 @@ const TEMPLATES: &[(&str, &str, &str, &str)] = &[
         include_str!("templates/order_cancelled.txt"),
         include_str!("templates/order_cancelled.html"),
     ),
+    // Issue #5, f/auth: sent to the account's own address (`event.email`).
+    (
+        "verify_email",
+        "Your Orderflow verification code",
+        include_str!("templates/verify_email.txt"),
+        include_str!("templates/verify_email.html"),
+    ),
 ];
 
 /// The template set for a kind of notification.
@@ -56,6 +63,7 @@ pub fn template_name(kind: NotificationKind) -> &'static str {
         NotificationKind::OrderRejected => "order_rejected",
         NotificationKind::PaymentFailed => "payment_failed",
         NotificationKind::InvoiceReady => "invoice_ready",
+        NotificationKind::VerifyEmail => "verify_email",
     }
 }
 
@@ -131,8 +139,21 @@ impl Templates {
         })
     }
 
-    /// The customer's address.
+    /// The customer's address: the account's own for a verification code (the account is not
+    /// verified yet, so the address is the one to prove), else the sink's recipient template.
     pub fn recipient(&self, envelope: &Envelope) -> Result<String, SinkError> {
+        if envelope
+            .notification
+            .as_ref()
+            .is_some_and(|n| n.kind == NotificationKind::VerifyEmail)
+        {
+            return envelope
+                .data
+                .get("email")
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| SinkError::Rejected("the verification event has no email".into()));
+        }
         let context = Context {
             order_id: &envelope.order_id,
             customer_id: &envelope.customer_id,
@@ -236,6 +257,47 @@ mod tests {
             .render(&context)
             .unwrap();
         assert!(cancelled.contains("We refund 30.00 EUR"), "{cancelled}");
+    }
+
+    #[test]
+    fn a_verification_code_goes_to_the_accounts_own_address() {
+        let event = orderflow_schemas::AccountVerificationRequested {
+            event_id: "c1:verify:1".into(),
+            customer_id: "c1".into(),
+            email: "ada@example.com".into(),
+            name: "Ada <Lovelace>".into(),
+            code: "042137".into(),
+            expires_at: 15 * 60_000,
+            occurred_at: 0,
+        };
+        let envelope = Envelope::decode(
+            TopicKind::AccountsVerification,
+            &orderflow_schemas::SchemaIds::builtin(),
+            &wire::encode(&event).unwrap(),
+        )
+        .unwrap()
+        .unwrap();
+        let t = Templates::new("{{ customer_id }}@customers.example").unwrap();
+        assert_eq!(t.recipient(&envelope).unwrap(), "ada@example.com");
+        let email = t.render(&envelope).unwrap();
+        assert_eq!(email.subject, "Your Orderflow verification code");
+        assert!(email.text.contains("042137"), "{}", email.text);
+        assert!(
+            email.html.contains("<strong>042137</strong>"),
+            "{}",
+            email.html
+        );
+        assert!(
+            email.html.contains("Ada &lt;Lovelace&gt;"),
+            "{}",
+            email.html
+        );
+        let n = envelope.notification.unwrap();
+        assert!(
+            n.text.contains("042137 . ") || n.text.contains("042137."),
+            "{}",
+            n.text
+        );
     }
 
     #[test]

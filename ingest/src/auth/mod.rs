@@ -3,6 +3,10 @@
 //!
 //! # Layout
 //! - [`token`]: signing and checking access JWTs (`HS256`).
+//! - [`routes`]: register, verify, resend, login, refresh, logout (`/v1/auth/*`).
+//! - [`password`]: argon2id password hashes, in `spawn_blocking`.
+//! - [`secrets`]: refresh tokens and verification codes, stored as SHA-256 digests.
+//! - [`limit`]: the in-process login rate limits (per email, per client IP).
 //! - [`Caller`]: the account behind a request's `Authorization: Bearer <token>`. A missing,
 //!   malformed, tampered or expired token is a `401` (with `WWW-Authenticate: Bearer`); a
 //!   valid token without the right role is a `403` ([`Caller::require_admin`]); a customer
@@ -13,6 +17,10 @@
 //! for `orderflow run` on its embedded defaults only: the separate services refuse to start
 //! with it.
 
+pub mod limit;
+pub mod password;
+pub mod routes;
+pub mod secrets;
 pub mod token;
 
 use std::{sync::Arc, time::Duration};

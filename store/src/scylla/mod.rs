@@ -26,7 +26,12 @@
 //! reservation and dropping its holds leaves a stale `holds` entry (the stock stays right; the
 //! entry goes when the order is released). Order ids are UUIDv7 (ingest makes them so): the
 //! customer index is bucketed by their time.
+//! - The **admin list** (`list_orders`) walks `orders_by_day` (one partition per day of the
+//!   order id's time, newest first) over the days `order_days` names, or a customer's own index
+//!   when the filter names one; the status and time filters are applied to the orders read
+//!   while paging.
 
+mod accounts;
 mod migrate;
 
 use std::{
@@ -58,7 +63,7 @@ use scylla::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{model::*, Result, Store, StoreError};
+use crate::{account::*, model::*, Result, Store, StoreError};
 
 /// Where the store is and how it behaves.
 #[derive(Debug, Clone)]
@@ -117,6 +122,8 @@ const INVOICE_SEQUENCE: &str = "invoice";
 pub struct ScyllaStore {
     session: Arc<Session>,
     q: Arc<Statements>,
+    /// The statements of accounts (issue #5): [`accounts`].
+    accounts: Arc<accounts::AccountStatements>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -166,6 +173,12 @@ struct Statements {
     delivery_get: PreparedStatement,
     delivery_put: PreparedStatement,
     health: PreparedStatement,
+    // --- Order lifecycle (f/orders) ---
+    day_order: PreparedStatement,
+    day_mark: PreparedStatement,
+    days: PreparedStatement,
+    day_page: PreparedStatement,
+    day_page_before: PreparedStatement,
 }
 
 impl Statements {
@@ -222,6 +235,12 @@ impl Statements {
             delivery_get: p(format!("SELECT delivered_at FROM {ks}.deliveries WHERE sink = ? AND id = ?"), false).await?,
             delivery_put: p(format!("INSERT INTO {ks}.deliveries (sink, id, delivered_at) VALUES (?, ?, ?) USING TTL ?"), false).await?,
             health: p(format!("SELECT version FROM {ks}.schema_migrations LIMIT 1"), false).await?,
+            // --- Order lifecycle (f/orders) ---
+            day_order: p(format!("INSERT INTO {ks}.orders_by_day (day, order_id, customer_id) VALUES (?, ?, ?)"), false).await?,
+            day_mark: p(format!("INSERT INTO {ks}.order_days (shard, day) VALUES (0, ?)"), false).await?,
+            days: p(format!("SELECT day FROM {ks}.order_days WHERE shard = 0 AND day <= ? AND day >= ?"), false).await?,
+            day_page: p(format!("SELECT order_id FROM {ks}.orders_by_day WHERE day = ? LIMIT ?"), false).await?,
+            day_page_before: p(format!("SELECT order_id FROM {ks}.orders_by_day WHERE day = ? AND order_id < ? LIMIT ?"), false).await?,
         })
     }
 }
@@ -257,9 +276,11 @@ impl ScyllaStore {
             )));
         }
         let q = Statements::prepare(&session, &keyspace).await?;
+        let accounts = accounts::AccountStatements::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
+            accounts: Arc::new(accounts),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -724,6 +745,15 @@ impl ScyllaStore {
         ]);
         batch.append_statement(self.q.customer_bucket.clone());
         values.push(vec![text(&order.customer_id), Some(CqlValue::Int(bucket))]);
+        let day = day_of(&order.order_id, order.created_at);
+        batch.append_statement(self.q.day_order.clone());
+        values.push(vec![
+            Some(CqlValue::Int(day)),
+            text(&order.order_id),
+            text(&order.customer_id),
+        ]);
+        batch.append_statement(self.q.day_mark.clone());
+        values.push(vec![Some(CqlValue::Int(day))]);
         batch.set_consistency(Consistency::LocalQuorum);
         batch.set_is_idempotent(true);
         self.session
@@ -1133,6 +1163,97 @@ impl Store for ScyllaStore {
         Ok(orders.into_iter().flatten().collect())
     }
 
+    async fn list_orders(
+        &self,
+        filter: &OrderFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Pages of ids are read at least this large, so that a selective filter does not cost
+        // one round trip per order.
+        let page_size = i32::try_from(limit.max(50)).unwrap_or(i32::MAX);
+        let mut out: Vec<OrderRecord> = Vec::with_capacity(limit);
+        let mut seen = std::collections::HashSet::new();
+
+        // One customer: its own (30-day) index, read page by page.
+        if let Some(customer_id) = &filter.customer_id {
+            let mut cursor = before.map(str::to_string);
+            loop {
+                let page = self
+                    .list_customer_orders(customer_id, cursor.as_deref(), page_size as usize)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                cursor = Some(last.order_id.clone());
+                let full = page.len() == page_size as usize;
+                for order in page {
+                    if filter.matches(&order) && seen.insert(order.order_id.clone()) {
+                        out.push(order);
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            return Ok(out);
+        }
+
+        // Everyone: day partitions, newest first, within the filter's time range (a day of
+        // margin either side: the day is the id's time, the filter is on `created_at`).
+        let before_day = before.map(|b| day_of(b, i64::MAX));
+        let newest = [before_day, filter.to.map(|to| day_at(to).saturating_add(1))]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(i32::MAX);
+        let oldest = filter
+            .from
+            .map_or(i32::MIN, |from| day_at(from).saturating_sub(1));
+        let days: Vec<(i32,)> = self.rows(&self.q.days, (newest, oldest)).await?;
+        for (day,) in days {
+            let mut cursor: Option<String> = match before {
+                Some(before) if Some(day) == before_day => Some(before.to_string()),
+                _ => None,
+            };
+            loop {
+                let page: Vec<(String,)> = match &cursor {
+                    Some(c) => {
+                        self.rows(&self.q.day_page_before, (day, c.as_str(), page_size))
+                            .await?
+                    }
+                    None => self.rows(&self.q.day_page, (day, page_size)).await?,
+                };
+                let Some((last,)) = page.last() else { break };
+                cursor = Some(last.clone());
+                let full = page.len() == page_size as usize;
+                let ids: Vec<String> = page
+                    .into_iter()
+                    .map(|(id,)| id)
+                    .filter(|id| before.is_none_or(|b| id.as_str() < b))
+                    .filter(|id| seen.insert(id.clone()))
+                    .collect();
+                let orders = try_join_all(ids.iter().map(|id| self.get_order(id))).await?;
+                for order in orders.into_iter().flatten() {
+                    if filter.matches(&order) {
+                        out.push(order);
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         retry("apply_status", || async {
             let mut batch = Batch::new(BatchType::Unlogged);
@@ -1162,7 +1283,8 @@ impl Store for ScyllaStore {
             // One partition: applied together. The index rows are idempotent upserts beside it
             // (for orders this store never saw created).
             let bucket = bucket_of(&update.order_id, update.at);
-            let (written, indexed, bucketed) = tokio::join!(
+            let day = day_of(&update.order_id, update.at);
+            let (written, indexed, bucketed, day_indexed, day_marked) = tokio::join!(
                 self.session.batch(&batch, values),
                 self.run(
                     &self.q.customer_order,
@@ -1176,10 +1298,17 @@ impl Store for ScyllaStore {
                     &self.q.customer_bucket,
                     (update.customer_id.as_str(), bucket)
                 ),
+                self.run(
+                    &self.q.day_order,
+                    (day, update.order_id.as_str(), update.customer_id.as_str()),
+                ),
+                self.run(&self.q.day_mark, (day,)),
             );
             written.map_err(unavailable)?;
             indexed?;
             bucketed?;
+            day_indexed?;
+            day_marked?;
             Ok(())
         })
         .await
@@ -1260,6 +1389,69 @@ impl Store for ScyllaStore {
     async fn healthcheck(&self) -> Result<()> {
         self.run(&self.q.health, ()).await?;
         Ok(())
+    }
+
+    // --- Accounts (issue #5, f/auth): see [`accounts`] ---
+
+    async fn create_account(&self, account: Account) -> Result<bool> {
+        self.create_account_impl(&account).await
+    }
+
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
+        self.get_account_impl(customer_id).await
+    }
+
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        self.get_account_by_email_impl(email).await
+    }
+
+    async fn update_account(&self, account: Account) -> Result<bool> {
+        self.update_account_impl(&account).await
+    }
+
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
+        self.list_accounts_impl(after, limit).await
+    }
+
+    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
+        self.put_verification_impl(&code).await
+    }
+
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        self.check_verification_impl(customer_id, code_hash, now)
+            .await
+    }
+
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        self.create_refresh_token_impl(&token).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        self.rotate_refresh_token_impl(presented, next_hash, next_expires_at, now)
+            .await
+    }
+
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
+        self.revoke_refresh_family_impl(token_hash).await
+    }
+
+    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
+        self.revoke_customer_refresh_tokens_impl(customer_id).await
+    }
+
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
+        self.set_marker_impl(name, at).await
     }
 }
 
@@ -1473,6 +1665,18 @@ fn bucket_of(order_id: &str, fallback_ms: i64) -> i32 {
     bucket_at(uuid_v7_millis(order_id).unwrap_or(fallback_ms))
 }
 
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+fn day_at(ms: i64) -> i32 {
+    i32::try_from(ms.div_euclid(DAY_MS)).unwrap_or(if ms < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// The `orders_by_day` partition of an order: the day of its UUIDv7 id's time, so day order is
+/// id order.
+fn day_of(order_id: &str, fallback_ms: i64) -> i32 {
+    day_at(uuid_v7_millis(order_id).unwrap_or(fallback_ms))
+}
+
 /// The TTL of an idempotency-key row: the key's lifetime plus a grace period (the expiry
 /// itself is decided on `expires_at`; the TTL only cleans up).
 fn key_ttl_secs(key: &IdempotencyKey, now: i64) -> i32 {
@@ -1514,6 +1718,14 @@ pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_days_follow_the_id_time_and_saturate() {
+        assert_eq!(day_of("order-1", DAY_MS * 5 + 1), 5);
+        assert_eq!(day_of("0190b6a2-7c1e-7000-8000-000000000001", 0), 19_919);
+        assert_eq!(day_at(-1), -1);
+        assert_eq!(day_at(i64::MAX), i32::MAX);
+    }
 
     #[test]
     fn uuid_v7_time_orders_buckets() {

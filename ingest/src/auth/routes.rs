@@ -1,0 +1,810 @@
+//! `POST /v1/auth/register`, `/verify`, `/resend`, `/login`, `/refresh` and `/logout`.
+//!
+//! - Register creates an unverified `customer` account and emails a one-time 6-digit code
+//!   (the `AccountVerificationRequested` event on `accounts.verification`, which the bridge
+//!   sends: the file sink on `orderflow run`, SES in production). The code lives
+//!   [`CODE_TTL`] and dies after 5 wrong tries; `/resend` issues a new one.
+//! - An unverified account cannot log in: `403` naming the reason (given only with the right
+//!   password, so it reveals nothing to a guesser). A disabled (deleted) account neither.
+//! - Login answers a short-lived access JWT and a refresh token. A wrong email and a wrong
+//!   password get the same `401`, after the same argon2 work. Attempts are rate-limited per
+//!   email and per client IP ([`super::limit`]): `429` with `Retry-After`.
+//! - Refresh rotates: the presented token is used up and a new one (same family) comes back.
+//!   Presenting a used token again is taken as theft: the whole family is revoked, and the
+//!   holder of the newer token has to log in again. Logout revokes the family.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use orderflow_schemas::AccountVerificationRequested;
+use orderflow_store::{Account, RefreshToken, RotateOutcome, VerificationCode, VerifyOutcome};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tracing::{info, warn};
+use utoipa::ToSchema;
+
+use super::{password, secrets, Role};
+use crate::{
+    customers::AccountView,
+    orders::{is_json, parse_json, read_body},
+    problem::{FieldError, Problem},
+    ApiState,
+};
+
+/// How long a verification code works.
+pub const CODE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// `POST /v1/auth/register`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
+    pub name: String,
+    #[schema(example = "ada@example.com", max_length = 254)]
+    pub email: String,
+    /// 8 to 128 characters.
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
+    pub password: String,
+    /// The password again.
+    #[schema(example = "correct horse battery")]
+    pub confirm: String,
+}
+
+/// `POST /v1/auth/verify`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    /// The 6-digit code from the email.
+    #[schema(example = "042137", pattern = "^[0-9]{6}$")]
+    pub code: String,
+}
+
+/// `POST /v1/auth/resend`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendRequest {
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+}
+
+/// `POST /v1/auth/login`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "user@example.com")]
+    pub email: String,
+    #[schema(example = "user123")]
+    pub password: String,
+}
+
+/// `POST /v1/auth/refresh`'s and `POST /v1/auth/logout`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A token pair.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// An HS256 JWT: send it as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds the access token is valid.
+    #[schema(example = 900)]
+    pub expires_in: u64,
+    /// Exchange it at `POST /v1/auth/refresh` for a new pair (once: it is used up then).
+    pub refresh_token: String,
+    /// Seconds the refresh token is valid.
+    #[schema(example = 2592000)]
+    pub refresh_expires_in: u64,
+}
+
+/// `202` of `POST /v1/auth/resend`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resent {
+    /// Always `sent if the account exists and is not verified`.
+    pub status: &'static str,
+}
+
+fn now_ms() -> i64 {
+    orderflow_schemas::now_millis()
+}
+
+/// Reads a JSON body of type `T` (415, 413, 400, 422 as for orders).
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Problem> {
+    if !is_json(headers) {
+        return Err(Problem::field(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            "header:Content-Type",
+            "must be application/json",
+        ));
+    }
+    let bytes = read_body(headers, body).await?;
+    parse_json(&bytes)
+}
+
+/// An email as stored: trimmed and lowercase.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Why an email is not acceptable, if it is not.
+pub fn email_problem(email: &str) -> Option<&'static str> {
+    let email = email.trim();
+    if email.is_empty() {
+        return Some("must not be empty");
+    }
+    if email.chars().count() > 254 {
+        return Some("is too long");
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Some("must be an email address such as ada@example.com");
+    };
+    let bad = |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if bad(local)
+        || bad(domain)
+        || domain.contains('@')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
+        return Some("must be an email address such as ada@example.com");
+    }
+    None
+}
+
+/// Why a name is not acceptable, if it is not.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        Some("must not be empty")
+    } else if name.chars().count() > 100 {
+        Some("is too long (at most 100 characters)")
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    }
+}
+
+/// Why a new password is not acceptable, if it is not.
+pub fn password_problem(password: &str) -> Option<String> {
+    let n = password.chars().count();
+    if n < password::MIN_PASSWORD {
+        Some(format!(
+            "must be at least {} characters",
+            password::MIN_PASSWORD
+        ))
+    } else if n > password::MAX_PASSWORD {
+        Some(format!(
+            "must be at most {} characters",
+            password::MAX_PASSWORD
+        ))
+    } else {
+        None
+    }
+}
+
+fn field(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn store_down(e: impl std::fmt::Display) -> Problem {
+    Problem::unavailable(format!("the account store is unavailable: {e}"))
+}
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    warn!(error = %e, "Auth failed internally.");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        "the request could not be completed",
+    )
+}
+
+/// Issues a code for the account and puts its event on `accounts.verification`.
+pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(), Problem> {
+    let code = secrets::verification_code().map_err(internal)?;
+    let now = now_ms();
+    let expires_at = now + CODE_TTL.as_millis() as i64;
+    state
+        .store
+        .put_verification(VerificationCode {
+            customer_id: account.customer_id.clone(),
+            code_hash: secrets::code_digest(&account.customer_id, &code),
+            expires_at,
+            attempts: 0,
+        })
+        .await
+        .map_err(store_down)?;
+    let event = AccountVerificationRequested {
+        event_id: format!("{}:verify:{}", account.customer_id, uuid::Uuid::now_v7()),
+        customer_id: account.customer_id.clone(),
+        email: account.email.clone(),
+        name: account.name.clone(),
+        code,
+        expires_at,
+        occurred_at: now,
+    };
+    state.producer.send(&event).await.map_err(|e| {
+        warn!(customer_id = %account.customer_id, error = %e, "Produce failed.");
+        Problem::unavailable(
+            "the event log is unavailable: no code was sent; ask again (POST /v1/auth/resend)",
+        )
+    })
+}
+
+/// `POST /v1/auth/register`.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/register",
+    tag = "auth",
+    summary = "Create an account",
+    description = "Creates an unverified `customer` account and emails it a one-time 6-digit \
+        code; `POST /v1/auth/verify` with it before logging in.",
+    request_body(content = RegisterRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the code is on its way.", body = AccountView),
+        (status = 400, description = "The body is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "The email is in use.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "Fields are missing or invalid (`confirm` when it does \
+            not match `password`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the broker is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn register(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let req: RegisterRequest = json_body(&headers, body).await?;
+    let mut errors = Vec::new();
+    if let Some(m) = name_problem(&req.name) {
+        errors.push(field("name", m));
+    }
+    if let Some(m) = email_problem(&req.email) {
+        errors.push(field("email", m));
+    }
+    if let Some(m) = password_problem(&req.password) {
+        errors.push(field("password", m));
+    }
+    if req.confirm != req.password {
+        errors.push(field("confirm", "must match password"));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let email = normalize_email(&req.email);
+    // Cheap check first, so a taken email costs no hashing (the create below decides).
+    if state
+        .store
+        .get_account_by_email(&email)
+        .await
+        .map_err(store_down)?
+        .is_some()
+    {
+        return Err(email_taken());
+    }
+    let password_hash = password::hash(req.password).await.map_err(internal)?;
+    let now = now_ms();
+    let account = Account {
+        customer_id: uuid::Uuid::now_v7().to_string(),
+        name: req.name.trim().to_string(),
+        email,
+        role: Role::Customer.as_str().to_string(),
+        password_hash,
+        verified: false,
+        disabled: false,
+        created_at: now,
+        updated_at: now,
+    };
+    if !state
+        .store
+        .create_account(account.clone())
+        .await
+        .map_err(store_down)?
+    {
+        return Err(email_taken());
+    }
+    info!(customer_id = %account.customer_id, "Account registered.");
+    send_code(&state, &account).await?;
+    Ok((StatusCode::CREATED, Json(AccountView::from(account))).into_response())
+}
+
+pub(crate) fn email_taken() -> Problem {
+    let mut p = Problem::conflict(
+        "email-taken",
+        "Email in use",
+        "email: an account with this email exists",
+    );
+    p.errors
+        .push(field("email", "an account with this email exists"));
+    p
+}
+
+/// `POST /v1/auth/verify`.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/verify",
+    tag = "auth",
+    summary = "Verify an account's email",
+    description = "Checks the emailed code. A code works once, for 15 minutes, and dies after \
+        5 wrong tries; `POST /v1/auth/resend` sends a new one.",
+    request_body(content = VerifyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Verified (or it was already).", body = AccountView),
+        (status = 400, description = "The body is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid, or the code is wrong, expired or \
+            used up (`code`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn verify(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<AccountView>, Problem> {
+    let req: VerifyRequest = json_body(&headers, body).await?;
+    let mut errors = Vec::new();
+    if let Some(m) = email_problem(&req.email) {
+        errors.push(field("email", m));
+    }
+    let code = req.code.trim();
+    if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
+        errors.push(field("code", "must be the 6 digits from the email"));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let wrong = |message: &str| Problem::invalid(vec![field("code", message)]);
+    // An unknown email looks like a wrong code: whether an account exists stays unsaid.
+    let Some(account) = state
+        .store
+        .get_account_by_email(&normalize_email(&req.email))
+        .await
+        .map_err(store_down)?
+    else {
+        return Err(wrong("is wrong"));
+    };
+    if account.verified {
+        return Ok(Json(account.into()));
+    }
+    let outcome = state
+        .store
+        .check_verification(
+            &account.customer_id,
+            &secrets::code_digest(&account.customer_id, code),
+            now_ms(),
+        )
+        .await
+        .map_err(store_down)?;
+    match outcome {
+        VerifyOutcome::Verified => {
+            info!(customer_id = %account.customer_id, "Account verified.");
+            Ok(Json(
+                Account {
+                    verified: true,
+                    ..account
+                }
+                .into(),
+            ))
+        }
+        VerifyOutcome::Wrong { remaining: 0 } => Err(wrong(
+            "is wrong, and that was the last try: ask for a new code (POST /v1/auth/resend)",
+        )),
+        VerifyOutcome::Wrong { remaining } => {
+            Err(wrong(&format!("is wrong ({remaining} tries left)")))
+        }
+        VerifyOutcome::Expired | VerifyOutcome::NoCode => Err(wrong(
+            "has expired or is used up: ask for a new code (POST /v1/auth/resend)",
+        )),
+    }
+}
+
+/// `POST /v1/auth/resend`.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/resend",
+    tag = "auth",
+    summary = "Send a new verification code",
+    description = "Emails a new code (the earlier one stops working) if the account exists \
+        and is not verified; answers the same either way. Rate-limited like login.",
+    request_body(content = ResendRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Sent, if there was anything to send.", body = Resent),
+        (status = 400, description = "The body is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "`email` is invalid.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts; wait.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        (status = 503, description = "The store or the broker is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn resend(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (parts, body) = request.into_parts();
+    let req: ResendRequest = json_body(&parts.headers, body).await?;
+    if let Some(m) = email_problem(&req.email) {
+        return Err(Problem::invalid(vec![field("email", m)]));
+    }
+    let email = normalize_email(&req.email);
+    limit(&state, &email, peer(&parts))?;
+    if let Some(account) = state
+        .store
+        .get_account_by_email(&email)
+        .await
+        .map_err(store_down)?
+    {
+        if !account.verified && !account.disabled {
+            send_code(&state, &account).await?;
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Resent {
+            status: "sent if the account exists and is not verified",
+        }),
+    )
+        .into_response())
+}
+
+fn peer(parts: &axum::http::request::Parts) -> Option<SocketAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// Takes one attempt from the email's and the client IP's buckets.
+fn limit(state: &ApiState, email: &str, peer: Option<SocketAddr>) -> Result<(), Problem> {
+    let too_many = |seconds: u32| {
+        Problem::too_many_requests(
+            format!("too many attempts; try again in {seconds} s"),
+            seconds,
+        )
+    };
+    if let Some(peer) = peer {
+        state
+            .login_limits
+            .per_ip
+            .check(&peer.ip().to_string())
+            .map_err(too_many)?;
+    }
+    state.login_limits.per_email.check(email).map_err(too_many)
+}
+
+/// A new token pair for the account; the refresh token starts a new family.
+async fn issue(state: &ApiState, account: &Account) -> Result<TokenResponse, Problem> {
+    let refresh_token = secrets::refresh_token().map_err(internal)?;
+    let now = now_ms();
+    state
+        .store
+        .create_refresh_token(RefreshToken {
+            token_hash: secrets::digest(&refresh_token),
+            family_id: uuid::Uuid::now_v7().to_string(),
+            customer_id: account.customer_id.clone(),
+            expires_at: now + state.auth.refresh_ttl.as_millis() as i64,
+            used: false,
+        })
+        .await
+        .map_err(store_down)?;
+    Ok(pair(state, account, refresh_token, now))
+}
+
+fn pair(state: &ApiState, account: &Account, refresh_token: String, now_ms: i64) -> TokenResponse {
+    let role = role_of(account);
+    TokenResponse {
+        access_token: state
+            .auth
+            .access_token(&account.customer_id, role, now_ms / 1000),
+        token_type: "Bearer",
+        expires_in: state.auth.access_ttl.as_secs(),
+        refresh_token,
+        refresh_expires_in: state.auth.refresh_ttl.as_secs(),
+    }
+}
+
+/// The account's role; anything unknown is the least one.
+pub fn role_of(account: &Account) -> Role {
+    if account.role == Role::Admin.as_str() {
+        Role::Admin
+    } else {
+        Role::Customer
+    }
+}
+
+fn bad_credentials() -> Problem {
+    Problem::unauthorized("wrong email or password")
+}
+
+/// `POST /v1/auth/login`.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "auth",
+    summary = "Log in",
+    description = "Answers an access token (a JWT, 15 minutes by default) and a refresh token \
+        (30 days by default, one use). A wrong email and a wrong password get the same `401`. \
+        Attempts are limited per email (10, then one per 30 s) and per client IP (50, then one \
+        per 6 s), by each API instance on its own.",
+    request_body(content = LoginRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Logged in.", body = TokenResponse),
+        (status = 400, description = "The body is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 401, description = "Wrong email or password.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "The account is not verified yet, or disabled.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing or empty.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts; wait.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn login(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+) -> Result<Json<TokenResponse>, Problem> {
+    let (parts, body) = request.into_parts();
+    let req: LoginRequest = json_body(&parts.headers, body).await?;
+    let mut errors = Vec::new();
+    if req.email.trim().is_empty() {
+        errors.push(field("email", "must not be empty"));
+    } else if req.email.chars().count() > 254 {
+        errors.push(field("email", "is too long"));
+    }
+    if req.password.is_empty() {
+        errors.push(field("password", "must not be empty"));
+    } else if req.password.chars().count() > password::MAX_PASSWORD {
+        errors.push(field("password", "is too long"));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let email = normalize_email(&req.email);
+    limit(&state, &email, peer(&parts))?;
+    let account = state
+        .store
+        .get_account_by_email(&email)
+        .await
+        .map_err(store_down)?;
+    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    if !password::verify(req.password, hash).await {
+        return Err(bad_credentials());
+    }
+    let Some(account) = account else {
+        return Err(bad_credentials());
+    };
+    if account.disabled {
+        return Err(Problem::forbidden("this account is disabled"));
+    }
+    if !account.verified {
+        return Err(Problem::forbidden(
+            "this account's email is not verified yet: POST /v1/auth/verify with the emailed \
+             code (POST /v1/auth/resend for a new one)",
+        ));
+    }
+    info!(customer_id = %account.customer_id, "Logged in.");
+    Ok(Json(issue(&state, &account).await?))
+}
+
+fn refresh_field(req: &RefreshRequest) -> Result<(), Problem> {
+    let t = req.refresh_token.trim();
+    if t.is_empty() {
+        return Err(Problem::invalid(vec![field(
+            "refresh_token",
+            "must not be empty",
+        )]));
+    }
+    if t.len() > 512 {
+        return Err(Problem::invalid(vec![field(
+            "refresh_token",
+            "is too long",
+        )]));
+    }
+    Ok(())
+}
+
+/// `POST /v1/auth/refresh`.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    tag = "auth",
+    summary = "Exchange a refresh token for a new pair",
+    description = "The refresh token is used up; the answer has a new one. Presenting a used \
+        refresh token again revokes every token descended from the same login.",
+    request_body(content = RefreshRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new pair.", body = TokenResponse),
+        (status = 400, description = "The body is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 401, description = "The refresh token is unknown, used, expired or revoked.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "`refresh_token` is missing or empty.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn refresh(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<TokenResponse>, Problem> {
+    let req: RefreshRequest = json_body(&headers, body).await?;
+    refresh_field(&req)?;
+    let presented = secrets::digest(req.refresh_token.trim());
+    let next = secrets::refresh_token().map_err(internal)?;
+    let now = now_ms();
+    let outcome = state
+        .store
+        .rotate_refresh_token(
+            &presented,
+            &secrets::digest(&next),
+            now + state.auth.refresh_ttl.as_millis() as i64,
+            now,
+        )
+        .await
+        .map_err(store_down)?;
+    let customer_id = match outcome {
+        RotateOutcome::Rotated { customer_id } => customer_id,
+        RotateOutcome::Reused => {
+            warn!("A used refresh token was presented again; its family is revoked.");
+            return Err(Problem::unauthorized(
+                "this refresh token was used already; every token of its login is revoked now: \
+                 log in again",
+            ));
+        }
+        RotateOutcome::Revoked => {
+            return Err(Problem::unauthorized(
+                "this refresh token is revoked: log in again",
+            ))
+        }
+        RotateOutcome::Expired => {
+            return Err(Problem::unauthorized(
+                "this refresh token has expired: log in again",
+            ))
+        }
+        RotateOutcome::Unknown => {
+            return Err(Problem::unauthorized("this refresh token is not known"))
+        }
+    };
+    let account = state
+        .store
+        .get_account(&customer_id)
+        .await
+        .map_err(store_down)?;
+    match account {
+        Some(account) if !account.disabled => Ok(Json(pair(&state, &account, next, now))),
+        _ => {
+            state
+                .store
+                .revoke_refresh_family(&secrets::digest(&next))
+                .await
+                .map_err(store_down)?;
+            Err(Problem::unauthorized("this account is disabled"))
+        }
+    }
+}
+
+/// `POST /v1/auth/logout`.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    summary = "Log out",
+    description = "Revokes the refresh token and every token of the same login. Answers `204` \
+        for an unknown token too. Access tokens already issued stay valid until they expire.",
+    request_body(content = RefreshRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Logged out."),
+        (status = 400, description = "The body is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "`refresh_token` is missing or empty.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store is down; retry.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn logout(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Problem> {
+    let req: RefreshRequest = json_body(&headers, body).await?;
+    refresh_field(&req)?;
+    state
+        .store
+        .revoke_refresh_family(&secrets::digest(req.refresh_token.trim()))
+        .await
+        .map_err(store_down)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_and_normalised() {
+        assert_eq!(email_problem("ada@example.com"), None);
+        assert_eq!(normalize_email("  Ada@Example.COM "), "ada@example.com");
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@example.com.",
+        ] {
+            assert!(email_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(password_problem("1234567").is_some());
+        assert!(password_problem("12345678").is_none());
+        assert!(name_problem(" ").is_some());
+    }
+}

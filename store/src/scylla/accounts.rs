@@ -1,0 +1,451 @@
+//! Accounts on ScyllaDB (issue #5): `store/migrations/scylla/0002_accounts.cql`.
+//!
+//! - **Unique emails**: the account row is written first, then its email is claimed with
+//!   `INSERT … IF NOT EXISTS` on `accounts_by_email`; the loser deletes its account row. So an
+//!   email row always names an existing account. (A crash between the two writes leaves an
+//!   account row no email names: it can never log in, and shows in the admin listing only.)
+//! - **Verification codes**: every try is a compare-and-set on `attempts`, so concurrent
+//!   guesses are all counted; a match consumes the code (`DELETE … IF`) before the account is
+//!   marked verified.
+//! - **Refresh tokens**: rotation flips `used` with `IF used = false`, so of two concurrent
+//!   exchanges of one token exactly one wins; the other is a reuse and revokes the family. A
+//!   revoked family (`refresh_families.revoked`) refuses every token of it, whenever issued.
+
+use scylla::{frame::types::Consistency, statement::prepared::PreparedStatement, value::CqlValue};
+
+use super::{corrupt, raced, retry, Lwt, ScyllaStore};
+use crate::{account::*, Result, StoreError};
+
+pub(super) struct AccountStatements {
+    account_get: PreparedStatement,
+    account_insert: PreparedStatement,
+    account_delete: PreparedStatement,
+    account_update: PreparedStatement,
+    account_verify: PreparedStatement,
+    account_first_page: PreparedStatement,
+    account_page_after: PreparedStatement,
+    email_get: PreparedStatement,
+    email_claim: PreparedStatement,
+    code_get: PreparedStatement,
+    code_put: PreparedStatement,
+    code_count: PreparedStatement,
+    code_consume: PreparedStatement,
+    code_drop: PreparedStatement,
+    token_get: PreparedStatement,
+    token_insert: PreparedStatement,
+    token_use: PreparedStatement,
+    family_get: PreparedStatement,
+    family_insert: PreparedStatement,
+    family_revoke: PreparedStatement,
+    families_of: PreparedStatement,
+    marker_set: PreparedStatement,
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "customer_id, name, email, role, password_hash, verified, disabled, created_at, updated_at";
+
+type AccountRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<bool>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn account_of(row: AccountRow) -> Account {
+    let (customer_id, name, email, role, password_hash, verified, disabled, created, updated) = row;
+    Account {
+        customer_id,
+        name: name.unwrap_or_default(),
+        email: email.unwrap_or_default(),
+        role: role.unwrap_or_default(),
+        password_hash: password_hash.unwrap_or_default(),
+        verified: verified.unwrap_or(false),
+        disabled: disabled.unwrap_or(false),
+        created_at: created.unwrap_or(0),
+        updated_at: updated.unwrap_or(0),
+    }
+}
+
+type TokenRow = (Option<String>, Option<String>, Option<i64>, Option<bool>);
+
+impl AccountStatements {
+    pub(super) async fn prepare(
+        session: &scylla::client::session::Session,
+        ks: &str,
+    ) -> Result<Self> {
+        let p = |cql: String, serial_read: bool| async move {
+            let mut statement = session
+                .prepare(cql.clone())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
+            statement.set_is_idempotent(true);
+            statement.set_consistency(if serial_read {
+                Consistency::LocalSerial
+            } else {
+                Consistency::LocalQuorum
+            });
+            Ok::<_, StoreError>(statement)
+        };
+        let c = ACCOUNT_COLUMNS;
+        Ok(AccountStatements {
+            account_get: p(format!("SELECT {c} FROM {ks}.accounts WHERE customer_id = ?"), false).await?,
+            account_insert: p(format!("INSERT INTO {ks}.accounts ({c}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), false).await?,
+            account_delete: p(format!("DELETE FROM {ks}.accounts WHERE customer_id = ?"), false).await?,
+            account_update: p(format!("UPDATE {ks}.accounts SET name = ?, role = ?, password_hash = ?, verified = ?, disabled = ?, updated_at = ? WHERE customer_id = ? IF EXISTS"), false).await?,
+            account_verify: p(format!("UPDATE {ks}.accounts SET verified = true, updated_at = ? WHERE customer_id = ? IF EXISTS"), false).await?,
+            account_first_page: p(format!("SELECT {c} FROM {ks}.accounts LIMIT ?"), false).await?,
+            account_page_after: p(format!("SELECT {c} FROM {ks}.accounts WHERE token(customer_id) > token(?) LIMIT ?"), false).await?,
+            email_get: p(format!("SELECT customer_id FROM {ks}.accounts_by_email WHERE email = ?"), true).await?,
+            email_claim: p(format!("INSERT INTO {ks}.accounts_by_email (email, customer_id) VALUES (?, ?) IF NOT EXISTS"), false).await?,
+            code_get: p(format!("SELECT code_hash, expires_at, attempts FROM {ks}.verification_codes WHERE customer_id = ?"), true).await?,
+            code_put: p(format!("INSERT INTO {ks}.verification_codes (customer_id, code_hash, expires_at, attempts) VALUES (?, ?, ?, ?)"), false).await?,
+            code_count: p(format!("UPDATE {ks}.verification_codes SET attempts = ? WHERE customer_id = ? IF code_hash = ? AND attempts = ?"), false).await?,
+            code_consume: p(format!("DELETE FROM {ks}.verification_codes WHERE customer_id = ? IF code_hash = ? AND attempts = ?"), false).await?,
+            code_drop: p(format!("DELETE FROM {ks}.verification_codes WHERE customer_id = ? IF code_hash = ?"), false).await?,
+            token_get: p(format!("SELECT family_id, customer_id, expires_at, used FROM {ks}.refresh_tokens WHERE token_hash = ?"), true).await?,
+            token_insert: p(format!("INSERT INTO {ks}.refresh_tokens (token_hash, family_id, customer_id, expires_at, used) VALUES (?, ?, ?, ?, false)"), false).await?,
+            token_use: p(format!("UPDATE {ks}.refresh_tokens SET used = true WHERE token_hash = ? IF used = false"), false).await?,
+            family_get: p(format!("SELECT revoked FROM {ks}.refresh_families WHERE customer_id = ? AND family_id = ?"), true).await?,
+            family_insert: p(format!("INSERT INTO {ks}.refresh_families (customer_id, family_id, revoked) VALUES (?, ?, false) IF NOT EXISTS"), false).await?,
+            family_revoke: p(format!("UPDATE {ks}.refresh_families SET revoked = true WHERE customer_id = ? AND family_id = ?"), false).await?,
+            families_of: p(format!("SELECT family_id FROM {ks}.refresh_families WHERE customer_id = ?"), false).await?,
+            marker_set: p(format!("INSERT INTO {ks}.markers (name, at) VALUES (?, ?) IF NOT EXISTS"), false).await?,
+        })
+    }
+}
+
+fn boolean(lwt: &Lwt, name: &str) -> Option<bool> {
+    match lwt.value(name) {
+        Some(CqlValue::Boolean(b)) => Some(*b),
+        _ => None,
+    }
+}
+
+impl ScyllaStore {
+    fn a(&self) -> &AccountStatements {
+        &self.accounts
+    }
+
+    pub(super) async fn create_account_impl(&self, account: &Account) -> Result<bool> {
+        retry("create_account", || async {
+            let a = account;
+            self.run(
+                &self.a().account_insert,
+                (
+                    a.customer_id.as_str(),
+                    a.name.as_str(),
+                    a.email.as_str(),
+                    a.role.as_str(),
+                    a.password_hash.as_str(),
+                    a.verified,
+                    a.disabled,
+                    a.created_at,
+                    a.updated_at,
+                ),
+            )
+            .await?;
+            let claim = self
+                .lwt(
+                    &self.a().email_claim,
+                    (a.email.as_str(), a.customer_id.as_str()),
+                )
+                .await?;
+            if claim.applied {
+                return Ok(true);
+            }
+            match claim.text("customer_id") {
+                // Our own claim, from an earlier attempt whose answer was lost.
+                Some(owner) if owner == a.customer_id => Ok(true),
+                Some(_) => {
+                    self.run(&self.a().account_delete, (a.customer_id.as_str(),))
+                        .await?;
+                    Ok(false)
+                }
+                None => Err(raced()),
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn get_account_impl(&self, customer_id: &str) -> Result<Option<Account>> {
+        Ok(self
+            .first::<AccountRow>(&self.a().account_get, (customer_id,))
+            .await?
+            .map(account_of))
+    }
+
+    pub(super) async fn get_account_by_email_impl(&self, email: &str) -> Result<Option<Account>> {
+        let Some((Some(id),)) = self
+            .first::<(Option<String>,)>(&self.a().email_get, (email,))
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.get_account_impl(&id).await
+    }
+
+    pub(super) async fn update_account_impl(&self, a: &Account) -> Result<bool> {
+        retry("update_account", || async {
+            let lwt = self
+                .lwt(
+                    &self.a().account_update,
+                    (
+                        a.name.as_str(),
+                        a.role.as_str(),
+                        a.password_hash.as_str(),
+                        a.verified,
+                        a.disabled,
+                        a.updated_at,
+                        a.customer_id.as_str(),
+                    ),
+                )
+                .await?;
+            Ok(lwt.applied)
+        })
+        .await
+    }
+
+    pub(super) async fn list_accounts_impl(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Account>> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<AccountRow> = match after {
+            Some(after) => {
+                self.rows(&self.a().account_page_after, (after, limit))
+                    .await?
+            }
+            None => self.rows(&self.a().account_first_page, (limit,)).await?,
+        };
+        Ok(rows.into_iter().map(account_of).collect())
+    }
+
+    pub(super) async fn put_verification_impl(&self, code: &VerificationCode) -> Result<()> {
+        let attempts = i32::try_from(code.attempts).unwrap_or(i32::MAX);
+        self.run(
+            &self.a().code_put,
+            (
+                code.customer_id.as_str(),
+                code.code_hash.as_str(),
+                code.expires_at,
+                attempts,
+            ),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn check_verification_once(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        let Some((Some(stored), expires_at, attempts)) = self
+            .first::<(Option<String>, Option<i64>, Option<i32>)>(&self.a().code_get, (customer_id,))
+            .await?
+        else {
+            return Ok(VerifyOutcome::NoCode);
+        };
+        let attempts = attempts.unwrap_or(0);
+        let max = i32::try_from(MAX_VERIFICATION_ATTEMPTS).unwrap_or(i32::MAX);
+        if attempts >= max {
+            self.lwt(&self.a().code_drop, (customer_id, stored.as_str()))
+                .await?;
+            return Ok(VerifyOutcome::NoCode);
+        }
+        if expires_at.unwrap_or(0) <= now {
+            self.lwt(&self.a().code_drop, (customer_id, stored.as_str()))
+                .await?;
+            return Ok(VerifyOutcome::Expired);
+        }
+        if stored != code_hash {
+            let next = attempts + 1;
+            let lwt = if next >= max {
+                self.lwt(
+                    &self.a().code_consume,
+                    (customer_id, stored.as_str(), attempts),
+                )
+                .await?
+            } else {
+                self.lwt(
+                    &self.a().code_count,
+                    (next, customer_id, stored.as_str(), attempts),
+                )
+                .await?
+            };
+            if !lwt.applied {
+                return Err(raced());
+            }
+            return Ok(VerifyOutcome::Wrong {
+                remaining: u32::try_from(max - next).unwrap_or(0),
+            });
+        }
+        let consumed = self
+            .lwt(
+                &self.a().code_consume,
+                (customer_id, stored.as_str(), attempts),
+            )
+            .await?;
+        if !consumed.applied {
+            return Err(raced());
+        }
+        retry("verify_account", || async {
+            self.lwt(&self.a().account_verify, (now, customer_id))
+                .await
+                .map(|_| ())
+        })
+        .await?;
+        Ok(VerifyOutcome::Verified)
+    }
+
+    pub(super) async fn check_verification_impl(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        retry("check_verification", || {
+            self.check_verification_once(customer_id, code_hash, now)
+        })
+        .await
+    }
+
+    pub(super) async fn create_refresh_token_impl(&self, t: &RefreshToken) -> Result<()> {
+        retry("create_refresh_token", || async {
+            self.lwt(
+                &self.a().family_insert,
+                (t.customer_id.as_str(), t.family_id.as_str()),
+            )
+            .await?;
+            self.run(
+                &self.a().token_insert,
+                (
+                    t.token_hash.as_str(),
+                    t.family_id.as_str(),
+                    t.customer_id.as_str(),
+                    t.expires_at,
+                ),
+            )
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        Ok(self
+            .first::<(Option<bool>,)>(&self.a().family_get, (customer_id, family_id))
+            .await?
+            .and_then(|(r,)| r)
+            .unwrap_or(false))
+    }
+
+    async fn revoke_family(&self, customer_id: &str, family_id: &str) -> Result<()> {
+        self.run(&self.a().family_revoke, (customer_id, family_id))
+            .await
+            .map(|_| ())
+    }
+
+    async fn rotate_once(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        let Some((Some(family_id), Some(customer_id), expires_at, used)) = self
+            .first::<TokenRow>(&self.a().token_get, (presented,))
+            .await?
+        else {
+            return Ok(RotateOutcome::Unknown);
+        };
+        if self.family_revoked(&customer_id, &family_id).await? {
+            return Ok(RotateOutcome::Revoked);
+        }
+        if used.unwrap_or(false) {
+            self.revoke_family(&customer_id, &family_id).await?;
+            return Ok(RotateOutcome::Reused);
+        }
+        if expires_at.unwrap_or(0) <= now {
+            return Ok(RotateOutcome::Expired);
+        }
+        // The successor first: nobody knows it until the exchange below wins.
+        self.run(
+            &self.a().token_insert,
+            (
+                next_hash,
+                family_id.as_str(),
+                customer_id.as_str(),
+                next_expires_at,
+            ),
+        )
+        .await?;
+        let exchange = self.lwt(&self.a().token_use, (presented,)).await?;
+        if exchange.applied {
+            return Ok(RotateOutcome::Rotated { customer_id });
+        }
+        match boolean(&exchange, "used") {
+            // Someone exchanged it first: a reuse.
+            Some(true) => {
+                self.revoke_family(&customer_id, &family_id).await?;
+                Ok(RotateOutcome::Reused)
+            }
+            _ => Err(corrupt(format!("refresh token {presented} has no `used`"))),
+        }
+    }
+
+    pub(super) async fn rotate_refresh_token_impl(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        // Not retried: a lost answer of an exchange that won would make the retry a "reuse".
+        self.rotate_once(presented, next_hash, next_expires_at, now)
+            .await
+    }
+
+    pub(super) async fn revoke_refresh_family_impl(&self, token_hash: &str) -> Result<bool> {
+        let Some((Some(family_id), Some(customer_id), _, _)) = self
+            .first::<TokenRow>(&self.a().token_get, (token_hash,))
+            .await?
+        else {
+            return Ok(false);
+        };
+        retry("revoke_refresh_family", || {
+            self.revoke_family(&customer_id, &family_id)
+        })
+        .await?;
+        Ok(true)
+    }
+
+    pub(super) async fn revoke_customer_refresh_tokens_impl(
+        &self,
+        customer_id: &str,
+    ) -> Result<()> {
+        let families: Vec<(String,)> = self.rows(&self.a().families_of, (customer_id,)).await?;
+        for (family_id,) in families {
+            retry("revoke_customer_refresh_tokens", || {
+                self.revoke_family(customer_id, &family_id)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn set_marker_impl(&self, name: &str, at: i64) -> Result<bool> {
+        let lwt = self.lwt(&self.a().marker_set, (name, at)).await?;
+        Ok(lwt.applied)
+    }
+}

@@ -1,0 +1,544 @@
+//! Accounts and auth (issue #5) through the real `orderflow run`: register, verify with the
+//! code the bridge wrote to the file sink, log in, use the access token, rotate and reuse
+//! refresh tokens, log out; the seeded accounts; customers' access to each other; every bad
+//! input named by field; rate limits; expired and tampered tokens; and `orderflow ingest`
+//! refusing the development secret.
+
+mod common;
+
+use std::process::Command;
+
+use common::Pipeline;
+use orderflow_ingest::auth::{Claims, Role, TokenKeys, DEV_SECRET, ISSUER};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+async fn post(p: &Pipeline, path: &str, body: Value) -> Response {
+    p.client
+        .post(p.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn call(
+    p: &Pipeline,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Response {
+    let mut request = p
+        .client
+        .request(method.parse().unwrap(), p.url(path))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    request.send().await.unwrap()
+}
+
+/// The problem document of a response, after checking its status and media type.
+async fn problem(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    response.json().await.unwrap()
+}
+
+fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|f| f["field"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn login(p: &Pipeline, email: &str, password: &str) -> Response {
+    post(
+        p,
+        "/v1/auth/login",
+        json!({"email": email, "password": password}),
+    )
+    .await
+}
+
+/// Logs in; the token pair.
+async fn tokens(p: &Pipeline, email: &str, password: &str) -> Value {
+    let response = login(p, email, password).await;
+    assert_eq!(response.status(), StatusCode::OK, "login {email}");
+    let v: Value = response.json().await.unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 900);
+    v
+}
+
+fn access(pair: &Value) -> String {
+    pair["access_token"].as_str().unwrap().to_string()
+}
+
+async fn refresh(p: &Pipeline, token: &Value) -> Response {
+    post(p, "/v1/auth/refresh", json!({"refresh_token": token})).await
+}
+
+/// The code of the newest verification email for `customer_id` in the file sink.
+async fn emailed_code(p: &Pipeline, customer_id: &str, nth: usize) -> String {
+    let notes = p
+        .wait_for_notifications(|all| {
+            all.iter()
+                .filter(|n| n["kind"] == "verify_email" && n["customer_id"] == customer_id)
+                .count()
+                > nth
+        })
+        .await;
+    let note = notes
+        .iter()
+        .filter(|n| n["kind"] == "verify_email" && n["customer_id"] == customer_id)
+        .nth(nth)
+        .unwrap();
+    let text = note["text"].as_str().unwrap();
+    let code: String = text
+        .split_whitespace()
+        .map(|w| w.trim_end_matches('.'))
+        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no code in {text:?}"))
+        .to_string();
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_register_verify_log_in_refresh_and_log_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+
+    // Every bad input of register, named by field.
+    let bad = post(
+        &p,
+        "/v1/auth/register",
+        json!({"name": " ", "email": "not-an-email", "password": "short", "confirm": "other"}),
+    )
+    .await;
+    let bad = problem(bad, 422).await;
+    assert_eq!(fields(&bad), ["name", "email", "password", "confirm"]);
+    let bad = problem(
+        post(
+            &p,
+            "/v1/auth/register",
+            json!({"name": "Ada", "email": "a@example.com"}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(fields(&bad), ["password"]);
+    let bad = problem(
+        post(
+            &p,
+            "/v1/auth/register",
+            json!({"name": "Ada", "email": "a@example.com", "password": "password1",
+                   "confirm": "password2"}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(fields(&bad), ["confirm"]);
+    let malformed = p
+        .client
+        .post(p.url("/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fields(&problem(malformed, 400).await).len(), 1);
+    let not_json = p
+        .client
+        .post(p.url("/v1/auth/login"))
+        .body("email=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fields(&problem(not_json, 415).await),
+        ["header:Content-Type"]
+    );
+
+    // Register: 201 with the account, never the hash; the email is taken afterwards.
+    let created = post(
+        &p,
+        "/v1/auth/register",
+        json!({"name": "Ada Lovelace", "email": " Ada@Example.com ",
+               "password": "correct horse", "confirm": "correct horse"}),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let account: Value = created.json().await.unwrap();
+    assert_eq!(account["email"], "ada@example.com");
+    assert_eq!(account["role"], "customer");
+    assert_eq!(account["verified"], false);
+    assert!(account.get("password_hash").is_none());
+    let ada = account["customer_id"].as_str().unwrap().to_string();
+    let taken = post(
+        &p,
+        "/v1/auth/register",
+        json!({"name": "Other", "email": "ada@example.com",
+               "password": "whatever1", "confirm": "whatever1"}),
+    )
+    .await;
+    assert_eq!(fields(&problem(taken, 409).await), ["email"]);
+
+    // Unverified: the right password is refused with a reason; a wrong one is the usual 401.
+    let refused = problem(login(&p, "ada@example.com", "correct horse").await, 403).await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains("not verified"),
+        "{refused}"
+    );
+    problem(login(&p, "ada@example.com", "wrong horse").await, 401).await;
+
+    // Verify with the code the bridge wrote to the file sink (a wrong code first).
+    let code = emailed_code(&p, &ada, 0).await;
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let wrong = problem(
+        post(
+            &p,
+            "/v1/auth/verify",
+            json!({"email": "ada@example.com", "code": wrong}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(fields(&wrong), ["code"]);
+    assert!(
+        wrong["detail"].as_str().unwrap().contains("4 tries left"),
+        "{wrong}"
+    );
+    let bad = problem(
+        post(
+            &p,
+            "/v1/auth/verify",
+            json!({"email": "nope", "code": "12ab"}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(fields(&bad), ["email", "code"]);
+    let verified = post(
+        &p,
+        "/v1/auth/verify",
+        json!({"email": "ada@example.com", "code": code}),
+    )
+    .await;
+    assert_eq!(verified.status(), StatusCode::OK);
+    assert_eq!(verified.json::<Value>().await.unwrap()["verified"], true);
+
+    // Log in and use the access token.
+    let first = tokens(&p, "ADA@example.com", "correct horse").await;
+    let me = call(&p, "GET", "/v1/customers/me", &access(&first), None).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    assert_eq!(
+        me.json::<Value>().await.unwrap()["customer_id"],
+        ada.as_str()
+    );
+
+    // Refresh rotates: the old token is refused afterwards, and presenting it again (a reuse)
+    // revokes the whole family, the new token included.
+    let second = refresh(&p, &first["refresh_token"]).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    let second: Value = second.json().await.unwrap();
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    let me = call(&p, "GET", "/v1/customers/me", &access(&second), None).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let reused = problem(refresh(&p, &first["refresh_token"]).await, 401).await;
+    assert!(
+        reused["detail"].as_str().unwrap().contains("used already"),
+        "{reused}"
+    );
+    problem(refresh(&p, &second["refresh_token"]).await, 401).await;
+
+    // Logout: the refresh token no longer works.
+    let third = tokens(&p, "ada@example.com", "correct horse").await;
+    let out = post(
+        &p,
+        "/v1/auth/logout",
+        json!({"refresh_token": third["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    problem(refresh(&p, &third["refresh_token"]).await, 401).await;
+    assert_eq!(
+        fields(
+            &problem(
+                post(&p, "/v1/auth/refresh", json!({"refresh_token": ""})).await,
+                422
+            )
+            .await
+        ),
+        ["refresh_token"]
+    );
+
+    // Wrong password and unknown email: the same answer.
+    let a = problem(login(&p, "ada@example.com", "not the password").await, 401).await;
+    let b = problem(
+        login(&p, "nobody@example.com", "not the password").await,
+        401,
+    )
+    .await;
+    assert_eq!(a, b);
+    assert_eq!(
+        fields(&problem(login(&p, "", "").await, 422).await),
+        ["email", "password"]
+    );
+    assert!(p.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+
+    // The seeded accounts log in.
+    let admin = access(&tokens(&p, "admin@example.com", "admin123").await);
+    let user_pair = tokens(&p, "user@example.com", "user123").await;
+    let user = access(&user_pair);
+
+    // The admin creates a customer (verified), who logs in at once.
+    let created = call(
+        &p,
+        "POST",
+        "/v1/customers",
+        &admin,
+        Some(json!({"name": "Grace", "email": "grace@example.com", "password": "hopper123"})),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let grace: Value = created.json().await.unwrap();
+    let grace_id = grace["customer_id"].as_str().unwrap().to_string();
+    assert_eq!(grace["verified"], true);
+    let grace_pair = tokens(&p, "grace@example.com", "hopper123").await;
+    let grace_token = access(&grace_pair);
+    let bad = problem(
+        call(
+            &p,
+            "POST",
+            "/v1/customers",
+            &admin,
+            Some(json!({"name": "", "email": "x",
+            "password": "1", "role": "king"})),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(
+        fields(&bad),
+        ["role"],
+        "an unknown role is refused first: {bad}"
+    );
+
+    // The user may not see, change or delete Grace: 404, as if she did not exist.
+    let path = format!("/v1/customers/{grace_id}");
+    problem(call(&p, "GET", &path, &user, None).await, 404).await;
+    problem(
+        call(&p, "PATCH", &path, &user, Some(json!({"name": "Mallory"}))).await,
+        404,
+    )
+    .await;
+    problem(call(&p, "DELETE", &path, &user, None).await, 404).await;
+    // Nor list customers (403), nor anything without a token (401).
+    problem(call(&p, "GET", "/v1/customers", &user, None).await, 403).await;
+    let anonymous = p
+        .client
+        .get(p.url("/v1/customers/me"))
+        .send()
+        .await
+        .unwrap();
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+    problem(anonymous, 401).await;
+
+    // Grace reads and renames herself, but may not make herself an admin.
+    let me = call(&p, "GET", &path, &grace_token, None).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let renamed = call(
+        &p,
+        "PATCH",
+        &path,
+        &grace_token,
+        Some(json!({"name": "Grace H."})),
+    )
+    .await;
+    assert_eq!(renamed.json::<Value>().await.unwrap()["name"], "Grace H.");
+    problem(
+        call(
+            &p,
+            "PATCH",
+            &path,
+            &grace_token,
+            Some(json!({"role": "admin"})),
+        )
+        .await,
+        403,
+    )
+    .await;
+    let bad = problem(
+        call(
+            &p,
+            "PATCH",
+            &path,
+            &grace_token,
+            Some(json!({"password": "short"})),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(fields(&bad), ["password"]);
+    problem(call(&p, "DELETE", &path, &grace_token, None).await, 403).await;
+
+    // The admin lists everyone, a page at a time.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = match &after {
+            Some(a) => format!("/v1/customers?limit=2&after={a}"),
+            None => "/v1/customers?limit=2".to_string(),
+        };
+        let page: Value = call(&p, "GET", &query, &admin, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        for c in page["customers"].as_array().unwrap() {
+            seen.push(c["email"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["admin@example.com", "grace@example.com", "user@example.com"]
+    );
+    let bad = problem(
+        call(&p, "GET", "/v1/customers?limit=0", &admin, None).await,
+        422,
+    )
+    .await;
+    assert_eq!(fields(&bad), ["query:limit"]);
+
+    // Deleting disables: no login, no refresh; the account is still there for the admin.
+    let deleted = call(&p, "DELETE", &path, &admin, None).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    problem(login(&p, "grace@example.com", "hopper123").await, 403).await;
+    problem(refresh(&p, &grace_pair["refresh_token"]).await, 401).await;
+    let read: Value = call(&p, "GET", &path, &admin, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["disabled"], true);
+
+    // Expired and tampered tokens: 401 with a Bearer challenge.
+    let keys = TokenKeys::new(DEV_SECRET.as_bytes());
+    let expired = keys.sign(&Claims {
+        sub: grace_id.clone(),
+        role: Role::Admin,
+        iat: 1_000,
+        exp: 2_000,
+        iss: ISSUER.into(),
+    });
+    let response = call(&p, "GET", "/v1/customers", &expired, None).await;
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    assert!(problem(response, 401).await["detail"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+    let mut parts: Vec<String> = user.split('.').map(String::from).collect();
+    let forged = TokenKeys::new(b"someone else's secret, 32 bytes+").sign(&Claims {
+        sub: "x".into(),
+        role: Role::Admin,
+        iat: 0,
+        exp: i64::MAX / 2,
+        iss: ISSUER.into(),
+    });
+    parts[1] = forged.split('.').nth(1).unwrap().to_string();
+    let tampered = parts.join(".");
+    let response = call(&p, "GET", "/v1/customers", &tampered, None).await;
+    assert!(response.headers().contains_key("www-authenticate"));
+    problem(response, 401).await;
+
+    // Login attempts are limited per email: 10 (one was the user's login above), then 429 with
+    // Retry-After, even for the right password.
+    let mut attempts = 1;
+    let limited = loop {
+        let response = login(&p, "user@example.com", "guess").await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            break response;
+        }
+        problem(response, 401).await;
+        attempts += 1;
+        assert!(attempts <= 11, "no 429 after {attempts} attempts");
+    };
+    assert!(attempts >= 10, "429 after only {attempts} attempts");
+    problem(login(&p, "user@example.com", "user123").await, 429).await;
+    let retry_after: u32 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    problem(limited, 429).await;
+    assert!(p.stop().success());
+}
+
+/// `orderflow ingest` will not start with the development secret, nor without a secret.
+#[test]
+fn ingest_refuses_the_development_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |secret: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        command
+            .args([
+                "ingest",
+                "--http",
+                "127.0.0.1:0",
+                "--brokers",
+                "127.0.0.1:9",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_clear()
+            .env("RUST_LOG", "error");
+        if let Some(secret) = secret {
+            command.env("ORDERFLOW_JWT_SECRET", secret);
+        }
+        command.output().expect("orderflow runs")
+    };
+    for (secret, says) in [
+        (Some(DEV_SECRET), "development JWT secret"),
+        (None, "ORDERFLOW_JWT_SECRET"),
+        (Some("too-short"), "at least 32 bytes"),
+    ] {
+        let out = start(secret);
+        assert!(!out.status.success(), "{secret:?} is refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{secret:?}: {stderr}");
+    }
+}

@@ -1,0 +1,299 @@
+//! The order API a shop can use (issue #5), through the real `orderflow run`: access tokens on
+//! the order routes, an order's customer being the caller, other customers' orders hidden, and
+//! the order list (own orders paged newest first; an admin's filters).
+//!
+//! Tokens are signed with the development secret `orderflow run` checks (`common::token`).
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{admin_bearer, bearer, order_body, Pipeline, TEST_ADMIN};
+use orderflow_ingest::auth::{AuthSettings, Role};
+use serde_json::{json, Value};
+
+/// An order body with no `customer_id`: the caller's.
+fn own_order(sku: &str) -> Value {
+    let mut body = order_body(sku, 1, "tok_visa");
+    body.as_object_mut().unwrap().remove("customer_id");
+    body
+}
+
+/// POSTs `body` with `authorization`; returns the status and the JSON answer.
+async fn post_as(p: &Pipeline, authorization: &str, body: &Value) -> (u16, Value) {
+    let response = p
+        .anonymous
+        .post(p.url("/v1/orders"))
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// GETs `path` with `authorization`; returns the status, content type and JSON answer.
+async fn get_as(p: &Pipeline, authorization: &str, path: &str) -> (u16, String, Value) {
+    let response = p
+        .anonymous
+        .get(p.url(path))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, kind, response.json().await.unwrap_or_default())
+}
+
+fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["field"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Places an order as `customer` (the body names no one); returns its id.
+async fn place_as(p: &Pipeline, customer: &str, sku: &str) -> String {
+    let (status, body) = post_as(p, &bearer(customer), &own_order(sku)).await;
+    assert_eq!(status, 202, "{body}");
+    body["order_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_need_a_token_and_stay_with_their_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    p.wait_until_ready().await;
+
+    // No token, a tampered one, an expired one, one signed with another secret: 401.
+    let alice = bearer("alice");
+    let mut tampered = alice.clone();
+    tampered.pop();
+    tampered.push(if alice.ends_with('A') { 'B' } else { 'A' });
+    let then = orderflow_schemas::now_millis() / 1000 - 3600;
+    let expired = format!(
+        "Bearer {}",
+        AuthSettings::development().access_token("alice", Role::Customer, then)
+    );
+    let foreign = format!(
+        "Bearer {}",
+        AuthSettings::new(&[7u8; 32]).access_token("alice", Role::Admin, then + 3600)
+    );
+    let response = p
+        .anonymous
+        .post(p.url("/v1/orders"))
+        .header("content-type", "application/json")
+        .body(own_order("MUG-001").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    for bad in [
+        &tampered,
+        &expired,
+        &foreign,
+        &"Basic YWxpY2U6eA==".to_string(),
+    ] {
+        let (status, problem) = post_as(&p, bad, &own_order("MUG-001")).await;
+        assert_eq!(status, 401, "{bad}: {problem}");
+        let (status, _, _) = get_as(&p, bad, "/v1/orders").await;
+        assert_eq!(status, 401, "{bad}");
+    }
+
+    // The order is the caller's, named or not; naming someone else is refused.
+    let mine = place_as(&p, "alice", "MUG-001").await;
+    let mut named = order_body("MUG-001", 1, "tok_visa");
+    named["customer_id"] = json!("alice");
+    let (status, body) = post_as(&p, &alice, &named).await;
+    assert_eq!(status, 202, "{body}");
+    let also_mine = body["order_id"].as_str().unwrap().to_string();
+    named["customer_id"] = json!("bob");
+    let (status, problem) = post_as(&p, &alice, &named).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["type"], "/problems/forbidden");
+
+    let theirs = place_as(&p, "bob", "MUG-001").await;
+    for id in [&mine, &also_mine] {
+        let (status, _, order) = get_as(&p, &alice, &format!("/v1/orders/{id}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(order["customer_id"], "alice");
+    }
+
+    // Another customer's order is "not found", exactly like an order that does not exist.
+    let (status, kind, hidden) = get_as(&p, &alice, &format!("/v1/orders/{theirs}")).await;
+    let (missing_status, _, missing) = get_as(&p, &alice, "/v1/orders/no-such-order").await;
+    assert_eq!((status, missing_status), (404, 404));
+    assert_eq!(kind, "application/problem+json");
+    assert_eq!(hidden["type"], missing["type"]);
+    assert_eq!(hidden["title"], missing["title"]);
+    let (status, _, page) = get_as(&p, &alice, "/v1/orders").await;
+    assert_eq!(status, 200);
+    let listed: HashSet<&str> = page["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, HashSet::from([mine.as_str(), also_mine.as_str()]));
+
+    // An admin reads anyone's order and may order for a customer, or for itself.
+    let admin = admin_bearer("root");
+    let (status, _, order) = get_as(&p, &admin, &format!("/v1/orders/{theirs}")).await;
+    assert_eq!((status, order["customer_id"].as_str()), (200, Some("bob")));
+    named["customer_id"] = json!("carol");
+    let (status, body) = post_as(&p, &admin, &named).await;
+    assert_eq!(status, 202, "{body}");
+    let for_carol = body["order_id"].as_str().unwrap().to_string();
+    let (_, _, order) = get_as(&p, &admin, &format!("/v1/orders/{for_carol}")).await;
+    assert_eq!(order["customer_id"], "carol");
+    let (_, _, order) = get_as(&p, &bearer("carol"), &format!("/v1/orders/{for_carol}")).await;
+    assert_eq!(order["order_id"].as_str(), Some(for_carol.as_str()));
+    let (status, body) = post_as(&p, &admin, &own_order("MUG-001")).await;
+    assert_eq!(status, 202, "{body}");
+    let (_, _, order) = get_as(
+        &p,
+        &admin,
+        &format!("/v1/orders/{}", body["order_id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(order["customer_id"], "root");
+
+    assert!(p.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_lists_page_newest_first_and_admins_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    p.wait_until_ready().await;
+
+    let mut alices = Vec::new();
+    for _ in 0..5 {
+        alices.push(place_as(&p, "alice", "MUG-001").await);
+    }
+    let bobs_good = place_as(&p, "bob", "MUG-001").await;
+    let bobs_unknown = place_as(&p, "bob", "NOPE-404").await;
+    p.wait_for_status(&bobs_unknown, "rejected").await;
+
+    // Alice's pages: newest first, no overlap, no gap, and nothing of Bob's.
+    let alice = bearer("alice");
+    let mut seen = Vec::new();
+    let mut path = "/v1/orders?limit=2".to_string();
+    let mut pages = 0;
+    loop {
+        let (status, _, page) = get_as(&p, &alice, &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        assert!(pages <= 3, "paging does not end");
+        let orders = page["orders"].as_array().unwrap();
+        assert!(orders.len() <= 2);
+        seen.extend(
+            orders
+                .iter()
+                .map(|o| o["order_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/orders?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = alices.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    assert_eq!(pages, 3);
+
+    // A customer cannot look at Bob's list; an admin can, and filters it.
+    let (status, _, problem) = get_as(&p, &alice, "/v1/orders?customer_id=bob").await;
+    assert_eq!(status, 403, "{problem}");
+    let (status, _, _) = get_as(&p, &alice, "/v1/orders?customer_id=alice").await;
+    assert_eq!(status, 200);
+    let admin = admin_bearer(TEST_ADMIN);
+    let ids = |page: &Value| -> Vec<String> {
+        page["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["order_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, _, everyone) = get_as(&p, &admin, "/v1/orders?limit=100").await;
+    let mut all = newest_first.clone();
+    all.insert(0, bobs_good.clone());
+    all.insert(0, bobs_unknown.clone());
+    assert_eq!(ids(&everyone), all);
+    let (_, _, bobs) = get_as(&p, &admin, "/v1/orders?customer_id=bob").await;
+    assert_eq!(ids(&bobs), vec![bobs_unknown.clone(), bobs_good.clone()]);
+    let (_, _, rejected) = get_as(&p, &admin, "/v1/orders?status=rejected").await;
+    assert_eq!(ids(&rejected), vec![bobs_unknown.clone()]);
+    let (_, _, none) = get_as(&p, &admin, "/v1/orders?status=rejected&customer_id=alice").await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+
+    // A time range on creation, as RFC 3339 or ms: from inclusive, to exclusive.
+    let created = |order: &Value| order["created_at"].as_str().unwrap().to_string();
+    let third = p.order(&alices[2]).await;
+    let fifth = p.order(&alices[4]).await;
+    let (status, _, window) = get_as(
+        &p,
+        &admin,
+        &format!(
+            "/v1/orders?customer_id=alice&from={}&to={}",
+            created(&third),
+            created(&fifth)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{window}");
+    assert_eq!(ids(&window), vec![alices[3].clone(), alices[2].clone()]);
+    let ms = |rfc3339: &str| {
+        humantime::parse_rfc3339(rfc3339)
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let (_, _, window) = get_as(
+        &p,
+        &alice,
+        &format!("/v1/orders?from={}", ms(&created(&fifth))),
+    )
+    .await;
+    assert_eq!(ids(&window), vec![alices[4].clone()]);
+
+    // Every bad parameter is named.
+    for (query, field) in [
+        ("limit=0", "query:limit"),
+        ("limit=101", "query:limit"),
+        ("limit=ten", "query:limit"),
+        ("cursor=not-ours", "query:cursor"),
+        ("status=lost", "query:status"),
+        ("from=yesterday", "query:from"),
+        ("to=2026-02-30T00:00:00Z", "query:to"),
+        ("colour=red", "query"),
+    ] {
+        let (status, kind, problem) = get_as(&p, &alice, &format!("/v1/orders?{query}")).await;
+        assert_eq!(status, 422, "{query}: {problem}");
+        assert_eq!(kind, "application/problem+json");
+        assert_eq!(fields(&problem), vec![field.to_string()], "{query}");
+    }
+
+    assert!(p.stop().success());
+}
