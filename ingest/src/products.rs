@@ -97,20 +97,21 @@ pub struct CreateProductRequest {
     pub stock: i64,
 }
 
-/// Changes to a product: at least one field. Its stock changes through
+/// Changes to a product (`{}` changes nothing). Its stock changes through
 /// `POST /v1/products/{sku}/stock`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProductRequest {
     #[serde(default)]
     #[schema(
+        nullable = false,
         max_length = 200,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
         example = "Espresso cup, blue"
     )]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "optional_integer")]
-    #[schema(minimum = 0, maximum = 1_000_000_000, example = 900)]
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000, example = 900)]
     pub price_cents: Option<i64>,
 }
 
@@ -130,6 +131,7 @@ pub struct StockAdjustmentRequest {
     /// Why, for the log (a delivery, a count, breakage).
     #[serde(default)]
     #[schema(
+        nullable = false,
         max_length = 200,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
         example = "delivery"
@@ -236,12 +238,6 @@ pub fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
 /// Checks a product change; lists every problem at once.
 pub fn validate_update(req: &UpdateProductRequest) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if req.name.is_none() && req.price_cents.is_none() {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "must change at least one of name, price_cents".into(),
-        });
-    }
     if let Some(m) = req.name.as_deref().and_then(|n| text_error(n, 200)) {
         errors.push(FieldError {
             field: "name".into(),
@@ -469,8 +465,8 @@ pub async fn create(
          content_type = "application/problem+json"),
         (status = 415, description = "The content type is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 422, description = "Fields are unknown, mistyped or out of range, or none \
-            is given.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Fields are unknown, mistyped or out of range.",
+         body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -677,10 +673,7 @@ mod tests {
 
     #[test]
     fn a_change_needs_a_field_and_an_adjustment_a_delta() {
-        assert_eq!(
-            fields(validate_update(&UpdateProductRequest::default())),
-            ["body"]
-        );
+        assert!(validate_update(&UpdateProductRequest::default()).is_empty());
         let req: UpdateProductRequest = parse_json(br#"{"price_cents": 1e12}"#).unwrap();
         assert_eq!(fields(validate_update(&req)), ["price_cents"]);
         let p = parse_json::<UpdateProductRequest>(br#"{"stock": 3}"#).unwrap_err();
