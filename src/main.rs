@@ -46,8 +46,10 @@ fn main() -> Result<()> {
                 let auth = args.auth.settings(false)?;
                 let (kafka, store, producer) = connect(&args.common, &args.brokers).await?;
                 let files = args.common.invoice_files()?;
+                let ready = invoice_store_check(files.clone(), &shutdown);
                 let state = orderflow_ingest::ApiState::new(store, producer.clone())
                     .with_invoice_files(files)
+                    .with_ready_check(ready)
                     .with_auth(auth);
                 serve_http(args.http, state, &kafka, shutdown).await?;
                 producer.flush(Duration::from_secs(10));
@@ -56,12 +58,15 @@ fn main() -> Result<()> {
             Command::Process(args) => {
                 let stage: Stage = args.stage.into();
                 let mut settings = args.service.common.processor_settings();
+                let mut ready_checks = Vec::new();
                 if stage == Stage::Invoicing {
-                    settings.invoice_files = Some(args.service.common.invoice_files()?);
+                    let files = args.service.common.invoice_files()?;
+                    ready_checks.push(invoice_store_check(files.clone(), &shutdown));
+                    settings.invoice_files = Some(files);
                 }
                 run_service(
                     &args.service,
-                    Vec::new(),
+                    ready_checks,
                     shutdown,
                     |kafka, store, producer, shutdown| async move {
                         run_stage(stage, &kafka, store, producer, &settings, shutdown).await
@@ -349,6 +354,33 @@ async fn serve_http(
     Ok(())
 }
 
+/// (f/products) A readiness check on the invoice PDFs' object store: a cheap read every 10 s
+/// until `shutdown`; `/readyz` names `invoice_store` while the last one failed.
+fn invoice_store_check(
+    files: orderflow_store::InvoiceFiles,
+    shutdown: &CancellationToken,
+) -> ReadyCheck {
+    let last = Arc::new(std::sync::Mutex::new(Ok::<(), String>(())));
+    let (writer, shutdown) = (last.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let result = files.healthcheck().await.map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                warn!(error = %e, "Invoice store check failed.");
+            }
+            *writer.lock().unwrap_or_else(|p| p.into_inner()) = result;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+    });
+    ReadyCheck {
+        name: "invoice_store",
+        check: Arc::new(move || last.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+    }
+}
+
 /// (f/products) Follows the order topics for the API's order cache, until `shutdown`.
 fn spawn_order_follower(
     kafka: &KafkaConfig,
@@ -533,6 +565,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     {
         let mut state = orderflow_ingest::ApiState::new(store.clone(), producer.clone())
             .with_ready_check(sinks_ready)
+            .with_ready_check(invoice_store_check(invoice_files.clone(), &shutdown))
             .with_invoice_files(invoice_files)
             .with_auth(auth);
         if let Some(registry) = &local_registry {

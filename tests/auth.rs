@@ -290,7 +290,10 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
     assert!(pdf.starts_with(b"%PDF-"), "a PDF");
     let has = |text: &str| pdf.windows(text.len()).any(|w| w == text.as_bytes());
     assert!(has("(30.00 EUR)"), "the total is in the PDF");
-    assert!(has(&format!("({})", order["invoice_number"].as_str().unwrap())));
+    assert!(has(&format!(
+        "({})",
+        order["invoice_number"].as_str().unwrap()
+    )));
 
     // Refresh rotates: the old token is refused afterwards, and presenting it again (a reuse)
     // revokes the whole family, the new token included.

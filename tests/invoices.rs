@@ -118,6 +118,8 @@ async fn invoices_are_kept_in_s3() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("s3://{bucket}/shop-1");
     let p = Pipeline::start_with_env(dir.path(), &["--invoice-store", &store], &moto.env());
+    let ready = p.wait_until_ready().await;
+    assert_eq!(ready["invoice_store"], "ok", "{ready}");
     let order = invoiced_order(&p).await;
     let pdf = check_download(&p, &order).await;
     let number = order["invoice_number"].as_str().unwrap();

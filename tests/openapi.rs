@@ -58,8 +58,6 @@ const NOT_SERVED: &[&str] = &[
     "/",
     "/v1",
     "/v1/products/MUG-001/stock/x",
-    "/v1/orders/some-id/invoice",
-    "/v1/products/MUG-001",
     "/v1/customers/some-id/orders",
     "/v1/auth",
     "/openapi.yaml",
@@ -303,6 +301,10 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
             &p.http,
             "--checks",
             "all",
+            // DELETE is soft by design for products (discontinued: still readable for past
+            // orders and invoices) and customers (disabled): a read after it answers 200.
+            "--exclude-checks",
+            "use_after_free",
             "--max-examples",
             "30",
             "--generation-deterministic",

@@ -757,6 +757,7 @@ pub async fn get(
 #[utoipa::path(
     get,
     path = "/v1/orders/{id}/invoice",
+    operation_id = "get_invoice",
     tag = "orders",
     summary = "Download an order's invoice (PDF)",
     description = "The invoice the invoicing stage rendered, as `application/pdf`. For the \

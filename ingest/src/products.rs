@@ -97,20 +97,21 @@ pub struct CreateProductRequest {
     pub stock: i64,
 }
 
-/// Changes to a product: at least one field. Its stock changes through
+/// Changes to a product (`{}` changes nothing). Its stock changes through
 /// `POST /v1/products/{sku}/stock`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProductRequest {
     #[serde(default)]
     #[schema(
+        nullable = false,
         max_length = 200,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
         example = "Espresso cup, blue"
     )]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "optional_integer")]
-    #[schema(minimum = 0, maximum = 1_000_000_000, example = 900)]
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000, example = 900)]
     pub price_cents: Option<i64>,
 }
 
@@ -130,6 +131,7 @@ pub struct StockAdjustmentRequest {
     /// Why, for the log (a delivery, a count, breakage).
     #[serde(default)]
     #[schema(
+        nullable = false,
         max_length = 200,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
         example = "delivery"
@@ -236,12 +238,6 @@ pub fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
 /// Checks a product change; lists every problem at once.
 pub fn validate_update(req: &UpdateProductRequest) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if req.name.is_none() && req.price_cents.is_none() {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "must change at least one of name, price_cents".into(),
-        });
-    }
     if let Some(m) = req.name.as_deref().and_then(|n| text_error(n, 200)) {
         errors.push(FieldError {
             field: "name".into(),
@@ -286,6 +282,7 @@ pub fn validate_adjustment(req: &StockAdjustmentRequest) -> Vec<FieldError> {
 #[utoipa::path(
     get,
     path = "/v1/products",
+    operation_id = "list_products",
     tag = "products",
     summary = "List the catalogue",
     description = "Every product for sale with its price and the units available to order; \
@@ -340,6 +337,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/v1/products/{sku}",
+    operation_id = "get_product",
     tag = "products",
     summary = "Read a product",
     description = "A product of the catalogue, discontinued or not.",
@@ -370,6 +368,7 @@ pub async fn get(
 #[utoipa::path(
     post,
     path = "/v1/products",
+    operation_id = "create_product",
     tag = "products",
     summary = "Add a product (admin)",
     description = "Adds a product with its price and initial stock. Needs an admin's access \
@@ -446,6 +445,7 @@ pub async fn create(
 #[utoipa::path(
     patch,
     path = "/v1/products/{sku}",
+    operation_id = "update_product",
     tag = "products",
     summary = "Change a product's name or price (admin)",
     description = "Orders already validated keep the price they were validated at.",
@@ -465,8 +465,8 @@ pub async fn create(
          content_type = "application/problem+json"),
         (status = 415, description = "The content type is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 422, description = "Fields are unknown, mistyped or out of range, or none \
-            is given.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Fields are unknown, mistyped or out of range.",
+         body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -509,6 +509,7 @@ pub async fn update(
 #[utoipa::path(
     delete,
     path = "/v1/products/{sku}",
+    operation_id = "discontinue_product",
     tag = "products",
     summary = "Discontinue a product (admin)",
     description = "Soft: the product stays readable (past orders and invoices name it) but \
@@ -559,6 +560,7 @@ pub async fn discontinue(
 #[utoipa::path(
     post,
     path = "/v1/products/{sku}/stock",
+    operation_id = "adjust_stock",
     tag = "products",
     summary = "Adjust a product's stock (admin)",
     description = "Adds `delta` units to those available (removes, when negative), atomically \
@@ -671,10 +673,7 @@ mod tests {
 
     #[test]
     fn a_change_needs_a_field_and_an_adjustment_a_delta() {
-        assert_eq!(
-            fields(validate_update(&UpdateProductRequest::default())),
-            ["body"]
-        );
+        assert!(validate_update(&UpdateProductRequest::default()).is_empty());
         let req: UpdateProductRequest = parse_json(br#"{"price_cents": 1e12}"#).unwrap();
         assert_eq!(fields(validate_update(&req)), ["price_cents"]);
         let p = parse_json::<UpdateProductRequest>(br#"{"stock": 3}"#).unwrap_err();
