@@ -311,8 +311,16 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
         .map_err(|_| too_large())
 }
 
-/// Parses JSON into `T`, naming the field that is wrong.
+/// Parses a JSON object into `T`, naming the field that is wrong. Every request body is an
+/// object: serde would also fill a struct from an array of its fields in order (`[null, null]`),
+/// which no client means, so an array is refused before it gets that far.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    if bytes.trim_ascii_start().first() == Some(&b'[') {
+        return Err(Problem::invalid(vec![FieldError {
+            field: "body".into(),
+            message: "must be a JSON object, not an array".into(),
+        }]));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let value = result.map_err(|e| {
@@ -943,6 +951,12 @@ mod tests {
             .replace("\"quantity\":2", "\"quantity\":1e300");
         let p = parse_json::<CreateOrderRequest>(body.as_bytes()).unwrap_err();
         assert_eq!(field_of(&p), "items[0].quantity");
+    }
+
+    #[test]
+    fn an_array_is_not_a_body_even_where_serde_would_fill_a_struct_from_it() {
+        let p = parse_json::<CreateOrderRequest>(b"  [null, null, null, null]").unwrap_err();
+        assert_eq!((p.status, field_of(&p)), (422, "body"));
     }
 
     #[test]
