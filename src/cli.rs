@@ -313,6 +313,16 @@ pub struct RunArgs {
     /// Partitions per topic when creating topics.
     #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
+    /// On the embedded defaults' first start, place the demo user's sample orders too (the demo
+    /// accounts and catalogue are always loaded then). `false` starts with no orders.
+    #[arg(
+        long,
+        env = "ORDERFLOW_SAMPLE_ORDERS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub sample_orders: bool,
     #[command(flatten)]
     pub bridge: BridgeArgs,
     #[command(flatten)]

@@ -503,15 +503,14 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     if seeded > 0 {
         info!(products = seeded, "Demo catalogue loaded.");
     }
-    // Demo accounts on the embedded defaults' first start only (issue #5; `orderflow seed`
-    // elsewhere). Sample orders are left to `orderflow seed`: a fresh `run` starts with
-    // untouched stock and invoice number 1.
-    if common.store.scylla().is_none()
+    // Demo data on the embedded defaults' first start only (issue #5; `orderflow seed`
+    // elsewhere): the accounts now, the sample orders once the pipeline runs (below).
+    let first_start = common.store.scylla().is_none()
         && args.brokers.is_none()
         && store
             .set_marker(seed::MARKER, orderflow_schemas::now_millis())
-            .await?
-    {
+            .await?;
+    if first_start {
         let accounts = seed::accounts(store.as_ref()).await?;
         info!(
             accounts,
@@ -574,6 +573,16 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         let state = Arc::new(state);
         let follower = spawn_order_follower(&kafka, &state, &shutdown);
         tasks.spawn(async move { follower.await? });
+        if first_start && args.sample_orders {
+            // Through the API's own handler, as the demo user; the stages take them from there.
+            let state = state.clone();
+            tokio::spawn(async move {
+                match seed::orders(state).await {
+                    Ok(placed) => info!(orders = placed, "Demo orders placed."),
+                    Err(e) => warn!(error = %format!("{e:#}"), "Could not place the demo orders."),
+                }
+            });
+        }
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             orderflow_ingest::serve(listener, state, shutdown)

@@ -347,6 +347,48 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_seeds_demo_orders_for_the_demo_user_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start_with(dir.path(), &["--sample-orders", "true"]);
+    let user = access(&tokens(&p, "user@example.com", "user123").await);
+    let settled = |orders: &Vec<Value>| {
+        orders.len() == 3
+            && orders.iter().all(|o| {
+                ["invoiced", "payment_failed", "rejected"].contains(&o["status"].as_str().unwrap())
+            })
+    };
+    let orders = common::poll_until(
+        "the sample orders to settle",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
+        || async {
+            let list: Value = call(&p, "GET", "/v1/orders", &user, None)
+                .await
+                .json()
+                .await
+                .unwrap();
+            list["orders"].as_array().cloned().unwrap_or_default()
+        },
+        settled,
+    )
+    .await;
+    assert!(orders.iter().any(|o| o["status"] == "invoiced"));
+    assert!(p.stop().success());
+
+    // Not on a restart: first start only.
+    let p = Pipeline::start_with(dir.path(), &["--sample-orders", "true"]);
+    let user = access(&tokens(&p, "user@example.com", "user123").await);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let list: Value = call(&p, "GET", "/v1/orders", &user, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["orders"].as_array().unwrap().len(), 3);
+    assert!(p.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());

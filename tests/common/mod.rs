@@ -114,6 +114,13 @@ impl Pipeline {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            // Tests count stock and invoice numbers from a clean start, unless they ask for
+            // the demo's sample orders.
+            .args(if extra.contains(&"--sample-orders") {
+                &[][..]
+            } else {
+                &["--sample-orders", "false"][..]
+            })
             .args(extra)
             .env("RUST_LOG", rust_log)
             .envs(env)
