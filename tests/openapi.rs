@@ -125,6 +125,21 @@ async fn the_document_describes_every_route_the_router_answers_and_docs_are_serv
         .collect();
     assert_eq!(documented(&doc), expected);
 
+    // Operation ids are unique (OpenAPI requires it; generated clients name methods by them).
+    let mut ids = BTreeSet::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                ids.insert(id.clone()),
+                "{method} {path}: operationId {id:?} is taken"
+            );
+        }
+    }
+
     // Every documented operation reaches a handler, and every other method on its path gets
     // the router's 405: the document leaves out no method of a path it names.
     for (method, path) in &expected {

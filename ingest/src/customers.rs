@@ -176,6 +176,7 @@ async fn visible(state: &ApiState, caller: &Caller, id: &str) -> Result<Account,
 #[utoipa::path(
     get,
     path = "/v1/customers",
+    operation_id = "list_customers",
     tag = "customers",
     summary = "List customers (admin)",
     description = "Every account, disabled ones included, in a stable order, a page at a time: \
@@ -250,6 +251,7 @@ pub async fn list(
 #[utoipa::path(
     post,
     path = "/v1/customers",
+    operation_id = "create_customer",
     tag = "customers",
     summary = "Create a customer (admin)",
     description = "A verified account with the role given (`customer` by default).",
@@ -367,6 +369,7 @@ pub async fn new_account(
 #[utoipa::path(
     get,
     path = "/v1/customers/me",
+    operation_id = "get_me",
     tag = "customers",
     summary = "Read your own account",
     security(("bearer" = [])),
@@ -393,6 +396,7 @@ pub async fn me(
 #[utoipa::path(
     get,
     path = "/v1/customers/{id}",
+    operation_id = "get_customer",
     tag = "customers",
     summary = "Read a customer",
     description = "An admin reads any; a customer only itself (another id is a `404`).",
@@ -424,6 +428,7 @@ pub async fn get(
 #[utoipa::path(
     patch,
     path = "/v1/customers/{id}",
+    operation_id = "update_customer",
     tag = "customers",
     summary = "Change a customer",
     description = "Name and password, by an admin or the customer itself; the role, by an \
@@ -515,6 +520,7 @@ pub async fn update(
 #[utoipa::path(
     delete,
     path = "/v1/customers/{id}",
+    operation_id = "delete_customer",
     tag = "customers",
     summary = "Disable a customer (admin)",
     description = "Soft: the account is disabled, cannot log in, and its refresh tokens are \

@@ -213,6 +213,7 @@ fn check(query: ListQuery, caller: &Caller) -> Result<ListRequest, Problem> {
 #[utoipa::path(
     get,
     path = "/v1/orders",
+    operation_id = "list_orders",
     tag = "orders",
     summary = "List orders",
     description = "The caller's orders (an admin's: everyone's), newest first, one page at a \

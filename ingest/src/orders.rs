@@ -522,6 +522,7 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
 #[utoipa::path(
     post,
     path = "/v1/orders",
+    operation_id = "create_order",
     tag = "orders",
     summary = "Place an order",
     description = "Validates the order, records it and puts its `OrderAccepted` event on \
@@ -714,6 +715,7 @@ fn order_customer(caller: &Caller, named: Option<&str>) -> Result<String, Proble
 #[utoipa::path(
     get,
     path = "/v1/orders/{id}",
+    operation_id = "get_order",
     tag = "orders",
     summary = "Read an order",
     description = "The order's status, items, priced lines, totals, invoice number and timeline, \
