@@ -297,3 +297,260 @@ async fn order_lists_page_newest_first_and_admins_filter() {
 
     assert!(p.stop().success());
 }
+
+// --- Cancel and ship (issue #5, f/lifecycle) ------------------------------------------------------
+
+/// POSTs `path` with `authorization` and an optional JSON body; returns the status, content
+/// type and JSON answer.
+async fn post_path(
+    p: &Pipeline,
+    authorization: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    let mut request = p
+        .anonymous
+        .post(p.url(path))
+        .header("authorization", authorization);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, kind, response.json().await.unwrap_or_default())
+}
+
+/// The stock of `sku` as `GET /v1/products/{sku}` shows it.
+async fn stock_of(p: &Pipeline, sku: &str) -> i64 {
+    let (status, _, product) =
+        get_as(p, &admin_bearer(TEST_ADMIN), &format!("/v1/products/{sku}")).await;
+    assert_eq!(status, 200, "{product}");
+    product["stock"].as_i64().unwrap()
+}
+
+/// Places an order of `quantity` × `sku` as `customer`; returns its id.
+async fn place_quantity(p: &Pipeline, customer: &str, sku: &str, quantity: i64) -> String {
+    let mut body = own_order(sku);
+    body["items"][0]["quantity"] = json!(quantity);
+    let (status, answer) = post_as(p, &bearer(customer), &body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["order_id"].as_str().unwrap().to_string()
+}
+
+/// Cancel and ship through the real `orderflow run`: an invoiced order ships (and its customer
+/// gets the shipped email) and then cannot be cancelled; only admins ship, only paid orders;
+/// another customer's order is 404; cancelling gives the stock back — invoiced, rejected, or
+/// cancelled at once while validation runs — and cancelling twice is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_cancel_before_shipping_and_admins_ship_paid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    p.wait_until_ready().await;
+    let admin = admin_bearer(TEST_ADMIN);
+    let (alice, bob) = (bearer("alice"), bearer("bob"));
+
+    // A product of our own, so stock counts are exact.
+    let sku = format!("LC-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let (status, _, created) = post_path(
+        &p,
+        &admin,
+        "/v1/products",
+        Some(
+            json!({"sku": sku, "name": "Lifecycle lamp", "price_cents": 1000,
+                    "currency": "EUR", "stock": 10}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+
+    // Ship: an invoiced order ships once; a customer may not ship; a shipped order stays so.
+    let shipped = place_quantity(&p, "alice", &sku, 1).await;
+    p.wait_for_status(&shipped, "invoiced").await;
+    assert_eq!(stock_of(&p, &sku).await, 9);
+    let ship_path = format!("/v1/orders/{shipped}/ship");
+    let (status, kind, problem) = post_path(&p, &alice, &ship_path, None).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (403, "application/problem+json"),
+        "{problem}"
+    );
+    let (status, _, order) = post_path(&p, &admin, &ship_path, None).await;
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["status"], "shipped");
+    assert_eq!(
+        order["timeline"].as_array().unwrap().last().unwrap()["event_id"],
+        format!("{shipped}:shipped")
+    );
+    let (status, _, again) = post_path(&p, &admin, &ship_path, None).await;
+    assert_eq!(
+        (status, &again["timeline"]),
+        (200, &order["timeline"]),
+        "shipping twice"
+    );
+    let (status, _, seen) = get_as(&p, &alice, &format!("/v1/orders/{shipped}")).await;
+    assert_eq!((status, &seen["status"]), (200, &json!("shipped")));
+    p.wait_for_notifications(|all| {
+        all.iter()
+            .any(|n| n["kind"] == "order_shipped" && n["order_id"] == shipped.as_str())
+    })
+    .await;
+    let cancel_shipped = format!("/v1/orders/{shipped}/cancel");
+    let (status, kind, problem) = post_path(&p, &alice, &cancel_shipped, None).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (409, "application/problem+json"),
+        "{problem}"
+    );
+    assert_eq!(problem["type"], "/problems/order-shipped");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("shipped"),
+        "{problem}"
+    );
+    assert_eq!(
+        stock_of(&p, &sku).await,
+        9,
+        "a shipped order keeps its stock"
+    );
+
+    // Cancel an invoiced (paid) order: others see 404; its stock comes back, once.
+    let paid = place_quantity(&p, "alice", &sku, 2).await;
+    p.wait_for_status(&paid, "invoiced").await;
+    assert_eq!(stock_of(&p, &sku).await, 7);
+    let cancel_paid = format!("/v1/orders/{paid}/cancel");
+    let (status, kind, problem) = post_path(&p, &bob, &cancel_paid, None).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (404, "application/problem+json"),
+        "{problem}"
+    );
+    for (body, field) in [
+        (json!({"reason": "  "}), "reason"),
+        (json!({"reason": "x".repeat(501)}), "reason"),
+        (json!({"why": "no"}), "why"),
+    ] {
+        let (status, _, problem) = post_path(&p, &alice, &cancel_paid, Some(body)).await;
+        assert_eq!(status, 422, "{problem}");
+        assert_eq!(fields(&problem), [field], "{problem}");
+    }
+    assert_eq!(
+        stock_of(&p, &sku).await,
+        7,
+        "refused cancels change nothing"
+    );
+    let (status, _, order) = post_path(
+        &p,
+        &alice,
+        &cancel_paid,
+        Some(json!({"reason": "ordered the wrong size"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["status"], "cancelled");
+    let last = order["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["event_id"], format!("{paid}:cancelled"));
+    assert_eq!(last["detail"], "ordered the wrong size");
+    assert_eq!(stock_of(&p, &sku).await, 9, "the stock is back");
+    let (status, _, again) = post_path(&p, &admin, &cancel_paid, None).await;
+    assert_eq!(
+        (status, &again["timeline"]),
+        (200, &order["timeline"]),
+        "cancel twice"
+    );
+    assert_eq!(stock_of(&p, &sku).await, 9, "released once");
+    let (status, _, problem) =
+        post_path(&p, &admin, &format!("/v1/orders/{paid}/ship"), None).await;
+    assert_eq!(status, 409, "a cancelled order does not ship: {problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("cancelled"),
+        "{problem}"
+    );
+    let emails = p
+        .wait_for_notifications(|all| {
+            all.iter()
+                .any(|n| n["kind"] == "order_cancelled" && n["order_id"] == paid.as_str())
+        })
+        .await;
+    let email = emails
+        .iter()
+        .find(|n| n["kind"] == "order_cancelled" && n["order_id"] == paid.as_str())
+        .unwrap();
+    assert!(
+        email["text"]
+            .as_str()
+            .unwrap()
+            .contains("We refund 24.00 EUR"),
+        "{email}"
+    );
+
+    // A rejected order (more than there is) cancels too, and its stock never moved. It does
+    // not ship.
+    let rejected = place_quantity(&p, "alice", &sku, 50).await;
+    p.wait_for_status(&rejected, "rejected").await;
+    let (status, _, problem) =
+        post_path(&p, &admin, &format!("/v1/orders/{rejected}/ship"), None).await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _, order) =
+        post_path(&p, &alice, &format!("/v1/orders/{rejected}/cancel"), None).await;
+    assert_eq!(
+        (status, &order["status"]),
+        (200, &json!("cancelled")),
+        "{order}"
+    );
+    assert_eq!(stock_of(&p, &sku).await, 9);
+
+    // Cancelled at once, racing validation: whichever comes first, no stock stays reserved
+    // and the order stays cancelled (no stage goes on with it).
+    let early = place_quantity(&p, "bob", &sku, 3).await;
+    let (status, _, order) = post_path(&p, &bob, &format!("/v1/orders/{early}/cancel"), None).await;
+    assert_eq!(
+        (status, &order["status"]),
+        (200, &json!("cancelled")),
+        "{order}"
+    );
+    common::poll_until(
+        "the early-cancelled order's stock",
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(50),
+        || stock_of(&p, &sku),
+        |stock| *stock == 9,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(stock_of(&p, &sku).await, 9);
+    let (_, _, seen) = get_as(&p, &bob, &format!("/v1/orders/{early}")).await;
+    assert_eq!(seen["status"], "cancelled", "{seen}");
+    assert!(
+        seen["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] != "paid" && t["status"] != "invoiced"),
+        "{seen}"
+    );
+
+    // Unknown orders: 404 for both.
+    for path in [
+        "/v1/orders/no-such-order/cancel",
+        "/v1/orders/no-such-order/ship",
+    ] {
+        let (status, kind, _) = post_path(&p, &admin, path, None).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (404, "application/problem+json"),
+            "{path}"
+        );
+    }
+    p.stop();
+}

@@ -44,6 +44,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/customers/{id}"),
     ("PATCH", "/v1/customers/{id}"),
     ("DELETE", "/v1/customers/{id}"),
+    // Cancel and ship (issue #5, f/lifecycle).
+    ("POST", "/v1/orders/{id}/cancel"),
+    ("POST", "/v1/orders/{id}/ship"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

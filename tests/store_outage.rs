@@ -446,4 +446,19 @@ impl Store for Switchable {
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
         self.up()?.set_marker(name, at).await
     }
+
+    // --- Cancel and ship (issue #5, f/lifecycle) ---
+
+    async fn cancel_order(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<orderflow_store::CancelOutcome> {
+        self.up()?.cancel_order(order_id, reason, at).await
+    }
+
+    async fn ship_order(&self, order_id: &str, at: i64) -> Result<orderflow_store::ShipOutcome> {
+        self.up()?.ship_order(order_id, at).await
+    }
 }

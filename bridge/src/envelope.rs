@@ -2,8 +2,9 @@
 //! the customer [`Notification`] it becomes, when it becomes one.
 
 use orderflow_schemas::{
-    wire, AccountVerificationRequested, DecodeError, Event, OrderAccepted, OrderInvoiced,
-    OrderPaid, OrderRejected, OrderValidated, PaymentFailed, SchemaIds, TopicKind,
+    wire, AccountVerificationRequested, DecodeError, Event, OrderAccepted, OrderCancelled,
+    OrderInvoiced, OrderPaid, OrderRejected, OrderShipped, OrderValidated, PaymentFailed,
+    SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,14 +20,16 @@ pub enum EventType {
     OrderPaid,
     PaymentFailed,
     OrderInvoiced,
-    // Issue #5: `OrderShipped` and `OrderCancelled` go here, with their topics below and their
-    // notifications in `Envelope::decode`.
     /// An email verification code to send (issue #5, f/auth).
     AccountVerification,
+    /// An order was cancelled (issue #5, f/lifecycle).
+    OrderCancelled,
+    /// An order was shipped (issue #5, f/lifecycle).
+    OrderShipped,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 9] = [
         EventType::OrderAccepted,
         EventType::OrderValidated,
         EventType::OrderRejected,
@@ -34,6 +37,8 @@ impl EventType {
         EventType::PaymentFailed,
         EventType::OrderInvoiced,
         EventType::AccountVerification,
+        EventType::OrderCancelled,
+        EventType::OrderShipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +50,8 @@ impl EventType {
             EventType::PaymentFailed => "payment_failed",
             EventType::OrderInvoiced => "order_invoiced",
             EventType::AccountVerification => "account_verification",
+            EventType::OrderCancelled => "order_cancelled",
+            EventType::OrderShipped => "order_shipped",
         }
     }
 
@@ -58,6 +65,8 @@ impl EventType {
             EventType::PaymentFailed => TopicKind::PaymentFailed,
             EventType::OrderInvoiced => TopicKind::OrdersInvoiced,
             EventType::AccountVerification => TopicKind::AccountsVerification,
+            EventType::OrderCancelled => TopicKind::OrdersCancelled,
+            EventType::OrderShipped => TopicKind::OrdersShipped,
         }
     }
 
@@ -75,6 +84,8 @@ impl EventType {
                 | EventType::PaymentFailed
                 | EventType::OrderInvoiced
                 | EventType::AccountVerification
+                | EventType::OrderCancelled
+                | EventType::OrderShipped
         )
     }
 }
@@ -142,6 +153,12 @@ impl Envelope {
                 Self::of::<AccountVerificationRequested>(t, p, |e| {
                     Some(Notification::verify_email(e))
                 })?
+            }
+            EventType::OrderCancelled => {
+                Self::of::<OrderCancelled>(t, p, |e| Some(Notification::cancelled(e)))?
+            }
+            EventType::OrderShipped => {
+                Self::of::<OrderShipped>(t, p, |e| Some(Notification::shipped(e)))?
             }
         }))
     }

@@ -1,8 +1,8 @@
 //! What an order event becomes for a customer.
 
 use orderflow_schemas::{
-    format_cents, AccountVerificationRequested, DecodeError, OrderInvoiced, OrderRejected,
-    OrderValidated, PaymentFailed, SchemaIds, TopicKind,
+    format_cents, AccountVerificationRequested, DecodeError, OrderCancelled, OrderInvoiced,
+    OrderRejected, OrderShipped, OrderValidated, PaymentFailed, SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -13,10 +13,12 @@ pub enum NotificationKind {
     OrderRejected,
     PaymentFailed,
     InvoiceReady,
-    // Issue #5 adds `OrderShipped` and `OrderCancelled` here (their email templates are in
-    // `ses/templates/` already), built in `Envelope::decode` from the new events.
     /// The one-time code that verifies an account's email (f/auth).
     VerifyEmail,
+    /// The order was cancelled (f/lifecycle).
+    OrderCancelled,
+    /// The order is on its way (f/lifecycle).
+    OrderShipped,
 }
 
 impl NotificationKind {
@@ -27,6 +29,8 @@ impl NotificationKind {
             NotificationKind::PaymentFailed => "payment_failed",
             NotificationKind::InvoiceReady => "invoice_ready",
             NotificationKind::VerifyEmail => "verify_email",
+            NotificationKind::OrderCancelled => "order_cancelled",
+            NotificationKind::OrderShipped => "order_shipped",
         }
     }
 }
@@ -139,6 +143,43 @@ impl Notification {
             id: e.event_id.clone(),
             kind: NotificationKind::VerifyEmail,
             order_id: String::new(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
+    }
+
+    // --- Cancel and ship (issue #5, f/lifecycle) ---
+
+    pub(crate) fn cancelled(e: &OrderCancelled) -> Self {
+        let mut text = match &e.reason {
+            Some(reason) => format!("Your order is cancelled: {reason}."),
+            None => "Your order is cancelled.".to_string(),
+        };
+        if e.paid && e.refund_cents > 0 {
+            text.push_str(&format!(
+                " We refund {} {}.",
+                format_cents(e.refund_cents),
+                e.currency
+            ));
+        }
+        Notification {
+            subject: format!("Order {} cancelled", e.order_id),
+            text,
+            id: e.event_id.clone(),
+            kind: NotificationKind::OrderCancelled,
+            order_id: e.order_id.clone(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
+    }
+
+    pub(crate) fn shipped(e: &OrderShipped) -> Self {
+        Notification {
+            subject: format!("Order {} shipped", e.order_id),
+            text: "Your order is on its way.".into(),
+            id: e.event_id.clone(),
+            kind: NotificationKind::OrderShipped,
+            order_id: e.order_id.clone(),
             customer_id: e.customer_id.clone(),
             occurred_at: e.occurred_at,
         }

@@ -22,6 +22,7 @@
 //! - [`customers`]: `/v1/customers` (accounts as admins and customers see them).
 //! - [`order_list`]: `GET /v1/orders`, a customer's own orders or (admin) everyone's, filtered
 //!   and cursor-paged.
+//! - [`lifecycle`]: `POST /v1/orders/{id}/cancel` and (admin) `POST /v1/orders/{id}/ship`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
 //!   and Swagger UI over it (`GET /docs`), its assets compiled in.
@@ -31,6 +32,7 @@
 pub mod auth;
 pub mod cache;
 pub mod customers;
+pub mod lifecycle;
 pub mod openapi;
 pub mod order_list;
 pub mod orders;
@@ -147,6 +149,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/products/{sku}/stock", post(products::adjust_stock))
         .route("/v1/orders/{id}/invoice", get(orders::invoice))
+        // Cancel and ship (issue #5, f/lifecycle).
+        .route("/v1/orders/{id}/cancel", post(lifecycle::cancel))
+        .route("/v1/orders/{id}/ship", post(lifecycle::ship))
         // Accounts (issue #5, f/auth).
         .route("/v1/auth/register", post(auth::routes::register))
         .route("/v1/auth/verify", post(auth::routes::verify))

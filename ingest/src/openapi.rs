@@ -20,7 +20,7 @@ use axum::{
 };
 use utoipa::OpenApi;
 
-use crate::{auth, customers, order_list, orders, products};
+use crate::{auth, customers, lifecycle, order_list, orders, products};
 
 /// The OpenAPI document of every route [`crate::router`] serves but the schema registry's.
 #[derive(OpenApi)]
@@ -57,6 +57,9 @@ use crate::{auth, customers, order_list, orders, products};
         customers::get,
         customers::update,
         customers::delete,
+        // Cancel and ship (issue #5, f/lifecycle).
+        lifecycle::cancel,
+        lifecycle::ship,
         crate::healthz,
         crate::readyz,
         crate::render_metrics,

@@ -11,6 +11,10 @@
 //! - [`invoicing`]: `orders.paid` → numbered invoice, its PDF in object storage →
 //!   `orders.invoiced`.
 //!
+//! No stage acts on a cancelled order (`is_cancelled`, checked before the effect): validation
+//! reserves nothing (and gives back at once what a reservation racing the cancel took),
+//! payment charges nothing, invoicing issues nothing.
+//!
 //! Each recorded step observes `orderflow_order_latency_seconds{status}`, the time from the
 //! order's acceptance (carried in its UUIDv7 order id) to the step's `occurred_at`.
 
@@ -167,6 +171,16 @@ pub(crate) async fn record_and_emit<E: Event>(
             .observe(metrics::seconds_between(accepted_at, event.occurred_at()));
     }
     Ok(())
+}
+
+/// Whether the order was cancelled (issue #5, f/lifecycle): a stage checks before its effect
+/// and then does nothing (no stock, no charge, no invoice). One read of the order record.
+pub(crate) async fn is_cancelled(store: &dyn Store, order_id: &str) -> Result<bool, HandlerError> {
+    Ok(store
+        .get_order(order_id)
+        .await
+        .map_err(store_error)?
+        .is_some_and(|o| o.status == OrderStatus::Cancelled))
 }
 
 /// When an order was accepted, read from its id: the API mints order ids as UUIDv7 at accept

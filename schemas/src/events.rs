@@ -89,6 +89,10 @@ pub enum OrderStatus {
     Paid,
     PaymentFailed,
     Invoiced,
+    /// Cancelled before shipping (issue #5, f/lifecycle): final.
+    Cancelled,
+    /// Shipped by an admin (issue #5, f/lifecycle): final.
+    Shipped,
 }
 
 impl OrderStatus {
@@ -100,6 +104,8 @@ impl OrderStatus {
             OrderStatus::Paid => "paid",
             OrderStatus::PaymentFailed => "payment_failed",
             OrderStatus::Invoiced => "invoiced",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Shipped => "shipped",
         }
     }
 
@@ -110,7 +116,15 @@ impl OrderStatus {
             OrderStatus::Validated => 1,
             OrderStatus::Rejected | OrderStatus::Paid | OrderStatus::PaymentFailed => 2,
             OrderStatus::Invoiced => 3,
+            // Final, and exclusive (the store lets only one of them happen): no late pipeline
+            // step moves an order out of them.
+            OrderStatus::Cancelled | OrderStatus::Shipped => 4,
         }
+    }
+
+    /// Whether the order's life is over (cancelled or shipped).
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Cancelled | OrderStatus::Shipped)
     }
 
     /// The suffix of event ids for this step: `<order id>:<step>`.
@@ -334,8 +348,48 @@ impl Event for AccountVerificationRequested {
 }
 // --- end of account events ----------------------------------------------------------------------
 
+// --- Order lifecycle events (issue #5, f/lifecycle) ------------------------------------------
+
+/// An order cancelled before it shipped; its stock is released, and a refund is due when
+/// `paid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub reason: Option<String>,
+    pub paid: bool,
+    pub refund_cents: i64,
+    pub currency: String,
+    pub occurred_at: i64,
+}
+event!(
+    OrderCancelled,
+    "io.orderflow.events.OrderCancelled",
+    8,
+    TopicKind::OrdersCancelled,
+    "order_cancelled.avsc"
+);
+
+/// An order an admin marked as shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub occurred_at: i64,
+}
+event!(
+    OrderShipped,
+    "io.orderflow.events.OrderShipped",
+    9,
+    TopicKind::OrdersShipped,
+    "order_shipped.avsc"
+);
+// --- end of order lifecycle events ---------------------------------------------------------------
+
 /// Every schema of the catalogue: (record name, schema id, topic, schema text).
-pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 7] {
+pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 9] {
     fn row<E: Event>() -> (&'static str, u32, TopicKind, &'static str) {
         (E::NAME, E::SCHEMA_ID, E::TOPIC, E::schema_text())
     }
@@ -347,5 +401,7 @@ pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 7] {
         row::<PaymentFailed>(),
         row::<OrderInvoiced>(),
         row::<AccountVerificationRequested>(),
+        row::<OrderCancelled>(),
+        row::<OrderShipped>(),
     ]
 }

@@ -24,6 +24,8 @@ pub use events::{
     AccountVerificationRequested, Address, Event, OrderAccepted, OrderInvoiced, OrderItem,
     OrderLine, OrderPaid, OrderRejected, OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
 };
+// Issue #5, f/lifecycle.
+pub use events::{OrderCancelled, OrderShipped};
 pub use registry::SchemaIds;
 pub use topics::{TopicKind, Topics};
 pub use wire::{decode, decode_with, encode, encode_with, DecodeError, EncodeError};

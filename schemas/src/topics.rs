@@ -15,6 +15,10 @@ pub enum TopicKind {
     BridgeDeadLetter,
     /// Email verification codes to send (issue #5), keyed by customer id.
     AccountsVerification,
+    /// Cancelled orders (issue #5, f/lifecycle).
+    OrdersCancelled,
+    /// Shipped orders (issue #5, f/lifecycle).
+    OrdersShipped,
 }
 
 /// One row of the catalogue, as the README prints it.
@@ -32,7 +36,7 @@ pub struct TopicSpec {
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 9] = [
+    pub const ALL: [TopicKind; 11] = [
         TopicKind::OrdersAccepted,
         TopicKind::OrdersValidated,
         TopicKind::OrdersRejected,
@@ -42,6 +46,8 @@ impl TopicKind {
         TopicKind::DeadLetter,
         TopicKind::BridgeDeadLetter,
         TopicKind::AccountsVerification,
+        TopicKind::OrdersCancelled,
+        TopicKind::OrdersShipped,
     ];
 
     pub fn spec(self) -> TopicSpec {
@@ -100,6 +106,15 @@ impl TopicKind {
                 "ingest",
                 "bridge",
             ),
+            TopicKind::OrdersCancelled => (
+                "orders.cancelled",
+                Some("OrderCancelled"),
+                "ingest",
+                "bridge",
+            ),
+            TopicKind::OrdersShipped => {
+                ("orders.shipped", Some("OrderShipped"), "ingest", "bridge")
+            }
         };
         TopicSpec {
             kind: self,

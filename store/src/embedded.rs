@@ -1101,4 +1101,95 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    // --- Cancel and ship (issue #5, f/lifecycle) ---
+
+    async fn cancel_order(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<CancelOutcome> {
+        let order_id = order_id.to_string();
+        let reason = reason.map(str::to_string);
+        self.write(move |txn| cancel_in(txn, &order_id, reason.as_deref(), at))
+            .await
+    }
+
+    async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
+        let order_id = order_id.to_string();
+        self.write(move |txn| ship_in(txn, &order_id, at)).await
+    }
+}
+
+// --- Cancel and ship (issue #5, f/lifecycle) -----------------------------------------------------
+
+use orderflow_schemas::OrderStatus;
+
+/// Moves an order to a final status in one transaction (the caller checked it may).
+fn finish_in(
+    txn: &WriteTransaction,
+    mut order: OrderRecord,
+    status: OrderStatus,
+    detail: Option<&str>,
+    at: i64,
+) -> Result<OrderRecord> {
+    order.status = status;
+    order.timeline.push(TimelineEntry {
+        status,
+        event_id: status.event_id(&order.order_id),
+        at,
+        detail: detail.map(str::to_string),
+    });
+    order.timeline.sort_by_key(|t| (t.status.rank(), t.at));
+    order.updated_at = order.updated_at.max(at);
+    put_json(txn, ORDERS, &order.order_id, &order)?;
+    Ok(order)
+}
+
+/// See [`Store::cancel_order`].
+fn cancel_in(
+    txn: &WriteTransaction,
+    order_id: &str,
+    reason: Option<&str>,
+    at: i64,
+) -> Result<CancelOutcome> {
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let Some(order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    drop(orders);
+    let order = match order.status {
+        OrderStatus::Shipped => return Ok(CancelOutcome::Shipped),
+        OrderStatus::Cancelled => order,
+        _ => finish_in(txn, order, OrderStatus::Cancelled, reason, at)?,
+    };
+    release_in(txn, order_id)?;
+    let payments = txn.open_table(PAYMENTS).map_err(unavailable)?;
+    let paid =
+        get_json::<PaymentRecord, _>(&payments, "payment", order_id)?.is_some_and(|p| p.approved);
+    Ok(CancelOutcome::Cancelled {
+        order: Box::new(order),
+        paid,
+    })
+}
+
+/// See [`Store::ship_order`].
+fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcome> {
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let Some(order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+        return Ok(ShipOutcome::NotFound);
+    };
+    drop(orders);
+    Ok(match order.status {
+        OrderStatus::Shipped => ShipOutcome::Shipped(Box::new(order)),
+        OrderStatus::Paid | OrderStatus::Invoiced => ShipOutcome::Shipped(Box::new(finish_in(
+            txn,
+            order,
+            OrderStatus::Shipped,
+            None,
+            at,
+        )?)),
+        other => ShipOutcome::NotReady(other),
+    })
 }

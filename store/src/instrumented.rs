@@ -222,6 +222,21 @@ impl<S: Store> Store for Instrumented<S> {
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
         timed("set_marker", self.0.set_marker(name, at)).await
     }
+
+    // --- Cancel and ship (issue #5, f/lifecycle) ---
+
+    async fn cancel_order(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<crate::CancelOutcome> {
+        timed("cancel_order", self.0.cancel_order(order_id, reason, at)).await
+    }
+
+    async fn ship_order(&self, order_id: &str, at: i64) -> Result<crate::ShipOutcome> {
+        timed("ship_order", self.0.ship_order(order_id, at)).await
+    }
 }
 
 #[cfg(test)]

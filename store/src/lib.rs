@@ -186,6 +186,23 @@ pub trait Store: Send + Sync + 'static {
     /// it was set already.
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool>;
     // --- end of accounts ----------------------------------------------------------------------
+
+    // --- Cancel and ship (issue #5, f/lifecycle) ----------------------------------------------
+
+    /// Cancels an order, atomically with respect to [`Store::ship_order`]: refused once it has
+    /// shipped; otherwise its status becomes `cancelled` (timeline entry `<order>:cancelled`,
+    /// detail `reason`, at `at`) and its reserved stock is released (as [`Store::release`]).
+    /// Idempotent: a repeat answers as the first call did, keeping the first reason and time.
+    async fn cancel_order(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<CancelOutcome>;
+    /// Marks a paid or invoiced order as shipped (timeline entry `<order>:shipped`), atomically
+    /// with respect to [`Store::cancel_order`]: never a cancelled one. Idempotent.
+    async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome>;
+    // --- end of cancel and ship ---------------------------------------------------------------
 }
 
 /// How long an `Idempotency-Key` is remembered by default.

@@ -228,3 +228,29 @@ impl OrderFilter {
             && self.to.is_none_or(|to| order.created_at < to)
     }
 }
+
+// --- Cancel and ship (issue #5, f/lifecycle) ---
+
+/// What [`crate::Store::cancel_order`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The order is cancelled (by this call or an earlier one, which a repeat answers alike):
+    /// as it is now, its stock released, and whether an approved charge exists (a refund is
+    /// due).
+    Cancelled { order: Box<OrderRecord>, paid: bool },
+    /// Refused: the order has shipped. Nothing changed.
+    Shipped,
+    /// No order has this id.
+    NotFound,
+}
+
+/// What [`crate::Store::ship_order`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipOutcome {
+    /// The order is shipped (by this call or an earlier one): as it is now.
+    Shipped(Box<OrderRecord>),
+    /// Refused: the order is not paid yet, failed, or cancelled (its status). Nothing changed.
+    NotReady(OrderStatus),
+    /// No order has this id.
+    NotFound,
+}

@@ -8,8 +8,7 @@ use serde::Serialize;
 
 use crate::{Envelope, NotificationKind, SinkError};
 
-/// Subject, text and HTML templates by email name. `order_shipped` and `order_cancelled` wait
-/// for their events (issue #5): map them in [`template_name`] when the notification kinds exist.
+/// Subject, text and HTML templates by email name.
 const TEMPLATES: &[(&str, &str, &str, &str)] = &[
     (
         "order_confirmed",
@@ -64,6 +63,8 @@ pub fn template_name(kind: NotificationKind) -> &'static str {
         NotificationKind::PaymentFailed => "payment_failed",
         NotificationKind::InvoiceReady => "invoice_ready",
         NotificationKind::VerifyEmail => "verify_email",
+        NotificationKind::OrderCancelled => "order_cancelled",
+        NotificationKind::OrderShipped => "order_shipped",
     }
 }
 

@@ -14,7 +14,7 @@ use orderflow_schemas::{OrderInvoiced, OrderPaid, OrderStatus};
 use orderflow_store::{InvoiceDraft, InvoiceFiles, Pricing, Store};
 use tracing::debug;
 
-use crate::{decode, record_and_emit, store_error, StepDetails};
+use crate::{decode, is_cancelled, record_and_emit, store_error, StepDetails};
 
 pub struct InvoicingHandler {
     store: Arc<dyn Store>,
@@ -42,6 +42,10 @@ impl InvoicingHandler {
 impl Handler for InvoicingHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
         let paid: OrderPaid = decode(m)?;
+        if is_cancelled(&*self.store, &paid.order_id).await? {
+            debug!(order_id = %paid.order_id, "Order cancelled; not invoiced.");
+            return Ok(());
+        }
         let pricing = Pricing {
             lines: paid.lines,
             currency: paid.currency,

@@ -12,7 +12,7 @@ use orderflow_schemas::{OrderPaid, OrderStatus, OrderValidated, PaymentFailed};
 use orderflow_store::{PaymentRecord, Pricing, Store};
 use tracing::debug;
 
-use crate::{decode, record_and_emit, store_error, StepDetails};
+use crate::{decode, is_cancelled, record_and_emit, store_error, StepDetails};
 
 pub struct PaymentHandler {
     store: Arc<dyn Store>,
@@ -77,6 +77,10 @@ impl PaymentHandler {
 impl Handler for PaymentHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
         let order: OrderValidated = decode(m)?;
+        if is_cancelled(&*self.store, &order.order_id).await? {
+            debug!(order_id = %order.order_id, "Order cancelled; not charged.");
+            return Ok(());
+        }
         let payment = self.charge_once(&order).await?;
         if payment.approved {
             let payment_id = payment.payment_id.clone().unwrap_or_default();

@@ -9,7 +9,7 @@ use orderflow_schemas::{OrderAccepted, OrderLine, OrderRejected, OrderStatus, Or
 use orderflow_store::{Pricing, Reservation, ReservedLine, Store};
 use tracing::debug;
 
-use crate::{decode, record_and_emit, store_error, StepDetails};
+use crate::{decode, is_cancelled, record_and_emit, store_error, StepDetails};
 
 pub struct ValidationHandler {
     store: Arc<dyn Store>,
@@ -57,12 +57,25 @@ pub fn price(lines: &[ReservedLine], tax_bps: i64) -> Pricing {
 impl Handler for ValidationHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
         let order: OrderAccepted = decode(m)?;
+        if is_cancelled(&*self.store, &order.order_id).await? {
+            debug!(order_id = %order.order_id, "Order cancelled; nothing reserved.");
+            return Ok(());
+        }
         let now = orderflow_schemas::now_millis();
         let reservation = self
             .store
             .reserve(&order.order_id, &order.items, now)
             .await
             .map_err(store_error)?;
+        // A cancel between the check and the reservation released nothing: give it back now.
+        if is_cancelled(&*self.store, &order.order_id).await? {
+            self.store
+                .release(&order.order_id)
+                .await
+                .map_err(store_error)?;
+            debug!(order_id = %order.order_id, "Order cancelled; reservation released.");
+            return Ok(());
+        }
         match reservation {
             Reservation::Reserved { lines, at, .. } => {
                 let pricing = price(&lines, self.tax_bps);

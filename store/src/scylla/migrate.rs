@@ -42,6 +42,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "catalogue",
         cql: include_str!("../../migrations/scylla/0004_catalogue.cql"),
     },
+    // Cancel and ship (issue #5, f/lifecycle): the final step of an order.
+    Migration {
+        version: 5,
+        name: "order_lifecycle_final",
+        cql: include_str!("../../migrations/scylla/0005_order_lifecycle.cql"),
+    },
 ];
 
 /// The schema version this build needs.

@@ -32,6 +32,7 @@
 //!   while paging.
 
 mod accounts;
+mod lifecycle;
 mod migrate;
 
 use std::{
@@ -124,6 +125,8 @@ pub struct ScyllaStore {
     q: Arc<Statements>,
     /// The statements of accounts (issue #5): [`accounts`].
     accounts: Arc<accounts::AccountStatements>,
+    /// The statements of cancel and ship (issue #5, f/lifecycle): [`lifecycle`].
+    lifecycle: Arc<lifecycle::LifecycleStatements>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -277,10 +280,12 @@ impl ScyllaStore {
         }
         let q = Statements::prepare(&session, &keyspace).await?;
         let accounts = accounts::AccountStatements::prepare(&session, &keyspace).await?;
+        let lifecycle = lifecycle::LifecycleStatements::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
             accounts: Arc::new(accounts),
+            lifecycle: Arc::new(lifecycle),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -1452,6 +1457,21 @@ impl Store for ScyllaStore {
 
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
         self.set_marker_impl(name, at).await
+    }
+
+    // --- Cancel and ship (issue #5, f/lifecycle): [`lifecycle`] ---
+
+    async fn cancel_order(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<CancelOutcome> {
+        self.cancel_order_retried(order_id, reason, at).await
+    }
+
+    async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
+        self.ship_order_retried(order_id, at).await
     }
 }
 

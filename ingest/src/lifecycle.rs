@@ -1,0 +1,297 @@
+//! Cancel and ship (issue #5, f/lifecycle): `POST /v1/orders/{id}/cancel` (the order's customer
+//! or an admin) and `POST /v1/orders/{id}/ship` (admins).
+//!
+//! Each call changes the order in the store first ([`Store::cancel_order`],
+//! [`Store::ship_order`]: atomic with respect to each other, idempotent), drops it from the
+//! read cache, and only then produces its event (`OrderCancelled` on `orders.cancelled`,
+//! `OrderShipped` on `orders.shipped`). The event is built from what the store recorded (the
+//! first call's reason and time), with the id `<order id>:cancelled` / `<order id>:shipped`: a
+//! retry after a failed produce sends the same event again, and consumers deduplicate on it.
+//!
+//! [`Store::cancel_order`]: orderflow_store::Store::cancel_order
+//! [`Store::ship_order`]: orderflow_store::Store::ship_order
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::{rejection::PathRejection, Path, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use orderflow_schemas::{now_millis, OrderCancelled, OrderShipped, OrderStatus};
+use orderflow_store::{CancelOutcome, OrderRecord, ShipOutcome};
+use serde::Deserialize;
+use tracing::{info, warn};
+use utoipa::ToSchema;
+
+use crate::{
+    auth::Caller,
+    orders::{is_json, parse_json, read_body, OrderView},
+    problem::{FieldError, Problem},
+    ApiState,
+};
+
+/// The longest cancellation reason, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// The body of `POST /v1/orders/{id}/cancel` (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrderRequest {
+    /// Why the order is cancelled; shown in its timeline and the customer's email.
+    #[schema(
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        example = "ordered the wrong size"
+    )]
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn path_problem(e: PathRejection) -> Problem {
+    Problem::field(
+        StatusCode::BAD_REQUEST,
+        "invalid-path",
+        "Invalid path",
+        "path:id",
+        e.body_text(),
+    )
+}
+
+fn store_down(e: orderflow_store::StoreError) -> Problem {
+    Problem::unavailable(format!("the order store is unavailable: {e}"))
+}
+
+/// The cancel request: none when the body is empty; else JSON, its reason checked.
+async fn cancel_request(headers: &HeaderMap, body: Body) -> Result<CancelOrderRequest, Problem> {
+    let bytes = read_body(headers, body).await?;
+    if bytes.is_empty() {
+        return Ok(CancelOrderRequest::default());
+    }
+    if !is_json(headers) {
+        return Err(Problem::field(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            "header:Content-Type",
+            "must be application/json",
+        ));
+    }
+    let req: CancelOrderRequest = parse_json(&bytes)?;
+    if let Some(reason) = &req.reason {
+        let message = if reason.trim().is_empty() {
+            Some("must not be empty")
+        } else if reason.chars().count() > MAX_REASON_CHARS {
+            Some("is too long (at most 500 characters)")
+        } else if reason.chars().any(char::is_control) {
+            Some("must not contain control characters")
+        } else {
+            None
+        };
+        if let Some(message) = message {
+            return Err(Problem::invalid(vec![FieldError {
+                field: "reason".into(),
+                message: message.into(),
+            }]));
+        }
+    }
+    Ok(req)
+}
+
+/// The time and detail the store recorded for a final step.
+fn recorded(order: &OrderRecord, status: OrderStatus) -> (i64, Option<String>) {
+    let id = status.event_id(&order.order_id);
+    order
+        .timeline
+        .iter()
+        .find(|t| t.event_id == id)
+        .map_or((order.updated_at, None), |t| (t.at, t.detail.clone()))
+}
+
+/// `POST /v1/orders/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    tag = "orders",
+    summary = "Cancel an order",
+    description = "Cancels the order at any point before it ships: it stays, with status \
+        `cancelled`, its reserved stock goes back, and a paid order is refunded. For the order's \
+        customer and admins; another customer gets 404. Cancelling again answers the same \
+        (the first reason stands). The body is optional.",
+    params(("id" = String, Path, description = "The order id.")),
+    request_body(content = Option<CancelOrderRequest>, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order, cancelled.", body = OrderView),
+        (status = 400, description = "The body is not JSON, or the id not UTF-8.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or another customer's.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "The order has shipped: it can no longer be cancelled.",
+         body = Problem, content_type = "application/problem+json",
+         example = json!({"type": "/problems/order-shipped", "title": "Order already shipped",
+            "status": 409, "detail": "order 01a2… has shipped and can no longer be cancelled"})),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "The reason is empty, too long or has control \
+            characters, or the body has unknown fields.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store or the event log is down; retry (a retry \
+            finishes what the first call started).", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    order_id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<OrderView>, Problem> {
+    let Path(order_id) = order_id.map_err(path_problem)?;
+    tracing::Span::current().record("order_id", order_id.as_str());
+    let req = cancel_request(&headers, body).await?;
+    let not_found = || Problem::not_found(format!("no order {order_id}"));
+    let owner = state
+        .store
+        .get_order(&order_id)
+        .await
+        .map_err(store_down)?
+        .ok_or_else(not_found)?
+        .customer_id;
+    if !caller.may_access(&owner) {
+        return Err(not_found());
+    }
+    let reason = req.reason.as_deref().map(str::trim);
+    let outcome = state
+        .store
+        .cancel_order(&order_id, reason, now_millis())
+        .await
+        .map_err(store_down)?;
+    let (order, paid) = match outcome {
+        CancelOutcome::Cancelled { order, paid } => (*order, paid),
+        CancelOutcome::Shipped => {
+            return Err(Problem::conflict(
+                "order-shipped",
+                "Order already shipped",
+                format!("order {order_id} has shipped and can no longer be cancelled"),
+            ))
+        }
+        CancelOutcome::NotFound => return Err(not_found()),
+    };
+    state.orders.invalidate(&order_id).await;
+    let (refund_cents, currency) = if paid {
+        match state
+            .store
+            .get_payment(&order_id)
+            .await
+            .map_err(store_down)?
+        {
+            Some(p) if p.approved => (p.amount_cents, p.currency),
+            _ => (0, String::new()),
+        }
+    } else {
+        (0, String::new())
+    };
+    let (at, reason) = recorded(&order, OrderStatus::Cancelled);
+    let event = OrderCancelled {
+        event_id: OrderStatus::Cancelled.event_id(&order_id),
+        order_id: order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        reason,
+        paid,
+        refund_cents,
+        currency,
+        occurred_at: at,
+    };
+    if let Err(e) = state.producer.send(&event).await {
+        warn!(%order_id, error = %e, "Produce failed.");
+        return Err(Problem::unavailable(
+            "the order is cancelled, but the event log is unavailable; retry to announce it",
+        ));
+    }
+    info!(%order_id, by = %caller.customer_id, paid, "Order cancelled.");
+    Ok(Json(order.into()))
+}
+
+/// `POST /v1/orders/{id}/ship`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/ship",
+    tag = "orders",
+    summary = "Mark an order as shipped (admin)",
+    description = "A paid or invoiced order becomes `shipped`; it can no longer be cancelled. \
+        Shipping again answers the same.",
+    params(("id" = String, Path, description = "The order id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order, shipped.", body = OrderView),
+        (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such order.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "The order is not paid yet, its payment failed, or it \
+            is cancelled (`detail` says which).", body = Problem,
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/order-not-shippable",
+            "title": "Order cannot ship", "status": 409,
+            "detail": "order 01a2… is cancelled: only a paid or invoiced order ships"})),
+        (status = 503, description = "The store or the event log is down; retry.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn ship(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    order_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<OrderView>, Problem> {
+    caller.require_admin()?;
+    let Path(order_id) = order_id.map_err(path_problem)?;
+    tracing::Span::current().record("order_id", order_id.as_str());
+    let outcome = state
+        .store
+        .ship_order(&order_id, now_millis())
+        .await
+        .map_err(store_down)?;
+    let order = match outcome {
+        ShipOutcome::Shipped(order) => *order,
+        ShipOutcome::NotReady(status) => {
+            return Err(Problem::conflict(
+                "order-not-shippable",
+                "Order cannot ship",
+                format!(
+                    "order {order_id} is {}: only a paid or invoiced order ships",
+                    status.as_str()
+                ),
+            ))
+        }
+        ShipOutcome::NotFound => return Err(Problem::not_found(format!("no order {order_id}"))),
+    };
+    state.orders.invalidate(&order_id).await;
+    let (at, _) = recorded(&order, OrderStatus::Shipped);
+    let event = OrderShipped {
+        event_id: OrderStatus::Shipped.event_id(&order_id),
+        order_id: order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        occurred_at: at,
+    };
+    if let Err(e) = state.producer.send(&event).await {
+        warn!(%order_id, error = %e, "Produce failed.");
+        return Err(Problem::unavailable(
+            "the order is shipped, but the event log is unavailable; retry to announce it",
+        ));
+    }
+    info!(%order_id, by = %caller.customer_id, "Order shipped.");
+    Ok(Json(order.into()))
+}

@@ -1,0 +1,179 @@
+//! Cancel and ship on ScyllaDB (issue #5, f/lifecycle):
+//! `store/migrations/scylla/0005_order_lifecycle.cql`.
+//!
+//! The final step of an order is the static column `orders.lifecycle`, set by one conditional
+//! batch on the order's partition: `UPDATE … SET lifecycle = ? IF lifecycle = null` together
+//! with the step's timeline row. Of a racing cancel and ship exactly one applies; the loser
+//! reads the winner from the LWT's answer. The timeline row is written by the same Paxos round,
+//! so a read of the order (its status is the timeline's furthest step) sees the final step as
+//! soon as the call returns. A cancel then releases the order's stock with the idempotent
+//! [`Store::release`]; a repeated cancel (after a crash between the two) releases again, which
+//! gives back whatever is still held and nothing twice.
+
+use scylla::{
+    frame::types::Consistency,
+    statement::{
+        batch::{Batch, BatchType},
+        prepared::PreparedStatement,
+        SerialConsistency,
+    },
+    value::{CqlValue, Row},
+};
+
+use super::{corrupt, raced, retry, text, unavailable, Lwt, ScyllaStore};
+use orderflow_schemas::OrderStatus;
+
+use crate::{CancelOutcome, Result, ShipOutcome, Store, StoreError};
+
+pub(super) struct LifecycleStatements {
+    /// Sets the final step unless there is one.
+    finish: PreparedStatement,
+}
+
+impl LifecycleStatements {
+    pub(super) async fn prepare(
+        session: &scylla::client::session::Session,
+        ks: &str,
+    ) -> Result<Self> {
+        let cql =
+            format!("UPDATE {ks}.orders SET lifecycle = ? WHERE order_id = ? IF lifecycle = null");
+        let mut finish = session
+            .prepare(cql.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
+        finish.set_is_idempotent(true);
+        finish.set_consistency(Consistency::LocalQuorum);
+        Ok(LifecycleStatements { finish })
+    }
+}
+
+/// What the conditional batch found.
+enum Finish {
+    /// This call set the final step.
+    Applied,
+    /// The order had this final step already.
+    Already(OrderStatus),
+}
+
+impl ScyllaStore {
+    /// Sets `status` (cancelled or shipped) as the order's final step with its timeline entry,
+    /// unless it has a final step already.
+    async fn finish(
+        &self,
+        order_id: &str,
+        status: OrderStatus,
+        detail: Option<&str>,
+        at: i64,
+    ) -> Result<Finish> {
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.append_statement(self.lifecycle.finish.clone());
+        batch.append_statement(self.q.order_entry.clone());
+        let values: Vec<Vec<Option<CqlValue>>> = vec![
+            vec![text(status.as_str()), text(order_id)],
+            vec![
+                text(order_id),
+                text(&status.event_id(order_id)),
+                text(status.as_str()),
+                Some(CqlValue::BigInt(at)),
+                detail.and_then(text),
+            ],
+        ];
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        batch.set_is_idempotent(true);
+        let result = self
+            .session
+            .batch(&batch, values)
+            .await
+            .map_err(unavailable)?;
+        let rows = result.into_rows_result().map_err(corrupt)?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let row: Row = rows.first_row().map_err(corrupt)?;
+        let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
+        let lwt = Lwt {
+            applied,
+            columns: names.into_iter().zip(row.columns).collect(),
+        };
+        if lwt.applied {
+            return Ok(Finish::Applied);
+        }
+        match lwt.text("lifecycle").as_deref() {
+            Some("cancelled") => Ok(Finish::Already(OrderStatus::Cancelled)),
+            Some("shipped") => Ok(Finish::Already(OrderStatus::Shipped)),
+            Some(other) => Err(StoreError::Corrupt(format!(
+                "order {order_id}: lifecycle {other:?}"
+            ))),
+            // Not applied, yet no final step: a lost race with a timeout; try again.
+            None => Err(raced()),
+        }
+    }
+
+    async fn cancel_once(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<CancelOutcome> {
+        let Some(order) = self.get_order(order_id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        match order.status {
+            OrderStatus::Shipped => return Ok(CancelOutcome::Shipped),
+            OrderStatus::Cancelled => {}
+            _ => match self
+                .finish(order_id, OrderStatus::Cancelled, reason, at)
+                .await?
+            {
+                Finish::Applied | Finish::Already(OrderStatus::Cancelled) => {}
+                Finish::Already(_) => return Ok(CancelOutcome::Shipped),
+            },
+        }
+        self.release(order_id).await?;
+        let paid = self
+            .get_payment(order_id)
+            .await?
+            .is_some_and(|p| p.approved);
+        let order = self.get_order(order_id).await?.ok_or_else(raced)?;
+        Ok(CancelOutcome::Cancelled {
+            order: Box::new(order),
+            paid,
+        })
+    }
+
+    async fn ship_once(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
+        let Some(order) = self.get_order(order_id).await? else {
+            return Ok(ShipOutcome::NotFound);
+        };
+        match order.status {
+            OrderStatus::Shipped => return Ok(ShipOutcome::Shipped(Box::new(order))),
+            OrderStatus::Paid | OrderStatus::Invoiced => {}
+            other => return Ok(ShipOutcome::NotReady(other)),
+        }
+        match self
+            .finish(order_id, OrderStatus::Shipped, None, at)
+            .await?
+        {
+            Finish::Applied | Finish::Already(OrderStatus::Shipped) => {}
+            Finish::Already(other) => return Ok(ShipOutcome::NotReady(other)),
+        }
+        let order = self.get_order(order_id).await?.ok_or_else(raced)?;
+        Ok(ShipOutcome::Shipped(Box::new(order)))
+    }
+
+    pub(super) async fn cancel_order_retried(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<CancelOutcome> {
+        retry("cancel_order", || self.cancel_once(order_id, reason, at)).await
+    }
+
+    pub(super) async fn ship_order_retried(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
+        retry("ship_order", || self.ship_once(order_id, at)).await
+    }
+}
