@@ -28,12 +28,11 @@ use crate::{
     auth::{
         password,
         routes::{
-            email_problem, email_taken, json_body, name_problem, normalize_email, password_problem,
-            role_of,
+            email_problem, email_taken, name_problem, normalize_email, password_problem, role_of,
         },
         Caller, Role,
     },
-    orders::rfc3339,
+    orders::{json_body, rfc3339},
     problem::{FieldError, Problem},
     ApiState,
 };

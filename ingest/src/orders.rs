@@ -311,6 +311,19 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
         .map_err(|_| too_large())
 }
 
+/// Reads a JSON body of type `T`: 415 unless the content type is JSON, 413 over
+/// [`MAX_BODY_BYTES`], 400 for broken JSON, 422 naming the field for a wrong one.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Problem> {
+    if !is_json(headers) {
+        return Err(Problem::unsupported_media_type());
+    }
+    let bytes = read_body(headers, body).await?;
+    parse_json(&bytes)
+}
+
 /// Parses a JSON object into `T`, naming the field that is wrong. Every request body is an
 /// object: serde would also fill a struct from an array of its fields in order (`[null, null]`),
 /// which no client means, so an array is refused before it gets that far.
@@ -583,17 +596,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    if !is_json(&headers) {
-        return Err(Problem::field(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported content type",
-            "header:Content-Type",
-            "must be application/json",
-        ));
-    }
-    let bytes = read_body(&headers, body).await?;
-    let mut req: CreateOrderRequest = parse_json(&bytes)?;
+    let mut req: CreateOrderRequest = json_body(&headers, body).await?;
     let errors = validate(&req);
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));

@@ -107,6 +107,17 @@ impl Problem {
         p
     }
 
+    /// 415 naming `header:Content-Type`: every request body is JSON.
+    pub fn unsupported_media_type() -> Self {
+        Problem::field(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            "header:Content-Type",
+            "must be application/json",
+        )
+    }
+
     /// 401 with `WWW-Authenticate: Bearer`: no valid access token came with the request.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         let detail = detail.into();

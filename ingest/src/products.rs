@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 
 use crate::{
     auth::Caller,
-    orders::{integer, is_json, parse_json, read_body},
+    orders::{integer, json_body},
     problem::{FieldError, Problem},
     ApiState,
 };
@@ -156,24 +156,6 @@ fn store_down(e: orderflow_store::StoreError) -> Problem {
 
 fn no_product(sku: &str) -> Problem {
     Problem::not_found(format!("no product {sku}"))
-}
-
-/// The body of a write, as JSON of type `T`.
-async fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, Problem> {
-    if !is_json(headers) {
-        return Err(Problem::field(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported content type",
-            "header:Content-Type",
-            "must be application/json",
-        ));
-    }
-    let bytes = read_body(headers, body).await?;
-    parse_json(&bytes)
 }
 
 /// Why a text field is wrong, if it is.
@@ -645,6 +627,7 @@ pub async fn adjust_stock(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::orders::parse_json;
 
     fn fields(errors: Vec<FieldError>) -> Vec<String> {
         errors.into_iter().map(|e| e.field).collect()

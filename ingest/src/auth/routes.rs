@@ -24,14 +24,14 @@ use axum::{
 };
 use orderflow_schemas::AccountVerificationRequested;
 use orderflow_store::{Account, RefreshToken, RotateOutcome, VerificationCode, VerifyOutcome};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use super::{password, secrets, Role};
 use crate::{
     customers::AccountView,
-    orders::{is_json, parse_json, read_body},
+    orders::json_body,
     problem::{FieldError, Problem},
     ApiState,
 };
@@ -136,24 +136,6 @@ pub struct Resent {
 
 fn now_ms() -> i64 {
     orderflow_schemas::now_millis()
-}
-
-/// Reads a JSON body of type `T` (415, 413, 400, 422 as for orders).
-pub(crate) async fn json_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, Problem> {
-    if !is_json(headers) {
-        return Err(Problem::field(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported content type",
-            "header:Content-Type",
-            "must be application/json",
-        ));
-    }
-    let bytes = read_body(headers, body).await?;
-    parse_json(&bytes)
 }
 
 /// An email as stored: trimmed and lowercase.
