@@ -461,4 +461,15 @@ impl Store for Switchable {
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<orderflow_store::ShipOutcome> {
         self.up()?.ship_order(order_id, at).await
     }
+
+    async fn get_refund(&self, order_id: &str) -> Result<Option<orderflow_store::RefundRecord>> {
+        self.up()?.get_refund(order_id).await
+    }
+
+    async fn record_refund(
+        &self,
+        refund: orderflow_store::RefundRecord,
+    ) -> Result<orderflow_store::RefundRecord> {
+        self.up()?.record_refund(refund).await
+    }
 }

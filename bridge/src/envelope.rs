@@ -4,7 +4,7 @@
 use orderflow_schemas::{
     wire, AccountVerificationRequested, DecodeError, Event, OrderAccepted, OrderCancelled,
     OrderInvoiced, OrderPaid, OrderRejected, OrderShipped, OrderValidated, PaymentFailed,
-    SchemaIds, TopicKind,
+    PaymentRefunded, SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,10 +26,12 @@ pub enum EventType {
     OrderCancelled,
     /// An order was shipped (issue #5, f/lifecycle).
     OrderShipped,
+    /// A cancelled order's charge was refunded (issue #5, f/lifecycle).
+    PaymentRefunded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::OrderAccepted,
         EventType::OrderValidated,
         EventType::OrderRejected,
@@ -39,6 +41,7 @@ impl EventType {
         EventType::AccountVerification,
         EventType::OrderCancelled,
         EventType::OrderShipped,
+        EventType::PaymentRefunded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl EventType {
             EventType::AccountVerification => "account_verification",
             EventType::OrderCancelled => "order_cancelled",
             EventType::OrderShipped => "order_shipped",
+            EventType::PaymentRefunded => "payment_refunded",
         }
     }
 
@@ -67,6 +71,7 @@ impl EventType {
             EventType::AccountVerification => TopicKind::AccountsVerification,
             EventType::OrderCancelled => TopicKind::OrdersCancelled,
             EventType::OrderShipped => TopicKind::OrdersShipped,
+            EventType::PaymentRefunded => TopicKind::OrdersRefunded,
         }
     }
 
@@ -86,6 +91,7 @@ impl EventType {
                 | EventType::AccountVerification
                 | EventType::OrderCancelled
                 | EventType::OrderShipped
+                | EventType::PaymentRefunded
         )
     }
 }
@@ -159,6 +165,9 @@ impl Envelope {
             }
             EventType::OrderShipped => {
                 Self::of::<OrderShipped>(t, p, |e| Some(Notification::shipped(e)))?
+            }
+            EventType::PaymentRefunded => {
+                Self::of::<PaymentRefunded>(t, p, |e| Some(Notification::refunded(e)))?
             }
         }))
     }

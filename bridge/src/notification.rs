@@ -2,7 +2,8 @@
 
 use orderflow_schemas::{
     format_cents, AccountVerificationRequested, DecodeError, OrderCancelled, OrderInvoiced,
-    OrderRejected, OrderShipped, OrderValidated, PaymentFailed, SchemaIds, TopicKind,
+    OrderRejected, OrderShipped, OrderValidated, PaymentFailed, PaymentRefunded, SchemaIds,
+    TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,8 @@ pub enum NotificationKind {
     OrderCancelled,
     /// The order is on its way (f/lifecycle).
     OrderShipped,
+    /// A cancelled order's payment came back (f/lifecycle).
+    PaymentRefunded,
 }
 
 impl NotificationKind {
@@ -31,6 +34,7 @@ impl NotificationKind {
             NotificationKind::VerifyEmail => "verify_email",
             NotificationKind::OrderCancelled => "order_cancelled",
             NotificationKind::OrderShipped => "order_shipped",
+            NotificationKind::PaymentRefunded => "payment_refunded",
         }
     }
 }
@@ -179,6 +183,22 @@ impl Notification {
             text: "Your order is on its way.".into(),
             id: e.event_id.clone(),
             kind: NotificationKind::OrderShipped,
+            order_id: e.order_id.clone(),
+            customer_id: e.customer_id.clone(),
+            occurred_at: e.occurred_at,
+        }
+    }
+
+    pub(crate) fn refunded(e: &PaymentRefunded) -> Self {
+        Notification {
+            subject: format!("Refund for order {}", e.order_id),
+            text: format!(
+                "We refunded {} {} for your cancelled order.",
+                format_cents(e.amount_cents),
+                e.currency
+            ),
+            id: e.event_id.clone(),
+            kind: NotificationKind::PaymentRefunded,
             order_id: e.order_id.clone(),
             customer_id: e.customer_id.clone(),
             occurred_at: e.occurred_at,

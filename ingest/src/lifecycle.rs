@@ -78,7 +78,9 @@ async fn cancel_request(headers: &HeaderMap, body: Body) -> Result<CancelOrderRe
             "must be application/json",
         ));
     }
-    let req: CancelOrderRequest = parse_json(&bytes)?;
+    // `null` is the document's "no body" too (the body is optional).
+    let req: CancelOrderRequest =
+        parse_json::<Option<CancelOrderRequest>>(&bytes)?.unwrap_or_default();
     if let Some(reason) = &req.reason {
         let message = if reason.trim().is_empty() {
             Some("must not be empty")

@@ -7,7 +7,8 @@
 //! - [`validation`]: `orders.accepted` → reserve stock, price → `orders.validated` |
 //!   `orders.rejected`.
 //! - [`payment`]: `orders.validated` → charge through a [`payment::PaymentGateway`] →
-//!   `orders.paid` | `orders.payment-failed` (releasing the stock).
+//!   `orders.paid` | `orders.payment-failed` (releasing the stock); and `orders.cancelled` →
+//!   refund an approved charge → `orders.refunded`.
 //! - [`invoicing`]: `orders.paid` → numbered invoice, its PDF in object storage →
 //!   `orders.invoiced`.
 //!
@@ -95,8 +96,20 @@ pub async fn run_stage(
         Stage::Payment => {
             let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersValidated]);
             let gateway = SimulatedGateway::new(settings.payment_limit_cents);
-            let handler = PaymentHandler::new(store, producer.clone(), Arc::new(gateway));
-            run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
+            let handler = Arc::new(PaymentHandler::new(
+                store,
+                producer.clone(),
+                Arc::new(gateway),
+            ));
+            // Refunds (issue #5, f/lifecycle): cancelled orders, in a consumer group of their own.
+            let refunds = StageConfig::new(kafka, "payment-refunds", vec![T::OrdersCancelled]);
+            let refund_handler = Arc::new(payment::RefundHandler(handler.clone()));
+            // The first failure of either ends the stage (as one consumer's failure would).
+            tokio::try_join!(
+                run_consumer(kafka, config, handler, producer.clone(), shutdown.clone()),
+                run_consumer(kafka, refunds, refund_handler, producer, shutdown),
+            )
+            .map(|_| ())
         }
         Stage::Invoicing => {
             let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersPaid]);

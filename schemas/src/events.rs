@@ -386,10 +386,29 @@ event!(
     TopicKind::OrdersShipped,
     "order_shipped.avsc"
 );
+/// The approved charge of a cancelled order, refunded (by the payment stage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub payment_id: String,
+    pub refund_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub occurred_at: i64,
+}
+event!(
+    PaymentRefunded,
+    "io.orderflow.events.PaymentRefunded",
+    10,
+    TopicKind::OrdersRefunded,
+    "payment_refunded.avsc"
+);
 // --- end of order lifecycle events ---------------------------------------------------------------
 
 /// Every schema of the catalogue: (record name, schema id, topic, schema text).
-pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 9] {
+pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 10] {
     fn row<E: Event>() -> (&'static str, u32, TopicKind, &'static str) {
         (E::NAME, E::SCHEMA_ID, E::TOPIC, E::schema_text())
     }
@@ -403,5 +422,6 @@ pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 9] {
         row::<AccountVerificationRequested>(),
         row::<OrderCancelled>(),
         row::<OrderShipped>(),
+        row::<PaymentRefunded>(),
     ]
 }

@@ -19,6 +19,8 @@ pub enum TopicKind {
     OrdersCancelled,
     /// Shipped orders (issue #5, f/lifecycle).
     OrdersShipped,
+    /// Refunds of cancelled paid orders (issue #5, f/lifecycle).
+    OrdersRefunded,
 }
 
 /// One row of the catalogue, as the README prints it.
@@ -36,7 +38,7 @@ pub struct TopicSpec {
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 11] = [
+    pub const ALL: [TopicKind; 12] = [
         TopicKind::OrdersAccepted,
         TopicKind::OrdersValidated,
         TopicKind::OrdersRejected,
@@ -48,6 +50,7 @@ impl TopicKind {
         TopicKind::AccountsVerification,
         TopicKind::OrdersCancelled,
         TopicKind::OrdersShipped,
+        TopicKind::OrdersRefunded,
     ];
 
     pub fn spec(self) -> TopicSpec {
@@ -110,6 +113,12 @@ impl TopicKind {
                 "orders.cancelled",
                 Some("OrderCancelled"),
                 "ingest",
+                "payment (refunds), bridge",
+            ),
+            TopicKind::OrdersRefunded => (
+                "orders.refunded",
+                Some("PaymentRefunded"),
+                "payment",
                 "bridge",
             ),
             TopicKind::OrdersShipped => {

@@ -51,6 +51,8 @@ const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refre
 const REFRESH_FAMILIES: TableDefinition<&str, bool> = TableDefinition::new("refresh_families");
 /// name → ms when set.
 const MARKERS: TableDefinition<&str, i64> = TableDefinition::new("markers");
+/// Refunds by order id (issue #5, f/lifecycle).
+const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
 
 /// Most writes one transaction takes; more wait for the next one.
 const MAX_GROUP: usize = 1024;
@@ -121,6 +123,7 @@ impl EmbeddedStore {
             txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
             txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
             txn.open_table(MARKERS).map_err(unavailable)?;
+            txn.open_table(REFUNDS).map_err(unavailable)?; // f/lifecycle
             txn.commit().map_err(unavailable)?;
         }
         let (writes, queue) = mpsc::unbounded_channel();
@@ -1119,6 +1122,25 @@ impl Store for EmbeddedStore {
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
         let order_id = order_id.to_string();
         self.write(move |txn| ship_in(txn, &order_id, at)).await
+    }
+
+    async fn get_refund(&self, order_id: &str) -> Result<Option<RefundRecord>> {
+        let txn = self.read()?;
+        let table = txn.open_table(REFUNDS).map_err(unavailable)?;
+        get_json(&table, "refund", order_id)
+    }
+
+    async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord> {
+        self.write(move |txn| {
+            let table = txn.open_table(REFUNDS).map_err(unavailable)?;
+            if let Some(existing) = get_json(&table, "refund", &refund.order_id)? {
+                return Ok(existing);
+            }
+            drop(table);
+            put_json(txn, REFUNDS, &refund.order_id, &refund)?;
+            Ok(refund.clone())
+        })
+        .await
     }
 }
 

@@ -237,6 +237,14 @@ impl<S: Store> Store for Instrumented<S> {
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<crate::ShipOutcome> {
         timed("ship_order", self.0.ship_order(order_id, at)).await
     }
+
+    async fn get_refund(&self, order_id: &str) -> Result<Option<crate::RefundRecord>> {
+        timed("get_refund", self.0.get_refund(order_id)).await
+    }
+
+    async fn record_refund(&self, refund: crate::RefundRecord) -> Result<crate::RefundRecord> {
+        timed("record_refund", self.0.record_refund(refund)).await
+    }
 }
 
 #[cfg(test)]

@@ -202,6 +202,10 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a paid or invoiced order as shipped (timeline entry `<order>:shipped`), atomically
     /// with respect to [`Store::cancel_order`]: never a cancelled one. Idempotent.
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome>;
+    /// The order's refund, if it has one.
+    async fn get_refund(&self, order_id: &str) -> Result<Option<RefundRecord>>;
+    /// Records the refund of an order unless one is recorded already; returns the recorded one.
+    async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord>;
     // --- end of cancel and ship ---------------------------------------------------------------
 }
 

@@ -254,3 +254,18 @@ pub enum ShipOutcome {
     /// No order has this id.
     NotFound,
 }
+
+// --- Refunds (issue #5, f/lifecycle) ---
+
+/// A refund of an order's approved charge, recorded once per order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    pub order_id: String,
+    /// The charge refunded.
+    pub payment_id: String,
+    /// The gateway's refund id.
+    pub refund_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub at: i64,
+}

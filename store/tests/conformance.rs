@@ -22,8 +22,8 @@ use std::{collections::BTreeSet, sync::Arc};
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
     Account, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft, OrderFilter,
-    OrderRecord, PaymentRecord, Pricing, Product, ProductChange, RefreshToken, Reservation,
-    RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, TimelineEntry,
+    OrderRecord, PaymentRecord, Pricing, Product, ProductChange, RefreshToken, RefundRecord,
+    Reservation, RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, TimelineEntry,
     VerificationCode, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
@@ -89,6 +89,8 @@ macro_rules! conformance_tests {
             ship_only_when_paid_and_never_after_cancel = check_ship_only_when_paid_and_never_after_cancel;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             racing_cancel_and_ship_one_wins = check_racing_cancel_and_ship_one_wins;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            first_refund_wins = check_first_refund_wins;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -2009,4 +2011,31 @@ async fn check_racing_cancel_and_ship_one_wins(store: Arc<dyn Store>) {
             other => panic!("round {round}: both or neither won: {other:?}"),
         }
     }
+}
+
+/// One refund per order: of concurrent records the first wins and everyone reads it back.
+async fn check_first_refund_wins(store: Arc<dyn Store>) {
+    let order_id = new_id();
+    assert_eq!(store.get_refund(&order_id).await.unwrap(), None);
+    let refund = |n: i64| RefundRecord {
+        order_id: order_id.clone(),
+        payment_id: format!("pay_{order_id}"),
+        refund_id: format!("ref_{n}"),
+        amount_cents: 2400,
+        currency: "EUR".into(),
+        at: T0 + n,
+    };
+    let handles = (0..4)
+        .map(|n| {
+            let (store, r) = (store.clone(), refund(n));
+            tokio::spawn(async move { store.record_refund(r).await.unwrap() })
+        })
+        .collect();
+    let recorded = join(handles).await;
+    assert!(recorded.iter().all(|r| *r == recorded[0]), "{recorded:?}");
+    assert_eq!(
+        store.get_refund(&order_id).await.unwrap().as_ref(),
+        Some(&recorded[0])
+    );
+    assert_eq!(store.record_refund(refund(9)).await.unwrap(), recorded[0]);
 }

@@ -46,6 +46,13 @@ const TEMPLATES: &[(&str, &str, &str, &str)] = &[
         include_str!("templates/order_cancelled.txt"),
         include_str!("templates/order_cancelled.html"),
     ),
+    // Issue #5, f/lifecycle.
+    (
+        "payment_refunded",
+        "Your refund for order {{ order_id }}",
+        include_str!("templates/payment_refunded.txt"),
+        include_str!("templates/payment_refunded.html"),
+    ),
     // Issue #5, f/auth: sent to the account's own address (`event.email`).
     (
         "verify_email",
@@ -65,6 +72,7 @@ pub fn template_name(kind: NotificationKind) -> &'static str {
         NotificationKind::VerifyEmail => "verify_email",
         NotificationKind::OrderCancelled => "order_cancelled",
         NotificationKind::OrderShipped => "order_shipped",
+        NotificationKind::PaymentRefunded => "payment_refunded",
     }
 }
 

@@ -26,9 +26,22 @@ pub enum ChargeOutcome {
 #[error("payment gateway unavailable: {0}")]
 pub struct GatewayError(pub String);
 
+/// A refund of an approved charge (issue #5, f/lifecycle). The idempotency key is the order
+/// id: a gateway that sees the same key twice must refund once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    pub idempotency_key: String,
+    /// The charge to refund.
+    pub payment_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+}
+
 #[async_trait]
 pub trait PaymentGateway: Send + Sync + 'static {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayError>;
+    /// Refunds a charge in full; the refund's id.
+    async fn refund(&self, request: &RefundRequest) -> Result<String, GatewayError>;
 }
 
 /// A gateway that decides from the request alone:
@@ -68,6 +81,11 @@ impl PaymentGateway for SimulatedGateway {
                 payment_id: format!("pay_{}", r.idempotency_key),
             }),
         }
+    }
+
+    /// Always refunds, with refund id `ref_<order id>`.
+    async fn refund(&self, r: &RefundRequest) -> Result<String, GatewayError> {
+        Ok(format!("ref_{}", r.idempotency_key))
     }
 }
 

@@ -1,18 +1,30 @@
 //! Payment: charges a validated order once, by order id. The outcome is recorded in the store
 //! before anything is produced, so a redelivered order re-emits the recorded outcome and
 //! never reaches the gateway twice. A declined charge releases the order's reserved stock.
+//!
+//! Refunds (issue #5, f/lifecycle): a cancelled order's approved charge is refunded once (by
+//! order id: the gateway's idempotency key and one [`RefundRecord`]) and announced as
+//! `PaymentRefunded` on `orders.refunded`. [`RefundHandler`] does it for each `OrderCancelled`
+//! (its own consumer group, `orderflow-payment-refunds`) whose order has a charge recorded; a
+//! charge recorded after the cancel (the stage checked before charging, the cancel came
+//! between) is refunded here, since the stage checks again once the charge is recorded, and a
+//! redelivered `OrderValidated` of a cancelled order refunds whatever charge it finds.
 
 mod gateway;
 
 use std::sync::Arc;
 
-pub use gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, SimulatedGateway};
+pub use gateway::{
+    ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, RefundRequest, SimulatedGateway,
+};
 use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
-use orderflow_schemas::{OrderPaid, OrderStatus, OrderValidated, PaymentFailed};
-use orderflow_store::{PaymentRecord, Pricing, Store};
+use orderflow_schemas::{
+    OrderCancelled, OrderPaid, OrderStatus, OrderValidated, PaymentFailed, PaymentRefunded,
+};
+use orderflow_store::{PaymentRecord, Pricing, RefundRecord, Store};
 use tracing::debug;
 
-use crate::{decode, is_cancelled, record_and_emit, store_error, StepDetails};
+use crate::{decode, is_cancelled, produce_error, record_and_emit, store_error, StepDetails};
 
 pub struct PaymentHandler {
     store: Arc<dyn Store>,
@@ -74,14 +86,100 @@ impl PaymentHandler {
     }
 }
 
+// --- Refunds (issue #5, f/lifecycle) ---
+
+impl PaymentHandler {
+    /// Refunds the order's charge if one is recorded and approved.
+    async fn refund_recorded(&self, order_id: &str, customer_id: &str) -> Result<(), HandlerError> {
+        match self
+            .store
+            .get_payment(order_id)
+            .await
+            .map_err(store_error)?
+        {
+            Some(payment) => self.refund(&payment, customer_id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Refunds an approved charge once (by order id) and announces it; a declined one has
+    /// nothing to refund.
+    async fn refund(&self, payment: &PaymentRecord, customer_id: &str) -> Result<(), HandlerError> {
+        let Some(payment_id) = payment.payment_id.clone().filter(|_| payment.approved) else {
+            return Ok(());
+        };
+        let order_id = payment.order_id.as_str();
+        let refund = match self.store.get_refund(order_id).await.map_err(store_error)? {
+            Some(done) => done,
+            None => {
+                let refund_id = self
+                    .gateway
+                    .refund(&RefundRequest {
+                        idempotency_key: order_id.to_string(),
+                        payment_id: payment_id.clone(),
+                        amount_cents: payment.amount_cents,
+                        currency: payment.currency.clone(),
+                    })
+                    .await
+                    .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+                self.store
+                    .record_refund(RefundRecord {
+                        order_id: order_id.to_string(),
+                        payment_id,
+                        refund_id,
+                        amount_cents: payment.amount_cents,
+                        currency: payment.currency.clone(),
+                        at: orderflow_schemas::now_millis(),
+                    })
+                    .await
+                    .map_err(store_error)?
+            }
+        };
+        let event = PaymentRefunded {
+            event_id: format!("{order_id}:refunded"),
+            order_id: order_id.to_string(),
+            customer_id: customer_id.to_string(),
+            payment_id: refund.payment_id,
+            refund_id: refund.refund_id,
+            amount_cents: refund.amount_cents,
+            currency: refund.currency,
+            occurred_at: refund.at,
+        };
+        self.producer.send(&event).await.map_err(produce_error)?;
+        debug!(%order_id, "Payment refunded.");
+        Ok(())
+    }
+}
+
+/// Refunds cancelled orders' charges: the payment stage's consumer of `orders.cancelled`.
+pub struct RefundHandler(pub Arc<PaymentHandler>);
+
+impl Handler for RefundHandler {
+    async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
+        let cancelled: OrderCancelled = decode(m)?;
+        self.0
+            .refund_recorded(&cancelled.order_id, &cancelled.customer_id)
+            .await
+    }
+}
+
 impl Handler for PaymentHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
         let order: OrderValidated = decode(m)?;
         if is_cancelled(&*self.store, &order.order_id).await? {
+            // A charge recorded before (a redelivery after a crash) goes back.
+            self.refund_recorded(&order.order_id, &order.customer_id)
+                .await?;
             debug!(order_id = %order.order_id, "Order cancelled; not charged.");
             return Ok(());
         }
         let payment = self.charge_once(&order).await?;
+        if payment.approved && is_cancelled(&*self.store, &order.order_id).await? {
+            // Cancelled while charging: the cancel's refund may have found no charge yet.
+            self.refund(&payment, &order.customer_id).await?;
+            debug!(order_id = %order.order_id, "Order cancelled while charging; refunded.");
+            return Ok(());
+        }
         if payment.approved {
             let payment_id = payment.payment_id.clone().unwrap_or_default();
             let event = OrderPaid {

@@ -23,11 +23,14 @@ use scylla::{
 use super::{corrupt, raced, retry, text, unavailable, Lwt, ScyllaStore};
 use orderflow_schemas::OrderStatus;
 
-use crate::{CancelOutcome, Result, ShipOutcome, Store, StoreError};
+use super::{from_json, to_json};
+use crate::{CancelOutcome, RefundRecord, Result, ShipOutcome, Store, StoreError};
 
 pub(super) struct LifecycleStatements {
     /// Sets the final step unless there is one.
     finish: PreparedStatement,
+    refund_get: PreparedStatement,
+    refund_insert: PreparedStatement,
 }
 
 impl LifecycleStatements {
@@ -43,8 +46,39 @@ impl LifecycleStatements {
             .map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
         finish.set_is_idempotent(true);
         finish.set_consistency(Consistency::LocalQuorum);
-        Ok(LifecycleStatements { finish })
+        let refund_get = prepare(
+            session,
+            format!("SELECT refund FROM {ks}.refunds WHERE order_id = ?"),
+            Consistency::LocalSerial,
+        )
+        .await?;
+        let refund_insert = prepare(
+            session,
+            format!("INSERT INTO {ks}.refunds (order_id, refund) VALUES (?, ?) IF NOT EXISTS"),
+            Consistency::LocalQuorum,
+        )
+        .await?;
+        Ok(LifecycleStatements {
+            finish,
+            refund_get,
+            refund_insert,
+        })
     }
+}
+
+/// Prepares an idempotent statement.
+async fn prepare(
+    session: &scylla::client::session::Session,
+    cql: String,
+    consistency: Consistency,
+) -> Result<PreparedStatement> {
+    let mut statement = session
+        .prepare(cql.clone())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
+    statement.set_is_idempotent(true);
+    statement.set_consistency(consistency);
+    Ok(statement)
 }
 
 /// What the conditional batch found.
@@ -175,5 +209,33 @@ impl ScyllaStore {
 
     pub(super) async fn ship_order_retried(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
         retry("ship_order", || self.ship_once(order_id, at)).await
+    }
+
+    pub(super) async fn get_refund_impl(&self, order_id: &str) -> Result<Option<RefundRecord>> {
+        self.first::<(Option<String>,)>(&self.lifecycle.refund_get, (order_id,))
+            .await?
+            .and_then(|(r,)| r)
+            .map(|r| from_json("refund", &r))
+            .transpose()
+    }
+
+    pub(super) async fn record_refund_impl(&self, refund: RefundRecord) -> Result<RefundRecord> {
+        let json = to_json(&refund)?;
+        retry("record_refund", || async {
+            let lwt = self
+                .lwt(
+                    &self.lifecycle.refund_insert,
+                    (refund.order_id.as_str(), json.as_str()),
+                )
+                .await?;
+            if lwt.applied {
+                return Ok(refund.clone());
+            }
+            match lwt.text("refund") {
+                Some(existing) => from_json("refund", &existing),
+                None => Err(raced()),
+            }
+        })
+        .await
     }
 }

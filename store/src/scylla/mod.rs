@@ -1473,6 +1473,14 @@ impl Store for ScyllaStore {
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
         self.ship_order_retried(order_id, at).await
     }
+
+    async fn get_refund(&self, order_id: &str) -> Result<Option<RefundRecord>> {
+        self.get_refund_impl(order_id).await
+    }
+
+    async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord> {
+        self.record_refund_impl(refund).await
+    }
 }
 
 /// The owner id and end of a reservation lease.
