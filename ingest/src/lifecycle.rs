@@ -70,13 +70,7 @@ async fn cancel_request(headers: &HeaderMap, body: Body) -> Result<CancelOrderRe
         return Ok(CancelOrderRequest::default());
     }
     if !is_json(headers) {
-        return Err(Problem::field(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported content type",
-            "header:Content-Type",
-            "must be application/json",
-        ));
+        return Err(Problem::unsupported_media_type());
     }
     // `null` is the document's "no body" too (the body is optional).
     let req: CancelOrderRequest =
