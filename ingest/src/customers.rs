@@ -142,18 +142,6 @@ fn store_down(e: impl std::fmt::Display) -> Problem {
     Problem::unavailable(format!("the account store is unavailable: {e}"))
 }
 
-fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
-    id.map(|Path(id)| id).map_err(|e| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "invalid-path",
-            "Invalid path",
-            "path:id",
-            e.body_text(),
-        )
-    })
-}
-
 fn no_customer(id: &str) -> Problem {
     Problem::not_found(format!("no customer {id}"))
 }
@@ -419,7 +407,7 @@ pub async fn get(
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AccountView>, Problem> {
-    let id = path_id(id)?;
+    let id = crate::problem::path("id", id)?;
     Ok(Json(visible(&state, &caller, &id).await?.into()))
 }
 
@@ -463,7 +451,7 @@ pub async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<AccountView>, Problem> {
-    let id = path_id(id)?;
+    let id = crate::problem::path("id", id)?;
     let mut account = visible(&state, &caller, &id).await?;
     let req: UpdateCustomerRequest = json_body(&headers, body).await?;
     let mut errors = Vec::new();
@@ -546,7 +534,7 @@ pub async fn delete(
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Problem> {
-    let id = path_id(id)?;
+    let id = crate::problem::path("id", id)?;
     let mut account = visible(&state, &caller, &id).await?;
     caller.require_admin()?;
     if !account.disabled {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::{
     body::Body,
     extract::{rejection::PathRejection, Path, State},
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
     Json,
 };
 use orderflow_schemas::{now_millis, OrderCancelled, OrderShipped, OrderStatus};
@@ -47,16 +47,6 @@ pub struct CancelOrderRequest {
     )]
     #[serde(default)]
     pub reason: Option<String>,
-}
-
-fn path_problem(e: PathRejection) -> Problem {
-    Problem::field(
-        StatusCode::BAD_REQUEST,
-        "invalid-path",
-        "Invalid path",
-        "path:id",
-        e.body_text(),
-    )
 }
 
 fn store_down(e: orderflow_store::StoreError) -> Problem {
@@ -150,7 +140,7 @@ pub async fn cancel(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<OrderView>, Problem> {
-    let Path(order_id) = order_id.map_err(path_problem)?;
+    let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
     let req = cancel_request(&headers, body).await?;
     let not_found = || Problem::not_found(format!("no order {order_id}"));
@@ -253,7 +243,7 @@ pub async fn ship(
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
     caller.require_admin()?;
-    let Path(order_id) = order_id.map_err(path_problem)?;
+    let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
     let outcome = state
         .store

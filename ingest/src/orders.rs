@@ -746,15 +746,7 @@ pub async fn get(
     caller: Caller,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
-    let Path(order_id) = order_id.map_err(|e| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "invalid-path",
-            "Invalid path",
-            "path:id",
-            e.body_text(),
-        )
-    })?;
+    let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
     match state.orders.get(&*state.store, &order_id).await {
         Ok(Some(order)) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
@@ -800,15 +792,7 @@ pub async fn invoice(
     caller: crate::auth::Caller,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let Path(order_id) = order_id.map_err(|e| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "invalid-path",
-            "Invalid path",
-            "path:id",
-            e.body_text(),
-        )
-    })?;
+    let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
     let order = state
         .orders

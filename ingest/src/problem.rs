@@ -1,6 +1,7 @@
 //! RFC 9457 problem details: every error the API returns is `application/problem+json`.
 
 use axum::{
+    extract::{rejection::PathRejection, Path},
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -118,6 +119,17 @@ impl Problem {
         )
     }
 
+    /// 400 naming `path:<param>`: a path segment that is not UTF-8 once percent-decoded.
+    pub fn path_segment(param: &str, rejection: PathRejection) -> Self {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            "Invalid path",
+            &format!("path:{param}"),
+            rejection.body_text(),
+        )
+    }
+
     /// 401 with `WWW-Authenticate: Bearer`: no valid access token came with the request.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         let detail = detail.into();
@@ -171,6 +183,13 @@ impl Problem {
         p.headers_mut().retry_after = Some(1);
         p
     }
+}
+
+/// The path parameter `param`, or the 400 that names it.
+pub fn path(param: &str, segment: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    segment
+        .map(|Path(value)| value)
+        .map_err(|e| Problem::path_segment(param, e))
 }
 
 impl IntoResponse for Problem {

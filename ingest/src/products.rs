@@ -139,17 +139,6 @@ pub struct StockAdjustmentRequest {
     pub reason: Option<String>,
 }
 
-/// A problem for a bad path segment.
-fn path_problem(e: PathRejection) -> Problem {
-    Problem::field(
-        StatusCode::BAD_REQUEST,
-        "invalid-path",
-        "Invalid path",
-        "path:sku",
-        e.body_text(),
-    )
-}
-
 fn store_down(e: orderflow_store::StoreError) -> Problem {
     Problem::unavailable(format!("the catalogue is unavailable: {e}"))
 }
@@ -339,7 +328,7 @@ pub async fn get(
     State(state): State<Arc<ApiState>>,
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ProductView>, Problem> {
-    let Path(sku) = sku.map_err(path_problem)?;
+    let sku = crate::problem::path("sku", sku)?;
     match state.store.get_product(&sku).await.map_err(store_down)? {
         Some(p) => Ok(Json(p.into())),
         None => Err(no_product(&sku)),
@@ -462,7 +451,7 @@ pub async fn update(
     body: Body,
 ) -> Result<Json<ProductView>, Problem> {
     caller.require_admin()?;
-    let Path(sku) = sku.map_err(path_problem)?;
+    let sku = crate::problem::path("sku", sku)?;
     let req: UpdateProductRequest = json_body(&headers, body).await?;
     let errors = validate_update(&req);
     if !errors.is_empty() {
@@ -519,7 +508,7 @@ pub async fn discontinue(
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Problem> {
     caller.require_admin()?;
-    let Path(sku) = sku.map_err(path_problem)?;
+    let sku = crate::problem::path("sku", sku)?;
     let change = ProductChange {
         discontinued: Some(true),
         ..ProductChange::default()
@@ -587,7 +576,7 @@ pub async fn adjust_stock(
     body: Body,
 ) -> Result<Json<ProductView>, Problem> {
     caller.require_admin()?;
-    let Path(sku) = sku.map_err(path_problem)?;
+    let sku = crate::problem::path("sku", sku)?;
     let req: StockAdjustmentRequest = json_body(&headers, body).await?;
     let errors = validate_adjustment(&req);
     if !errors.is_empty() {
