@@ -459,6 +459,20 @@ fn reserve_in(
 }
 
 fn release_in(txn: &WriteTransaction, order_id: &str) -> Result<bool> {
+    settle_in(txn, order_id, Settle::GiveBack)
+}
+
+/// What becomes of an order's reserved units when its reservation is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// They go back to the available stock (payment failed, cancelled).
+    GiveBack,
+    /// They leave the warehouse (shipped): out of `reserved`, not back into `stock`.
+    Consume,
+}
+
+/// Settles the order's reservation once: `false` when there was nothing (left) to settle.
+fn settle_in(txn: &WriteTransaction, order_id: &str, settle: Settle) -> Result<bool> {
     let mut reservations = txn.open_table(RESERVATIONS).map_err(unavailable)?;
     let Some(mut reservation) = get_json::<Reservation, _>(&reservations, "reservation", order_id)?
     else {
@@ -477,7 +491,9 @@ fn release_in(txn: &WriteTransaction, order_id: &str) -> Result<bool> {
     for line in lines.iter() {
         if let Some(mut p) = get_json::<Product, _>(&products, "product", &line.sku)? {
             let q = i64::from(line.quantity);
-            p.stock += q;
+            if settle == Settle::GiveBack {
+                p.stock += q;
+            }
             p.reserved -= q;
             let bytes = to_bytes(&p)?;
             products
@@ -1205,13 +1221,17 @@ fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcom
     drop(orders);
     Ok(match order.status {
         OrderStatus::Shipped => ShipOutcome::Shipped(Box::new(order)),
-        OrderStatus::Paid | OrderStatus::Invoiced => ShipOutcome::Shipped(Box::new(finish_in(
-            txn,
-            order,
-            OrderStatus::Shipped,
-            None,
-            at,
-        )?)),
+        OrderStatus::Paid | OrderStatus::Invoiced => {
+            // The shipped units leave `reserved` in the same transaction.
+            settle_in(txn, order_id, Settle::Consume)?;
+            ShipOutcome::Shipped(Box::new(finish_in(
+                txn,
+                order,
+                OrderStatus::Shipped,
+                None,
+                at,
+            )?))
+        }
         other => ShipOutcome::NotReady(other),
     })
 }

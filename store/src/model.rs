@@ -147,7 +147,8 @@ pub enum Reservation {
     Reserved {
         lines: Vec<ReservedLine>,
         at: i64,
-        /// Set once the stock went back (payment failed, cancelled).
+        /// Set once the reservation is settled: the units went back to the stock (payment
+        /// failed, cancelled) or left with the shipment (shipped).
         #[serde(default)]
         released: bool,
     },

@@ -89,6 +89,8 @@ macro_rules! conformance_tests {
             ship_only_when_paid_and_never_after_cancel = check_ship_only_when_paid_and_never_after_cancel;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             racing_cancel_and_ship_one_wins = check_racing_cancel_and_ship_one_wins;
+            [tokio::test]
+            shipping_takes_the_units_out_of_reserved = check_shipping_takes_the_units_out_of_reserved;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             first_refund_wins = check_first_refund_wins;
         }
@@ -1975,6 +1977,53 @@ async fn check_ship_only_when_paid_and_never_after_cancel(store: Arc<dyn Store>)
     assert_eq!(
         store.ship_order(&new_id(), T0).await.unwrap(),
         ShipOutcome::NotFound
+    );
+}
+
+/// Shipping settles the order's reservation: the units leave `reserved` and do not come back
+/// to the available stock, once, however often the ship is repeated.
+async fn check_shipping_takes_the_units_out_of_reserved(store: Arc<dyn Store>) {
+    let sku = unique("ship-sku");
+    store.put_products(vec![product(&sku, 10)]).await.unwrap();
+    let o = order(&unique("customer"), T0);
+    store.create_order(o.clone(), None).await.unwrap();
+    let items = [OrderItem {
+        sku: sku.clone(),
+        quantity: 3,
+    }];
+    let reserved = store.reserve(&o.order_id, &items, T0 + 1).await.unwrap();
+    assert!(
+        matches!(reserved, Reservation::Reserved { .. }),
+        "{reserved:?}"
+    );
+    for (status, at) in [
+        (OrderStatus::Validated, T0 + 1),
+        (OrderStatus::Paid, T0 + 2),
+        (OrderStatus::Invoiced, T0 + 3),
+    ] {
+        store.apply_status(update(&o, status, at)).await.unwrap();
+    }
+    let stock = |p: Product| (p.stock, p.reserved);
+    let before = stock(store.get_product(&sku).await.unwrap().unwrap());
+    assert_eq!(before, (7, 3));
+    for at in [T0 + 10, T0 + 20] {
+        assert!(matches!(
+            store.ship_order(&o.order_id, at).await.unwrap(),
+            ShipOutcome::Shipped(_)
+        ));
+        assert_eq!(
+            stock(store.get_product(&sku).await.unwrap().unwrap()),
+            (7, 0),
+            "shipped units leave reserved once and do not return to stock"
+        );
+    }
+    assert!(
+        !store.release(&o.order_id).await.unwrap(),
+        "nothing left to release"
+    );
+    assert_eq!(
+        stock(store.get_product(&sku).await.unwrap().unwrap()),
+        (7, 0)
     );
 }
 

@@ -183,7 +183,12 @@ impl ScyllaStore {
             return Ok(ShipOutcome::NotFound);
         };
         match order.status {
-            OrderStatus::Shipped => return Ok(ShipOutcome::Shipped(Box::new(order))),
+            OrderStatus::Shipped => {
+                // A crash after the ship and before the settling: settle now (nothing twice).
+                self.settle_once(order_id, &super::Lease::new(), false)
+                    .await?;
+                return Ok(ShipOutcome::Shipped(Box::new(order)));
+            }
             OrderStatus::Paid | OrderStatus::Invoiced => {}
             other => return Ok(ShipOutcome::NotReady(other)),
         }
@@ -194,6 +199,9 @@ impl ScyllaStore {
             Finish::Applied | Finish::Already(OrderStatus::Shipped) => {}
             Finish::Already(other) => return Ok(ShipOutcome::NotReady(other)),
         }
+        // The shipped units leave `reserved` (idempotent: a repeated ship settles what is left).
+        self.settle_once(order_id, &super::Lease::new(), false)
+            .await?;
         let order = self.get_order(order_id).await?.ok_or_else(raced)?;
         Ok(ShipOutcome::Shipped(Box::new(order)))
     }

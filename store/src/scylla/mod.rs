@@ -655,6 +655,13 @@ impl ScyllaStore {
     }
 
     async fn release_once(&self, order_id: &str, lease: &Lease) -> Result<bool> {
+        self.settle_once(order_id, lease, true).await
+    }
+
+    /// Settles the order's reservation once: its units go back to the stock (`give_back`), or
+    /// leave `reserved` without returning (shipped). A negative hold marks a SKU settled, so a
+    /// retry after a crash settles what is left and nothing twice.
+    async fn settle_once(&self, order_id: &str, lease: &Lease, give_back: bool) -> Result<bool> {
         let outcome = match self.claim(order_id, lease, false).await? {
             Claim::Missing => return Ok(false),
             Claim::Owned(outcome) => outcome,
@@ -687,10 +694,26 @@ impl ScyllaStore {
                 if row.holds.get(order_id).copied().unwrap_or(0) < 0 {
                     break;
                 }
-                if self
-                    .move_stock(&row, order_id, -quantity, -quantity)
+                let settled = if give_back {
+                    self.move_stock(&row, order_id, -quantity, -quantity)
+                        .await?
+                } else {
+                    self.lwt(
+                        &self.q.product_move,
+                        (
+                            row.product.stock,
+                            row.product.reserved - quantity,
+                            order_id,
+                            -quantity,
+                            row.version + 1,
+                            row.product.sku.as_str(),
+                            row.version,
+                        ),
+                    )
                     .await?
-                {
+                    .applied
+                };
+                if settled {
                     break;
                 }
                 tokio::time::sleep(jitter(Duration::from_millis(2))).await;
