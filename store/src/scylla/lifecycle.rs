@@ -23,7 +23,7 @@ use scylla::{
 use super::{corrupt, raced, retry, text, unavailable, Lwt, ScyllaStore};
 use orderflow_schemas::OrderStatus;
 
-use super::{from_json, to_json};
+use super::from_json;
 use crate::{CancelOutcome, RefundRecord, Result, ShipOutcome, Store, StoreError};
 
 pub(super) struct LifecycleStatements {
@@ -228,22 +228,8 @@ impl ScyllaStore {
     }
 
     pub(super) async fn record_refund_impl(&self, refund: RefundRecord) -> Result<RefundRecord> {
-        let json = to_json(&refund)?;
-        retry("record_refund", || async {
-            let lwt = self
-                .lwt(
-                    &self.lifecycle.refund_insert,
-                    (refund.order_id.as_str(), json.as_str()),
-                )
-                .await?;
-            if lwt.applied {
-                return Ok(refund.clone());
-            }
-            match lwt.text("refund") {
-                Some(existing) => from_json("refund", &existing),
-                None => Err(raced()),
-            }
-        })
-        .await
+        let order_id = refund.order_id.clone();
+        self.record_once(&self.lifecycle.refund_insert, "refund", &order_id, refund)
+            .await
     }
 }

@@ -734,6 +734,30 @@ impl ScyllaStore {
         Ok(true)
     }
 
+    /// Records `record` as the order's `column` (JSON) with an `INSERT … IF NOT EXISTS` of
+    /// `(order_id, column)`, unless the order has one: returns the one recorded, the first
+    /// writer's.
+    async fn record_once<T: Serialize + DeserializeOwned + Clone>(
+        &self,
+        insert: &PreparedStatement,
+        column: &str,
+        order_id: &str,
+        record: T,
+    ) -> Result<T> {
+        let json = to_json(&record)?;
+        retry(&format!("record_{column}"), || async {
+            let lwt = self.lwt(insert, (order_id, json.as_str())).await?;
+            if lwt.applied {
+                return Ok(record.clone());
+            }
+            match lwt.text(column) {
+                Some(existing) => from_json(column, &existing),
+                None => Err(raced()),
+            }
+        })
+        .await
+    }
+
     async fn let_go(&self, order_id: &str, lease: &Lease) -> Result<()> {
         self.lwt(&self.q.reservation_let_go, (order_id, lease.owner.as_str()))
             .await?;
@@ -1361,23 +1385,9 @@ impl Store for ScyllaStore {
     }
 
     async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
-        let json = to_json(&payment)?;
-        retry("record_payment", || async {
-            let lwt = self
-                .lwt(
-                    &self.q.payment_insert,
-                    (payment.order_id.as_str(), json.as_str()),
-                )
-                .await?;
-            if lwt.applied {
-                return Ok(payment.clone());
-            }
-            match lwt.text("payment") {
-                Some(existing) => from_json("payment", &existing),
-                None => Err(raced()),
-            }
-        })
-        .await
+        let order_id = payment.order_id.clone();
+        self.record_once(&self.q.payment_insert, "payment", &order_id, payment)
+            .await
     }
 
     async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
