@@ -472,4 +472,21 @@ impl Store for Switchable {
     ) -> Result<orderflow_store::RefundRecord> {
         self.up()?.record_refund(refund).await
     }
+
+    async fn modify_order(
+        &self,
+        order_id: &str,
+        items: Vec<orderflow_schemas::OrderItem>,
+        at: i64,
+    ) -> Result<orderflow_store::ModifyOutcome> {
+        self.up()?.modify_order(order_id, items, at).await
+    }
+
+    async fn claim_payment(
+        &self,
+        order_id: &str,
+        revision: i32,
+    ) -> Result<orderflow_store::PaymentClaim> {
+        self.up()?.claim_payment(order_id, revision).await
+    }
 }

@@ -37,6 +37,7 @@ fn message(i: usize, run: &str) -> Incoming {
             token: "tok_visa".into(),
         },
         occurred_at: 1_700_000_000_000,
+        revision: 0,
     };
     Incoming {
         topic: "orders.validated".into(),

@@ -44,6 +44,7 @@ fn validated(order_id: &str, customer_id: &str) -> Envelope {
             token: "tok_visa".into(),
         },
         occurred_at: 1_700_000_000_000,
+        revision: 0,
     };
     Envelope::decode(
         TopicKind::OrdersValidated,

@@ -200,6 +200,8 @@ mod tests {
                     detail: None,
                 })
                 .collect(),
+            revision: 0,
+            payment_claim: None,
         }
     }
 

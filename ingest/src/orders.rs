@@ -654,6 +654,8 @@ pub async fn create(
             at: now,
             detail: None,
         }],
+        revision: 0,
+        payment_claim: None,
     };
 
     let outcome = state

@@ -5,10 +5,12 @@
 //!
 //! # Layout
 //! - [`validation`]: `orders.accepted` → reserve stock, price → `orders.validated` |
-//!   `orders.rejected`.
+//!   `orders.rejected`; and `orders.modified` → re-price the new quantities (reserved by the
+//!   API) → `orders.validated` for the order's new revision.
 //! - [`payment`]: `orders.validated` → charge through a [`payment::PaymentGateway`] →
-//!   `orders.paid` | `orders.payment-failed` (releasing the stock); and `orders.cancelled` →
-//!   refund an approved charge → `orders.refunded`.
+//!   `orders.paid` | `orders.payment-failed` (releasing the stock), except bank transfers,
+//!   which wait for an admin to record them; and `orders.cancelled` → refund an approved
+//!   charge → `orders.refunded`.
 //! - [`invoicing`]: `orders.paid` → numbered invoice, its PDF in object storage →
 //!   `orders.invoiced`.
 //!
@@ -90,8 +92,26 @@ pub async fn run_stage(
     match stage {
         Stage::Validation => {
             let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersAccepted]);
-            let handler = ValidationHandler::new(store, producer.clone(), settings.tax_bps);
-            run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
+            let handler = Arc::new(ValidationHandler::new(
+                store,
+                producer.clone(),
+                settings.tax_bps,
+            ));
+            // Re-pricing of modified orders (issue #5), in a consumer group of its own.
+            let modifications =
+                StageConfig::new(kafka, "validation-modifications", vec![T::OrdersModified]);
+            let modification_handler = Arc::new(validation::ModificationHandler(handler.clone()));
+            tokio::try_join!(
+                run_consumer(kafka, config, handler, producer.clone(), shutdown.clone()),
+                run_consumer(
+                    kafka,
+                    modifications,
+                    modification_handler,
+                    producer,
+                    shutdown
+                ),
+            )
+            .map(|_| ())
         }
         Stage::Payment => {
             let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersValidated]);
@@ -152,6 +172,8 @@ pub(crate) struct StepDetails {
     pub detail: Option<String>,
     pub pricing: Option<Pricing>,
     pub invoice_number: Option<String>,
+    /// The order revision the step is for (issue #5, modifications).
+    pub revision: i32,
 }
 
 /// Records a step on the order's read model, then produces its event. Both are idempotent by
@@ -173,6 +195,7 @@ pub(crate) async fn record_and_emit<E: Event>(
             detail: details.detail,
             pricing: details.pricing,
             invoice_number: details.invoice_number,
+            revision: details.revision,
         })
         .await
         .map_err(store_error)?;

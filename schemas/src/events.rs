@@ -131,6 +131,16 @@ impl OrderStatus {
     pub fn event_id(self, order_id: &str) -> String {
         format!("{order_id}:{}", self.as_str())
     }
+
+    /// The event id of this step for an order's revision (issue #5, modifications): as
+    /// [`OrderStatus::event_id`] for revision 0, with `:r<revision>` after it for the others,
+    /// so each revision's step is its own event.
+    pub fn revision_event_id(self, order_id: &str, revision: i32) -> String {
+        match revision {
+            0 => self.event_id(order_id),
+            r => format!("{order_id}:{}:r{r}", self.as_str()),
+        }
+    }
 }
 
 impl std::fmt::Display for OrderStatus {
@@ -164,6 +174,17 @@ pub struct Address {
 pub struct PaymentMethod {
     pub method: String,
     pub token: String,
+}
+
+impl PaymentMethod {
+    /// The method paid offline (issue #5): the payment stage charges nothing; the order waits
+    /// for an admin to record the transfer, and its quantities may change until then.
+    pub const BANK_TRANSFER: &'static str = "bank_transfer";
+
+    /// Whether the order is paid offline ([`PaymentMethod::BANK_TRANSFER`]).
+    pub fn is_offline(&self) -> bool {
+        self.method == Self::BANK_TRANSFER
+    }
 }
 
 /// A priced line of an order.
@@ -207,6 +228,9 @@ pub struct OrderValidated {
     pub total_cents: i64,
     pub payment: PaymentMethod,
     pub occurred_at: i64,
+    /// The order's revision these lines are for (issue #5: 0 as placed, +1 per modification).
+    #[serde(default)]
+    pub revision: i32,
 }
 event!(
     OrderValidated,
@@ -405,10 +429,36 @@ event!(
     TopicKind::OrdersRefunded,
     "payment_refunded.avsc"
 );
+
+/// An unpaid order whose quantities changed (issue #5): its reservation holds the new
+/// quantities already; validation re-prices it and produces `OrderValidated` for `revision`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderModified {
+    pub event_id: String,
+    pub order_id: String,
+    pub customer_id: String,
+    pub revision: i32,
+    pub items: Vec<OrderItem>,
+    pub occurred_at: i64,
+}
+event!(
+    OrderModified,
+    "io.orderflow.events.OrderModified",
+    11,
+    TopicKind::OrdersModified,
+    "order_modified.avsc"
+);
+
+impl OrderModified {
+    /// The event id of an order's `revision`: `<order id>:modified:r<revision>`.
+    pub fn event_id_for(order_id: &str, revision: i32) -> String {
+        format!("{order_id}:modified:r{revision}")
+    }
+}
 // --- end of order lifecycle events ---------------------------------------------------------------
 
 /// Every schema of the catalogue: (record name, schema id, topic, schema text).
-pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 10] {
+pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 11] {
     fn row<E: Event>() -> (&'static str, u32, TopicKind, &'static str) {
         (E::NAME, E::SCHEMA_ID, E::TOPIC, E::schema_text())
     }
@@ -423,5 +473,6 @@ pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 10] {
         row::<OrderCancelled>(),
         row::<OrderShipped>(),
         row::<PaymentRefunded>(),
+        row::<OrderModified>(),
     ]
 }

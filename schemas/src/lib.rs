@@ -25,7 +25,7 @@ pub use events::{
     OrderLine, OrderPaid, OrderRejected, OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
 };
 // Issue #5, f/lifecycle.
-pub use events::{OrderCancelled, OrderShipped, PaymentRefunded};
+pub use events::{OrderCancelled, OrderModified, OrderShipped, PaymentRefunded};
 pub use registry::SchemaIds;
 pub use topics::{TopicKind, Topics};
 pub use wire::{decode, decode_with, encode, encode_with, DecodeError, EncodeError};

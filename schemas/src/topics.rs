@@ -21,6 +21,8 @@ pub enum TopicKind {
     OrdersShipped,
     /// Refunds of cancelled paid orders (issue #5, f/lifecycle).
     OrdersRefunded,
+    /// Unpaid orders whose quantities changed (issue #5).
+    OrdersModified,
 }
 
 /// One row of the catalogue, as the README prints it.
@@ -38,7 +40,7 @@ pub struct TopicSpec {
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 12] = [
+    pub const ALL: [TopicKind; 13] = [
         TopicKind::OrdersAccepted,
         TopicKind::OrdersValidated,
         TopicKind::OrdersRejected,
@@ -51,6 +53,7 @@ impl TopicKind {
         TopicKind::OrdersCancelled,
         TopicKind::OrdersShipped,
         TopicKind::OrdersRefunded,
+        TopicKind::OrdersModified,
     ];
 
     pub fn spec(self) -> TopicSpec {
@@ -120,6 +123,12 @@ impl TopicKind {
                 Some("PaymentRefunded"),
                 "payment",
                 "bridge",
+            ),
+            TopicKind::OrdersModified => (
+                "orders.modified",
+                Some("OrderModified"),
+                "ingest",
+                "validation (re-pricing), bridge",
             ),
             TopicKind::OrdersShipped => {
                 ("orders.shipped", Some("OrderShipped"), "ingest", "bridge")

@@ -219,6 +219,18 @@ mod tests {
                 token: "tok".into(),
             },
             occurred_at: 1,
+            revision: 2,
+        });
+        round_trip(crate::OrderModified {
+            event_id: crate::OrderModified::event_id_for("o1", 1),
+            order_id: "o1".into(),
+            customer_id: "c1".into(),
+            revision: 1,
+            items: vec![OrderItem {
+                sku: "SKU-1".into(),
+                quantity: 3,
+            }],
+            occurred_at: 2,
         });
         round_trip(OrderRejected {
             event_id: "o1:rejected".into(),
@@ -355,6 +367,47 @@ mod tests {
             decode_with::<OrderRejected>(&ids, &newer).unwrap(),
             rejected
         );
+    }
+
+    #[test]
+    fn an_order_validated_written_before_revisions_decodes_as_revision_zero() {
+        use crate::{registry::SchemaIds, TopicKind};
+        // The schema as it was before issue #5's modifications: no `revision` field.
+        let mut v1: serde_json::Value =
+            serde_json::from_str(OrderValidated::schema_text()).unwrap();
+        v1["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["name"] != "revision");
+        let v1 = apache_avro::Schema::parse_str(&v1.to_string()).unwrap();
+        let ids = SchemaIds::new(
+            SchemaIds::builtin().current(),
+            [(300, TopicKind::OrdersValidated, v1.clone())],
+        )
+        .unwrap();
+        let lines = Value::Array(vec![]);
+        let payment = Value::Record(vec![
+            ("method".into(), Value::String("card".into())),
+            ("token".into(), Value::String("tok".into())),
+        ]);
+        let old = Value::Record(vec![
+            ("event_id".into(), Value::String("o:validated".into())),
+            ("order_id".into(), Value::String("o".into())),
+            ("customer_id".into(), Value::String("c".into())),
+            ("lines".into(), lines),
+            ("currency".into(), Value::String("EUR".into())),
+            ("subtotal_cents".into(), Value::Long(100)),
+            ("tax_cents".into(), Value::Long(20)),
+            ("total_cents".into(), Value::Long(120)),
+            ("payment".into(), payment),
+            ("occurred_at".into(), Value::TimestampMillis(5)),
+        ]);
+        let mut framed = vec![MAGIC];
+        framed.extend_from_slice(&300u32.to_be_bytes());
+        framed.extend(apache_avro::to_avro_datum(&v1, old).unwrap());
+        let decoded = decode_with::<OrderValidated>(&ids, &framed).unwrap();
+        assert_eq!(decoded.revision, 0);
+        assert_eq!(decoded.total_cents, 120);
     }
 
     #[test]

@@ -37,6 +37,8 @@ fn order(id: &str) -> OrderRecord {
             at: 1,
             detail: None,
         }],
+        revision: 0,
+        payment_claim: None,
     }
 }
 
@@ -116,6 +118,7 @@ fn bench(c: &mut Criterion) {
                         detail: None,
                         pricing: None,
                         invoice_number: None,
+                        revision: 0,
                     })
                 })))
             },
@@ -179,6 +182,7 @@ async fn one_order(store: &dyn Store, id: &str) {
         detail: None,
         pricing: None,
         invoice_number: None,
+        revision: 0,
     };
     let items = [OrderItem {
         sku: "SKU".into(),

@@ -321,6 +321,8 @@ fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> 
             created_at: update.at,
             updated_at: update.at,
             timeline: Vec::new(),
+            revision: update.revision,
+            payment_claim: None,
         },
     };
     if order.timeline.iter().any(|t| t.event_id == update.event_id) {
@@ -337,7 +339,8 @@ fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> 
         order.status = update.status;
     }
     order.updated_at = order.updated_at.max(update.at);
-    if update.pricing.is_some() {
+    // A late step of an earlier revision does not price the order's current one.
+    if update.pricing.is_some() && update.revision >= order.revision {
         order.pricing = update.pricing.clone();
     }
     if update.invoice_number.is_some() {
@@ -448,6 +451,7 @@ fn reserve_in(
                 lines,
                 at,
                 released: false,
+                revision: 0,
             }
         }
     };
@@ -1158,6 +1162,25 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    // --- Modifications (issue #5) ---
+
+    async fn modify_order(
+        &self,
+        order_id: &str,
+        items: Vec<OrderItem>,
+        at: i64,
+    ) -> Result<ModifyOutcome> {
+        let order_id = order_id.to_string();
+        self.write(move |txn| modify_in(txn, &order_id, &items, at))
+            .await
+    }
+
+    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim> {
+        let order_id = order_id.to_string();
+        self.write(move |txn| claim_in(txn, &order_id, revision))
+            .await
+    }
 }
 
 // --- Cancel and ship (issue #5, f/lifecycle) -----------------------------------------------------
@@ -1234,4 +1257,134 @@ fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcom
         }
         other => ShipOutcome::NotReady(other),
     })
+}
+
+// --- Modifications (issue #5) ----------------------------------------------------------------
+
+/// See [`Store::modify_order`]: the order, its reservation and the products change in one
+/// transaction, so a claim, a cancel or a reservation of the same products sees all or none.
+fn modify_in(
+    txn: &WriteTransaction,
+    order_id: &str,
+    items: &[OrderItem],
+    at: i64,
+) -> Result<ModifyOutcome> {
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let Some(mut order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+        return Ok(ModifyOutcome::NotFound);
+    };
+    drop(orders);
+    let refused = |order: &OrderRecord| ModifyOutcome::NotModifiable {
+        status: order.status,
+        claimed: order.payment_claim.is_some(),
+    };
+    if order.status != OrderStatus::Validated || order.payment_claim.is_some() {
+        return Ok(refused(&order));
+    }
+    let mut reservations = txn.open_table(RESERVATIONS).map_err(unavailable)?;
+    let Some(Reservation::Reserved {
+        lines,
+        at: reserved_at,
+        released: false,
+        ..
+    }) = get_json::<Reservation, _>(&reservations, "reservation", order_id)?
+    else {
+        return Ok(refused(&order));
+    };
+    let plan = match ModificationPlan::new(&lines, items)? {
+        Ok(plan) => plan,
+        Err(refusal) => return Ok(refusal),
+    };
+    if plan.is_unchanged(&lines) {
+        return Ok(ModifyOutcome::Modified {
+            order: Box::new(order),
+            lines,
+        });
+    }
+    let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+    let mut changed = Vec::with_capacity(plan.deltas.len());
+    for (sku, delta) in &plan.deltas {
+        let Some(mut product) = get_json::<Product, _>(&products, "product", sku)? else {
+            return Err(StoreError::Corrupt(format!(
+                "order {order_id} holds units of {sku}, which is not in the catalogue"
+            )));
+        };
+        // A discontinued product gives back, but no more units go out.
+        let available = if product.discontinued {
+            0
+        } else {
+            product.stock
+        };
+        if *delta > available {
+            return Ok(ModifyOutcome::Insufficient {
+                sku: sku.clone(),
+                available,
+            });
+        }
+        product.stock -= delta;
+        product.reserved += delta;
+        changed.push(product);
+    }
+    for product in &changed {
+        let bytes = to_bytes(product)?;
+        products
+            .insert(product.sku.as_str(), bytes.as_slice())
+            .map_err(unavailable)?;
+    }
+    drop(products);
+    order.revision += 1;
+    let reservation = Reservation::Reserved {
+        lines: plan.lines.clone(),
+        at: reserved_at,
+        released: false,
+        revision: order.revision,
+    };
+    let bytes = to_bytes(&reservation)?;
+    reservations
+        .insert(order_id, bytes.as_slice())
+        .map_err(unavailable)?;
+    drop(reservations);
+    order.items = items.to_vec();
+    order.pricing = None;
+    order.timeline.push(TimelineEntry {
+        status: OrderStatus::Validated,
+        event_id: orderflow_schemas::OrderModified::event_id_for(order_id, order.revision),
+        at,
+        detail: Some(format!("revision {}: quantities changed", order.revision)),
+    });
+    order.timeline.sort_by_key(|t| (t.status.rank(), t.at));
+    order.updated_at = order.updated_at.max(at);
+    put_json(txn, ORDERS, order_id, &order)?;
+    Ok(ModifyOutcome::Modified {
+        order: Box::new(order),
+        lines: plan.lines,
+    })
+}
+
+/// See [`Store::claim_payment`].
+fn claim_in(txn: &WriteTransaction, order_id: &str, revision: i32) -> Result<PaymentClaim> {
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let Some(mut order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+        return Ok(PaymentClaim::NotFound);
+    };
+    drop(orders);
+    if order.status.is_final() {
+        return Ok(PaymentClaim::Final(order.status));
+    }
+    if order.revision > revision {
+        return Ok(PaymentClaim::Stale {
+            current: order.revision,
+        });
+    }
+    if order.revision < revision {
+        return Err(StoreError::Invalid(format!(
+            "order {order_id} has no revision {revision} (it is at {})",
+            order.revision
+        )));
+    }
+    if order.payment_claim.is_none() {
+        order.payment_claim = Some(revision);
+        put_json(txn, ORDERS, order_id, &order)?;
+    }
+    Ok(PaymentClaim::Granted)
 }

@@ -245,6 +245,19 @@ impl<S: Store> Store for Instrumented<S> {
     async fn record_refund(&self, refund: crate::RefundRecord) -> Result<crate::RefundRecord> {
         timed("record_refund", self.0.record_refund(refund)).await
     }
+
+    async fn modify_order(
+        &self,
+        order_id: &str,
+        items: Vec<OrderItem>,
+        at: i64,
+    ) -> Result<crate::ModifyOutcome> {
+        timed("modify_order", self.0.modify_order(order_id, items, at)).await
+    }
+
+    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<crate::PaymentClaim> {
+        timed("claim_payment", self.0.claim_payment(order_id, revision)).await
+    }
 }
 
 #[cfg(test)]

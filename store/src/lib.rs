@@ -207,6 +207,29 @@ pub trait Store: Send + Sync + 'static {
     /// Records the refund of an order unless one is recorded already; returns the recorded one.
     async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord>;
     // --- end of cancel and ship ---------------------------------------------------------------
+
+    // --- Modifications (issue #5) -------------------------------------------------------------
+
+    /// Changes the quantities of a validated order whose payment is not claimed: `items` is
+    /// every item the order keeps with its new quantity (each SKU once, quantities above zero,
+    /// SKUs of the order only; a SKU left out is dropped). The reservation swaps to the new
+    /// quantities all or nothing (an increase needs that many more units available; the unit
+    /// prices stay those the order was priced at), the revision goes up by one, the pricing
+    /// is cleared until validation re-prices the revision, and the timeline gets
+    /// `<order>:modified:r<revision>` (status `validated`, detail `revision <n>`), atomically
+    /// with respect to [`Store::claim_payment`], [`Store::cancel_order`] and other
+    /// modifications.
+    async fn modify_order(
+        &self,
+        order_id: &str,
+        items: Vec<OrderItem>,
+        at: i64,
+    ) -> Result<ModifyOutcome>;
+    /// Claims the payment of the order's `revision` before it is charged (or a bank transfer
+    /// recorded): granted unless the order moved on to a later revision or is final; after a
+    /// grant [`Store::modify_order`] refuses. Idempotent for the same revision.
+    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim>;
+    // --- end of modifications -----------------------------------------------------------------
 }
 
 /// How long an `Idempotency-Key` is remembered by default.

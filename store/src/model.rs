@@ -94,6 +94,13 @@ pub struct OrderRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub timeline: Vec<TimelineEntry>,
+    /// 0 as placed, one more for each change of quantities ([`crate::Store::modify_order`]).
+    #[serde(default)]
+    pub revision: i32,
+    /// The revision the payment was claimed for ([`crate::Store::claim_payment`]): from then
+    /// on the quantities are final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_claim: Option<i32>,
 }
 
 /// An `Idempotency-Key` as the API received it.
@@ -128,6 +135,9 @@ pub struct StatusUpdate {
     pub detail: Option<String>,
     pub pricing: Option<Pricing>,
     pub invoice_number: Option<String>,
+    /// The order revision the step is for: its `pricing` is ignored when the order has moved
+    /// on to a later revision (a late step of a modified order).
+    pub revision: i32,
 }
 
 /// A product as it was when an order reserved it.
@@ -151,6 +161,9 @@ pub enum Reservation {
         /// failed, cancelled) or left with the shipment (shipped).
         #[serde(default)]
         released: bool,
+        /// The order revision the lines are for ([`crate::Store::modify_order`] swaps them).
+        #[serde(default)]
+        revision: i32,
     },
     Rejected {
         /// `unknown_sku`, `out_of_stock` or `invalid_order`.
@@ -269,4 +282,164 @@ pub struct RefundRecord {
     pub amount_cents: i64,
     pub currency: String,
     pub at: i64,
+}
+
+// --- Modifications and payment claims (issue #5) ---
+
+/// What [`crate::Store::modify_order`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModifyOutcome {
+    /// The order holds the new quantities: as it is now (its new revision, items, no pricing
+    /// until validation re-prices it), with its reserved lines. Asking for the quantities it
+    /// has already changes nothing and answers the order as it is.
+    Modified {
+        order: Box<OrderRecord>,
+        lines: Vec<ReservedLine>,
+    },
+    /// Refused: the order is not `validated`, or its payment was claimed (`claimed`). Nothing
+    /// changed.
+    NotModifiable { status: OrderStatus, claimed: bool },
+    /// Refused: `sku` needs more units than are available (`available`: how many more it
+    /// could take). Nothing changed.
+    Insufficient { sku: String, available: i64 },
+    /// Refused: the order has no item with this SKU (only quantities can change).
+    UnknownItem { sku: String },
+    /// No order has this id.
+    NotFound,
+}
+
+/// What [`crate::Store::claim_payment`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentClaim {
+    /// The payment of this revision may go ahead (claimed by this call or an earlier one):
+    /// the quantities can no longer change.
+    Granted,
+    /// The order has moved on to this later revision; its own `OrderValidated` follows.
+    Stale { current: i32 },
+    /// The order is cancelled (or shipped): nothing is to be charged.
+    Final(OrderStatus),
+    /// No order has this id.
+    NotFound,
+}
+
+/// How [`crate::Store::modify_order`] changes a reservation: the new lines, and per SKU the
+/// units to take from the stock (positive) or give back (negative). Both stores plan alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModificationPlan {
+    pub lines: Vec<ReservedLine>,
+    /// Only the SKUs whose quantity changes.
+    pub deltas: Vec<(String, i64)>,
+}
+
+impl ModificationPlan {
+    /// Plans the change from the reserved `current` lines to `items`. `Ok(Err(refusal))` when
+    /// an item is not in the order; an error when `items` breaks the rules of
+    /// [`crate::Store::modify_order`] (the API checks them first).
+    pub fn new(
+        current: &[ReservedLine],
+        items: &[OrderItem],
+    ) -> crate::Result<Result<Self, ModifyOutcome>> {
+        let invalid = |why: String| Err(crate::StoreError::Invalid(why));
+        if items.is_empty() {
+            return invalid("an order keeps at least one item".into());
+        }
+        let mut lines: Vec<ReservedLine> = Vec::with_capacity(items.len());
+        for item in items {
+            if item.quantity <= 0 {
+                return invalid(format!("quantity for {} must be positive", item.sku));
+            }
+            if lines.iter().any(|l| l.sku == item.sku) {
+                return invalid(format!("{} is listed twice", item.sku));
+            }
+            let Some(line) = current.iter().find(|l| l.sku == item.sku) else {
+                return Ok(Err(ModifyOutcome::UnknownItem {
+                    sku: item.sku.clone(),
+                }));
+            };
+            lines.push(ReservedLine {
+                quantity: item.quantity,
+                ..line.clone()
+            });
+        }
+        let held = |lines: &[ReservedLine], sku: &str| -> i64 {
+            lines
+                .iter()
+                .filter(|l| l.sku == sku)
+                .map(|l| i64::from(l.quantity))
+                .sum()
+        };
+        let mut deltas: Vec<(String, i64)> = Vec::new();
+        for line in current {
+            if deltas.iter().any(|(sku, _)| *sku == line.sku) {
+                continue; // a SKU the order listed twice: counted once, in full
+            }
+            let delta = held(&lines, &line.sku) - held(current, &line.sku);
+            deltas.push((line.sku.clone(), delta));
+        }
+        deltas.retain(|(_, delta)| *delta != 0);
+        Ok(Ok(ModificationPlan { lines, deltas }))
+    }
+
+    /// Whether the order keeps exactly the lines it has.
+    pub fn is_unchanged(&self, current: &[ReservedLine]) -> bool {
+        self.lines == current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(sku: &str, quantity: i32) -> ReservedLine {
+        ReservedLine {
+            sku: sku.into(),
+            name: format!("{sku} name"),
+            quantity,
+            unit_price_cents: 100,
+            currency: "EUR".into(),
+        }
+    }
+
+    fn item(sku: &str, quantity: i32) -> OrderItem {
+        OrderItem {
+            sku: sku.into(),
+            quantity,
+        }
+    }
+
+    #[test]
+    fn a_plan_moves_only_the_changed_quantities_and_keeps_prices() {
+        let current = [line("A", 2), line("B", 1)];
+        let plan = ModificationPlan::new(&current, &[item("A", 5)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.lines, vec![line("A", 5)]);
+        assert_eq!(plan.deltas, vec![("A".into(), 3), ("B".into(), -1)]);
+        let same = ModificationPlan::new(&current, &[item("A", 2), item("B", 1)])
+            .unwrap()
+            .unwrap();
+        assert!(same.deltas.is_empty());
+        assert!(same.is_unchanged(&current));
+    }
+
+    #[test]
+    fn a_sku_listed_twice_in_the_order_is_one_demand() {
+        let current = [line("A", 2), line("A", 3)];
+        let plan = ModificationPlan::new(&current, &[item("A", 4)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.deltas, vec![("A".into(), -1)]);
+    }
+
+    #[test]
+    fn unknown_items_and_bad_lists_are_refused() {
+        let current = [line("A", 2)];
+        assert_eq!(
+            ModificationPlan::new(&current, &[item("Z", 1)]).unwrap(),
+            Err(ModifyOutcome::UnknownItem { sku: "Z".into() })
+        );
+        assert!(ModificationPlan::new(&current, &[]).is_err());
+        assert!(ModificationPlan::new(&current, &[item("A", 0)]).is_err());
+        assert!(ModificationPlan::new(&current, &[item("A", 1), item("A", 1)]).is_err());
+    }
 }

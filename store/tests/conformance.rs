@@ -21,10 +21,11 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
-    Account, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft, OrderFilter,
-    OrderRecord, PaymentRecord, Pricing, Product, ProductChange, RefreshToken, RefundRecord,
-    Reservation, RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, TimelineEntry,
-    VerificationCode, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
+    Account, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft,
+    ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord, Pricing, Product,
+    ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome, ShipOutcome,
+    StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,
+    VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -93,6 +94,13 @@ macro_rules! conformance_tests {
             shipping_takes_the_units_out_of_reserved = check_shipping_takes_the_units_out_of_reserved;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             first_refund_wins = check_first_refund_wins;
+            // Modifications and payment claims (issue #5).
+            [tokio::test]
+            modify_swaps_the_reservation_all_or_nothing = check_modify_swaps_the_reservation_all_or_nothing;
+            [tokio::test]
+            payment_claims_fence_modifications = check_payment_claims_fence_modifications;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            racing_modify_and_claim_one_wins = check_racing_modify_and_claim_one_wins;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -443,11 +451,12 @@ async fn check_reservation_is_all_or_nothing(store: Arc<dyn Store>) {
         lines,
         at,
         released,
+        revision,
     } = fits
     else {
         panic!("expected a reservation, got {fits:?}");
     };
-    assert_eq!((at, released), (T0, false));
+    assert_eq!((at, released, revision), (T0, false, 0));
     assert_eq!(reserved_quantity(&lines, &a), 3);
     assert_eq!(reserved_quantity(&lines, &b), 1);
     let line = lines.iter().find(|l| l.sku == a).unwrap();
@@ -1746,6 +1755,8 @@ fn order_with_id(order_id: &str, customer_id: &str, created_at: i64) -> OrderRec
             at: created_at,
             detail: None,
         }],
+        revision: 0,
+        payment_claim: None,
     }
 }
 
@@ -1759,6 +1770,7 @@ fn update(order: &OrderRecord, status: OrderStatus, at: i64) -> StatusUpdate {
         detail: None,
         pricing: None,
         invoice_number: None,
+        revision: 0,
     }
 }
 
@@ -2087,4 +2099,298 @@ async fn check_first_refund_wins(store: Arc<dyn Store>) {
         Some(&recorded[0])
     );
     assert_eq!(store.record_refund(refund(9)).await.unwrap(), recorded[0]);
+}
+
+// --- Modifications and payment claims (issue #5) -----------------------------------------------
+
+/// A validated order of `items` with its stock reserved, as the validation stage leaves it.
+async fn validated_order(store: &dyn Store, items: &[OrderItem]) -> OrderRecord {
+    let o = OrderRecord {
+        items: items.to_vec(),
+        ..order(&unique("customer"), T0)
+    };
+    store.create_order(o.clone(), None).await.unwrap();
+    let reservation = store.reserve(&o.order_id, items, T0 + 1).await.unwrap();
+    assert!(matches!(reservation, Reservation::Reserved { .. }));
+    store
+        .apply_status(StatusUpdate {
+            pricing: Some(pricing(1)),
+            ..update(&o, OrderStatus::Validated, T0 + 2)
+        })
+        .await
+        .unwrap();
+    o
+}
+
+fn modified(outcome: ModifyOutcome) -> OrderRecord {
+    match outcome {
+        ModifyOutcome::Modified { order, .. } => *order,
+        other => panic!("expected Modified, got {other:?}"),
+    }
+}
+
+/// A modification swaps the reserved quantities all or nothing, keeps the unit prices, bumps
+/// the revision (once per real change), clears the pricing and names what it refuses.
+async fn check_modify_swaps_the_reservation_all_or_nothing(store: Arc<dyn Store>) {
+    let (a, b) = (unique("sku-a"), unique("sku-b"));
+    store
+        .put_products(vec![product(&a, 10), product(&b, 5)])
+        .await
+        .unwrap();
+    let o = validated_order(&*store, &[item(&a, 2), item(&b, 1)]).await;
+    assert_eq!(stock(&*store, &a).await, (8, 2));
+    assert_eq!(stock(&*store, &b).await, (4, 1));
+
+    let ModifyOutcome::Modified {
+        order: first,
+        lines,
+    } = store
+        .modify_order(&o.order_id, vec![item(&a, 5), item(&b, 1)], T0 + 10)
+        .await
+        .unwrap()
+    else {
+        panic!("expected the first modification to apply");
+    };
+    assert_eq!(first.revision, 1);
+    assert_eq!(first.items, vec![item(&a, 5), item(&b, 1)]);
+    assert_eq!(first.pricing, None, "re-priced by validation");
+    assert_eq!(first.status, OrderStatus::Validated);
+    assert_eq!(reserved_quantity(&lines, &a), 5);
+    assert_eq!(
+        lines[0].unit_price_cents, 1250,
+        "the price the order was placed at"
+    );
+    let entry = first
+        .timeline
+        .iter()
+        .find(|t| t.event_id == format!("{}:modified:r1", o.order_id))
+        .expect("the modification is on the timeline");
+    assert_eq!(entry.at, T0 + 10);
+    assert_eq!(stock(&*store, &a).await, (5, 5));
+    assert_eq!(stock(&*store, &b).await, (4, 1));
+    assert_eq!(store.get_order(&o.order_id).await.unwrap().unwrap(), *first);
+
+    // Dropping B gives its unit back.
+    let second = modified(
+        store
+            .modify_order(&o.order_id, vec![item(&a, 6)], T0 + 20)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(second.revision, 2);
+    assert_eq!(stock(&*store, &a).await, (4, 6));
+    assert_eq!(stock(&*store, &b).await, (5, 0));
+
+    // More than the stock: refused as a whole.
+    assert_eq!(
+        store
+            .modify_order(&o.order_id, vec![item(&a, 11)], T0 + 30)
+            .await
+            .unwrap(),
+        ModifyOutcome::Insufficient {
+            sku: a.clone(),
+            available: 4
+        }
+    );
+    assert_eq!(stock(&*store, &a).await, (4, 6));
+    // The same quantities again: nothing changes.
+    let same = modified(
+        store
+            .modify_order(&o.order_id, vec![item(&a, 6)], T0 + 40)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(same.revision, 2);
+    assert_eq!(stock(&*store, &a).await, (4, 6));
+    // Only quantities change: no new SKUs, no empty order, no zero quantities.
+    assert_eq!(
+        store
+            .modify_order(&o.order_id, vec![item(&b, 1), item(&a, 1)], T0 + 50)
+            .await
+            .unwrap(),
+        ModifyOutcome::UnknownItem { sku: b.clone() }
+    );
+    for bad in [vec![], vec![item(&a, 0)], vec![item(&a, 1), item(&a, 2)]] {
+        assert!(matches!(
+            store.modify_order(&o.order_id, bad, T0 + 60).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert_eq!(
+        store
+            .get_order(&o.order_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        2
+    );
+
+    // A cancel releases what the order holds now.
+    cancelled(
+        store
+            .cancel_order(&o.order_id, None, T0 + 70)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(stock(&*store, &a).await, (10, 0));
+    assert_eq!(stock(&*store, &b).await, (5, 0));
+    assert_eq!(
+        store
+            .modify_order(&o.order_id, vec![item(&a, 1)], T0 + 80)
+            .await
+            .unwrap(),
+        ModifyOutcome::NotModifiable {
+            status: OrderStatus::Cancelled,
+            claimed: false
+        }
+    );
+
+    // Not validated yet, or unknown.
+    let accepted = order(&unique("customer"), T0);
+    store.create_order(accepted.clone(), None).await.unwrap();
+    assert_eq!(
+        store
+            .modify_order(&accepted.order_id, vec![item(&a, 1)], T0)
+            .await
+            .unwrap(),
+        ModifyOutcome::NotModifiable {
+            status: OrderStatus::Accepted,
+            claimed: false
+        }
+    );
+    assert_eq!(
+        store
+            .modify_order(&new_id(), vec![item(&a, 1)], T0)
+            .await
+            .unwrap(),
+        ModifyOutcome::NotFound
+    );
+}
+
+/// A payment claim is granted for the current revision only (again and again), refused for an
+/// earlier one and for a final order; once granted, the quantities are final. A late step of
+/// an earlier revision does not price the current one.
+async fn check_payment_claims_fence_modifications(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 20)]).await.unwrap();
+
+    let claimed = validated_order(&*store, &[item(&sku, 1)]).await;
+    assert_eq!(
+        store.claim_payment(&claimed.order_id, 0).await.unwrap(),
+        PaymentClaim::Granted
+    );
+    assert_eq!(
+        store.claim_payment(&claimed.order_id, 0).await.unwrap(),
+        PaymentClaim::Granted,
+        "a redelivery claims again"
+    );
+    assert_eq!(
+        store
+            .modify_order(&claimed.order_id, vec![item(&sku, 2)], T0 + 10)
+            .await
+            .unwrap(),
+        ModifyOutcome::NotModifiable {
+            status: OrderStatus::Validated,
+            claimed: true
+        }
+    );
+    assert_eq!(stock(&*store, &sku).await, (19, 1));
+
+    let o = validated_order(&*store, &[item(&sku, 1)]).await;
+    modified(
+        store
+            .modify_order(&o.order_id, vec![item(&sku, 3)], T0 + 10)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store.claim_payment(&o.order_id, 0).await.unwrap(),
+        PaymentClaim::Stale { current: 1 }
+    );
+    // Revision 0's late pricing is ignored; revision 1's is taken.
+    store
+        .apply_status(StatusUpdate {
+            pricing: Some(pricing(1)),
+            event_id: format!("{}:late", o.order_id),
+            ..update(&o, OrderStatus::Validated, T0 + 11)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_order(&o.order_id).await.unwrap().unwrap().pricing,
+        None
+    );
+    store
+        .apply_status(StatusUpdate {
+            pricing: Some(pricing(3)),
+            event_id: format!("{}:validated:r1", o.order_id),
+            revision: 1,
+            ..update(&o, OrderStatus::Validated, T0 + 12)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_order(&o.order_id).await.unwrap().unwrap().pricing,
+        Some(pricing(3))
+    );
+    assert_eq!(
+        store.claim_payment(&o.order_id, 1).await.unwrap(),
+        PaymentClaim::Granted
+    );
+
+    let gone = validated_order(&*store, &[item(&sku, 1)]).await;
+    cancelled(
+        store
+            .cancel_order(&gone.order_id, None, T0 + 5)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store.claim_payment(&gone.order_id, 0).await.unwrap(),
+        PaymentClaim::Final(OrderStatus::Cancelled)
+    );
+    assert_eq!(
+        store.claim_payment(&new_id(), 0).await.unwrap(),
+        PaymentClaim::NotFound
+    );
+}
+
+/// A modification racing the payment claim of the same order: exactly one wins, and the
+/// stock matches the winner (the new quantities held, or the old ones).
+async fn check_racing_modify_and_claim_one_wins(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 1000)]).await.unwrap();
+    let mut orders = Vec::new();
+    for _ in 0..20 {
+        orders.push(validated_order(&*store, &[item(&sku, 1)]).await);
+    }
+    let mut handles = Vec::new();
+    for o in &orders {
+        let barrier = Arc::new(Barrier::new(2));
+        let (s1, b1, id1) = (store.clone(), barrier.clone(), o.order_id.clone());
+        let sku1 = sku.clone();
+        handles.push(tokio::spawn(async move {
+            b1.wait().await;
+            let outcome = s1
+                .modify_order(&id1, vec![item(&sku1, 2)], T0 + 10)
+                .await
+                .unwrap();
+            (matches!(outcome, ModifyOutcome::Modified { .. }), true)
+        }));
+        let (s2, b2, id2) = (store.clone(), barrier, o.order_id.clone());
+        handles.push(tokio::spawn(async move {
+            b2.wait().await;
+            let claim = s2.claim_payment(&id2, 0).await.unwrap();
+            (claim == PaymentClaim::Granted, false)
+        }));
+    }
+    let results = join(handles).await;
+    let mut held = 0;
+    for pair in results.chunks(2) {
+        let (modified, claimed) = (pair[0].0, pair[1].0);
+        assert!(modified != claimed, "exactly one of modify and claim wins");
+        held += if modified { 2 } else { 1 };
+    }
+    assert_eq!(stock(&*store, &sku).await, (1000 - held, held));
 }

@@ -208,6 +208,7 @@ mod tests {
                 token: "tok_visa".into(),
             },
             occurred_at: 0,
+            revision: 0,
         };
         Envelope::decode(
             TopicKind::OrdersValidated,

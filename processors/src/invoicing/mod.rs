@@ -86,6 +86,7 @@ impl Handler for InvoicingHandler {
             detail: Some(invoice.number.clone()),
             pricing: None,
             invoice_number: Some(invoice.number),
+            revision: 0,
         };
         record_and_emit(
             &*self.store,

@@ -173,6 +173,12 @@ impl Handler for PaymentHandler {
             debug!(order_id = %order.order_id, "Order cancelled; not charged.");
             return Ok(());
         }
+        if order.payment.is_offline() {
+            // Paid by bank transfer: the order waits, modifiable, until an admin records the
+            // transfer (`POST /v1/orders/{id}/payment`), which produces its `OrderPaid`.
+            debug!(order_id = %order.order_id, revision = order.revision, "Awaiting a bank transfer.");
+            return Ok(());
+        }
         let payment = self.charge_once(&order).await?;
         if payment.approved && is_cancelled(&*self.store, &order.order_id).await? {
             // Cancelled while charging: the cancel's refund may have found no charge yet.
@@ -204,6 +210,7 @@ impl Handler for PaymentHandler {
                     total_cents: order.total_cents,
                 }),
                 invoice_number: None,
+                revision: order.revision,
             };
             record_and_emit(
                 &*self.store,

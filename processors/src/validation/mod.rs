@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
-use orderflow_schemas::{OrderAccepted, OrderLine, OrderRejected, OrderStatus, OrderValidated};
+use orderflow_schemas::{
+    OrderAccepted, OrderLine, OrderModified, OrderRejected, OrderStatus, OrderValidated,
+    PaymentMethod,
+};
 use orderflow_store::{Pricing, Reservation, ReservedLine, Store};
 use tracing::debug;
 
@@ -54,6 +57,48 @@ pub fn price(lines: &[ReservedLine], tax_bps: i64) -> Pricing {
     }
 }
 
+impl ValidationHandler {
+    /// Prices the reserved lines of the order's `revision` and records and produces its
+    /// `OrderValidated` (event id `<order>:validated`, with `:r<revision>` after a change).
+    async fn validated(
+        &self,
+        order_id: &str,
+        customer_id: &str,
+        payment: PaymentMethod,
+        lines: &[ReservedLine],
+        at: i64,
+        revision: i32,
+    ) -> Result<(), HandlerError> {
+        let pricing = price(lines, self.tax_bps);
+        let event = OrderValidated {
+            event_id: OrderStatus::Validated.revision_event_id(order_id, revision),
+            order_id: order_id.to_string(),
+            customer_id: customer_id.to_string(),
+            lines: pricing.lines.clone(),
+            currency: pricing.currency.clone(),
+            subtotal_cents: pricing.subtotal_cents,
+            tax_cents: pricing.tax_cents,
+            total_cents: pricing.total_cents,
+            payment,
+            occurred_at: at,
+            revision,
+        };
+        let details = StepDetails {
+            pricing: Some(pricing),
+            revision,
+            ..Default::default()
+        };
+        record_and_emit(
+            &*self.store,
+            &self.producer,
+            OrderStatus::Validated,
+            &event,
+            details,
+        )
+        .await
+    }
+}
+
 impl Handler for ValidationHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
         let order: OrderAccepted = decode(m)?;
@@ -77,30 +122,21 @@ impl Handler for ValidationHandler {
             return Ok(());
         }
         match reservation {
-            Reservation::Reserved { lines, at, .. } => {
-                let pricing = price(&lines, self.tax_bps);
-                let event = OrderValidated {
-                    event_id: OrderStatus::Validated.event_id(&order.order_id),
-                    order_id: order.order_id.clone(),
-                    customer_id: order.customer_id.clone(),
-                    lines: pricing.lines.clone(),
-                    currency: pricing.currency.clone(),
-                    subtotal_cents: pricing.subtotal_cents,
-                    tax_cents: pricing.tax_cents,
-                    total_cents: pricing.total_cents,
-                    payment: order.payment.clone(),
-                    occurred_at: at,
-                };
-                let details = StepDetails {
-                    pricing: Some(pricing),
-                    ..Default::default()
-                };
-                record_and_emit(
-                    &*self.store,
-                    &self.producer,
-                    OrderStatus::Validated,
-                    &event,
-                    details,
+            // A redelivery after a modification finds the modified lines: the same event as
+            // the modification's re-pricing.
+            Reservation::Reserved {
+                lines,
+                at,
+                revision,
+                ..
+            } => {
+                self.validated(
+                    &order.order_id,
+                    &order.customer_id,
+                    order.payment.clone(),
+                    &lines,
+                    at,
+                    revision,
                 )
                 .await?;
                 debug!(order_id = %order.order_id, "Order validated.");
@@ -129,6 +165,62 @@ impl Handler for ValidationHandler {
                 debug!(order_id = %order.order_id, reason = %event.reason, "Order rejected.");
             }
         }
+        Ok(())
+    }
+}
+
+/// Re-prices modified orders (issue #5): validation's consumer of `orders.modified`, in a
+/// consumer group of its own. The API swapped the reservation already; this prices the
+/// revision's lines and produces its `OrderValidated`, unless the order moved on (a later
+/// revision's event follows) or is no longer awaiting payment.
+pub struct ModificationHandler(pub Arc<ValidationHandler>);
+
+impl Handler for ModificationHandler {
+    async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
+        let modified: OrderModified = decode(m)?;
+        let store = &*self.0.store;
+        let order_id = modified.order_id.as_str();
+        let Some(order) = store.get_order(order_id).await.map_err(store_error)? else {
+            return Err(HandlerError::Poison(format!(
+                "order {order_id} of a modification is not in the store"
+            )));
+        };
+        if order.revision != modified.revision || order.status != OrderStatus::Validated {
+            debug!(%order_id, revision = modified.revision, "Modification superseded; skipped.");
+            return Ok(());
+        }
+        let reservation = store
+            .reserve(order_id, &modified.items, modified.occurred_at)
+            .await
+            .map_err(store_error)?;
+        let Reservation::Reserved {
+            lines, revision, ..
+        } = reservation
+        else {
+            return Err(HandlerError::Poison(format!(
+                "order {order_id} was modified but holds no reservation"
+            )));
+        };
+        if revision != modified.revision {
+            debug!(%order_id, revision, "Modification superseded; skipped.");
+            return Ok(());
+        }
+        let payment = PaymentMethod {
+            method: order.payment_method.unwrap_or_default(),
+            // Only offline payments are modifiable: there is no token to charge.
+            token: String::new(),
+        };
+        self.0
+            .validated(
+                order_id,
+                &modified.customer_id,
+                payment,
+                &lines,
+                modified.occurred_at,
+                revision,
+            )
+            .await?;
+        debug!(%order_id, revision, "Modified order re-priced.");
         Ok(())
     }
 }

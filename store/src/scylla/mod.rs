@@ -647,6 +647,7 @@ impl ScyllaStore {
                     .collect(),
                 at,
                 released: false,
+                revision: 0,
             },
         };
         self.decide(order_id, lease, &outcome).await?;
@@ -671,6 +672,7 @@ impl ScyllaStore {
             lines,
             at,
             released: false,
+            revision,
         }) = outcome
         else {
             // Rejected, released already, or still being decided: nothing to give back.
@@ -726,6 +728,7 @@ impl ScyllaStore {
                 lines,
                 at,
                 released: true,
+                revision,
             },
         )
         .await?;
@@ -1511,6 +1514,23 @@ impl Store for ScyllaStore {
         self.get_refund_impl(order_id).await
     }
 
+    async fn modify_order(
+        &self,
+        _order_id: &str,
+        _items: Vec<OrderItem>,
+        _at: i64,
+    ) -> Result<crate::ModifyOutcome> {
+        Err(StoreError::Unavailable(
+            "modify_order: not yet on ScyllaDB".into(),
+        ))
+    }
+
+    async fn claim_payment(&self, _order_id: &str, _revision: i32) -> Result<crate::PaymentClaim> {
+        Err(StoreError::Unavailable(
+            "claim_payment: not yet on ScyllaDB".into(),
+        ))
+    }
+
     async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord> {
         self.record_refund_impl(refund).await
     }
@@ -1693,6 +1713,8 @@ fn order_from_rows(order_id: &str, rows: Vec<OrderRow>) -> Result<Option<OrderRe
         created_at,
         updated_at,
         timeline,
+        revision: 0,
+        payment_claim: None,
     }))
 }
 
