@@ -3,8 +3,8 @@
 
 use orderflow_schemas::{
     wire, AccountVerificationRequested, DecodeError, Event, OrderAccepted, OrderCancelled,
-    OrderInvoiced, OrderPaid, OrderRejected, OrderShipped, OrderValidated, PaymentFailed,
-    PaymentRefunded, SchemaIds, TopicKind,
+    OrderInvoiced, OrderModified, OrderPaid, OrderRejected, OrderShipped, OrderValidated,
+    PaymentFailed, PaymentRefunded, SchemaIds, TopicKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,10 +28,13 @@ pub enum EventType {
     OrderShipped,
     /// A cancelled order's charge was refunded (issue #5, f/lifecycle).
     PaymentRefunded,
+    /// An unpaid order's quantities changed (issue #5); its customer hears of it through the
+    /// re-priced `order_validated` that follows.
+    OrderModified,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::OrderAccepted,
         EventType::OrderValidated,
         EventType::OrderRejected,
@@ -42,6 +45,7 @@ impl EventType {
         EventType::OrderCancelled,
         EventType::OrderShipped,
         EventType::PaymentRefunded,
+        EventType::OrderModified,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +60,7 @@ impl EventType {
             EventType::OrderCancelled => "order_cancelled",
             EventType::OrderShipped => "order_shipped",
             EventType::PaymentRefunded => "payment_refunded",
+            EventType::OrderModified => "order_modified",
         }
     }
 
@@ -72,6 +77,7 @@ impl EventType {
             EventType::OrderCancelled => TopicKind::OrdersCancelled,
             EventType::OrderShipped => TopicKind::OrdersShipped,
             EventType::PaymentRefunded => TopicKind::OrdersRefunded,
+            EventType::OrderModified => TopicKind::OrdersModified,
         }
     }
 
@@ -169,6 +175,7 @@ impl Envelope {
             EventType::PaymentRefunded => {
                 Self::of::<PaymentRefunded>(t, p, |e| Some(Notification::refunded(e)))?
             }
+            EventType::OrderModified => Self::of::<OrderModified>(t, p, |_| None)?,
         }))
     }
 

@@ -72,13 +72,30 @@ impl Notification {
             .map(|l| format!("{} × {}", l.quantity, l.name))
             .collect::<Vec<_>>()
             .join(", ");
+        let total = format!("Total {} {}.", format_cents(e.total_cents), e.currency);
+        // A bank transfer pays it: say how (the order id is the reference).
+        let how_to_pay = if e.payment.is_offline() {
+            format!(
+                " Please pay by bank transfer, quoting {} as the reference.",
+                e.order_id
+            )
+        } else {
+            String::new()
+        };
+        let (subject, text) = if e.revision > 0 {
+            (
+                format!("Order {} updated", e.order_id),
+                format!("Your order now holds: {items}. {total}{how_to_pay}"),
+            )
+        } else {
+            (
+                format!("Order {} confirmed", e.order_id),
+                format!("We have your order: {items}. {total}{how_to_pay}"),
+            )
+        };
         Notification {
-            subject: format!("Order {} confirmed", e.order_id),
-            text: format!(
-                "We have your order: {items}. Total {} {}.",
-                format_cents(e.total_cents),
-                e.currency
-            ),
+            subject,
+            text,
             id: e.event_id.clone(),
             kind: NotificationKind::OrderConfirmed,
             order_id: e.order_id.clone(),

@@ -33,6 +33,7 @@ pub mod auth;
 pub mod cache;
 pub mod customers;
 pub mod lifecycle;
+pub mod modify;
 pub mod openapi;
 pub mod order_list;
 pub mod orders;
@@ -138,7 +139,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .merge(registry)
         .route("/v1/orders", post(orders::create).get(order_list::list))
-        .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}", get(orders::get).patch(modify::modify))
         // (f/products) catalogue administration and invoices.
         .route("/v1/products", get(products::list).post(products::create))
         .route(
@@ -152,6 +153,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // Cancel and ship (issue #5, f/lifecycle).
         .route("/v1/orders/{id}/cancel", post(lifecycle::cancel))
         .route("/v1/orders/{id}/ship", post(lifecycle::ship))
+        // Modifications and bank transfers (issue #5).
+        .route("/v1/orders/{id}/payment", post(modify::record_payment))
         // Accounts (issue #5, f/auth).
         .route("/v1/auth/register", post(auth::routes::register))
         .route("/v1/auth/verify", post(auth::routes::verify))

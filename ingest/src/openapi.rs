@@ -20,7 +20,7 @@ use axum::{
 };
 use utoipa::OpenApi;
 
-use crate::{auth, customers, lifecycle, order_list, orders, products};
+use crate::{auth, customers, lifecycle, modify, order_list, orders, products};
 
 /// The OpenAPI document of every route [`crate::router`] serves but the schema registry's.
 #[derive(OpenApi)]
@@ -60,6 +60,9 @@ use crate::{auth, customers, lifecycle, order_list, orders, products};
         // Cancel and ship (issue #5, f/lifecycle).
         lifecycle::cancel,
         lifecycle::ship,
+        // Modifications and bank transfers (issue #5).
+        modify::modify,
+        modify::record_payment,
         crate::healthz,
         crate::readyz,
         crate::render_metrics,

@@ -215,6 +215,9 @@ pub struct OrderView {
     pub total_cents: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invoice_number: Option<String>,
+    /// 0 as placed, one more for each change of quantities (`PATCH /v1/orders/{id}`); the
+    /// totals are missing while a new revision is being re-priced.
+    pub revision: i32,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -255,6 +258,7 @@ impl From<OrderRecord> for OrderView {
             total_cents: pricing.as_ref().map(|p| p.total_cents),
             lines: pricing.map(|p| p.lines),
             invoice_number: o.invoice_number,
+            revision: o.revision,
             created_at: rfc3339(o.created_at),
             updated_at: rfc3339(o.updated_at),
             timeline: o

@@ -156,6 +156,12 @@ impl Problem {
         Problem::new(StatusCode::CONFLICT, slug, title, detail)
     }
 
+    /// Adds `Retry-After: seconds` (a 409 for an order between two steps).
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.headers_mut().retry_after = Some(seconds);
+        self
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }

@@ -12,7 +12,7 @@ use crate::{Envelope, NotificationKind, SinkError};
 const TEMPLATES: &[(&str, &str, &str, &str)] = &[
     (
         "order_confirmed",
-        "Your order {{ order_id }} is confirmed",
+        "Your order {{ order_id }} is {% if event.revision %}updated{% else %}confirmed{% endif %}",
         include_str!("templates/order_confirmed.txt"),
         include_str!("templates/order_confirmed.html"),
     ),
@@ -188,6 +188,10 @@ mod tests {
     use super::*;
 
     fn validated(customer_id: &str, name: &str) -> Envelope {
+        validated_as(customer_id, name, "card", 0)
+    }
+
+    fn validated_as(customer_id: &str, name: &str, method: &str, revision: i32) -> Envelope {
         let event = OrderValidated {
             event_id: "o1:validated".into(),
             order_id: "o1".into(),
@@ -204,11 +208,11 @@ mod tests {
             tax_cents: 500,
             total_cents: 3000,
             payment: PaymentMethod {
-                method: "card".into(),
+                method: method.into(),
                 token: "tok_visa".into(),
             },
             occurred_at: 0,
-            revision: 0,
+            revision,
         };
         Envelope::decode(
             TopicKind::OrdersValidated,
@@ -217,6 +221,32 @@ mod tests {
         )
         .unwrap()
         .unwrap()
+    }
+
+    #[test]
+    fn a_modified_bank_transfer_order_is_an_update_that_says_how_to_pay() {
+        let t = Templates::new("{{ customer_id }}@customers.example").unwrap();
+        let email = t
+            .render(&validated_as("c1", "Orderflow mug", "bank_transfer", 1))
+            .unwrap();
+        assert_eq!(email.subject, "Your order o1 is updated");
+        assert!(
+            email.text.contains("your order o1 now holds:"),
+            "{}",
+            email.text
+        );
+        assert!(
+            email.text.contains("quoting o1 as the reference"),
+            "{}",
+            email.text
+        );
+        assert!(
+            email.html.contains("quoting <strong>o1</strong>"),
+            "{}",
+            email.html
+        );
+        let card = t.render(&validated("c1", "Orderflow mug")).unwrap();
+        assert!(!card.text.contains("bank transfer"), "{}", card.text);
     }
 
     #[test]
