@@ -554,3 +554,245 @@ async fn orders_cancel_before_shipping_and_admins_ship_paid_ones() {
     }
     p.stop();
 }
+
+// --- Modifications and bank transfers (issue #5) -------------------------------------------------
+
+/// PATCHes `path` with `authorization` and a JSON body; returns the status, content type and
+/// JSON answer.
+async fn patch_path(
+    p: &Pipeline,
+    authorization: &str,
+    path: &str,
+    body: Value,
+) -> (u16, String, Value) {
+    let response = p
+        .anonymous
+        .patch(p.url(path))
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, kind, response.json().await.unwrap_or_default())
+}
+
+/// Places `quantity` × `sku` as `customer`, paid by bank transfer; returns its id.
+async fn place_transfer(p: &Pipeline, customer: &str, sku: &str, quantity: i64) -> String {
+    let mut body = own_order(sku);
+    body["items"][0]["quantity"] = json!(quantity);
+    body["payment"] = json!({"method": "bank_transfer", "token": format!("{customer}-iban")});
+    let (status, answer) = post_as(p, &bearer(customer), &body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["order_id"].as_str().unwrap().to_string()
+}
+
+/// An order paid by bank transfer waits, validated and unpaid, while its customer (or an admin)
+/// changes its quantities: the stock follows each change all or nothing, validation re-prices it
+/// and the customer gets an "updated" email; when an admin records the transfer it is paid for
+/// the new total, invoiced, and can no longer change. Other customers get 404, card orders and
+/// cancelled ones 409, wrong changes 422 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    p.wait_until_ready().await;
+    let admin = admin_bearer(TEST_ADMIN);
+    let (alice, bob) = (bearer("alice"), bearer("bob"));
+    let sku = format!("MD-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let (status, _, created) = post_path(
+        &p,
+        &admin,
+        "/v1/products",
+        Some(
+            json!({"sku": sku, "name": "Modifiable mug", "price_cents": 1000,
+                    "currency": "EUR", "stock": 10}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+
+    let id = place_transfer(&p, "alice", &sku, 2).await;
+    let order = p.wait_for_status(&id, "validated").await;
+    assert_eq!(order["total_cents"], 2400, "2 × 10.00 + 20 % tax: {order}");
+    assert_eq!(order["revision"], 0);
+    assert_eq!(stock_of(&p, &sku).await, 8);
+    let path = format!("/v1/orders/{id}");
+
+    // Someone else's order does not exist; wrong changes are named; too many units are refused
+    // as a whole.
+    let (status, _, problem) = patch_path(
+        &p,
+        &bob,
+        &path,
+        json!({"items": [{"sku": sku, "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{problem}");
+    let (status, kind, problem) = patch_path(
+        &p,
+        &alice,
+        &path,
+        json!({"items": [{"sku": "MUG-001", "quantity": 1}, {"sku": sku, "quantity": -1}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (422, "application/problem+json"),
+        "{problem}"
+    );
+    assert_eq!(fields(&problem), ["items[0].sku", "items[1].quantity"]);
+    let (status, _, problem) = patch_path(
+        &p,
+        &alice,
+        &path,
+        json!({"items": [{"sku": sku, "quantity": 0}]}),
+    )
+    .await;
+    assert_eq!((status, fields(&problem)), (422, vec!["items".to_string()]));
+    let (status, _, problem) = patch_path(
+        &p,
+        &alice,
+        &path,
+        json!({"items": [{"sku": sku, "quantity": 11}]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "/problems/insufficient-stock");
+    assert_eq!(fields(&problem), ["items[0].quantity"]);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("only 8 more"),
+        "{problem}"
+    );
+    assert_eq!(stock_of(&p, &sku).await, 8, "a refused change holds nothing");
+
+    // The change: the stock follows at once, the totals come back re-priced.
+    let (status, _, changed) = patch_path(
+        &p,
+        &alice,
+        &path,
+        json!({"items": [{"sku": sku, "quantity": 5}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["revision"], 1);
+    assert_eq!(changed["items"], json!([{"sku": sku, "quantity": 5}]));
+    assert_eq!(changed["status"], "validated");
+    assert_eq!(stock_of(&p, &sku).await, 5);
+    let repriced = common::poll_until(
+        "the changed order re-priced",
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(25),
+        || p.order(&id),
+        |o| o["total_cents"] == 6000,
+    )
+    .await;
+    assert_eq!(repriced["revision"], 1);
+    let steps: Vec<&str> = repriced["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event_id"].as_str().unwrap())
+        .collect();
+    for step in [format!("{id}:modified:r1"), format!("{id}:validated:r1")] {
+        assert!(steps.contains(&step.as_str()), "{step} in {steps:?}");
+    }
+    let emails = p
+        .wait_for_notifications(|all| {
+            all.iter()
+                .any(|n| n["order_id"] == id.as_str() && n["id"] == format!("{id}:validated:r1"))
+        })
+        .await;
+    let update = emails
+        .iter()
+        .find(|n| n["id"] == format!("{id}:validated:r1"))
+        .unwrap();
+    let text = update.to_string();
+    assert!(text.contains("updated") && text.contains("60.00"), "{update}");
+    assert!(text.contains("bank transfer"), "{update}");
+
+    // Only an admin records the transfer; then the order is paid for the new total, invoiced,
+    // and its quantities are final.
+    let pay_path = format!("/v1/orders/{id}/payment");
+    let transfer = json!({"reference": "TRF-2026-0001"});
+    let (status, _, problem) = post_path(&p, &alice, &pay_path, Some(transfer.clone())).await;
+    assert_eq!(status, 403, "{problem}");
+    let (status, _, paid) = post_path(&p, &admin, &pay_path, Some(transfer.clone())).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "paid");
+    let invoiced = p.wait_for_status(&id, "invoiced").await;
+    assert_eq!(invoiced["total_cents"], 6000);
+    let (status, _, again) = post_path(&p, &admin, &pay_path, Some(transfer)).await;
+    assert_eq!(status, 200, "recording the same transfer again: {again}");
+    let (status, _, problem) = post_path(
+        &p,
+        &admin,
+        &pay_path,
+        Some(json!({"reference": "TRF-OTHER"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _, problem) = patch_path(
+        &p,
+        &alice,
+        &path,
+        json!({"items": [{"sku": sku, "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "/problems/order-not-modifiable");
+    assert_eq!(stock_of(&p, &sku).await, 5, "a paid order keeps its units");
+
+    // A card order is charged at once: it never changes. A cancelled one neither, and its
+    // (changed) reservation goes back.
+    let card = place_quantity(&p, "alice", &sku, 1).await;
+    p.wait_for_status(&card, "invoiced").await;
+    let (status, _, problem) = patch_path(
+        &p,
+        &alice,
+        &format!("/v1/orders/{card}"),
+        json!({"items": [{"sku": sku, "quantity": 2}]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("card"),
+        "{problem}"
+    );
+    let gone = place_transfer(&p, "bob", &sku, 1).await;
+    p.wait_for_status(&gone, "validated").await;
+    let (status, _, changed) = patch_path(
+        &p,
+        &admin,
+        &format!("/v1/orders/{gone}"),
+        json!({"items": [{"sku": sku, "quantity": 3}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "an admin changes any order: {changed}");
+    assert_eq!(stock_of(&p, &sku).await, 1);
+    let (status, _, _) = post_path(&p, &bob, &format!("/v1/orders/{gone}/cancel"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(stock_of(&p, &sku).await, 4, "the three units go back");
+    let (status, _, problem) = patch_path(
+        &p,
+        &bob,
+        &format!("/v1/orders/{gone}"),
+        json!({"items": [{"sku": sku, "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _, problem) = post_path(
+        &p,
+        &admin,
+        &format!("/v1/orders/{gone}/payment"),
+        Some(json!({"reference": "TRF-LATE"})),
+    )
+    .await;
+    assert_eq!(status, 409, "a cancelled order is not paid: {problem}");
+}
