@@ -647,7 +647,19 @@ async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
         (422, "application/problem+json"),
         "{problem}"
     );
-    assert_eq!(fields(&problem), ["items[0].sku", "items[1].quantity"]);
+    assert_eq!(fields(&problem), ["items[1].quantity"]);
+    // Changes that do not fit the order's items conflict with it.
+    let (status, _, problem) = patch_path(
+        &p,
+        &alice,
+        &path,
+        json!({"items": [{"sku": "MUG-001", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, fields(&problem)),
+        (409, vec!["items[0].sku".to_string()])
+    );
     let (status, _, problem) = patch_path(
         &p,
         &alice,
@@ -655,7 +667,7 @@ async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
         json!({"items": [{"sku": sku, "quantity": 0}]}),
     )
     .await;
-    assert_eq!((status, fields(&problem)), (422, vec!["items".to_string()]));
+    assert_eq!((status, fields(&problem)), (409, vec!["items".to_string()]));
     let (status, _, problem) = patch_path(
         &p,
         &alice,
@@ -670,7 +682,11 @@ async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
         problem["detail"].as_str().unwrap().contains("only 8 more"),
         "{problem}"
     );
-    assert_eq!(stock_of(&p, &sku).await, 8, "a refused change holds nothing");
+    assert_eq!(
+        stock_of(&p, &sku).await,
+        8,
+        "a refused change holds nothing"
+    );
 
     // The change: the stock follows at once, the totals come back re-priced.
     let (status, _, changed) = patch_path(
@@ -714,7 +730,10 @@ async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
         .find(|n| n["id"] == format!("{id}:validated:r1"))
         .unwrap();
     let text = update.to_string();
-    assert!(text.contains("updated") && text.contains("60.00"), "{update}");
+    assert!(
+        text.contains("updated") && text.contains("60.00"),
+        "{update}"
+    );
     assert!(text.contains("bank transfer"), "{update}");
 
     // Only an admin records the transfer; then the order is paid for the new total, invoiced,

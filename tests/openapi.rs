@@ -47,6 +47,9 @@ const ROUTES: &[(&str, &str)] = &[
     // Cancel and ship (issue #5, f/lifecycle).
     ("POST", "/v1/orders/{id}/cancel"),
     ("POST", "/v1/orders/{id}/ship"),
+    // Modifications and bank transfers (issue #5).
+    ("PATCH", "/v1/orders/{id}"),
+    ("POST", "/v1/orders/{id}/payment"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

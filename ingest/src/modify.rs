@@ -132,15 +132,17 @@ fn not_modifiable(order_id: &str, status: OrderStatus, claimed: bool) -> Problem
     }
 }
 
-/// The order's items with the changes applied (each SKU once; dropped ones left out), or the
-/// fields that are wrong.
+/// The order's items with the changes applied (each SKU once; dropped ones left out). A value
+/// out of range is a 422; a change the order's items do not allow (a SKU it does not have, a
+/// SKU twice, no item left) is a 409, as the document cannot say what the order holds.
 fn apply_changes(order: &OrderRecord, changes: &[ItemChange]) -> Result<Vec<OrderItem>, Problem> {
-    let mut errors = Vec::new();
+    let mut invalid = Vec::new();
+    let mut conflicts = Vec::new();
     if changes.is_empty() {
-        errors.push(field_error("items".into(), "must hold at least one change"));
+        invalid.push(field_error("items".into(), "must hold at least one change"));
     }
     if changes.len() > MAX_ITEMS {
-        errors.push(field_error(
+        invalid.push(field_error(
             "items".into(),
             format!("must hold at most {MAX_ITEMS} changes"),
         ));
@@ -154,37 +156,50 @@ fn apply_changes(order: &OrderRecord, changes: &[ItemChange]) -> Result<Vec<Orde
         }
     }
     for (i, change) in changes.iter().enumerate().take(MAX_ITEMS) {
-        if changes[..i].iter().any(|c| c.sku == change.sku) {
-            errors.push(field_error(format!("items[{i}].sku"), "is listed twice"));
-            continue;
-        }
         if !(0..=MAX_QUANTITY).contains(&change.quantity) {
-            errors.push(field_error(
+            invalid.push(field_error(
                 format!("items[{i}].quantity"),
                 format!("must be from 0 (drop the item) to {MAX_QUANTITY}"),
             ));
             continue;
         }
+        if changes[..i].iter().any(|c| c.sku == change.sku) {
+            conflicts.push(field_error(format!("items[{i}].sku"), "is listed twice"));
+            continue;
+        }
         match items.iter_mut().find(|item| item.sku == change.sku) {
             Some(item) => item.quantity = change.quantity as i32,
-            None => errors.push(field_error(
+            None => conflicts.push(field_error(
                 format!("items[{i}].sku"),
                 "is not in this order: only the quantities of its items can change",
             )),
         }
     }
     items.retain(|item| item.quantity > 0);
-    if errors.is_empty() && items.is_empty() {
-        errors.push(field_error(
+    if !invalid.is_empty() {
+        return Err(Problem::invalid(invalid));
+    }
+    if conflicts.is_empty() && items.is_empty() {
+        conflicts.push(field_error(
             "items".into(),
             "would leave the order empty: keep at least one item, or cancel the order",
         ));
     }
-    if errors.is_empty() {
+    if conflicts.is_empty() {
         Ok(items)
     } else {
-        Err(Problem::invalid(errors))
+        Err(refused_change(conflicts))
     }
+}
+
+/// 409: the change does not fit the order's items.
+fn refused_change(errors: Vec<FieldError>) -> Problem {
+    Problem::fields(
+        StatusCode::CONFLICT,
+        "order-change-refused",
+        "The order cannot change this way",
+        errors,
+    )
 }
 
 /// Where `sku` is in the request, as a field name.
@@ -221,8 +236,9 @@ fn change_field(changes: &[ItemChange], sku: &str, leaf: &str) -> String {
         (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order cannot change now (not awaiting a bank \
-            transfer, paid, cancelled, or still being validated: then retry), or the stock is \
-            short (the field names the item).", body = Problem,
+            transfer, paid, cancelled, or still being validated: then retry), the stock is \
+            short, or the change does not fit the order's items (a SKU it does not have, a SKU \
+            twice, no item left); the fields name the items.", body = Problem,
          content_type = "application/problem+json",
          example = json!({"type": "/problems/insufficient-stock", "title": "Not enough stock",
             "status": 409, "detail": "items[0].quantity: only 2 more units of MUG-001 are available",
@@ -232,8 +248,8 @@ fn change_field(changes: &[ItemChange], sku: &str, leaf: &str) -> String {
          content_type = "application/problem+json"),
         (status = 415, description = "The content type is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 422, description = "A change is wrong (the field names it): a SKU the order \
-            does not have, a SKU twice, a quantity out of range, or no item left.",
+        (status = 422, description = "A quantity is out of range or there is no change (the \
+            field names it).",
          body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store or the event log is down; retry (a retry \
             finishes what the first call started).", body = Problem,
@@ -297,7 +313,7 @@ pub async fn modify(
         ModifyOutcome::UnknownItem { sku } => {
             // The order changed between the read and the write (another change dropped it).
             let field = change_field(&req.items, &sku, "sku");
-            return Err(Problem::invalid(vec![field_error(
+            return Err(refused_change(vec![field_error(
                 field,
                 "is not in this order: only the quantities of its items can change",
             )]));
@@ -609,6 +625,10 @@ mod tests {
         }
     }
 
+    fn status(p: &Problem) -> u64 {
+        serde_json::to_value(p).unwrap()["status"].as_u64().unwrap()
+    }
+
     fn fields(p: Problem) -> Vec<String> {
         let body = serde_json::to_value(&p).unwrap();
         body["errors"]
@@ -638,20 +658,19 @@ mod tests {
     #[test]
     fn wrong_changes_are_named() {
         let o = order(&[("A", 1)]);
-        let err =
-            apply_changes(&o, &[change("Z", 1), change("A", -1), change("A", 2)]).unwrap_err();
-        assert_eq!(
-            fields(err),
-            vec!["items[0].sku", "items[1].quantity", "items[2].sku"]
-        );
-        assert_eq!(
-            fields(apply_changes(&o, &[change("A", 0)]).unwrap_err()),
-            vec!["items"]
-        );
+        // Out of range: 422, before anything else.
+        let err = apply_changes(&o, &[change("Z", 1), change("A", -1)]).unwrap_err();
+        assert_eq!(status(&err), 422);
+        assert_eq!(fields(err), vec!["items[1].quantity"]);
+        let err = apply_changes(&o, &[change("A", 1001)]).unwrap_err();
+        assert_eq!(fields(err), vec!["items[0].quantity"]);
         assert_eq!(fields(apply_changes(&o, &[]).unwrap_err()), vec!["items"]);
-        assert_eq!(
-            fields(apply_changes(&o, &[change("A", 1001)]).unwrap_err()),
-            vec!["items[0].quantity"]
-        );
+        // Not fitting the order's items: 409.
+        let err = apply_changes(&o, &[change("Z", 1), change("A", 1), change("A", 2)]).unwrap_err();
+        assert_eq!(status(&err), 409);
+        assert_eq!(fields(err), vec!["items[0].sku", "items[2].sku"]);
+        let err = apply_changes(&o, &[change("A", 0)]).unwrap_err();
+        assert_eq!(status(&err), 409);
+        assert_eq!(fields(err), vec!["items"]);
     }
 }

@@ -76,17 +76,22 @@ impl Problem {
 
     /// 422: the request is well-formed but some fields are invalid.
     pub fn invalid(errors: Vec<FieldError>) -> Self {
+        Problem::fields(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "The request has invalid fields",
+            errors,
+        )
+    }
+
+    /// Several fields at fault, with a status of their own; the detail lists them.
+    pub fn fields(status: StatusCode, slug: &str, title: &str, errors: Vec<FieldError>) -> Self {
         let detail = errors
             .iter()
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>()
             .join("; ");
-        let mut p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-request",
-            "The request has invalid fields",
-            detail,
-        );
+        let mut p = Problem::new(status, slug, title, detail);
         p.errors = errors;
         p
     }
