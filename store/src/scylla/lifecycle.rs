@@ -67,7 +67,7 @@ impl LifecycleStatements {
 }
 
 /// Prepares an idempotent statement.
-async fn prepare(
+pub(super) async fn prepare(
     session: &scylla::client::session::Session,
     cql: String,
     consistency: Consistency,

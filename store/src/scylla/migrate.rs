@@ -48,6 +48,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "order_lifecycle_final",
         cql: include_str!("../../migrations/scylla/0005_order_lifecycle.cql"),
     },
+    // Order modifications and payment claims (issue #5): the revision fence.
+    Migration {
+        version: 6,
+        name: "order_revisions",
+        cql: include_str!("../../migrations/scylla/0006_order_revisions.cql"),
+    },
 ];
 
 /// The schema version this build needs.
@@ -400,6 +406,8 @@ mod tests {
             |s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.products ( sku text PRIMARY KEY,")
         ));
         assert!(all.contains(&"ALTER TABLE ks.products ADD discontinued boolean".to_string()));
+        assert!(all.contains(&"ALTER TABLE ks.orders ADD revision int static".to_string()));
+        assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_claim int static".to_string()));
         let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(
             versions.windows(2).all(|w| w[1] == w[0] + 1) && versions[0] == 1,

@@ -30,10 +30,17 @@
 //!   order id's time, newest first) over the days `order_days` names, or a customer's own index
 //!   when the filter names one; the status and time filters are applied to the orders read
 //!   while paging.
+//! - **Modifications** and **payment claims** (issue #5, `modify.rs`): an order's `revision`,
+//!   `payment_claim` and `lifecycle` static columns are written only by LWTs on its partition,
+//!   so a modification's fence, a claim, a cancel and a ship are ordered by Paxos and exactly
+//!   one of a racing modification and claim wins. A modification moves the stock first, under
+//!   the reservation lease and a `holds` key of its revision, and moves it back when its fence
+//!   is refused; whoever takes the lease next finishes or undoes one that stopped part-way.
 
 mod accounts;
 mod lifecycle;
 mod migrate;
+mod modify;
 
 use std::{
     collections::HashMap,
@@ -127,6 +134,8 @@ pub struct ScyllaStore {
     accounts: Arc<accounts::AccountStatements>,
     /// The statements of cancel and ship (issue #5, f/lifecycle): [`lifecycle`].
     lifecycle: Arc<lifecycle::LifecycleStatements>,
+    /// The statements of modifications and payment claims (issue #5): [`modify`].
+    modify: Arc<modify::ModifyStatements>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -210,7 +219,7 @@ impl Statements {
             product_move: p(format!("UPDATE {ks}.products SET stock = ?, reserved = ?, holds[?] = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
             product_drop_hold: p(format!("DELETE holds[?] FROM {ks}.products WHERE sku = ? IF EXISTS"), false).await?,
             product_list: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version, discontinued FROM {ks}.products"), false).await?,
-            order_get: p(format!("SELECT customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at, event_id, status, at, detail FROM {ks}.orders WHERE order_id = ?"), false).await?,
+            order_get: p(format!("SELECT customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at, revision, payment_claim, event_id, status, at, detail FROM {ks}.orders WHERE order_id = ?"), false).await?,
             order_statics: p(format!("INSERT INTO {ks}.orders (order_id, customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), false).await?,
             order_entry: p(format!("INSERT INTO {ks}.orders (order_id, event_id, status, at, detail) VALUES (?, ?, ?, ?, ?)"), false).await?,
             order_entry_with_customer: p(format!("INSERT INTO {ks}.orders (order_id, event_id, status, at, detail, customer_id) VALUES (?, ?, ?, ?, ?, ?)"), false).await?,
@@ -281,11 +290,13 @@ impl ScyllaStore {
         let q = Statements::prepare(&session, &keyspace).await?;
         let accounts = accounts::AccountStatements::prepare(&session, &keyspace).await?;
         let lifecycle = lifecycle::LifecycleStatements::prepare(&session, &keyspace).await?;
+        let modify = modify::ModifyStatements::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
             accounts: Arc::new(accounts),
             lifecycle: Arc::new(lifecycle),
+            modify: Arc::new(modify),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -679,6 +690,11 @@ impl ScyllaStore {
             self.let_go(order_id, lease).await?;
             return Ok(false);
         };
+        // A modification that stopped part-way is finished or undone first, so what is
+        // settled is what the order holds ([`modify`]).
+        let modify::Reconciled {
+            lines, revision, ..
+        } = self.reconcile(order_id, lease, lines, revision).await?;
         let mut given: Vec<(String, i64)> = Vec::new();
         for line in &lines {
             match given.iter_mut().find(|(sku, _)| *sku == line.sku) {
@@ -1322,7 +1338,12 @@ impl Store for ScyllaStore {
                 update.detail.as_deref().and_then(text),
                 text(&update.customer_id),
             ]);
-            if let Some(pricing) = &update.pricing {
+            // A late step of an earlier revision does not price the order's current one.
+            let pricing = match &update.pricing {
+                Some(pricing) if self.prices_current_revision(&update).await? => Some(pricing),
+                _ => None,
+            };
+            if let Some(pricing) = pricing {
                 batch.append_statement(self.q.order_pricing.clone());
                 values.push(vec![
                     Some(CqlValue::Text(to_json(pricing)?)),
@@ -1514,21 +1535,19 @@ impl Store for ScyllaStore {
         self.get_refund_impl(order_id).await
     }
 
+    // --- Modifications and payment claims (issue #5): [`modify`] ---
+
     async fn modify_order(
         &self,
-        _order_id: &str,
-        _items: Vec<OrderItem>,
-        _at: i64,
-    ) -> Result<crate::ModifyOutcome> {
-        Err(StoreError::Unavailable(
-            "modify_order: not yet on ScyllaDB".into(),
-        ))
+        order_id: &str,
+        items: Vec<OrderItem>,
+        at: i64,
+    ) -> Result<ModifyOutcome> {
+        self.modify_order_retried(order_id, &items, at).await
     }
 
-    async fn claim_payment(&self, _order_id: &str, _revision: i32) -> Result<crate::PaymentClaim> {
-        Err(StoreError::Unavailable(
-            "claim_payment: not yet on ScyllaDB".into(),
-        ))
+    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim> {
+        self.claim_payment_retried(order_id, revision).await
     }
 
     async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord> {
@@ -1652,6 +1671,9 @@ type OrderRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    // `revision` and `payment_claim` (0006): null reads as revision 0, no claim.
+    Option<i32>,
+    Option<i32>,
     Option<String>,
     Option<String>,
     Option<i64>,
@@ -1664,8 +1686,18 @@ fn order_from_rows(order_id: &str, rows: Vec<OrderRow>) -> Result<Option<OrderRe
     let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let (customer_id, items, address, payment_method, pricing, invoice_number, created_at, ..) =
-        first.clone();
+    let (
+        customer_id,
+        items,
+        address,
+        payment_method,
+        pricing,
+        invoice_number,
+        created_at,
+        revision,
+        payment_claim,
+        ..,
+    ) = first.clone();
     let mut timeline = Vec::with_capacity(rows.len());
     for (.., event_id, status, at, detail) in rows {
         let (Some(event_id), Some(status)) = (event_id, status) else {
@@ -1713,8 +1745,8 @@ fn order_from_rows(order_id: &str, rows: Vec<OrderRow>) -> Result<Option<OrderRe
         created_at,
         updated_at,
         timeline,
-        revision: 0,
-        payment_claim: None,
+        revision: revision.unwrap_or(0),
+        payment_claim,
     }))
 }
 
@@ -1870,6 +1902,7 @@ mod tests {
             None,
             Some("INV-00000001".to_string()),
             Some(100),
+            Some(2),
         );
         let row = |event: &str, status: &str, at: i64| -> OrderRow {
             (
@@ -1880,6 +1913,8 @@ mod tests {
                 statics.4.clone(),
                 statics.5.clone(),
                 statics.6,
+                statics.7,
+                None,
                 Some(event.into()),
                 Some(status.into()),
                 Some(at),
@@ -1900,6 +1935,7 @@ mod tests {
         assert_eq!((order.created_at, order.updated_at), (100, 400));
         assert_eq!(order.items.len(), 1);
         assert_eq!(order.invoice_number.as_deref(), Some("INV-00000001"));
+        assert_eq!((order.revision, order.payment_claim), (2, None));
         assert_eq!(order_from_rows("none", Vec::new()).unwrap(), None);
     }
 }

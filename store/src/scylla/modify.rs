@@ -1,0 +1,766 @@
+//! Order modifications and payment claims on ScyllaDB (issue #5):
+//! `store/migrations/scylla/0006_order_revisions.cql`.
+//!
+//! The redb store changes the order, its reservation and the stock in one transaction. Here
+//! they live apart (the order's partition, its `reservations` row, one row per product), so a
+//! modification runs in steps, under the order's reservation lease (the one reservations and
+//! releases take, so no release or second modification of the order runs meanwhile):
+//!
+//! 1. **Stock first.** Each changed SKU's units move by compare-and-set on the product (as a
+//!    reservation moves them), recording the SKU's delta in `holds["<order>@r<revision>"]`, a
+//!    key of the new revision: an attempt whose answer was lost is seen, never applied twice.
+//!    A SKU short of units (a discontinued product gives back but takes nothing) stops the
+//!    modification and what moved is moved back: all or nothing.
+//! 2. **The fence**, the commit point: one conditional batch on the order's partition,
+//!    `UPDATE … SET revision = n, items = …, pricing = null IF revision = n-1 AND payment_claim
+//!    = null AND lifecycle = null` with the timeline row `<order>:modified:r<n>`. A claim (`IF
+//!    lifecycle = null AND revision = …`), a cancel or a ship (`IF lifecycle = null`) are
+//!    conditional writes on the same partition, so Paxos orders them: of a racing modification
+//!    and claim exactly one applies. A refused fence moves the stock back and answers
+//!    `NotModifiable`.
+//! 3. The reservation row records the new lines and revision (`IF owner = me`, giving up the
+//!    lease), then the holds of the revision are dropped.
+//!
+//! Stock never moves twice and is never lost, whatever step a crash stops after: the next
+//! holder of the lease (a retried or later modification, a release, a cancel or a ship, once
+//! the 30 s lease ran out) first [`reconciles`](ScyllaStore::reconcile) the reservation with
+//! the order, read serially:
+//! - **crash before the fence**: the order is still at the reservation's revision, so what is
+//!   held under the next revision's key moved for nothing and is moved back;
+//! - **crash between the fence and step 3**: the order is one revision ahead and the stock
+//!   matches it; the reservation's lines are planned again from the order's items (no stock
+//!   moves) and recorded with the next decision. Until then [`Store::reserve`] answers the old
+//!   reservation (the API publishes `orders.modified` only once `modify_order` answered, and
+//!   its retry with the same quantities finishes the swap and answers `Modified`);
+//! - **crash after step 3, before the holds are dropped**: stale `holds` entries, which move no
+//!   stock (as for reservations).
+//!
+//! Limits: as for reservations, a lease owner stalled past its lease could race the next owner
+//! (it checks the lease before each step, not atomically with it). Reconciling costs a release,
+//! cancel or ship one serial read of the order and one more read of each of its products. A
+//! validation step that prices an earlier revision reads the order's revision before it writes
+//! the pricing (not atomically): one racing the fence itself can leave its pricing on the new
+//! revision until that revision's own validation re-prices it.
+//!
+//! Revision 0 is stored as null (the rows written before 0006 have no revision), and the
+//! conditions on revision 0 are separate statements with a literal `= null`: a bound null in
+//! an `IF` condition is not guaranteed to compare as the literal does.
+
+use std::time::Duration;
+
+use orderflow_schemas::{OrderItem, OrderModified, OrderStatus};
+use scylla::{
+    frame::types::Consistency,
+    statement::{
+        batch::{Batch, BatchType},
+        prepared::PreparedStatement,
+        SerialConsistency,
+    },
+    value::{CqlValue, Row},
+};
+
+use super::{
+    corrupt, from_json, jitter, lifecycle::prepare, raced, retry, text, to_json, unavailable,
+    Claim, Lease, Lwt, ScyllaStore,
+};
+use crate::{
+    ModificationPlan, ModifyOutcome, OrderRecord, PaymentClaim, Reservation, ReservedLine, Result,
+    StatusUpdate, Store, StoreError,
+};
+
+pub(super) struct ModifyStatements {
+    /// The columns an order's fence is conditioned on, read serially (a decision depends on it).
+    fence_get: PreparedStatement,
+    /// The same, at LOCAL_QUORUM: for answers from facts that never go back.
+    fence_peek: PreparedStatement,
+    /// An order's revision (LOCAL_QUORUM), for `apply_status`.
+    revision_get: PreparedStatement,
+    /// Claims the payment of revision 0 (stored as null).
+    claim_r0: PreparedStatement,
+    /// Claims the payment of a later revision.
+    claim_rn: PreparedStatement,
+    /// Moves an order from revision 0 (null) to 1.
+    fence_r0: PreparedStatement,
+    /// Moves an order from revision n to n + 1.
+    fence_rn: PreparedStatement,
+}
+
+impl ModifyStatements {
+    pub(super) async fn prepare(
+        session: &scylla::client::session::Session,
+        ks: &str,
+    ) -> Result<Self> {
+        let fence_columns = format!(
+            "SELECT customer_id, items, revision, payment_claim, lifecycle FROM {ks}.orders \
+             WHERE order_id = ? LIMIT 1"
+        );
+        let fence_get = prepare(session, fence_columns.clone(), Consistency::LocalSerial).await?;
+        let fence_peek = prepare(session, fence_columns, Consistency::LocalQuorum).await?;
+        let revision_get = prepare(
+            session,
+            format!("SELECT revision FROM {ks}.orders WHERE order_id = ? LIMIT 1"),
+            Consistency::LocalQuorum,
+        )
+        .await?;
+        let lwt = |cql: String| async move {
+            let mut statement = prepare(session, cql, Consistency::LocalQuorum).await?;
+            statement.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+            Ok::<_, StoreError>(statement)
+        };
+        let claim = format!("UPDATE {ks}.orders SET payment_claim = ? WHERE order_id = ?");
+        let fence = format!(
+            "UPDATE {ks}.orders SET revision = ?, items = ?, pricing = null WHERE order_id = ?"
+        );
+        Ok(ModifyStatements {
+            fence_get,
+            fence_peek,
+            revision_get,
+            claim_r0: lwt(format!(
+                "{claim} IF lifecycle = null AND revision = null AND payment_claim = null"
+            ))
+            .await?,
+            claim_rn: lwt(format!(
+                "{claim} IF lifecycle = null AND revision = ? AND payment_claim = null"
+            ))
+            .await?,
+            fence_r0: lwt(format!(
+                "{fence} IF revision = null AND payment_claim = null AND lifecycle = null"
+            ))
+            .await?,
+            fence_rn: lwt(format!(
+                "{fence} IF revision = ? AND payment_claim = null AND lifecycle = null"
+            ))
+            .await?,
+        })
+    }
+}
+
+/// `customer_id, items, revision, payment_claim, lifecycle`.
+type FenceRow = (
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<i32>,
+    Option<String>,
+);
+
+/// The columns of an order that the fence and the claims are conditioned on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Fence {
+    /// The items of the order's revision (JSON).
+    items: Option<String>,
+    /// Null reads as 0.
+    revision: i32,
+    payment_claim: Option<i32>,
+    lifecycle: Option<String>,
+}
+
+impl Fence {
+    /// The fence of an order row; `None` for a partition without an order (no customer).
+    fn from_row(
+        (customer_id, items, revision, payment_claim, lifecycle): FenceRow,
+    ) -> Option<Self> {
+        customer_id.map(|_| Fence {
+            items,
+            revision: revision.unwrap_or(0),
+            payment_claim,
+            lifecycle,
+        })
+    }
+
+    /// What a refused conditional write found.
+    fn from_lwt(lwt: &Lwt) -> Self {
+        Fence {
+            items: None,
+            revision: lwt.int("revision").unwrap_or(0),
+            payment_claim: lwt.int("payment_claim"),
+            lifecycle: lwt.text("lifecycle"),
+        }
+    }
+}
+
+impl Lwt {
+    fn int(&self, name: &str) -> Option<i32> {
+        match self.value(name) {
+            Some(CqlValue::Int(v)) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+/// The `holds` key of an order's stock moves for `revision`.
+fn hold_key(order_id: &str, revision: i32) -> String {
+    format!("{order_id}@r{revision}")
+}
+
+/// The final step `orders.lifecycle` names.
+fn final_status(order_id: &str, lifecycle: &str) -> Result<OrderStatus> {
+    match lifecycle {
+        "cancelled" => Ok(OrderStatus::Cancelled),
+        "shipped" => Ok(OrderStatus::Shipped),
+        other => Err(StoreError::Corrupt(format!(
+            "order {order_id}: lifecycle {other:?}"
+        ))),
+    }
+}
+
+/// What a claim of revision `asked` answers, when the order's fence decides it: `None` when
+/// the claim is still to be written (or lost a race and is tried again).
+fn claim_answer(order_id: &str, asked: i32, fence: &Fence) -> Result<Option<PaymentClaim>> {
+    if let Some(lifecycle) = &fence.lifecycle {
+        return Ok(Some(PaymentClaim::Final(final_status(
+            order_id, lifecycle,
+        )?)));
+    }
+    if fence.revision > asked {
+        return Ok(Some(PaymentClaim::Stale {
+            current: fence.revision,
+        }));
+    }
+    if fence.revision < asked {
+        return Err(StoreError::Invalid(format!(
+            "order {order_id} has no revision {asked} (it is at {})",
+            fence.revision
+        )));
+    }
+    match fence.payment_claim {
+        Some(claimed) if claimed == asked => Ok(Some(PaymentClaim::Granted)),
+        Some(claimed) => Err(StoreError::Corrupt(format!(
+            "order {order_id}: payment claimed for revision {claimed} at revision {asked}"
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Whether the order's quantities may still change.
+fn modifiable(order: &OrderRecord) -> bool {
+    order.status == OrderStatus::Validated && order.payment_claim.is_none()
+}
+
+fn refused(order: &OrderRecord) -> ModifyOutcome {
+    ModifyOutcome::NotModifiable {
+        status: order.status,
+        claimed: order.payment_claim.is_some(),
+    }
+}
+
+/// Each SKU of `lines` once, in order.
+fn skus_of(lines: &[ReservedLine]) -> Vec<&str> {
+    let mut skus: Vec<&str> = Vec::with_capacity(lines.len());
+    for line in lines {
+        if !skus.contains(&line.sku.as_str()) {
+            skus.push(line.sku.as_str());
+        }
+    }
+    skus
+}
+
+/// A reservation brought in line with its order by [`ScyllaStore::reconcile`].
+pub(super) struct Reconciled {
+    pub(super) lines: Vec<ReservedLine>,
+    pub(super) revision: i32,
+    /// Whether this differs from what the reservation row records (a modification got past
+    /// its fence and no further): the next decision records it.
+    pub(super) completed: bool,
+    /// The order's fence, read serially; `None` when the store has no such order.
+    fence: Option<Fence>,
+}
+
+impl ScyllaStore {
+    async fn read_fence(&self, order_id: &str, serial: bool) -> Result<Option<Fence>> {
+        let statement = if serial {
+            &self.modify.fence_get
+        } else {
+            &self.modify.fence_peek
+        };
+        Ok(self
+            .first::<FenceRow>(statement, (order_id,))
+            .await?
+            .and_then(Fence::from_row))
+    }
+
+    /// Whether `update`'s pricing is for the order's current revision (or a later one): a late
+    /// step of an earlier revision does not price the current one. One LOCAL_QUORUM read.
+    pub(super) async fn prices_current_revision(&self, update: &StatusUpdate) -> Result<bool> {
+        let current = self
+            .first::<(Option<i32>,)>(&self.modify.revision_get, (update.order_id.as_str(),))
+            .await?
+            .and_then(|(revision,)| revision)
+            .unwrap_or(0);
+        Ok(update.revision >= current)
+    }
+
+    /// Brings the reservation (`lines` at `revision`, under `lease`) in line with its order,
+    /// after a modification that stopped part-way (see the module docs): finishes one that got
+    /// past its fence (new lines, no stock moves), and moves back what one that did not get
+    /// there moved. Idempotent.
+    pub(super) async fn reconcile(
+        &self,
+        order_id: &str,
+        lease: &Lease,
+        lines: Vec<ReservedLine>,
+        revision: i32,
+    ) -> Result<Reconciled> {
+        let fence = self.read_fence(order_id, true).await?;
+        let order_revision = fence.as_ref().map_or(0, |f| f.revision);
+        if order_revision < revision {
+            tracing::warn!(
+                order_id,
+                order_revision,
+                revision,
+                "The reservation is ahead of its order; left as it is."
+            );
+            return Ok(Reconciled {
+                lines,
+                revision,
+                completed: false,
+                fence,
+            });
+        }
+        let mut current = Reconciled {
+            lines,
+            revision,
+            completed: false,
+            fence,
+        };
+        if order_revision > revision {
+            let items: Vec<OrderItem> = match current.fence.as_ref().and_then(|f| f.items.as_ref())
+            {
+                Some(items) => from_json("order items", items)?,
+                None => Vec::new(),
+            };
+            let Ok(Ok(plan)) = ModificationPlan::new(&current.lines, &items) else {
+                return Err(StoreError::Corrupt(format!(
+                    "order {order_id}: the items of revision {order_revision} do not fit its \
+                     reservation of revision {revision}"
+                )));
+            };
+            // The stock moved before the fence; its holds are only bookkeeping now.
+            let key = hold_key(order_id, order_revision);
+            self.drop_holds(&key, &skus_of(&current.lines)).await?;
+            tracing::info!(
+                order_id,
+                revision = order_revision,
+                "Finished a modification that stopped after its fence."
+            );
+            current.lines = plan.lines;
+            current.revision = order_revision;
+            current.completed = true;
+        }
+        let next = hold_key(order_id, current.revision + 1);
+        if self
+            .undo_moves(order_id, &next, &skus_of(&current.lines), lease)
+            .await?
+        {
+            tracing::info!(
+                order_id,
+                revision = current.revision + 1,
+                "Moved back the stock of a modification that stopped before its fence."
+            );
+        }
+        Ok(current)
+    }
+
+    /// Moves back whatever `holds[key]` records on these SKUs and drops the entries; whether
+    /// there was any.
+    async fn undo_moves(
+        &self,
+        order_id: &str,
+        key: &str,
+        skus: &[&str],
+        lease: &Lease,
+    ) -> Result<bool> {
+        let mut touched: Vec<&str> = Vec::new();
+        for sku in skus {
+            loop {
+                lease.check(order_id)?;
+                let Some(row) = self.read_product(sku).await? else {
+                    break;
+                };
+                let Some(&held) = row.holds.get(key) else {
+                    break;
+                };
+                if !touched.contains(sku) {
+                    touched.push(sku);
+                }
+                if held == 0 || self.move_stock(&row, key, -held, 0).await? {
+                    break;
+                }
+                tokio::time::sleep(jitter(Duration::from_millis(2))).await;
+            }
+        }
+        if touched.is_empty() {
+            return Ok(false);
+        }
+        self.drop_holds(key, &touched).await?;
+        Ok(true)
+    }
+
+    /// Gives up the lease, recording the reservation first when reconciling changed it.
+    async fn leave(
+        &self,
+        order_id: &str,
+        lease: &Lease,
+        current: &Reconciled,
+        reserved_at: i64,
+    ) -> Result<()> {
+        if !current.completed {
+            return self.let_go(order_id, lease).await;
+        }
+        let reservation = Reservation::Reserved {
+            lines: current.lines.clone(),
+            at: reserved_at,
+            released: false,
+            revision: current.revision,
+        };
+        self.decide(order_id, lease, &reservation).await
+    }
+
+    /// The fence (see the module docs): moves the order from revision `current` to the next
+    /// with `items`, clears its pricing and adds the timeline row, unless its payment was
+    /// claimed, it is final or it is no longer at `current`. Whether it applied.
+    async fn fence(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        current: i32,
+        at: i64,
+    ) -> Result<bool> {
+        let next = current + 1;
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut fence_values = vec![
+            Some(CqlValue::Int(next)),
+            Some(CqlValue::Text(to_json(&items)?)),
+            text(order_id),
+        ];
+        if current == 0 {
+            batch.append_statement(self.modify.fence_r0.clone());
+        } else {
+            batch.append_statement(self.modify.fence_rn.clone());
+            fence_values.push(Some(CqlValue::Int(current)));
+        }
+        batch.append_statement(self.q.order_entry.clone());
+        let values: Vec<Vec<Option<CqlValue>>> = vec![
+            fence_values,
+            vec![
+                text(order_id),
+                text(&OrderModified::event_id_for(order_id, next)),
+                text(OrderStatus::Validated.as_str()),
+                Some(CqlValue::BigInt(at)),
+                Some(CqlValue::Text(format!(
+                    "revision {next}: quantities changed"
+                ))),
+            ],
+        ];
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        batch.set_is_idempotent(true);
+        let result = self
+            .session
+            .batch(&batch, values)
+            .await
+            .map_err(unavailable)?;
+        let rows = result.into_rows_result().map_err(corrupt)?;
+        let row: Row = rows.first_row().map_err(corrupt)?;
+        Ok(matches!(
+            row.columns.first(),
+            Some(Some(CqlValue::Boolean(true)))
+        ))
+    }
+
+    async fn modify_once(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        at: i64,
+        lease: &Lease,
+    ) -> Result<ModifyOutcome> {
+        let Some(order) = self.get_order(order_id).await? else {
+            return Ok(ModifyOutcome::NotFound);
+        };
+        if !modifiable(&order) {
+            return Ok(refused(&order));
+        }
+        let outcome = match self.claim(order_id, lease, false).await? {
+            Claim::Missing => return Ok(refused(&order)),
+            Claim::Owned(outcome) => outcome,
+            Claim::Decided(_) => unreachable!("claim without create never answers Decided"),
+        };
+        let Some(Reservation::Reserved {
+            lines,
+            at: reserved_at,
+            released: false,
+            revision,
+        }) = outcome
+        else {
+            // Rejected, released or still being decided: nothing to modify.
+            self.let_go(order_id, lease).await?;
+            return Ok(refused(&order));
+        };
+        let current = self.reconcile(order_id, lease, lines, revision).await?;
+
+        // The order as read serially, under the lease: the fence's expected revision.
+        let fence = match &current.fence {
+            Some(fence) if fence.revision == current.revision => fence.clone(),
+            Some(fence) => {
+                self.leave(order_id, lease, &current, reserved_at).await?;
+                return Err(StoreError::Corrupt(format!(
+                    "order {order_id} is at revision {}, its reservation at {}",
+                    fence.revision, current.revision
+                )));
+            }
+            None => {
+                self.leave(order_id, lease, &current, reserved_at).await?;
+                return Err(raced());
+            }
+        };
+        if fence.payment_claim.is_some() || fence.lifecycle.is_some() {
+            self.leave(order_id, lease, &current, reserved_at).await?;
+            let order = self.get_order(order_id).await?.ok_or_else(raced)?;
+            return Ok(refused(&order));
+        }
+        let plan = match ModificationPlan::new(&current.lines, items) {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(refusal)) => {
+                self.leave(order_id, lease, &current, reserved_at).await?;
+                return Ok(refusal);
+            }
+            Err(e) => {
+                self.leave(order_id, lease, &current, reserved_at).await?;
+                return Err(e);
+            }
+        };
+        if plan.is_unchanged(&current.lines) {
+            self.leave(order_id, lease, &current, reserved_at).await?;
+            let order = if current.completed {
+                self.get_order(order_id).await?.ok_or_else(raced)?
+            } else {
+                order
+            };
+            return Ok(ModifyOutcome::Modified {
+                order: Box::new(order),
+                lines: current.lines,
+            });
+        }
+
+        // 1. The stock, under the new revision's key.
+        let next = fence.revision + 1;
+        let key = hold_key(order_id, next);
+        let skus: Vec<&str> = plan.deltas.iter().map(|(sku, _)| sku.as_str()).collect();
+        let mut stopped: Option<Result<ModifyOutcome>> = None;
+        'skus: for (sku, delta) in &plan.deltas {
+            loop {
+                lease.check(order_id)?;
+                let Some(row) = self.read_product(sku).await? else {
+                    stopped = Some(Err(StoreError::Corrupt(format!(
+                        "order {order_id} holds units of {sku}, which is not in the catalogue"
+                    ))));
+                    break 'skus;
+                };
+                // What an earlier attempt of this revision moved already (normally nothing:
+                // reconciling moved it back).
+                let take = delta - row.holds.get(&key).copied().unwrap_or(0);
+                if take == 0 {
+                    break;
+                }
+                // A discontinued product gives back, but no more units go out.
+                let available = if row.product.discontinued {
+                    0
+                } else {
+                    row.product.stock
+                };
+                if take > 0 && take > available {
+                    stopped = Some(Ok(ModifyOutcome::Insufficient {
+                        sku: sku.clone(),
+                        available,
+                    }));
+                    break 'skus;
+                }
+                if self.move_stock(&row, &key, take, *delta).await? {
+                    break;
+                }
+                // Lost the race for this product: let the winner's round finish.
+                tokio::time::sleep(jitter(Duration::from_millis(2))).await;
+            }
+        }
+        if let Some(stopped) = stopped {
+            self.undo_moves(order_id, &key, &skus, lease).await?;
+            self.leave(order_id, lease, &current, reserved_at).await?;
+            return stopped;
+        }
+
+        // 2. The fence.
+        lease.check(order_id)?;
+        if !self.fence(order_id, items, fence.revision, at).await? {
+            // A claim, a cancel or a ship came first: nothing changes.
+            self.undo_moves(order_id, &key, &skus, lease).await?;
+            self.leave(order_id, lease, &current, reserved_at).await?;
+            let order = self.get_order(order_id).await?.ok_or_else(raced)?;
+            if modifiable(&order) {
+                return Err(raced()); // another modification: try again
+            }
+            return Ok(refused(&order));
+        }
+
+        // 3. The reservation, then the bookkeeping.
+        let reservation = Reservation::Reserved {
+            lines: plan.lines.clone(),
+            at: reserved_at,
+            released: false,
+            revision: next,
+        };
+        self.decide(order_id, lease, &reservation).await?;
+        if let Err(e) = self.drop_holds(&key, &skus).await {
+            // Only bookkeeping: a stale entry moves no stock.
+            tracing::warn!(order_id, error = %e, "Could not drop a modification's holds.");
+        }
+        let order = self.get_order(order_id).await?.ok_or_else(raced)?;
+        Ok(ModifyOutcome::Modified {
+            order: Box::new(order),
+            lines: plan.lines,
+        })
+    }
+
+    async fn claim_once(&self, order_id: &str, revision: i32) -> Result<PaymentClaim> {
+        let Some(fence) = self.read_fence(order_id, false).await? else {
+            return Ok(PaymentClaim::NotFound);
+        };
+        // A final step, a later revision or this claim never go back: answered at once. (The
+        // read also keeps the claim from writing into a partition without an order.)
+        if let Ok(Some(answer)) = claim_answer(order_id, revision, &fence) {
+            return Ok(answer);
+        }
+        let lwt = if revision == 0 {
+            self.lwt(&self.modify.claim_r0, (revision, order_id))
+                .await?
+        } else {
+            self.lwt(&self.modify.claim_rn, (revision, order_id, revision))
+                .await?
+        };
+        if lwt.applied {
+            return Ok(PaymentClaim::Granted);
+        }
+        claim_answer(order_id, revision, &Fence::from_lwt(&lwt))?.ok_or_else(raced)
+    }
+
+    pub(super) async fn modify_order_retried(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        at: i64,
+    ) -> Result<ModifyOutcome> {
+        let lease = Lease::new();
+        retry("modify_order", || {
+            self.modify_once(order_id, items, at, &lease)
+        })
+        .await
+    }
+
+    pub(super) async fn claim_payment_retried(
+        &self,
+        order_id: &str,
+        revision: i32,
+    ) -> Result<PaymentClaim> {
+        retry("claim_payment", || self.claim_once(order_id, revision)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(revision: i32, payment_claim: Option<i32>, lifecycle: Option<&str>) -> Fence {
+        Fence {
+            items: None,
+            revision,
+            payment_claim,
+            lifecycle: lifecycle.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn hold_keys_name_the_revision() {
+        assert_eq!(hold_key("o-1", 3), "o-1@r3");
+        assert_ne!(hold_key("o-1", 1), hold_key("o-1", 2));
+        assert_ne!(hold_key("o-1", 1), "o-1", "never the reservation's own key");
+    }
+
+    #[test]
+    fn claims_are_answered_from_the_fence() {
+        let answer = |asked, f: Fence| claim_answer("o", asked, &f).unwrap();
+        assert_eq!(answer(0, fence(0, None, None)), None, "still to claim");
+        assert_eq!(
+            answer(0, fence(0, Some(0), None)),
+            Some(PaymentClaim::Granted)
+        );
+        assert_eq!(
+            answer(2, fence(2, Some(2), None)),
+            Some(PaymentClaim::Granted)
+        );
+        assert_eq!(
+            answer(0, fence(1, None, None)),
+            Some(PaymentClaim::Stale { current: 1 })
+        );
+        assert_eq!(
+            answer(1, fence(1, None, Some("cancelled"))),
+            Some(PaymentClaim::Final(OrderStatus::Cancelled))
+        );
+        assert_eq!(
+            answer(0, fence(0, Some(0), Some("shipped"))),
+            Some(PaymentClaim::Final(OrderStatus::Shipped))
+        );
+        assert!(matches!(
+            claim_answer("o", 2, &fence(1, None, None)),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            claim_answer("o", 1, &fence(1, Some(0), None)),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            claim_answer("o", 0, &fence(0, None, Some("lost"))),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn an_order_row_without_a_customer_is_no_order() {
+        assert_eq!(Fence::from_row((None, None, Some(1), None, None)), None);
+        assert_eq!(
+            Fence::from_row((Some("c".into()), None, None, None, None)),
+            Some(fence(0, None, None)),
+            "revision null reads as 0"
+        );
+    }
+
+    #[test]
+    fn lwt_answers_decode_into_a_fence() {
+        let lwt = Lwt {
+            applied: false,
+            columns: vec![
+                ("[applied]".into(), Some(CqlValue::Boolean(false))),
+                ("lifecycle".into(), None),
+                ("revision".into(), Some(CqlValue::Int(2))),
+                ("payment_claim".into(), Some(CqlValue::Int(2))),
+            ],
+        };
+        assert_eq!(Fence::from_lwt(&lwt), fence(2, Some(2), None));
+        let empty = Lwt {
+            applied: false,
+            columns: vec![("[applied]".into(), Some(CqlValue::Boolean(false)))],
+        };
+        assert_eq!(Fence::from_lwt(&empty), fence(0, None, None));
+    }
+
+    #[test]
+    fn skus_are_listed_once() {
+        let line = |sku: &str| ReservedLine {
+            sku: sku.into(),
+            name: String::new(),
+            quantity: 1,
+            unit_price_cents: 1,
+            currency: "EUR".into(),
+        };
+        assert_eq!(skus_of(&[line("A"), line("B"), line("A")]), ["A", "B"]);
+    }
+}
