@@ -74,19 +74,26 @@ pub async fn orders(state: Arc<ApiState>) -> Result<usize> {
     {
         return Ok(0);
     }
+    // Paid, declined, and one awaiting its bank transfer (its quantities may still change).
     let samples = [
-        (vec![("MUG-001", 2), ("STICKER-001", 3)], "tok_visa"),
-        (vec![("TEE-001", 1)], "tok_visa"),
-        (vec![("HOODIE-001", 1)], "tok_decline"),
+        (vec![("MUG-001", 2), ("STICKER-001", 3)], "card", "tok_visa"),
+        (vec![("TEE-001", 1)], "card", "tok_visa"),
+        (vec![("HOODIE-001", 1)], "card", "tok_decline"),
+        (
+            vec![("MUG-001", 1)],
+            "bank_transfer",
+            "DE89 3704 0044 0532 0130 00",
+        ),
     ];
-    for (i, (items, token)) in samples.into_iter().enumerate() {
+    let placed = samples.len();
+    for (i, (items, method, token)) in samples.into_iter().enumerate() {
         let body = json!({
             "customer_id": user.customer_id,
             "items": items.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q}))
                 .collect::<Vec<_>>(),
             "shipping_address": {"name": user.name, "line1": "1 Demo Street",
                                  "city": "Berlin", "postal_code": "10115", "country": "DE"},
-            "payment": {"method": "card", "token": token},
+            "payment": {"method": method, "token": token},
         });
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -113,7 +120,7 @@ pub async fn orders(state: Arc<ApiState>) -> Result<usize> {
             bail!("placing sample order {i}: {}", p.detail);
         }
     }
-    Ok(3)
+    Ok(placed)
 }
 
 /// `orderflow seed`: accounts, catalogue, orders.
