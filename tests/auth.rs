@@ -655,7 +655,7 @@ async fn seeding_twice_changes_nothing() {
     };
     let first = tokio::task::spawn_blocking(seed.clone()).await.unwrap();
     assert!(
-        first.contains("Seeded: 2 accounts, 6 products, 3 orders new."),
+        first.contains("Seeded: 2 accounts, 6 products, 4 orders new."),
         "{first}"
     );
     let second = tokio::task::spawn_blocking(seed).await.unwrap();

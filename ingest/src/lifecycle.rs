@@ -28,7 +28,7 @@ use utoipa::ToSchema;
 use crate::{
     auth::Caller,
     orders::{is_json, parse_json, read_body, OrderView},
-    problem::{FieldError, Problem},
+    problem::{text_problem, FieldError, Problem},
     ApiState,
 };
 
@@ -65,22 +65,15 @@ async fn cancel_request(headers: &HeaderMap, body: Body) -> Result<CancelOrderRe
     // `null` is the document's "no body" too (the body is optional).
     let req: CancelOrderRequest =
         parse_json::<Option<CancelOrderRequest>>(&bytes)?.unwrap_or_default();
-    if let Some(reason) = &req.reason {
-        let message = if reason.trim().is_empty() {
-            Some("must not be empty")
-        } else if reason.chars().count() > MAX_REASON_CHARS {
-            Some("is too long (at most 500 characters)")
-        } else if reason.chars().any(char::is_control) {
-            Some("must not contain control characters")
-        } else {
-            None
-        };
-        if let Some(message) = message {
-            return Err(Problem::invalid(vec![FieldError {
-                field: "reason".into(),
-                message: message.into(),
-            }]));
-        }
+    if let Some(message) = req
+        .reason
+        .as_deref()
+        .and_then(|r| text_problem(r, MAX_REASON_CHARS))
+    {
+        return Err(Problem::invalid(vec![FieldError {
+            field: "reason".into(),
+            message,
+        }]));
     }
     Ok(req)
 }

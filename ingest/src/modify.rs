@@ -11,7 +11,8 @@
 //! order's revision goes up, its pricing is cleared. Then `OrderModified` goes out on
 //! `orders.modified`; validation re-prices the revision and produces its `OrderValidated`
 //! (event id `<order>:validated:r<n>`), which reaches the timeline and the customer's email.
-//! A retry after a failed produce announces the revision again (same event id).
+//! A retry after a failed produce announces the revision again (same event id), and so does an
+//! attempt to record the payment of a revision that is still unpriced.
 //!
 //! Recording the transfer claims the payment of the order's current revision
 //! ([`Store::claim_payment`]): from then on the quantities are final, and a change that raced
@@ -44,7 +45,7 @@ use utoipa::ToSchema;
 use crate::{
     auth::Caller,
     orders::{integer, json_body, OrderView, MAX_ITEMS, MAX_QUANTITY},
-    problem::{FieldError, Problem},
+    problem::{text_problem, FieldError, Problem},
     ApiState,
 };
 
@@ -321,29 +322,7 @@ pub async fn modify(
         ModifyOutcome::NotFound => return Err(not_found(&order_id)),
     };
     state.orders.invalidate(&order_id).await;
-    // A revision not priced yet is announced (again, after a failed produce: same event id).
-    if order.revision > 0 && order.pricing.is_none() {
-        let event_id = OrderModified::event_id_for(&order_id, order.revision);
-        let at = order
-            .timeline
-            .iter()
-            .find(|t| t.event_id == event_id)
-            .map_or(order.updated_at, |t| t.at);
-        let event = OrderModified {
-            event_id,
-            order_id: order_id.clone(),
-            customer_id: order.customer_id.clone(),
-            revision: order.revision,
-            items: order.items.clone(),
-            occurred_at: at,
-        };
-        if let Err(e) = state.producer.send(&event).await {
-            warn!(%order_id, error = %e, "Produce failed.");
-            return Err(Problem::unavailable(
-                "the order is changed, but the event log is unavailable; retry to announce it",
-            ));
-        }
-    }
+    announce_modified(&state, &order).await?;
     info!(%order_id, by = %caller.customer_id, revision = order.revision, "Order modified.");
     Ok(Json(order.into()))
 }
@@ -402,16 +381,7 @@ pub async fn record_payment(
     tracing::Span::current().record("order_id", order_id.as_str());
     let req: RecordPaymentRequest = json_body(&headers, body).await?;
     let reference = req.reference.trim().to_string();
-    let message = if reference.is_empty() {
-        Some("must not be empty")
-    } else if reference.chars().count() > MAX_REFERENCE_CHARS {
-        Some("is too long (at most 100 characters)")
-    } else if reference.chars().any(char::is_control) {
-        Some("must not contain control characters")
-    } else {
-        None
-    };
-    if let Some(message) = message {
+    if let Some(message) = text_problem(&reference, MAX_REFERENCE_CHARS) {
         return Err(Problem::invalid(vec![field_error(
             "reference".into(),
             message,
@@ -455,6 +425,8 @@ pub async fn record_payment(
                 other => return Err(refuse(format!("order {order_id} is {}", other.as_str()))),
             };
             let Some(pricing) = pricing else {
+                // A change whose announcement was lost is announced again, so it gets priced.
+                announce_modified(&state, &order).await?;
                 return Err(retry_soon(
                     "order-not-payable",
                     title,
@@ -505,6 +477,37 @@ pub async fn record_payment(
     let order = announce_paid(&state, order, &payment).await?;
     info!(%order_id, by = %caller.customer_id, %reference, "Bank transfer recorded.");
     Ok(Json(order.into()))
+}
+
+/// Produces `OrderModified` for the order's revision while it is not priced yet: after the
+/// change, and again on a retry (the same event id) when the first produce failed, so a
+/// revision is never left unpriced.
+async fn announce_modified(state: &ApiState, order: &OrderRecord) -> Result<(), Problem> {
+    if order.revision == 0 || order.pricing.is_some() {
+        return Ok(());
+    }
+    let order_id = order.order_id.as_str();
+    let event_id = OrderModified::event_id_for(order_id, order.revision);
+    let at = order
+        .timeline
+        .iter()
+        .find(|t| t.event_id == event_id)
+        .map_or(order.updated_at, |t| t.at);
+    let event = OrderModified {
+        event_id,
+        order_id: order_id.to_string(),
+        customer_id: order.customer_id.clone(),
+        revision: order.revision,
+        items: order.items.clone(),
+        occurred_at: at,
+    };
+    if let Err(e) = state.producer.send(&event).await {
+        warn!(%order_id, error = %e, "Produce failed.");
+        return Err(Problem::unavailable(
+            "the order is changed, but the event log is unavailable; retry to announce it",
+        ));
+    }
+    Ok(())
 }
 
 /// Records `paid` on the order and produces `OrderPaid` (both idempotent by the event id); a

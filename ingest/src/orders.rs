@@ -410,19 +410,9 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
             message: message.to_string(),
         })
     };
-    let text = |value: &str, max: usize| -> Option<&'static str> {
-        if value.trim().is_empty() {
-            Some("must not be empty")
-        } else if value.chars().count() > max {
-            Some("is too long")
-        } else if value.chars().any(char::is_control) {
-            Some("must not contain control characters")
-        } else {
-            None
-        }
-    };
+    let text = crate::problem::text_problem;
     if let Some(m) = req.customer_id.as_deref().and_then(|c| text(c, 128)) {
-        err("customer_id".into(), m);
+        err("customer_id".into(), &m);
     }
     if req.items.is_empty() {
         err("items".into(), "must hold at least one item");
@@ -435,7 +425,7 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
     }
     for (i, item) in req.items.iter().enumerate().take(MAX_ITEMS) {
         if let Some(m) = text(&item.sku, 64) {
-            err(format!("items[{i}].sku"), m);
+            err(format!("items[{i}].sku"), &m);
         }
         if item.quantity <= 0 {
             err(format!("items[{i}].quantity"), "must be at least 1");
@@ -454,7 +444,7 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
         ("postal_code", &a.postal_code, 20),
     ] {
         if let Some(m) = text(value, max) {
-            err(format!("shipping_address.{name}"), m);
+            err(format!("shipping_address.{name}"), &m);
         }
     }
     if let Some(line2) = &a.line2 {
@@ -472,10 +462,10 @@ pub fn validate(req: &CreateOrderRequest) -> Vec<FieldError> {
         );
     }
     if let Some(m) = text(&req.payment.method, 32) {
-        err("payment.method".into(), m);
+        err("payment.method".into(), &m);
     }
     if let Some(m) = text(&req.payment.token, 256) {
-        err("payment.token".into(), m);
+        err("payment.token".into(), &m);
     }
     errors
 }

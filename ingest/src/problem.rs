@@ -58,6 +58,20 @@ struct Headers {
     challenge: Option<String>,
 }
 
+/// Why a free-text field is wrong, if it is: blank, over `max_chars` characters, or holding
+/// control characters.
+pub fn text_problem(value: &str, max_chars: usize) -> Option<String> {
+    if value.trim().is_empty() {
+        Some("must not be empty".into())
+    } else if value.chars().count() > max_chars {
+        Some(format!("is too long (at most {max_chars} characters)"))
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters".into())
+    } else {
+        None
+    }
+}
+
 impl Problem {
     fn headers_mut(&mut self) -> &mut Headers {
         self.headers.get_or_insert_with(Default::default)

@@ -27,7 +27,7 @@ use utoipa::ToSchema;
 use crate::{
     auth::Caller,
     orders::{integer, json_body},
-    problem::{FieldError, Problem},
+    problem::{text_problem, FieldError, Problem},
     ApiState,
 };
 
@@ -147,19 +147,6 @@ fn no_product(sku: &str) -> Problem {
     Problem::not_found(format!("no product {sku}"))
 }
 
-/// Why a text field is wrong, if it is.
-fn text_error(value: &str, max: usize) -> Option<&'static str> {
-    if value.trim().is_empty() {
-        Some("must not be empty")
-    } else if value.chars().count() > max {
-        Some("is too long")
-    } else if value.chars().any(char::is_control) {
-        Some("must not contain control characters")
-    } else {
-        None
-    }
-}
-
 fn valid_sku(sku: &str) -> bool {
     let mut chars = sku.chars();
     sku.len() <= 64
@@ -188,7 +175,7 @@ pub fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
                 .into(),
         );
     }
-    if let Some(m) = text_error(&req.name, 200) {
+    if let Some(m) = text_problem(&req.name, 200) {
         err("name", m.into());
     }
     if let Some(m) = price_error(req.price_cents) {
@@ -209,7 +196,7 @@ pub fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
 /// Checks a product change; lists every problem at once.
 pub fn validate_update(req: &UpdateProductRequest) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if let Some(m) = req.name.as_deref().and_then(|n| text_error(n, 200)) {
+    if let Some(m) = req.name.as_deref().and_then(|n| text_problem(n, 200)) {
         errors.push(FieldError {
             field: "name".into(),
             message: m.into(),

@@ -169,16 +169,8 @@ pub fn email_problem(email: &str) -> Option<&'static str> {
 }
 
 /// Why a name is not acceptable, if it is not.
-pub fn name_problem(name: &str) -> Option<&'static str> {
-    if name.trim().is_empty() {
-        Some("must not be empty")
-    } else if name.chars().count() > 100 {
-        Some("is too long (at most 100 characters)")
-    } else if name.chars().any(char::is_control) {
-        Some("must not contain control characters")
-    } else {
-        None
-    }
+pub fn name_problem(name: &str) -> Option<String> {
+    crate::problem::text_problem(name, 100)
 }
 
 /// Why a new password is not acceptable, if it is not.
