@@ -278,7 +278,7 @@ pub async fn create(
     if let Some(m) = name_problem(&req.name) {
         errors.push(FieldError {
             field: "name".into(),
-            message: m.into(),
+            message: m,
         });
     }
     if let Some(m) = email_problem(&req.email) {
@@ -458,7 +458,7 @@ pub async fn update(
     if let Some(m) = req.name.as_deref().and_then(name_problem) {
         errors.push(FieldError {
             field: "name".into(),
-            message: m.into(),
+            message: m,
         });
     }
     if let Some(m) = req.password.as_deref().and_then(password_problem) {

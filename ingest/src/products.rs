@@ -176,7 +176,7 @@ pub fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
         );
     }
     if let Some(m) = text_problem(&req.name, 200) {
-        err("name", m.into());
+        err("name", m);
     }
     if let Some(m) = price_error(req.price_cents) {
         err("price_cents", m);
@@ -199,7 +199,7 @@ pub fn validate_update(req: &UpdateProductRequest) -> Vec<FieldError> {
     if let Some(m) = req.name.as_deref().and_then(|n| text_problem(n, 200)) {
         errors.push(FieldError {
             field: "name".into(),
-            message: m.into(),
+            message: m,
         });
     }
     if let Some(m) = req.price_cents.and_then(price_error) {
