@@ -220,7 +220,7 @@ pub struct CommonArgs {
     /// start-up every event schema is registered under its topic's subject `<topic>-value`
     /// (after a compatibility check) and messages are framed with the ids it returns. Without
     /// it, `orderflow run` keeps a registry in its data dir and serves it on the HTTP API, and
-    /// the other commands use the built-in ids 1..6.
+    /// the other commands use the built-in ids 1..11.
     #[arg(long, env = "ORDERFLOW_SCHEMA_REGISTRY_URL", value_name = "URL")]
     pub schema_registry: Option<String>,
     /// The compatibility level set on a subject that has none of its own (BACKWARD, FORWARD,

@@ -47,7 +47,7 @@ fn python() -> String {
 }
 
 /// Starts a data dir whose registry already holds one unrelated schema, so that the pipeline's
-/// schemas get ids 2..7, not the built-in 1..6.
+/// schemas get ids 2..12, not the built-in 1..11.
 fn data_dir_with_a_registered_schema(dir: &Path) {
     let registry = LocalRegistry::open(&dir.join(LocalRegistry::FILE)).unwrap();
     registry

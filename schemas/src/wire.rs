@@ -3,7 +3,7 @@
 //! `fastavro` with a registry) read it given the schema for the id.
 //!
 //! The ids come from a [`SchemaIds`]: the registry's when one is configured, the built-in
-//! ones (1..6) otherwise. [`encode`] and [`decode`] use the built-in ids.
+//! ones (1..11) otherwise. [`encode`] and [`decode`] use the built-in ids.
 
 use crate::{events::Event, registry::SchemaIds};
 

@@ -6,7 +6,7 @@
 //! schema. [`SchemaIds`] holds that mapping for one process: built once at start-up, carried
 //! by `KafkaConfig` to the producer (framing) and the consume loop (decoding).
 //!
-//! - [`SchemaIds::builtin`]: ids 1..6 ([`Event::SCHEMA_ID`](crate::Event::SCHEMA_ID)), used when
+//! - [`SchemaIds::builtin`]: ids 1..11 ([`Event::SCHEMA_ID`](crate::Event::SCHEMA_ID)), used when
 //!   no registry is configured. The embedded registry assigns the same ids on a fresh data dir.
 //! - [`register_catalogue`]: registers the six schemas with a [`Registry`] — setting each
 //!   subject's compatibility level if it has none, checking compatibility first — and returns
@@ -366,7 +366,7 @@ struct Ids {
 }
 
 impl SchemaIds {
-    /// The built-in ids, 1..6, for when no registry is configured.
+    /// The built-in ids, 1..11, for when no registry is configured.
     pub fn builtin() -> SchemaIds {
         static BUILTIN: LazyLock<SchemaIds> = LazyLock::new(|| {
             SchemaIds::new(events::catalogue().map(|(_, id, kind, _)| (kind, id)), [])
