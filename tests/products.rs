@@ -190,6 +190,32 @@ async fn admins_manage_the_catalogue_and_orders_follow_its_stock() {
     );
     assert_eq!(p.stock("CUP-777").await, 4);
 
+    // A restock sent twice with one Idempotency-Key (a retry after a lost answer) counts once;
+    // the key with another delta is refused.
+    let restock = |delta: i64| {
+        p.client
+            .post(p.url("/v1/products/CUP-777/stock"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "delivery-2026-11-23")
+            .body(json!({"delta": delta, "reason": "delivery"}).to_string())
+            .send()
+    };
+    let first = restock(6).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let again = restock(6).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let replayed: Value = again.json().await.unwrap();
+    assert_eq!(replayed["stock"], 10);
+    assert_eq!(p.stock("CUP-777").await, 10, "applied once");
+    let other = restock(7).await.unwrap();
+    assert_eq!(other.status(), 422);
+    let problem: Value = other.json().await.unwrap();
+    assert_eq!(fields(&problem), ["header:Idempotency-Key"]);
+    assert_eq!(p.stock("CUP-777").await, 10);
+
     // Discontinued: readable, off the list (unless asked), new orders rejected.
     let response = p
         .client

@@ -333,8 +333,13 @@ impl Store for Switchable {
     async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>> {
         self.up()?.update_product(sku, change).await
     }
-    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
-        self.up()?.adjust_stock(sku, delta).await
+    async fn adjust_stock(
+        &self,
+        sku: &str,
+        delta: i64,
+        key: Option<orderflow_store::AdjustmentKey>,
+    ) -> Result<StockAdjustment> {
+        self.up()?.adjust_stock(sku, delta, key).await
     }
     async fn create_order(
         &self,

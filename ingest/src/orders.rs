@@ -476,6 +476,20 @@ fn idempotency_key(
     now: i64,
     ttl_ms: i64,
 ) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(key) = idempotency_header(headers)? else {
+        return Ok(None);
+    };
+    let normalized = serde_json::to_vec(req).unwrap_or_default();
+    Ok(Some(IdempotencyKey {
+        key,
+        fingerprint: orderflow_schemas::stable_digest(&normalized),
+        expires_at: now + ttl_ms,
+    }))
+}
+
+/// The `Idempotency-Key` header, if any: visible ASCII, 1 to [`MAX_IDEMPOTENCY_KEY`]
+/// characters once trimmed (else 400 naming `header:Idempotency-Key`).
+pub fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -497,12 +511,7 @@ fn idempotency_key(
             "must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
         )));
     }
-    let normalized = serde_json::to_vec(req).unwrap_or_default();
-    Ok(Some(IdempotencyKey {
-        key: key.to_string(),
-        fingerprint: orderflow_schemas::stable_digest(&normalized),
-        expires_at: now + ttl_ms,
-    }))
+    Ok(Some(key.to_string()))
 }
 
 fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Response {

@@ -18,15 +18,15 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use orderflow_schemas::format_cents;
-use orderflow_store::{Product, ProductChange, StockAdjustment};
+use orderflow_schemas::{format_cents, now_millis};
+use orderflow_store::{AdjustmentKey, Product, ProductChange, StockAdjustment};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use utoipa::ToSchema;
 
 use crate::{
     auth::Caller,
-    orders::{integer, json_body},
+    orders::{idempotency_header, integer, json_body},
     problem::{text_problem, FieldError, Problem},
     ApiState,
 };
@@ -523,12 +523,24 @@ pub async fn discontinue(
     summary = "Adjust a product's stock (admin)",
     description = "Adds `delta` units to those available (removes, when negative), atomically \
         with the reservations orders make: the available stock never goes below zero, and an \
-        adjustment is never lost to a concurrent reservation.",
-    params(("sku" = String, Path, description = "The product's SKU.")),
+        adjustment is never lost to a concurrent reservation. With an `Idempotency-Key`, a \
+        retry is safe: the adjustment is applied once.",
+    params(
+        ("sku" = String, Path, description = "The product's SKU."),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255,
+         pattern = "^[\\t -~]*[!-~][\\t -~]*$",
+         description = "Makes a retry safe: the same key (per admin, kept 24 h) with the same \
+            SKU and delta answers with the product as it is, adjusted once \
+            (`idempotent-replayed: true`); with another SKU or delta, 422. A refused \
+            adjustment may be retried under its key. Visible ASCII, 1 to 255 characters."),
+    ),
     request_body(content = StockAdjustmentRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Adjusted: the product as it is now.", body = ProductView),
-        (status = 400, description = "The body is not JSON, or the SKU not UTF-8.",
+        (status = 200, description = "Adjusted: the product as it is now.", body = ProductView,
+         headers(("idempotent-replayed" = String,
+             description = "`true` when the `Idempotency-Key` applied this adjustment before."))),
+        (status = 400, description = "The body is not JSON, the SKU not UTF-8, or the \
+            `Idempotency-Key` not valid.",
          body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid access token.", body = Problem,
          content_type = "application/problem+json"),
@@ -548,7 +560,8 @@ pub async fn discontinue(
          content_type = "application/problem+json"),
         (status = 415, description = "The content type is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 422, description = "Fields are unknown, missing, mistyped or out of range.",
+        (status = 422, description = "Fields are unknown, missing, mistyped or out of range, \
+            or the `Idempotency-Key` was used for another adjustment.",
          body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
@@ -561,9 +574,14 @@ pub async fn adjust_stock(
     sku: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Response, Problem> {
     caller.require_admin()?;
     let sku = crate::problem::path("sku", sku)?;
+    let key = idempotency_header(&headers)?.map(|key| AdjustmentKey {
+        // Per admin, as order keys are per customer.
+        key: format!("{}\u{0}{key}", caller.customer_id),
+        expires_at: now_millis() + state.idempotency_ttl_ms,
+    });
     let req: StockAdjustmentRequest = json_body(&headers, body).await?;
     let errors = validate_adjustment(&req);
     if !errors.is_empty() {
@@ -571,7 +589,7 @@ pub async fn adjust_stock(
     }
     match state
         .store
-        .adjust_stock(&sku, req.delta)
+        .adjust_stock(&sku, req.delta, key)
         .await
         .map_err(store_down)?
     {
@@ -584,8 +602,22 @@ pub async fn adjust_stock(
                 by = %caller.customer_id,
                 "Stock adjusted."
             );
-            Ok(Json(p.into()))
+            Ok(Json(ProductView::from(p)).into_response())
         }
+        StockAdjustment::Replayed(p) => {
+            let mut response = Json(ProductView::from(p)).into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        StockAdjustment::KeyReused => Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key already used for another request",
+            "header:Idempotency-Key",
+            "was used for another stock adjustment (another SKU or delta)",
+        )),
         StockAdjustment::Insufficient { available } => Err(Problem::field(
             StatusCode::CONFLICT,
             "insufficient-stock",

@@ -53,6 +53,8 @@ const REFRESH_FAMILIES: TableDefinition<&str, bool> = TableDefinition::new("refr
 const MARKERS: TableDefinition<&str, i64> = TableDefinition::new("markers");
 /// Refunds by order id (issue #5, f/lifecycle).
 const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
+/// Stock adjustments' `Idempotency-Key`s: key → the adjustment it applied (issue #5).
+const ADJUSTMENT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("adjustment_keys");
 
 /// Most writes one transaction takes; more wait for the next one.
 const MAX_GROUP: usize = 1024;
@@ -124,6 +126,7 @@ impl EmbeddedStore {
             txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
             txn.open_table(MARKERS).map_err(unavailable)?;
             txn.open_table(REFUNDS).map_err(unavailable)?; // f/lifecycle
+            txn.open_table(ADJUSTMENT_KEYS).map_err(unavailable)?;
             txn.commit().map_err(unavailable)?;
         }
         let (writes, queue) = mpsc::unbounded_channel();
@@ -682,14 +685,34 @@ impl Store for EmbeddedStore {
     }
 
     /// Runs on the single writer, like every reservation and release: no race to lose.
-    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
+    async fn adjust_stock(
+        &self,
+        sku: &str,
+        delta: i64,
+        key: Option<AdjustmentKey>,
+    ) -> Result<StockAdjustment> {
         let sku = sku.to_string();
+        let now = orderflow_schemas::now_millis();
         self.write(move |txn| {
             let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
             let Some(mut product) = get_json::<Product, _>(&table, "product", &sku)? else {
                 return Ok(StockAdjustment::NotFound);
             };
             drop(table);
+            if let Some(key) = &key {
+                let keys = txn.open_table(ADJUSTMENT_KEYS).map_err(unavailable)?;
+                let seen = get_json::<AdjustmentRecord, _>(&keys, "adjustment key", &key.key)?;
+                match seen {
+                    Some(seen) if seen.expires_at > now => {
+                        return Ok(if seen.sku == sku && seen.delta == delta {
+                            StockAdjustment::Replayed(product)
+                        } else {
+                            StockAdjustment::KeyReused
+                        });
+                    }
+                    _ => {}
+                }
+            }
             match product.stock.checked_add(delta) {
                 Some(stock) if stock >= 0 => product.stock = stock,
                 Some(_) => {
@@ -700,6 +723,14 @@ impl Store for EmbeddedStore {
                 None => return Err(StoreError::Invalid(format!("stock of {sku} overflows"))),
             }
             put_json(txn, PRODUCTS, &sku, &product)?;
+            if let Some(key) = &key {
+                let record = AdjustmentRecord {
+                    sku: sku.clone(),
+                    delta,
+                    expires_at: key.expires_at,
+                };
+                put_json(txn, ADJUSTMENT_KEYS, &key.key, &record)?;
+            }
             Ok(StockAdjustment::Adjusted(product))
         })
         .await

@@ -67,8 +67,13 @@ impl<S: Store> Store for Instrumented<S> {
         timed("update_product", self.0.update_product(sku, change)).await
     }
 
-    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
-        timed("adjust_stock", self.0.adjust_stock(sku, delta)).await
+    async fn adjust_stock(
+        &self,
+        sku: &str,
+        delta: i64,
+        key: Option<crate::AdjustmentKey>,
+    ) -> Result<StockAdjustment> {
+        timed("adjust_stock", self.0.adjust_stock(sku, delta, key)).await
     }
 
     async fn create_order(

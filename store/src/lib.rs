@@ -82,8 +82,17 @@ pub trait Store: Send + Sync + 'static {
     async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>>;
     /// Adds `delta` (negative: removes) to the units available, atomically with respect to
     /// reservations and releases: never below zero (refused as a whole, nothing changes), and
-    /// never lost or applied twice when a reservation races it.
-    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment>;
+    /// never lost or applied twice when a reservation races it. With a `key`, an adjustment is
+    /// applied once: a repeat of the same adjustment under an unexpired key (also concurrent,
+    /// also after a crash between the two writes) answers [`StockAdjustment::Replayed`], another
+    /// adjustment under it [`StockAdjustment::KeyReused`]. A refused adjustment changes nothing
+    /// and may be tried again under the same key.
+    async fn adjust_stock(
+        &self,
+        sku: &str,
+        delta: i64,
+        key: Option<AdjustmentKey>,
+    ) -> Result<StockAdjustment>;
 
     /// Records a new order (status `accepted`), or, when the idempotency key was used before by
     /// the same customer and has not expired, returns the order it created instead.

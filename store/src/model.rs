@@ -45,11 +45,34 @@ impl ProductChange {
     }
 }
 
+/// The `Idempotency-Key` of a stock adjustment ([`crate::Store::adjust_stock`]): an adjustment
+/// applied under a key is applied once; a repeat answers [`StockAdjustment::Replayed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustmentKey {
+    /// The key, scoped by the caller (the API: the admin's id and the header's value).
+    pub key: String,
+    /// Until when the key is remembered (ms); an expired key is free again.
+    pub expires_at: i64,
+}
+
+/// What an adjustment key remembers: the adjustment it applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdjustmentRecord {
+    pub sku: String,
+    pub delta: i64,
+    pub expires_at: i64,
+}
+
 /// What [`crate::Store::adjust_stock`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StockAdjustment {
     /// Applied: the product as it is now.
     Adjusted(Product),
+    /// The key applied this very adjustment (same SKU and delta) before: nothing changed this
+    /// time. The product as it is now.
+    Replayed(Product),
+    /// The key applied another adjustment (another SKU or delta). Nothing changed.
+    KeyReused,
     /// Refused: the available stock would go below zero. Nothing changed.
     Insufficient { available: i64 },
     /// No product has this SKU.

@@ -21,9 +21,9 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
-    Account, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey, InvoiceDraft,
-    ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord, Pricing, Product,
-    ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome, ShipOutcome,
+    Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey,
+    InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord, Pricing,
+    Product, ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome, ShipOutcome,
     StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,
     VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
 };
@@ -101,6 +101,8 @@ macro_rules! conformance_tests {
             payment_claims_fence_modifications = check_payment_claims_fence_modifications;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             racing_modify_and_claim_one_wins = check_racing_modify_and_claim_one_wins;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            keyed_stock_adjustments_apply_once = check_keyed_stock_adjustments_apply_once;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -1288,9 +1290,12 @@ async fn check_stock_adjustments_never_go_below_zero(store: Arc<dyn Store>) {
             ..product(&sku, 0)
         })
     };
-    assert_eq!(store.adjust_stock(&sku, 4).await.unwrap(), adjusted(7));
     assert_eq!(
-        store.adjust_stock(&sku, -8).await.unwrap(),
+        store.adjust_stock(&sku, 4, None).await.unwrap(),
+        adjusted(7)
+    );
+    assert_eq!(
+        store.adjust_stock(&sku, -8, None).await.unwrap(),
         StockAdjustment::Insufficient { available: 7 }
     );
     assert_eq!(
@@ -1298,7 +1303,10 @@ async fn check_stock_adjustments_never_go_below_zero(store: Arc<dyn Store>) {
         (7, 2),
         "a refused adjustment changes nothing"
     );
-    assert_eq!(store.adjust_stock(&sku, -7).await.unwrap(), adjusted(0));
+    assert_eq!(
+        store.adjust_stock(&sku, -7, None).await.unwrap(),
+        adjusted(0)
+    );
     let none_left = store
         .reserve(&new_id(), &[item(&sku, 1)], T0)
         .await
@@ -1309,7 +1317,10 @@ async fn check_stock_adjustments_never_go_below_zero(store: Arc<dyn Store>) {
     assert!(store.release(&order_id).await.unwrap());
     assert_eq!(stock(&*store, &sku).await, (2, 0));
     assert_eq!(
-        store.adjust_stock(&unique("missing"), 1).await.unwrap(),
+        store
+            .adjust_stock(&unique("missing"), 1, None)
+            .await
+            .unwrap(),
         StockAdjustment::NotFound
     );
 }
@@ -1342,7 +1353,7 @@ async fn check_stock_adjustments_racing_reservations_never_oversell(store: Arc<d
             let delta = if i % 2 == 0 { 3 } else { -2 };
             tokio::spawn(async move {
                 barrier.wait().await;
-                (delta, store.adjust_stock(&sku, delta).await.unwrap())
+                (delta, store.adjust_stock(&sku, delta, None).await.unwrap())
             })
         })
         .collect();
@@ -1361,7 +1372,7 @@ async fn check_stock_adjustments_racing_reservations_never_oversell(store: Arc<d
             StockAdjustment::Insufficient { available } => {
                 assert!(delta < 0 && available + delta < 0, "{delta} {available}");
             }
-            StockAdjustment::NotFound => panic!("the product exists"),
+            other => panic!("unkeyed adjustments answer adjusted or insufficient: {other:?}"),
         }
     }
     let (available, held) = stock(&*store, &sku).await;
@@ -2393,4 +2404,74 @@ async fn check_racing_modify_and_claim_one_wins(store: Arc<dyn Store>) {
         held += if modified { 2 } else { 1 };
     }
     assert_eq!(stock(&*store, &sku).await, (1000 - held, held));
+}
+
+/// A stock adjustment under a key applies once: a repeat (also many at once) answers replayed
+/// and moves nothing more; the key with another adjustment is refused; an expired key is free;
+/// a refused adjustment can be tried again under its key.
+async fn check_keyed_stock_adjustments_apply_once(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 5)]).await.unwrap();
+    let key = |k: &str, expires_at: i64| {
+        Some(AdjustmentKey {
+            key: format!("{sku}-{k}"),
+            expires_at,
+        })
+    };
+    let later = orderflow_schemas::now_millis() + 60_000;
+
+    let first = store.adjust_stock(&sku, 3, key("a", later)).await.unwrap();
+    assert!(
+        matches!(first, StockAdjustment::Adjusted(ref p) if p.stock == 8),
+        "{first:?}"
+    );
+    let again = store.adjust_stock(&sku, 3, key("a", later)).await.unwrap();
+    assert!(
+        matches!(again, StockAdjustment::Replayed(ref p) if p.stock == 8),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.adjust_stock(&sku, 4, key("a", later)).await.unwrap(),
+        StockAdjustment::KeyReused
+    );
+    assert_eq!(stock(&*store, &sku).await, (8, 0));
+
+    // Ten at once with one key: one moves the stock.
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let (store, sku, key) = (store.clone(), sku.clone(), key("b", later));
+        handles.push(tokio::spawn(async move {
+            store.adjust_stock(&sku, -2, key).await.unwrap()
+        }));
+    }
+    let outcomes = join(handles).await;
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            StockAdjustment::Adjusted(_) | StockAdjustment::Replayed(_)
+        )),
+        "{outcomes:?}"
+    );
+    assert_eq!(stock(&*store, &sku).await, (6, 0), "applied once");
+
+    // Refused, then tried again under the same key once there is stock.
+    assert_eq!(
+        store.adjust_stock(&sku, -7, key("c", later)).await.unwrap(),
+        StockAdjustment::Insufficient { available: 6 }
+    );
+    store.adjust_stock(&sku, 1, None).await.unwrap();
+    let retried = store.adjust_stock(&sku, -7, key("c", later)).await.unwrap();
+    assert!(
+        matches!(retried, StockAdjustment::Adjusted(ref p) if p.stock == 0),
+        "{retried:?}"
+    );
+
+    // An expired key is free again.
+    let past = orderflow_schemas::now_millis() - 1;
+    store.adjust_stock(&sku, 1, key("d", past)).await.unwrap();
+    let fresh = store.adjust_stock(&sku, 1, key("d", past)).await.unwrap();
+    assert!(
+        matches!(fresh, StockAdjustment::Adjusted(ref p) if p.stock == 2),
+        "{fresh:?}"
+    );
 }

@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "order_revisions",
         cql: include_str!("../../migrations/scylla/0006_order_revisions.cql"),
     },
+    // Stock adjustments' idempotency keys (issue #5).
+    Migration {
+        version: 7,
+        name: "stock_adjustment_keys",
+        cql: include_str!("../../migrations/scylla/0007_stock_adjustment_keys.cql"),
+    },
 ];
 
 /// The schema version this build needs.
@@ -408,6 +414,9 @@ mod tests {
         assert!(all.contains(&"ALTER TABLE ks.products ADD discontinued boolean".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD revision int static".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_claim int static".to_string()));
+        assert!(all
+            .iter()
+            .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.stock_adjustment_keys (")));
         let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(
             versions.windows(2).all(|w| w[1] == w[0] + 1) && versions[0] == 1,

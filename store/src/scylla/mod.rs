@@ -154,6 +154,11 @@ struct Statements {
     product_update: PreparedStatement,
     product_edit: PreparedStatement,
     product_adjust: PreparedStatement,
+    /// Clears an adjustment key's hold and bumps the version (issue #5).
+    product_clear_hold: PreparedStatement,
+    adjustment_key_claim: PreparedStatement,
+    adjustment_key_get: PreparedStatement,
+    adjustment_key_done: PreparedStatement,
     product_move: PreparedStatement,
     product_drop_hold: PreparedStatement,
     product_list: PreparedStatement,
@@ -216,6 +221,10 @@ impl Statements {
             product_update: p(format!("UPDATE {ks}.products SET name = ?, price_cents = ?, currency = ?, stock = ?, reserved = ?, discontinued = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
             product_edit: p(format!("UPDATE {ks}.products SET name = ?, price_cents = ?, discontinued = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
             product_adjust: p(format!("UPDATE {ks}.products SET stock = ?, holds[?] = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
+            product_clear_hold: p(format!("UPDATE {ks}.products SET holds = holds - ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
+            adjustment_key_claim: p(format!("INSERT INTO {ks}.stock_adjustment_keys (key, sku, delta, expires_at) VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?"), false).await?,
+            adjustment_key_get: p(format!("SELECT sku, delta, expires_at, done FROM {ks}.stock_adjustment_keys WHERE key = ?"), true).await?,
+            adjustment_key_done: p(format!("UPDATE {ks}.stock_adjustment_keys SET done = true WHERE key = ? IF EXISTS"), false).await?,
             product_move: p(format!("UPDATE {ks}.products SET stock = ?, reserved = ?, holds[?] = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
             product_drop_hold: p(format!("DELETE holds[?] FROM {ks}.products WHERE sku = ? IF EXISTS"), false).await?,
             product_list: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version, discontinued FROM {ks}.products"), false).await?,
@@ -753,6 +762,89 @@ impl ScyllaStore {
         Ok(true)
     }
 
+    /// Claims a stock adjustment's key (issue #5): `Some(answer)` when the key already
+    /// answers the call (done: replayed; another adjustment: reused), `None` when the call
+    /// goes on (the key is new, or pending for this same adjustment).
+    async fn claim_adjustment_key(
+        &self,
+        key: &AdjustmentKey,
+        sku: &str,
+        delta: i64,
+    ) -> Result<Option<StockAdjustment>> {
+        let now = now_millis();
+        let ttl = i32::try_from((key.expires_at - now).max(0) / 1000 + 1).unwrap_or(i32::MAX);
+        let lwt = retry("adjust_stock", || {
+            self.lwt(
+                &self.q.adjustment_key_claim,
+                (key.key.as_str(), sku, delta, key.expires_at, ttl),
+            )
+        })
+        .await?;
+        if lwt.applied {
+            return Ok(None);
+        }
+        let (Some(seen_sku), Some(seen_delta), Some(expires_at)) = (
+            lwt.text("sku"),
+            lwt.bigint("delta"),
+            lwt.bigint("expires_at"),
+        ) else {
+            return Err(raced());
+        };
+        if expires_at <= now {
+            // Expired but not yet gone (TTL): the key is free again, the earlier adjustment is
+            // over; go on (the hold of the earlier call was cleared once it was done).
+            return Ok(None);
+        }
+        if seen_sku != sku || seen_delta != delta {
+            return Ok(Some(StockAdjustment::KeyReused));
+        }
+        if !self.adjustment_done(&key.key).await? {
+            return Ok(None);
+        }
+        match retry("adjust_stock", || self.read_product(sku)).await? {
+            Some(row) => Ok(Some(StockAdjustment::Replayed(row.product))),
+            None => Ok(Some(StockAdjustment::NotFound)),
+        }
+    }
+
+    /// Whether the adjustment under `key` is done (its stock moved, durably).
+    async fn adjustment_done(&self, key: &str) -> Result<bool> {
+        let row = self
+            .first::<(Option<String>, Option<i64>, Option<i64>, Option<bool>)>(
+                &self.q.adjustment_key_get,
+                (key,),
+            )
+            .await?;
+        Ok(row.is_some_and(|(.., done)| done == Some(true)))
+    }
+
+    /// Removes a done adjustment's hold from the product, bumping its version, so a call that
+    /// read the product before this and the key before it was done cannot move the stock.
+    async fn clear_adjustment_hold(&self, sku: &str, hold: &str) -> Result<()> {
+        for _ in 0..ATTEMPTS * 8 {
+            let Some(row) = self.read_product(sku).await? else {
+                return Ok(());
+            };
+            if !row.holds.contains_key(hold) {
+                return Ok(());
+            }
+            let holds: std::collections::HashSet<&str> = [hold].into_iter().collect();
+            let lwt = self
+                .lwt(
+                    &self.q.product_clear_hold,
+                    (holds, row.version + 1, sku, row.version),
+                )
+                .await?;
+            if lwt.applied {
+                return Ok(());
+            }
+            tokio::time::sleep(jitter(Duration::from_millis(2))).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "the stock of {sku} is too contended to clear a hold"
+        )))
+    }
+
     /// Records `record` as the order's `column` (JSON) with an `INSERT … IF NOT EXISTS` of
     /// `(order_id, column)`, unless the order has one: returns the one recorded, the first
     /// writer's.
@@ -1111,15 +1203,38 @@ impl Store for ScyllaStore {
     /// overwrite each other. The change is recorded in `holds` under a key of its own, in the
     /// same write: when an attempt's answer is lost (a timeout), the next read tells whether it
     /// applied, so it is never applied twice. The entry is dropped afterwards.
-    async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockAdjustment> {
-        let key = format!("adjust:{}", Lease::new().owner);
+    async fn adjust_stock(
+        &self,
+        sku: &str,
+        delta: i64,
+        key: Option<AdjustmentKey>,
+    ) -> Result<StockAdjustment> {
+        // An adjustment under a key claims the key first; a repeat that finds it done answers
+        // from it, one that finds it pending goes on, and the product's hold of the key
+        // (written by the same compare-and-set as the stock) stops a second move.
+        let hold = match &key {
+            Some(k) => {
+                if let Some(answer) = self.claim_adjustment_key(k, sku, delta).await? {
+                    return Ok(answer);
+                }
+                format!("adjust:key:{}", k.key)
+            }
+            None => format!("adjust:{}", Lease::new().owner),
+        };
         let mut attempts = 0;
         let outcome = loop {
             let Some(row) = retry("adjust_stock", || self.read_product(sku)).await? else {
                 return Ok(StockAdjustment::NotFound);
             };
-            if row.holds.contains_key(&key) {
+            if row.holds.contains_key(&hold) {
                 break StockAdjustment::Adjusted(row.product);
+            }
+            // The hold is cleared only after the key is marked done: a product read without the
+            // hold, then a key found done, means another call applied it and cleaned up.
+            if let Some(k) = &key {
+                if self.adjustment_done(&k.key).await? {
+                    return Ok(StockAdjustment::Replayed(row.product));
+                }
             }
             let Some(stock) = row.product.stock.checked_add(delta) else {
                 return Err(StoreError::Invalid(format!("stock of {sku} overflows")));
@@ -1131,7 +1246,7 @@ impl Store for ScyllaStore {
             }
             let values = (
                 stock,
-                key.as_str(),
+                hold.as_str(),
                 delta,
                 row.version + 1,
                 sku,
@@ -1156,11 +1271,27 @@ impl Store for ScyllaStore {
             }
             tokio::time::sleep(jitter(Duration::from_millis(2))).await;
         };
-        if matches!(outcome, StockAdjustment::Adjusted(_)) {
-            // Only bookkeeping: a stale entry changes no stock and no decision.
-            if let Err(e) = self.drop_holds(&key, &[sku]).await {
-                tracing::warn!(sku, error = %e, "Could not drop a stock adjustment's marker.");
+        match (&outcome, &key) {
+            (StockAdjustment::Adjusted(_), Some(k)) => {
+                // Done first, then the hold goes (with a version bump, see above).
+                retry("adjust_stock", || async {
+                    self.lwt(&self.q.adjustment_key_done, (k.key.as_str(),))
+                        .await
+                        .map(|_| ())
+                })
+                .await?;
+                if let Err(e) = self.clear_adjustment_hold(sku, &hold).await {
+                    tracing::warn!(sku, error = %e, "Could not clear a stock adjustment's hold.");
+                }
             }
+            (StockAdjustment::Adjusted(_), None) => {
+                // Only bookkeeping: a stale entry changes no stock and no decision.
+                if let Err(e) = self.drop_holds(&hold, &[sku]).await {
+                    tracing::warn!(sku, error = %e, "Could not drop a stock adjustment's marker.");
+                }
+            }
+            // A refused adjustment leaves its key pending: a retry of it goes on.
+            _ => {}
         }
         Ok(outcome)
     }
