@@ -133,6 +133,63 @@ fn bench(c: &mut Criterion) {
         }
         ids
     });
+    // Issue #5: changing the quantities of validated orders (a reservation swap, a revision)
+    // and claiming their payment; the orders are set up outside the timing.
+    let validated = |ids: Vec<String>| {
+        runtime.block_on(async {
+            let items = [OrderItem {
+                sku: "SKU".into(),
+                quantity: 1,
+            }];
+            for id in &ids {
+                store.create_order(order(id), None).await.unwrap();
+                store.reserve(id, &items, 1).await.unwrap();
+                store
+                    .apply_status(StatusUpdate {
+                        order_id: id.clone(),
+                        customer_id: "bench".into(),
+                        status: OrderStatus::Validated,
+                        event_id: format!("{id}:validated"),
+                        at: 2,
+                        detail: None,
+                        pricing: None,
+                        invoice_number: None,
+                        revision: 0,
+                    })
+                    .await
+                    .unwrap();
+            }
+            ids
+        })
+    };
+    group.bench_function("modify_order", |b| {
+        let items = vec![OrderItem {
+            sku: "SKU".into(),
+            quantity: 2,
+        }];
+        b.iter_batched(
+            || validated(ids()),
+            |ids| {
+                runtime.block_on(futures::future::join_all(
+                    ids.iter()
+                        .map(|id| store.modify_order(id, items.clone(), 3)),
+                ))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("claim_payment", |b| {
+        b.iter_batched(
+            || validated(ids()),
+            |ids| {
+                runtime.block_on(futures::future::join_all(
+                    ids.iter().map(|id| store.claim_payment(id, 0)),
+                ))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
     group.bench_function("get_order", |b| {
         b.iter(|| {
             runtime.block_on(futures::future::join_all(
