@@ -310,8 +310,33 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
     );
     problem(refresh(&p, &second["refresh_token"]).await, 401).await;
 
-    // Logout: the refresh token no longer works.
+    // The refresh token's reuse ended that login: its access tokens stop working too (within
+    // the sessions' recheck interval).
+    let ended = |access: String| {
+        let p = &p;
+        async move {
+            common::poll_until(
+                "the access token of an ended login to be refused",
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_millis(100),
+                || async {
+                    call(p, "GET", "/v1/customers/me", &access, None)
+                        .await
+                        .status()
+                },
+                |status| *status == StatusCode::UNAUTHORIZED,
+            )
+            .await
+        }
+    };
+    ended(access(&second)).await;
+
+    // Logout: the refresh token no longer works, nor (shortly) its access token; another
+    // login of the same account goes on.
     let third = tokens(&p, "ada@example.com", "correct horse").await;
+    let other_login = tokens(&p, "ada@example.com", "correct horse").await;
+    let me = call(&p, "GET", "/v1/customers/me", &access(&third), None).await;
+    assert_eq!(me.status(), StatusCode::OK);
     let out = post(
         &p,
         "/v1/auth/logout",
@@ -320,6 +345,13 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
     .await;
     assert_eq!(out.status(), StatusCode::NO_CONTENT);
     problem(refresh(&p, &third["refresh_token"]).await, 401).await;
+    ended(access(&third)).await;
+    let still = call(&p, "GET", "/v1/customers/me", &access(&other_login), None).await;
+    assert_eq!(
+        still.status(),
+        StatusCode::OK,
+        "another login is not logged out"
+    );
     assert_eq!(
         fields(
             &problem(
@@ -531,6 +563,19 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     problem(login(&p, "grace@example.com", "hopper123").await, 403).await;
     problem(refresh(&p, &grace_pair["refresh_token"]).await, 401).await;
+    // Her access token stops working too, within the sessions' recheck interval.
+    common::poll_until(
+        "a disabled account's access token to be refused",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(100),
+        || async {
+            call(&p, "GET", "/v1/customers/me", &grace_token, None)
+                .await
+                .status()
+        },
+        |status| *status == StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let read: Value = call(&p, "GET", &path, &admin, None)
         .await
         .json()
@@ -546,6 +591,7 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
         iat: 1_000,
         exp: 2_000,
         iss: ISSUER.into(),
+        sid: None,
     });
     let response = call(&p, "GET", "/v1/customers", &expired, None).await;
     let challenge = response.headers()["www-authenticate"]
@@ -564,6 +610,7 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
         iat: 0,
         exp: i64::MAX / 2,
         iss: ISSUER.into(),
+        sid: None,
     });
     parts[1] = forged.split('.').nth(1).unwrap().to_string();
     let tampered = parts.join(".");

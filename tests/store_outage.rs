@@ -478,6 +478,12 @@ impl Store for Switchable {
         self.up()?.record_refund(refund).await
     }
 
+    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        self.up()?
+            .refresh_family_revoked(customer_id, family_id)
+            .await
+    }
+
     async fn modify_order(
         &self,
         order_id: &str,

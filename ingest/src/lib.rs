@@ -87,6 +87,8 @@ pub struct ApiState {
     pub invoice_files: Option<orderflow_store::InvoiceFiles>,
     /// Login attempts per email and per client IP ([`auth::limit`]).
     pub login_limits: auth::limit::LoginLimits,
+    /// Whether the logins behind access tokens are still live ([`auth::sessions`]).
+    pub sessions: auth::sessions::Sessions,
 }
 
 impl ApiState {
@@ -101,6 +103,7 @@ impl ApiState {
             orders: Arc::new(cache::OrderCache::default()),
             invoice_files: None,
             login_limits: auth::limit::LoginLimits::default(),
+            sessions: auth::sessions::Sessions::default(),
         }
     }
 

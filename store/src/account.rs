@@ -70,6 +70,8 @@ pub enum RotateOutcome {
     /// The token is used now and the new one (same family) is stored.
     Rotated {
         customer_id: String,
+        /// The login the token belongs to (its refresh token family).
+        family_id: String,
     },
     /// The token had been used already: someone replayed it. Its whole family is revoked.
     Reused,

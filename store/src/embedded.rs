@@ -529,11 +529,19 @@ fn revoke_family_in(txn: &WriteTransaction, customer_id: &str, family_id: &str) 
 
 fn family_revoked(txn: &WriteTransaction, customer_id: &str, family_id: &str) -> Result<bool> {
     let table = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
-    let revoked = table
+    revoked_in(&table, customer_id, family_id)
+}
+
+/// Whether the family is marked revoked in the `refresh_families` table (read or write side).
+fn revoked_in(
+    table: &impl ReadableTable<&'static str, bool>,
+    customer_id: &str,
+    family_id: &str,
+) -> Result<bool> {
+    Ok(table
         .get(compound(customer_id, family_id).as_str())
         .map_err(unavailable)?
-        .is_some_and(|g| g.value());
-    Ok(revoked)
+        .is_some_and(|g| g.value()))
 }
 
 fn rotate_in(
@@ -570,6 +578,7 @@ fn rotate_in(
     put_json(txn, REFRESH_TOKENS, next_hash, &next)?;
     Ok(RotateOutcome::Rotated {
         customer_id: token.customer_id,
+        family_id: token.family_id,
     })
 }
 
@@ -1192,6 +1201,12 @@ impl Store for EmbeddedStore {
             Ok(refund.clone())
         })
         .await
+    }
+
+    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        let txn = self.read()?;
+        let table = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+        revoked_in(&table, customer_id, family_id)
     }
 
     // --- Modifications (issue #5) ---

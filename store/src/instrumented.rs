@@ -247,6 +247,14 @@ impl<S: Store> Store for Instrumented<S> {
         timed("get_refund", self.0.get_refund(order_id)).await
     }
 
+    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        timed(
+            "refresh_family_revoked",
+            self.0.refresh_family_revoked(customer_id, family_id),
+        )
+        .await
+    }
+
     async fn record_refund(&self, refund: crate::RefundRecord) -> Result<crate::RefundRecord> {
         timed("record_refund", self.0.record_refund(refund)).await
     }

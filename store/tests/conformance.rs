@@ -1594,9 +1594,14 @@ async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
             .await
             .unwrap(),
         RotateOutcome::Rotated {
-            customer_id: customer.clone()
+            customer_id: customer.clone(),
+            family_id: family.clone(),
         }
     );
+    assert!(!store
+        .refresh_family_revoked(&customer, &family)
+        .await
+        .unwrap());
     // The first token again: a reuse, which revokes the family, the second token too.
     assert_eq!(
         store
@@ -1604,6 +1609,17 @@ async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
             .await
             .unwrap(),
         RotateOutcome::Reused
+    );
+    assert!(store
+        .refresh_family_revoked(&customer, &family)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .refresh_family_revoked(&customer, &new_id())
+            .await
+            .unwrap(),
+        "a family never seen is not revoked"
     );
     assert_eq!(
         store
@@ -1661,6 +1677,10 @@ async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
         .await
         .unwrap();
     for t in [&a, &b] {
+        assert!(store
+            .refresh_family_revoked(&customer, &t.family_id)
+            .await
+            .unwrap());
         assert_eq!(
             store
                 .rotate_refresh_token(&t.token_hash, &unique("token"), T0 + DAY_MS, T0)

@@ -21,6 +21,7 @@ pub mod limit;
 pub mod password;
 pub mod routes;
 pub mod secrets;
+pub mod sessions;
 pub mod token;
 
 use std::{sync::Arc, time::Duration};
@@ -86,14 +87,32 @@ impl AuthSettings {
         Self::new(DEV_SECRET.as_bytes())
     }
 
-    /// A signed access token for the account, valid from `now` (seconds) for `access_ttl`.
+    /// A signed access token for the account, valid from `now` (seconds) for `access_ttl`,
+    /// tied to no login (tools and tests).
     pub fn access_token(&self, customer_id: &str, role: Role, now: i64) -> String {
+        self.sign(customer_id, role, None, now)
+    }
+
+    /// A signed access token of a login (`session_id`: its refresh token family): it stops
+    /// working within [`sessions::Sessions::RECHECK`] of the login ending.
+    pub fn session_token(
+        &self,
+        customer_id: &str,
+        role: Role,
+        session_id: &str,
+        now: i64,
+    ) -> String {
+        self.sign(customer_id, role, Some(session_id.to_string()), now)
+    }
+
+    fn sign(&self, customer_id: &str, role: Role, sid: Option<String>, now: i64) -> String {
         self.keys.sign(&Claims {
             sub: customer_id.to_string(),
             role,
             iat: now,
             exp: now + self.access_ttl.as_secs() as i64,
             iss: ISSUER.to_string(),
+            sid,
         })
     }
 }
@@ -179,6 +198,21 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .keys
             .verify(token, now_secs())
             .map_err(|e| Problem::unauthorized(e.to_string()))?;
+        if let Some(session) = &claims.sid {
+            let ended = state
+                .sessions
+                .ended(&*state.store, &claims.sub, session)
+                .await
+                .map_err(|e| {
+                    Problem::unavailable(format!("the account store is unavailable: {e}"))
+                })?;
+            if ended {
+                return Err(Problem::unauthorized(
+                    "the login of this token has ended (logged out, or the account was \
+                     disabled): log in again",
+                ));
+            }
+        }
         Ok(Caller {
             customer_id: claims.sub,
             role: claims.role,

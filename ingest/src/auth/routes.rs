@@ -525,26 +525,37 @@ fn limit(state: &ApiState, email: &str, peer: Option<SocketAddr>) -> Result<(), 
 async fn issue(state: &ApiState, account: &Account) -> Result<TokenResponse, Problem> {
     let refresh_token = secrets::refresh_token().map_err(internal)?;
     let now = now_ms();
+    let family_id = uuid::Uuid::now_v7().to_string();
     state
         .store
         .create_refresh_token(RefreshToken {
             token_hash: secrets::digest(&refresh_token),
-            family_id: uuid::Uuid::now_v7().to_string(),
+            family_id: family_id.clone(),
             customer_id: account.customer_id.clone(),
             expires_at: now + state.auth.refresh_ttl.as_millis() as i64,
             used: false,
         })
         .await
         .map_err(store_down)?;
-    Ok(pair(state, account, refresh_token, now))
+    Ok(pair(state, account, &family_id, refresh_token, now))
 }
 
-fn pair(state: &ApiState, account: &Account, refresh_token: String, now_ms: i64) -> TokenResponse {
+/// The token pair of a login (`family_id`): the access token names it.
+fn pair(
+    state: &ApiState,
+    account: &Account,
+    family_id: &str,
+    refresh_token: String,
+    now_ms: i64,
+) -> TokenResponse {
     let role = role_of(account);
     TokenResponse {
-        access_token: state
-            .auth
-            .access_token(&account.customer_id, role, now_ms / 1000),
+        access_token: state.auth.session_token(
+            &account.customer_id,
+            role,
+            family_id,
+            now_ms / 1000,
+        ),
         token_type: "Bearer",
         expires_in: state.auth.access_ttl.as_secs(),
         refresh_token,
@@ -708,8 +719,11 @@ pub async fn refresh(
         )
         .await
         .map_err(store_down)?;
-    let customer_id = match outcome {
-        RotateOutcome::Rotated { customer_id } => customer_id,
+    let (customer_id, family_id) = match outcome {
+        RotateOutcome::Rotated {
+            customer_id,
+            family_id,
+        } => (customer_id, family_id),
         RotateOutcome::Reused => {
             warn!("A used refresh token was presented again; its family is revoked.");
             return Err(Problem::unauthorized(
@@ -737,7 +751,9 @@ pub async fn refresh(
         .await
         .map_err(store_down)?;
     match account {
-        Some(account) if !account.disabled => Ok(Json(pair(&state, &account, next, now))),
+        Some(account) if !account.disabled => {
+            Ok(Json(pair(&state, &account, &family_id, next, now)))
+        }
         _ => {
             state
                 .store

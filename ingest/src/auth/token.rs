@@ -25,6 +25,11 @@ pub struct Claims {
     pub exp: i64,
     /// The issuer: always [`ISSUER`].
     pub iss: String,
+    /// The login the token was issued for (its refresh token family): the token stops working
+    /// once that login ends (logout, a reused refresh token, the account disabled). Tokens
+    /// signed without one (`orderflow load`, tests) are not tied to a login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// The `iss` of every token we sign.
@@ -135,6 +140,7 @@ mod tests {
             iat: 100,
             exp,
             iss: ISSUER.into(),
+            sid: None,
         }
     }
 

@@ -342,7 +342,7 @@ impl ScyllaStore {
         .await
     }
 
-    async fn family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+    pub(super) async fn family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
         Ok(self
             .first::<(Option<bool>,)>(&self.a().family_get, (customer_id, family_id))
             .await?
@@ -392,7 +392,10 @@ impl ScyllaStore {
         .await?;
         let exchange = self.lwt(&self.a().token_use, (presented,)).await?;
         if exchange.applied {
-            return Ok(RotateOutcome::Rotated { customer_id });
+            return Ok(RotateOutcome::Rotated {
+                customer_id,
+                family_id,
+            });
         }
         match boolean(&exchange, "used") {
             // Someone exchanged it first: a reuse.

@@ -1666,6 +1666,13 @@ impl Store for ScyllaStore {
         self.get_refund_impl(order_id).await
     }
 
+    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        retry("refresh_family_revoked", || {
+            self.family_revoked(customer_id, family_id)
+        })
+        .await
+    }
+
     // --- Modifications and payment claims (issue #5): [`modify`] ---
 
     async fn modify_order(
