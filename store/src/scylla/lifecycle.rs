@@ -15,12 +15,11 @@ use scylla::{
     statement::{
         batch::{Batch, BatchType},
         prepared::PreparedStatement,
-        SerialConsistency,
     },
-    value::{CqlValue, Row},
+    value::CqlValue,
 };
 
-use super::{corrupt, raced, retry, text, unavailable, Lwt, ScyllaStore};
+use super::{raced, retry, text, ScyllaStore};
 use orderflow_schemas::OrderStatus;
 
 use super::from_json;
@@ -112,26 +111,7 @@ impl ScyllaStore {
                 detail.and_then(text),
             ],
         ];
-        batch.set_consistency(Consistency::LocalQuorum);
-        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-        batch.set_is_idempotent(true);
-        let result = self
-            .session
-            .batch(&batch, values)
-            .await
-            .map_err(unavailable)?;
-        let rows = result.into_rows_result().map_err(corrupt)?;
-        let names: Vec<String> = rows
-            .column_specs()
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect();
-        let row: Row = rows.first_row().map_err(corrupt)?;
-        let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
-        let lwt = Lwt {
-            applied,
-            columns: names.into_iter().zip(row.columns).collect(),
-        };
+        let lwt = self.lwt_batch(batch, values).await?;
         if lwt.applied {
             return Ok(Finish::Applied);
         }

@@ -365,18 +365,25 @@ impl ScyllaStore {
         values: impl scylla::serialize::row::SerializeRow,
     ) -> Result<Lwt> {
         let result = self.run(statement, values).await?;
-        let rows = result.into_rows_result().map_err(corrupt)?;
-        let names: Vec<String> = rows
-            .column_specs()
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect();
-        let row: Row = rows.first_row().map_err(corrupt)?;
-        let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
-        Ok(Lwt {
-            applied,
-            columns: names.into_iter().zip(row.columns).collect(),
-        })
+        Lwt::from_result(result)
+    }
+
+    /// Runs a conditional batch (one partition; its first statement carries the `IF`) at
+    /// quorum with serial consistency, idempotent, and reads its answer like [`Self::lwt`].
+    async fn lwt_batch(
+        &self,
+        mut batch: scylla::statement::batch::Batch,
+        values: Vec<Vec<Option<CqlValue>>>,
+    ) -> Result<Lwt> {
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_serial_consistency(Some(scylla::statement::SerialConsistency::LocalSerial));
+        batch.set_is_idempotent(true);
+        let result = self
+            .session
+            .batch(&batch, values)
+            .await
+            .map_err(unavailable)?;
+        Lwt::from_result(result)
     }
 
     /// Inserts a product unless its SKU exists (`applied` says which).
@@ -1740,6 +1747,22 @@ struct Lwt {
 }
 
 impl Lwt {
+    /// The answer of a conditional statement or batch: `[applied]`, then the columns it read.
+    fn from_result(result: QueryResult) -> Result<Lwt> {
+        let rows = result.into_rows_result().map_err(corrupt)?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let row: Row = rows.first_row().map_err(corrupt)?;
+        let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
+        Ok(Lwt {
+            applied,
+            columns: names.into_iter().zip(row.columns).collect(),
+        })
+    }
+
     fn value(&self, name: &str) -> Option<&CqlValue> {
         self.columns
             .iter()

@@ -56,12 +56,12 @@ use scylla::{
         prepared::PreparedStatement,
         SerialConsistency,
     },
-    value::{CqlValue, Row},
+    value::CqlValue,
 };
 
 use super::{
-    corrupt, from_json, jitter, lifecycle::prepare, raced, retry, text, to_json, unavailable,
-    Claim, Lease, Lwt, ScyllaStore,
+    from_json, jitter, lifecycle::prepare, raced, retry, text, to_json, Claim, Lease, Lwt,
+    ScyllaStore,
 };
 use crate::{
     ModificationPlan, ModifyOutcome, OrderRecord, PaymentClaim, Reservation, ReservedLine, Result,
@@ -452,20 +452,7 @@ impl ScyllaStore {
                 ))),
             ],
         ];
-        batch.set_consistency(Consistency::LocalQuorum);
-        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-        batch.set_is_idempotent(true);
-        let result = self
-            .session
-            .batch(&batch, values)
-            .await
-            .map_err(unavailable)?;
-        let rows = result.into_rows_result().map_err(corrupt)?;
-        let row: Row = rows.first_row().map_err(corrupt)?;
-        Ok(matches!(
-            row.columns.first(),
-            Some(Some(CqlValue::Boolean(true)))
-        ))
+        Ok(self.lwt_batch(batch, values).await?.applied)
     }
 
     async fn modify_once(
