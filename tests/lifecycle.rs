@@ -300,17 +300,18 @@ async fn order_lists_page_newest_first_and_admins_filter() {
 
 // --- Cancel and ship (issue #5, f/lifecycle) ------------------------------------------------------
 
-/// POSTs `path` with `authorization` and an optional JSON body; returns the status, content
-/// type and JSON answer.
-async fn post_path(
+/// Sends `method` to `path` with `authorization` and an optional JSON body; returns the
+/// status, content type and JSON answer.
+async fn request_as(
     p: &Pipeline,
+    method: reqwest::Method,
     authorization: &str,
     path: &str,
     body: Option<Value>,
 ) -> (u16, String, Value) {
     let mut request = p
         .anonymous
-        .post(p.url(path))
+        .request(method, p.url(path))
         .header("authorization", authorization);
     if let Some(body) = body {
         request = request
@@ -327,6 +328,36 @@ async fn post_path(
     (status, kind, response.json().await.unwrap_or_default())
 }
 
+/// POSTs `path` with `authorization` and an optional JSON body.
+async fn post_path(
+    p: &Pipeline,
+    authorization: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    request_as(p, reqwest::Method::POST, authorization, path, body).await
+}
+
+/// A product of the test's own (10 units at 10.00 EUR), so stock counts are exact; its SKU.
+async fn own_product(p: &Pipeline, prefix: &str, name: &str) -> String {
+    let sku = format!(
+        "{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let (status, _, created) = post_path(
+        p,
+        &admin_bearer(TEST_ADMIN),
+        "/v1/products",
+        Some(
+            json!({"sku": sku, "name": name, "price_cents": 1000, "currency": "EUR",
+                    "stock": 10}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    sku
+}
+
 /// The stock of `sku` as `GET /v1/products/{sku}` shows it.
 async fn stock_of(p: &Pipeline, sku: &str) -> i64 {
     let (status, _, product) =
@@ -335,10 +366,25 @@ async fn stock_of(p: &Pipeline, sku: &str) -> i64 {
     product["stock"].as_i64().unwrap()
 }
 
-/// Places an order of `quantity` × `sku` as `customer`; returns its id.
+/// Places an order of `quantity` × `sku` as `customer`, paid by card; returns its id.
 async fn place_quantity(p: &Pipeline, customer: &str, sku: &str, quantity: i64) -> String {
+    place_paying(p, customer, sku, quantity, None).await
+}
+
+/// Places an order of `quantity` × `sku` as `customer`, paid by `payment` (a card when
+/// `None`); returns its id.
+async fn place_paying(
+    p: &Pipeline,
+    customer: &str,
+    sku: &str,
+    quantity: i64,
+    payment: Option<Value>,
+) -> String {
     let mut body = own_order(sku);
     body["items"][0]["quantity"] = json!(quantity);
+    if let Some(payment) = payment {
+        body["payment"] = payment;
+    }
     let (status, answer) = post_as(p, &bearer(customer), &body).await;
     assert_eq!(status, 202, "{answer}");
     answer["order_id"].as_str().unwrap().to_string()
@@ -356,19 +402,7 @@ async fn orders_cancel_before_shipping_and_admins_ship_paid_ones() {
     let admin = admin_bearer(TEST_ADMIN);
     let (alice, bob) = (bearer("alice"), bearer("bob"));
 
-    // A product of our own, so stock counts are exact.
-    let sku = format!("LC-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let (status, _, created) = post_path(
-        &p,
-        &admin,
-        "/v1/products",
-        Some(
-            json!({"sku": sku, "name": "Lifecycle lamp", "price_cents": 1000,
-                    "currency": "EUR", "stock": 10}),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let sku = own_product(&p, "LC", "Lifecycle lamp").await;
 
     // Ship: an invoiced order ships once; a customer may not ship; a shipped order stays so.
     let shipped = place_quantity(&p, "alice", &sku, 1).await;
@@ -557,40 +591,20 @@ async fn orders_cancel_before_shipping_and_admins_ship_paid_ones() {
 
 // --- Modifications and bank transfers (issue #5) -------------------------------------------------
 
-/// PATCHes `path` with `authorization` and a JSON body; returns the status, content type and
-/// JSON answer.
+/// PATCHes `path` with `authorization` and a JSON body.
 async fn patch_path(
     p: &Pipeline,
     authorization: &str,
     path: &str,
     body: Value,
 ) -> (u16, String, Value) {
-    let response = p
-        .anonymous
-        .patch(p.url(path))
-        .header("authorization", authorization)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let kind = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, kind, response.json().await.unwrap_or_default())
+    request_as(p, reqwest::Method::PATCH, authorization, path, Some(body)).await
 }
 
 /// Places `quantity` × `sku` as `customer`, paid by bank transfer; returns its id.
 async fn place_transfer(p: &Pipeline, customer: &str, sku: &str, quantity: i64) -> String {
-    let mut body = own_order(sku);
-    body["items"][0]["quantity"] = json!(quantity);
-    body["payment"] = json!({"method": "bank_transfer", "token": format!("{customer}-iban")});
-    let (status, answer) = post_as(p, &bearer(customer), &body).await;
-    assert_eq!(status, 202, "{answer}");
-    answer["order_id"].as_str().unwrap().to_string()
+    let transfer = json!({"method": "bank_transfer", "token": format!("{customer}-iban")});
+    place_paying(p, customer, sku, quantity, Some(transfer)).await
 }
 
 /// An order paid by bank transfer waits, validated and unpaid, while its customer (or an admin)
@@ -605,18 +619,7 @@ async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
     p.wait_until_ready().await;
     let admin = admin_bearer(TEST_ADMIN);
     let (alice, bob) = (bearer("alice"), bearer("bob"));
-    let sku = format!("MD-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let (status, _, created) = post_path(
-        &p,
-        &admin,
-        "/v1/products",
-        Some(
-            json!({"sku": sku, "name": "Modifiable mug", "price_cents": 1000,
-                    "currency": "EUR", "stock": 10}),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let sku = own_product(&p, "MD", "Modifiable mug").await;
 
     let id = place_transfer(&p, "alice", &sku, 2).await;
     let order = p.wait_for_status(&id, "validated").await;

@@ -42,6 +42,21 @@ fn order(id: &str) -> OrderRecord {
     }
 }
 
+/// Validation's step for an order, as the stage records it.
+fn validated_update(id: &str) -> StatusUpdate {
+    StatusUpdate {
+        order_id: id.to_string(),
+        customer_id: "bench".into(),
+        status: OrderStatus::Validated,
+        event_id: format!("{id}:validated"),
+        at: 2,
+        detail: None,
+        pricing: None,
+        invoice_number: None,
+        revision: 0,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -108,19 +123,10 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             &mut ids,
             |ids| {
-                runtime.block_on(futures::future::join_all(ids.iter().map(|id| {
-                    store.apply_status(StatusUpdate {
-                        order_id: id.clone(),
-                        customer_id: "bench".into(),
-                        status: OrderStatus::Validated,
-                        event_id: format!("{id}:validated"),
-                        at: 2,
-                        detail: None,
-                        pricing: None,
-                        invoice_number: None,
-                        revision: 0,
-                    })
-                })))
+                runtime.block_on(futures::future::join_all(
+                    ids.iter()
+                        .map(|id| store.apply_status(validated_update(id))),
+                ))
             },
             BatchSize::PerIteration,
         )
@@ -144,20 +150,7 @@ fn bench(c: &mut Criterion) {
             for id in &ids {
                 store.create_order(order(id), None).await.unwrap();
                 store.reserve(id, &items, 1).await.unwrap();
-                store
-                    .apply_status(StatusUpdate {
-                        order_id: id.clone(),
-                        customer_id: "bench".into(),
-                        status: OrderStatus::Validated,
-                        event_id: format!("{id}:validated"),
-                        at: 2,
-                        detail: None,
-                        pricing: None,
-                        invoice_number: None,
-                        revision: 0,
-                    })
-                    .await
-                    .unwrap();
+                store.apply_status(validated_update(id)).await.unwrap();
             }
             ids
         })
