@@ -3,8 +3,16 @@
 # The `orderflow` binary in a small Debian image.
 #
 #   docker build -t orderflow .
-#   docker run --rm -p 8080:8080 -p 9092:9092 orderflow          # whole pipeline, embedded broker
+#   docker run --rm -p 127.0.0.1:8080:8080 \
+#     -e ORDERFLOW_ADMIN_EMAIL=you@example.com -e ORDERFLOW_ADMIN_PASSWORD='a long password' \
+#     orderflow                                                  # whole pipeline, embedded broker
 #   docker run --rm orderflow process payment --brokers HOST:9092  # one stage against a cluster
+#
+# In a container the API listens on 0.0.0.0, so `orderflow run` treats it as reachable from
+# other hosts: no demo accounts (their passwords are published), the first admin from
+# ORDERFLOW_ADMIN_EMAIL / ORDERFLOW_ADMIN_PASSWORD, access tokens signed with a secret generated
+# into the data dir (or ORDERFLOW_JWT_SECRET). The embedded broker has no authentication and
+# stays on the container's loopback: for Kafka clients outside, run Redpanda or Kafka.
 #
 # Built with default features, so `orderflow run` (embedded tansu broker) works in the image;
 # `--build-arg ORDERFLOW_FEATURES=otlp` adds OTLP trace export (OTEL_EXPORTER_OTLP_ENDPOINT).
@@ -60,13 +68,10 @@ WORKDIR /data
 USER 10001:10001
 
 # 8080: HTTP API (`run`, `ingest`). 9464: /metrics and /healthz of `process` and `bridge`.
-# 9092: the embedded broker of `orderflow run` (unless --brokers is given). The embedded broker
-# advertises 127.0.0.1:9092 for a 0.0.0.0 listener: right for clients on the Docker host through
-# `-p 9092:9092`; other containers need `--kafka-advertise NAME:9092`.
-EXPOSE 8080 9092 9464
+EXPOSE 8080 9464
 
 # No HEALTHCHECK here: which port answers depends on the subcommand. Services that run the API
 # (`run`, `ingest`) check `curl -fsS http://localhost:8080/readyz`, `process` and `bridge`
 # `http://localhost:9464/healthz` (see docker-compose.yml).
 ENTRYPOINT ["orderflow"]
-CMD ["run", "--http", "0.0.0.0:8080", "--kafka-listen", "0.0.0.0:9092"]
+CMD ["run", "--http", "0.0.0.0:8080"]

@@ -18,4 +18,19 @@ if ! cmp -s scripts/test-requirements.txt "$stamp"; then
 fi
 export ORDERFLOW_TEST_PYTHON="$(cd "$venv" && pwd)/bin/python"
 
+# The dependency tree's licenses, sources and duplicate versions (deny.toml), with cargo-deny
+# built once into the target dir; its advisories check needs the RustSec database from GitHub
+# and is skipped, loudly, where that cannot be reached.
+deny_version=0.20.2
+deny="$target_dir/tools/bin/cargo-deny"
+if ! "$deny" --version 2>/dev/null | grep -q " $deny_version"; then
+    cargo install --quiet --locked --root "$target_dir/tools" "cargo-deny@$deny_version"
+fi
+"$deny" --log-level error check licenses bans sources
+if timeout 20 "$deny" --log-level error fetch db >/dev/null 2>&1; then
+    "$deny" --log-level error check --disable-fetch advisories
+else
+    echo "SKIPPED: cargo deny check advisories (the RustSec advisory database could not be fetched)" >&2
+fi
+
 cargo test --workspace --locked "$@"

@@ -1,13 +1,21 @@
 //! Command line and environment.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use orderflow_ingest::auth::{check_secret, AuthSettings, DEV_SECRET, MIN_SECRET_LEN};
+use orderflow_ingest::auth::{check_secret, AuthSettings, MIN_SECRET_LEN};
 use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
 use orderflow_processors::{ProcessorSettings, Stage};
-use orderflow_schemas::{registry::Compatibility, Topics};
+use orderflow_schemas::{
+    registry::{Compatibility, RegistryAuth, RegistryClient},
+    Topics,
+};
 use orderflow_store::scylla::{Replication, ScyllaConfig};
 
 #[derive(Debug, Parser)]
@@ -122,8 +130,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
     /// The access token to post every order with (as its account: the orders name no
-    /// customer). Without it, each order is posted as one of 1,000 customers with a token
-    /// signed by the development secret, which only `orderflow run` accepts.
+    /// customer). Without it, the tool logs in with --email and --password.
     #[arg(
         long,
         env = "ORDERFLOW_TOKEN",
@@ -131,6 +138,18 @@ pub struct LoadArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// The account to log in as when no --token is given (default: the demo customer that
+    /// `orderflow run` creates on this machine).
+    #[arg(long, env = "ORDERFLOW_LOAD_EMAIL", default_value = "user@example.com")]
+    pub email: String,
+    /// The password of --email.
+    #[arg(
+        long,
+        env = "ORDERFLOW_LOAD_PASSWORD",
+        default_value = "user123",
+        hide_env_values = true
+    )]
+    pub password: String,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +242,25 @@ pub struct CommonArgs {
     /// the other commands use the built-in ids 1..11.
     #[arg(long, env = "ORDERFLOW_SCHEMA_REGISTRY_URL", value_name = "URL")]
     pub schema_registry: Option<String>,
+    /// HTTP basic auth for --schema-registry, as `USER:PASSWORD` (Confluent Cloud and Redpanda
+    /// Cloud: an API key and its secret).
+    #[arg(
+        long,
+        env = "ORDERFLOW_SCHEMA_REGISTRY_USER_INFO",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "schema_registry_token"
+    )]
+    pub schema_registry_user_info: Option<String>,
+    /// A bearer token for --schema-registry (for another Orderflow's registry: an admin's
+    /// access token, which registering schemas needs).
+    #[arg(
+        long,
+        env = "ORDERFLOW_SCHEMA_REGISTRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub schema_registry_token: Option<String>,
     /// The compatibility level set on a subject that has none of its own (BACKWARD, FORWARD,
     /// FULL, their _TRANSITIVE forms, NONE).
     #[arg(
@@ -250,6 +288,21 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// A client of the registry at `url` with the configured credentials.
+    pub fn registry_client(&self, url: &str) -> Result<RegistryClient> {
+        let mut client = RegistryClient::new(url)?;
+        if let Some(info) = &self.schema_registry_user_info {
+            let Some(auth) = RegistryAuth::basic(info) else {
+                bail!("--schema-registry-user-info: expected USER:PASSWORD");
+            };
+            client = client.with_auth(auth);
+        }
+        if let Some(token) = &self.schema_registry_token {
+            client = client.with_auth(RegistryAuth::Bearer(token.clone()));
+        }
+        Ok(client)
+    }
+
     /// The invoice PDFs' object store (`--invoice-store`).
     pub fn invoice_files(&self) -> Result<orderflow_store::InvoiceFiles> {
         let files = match &self.invoice_store {
@@ -358,10 +411,22 @@ pub struct IngestArgs {
 #[derive(Debug, Args)]
 pub struct AuthArgs {
     /// The secret access tokens (HS256 JWTs) are signed with: at least 32 bytes, the same for
-    /// every API instance. `orderflow ingest` requires it; `orderflow run` falls back to a
-    /// built-in development secret (with a warning).
+    /// every API instance. `orderflow ingest` requires it; `orderflow run` without it generates
+    /// a random one on its first start and keeps it in `<data dir>/jwt-secret`.
     #[arg(long, env = "ORDERFLOW_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Create this admin account at start unless an account with this email exists (with
+    /// `--admin-password`): how the first admin of a deployment comes to be.
+    #[arg(long, env = "ORDERFLOW_ADMIN_EMAIL", requires = "admin_password")]
+    pub admin_email: Option<String>,
+    /// The password of `--admin-email`'s account when it is created (at least 12 characters).
+    #[arg(
+        long,
+        env = "ORDERFLOW_ADMIN_PASSWORD",
+        hide_env_values = true,
+        requires = "admin_email"
+    )]
+    pub admin_password: Option<String>,
     /// How long an access token is valid, e.g. `15m`.
     #[arg(long, env = "ORDERFLOW_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = humantime_duration)]
     pub access_token_ttl: Duration,
@@ -371,24 +436,19 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    /// The API's token settings. With `development` (`orderflow run`), a missing secret is the
-    /// built-in development one; otherwise a missing or development secret is an error.
-    pub fn settings(&self, development: bool) -> Result<AuthSettings> {
-        let secret = match (&self.jwt_secret, development) {
+    /// The API's token settings. Without a configured secret, `kept_in` (the data dir of
+    /// `orderflow run`) holds one generated on the first start; without either, no start.
+    pub fn settings(&self, kept_in: Option<&Path>) -> Result<AuthSettings> {
+        let secret = match (&self.jwt_secret, kept_in) {
             (Some(secret), _) => secret.clone(),
-            (None, true) => {
-                tracing::warn!(
-                    "No --jwt-secret / ORDERFLOW_JWT_SECRET: signing access tokens with the \
-                     built-in development secret. Set a secret of your own outside development."
-                );
-                DEV_SECRET.to_string()
-            }
-            (None, false) => bail!(
+            (None, Some(dir)) => kept_secret(&dir.join(SECRET_FILE))?,
+            (None, None) => bail!(
                 "the API needs a JWT secret: set --jwt-secret or ORDERFLOW_JWT_SECRET (at \
-                 least {MIN_SECRET_LEN} bytes)"
+                 least {MIN_SECRET_LEN} bytes, the same for every API instance; e.g. \
+                 `openssl rand -base64 48`)"
             ),
         };
-        if let Err(e) = check_secret(&secret, development) {
+        if let Err(e) = check_secret(&secret) {
             bail!("{e}");
         }
         if self.access_token_ttl.is_zero() || self.refresh_token_ttl.is_zero() {
@@ -465,6 +525,41 @@ impl TopicsCreateArgs {
             retention: self.retention,
         }
     }
+}
+
+/// Where `orderflow run` keeps its generated JWT secret, in its data dir.
+pub const SECRET_FILE: &str = "jwt-secret";
+
+/// The secret kept at `path`, generated (48 random bytes, base64) and written there, readable by
+/// its owner only, when the file does not exist yet.
+fn kept_secret(path: &Path) -> Result<String> {
+    use std::io::Write as _;
+    match std::fs::read_to_string(path) {
+        Ok(secret) => return Ok(secret.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 48];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    let secret = base64::engine::general_purpose::STANDARD.encode(bytes);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(
+        path = %path.display(),
+        "Generated the secret access tokens are signed with (kept for later starts)."
+    );
+    Ok(secret)
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {

@@ -1,9 +1,8 @@
 //! `orderflow load`: drives a running pipeline over HTTP and reads `orders.invoiced` over the
 //! Kafka protocol to measure end-to-end throughput and latency (accept → invoiced).
 //!
-//! Orders need an access token: `--token` posts them all as that account; without it each is
-//! posted as one of 1,000 customers (`load-0` … `load-999`) with a token signed by the
-//! development secret, which only `orderflow run` accepts.
+//! Orders need an access token: `--token` posts them all as that account; without it the tool
+//! logs in as `--email` / `--password` (the demo customer of `orderflow run` by default).
 
 use std::{
     collections::HashMap,
@@ -62,6 +61,10 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
+    let bearer = match &args.token {
+        Some(token) => token.clone(),
+        None => login(&client, &args).await?,
+    };
     let url = format!("{}/v1/orders", args.url.trim_end_matches('/'));
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -73,38 +76,23 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             next.clone(),
             failures.clone(),
         );
-        let (total, sku, token) = (args.orders, args.sku.clone(), args.token.clone());
-        let dev = orderflow_ingest::auth::AuthSettings::development();
+        let (total, sku, bearer) = (args.orders, args.sku.clone(), bearer.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
                     break;
                 }
-                let mut body = json!({
+                let body = json!({
                     "items": [{"sku": sku, "quantity": 1}],
                     "shipping_address": {"name": "Load Test", "line1": "1 Bench St",
                         "city": "Berlin", "postal_code": "10115", "country": "DE"},
                     "payment": {"method": "card", "token": "tok_visa"}
                 });
                 let at = orderflow_schemas::now_millis();
-                // An order is its caller's: sign in as the customer it is for.
-                let bearer = match &token {
-                    Some(token) => token.clone(),
-                    None => {
-                        let customer = format!("load-{}", n % 1000);
-                        let token = dev.access_token(
-                            &customer,
-                            orderflow_ingest::auth::Role::Customer,
-                            at / 1000,
-                        );
-                        body["customer_id"] = json!(customer);
-                        token
-                    }
-                };
                 let response = client
                     .post(&url)
-                    .bearer_auth(bearer)
+                    .bearer_auth(&bearer)
                     .header("content-type", "application/json")
                     .body(body.to_string())
                     .send()
@@ -198,4 +186,26 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An access token for `--email` / `--password`.
+async fn login(client: &reqwest::Client, args: &LoadArgs) -> Result<String> {
+    let url = format!("{}/v1/auth/login", args.url.trim_end_matches('/'));
+    let response = client
+        .post(&url)
+        .json(&json!({"email": args.email, "password": args.password}))
+        .send()
+        .await
+        .with_context(|| format!("logging in at {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    match body["access_token"].as_str() {
+        Some(token) if status.is_success() => Ok(token.to_string()),
+        _ => bail!(
+            "logging in as {} failed ({status}): {} (pass --token, or --email and --password \
+             of an account of this pipeline)",
+            args.email,
+            body["detail"].as_str().unwrap_or("no detail")
+        ),
+    }
 }

@@ -19,9 +19,7 @@ use orderflow_ingest::{Readiness, ReadyCheck};
 use orderflow_kafka::{admin, EventProducer, KafkaConfig};
 use orderflow_processors::{run_stage, Stage};
 use orderflow_schemas::{
-    registry::{
-        register_catalogue, subject, Compatibility, LocalRegistry, Registry, RegistryClient,
-    },
+    registry::{register_catalogue, subject, Compatibility, LocalRegistry, Registry},
     SchemaIds, Topics,
 };
 use orderflow_store::{scylla, EmbeddedStore, Instrumented, ScyllaStore, Store};
@@ -42,9 +40,10 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Run(args) => run(args, shutdown).await,
             Command::Ingest(args) => {
-                // Refused before anything connects: no secret, or the development one.
-                let auth = args.auth.settings(false)?;
+                // Refused before anything connects: no secret, or a short one.
+                let auth = args.auth.settings(None)?;
                 let (kafka, store, producer) = connect(&args.common, &args.brokers).await?;
+                seed::first_admin(store.as_ref(), &args.auth).await?;
                 let files = args.common.invoice_files()?;
                 let ready = invoice_store_check(files.clone(), &shutdown);
                 let state = orderflow_ingest::ApiState::new(store, producer.clone())
@@ -192,7 +191,7 @@ async fn connect(
 ) -> Result<(KafkaConfig, Arc<dyn Store>, EventProducer)> {
     let mut kafka = common.kafka(brokers)?;
     if let Some(url) = &common.schema_registry {
-        use_external_registry(&mut kafka, url, common.schema_compatibility).await?;
+        use_external_registry(&mut kafka, url, common).await?;
     }
     let store = open_store(common).await?;
     let producer = EventProducer::new(&kafka)?;
@@ -204,10 +203,11 @@ async fn connect(
 async fn use_external_registry(
     kafka: &mut KafkaConfig,
     url: &str,
-    level: Compatibility,
+    common: &CommonArgs,
 ) -> Result<()> {
-    let client = RegistryClient::new(url)?;
-    kafka.schemas = register_schemas(&client, url, &kafka.topics, level).await?;
+    let client = common.registry_client(url)?;
+    kafka.schemas =
+        register_schemas(&client, url, &kafka.topics, common.schema_compatibility).await?;
     kafka.registry = Some(client);
     Ok(())
 }
@@ -421,7 +421,17 @@ async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> 
 /// `orderflow run`: every stage in this process, on the embedded broker unless `--brokers`.
 async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     let common = &args.common;
-    let auth = args.auth.settings(true)?;
+    let auth = args.auth.settings(Some(&common.data_dir))?;
+    // The embedded broker has no authentication: whoever reaches it could produce any event
+    // (an order for any customer, an email of their wording). It stays on loopback.
+    if args.brokers.is_none() && !args.kafka_listen.ip().is_loopback() {
+        bail!(
+            "the embedded broker has no authentication, so it listens on loopback only \
+             (--kafka-listen {} is not); to share topics with other hosts, run Kafka or \
+             Redpanda with SASL and pass --brokers",
+            args.kafka_listen
+        );
+    }
     #[cfg(feature = "embedded-broker")]
     let mut embedded = None;
     let brokers = match &args.brokers {
@@ -478,7 +488,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     // which the HTTP API then serves.
     let local_registry = match &common.schema_registry {
         Some(url) => {
-            use_external_registry(&mut kafka, url, common.schema_compatibility).await?;
+            use_external_registry(&mut kafka, url, common).await?;
             None
         }
         None => {
@@ -503,10 +513,20 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     if seeded > 0 {
         info!(products = seeded, "Demo catalogue loaded.");
     }
-    // Demo data on the embedded defaults' first start only (issue #5; `orderflow seed`
+    // Demo data (with its well-known passwords) only where everything is local: the embedded
+    // broker and store, the API on loopback. On the first such start only (`orderflow seed`
     // elsewhere): the accounts now, the sample orders once the pipeline runs (below).
-    let first_start = common.store.scylla().is_none()
-        && args.brokers.is_none()
+    let local =
+        common.store.scylla().is_none() && args.brokers.is_none() && args.http.ip().is_loopback();
+    if !local && args.auth.admin_email.is_none() {
+        info!(
+            "No demo accounts: this pipeline is not local to this machine. Create the first \
+             admin with --admin-email and --admin-password (ORDERFLOW_ADMIN_EMAIL, \
+             ORDERFLOW_ADMIN_PASSWORD)."
+        );
+    }
+    seed::first_admin(store.as_ref(), &args.auth).await?;
+    let first_start = local
         && store
             .set_marker(seed::MARKER, orderflow_schemas::now_millis())
             .await?;

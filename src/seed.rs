@@ -58,6 +58,34 @@ pub async fn accounts(store: &dyn Store) -> Result<usize> {
     Ok(created)
 }
 
+/// Creates the admin of `--admin-email` / `--admin-password` unless an account with that
+/// email exists (its password is then left as it is).
+pub async fn first_admin(store: &dyn Store, args: &crate::cli::AuthArgs) -> Result<()> {
+    let (Some(email), Some(password)) = (&args.admin_email, &args.admin_password) else {
+        return Ok(());
+    };
+    if password.chars().count() < ADMIN_PASSWORD_MIN {
+        bail!("--admin-password must be at least {ADMIN_PASSWORD_MIN} characters long");
+    }
+    if let Some(problem) = orderflow_ingest::auth::routes::email_problem(email) {
+        bail!("--admin-email {email}: {problem}");
+    }
+    let email = orderflow_ingest::auth::routes::normalize_email(email);
+    if store.get_account_by_email(&email).await?.is_some() {
+        return Ok(());
+    }
+    let account = new_account("Admin", &email, Role::Admin, password.clone())
+        .await
+        .map_err(|p| anyhow::anyhow!("--admin-email {email}: {}", p.detail))?;
+    if store.create_account(account).await? {
+        info!(email = %email, "Admin account created.");
+    }
+    Ok(())
+}
+
+/// Shortest password `--admin-password` takes.
+const ADMIN_PASSWORD_MIN: usize = 12;
+
 /// Places the sample orders of the demo user through the API's own handler, unless the user
 /// has orders already.
 pub async fn orders(state: Arc<ApiState>) -> Result<usize> {

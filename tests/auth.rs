@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 
 use common::Pipeline;
-use orderflow_ingest::auth::{Claims, Role, TokenKeys, DEV_SECRET, ISSUER};
+use orderflow_ingest::auth::{Claims, Role, TokenKeys, ISSUER};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -584,7 +584,7 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
     assert_eq!(read["disabled"], true);
 
     // Expired and tampered tokens: 401 with a Bearer challenge.
-    let keys = TokenKeys::new(DEV_SECRET.as_bytes());
+    let keys = p.token_keys().keys;
     let expired = keys.sign(&Claims {
         sub: grace_id.clone(),
         role: Role::Admin,
@@ -618,6 +618,23 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
     assert!(response.headers().contains_key("www-authenticate"));
     problem(response, 401).await;
 
+    // Signed with the pipeline's own secret, for its real admin, but naming no login (so no
+    // logout could ever end it), or a login that never was: 401 too.
+    let now = orderflow_schemas::now_millis() / 1000;
+    for sid in [None, Some("no-such-login".to_string())] {
+        let minted = keys.sign(&Claims {
+            sub: p.admin.id.clone(),
+            role: Role::Admin,
+            iat: now,
+            exp: now + 600,
+            iss: ISSUER.into(),
+            sid: sid.clone(),
+        });
+        let response = call(&p, "GET", "/v1/customers", &minted, None).await;
+        let detail = problem(response, 401).await["detail"].to_string();
+        assert!(detail.contains("log in"), "{sid:?}: {detail}");
+    }
+
     // Login attempts are limited per email: 10 (one was the user's login above), then 429 with
     // Retry-After, even for the right password.
     let mut attempts = 1;
@@ -642,7 +659,10 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
     assert!(p.stop().success());
 }
 
-/// `orderflow ingest` will not start with the development secret, nor without a secret.
+/// The development secret earlier versions built in (and so published).
+const PUBLISHED_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
+
+/// `orderflow ingest` will not start with a published secret, nor a short one, nor without one.
 #[test]
 fn ingest_refuses_the_development_secret() {
     let dir = tempfile::tempdir().unwrap();
@@ -666,7 +686,7 @@ fn ingest_refuses_the_development_secret() {
         command.output().expect("orderflow runs")
     };
     for (secret, says) in [
-        (Some(DEV_SECRET), "development JWT secret"),
+        (Some(PUBLISHED_SECRET), "published"),
         (None, "ORDERFLOW_JWT_SECRET"),
         (Some("too-short"), "at least 32 bytes"),
     ] {
@@ -711,4 +731,82 @@ async fn seeding_twice_changes_nothing() {
         "{second}"
     );
     assert!(p.stop().success());
+}
+
+/// `orderflow run` reachable from other hosts (the API on 0.0.0.0) is not a development setup:
+/// no demo accounts with their published passwords, no token but those of its own logins; the
+/// first admin comes from `--admin-email` / `--admin-password`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_reachable_from_other_hosts_has_no_demo_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start_with(
+        dir.path(),
+        &[
+            "--http",
+            "0.0.0.0:0",
+            "--admin-email",
+            "boss@shop.example",
+            "--admin-password",
+            "a long admin password",
+        ],
+    );
+    for (email, password) in [
+        ("admin@example.com", "admin123"),
+        ("user@example.com", "user123"),
+    ] {
+        problem(login(&p, email, password).await, 401).await;
+    }
+    // An admin token signed with the secret earlier versions published: refused.
+    let now = orderflow_schemas::now_millis() / 1000;
+    let forged = TokenKeys::new(PUBLISHED_SECRET.as_bytes()).sign(&Claims {
+        sub: p.admin.id.clone(),
+        role: Role::Admin,
+        iat: now,
+        exp: now + 600,
+        iss: ISSUER.into(),
+        sid: None,
+    });
+    problem(call(&p, "GET", "/v1/customers", &forged, None).await, 401).await;
+    // The configured admin is the only account.
+    let response = call(&p, "GET", "/v1/customers", p.admin.token(), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page: Value = response.json().await.unwrap();
+    let emails: Vec<&str> = page["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["boss@shop.example"]);
+    // The secret it signs with was generated for this data dir, readable by its owner only.
+    let secret = dir.path().join("jwt-secret");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    assert!(p.stop().success());
+}
+
+/// The embedded broker has no authentication: `orderflow run` will not open it to other hosts.
+#[test]
+fn the_embedded_broker_stays_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "run",
+            "--http",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("orderflow runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loopback") && stderr.contains("--brokers"),
+        "{stderr}"
+    );
 }

@@ -1129,3 +1129,54 @@ fn help_is_parsed_into_options_envs_defaults_and_subcommands() {
         Some((9464, "/healthz".to_string()))
     );
 }
+
+/// The shipped Compose file publishes its ports on the host's loopback only (its Redpanda,
+/// ScyllaDB and LocalStack have no authentication), and no shipped file signs tokens with a
+/// fixed secret: Compose insists on one from the environment, k8s on a Secret of the user's.
+#[test]
+fn shipped_files_open_no_door_and_fix_no_secret() {
+    let compose = &yaml_documents(&root().join("docker-compose.yml"))[0];
+    let mut problems = Vec::new();
+    for (name, service) in compose["services"].as_object().unwrap() {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let port = scalar(port);
+            if !port.starts_with("127.0.0.1:") {
+                problems.push(format!("{name}: publishes {port} beyond loopback"));
+            }
+        }
+        let env = compose_env(&service["environment"]);
+        if let Some(secret) = env.get("ORDERFLOW_JWT_SECRET") {
+            if !secret.starts_with("${ORDERFLOW_JWT_SECRET:?") {
+                problems.push(format!(
+                    "{name}: ORDERFLOW_JWT_SECRET is {secret:?}, not required"
+                ));
+            }
+        }
+    }
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let cmd = dockerfile
+        .lines()
+        .find(|l| l.starts_with("CMD "))
+        .expect("a CMD");
+    if cmd.contains("--kafka-listen") {
+        problems.push(format!("Dockerfile: {cmd} opens the embedded broker"));
+    }
+    let secret = &yaml_documents(&root().join("deploy/k8s/secret.yaml"))[0];
+    let placeholder = secret["stringData"]["secret"].as_str().unwrap();
+    let ingest = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "ingest",
+            "--http",
+            "127.0.0.1:0",
+            "--brokers",
+            "127.0.0.1:9",
+        ])
+        .env_clear()
+        .env("ORDERFLOW_JWT_SECRET", placeholder)
+        .output()
+        .unwrap();
+    if ingest.status.success() {
+        problems.push("deploy/k8s/secret.yaml: its placeholder starts the API".into());
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

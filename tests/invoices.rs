@@ -7,9 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{admin_token, moto::Moto, order_body, token, Pipeline};
-use orderflow_ingest::auth::Role;
-use serde_json::Value;
+use common::{moto::Moto, order_body, Pipeline};
+use serde_json::{json, Value};
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -17,17 +16,19 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// Places an order for `cust-1` and waits until it is invoiced; the order.
+/// Places an order for the customer `cust-1` and waits until it is invoiced; the order.
 async fn invoiced_order(p: &Pipeline) -> Value {
-    let id = p.place(&order_body("MUG-001", 3, "tok_visa")).await;
+    let mut body = order_body("MUG-001", 3, "tok_visa");
+    body["customer_id"] = json!(p.id("cust-1").await);
+    let id = p.place(&body).await;
     p.wait_for_status(&id, "invoiced").await
 }
 
-/// Downloads the invoice as `bearer`; the response.
-async fn download(p: &Pipeline, id: &str, bearer: Option<&str>) -> reqwest::Response {
+/// Downloads the invoice with `authorization`; the response.
+async fn download(p: &Pipeline, id: &str, authorization: Option<&str>) -> reqwest::Response {
     let mut request = p.anonymous.get(p.url(&format!("/v1/orders/{id}/invoice")));
-    if let Some(t) = bearer {
-        request = request.bearer_auth(t);
+    if let Some(a) = authorization {
+        request = request.header("authorization", a);
     }
     request.send().await.unwrap()
 }
@@ -36,7 +37,7 @@ async fn download(p: &Pipeline, id: &str, bearer: Option<&str>) -> reqwest::Resp
 async fn check_download(p: &Pipeline, order: &Value) -> Vec<u8> {
     let id = order["order_id"].as_str().unwrap();
     let number = order["invoice_number"].as_str().unwrap();
-    let response = download(p, id, Some(&token("cust-1", Role::Customer))).await;
+    let response = download(p, id, Some(&p.bearer("cust-1").await)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/pdf");
     assert_eq!(
@@ -51,7 +52,7 @@ async fn check_download(p: &Pipeline, order: &Value) -> Vec<u8> {
         format!("({number})"),
         "(45.00 EUR)".into(),
         "(37.50 EUR)".into(),
-        "(Customer: cust-1)".into(),
+        format!("(Customer: {})", p.id("cust-1").await),
     ] {
         assert!(contains(&pdf, &text), "{text} in the PDF");
     }
@@ -69,11 +70,11 @@ async fn an_invoiced_order_has_its_pdf_for_its_customer_only() {
     // Kept under the data dir, as downloaded; an admin gets it too.
     let stored = std::fs::read(dir.path().join(format!("objects/invoices/{number}.pdf"))).unwrap();
     assert_eq!(stored, pdf);
-    let response = download(&p, id, Some(&admin_token())).await;
+    let response = download(&p, id, Some(&p.admin.bearer)).await;
     assert_eq!(response.status(), 200);
 
     // Another customer: as if the order did not exist. No token: 401.
-    let response = download(&p, id, Some(&token("cust-2", Role::Customer))).await;
+    let response = download(&p, id, Some(&p.bearer("cust-2").await)).await;
     assert_eq!(response.status(), 404);
     assert_eq!(
         response.headers()["content-type"],
@@ -84,7 +85,7 @@ async fn an_invoiced_order_has_its_pdf_for_its_customer_only() {
     // Not invoiced (rejected): 404 saying so.
     let rejected = p.place(&order_body("NOPE-404", 1, "tok_visa")).await;
     p.wait_for_status(&rejected, "rejected").await;
-    let response = download(&p, &rejected, Some(&admin_token())).await;
+    let response = download(&p, &rejected, Some(&p.admin.bearer)).await;
     assert_eq!(response.status(), 404);
     let problem: Value = response.json().await.unwrap();
     assert!(
@@ -94,7 +95,7 @@ async fn an_invoiced_order_has_its_pdf_for_its_customer_only() {
             .contains("no invoice yet"),
         "{problem}"
     );
-    let response = download(&p, "no-such-order", Some(&admin_token())).await;
+    let response = download(&p, "no-such-order", Some(&p.admin.bearer)).await;
     assert_eq!(response.status(), 404);
     assert!(p.stop().success());
 }

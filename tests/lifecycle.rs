@@ -2,13 +2,13 @@
 //! the order routes, an order's customer being the caller, other customers' orders hidden, and
 //! the order list (own orders paged newest first; an admin's filters).
 //!
-//! Tokens are signed with the development secret `orderflow run` checks (`common::token`).
+//! Customers are accounts of the pipeline, made and logged in by `Pipeline::customer`.
 
 mod common;
 
 use std::collections::HashSet;
 
-use common::{admin_bearer, bearer, order_body, Pipeline, TEST_ADMIN};
+use common::{order_body, Pipeline};
 use orderflow_ingest::auth::{AuthSettings, Role};
 use serde_json::{json, Value};
 
@@ -66,7 +66,7 @@ fn fields(problem: &Value) -> Vec<String> {
 
 /// Places an order as `customer` (the body names no one); returns its id.
 async fn place_as(p: &Pipeline, customer: &str, sku: &str) -> String {
-    let (status, body) = post_as(p, &bearer(customer), &own_order(sku)).await;
+    let (status, body) = post_as(p, &p.bearer(customer).await, &own_order(sku)).await;
     assert_eq!(status, 202, "{body}");
     body["order_id"].as_str().unwrap().to_string()
 }
@@ -78,18 +78,24 @@ async fn orders_need_a_token_and_stay_with_their_customer() {
     p.wait_until_ready().await;
 
     // No token, a tampered one, an expired one, one signed with another secret: 401.
-    let alice = bearer("alice");
+    let alice = p.bearer("alice").await;
     let mut tampered = alice.clone();
     tampered.pop();
     tampered.push(if alice.ends_with('A') { 'B' } else { 'A' });
     let then = orderflow_schemas::now_millis() / 1000 - 3600;
     let expired = format!(
         "Bearer {}",
-        AuthSettings::development().access_token("alice", Role::Customer, then)
+        p.token_keys()
+            .session_token(&p.id("alice").await, Role::Customer, "a-login", then)
     );
     let foreign = format!(
         "Bearer {}",
-        AuthSettings::new(&[7u8; 32]).access_token("alice", Role::Admin, then + 3600)
+        AuthSettings::new(&[7u8; 32]).session_token(
+            &p.id("alice").await,
+            Role::Admin,
+            "a-login",
+            then + 3600
+        )
     );
     let response = p
         .anonymous
@@ -123,11 +129,11 @@ async fn orders_need_a_token_and_stay_with_their_customer() {
     // The order is the caller's, named or not; naming someone else is refused.
     let mine = place_as(&p, "alice", "MUG-001").await;
     let mut named = order_body("MUG-001", 1, "tok_visa");
-    named["customer_id"] = json!("alice");
+    named["customer_id"] = json!(p.id("alice").await);
     let (status, body) = post_as(&p, &alice, &named).await;
     assert_eq!(status, 202, "{body}");
     let also_mine = body["order_id"].as_str().unwrap().to_string();
-    named["customer_id"] = json!("bob");
+    named["customer_id"] = json!(p.id("bob").await);
     let (status, problem) = post_as(&p, &alice, &named).await;
     assert_eq!(status, 403, "{problem}");
     assert_eq!(problem["type"], "/problems/forbidden");
@@ -136,7 +142,7 @@ async fn orders_need_a_token_and_stay_with_their_customer() {
     for id in [&mine, &also_mine] {
         let (status, _, order) = get_as(&p, &alice, &format!("/v1/orders/{id}")).await;
         assert_eq!(status, 200);
-        assert_eq!(order["customer_id"], "alice");
+        assert_eq!(order["customer_id"], p.id("alice").await);
     }
 
     // Another customer's order is "not found", exactly like an order that does not exist.
@@ -157,16 +163,24 @@ async fn orders_need_a_token_and_stay_with_their_customer() {
     assert_eq!(listed, HashSet::from([mine.as_str(), also_mine.as_str()]));
 
     // An admin reads anyone's order and may order for a customer, or for itself.
-    let admin = admin_bearer("root");
+    let admin = p.admin.bearer.clone();
     let (status, _, order) = get_as(&p, &admin, &format!("/v1/orders/{theirs}")).await;
-    assert_eq!((status, order["customer_id"].as_str()), (200, Some("bob")));
-    named["customer_id"] = json!("carol");
+    assert_eq!(
+        (status, order["customer_id"].as_str()),
+        (200, Some(p.id("bob").await.as_str()))
+    );
+    named["customer_id"] = json!(p.id("carol").await);
     let (status, body) = post_as(&p, &admin, &named).await;
     assert_eq!(status, 202, "{body}");
     let for_carol = body["order_id"].as_str().unwrap().to_string();
     let (_, _, order) = get_as(&p, &admin, &format!("/v1/orders/{for_carol}")).await;
-    assert_eq!(order["customer_id"], "carol");
-    let (_, _, order) = get_as(&p, &bearer("carol"), &format!("/v1/orders/{for_carol}")).await;
+    assert_eq!(order["customer_id"], p.id("carol").await);
+    let (_, _, order) = get_as(
+        &p,
+        &p.bearer("carol").await,
+        &format!("/v1/orders/{for_carol}"),
+    )
+    .await;
     assert_eq!(order["order_id"].as_str(), Some(for_carol.as_str()));
     let (status, body) = post_as(&p, &admin, &own_order("MUG-001")).await;
     assert_eq!(status, 202, "{body}");
@@ -176,7 +190,7 @@ async fn orders_need_a_token_and_stay_with_their_customer() {
         &format!("/v1/orders/{}", body["order_id"].as_str().unwrap()),
     )
     .await;
-    assert_eq!(order["customer_id"], "root");
+    assert_eq!(order["customer_id"], p.admin.id.as_str());
 
     assert!(p.stop().success());
 }
@@ -196,7 +210,7 @@ async fn order_lists_page_newest_first_and_admins_filter() {
     p.wait_for_status(&bobs_unknown, "rejected").await;
 
     // Alice's pages: newest first, no overlap, no gap, and nothing of Bob's.
-    let alice = bearer("alice");
+    let alice = p.bearer("alice").await;
     let mut seen = Vec::new();
     let mut path = "/v1/orders?limit=2".to_string();
     let mut pages = 0;
@@ -222,11 +236,21 @@ async fn order_lists_page_newest_first_and_admins_filter() {
     assert_eq!(pages, 3);
 
     // A customer cannot look at Bob's list; an admin can, and filters it.
-    let (status, _, problem) = get_as(&p, &alice, "/v1/orders?customer_id=bob").await;
+    let (status, _, problem) = get_as(
+        &p,
+        &alice,
+        &format!("/v1/orders?customer_id={}", p.id("bob").await),
+    )
+    .await;
     assert_eq!(status, 403, "{problem}");
-    let (status, _, _) = get_as(&p, &alice, "/v1/orders?customer_id=alice").await;
+    let (status, _, _) = get_as(
+        &p,
+        &alice,
+        &format!("/v1/orders?customer_id={}", p.id("alice").await),
+    )
+    .await;
     assert_eq!(status, 200);
-    let admin = admin_bearer(TEST_ADMIN);
+    let admin = p.admin.bearer.clone();
     let ids = |page: &Value| -> Vec<String> {
         page["orders"]
             .as_array()
@@ -240,11 +264,24 @@ async fn order_lists_page_newest_first_and_admins_filter() {
     all.insert(0, bobs_good.clone());
     all.insert(0, bobs_unknown.clone());
     assert_eq!(ids(&everyone), all);
-    let (_, _, bobs) = get_as(&p, &admin, "/v1/orders?customer_id=bob").await;
+    let (_, _, bobs) = get_as(
+        &p,
+        &admin,
+        &format!("/v1/orders?customer_id={}", p.id("bob").await),
+    )
+    .await;
     assert_eq!(ids(&bobs), vec![bobs_unknown.clone(), bobs_good.clone()]);
     let (_, _, rejected) = get_as(&p, &admin, "/v1/orders?status=rejected").await;
     assert_eq!(ids(&rejected), vec![bobs_unknown.clone()]);
-    let (_, _, none) = get_as(&p, &admin, "/v1/orders?status=rejected&customer_id=alice").await;
+    let (_, _, none) = get_as(
+        &p,
+        &admin,
+        &format!(
+            "/v1/orders?status=rejected&customer_id={}",
+            p.id("alice").await
+        ),
+    )
+    .await;
     assert_eq!(ids(&none), Vec::<String>::new());
 
     // A time range on creation, as RFC 3339 or ms: from inclusive, to exclusive.
@@ -255,7 +292,8 @@ async fn order_lists_page_newest_first_and_admins_filter() {
         &p,
         &admin,
         &format!(
-            "/v1/orders?customer_id=alice&from={}&to={}",
+            "/v1/orders?customer_id={}&from={}&to={}",
+            p.id("alice").await,
             created(&third),
             created(&fifth)
         ),
@@ -346,7 +384,7 @@ async fn own_product(p: &Pipeline, prefix: &str, name: &str) -> String {
     );
     let (status, _, created) = post_path(
         p,
-        &admin_bearer(TEST_ADMIN),
+        &p.admin.bearer,
         "/v1/products",
         Some(
             json!({"sku": sku, "name": name, "price_cents": 1000, "currency": "EUR",
@@ -360,8 +398,7 @@ async fn own_product(p: &Pipeline, prefix: &str, name: &str) -> String {
 
 /// The stock of `sku` as `GET /v1/products/{sku}` shows it.
 async fn stock_of(p: &Pipeline, sku: &str) -> i64 {
-    let (status, _, product) =
-        get_as(p, &admin_bearer(TEST_ADMIN), &format!("/v1/products/{sku}")).await;
+    let (status, _, product) = get_as(p, &p.admin.bearer, &format!("/v1/products/{sku}")).await;
     assert_eq!(status, 200, "{product}");
     product["stock"].as_i64().unwrap()
 }
@@ -385,7 +422,7 @@ async fn place_paying(
     if let Some(payment) = payment {
         body["payment"] = payment;
     }
-    let (status, answer) = post_as(p, &bearer(customer), &body).await;
+    let (status, answer) = post_as(p, &p.bearer(customer).await, &body).await;
     assert_eq!(status, 202, "{answer}");
     answer["order_id"].as_str().unwrap().to_string()
 }
@@ -399,8 +436,8 @@ async fn orders_cancel_before_shipping_and_admins_ship_paid_ones() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
     p.wait_until_ready().await;
-    let admin = admin_bearer(TEST_ADMIN);
-    let (alice, bob) = (bearer("alice"), bearer("bob"));
+    let admin = p.admin.bearer.clone();
+    let (alice, bob) = (p.bearer("alice").await, p.bearer("bob").await);
 
     let sku = own_product(&p, "LC", "Lifecycle lamp").await;
 
@@ -617,8 +654,8 @@ async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
     p.wait_until_ready().await;
-    let admin = admin_bearer(TEST_ADMIN);
-    let (alice, bob) = (bearer("alice"), bearer("bob"));
+    let admin = p.admin.bearer.clone();
+    let (alice, bob) = (p.bearer("alice").await, p.bearer("bob").await);
     let sku = own_product(&p, "MD", "Modifiable mug").await;
 
     let id = place_transfer(&p, "alice", &sku, 2).await;

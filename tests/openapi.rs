@@ -340,10 +340,7 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
         ])
         .arg(&junit)
         .env("SCHEMATHESIS_HOOKS", &hooks)
-        .env(
-            "ORDERFLOW_TEST_TOKEN",
-            common::token("schemathesis", orderflow_ingest::auth::Role::Admin),
-        )
+        .env("ORDERFLOW_TEST_TOKEN", p.admin.token())
         .current_dir(work.path())
         .stdin(Stdio::null())
         .output()

@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{admin_token, order_body, token, Pipeline};
-use orderflow_ingest::auth::Role;
+use common::{order_body, Pipeline};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -54,8 +53,8 @@ fn fields(problem: &Value) -> Vec<String> {
 async fn admins_manage_the_catalogue_and_orders_follow_its_stock() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
-    let admin = admin_token();
-    let customer = token("cust-1", Role::Customer);
+    let admin = p.admin.token().to_string();
+    let customer = p.customer("cust-1").await.token().to_string();
     let cup = json!({"sku": "CUP-777", "name": "Espresso cup", "price_cents": 850,
                      "currency": "EUR", "stock": 2});
 
@@ -275,7 +274,7 @@ async fn admins_manage_the_catalogue_and_orders_follow_its_stock() {
 async fn bad_input_is_a_problem_naming_each_field() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
-    let admin = admin_token();
+    let admin = p.admin.token().to_string();
     let cases: Vec<(Method, &str, Value, StatusCode, Vec<&str>)> = vec![
         (
             Method::POST,

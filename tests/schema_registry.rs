@@ -20,7 +20,7 @@ use common::{keyed, order_body, produce_raw, read_topic, Pipeline};
 use orderflow_schemas::{
     registry::{
         register_catalogue, register_schema, subject, Compatibility, LocalRegistry, Registry,
-        RegistryClient, RegistryError,
+        RegistryAuth, RegistryClient, RegistryError,
     },
     wire, Event, OrderAccepted, OrderRejected, SchemaIds, TopicKind, Topics,
 };
@@ -103,6 +103,7 @@ async fn confluents_avro_deserializer_decodes_every_topic_through_the_embedded_r
             "orders.invoiced": good, "orders.rejected": unknown, "orders.payment-failed": declined,
         },
         "incompatible": {"subject": "orders.accepted-value", "schema": unreadable_accepted()},
+        "token": p.admin.token(),
     });
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
@@ -186,6 +187,12 @@ async fn confluents_avro_deserializer_decodes_every_topic_through_the_embedded_r
     // The same client checks and tries to register a schema that breaks compatibility.
     let incompatible = &out["incompatible"];
     assert_eq!(incompatible["compatible"], false);
+    // Registering needs an admin's token; with one, the incompatible schema is refused.
+    assert_eq!(
+        incompatible["anonymous_error"]["status"], 401,
+        "{incompatible}"
+    );
+    assert_eq!(incompatible["anonymous_error"]["error_code"], 40101);
     assert_eq!(incompatible["register_error"]["status"], 409);
     assert_eq!(incompatible["register_error"]["error_code"], 409);
     assert!(incompatible["register_error"]["message"]
@@ -199,8 +206,22 @@ async fn confluents_avro_deserializer_decodes_every_topic_through_the_embedded_r
 async fn registration_checks_compatibility_and_returns_the_registrys_ids() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
-    let client = RegistryClient::new(&p.http).unwrap();
     let topics = Topics::new(format!("t{}.", uuid::Uuid::now_v7().simple()));
+
+    // Registering changes the registry: nobody without a token, no customer.
+    let anonymous = RegistryClient::new(&p.http).unwrap();
+    let customer = anonymous.clone().with_auth(RegistryAuth::Bearer(
+        p.customer("cust-1").await.token().into(),
+    ));
+    for (client, status) in [(anonymous, 401), (customer, 403)] {
+        match register_catalogue(&client, &topics, Compatibility::Backward).await {
+            Err(RegistryError::Status { status: got, .. }) => assert_eq!(got, status),
+            other => panic!("registered without an admin: {other:?}"),
+        }
+    }
+    let client = RegistryClient::new(&p.http)
+        .unwrap()
+        .with_auth(RegistryAuth::Bearer(p.admin.token().into()));
 
     // New subjects: each gets BACKWARD and a version; schemas the registry already holds
     // (under the pipeline's own subjects) keep their ids, as Confluent's do.
@@ -418,6 +439,7 @@ async fn a_pipeline_with_schema_registry_frames_with_its_ids_learns_new_versions
         .arg("--data-dir")
         .arg(refused_dir.path())
         .args(["--schema-registry", &registry.http, "--topic-prefix", "p3."])
+        .args(["--schema-registry-token", registry.admin.token()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -139,7 +139,7 @@ pub struct UpdateCustomerRequest {
 }
 
 fn store_down(e: impl std::fmt::Display) -> Problem {
-    Problem::unavailable(format!("the account store is unavailable: {e}"))
+    Problem::down("account store", &e)
 }
 
 fn no_customer(id: &str) -> Problem {

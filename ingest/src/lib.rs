@@ -99,7 +99,7 @@ impl ApiState {
             idempotency_ttl_ms: orderflow_store::DEFAULT_IDEMPOTENCY_TTL.as_millis() as i64,
             schema_registry: None,
             ready_checks: Vec::new(),
-            auth: auth::AuthSettings::development(),
+            auth: auth::AuthSettings::ephemeral(),
             orders: Arc::new(cache::OrderCache::default()),
             invoice_files: None,
             login_limits: auth::limit::LoginLimits::default(),
@@ -113,7 +113,8 @@ impl ApiState {
         self
     }
 
-    /// Signs and checks tokens with these settings instead of the development secret.
+    /// Signs and checks tokens with these settings (by default, a random key of this
+    /// instance's own, which no other process knows).
     pub fn with_auth(mut self, auth: auth::AuthSettings) -> Self {
         self.auth = auth;
         self
@@ -132,11 +133,49 @@ impl ApiState {
     }
 }
 
+/// Lets a request that changes the schema registry ([`schema_registry::is_write`]) through
+/// only with an admin's access token; answers in the registry's own error format otherwise.
+async fn registry_writes_need_an_admin(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::extract::FromRequestParts;
+    let write = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|path| schema_registry::is_write(request.method(), path.as_str()));
+    if !write {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    match auth::Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) if caller.is_admin() => next.run(Request::from_parts(parts, body)).await,
+        Ok(_) => schema_registry::error(
+            StatusCode::FORBIDDEN,
+            40301,
+            "changing the schema registry needs the admin role",
+        ),
+        Err(problem) if problem.status == StatusCode::UNAUTHORIZED.as_u16() => {
+            let mut response =
+                schema_registry::error(StatusCode::UNAUTHORIZED, 40101, &problem.detail);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
 /// Every route of the API. A new route also gets a `#[utoipa::path]` on its handler and a line
 /// in [`openapi::ApiDoc`] (`tests/openapi.rs` checks that the two agree).
 pub fn router(state: Arc<ApiState>) -> Router {
     let registry = match &state.schema_registry {
-        Some(registry) => schema_registry::routes(registry.clone()),
+        Some(registry) => schema_registry::routes(registry.clone()).route_layer(
+            middleware::from_fn_with_state(state.clone(), registry_writes_need_an_admin),
+        ),
         None => Router::new(),
     };
     Router::new()
@@ -336,17 +375,17 @@ impl Readiness {
     pub async fn check(&self) -> Result<Json<Ready>, Problem> {
         let mut checks = std::collections::BTreeMap::new();
         for c in &self.checks {
-            (c.check)().map_err(|e| Problem::unavailable(format!("{}: {e}", c.name)))?;
+            (c.check)().map_err(|e| Problem::down(c.name, &e))?;
             checks.insert(c.name.to_string(), "ok");
         }
         self.store
             .healthcheck()
             .await
-            .map_err(|e| Problem::unavailable(format!("store: {e}")))?;
+            .map_err(|e| Problem::down("store", &e))?;
         self.producer
             .healthcheck()
             .await
-            .map_err(|e| Problem::unavailable(format!("broker: {e}")))?;
+            .map_err(|e| Problem::down("broker", &e))?;
         Ok(Json(Ready {
             status: "ready",
             store: "ok",

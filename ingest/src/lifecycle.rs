@@ -50,7 +50,7 @@ pub struct CancelOrderRequest {
 }
 
 fn store_down(e: orderflow_store::StoreError) -> Problem {
-    Problem::unavailable(format!("the order store is unavailable: {e}"))
+    Problem::down("order store", &e)
 }
 
 /// The cancel request: none when the body is empty; else JSON, its reason checked.

@@ -89,7 +89,7 @@ pub struct RecordPaymentRequest {
 }
 
 fn store_down(e: StoreError) -> Problem {
-    Problem::unavailable(format!("the order store is unavailable: {e}"))
+    Problem::down("order store", &e)
 }
 
 fn not_found(order_id: &str) -> Problem {

@@ -261,7 +261,7 @@ pub async fn list(
             request.limit + 1,
         )
         .await
-        .map_err(|e| Problem::unavailable(format!("the order store is unavailable: {e}")))?;
+        .map_err(|e| Problem::down("order store", &e))?;
     let next_cursor = if orders.len() > request.limit {
         orders.truncate(request.limit);
         orders.last().map(|o| encode_cursor(&o.order_id))

@@ -665,7 +665,7 @@ pub async fn create(
         .store
         .create_order(record, key)
         .await
-        .map_err(|e| Problem::unavailable(format!("the order store is unavailable: {e}")))?;
+        .map_err(|e| Problem::down("order store", &e))?;
     match outcome {
         CreateOrder::Created => {}
         CreateOrder::KeyReused { order_id } => {
@@ -757,9 +757,7 @@ pub async fn get(
         Ok(Some(order)) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
         // Someone else's order: the same answer as for none at all.
         Ok(_) => Err(Problem::not_found(format!("no order {order_id}"))),
-        Err(e) => Err(Problem::unavailable(format!(
-            "the order store is unavailable: {e}"
-        ))),
+        Err(e) => Err(Problem::down("order store", &e)),
     }
 }
 
@@ -803,7 +801,7 @@ pub async fn invoice(
         .orders
         .get(&*state.store, &order_id)
         .await
-        .map_err(|e| Problem::unavailable(format!("the order store is unavailable: {e}")))?
+        .map_err(|e| Problem::down("order store", &e))?
         .filter(|o| caller.may_access(&o.customer_id))
         .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
     let Some(number) = order.invoice_number else {
@@ -819,7 +817,7 @@ pub async fn invoice(
     let file = files
         .get(&number)
         .await
-        .map_err(|e| Problem::unavailable(format!("the invoice storage is unavailable: {e}")))?
+        .map_err(|e| Problem::down("invoice storage", &e))?
         .ok_or_else(|| {
             Problem::not_found(format!(
                 "invoice {number} of order {order_id} is not stored"

@@ -198,6 +198,13 @@ impl Problem {
     }
 
     /// 503 with `Retry-After`: a dependency (store, broker) is down; retrying can help.
+    /// 503 for a dependency that failed (`what`: "order store", "broker", …): the answer
+    /// names it; why it failed (which can name files, hosts, queries) goes to the log only.
+    pub fn down(what: &str, error: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(dependency = what, error = %error, "A dependency failed a request.");
+        Problem::unavailable(format!("the {what} is unavailable; retry"))
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut p = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -140,7 +140,7 @@ pub struct StockAdjustmentRequest {
 }
 
 fn store_down(e: orderflow_store::StoreError) -> Problem {
-    Problem::unavailable(format!("the catalogue is unavailable: {e}"))
+    Problem::down("catalogue", &e)
 }
 
 fn no_product(sku: &str) -> Problem {

@@ -5,9 +5,13 @@
 //! Reads: `GET /schemas/ids/{id}`, `/schemas/ids/{id}/versions`, `/schemas/types`,
 //! `/subjects`, `/subjects/{subject}/versions`, `/subjects/{subject}/versions/{version}`
 //! (a number or `latest`) and its `/schema`, `/config`, `/config/{subject}`.
-//! Writes, for tools that register or check schemas: `POST /subjects/{subject}/versions`,
-//! `POST /subjects/{subject}` (lookup), `POST /compatibility/subjects/{subject}/versions/{version}`,
-//! `PUT /config`, `PUT /config/{subject}`.
+//! Lookups and checks, open like the reads: `POST /subjects/{subject}` (is this schema
+//! registered?) and `POST /compatibility/subjects/{subject}/versions/{version}`.
+//! Writes ([`is_write`]) need an admin's access token (`Authorization: Bearer …`): `POST
+//! /subjects/{subject}/versions`, `PUT /config`, `PUT /config/{subject}`. The registry keeps at
+//! most [`orderflow_schemas::registry::local::MAX_SCHEMAS`] schemas, as many subjects and
+//! [`orderflow_schemas::registry::local::MAX_VERSIONS`] versions per subject (then 422, error
+//! code 42205).
 //!
 //! Answers are `application/vnd.schemaregistry.v1+json`; errors are Confluent's
 //! `{"error_code": 40401, "message": "…"}`.
@@ -17,7 +21,7 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     body::Bytes,
     extract::{Path, Query, State},
-    http::{header, StatusCode},
+    http::{header, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Router,
@@ -64,6 +68,25 @@ pub fn routes<S: Clone + Send + Sync + 'static>(registry: Registry) -> Router<S>
         .with_state(registry)
 }
 
+/// Whether the route `matched_path` (as the router matched it) changes the registry for
+/// `method`: those need an admin.
+pub fn is_write(method: &Method, matched_path: &str) -> bool {
+    matches!(
+        (method.as_str(), matched_path),
+        ("POST", "/subjects/{subject}/versions")
+            | ("PUT", "/config")
+            | ("PUT", "/config/{subject}")
+    )
+}
+
+/// A Confluent error body (`{"error_code": …, "message": …}`) with its status.
+pub fn error(status: StatusCode, error_code: u32, message: &str) -> Response {
+    answer(
+        status,
+        json!({"error_code": error_code, "message": message}),
+    )
+}
+
 /// A registry answer: JSON in Confluent's content type.
 fn answer(status: StatusCode, body: Value) -> Response {
     (
@@ -91,10 +114,15 @@ impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        answer(
-            status,
-            json!({"error_code": self.0.error_code(), "message": self.0.to_string()}),
-        )
+        let message = match &self.0 {
+            // Where the registry's file is and how writing it failed are for the log.
+            LocalError::Storage(detail) => {
+                tracing::error!(error = %detail, "The schema registry could not save.");
+                "Error in the backend data store.".to_string()
+            }
+            e => e.to_string(),
+        };
+        error(status, self.0.error_code(), &message)
     }
 }
 

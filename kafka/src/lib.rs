@@ -64,7 +64,7 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How to reach the cluster and name the topics.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]`.
     pub brokers: String,
@@ -78,6 +78,30 @@ pub struct KafkaConfig {
     /// The registry the ids came from, if any: the consume loop asks it about ids registered
     /// after start-up.
     pub registry: Option<RegistryClient>,
+}
+
+/// Never prints the value of a property that holds a credential (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, `sasl.jaas.config`, …).
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "jaas", "token", "key.pem"]
+                    .iter()
+                    .any(|s| k.contains(s));
+                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("properties", &properties)
+            .field("schemas", &self.schemas)
+            .field("registry", &self.registry)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -207,6 +231,25 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_show_in_the_debug_form() {
+        let mut config = KafkaConfig::new("b:9092", Topics::default());
+        config.properties = vec![
+            ("sasl.username".into(), "orderflow".into()),
+            ("sasl.password".into(), "hunter2-secret".into()),
+            (
+                "sasl.oauthbearer.client.secret".into(),
+                "oauth-secret".into(),
+            ),
+        ];
+        let shown = format!("{config:?}");
+        assert!(shown.contains("orderflow"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("oauth-secret"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -191,7 +191,7 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every refresh token family of the account (it was disabled).
     async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()>;
     /// Whether the family (a login) is revoked: logged out, a token reused, or the account
-    /// disabled. A family never stored is not.
+    /// disabled. A family never stored counts as revoked: only a login creates one.
     async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool>;
 
     /// Sets a named one-time marker (e.g. `seeded`); true when this call set it, false when

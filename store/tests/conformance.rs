@@ -1615,11 +1615,18 @@ async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
         .await
         .unwrap());
     assert!(
-        !store
+        store
             .refresh_family_revoked(&customer, &new_id())
             .await
             .unwrap(),
-        "a family never seen is not revoked"
+        "a family never stored is no login: revoked"
+    );
+    assert!(
+        store
+            .refresh_family_revoked(&new_id(), &family)
+            .await
+            .unwrap(),
+        "a family is another customer's login: revoked for this one"
     );
     assert_eq!(
         store

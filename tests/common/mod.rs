@@ -21,9 +21,27 @@ use rdkafka::{
 };
 use serde_json::{json, Value};
 
-/// The account `Pipeline::client` acts as: an admin, so that tests about something else can
-/// read and place any customer's orders.
-pub const TEST_ADMIN: &str = "test-admin";
+/// The demo admin `orderflow run` creates on its first start (everything local), whose login
+/// `Pipeline::client` uses.
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+const ADMIN_PASSWORD: &str = "admin123";
+/// The password of the accounts [`Pipeline::customer`] creates.
+pub const CUSTOMER_PASSWORD: &str = "correct horse battery";
+
+/// A logged-in account of a running pipeline.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    /// `Bearer <access token>`.
+    pub bearer: String,
+}
+
+impl Account {
+    /// The access token alone.
+    pub fn token(&self) -> &str {
+        self.bearer.trim_start_matches("Bearer ")
+    }
+}
 
 /// A running `orderflow run`.
 pub struct Pipeline {
@@ -31,36 +49,54 @@ pub struct Pipeline {
     pub http: String,
     pub bootstrap: String,
     pub data_dir: PathBuf,
-    /// Sends an admin's access token ([`TEST_ADMIN`]) with every request that sets none.
+    /// The demo admin, logged in.
+    pub admin: Account,
+    /// Sends the admin's access token with every request that sets none.
     pub client: reqwest::Client,
     /// Sends no token.
     pub anonymous: reqwest::Client,
+    /// The customers [`Pipeline::customer`] made, by name.
+    customers: tokio::sync::Mutex<std::collections::HashMap<String, Account>>,
 }
 
-/// An access token `orderflow run` accepts (signed with the development secret), valid for 15
-/// minutes. Until f/auth's login lands, tests get their tokens this way.
-pub fn token(customer_id: &str, role: orderflow_ingest::auth::Role) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    orderflow_ingest::auth::AuthSettings::development().access_token(customer_id, role, now)
-}
-
-/// `Bearer <token>` for a customer.
-pub fn bearer(customer_id: &str) -> String {
-    format!(
-        "Bearer {}",
-        token(customer_id, orderflow_ingest::auth::Role::Customer)
+/// Logs in over plain HTTP/1.1 (blocking: `Pipeline::start` is not async); the account's id and
+/// access token.
+fn login_blocking(http: &str, email: &str, password: &str) -> Account {
+    use std::io::{Read, Write};
+    let host = http.trim_start_matches("http://");
+    let body = json!({"email": email, "password": password}).to_string();
+    let mut stream = std::net::TcpStream::connect(host).expect("the API accepts connections");
+    write!(
+        stream,
+        "POST /v1/auth/login HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, json) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "login as {email}: {answer}"
+    );
+    let v: Value = serde_json::from_str(json).expect("a JSON login answer");
+    let token = v["access_token"].as_str().expect("an access token");
+    Account {
+        id: subject(token),
+        bearer: format!("Bearer {token}"),
+    }
 }
 
-/// `Bearer <token>` for an admin.
-pub fn admin_bearer(admin_id: &str) -> String {
-    format!(
-        "Bearer {}",
-        token(admin_id, orderflow_ingest::auth::Role::Admin)
-    )
+/// The `sub` of a JWT (read, not checked: the pipeline checks it).
+pub fn subject(token: &str) -> String {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url claims");
+    let claims: Value = serde_json::from_slice(&claims).unwrap();
+    claims["sub"].as_str().unwrap().to_string()
 }
 
 impl Pipeline {
@@ -105,13 +141,13 @@ impl Pipeline {
         stderr: Stdio,
     ) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args([
-                "run",
-                "--http",
-                "127.0.0.1:0",
-                "--kafka-listen",
-                "127.0.0.1:0",
-            ])
+            .arg("run")
+            .args(if extra.contains(&"--http") {
+                &[][..]
+            } else {
+                &["--http", "127.0.0.1:0"][..]
+            })
+            .args(["--kafka-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             // Tests count stock and invoice numbers from a clean start, unless they ask for
@@ -151,21 +187,33 @@ impl Pipeline {
                 bootstrap = Some(addr.trim().to_string());
             }
         }
+        let http = http.unwrap();
+        // The admin of `--admin-email` when the test names one, else the demo admin.
+        let given = |flag: &str| {
+            let at = extra.iter().position(|a| *a == flag)?;
+            extra.get(at + 1).copied()
+        };
+        let admin = match (given("--admin-email"), given("--admin-password")) {
+            (Some(email), Some(password)) => login_blocking(&http, email, password),
+            _ => login_blocking(&http, ADMIN_EMAIL, ADMIN_PASSWORD),
+        };
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
-            admin_bearer(TEST_ADMIN).parse().unwrap(),
+            admin.bearer.parse().unwrap(),
         );
         Pipeline {
             child: Some(child),
-            http: http.unwrap(),
+            http,
             bootstrap: bootstrap.unwrap(),
             data_dir: data_dir.to_path_buf(),
+            admin,
             client: reqwest::Client::builder()
                 .default_headers(headers)
                 .build()
                 .unwrap(),
             anonymous: reqwest::Client::new(),
+            customers: Default::default(),
         }
     }
 
@@ -211,26 +259,78 @@ impl Pipeline {
         }
     }
 
-    /// An access token this pipeline accepts for the account ([`token`]).
-    pub fn token(&self, customer_id: &str, role: orderflow_ingest::auth::Role) -> String {
-        token(customer_id, role)
+    /// The customer account `name` of this pipeline (`<name>@example.test`), created by the
+    /// admin on first use, logged in.
+    pub async fn customer(&self, name: &str) -> Account {
+        let mut customers = self.customers.lock().await;
+        if let Some(account) = customers.get(name) {
+            return account.clone();
+        }
+        let email = format!("{name}@example.test");
+        let response = self
+            .client
+            .post(self.url("/v1/customers"))
+            .json(&json!({"name": name, "email": email, "password": CUSTOMER_PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert!(
+            status == 201 || status == 409,
+            "creating {email}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+        let account = self.login(&email, CUSTOMER_PASSWORD).await;
+        customers.insert(name.to_string(), account.clone());
+        account
+    }
+
+    /// `Bearer <token>` of the customer `name` ([`Pipeline::customer`]).
+    pub async fn bearer(&self, name: &str) -> String {
+        self.customer(name).await.bearer
+    }
+
+    /// The id of the customer `name` ([`Pipeline::customer`]).
+    pub async fn id(&self, name: &str) -> String {
+        self.customer(name).await.id
+    }
+
+    /// Logs in; panics unless the login succeeds.
+    pub async fn login(&self, email: &str, password: &str) -> Account {
+        let response = self
+            .anonymous
+            .post(self.url("/v1/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let v: Value = response.json().await.unwrap_or_default();
+        assert_eq!(status, 200, "login as {email}: {v}");
+        let token = v["access_token"].as_str().unwrap();
+        Account {
+            id: subject(token),
+            bearer: format!("Bearer {token}"),
+        }
+    }
+
+    /// The secret this pipeline signs tokens with (generated in its data dir).
+    pub fn token_keys(&self) -> orderflow_ingest::auth::AuthSettings {
+        let secret = std::fs::read_to_string(self.data_dir.join("jwt-secret"))
+            .expect("orderflow run keeps its JWT secret in the data dir");
+        orderflow_ingest::auth::AuthSettings::new(secret.trim().as_bytes())
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
     }
 
-    /// POSTs an order body as its customer (`customer_id`, signed in as a customer; as
-    /// [`TEST_ADMIN`] when the body names none); returns the response.
+    /// POSTs an order body as the admin (for the customer the body names, or for the admin
+    /// when it names none); returns the response.
     pub async fn post_order(&self, body: &Value, key: Option<&str>) -> reqwest::Response {
-        let authorization = match body["customer_id"].as_str() {
-            Some(customer) => bearer(customer),
-            None => admin_bearer(TEST_ADMIN),
-        };
         let mut request = self
             .client
             .post(self.url("/v1/orders"))
-            .header("authorization", authorization)
             .header("content-type", "application/json")
             .body(body.to_string());
         if let Some(key) = key {
@@ -422,9 +522,4 @@ pub fn read_topic(
 /// Whether a message is keyed by `order_id`.
 pub fn keyed(m: &OwnedMessage, order_id: &str) -> bool {
     m.key() == Some(order_id.as_bytes())
-}
-
-/// (f/products) An admin's access token.
-pub fn admin_token() -> String {
-    token("admin-1", orderflow_ingest::auth::Role::Admin)
 }

@@ -28,11 +28,11 @@ impl Default for WebhookConfig {
     }
 }
 
-/// Never prints the secret.
+/// Never prints the secret, nor the URL's path, query or user info (they often hold tokens).
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
+            .field("url", &super::redacted(&self.url))
             .field("secret", &"<redacted>")
             .field("timeout_secs", &self.timeout_secs)
             .field("max_in_flight", &self.max_in_flight)
@@ -43,7 +43,7 @@ impl std::fmt::Debug for WebhookConfig {
 impl WebhookConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!("url {:?}: expected http:// or https://", self.url));
+            return Err("url: expected http:// or https://".into());
         }
         if self.secret.is_empty() {
             return Err("needs a secret (ORDERFLOW_BRIDGE__SINKS__<NAME>__SECRET)".into());

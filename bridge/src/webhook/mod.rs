@@ -29,6 +29,9 @@ pub const EVENT_TYPE_HEADER: &str = "x-orderflow-event-type";
 pub struct WebhookSink {
     name: String,
     url: String,
+    /// The URL as logs and dead-letter reasons show it: scheme, host and port only (webhook
+    /// URLs often carry a token in their path, query or user info).
+    shown: String,
     secret: Vec<u8>,
     client: reqwest::Client,
 }
@@ -44,9 +47,22 @@ impl WebhookConfig {
         Ok(WebhookSink {
             name: name.to_string(),
             url: self.url.clone(),
+            shown: redacted(&self.url),
             secret: self.secret.as_bytes().to_vec(),
             client,
         })
+    }
+}
+
+/// `scheme://host[:port]/…` of a URL: what can be shown of it without a secret.
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}/…", u.scheme()),
+            (Some(host), None) => format!("{}://{host}/…", u.scheme()),
+            (None, _) => "<a URL without a host>".into(),
+        },
+        Err(_) => "<not a URL>".into(),
     }
 }
 
@@ -86,8 +102,8 @@ impl Sink for WebhookSink {
                 } else {
                     Cause::Transport
                 };
-                // reqwest's error names the URL, never a header: no secret in the message.
-                retry::sink_error(cause, format!("POST {}: {e}", self.url))
+                // Without its URL, reqwest's error names no secret (it never names a header).
+                retry::sink_error(cause, format!("POST {}: {}", self.shown, e.without_url()))
             })?;
         let status = response.status();
         if status.is_success() {
@@ -98,7 +114,7 @@ impl Sink for WebhookSink {
                 status: status.as_u16(),
                 code: None,
             },
-            format!("POST {}: {status}", self.url),
+            format!("POST {}: {status}", self.shown),
         ))
     }
 

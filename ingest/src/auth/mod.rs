@@ -13,9 +13,12 @@
 //!   asking for another customer's resource gets `404`, as if it did not exist
 //!   ([`Caller::may_access`]).
 //!
-//! The secret comes from `--jwt-secret` / `ORDERFLOW_JWT_SECRET`. [`DEV_SECRET`] is built in
-//! for `orderflow run` on its embedded defaults only: the separate services refuse to start
-//! with it.
+//! The secret comes from `--jwt-secret` / `ORDERFLOW_JWT_SECRET`; `orderflow run` without one
+//! generates a random secret once and keeps it in its data dir. No secret is built in.
+//!
+//! Every token the API accepts names its login (`sid`, the refresh token family a login
+//! created), so every token can be revoked: a token without one, or whose login the store does
+//! not know, is refused.
 
 pub mod limit;
 pub mod password;
@@ -33,10 +36,6 @@ use utoipa::ToSchema;
 pub use token::{Claims, TokenError, TokenKeys, ISSUER};
 
 use crate::{problem::Problem, ApiState};
-
-/// The development secret `orderflow run` signs with when no secret is configured. Never
-/// accepted by `orderflow ingest`.
-pub const DEV_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
 
 /// Shortest secret the services accept (bytes).
 pub const MIN_SECRET_LEN: usize = 32;
@@ -82,15 +81,14 @@ impl AuthSettings {
         }
     }
 
-    /// Signed with [`DEV_SECRET`]: for `orderflow run` and tests only.
-    pub fn development() -> Self {
-        Self::new(DEV_SECRET.as_bytes())
-    }
-
-    /// A signed access token for the account, valid from `now` (seconds) for `access_ttl`,
-    /// tied to no login (tools and tests).
-    pub fn access_token(&self, customer_id: &str, role: Role, now: i64) -> String {
-        self.sign(customer_id, role, None, now)
+    /// Settings with a random key of this process's own: tokens it signs are good nowhere
+    /// else and die with it.
+    pub fn ephemeral() -> Self {
+        let mut key = [0u8; 32];
+        // An OS without randomness is one where nothing here can be safe: stop rather than
+        // sign with a guessable key.
+        getrandom::fill(&mut key).expect("the operating system provides randomness");
+        Self::new(&key)
     }
 
     /// A signed access token of a login (`session_id`: its refresh token family): it stops
@@ -117,13 +115,21 @@ impl AuthSettings {
     }
 }
 
-/// Checks a secret a service is asked to sign with: refused when it is the built-in
-/// development secret (unless `development`) or shorter than [`MIN_SECRET_LEN`].
-pub fn check_secret(secret: &str, development: bool) -> Result<(), String> {
-    if secret == DEV_SECRET && !development {
+/// Secrets that were published (built into earlier versions, or a fixed fallback of the
+/// shipped deploy files): whoever read them could sign any token.
+const PUBLISHED_SECRETS: [&str; 2] = [
+    "orderflow-development-secret-do-not-use-in-production",
+    "compose-local-only-secret-change-me-0123456789",
+];
+
+/// Checks a secret a service is asked to sign with: refused when shorter than
+/// [`MIN_SECRET_LEN`] or published.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if PUBLISHED_SECRETS.contains(&secret) {
         return Err(
-            "the built-in development JWT secret is only for `orderflow run`; set \
-                    --jwt-secret / ORDERFLOW_JWT_SECRET to a secret of your own"
+            "this JWT secret was published with earlier versions of Orderflow: set \
+             --jwt-secret / ORDERFLOW_JWT_SECRET to a secret of your own (e.g. \
+             `openssl rand -base64 48`)"
                 .into(),
         );
     }
@@ -198,20 +204,21 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .keys
             .verify(token, now_secs())
             .map_err(|e| Problem::unauthorized(e.to_string()))?;
-        if let Some(session) = &claims.sid {
-            let ended = state
-                .sessions
-                .ended(&*state.store, &claims.sub, session)
-                .await
-                .map_err(|e| {
-                    Problem::unavailable(format!("the account store is unavailable: {e}"))
-                })?;
-            if ended {
-                return Err(Problem::unauthorized(
-                    "the login of this token has ended (logged out, or the account was \
-                     disabled): log in again",
-                ));
-            }
+        let Some(session) = &claims.sid else {
+            return Err(Problem::unauthorized(
+                "this token names no login: log in (POST /v1/auth/login) for a token",
+            ));
+        };
+        let ended = state
+            .sessions
+            .ended(&*state.store, &claims.sub, session)
+            .await
+            .map_err(|e| Problem::down("account store", &e))?;
+        if ended {
+            return Err(Problem::unauthorized(
+                "the login of this token has ended (logged out, or the account was \
+                 disabled): log in again",
+            ));
         }
         Ok(Caller {
             customer_id: claims.sub,
@@ -225,22 +232,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_development_secret_is_refused_outside_development() {
-        assert!(check_secret(DEV_SECRET, true).is_ok());
-        let err = check_secret(DEV_SECRET, false).unwrap_err();
-        assert!(err.contains("ORDERFLOW_JWT_SECRET"), "{err}");
-        assert!(check_secret("short", false)
-            .unwrap_err()
-            .contains("32 bytes"));
-        assert!(check_secret(&"k".repeat(32), false).is_ok());
+    fn short_and_published_secrets_are_refused() {
+        assert!(check_secret("short").unwrap_err().contains("32 bytes"));
+        for published in PUBLISHED_SECRETS {
+            assert!(check_secret(published).unwrap_err().contains("published"));
+        }
+        assert!(check_secret(&"k".repeat(32)).is_ok());
     }
 
     #[test]
-    fn access_tokens_carry_the_account_and_role() {
-        let auth = AuthSettings::development();
-        let token = auth.access_token("c1", Role::Admin, 1_000);
+    fn access_tokens_carry_the_account_role_and_login() {
+        let auth = AuthSettings::new(&[7u8; 32]);
+        let token = auth.session_token("c1", Role::Admin, "family-1", 1_000);
         let claims = auth.keys.verify(&token, 1_001).unwrap();
         assert_eq!((claims.sub.as_str(), claims.role), ("c1", Role::Admin));
+        assert_eq!(claims.sid.as_deref(), Some("family-1"));
         assert_eq!(claims.exp, 1_000 + 15 * 60);
     }
 }

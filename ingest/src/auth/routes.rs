@@ -199,7 +199,7 @@ fn field(field: &str, message: impl Into<String>) -> FieldError {
 }
 
 fn store_down(e: impl std::fmt::Display) -> Problem {
-    Problem::unavailable(format!("the account store is unavailable: {e}"))
+    Problem::down("account store", &e)
 }
 
 fn internal(e: impl std::fmt::Display) -> Problem {

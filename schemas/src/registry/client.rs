@@ -22,6 +22,38 @@ const ACCEPT: &str =
 pub struct RegistryClient {
     http: reqwest::Client,
     base: Url,
+    auth: Option<RegistryAuth>,
+}
+
+/// How the client proves who it is: Confluent Cloud and Redpanda Cloud take HTTP basic auth
+/// (an API key and secret), Orderflow's own registry an admin's bearer token.
+#[derive(Clone)]
+pub enum RegistryAuth {
+    /// `Authorization: Basic` with a user (API key) and password (secret).
+    Basic { user: String, password: String },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credentials never reach a log.
+        match self {
+            RegistryAuth::Basic { user, .. } => write!(f, "Basic({user}:***)"),
+            RegistryAuth::Bearer(_) => f.write_str("Bearer(***)"),
+        }
+    }
+}
+
+impl RegistryAuth {
+    /// Basic auth from Confluent's `USER:PASSWORD` form (`basic.auth.user.info`).
+    pub fn basic(user_info: &str) -> Option<RegistryAuth> {
+        let (user, password) = user_info.split_once(':')?;
+        Some(RegistryAuth::Basic {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+    }
 }
 
 /// Confluent's error body.
@@ -62,7 +94,17 @@ impl RegistryClient {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(RegistryClient { http, base })
+        Ok(RegistryClient {
+            http,
+            base,
+            auth: None,
+        })
+    }
+
+    /// Sends these credentials with every call.
+    pub fn with_auth(mut self, auth: RegistryAuth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// The registry's URL.
@@ -93,6 +135,13 @@ impl RegistryClient {
             .request(method, url.clone())
             .query(query)
             .header(reqwest::header::ACCEPT, ACCEPT);
+        request = match &self.auth {
+            Some(RegistryAuth::Basic { user, password }) => {
+                request.basic_auth(user, Some(password))
+            }
+            Some(RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            None => request,
+        };
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)

@@ -39,7 +39,18 @@ pub enum LocalError {
     },
     #[error("Error in the backend data store: {0}")]
     Storage(String),
+    #[error("{0}")]
+    LimitReached(String),
 }
+
+/// Most schemas the registry keeps (each distinct schema once, whatever its subjects).
+pub const MAX_SCHEMAS: usize = 1_000;
+/// Most subjects.
+pub const MAX_SUBJECTS: usize = 1_000;
+/// Most versions of one subject.
+pub const MAX_VERSIONS: usize = 100;
+/// Longest schema text, in bytes.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 
 impl LocalError {
     /// Confluent's `error_code`: the HTTP status and a detail.
@@ -54,6 +65,7 @@ impl LocalError {
             LocalError::InvalidVersion(_) => 42202,
             LocalError::InvalidCompatibility(_) => 42203,
             LocalError::Storage(_) => 50001,
+            LocalError::LimitReached(_) => 42205,
         }
     }
 
@@ -282,6 +294,9 @@ impl LocalRegistry {
         let mut state = self.state();
         match subject {
             Some(subject) => {
+                if !state.subjects.contains_key(subject) && state.subjects.len() >= MAX_SUBJECTS {
+                    return Err(subjects_full());
+                }
                 state
                     .subjects
                     .entry(subject.to_string())
@@ -344,9 +359,23 @@ impl LocalRegistry {
                 reasons,
             });
         }
+        match state.subjects.get(subject) {
+            None if state.subjects.len() >= MAX_SUBJECTS => return Err(subjects_full()),
+            Some(s) if s.versions.len() >= MAX_VERSIONS => {
+                return Err(LocalError::LimitReached(format!(
+                    "subject '{subject}' has {MAX_VERSIONS} versions, the most kept"
+                )))
+            }
+            _ => {}
+        }
         let id = match state.schemas.iter().position(|s| *s == text) {
             Some(i) => i as u32 + 1,
             None => {
+                if state.schemas.len() >= MAX_SCHEMAS {
+                    return Err(LocalError::LimitReached(format!(
+                        "the registry holds {MAX_SCHEMAS} schemas, the most kept"
+                    )));
+                }
                 state.schemas.push(text);
                 state.schemas.len() as u32
             }
@@ -362,8 +391,20 @@ impl LocalRegistry {
     }
 }
 
+fn subjects_full() -> LocalError {
+    LocalError::LimitReached(format!(
+        "the registry holds {MAX_SUBJECTS} subjects, the most kept"
+    ))
+}
+
 /// Parses an Avro schema; returns it with its normalised text (what the registry stores).
 fn parse(schema: &str) -> Result<(Schema, String), LocalError> {
+    if schema.len() > MAX_SCHEMA_BYTES {
+        return Err(LocalError::InvalidSchema(format!(
+            "the schema is {} bytes; at most {MAX_SCHEMA_BYTES} are kept",
+            schema.len()
+        )));
+    }
     let parsed = Schema::parse_str(schema).map_err(|e| LocalError::InvalidSchema(e.to_string()))?;
     let text = normalize(schema).ok_or_else(|| LocalError::InvalidSchema("not JSON".into()))?;
     Ok((parsed, text))
@@ -670,6 +711,52 @@ mod tests {
                 .unwrap_err()
                 .error_code(),
             40408
+        );
+    }
+
+    #[test]
+    fn the_registry_keeps_a_bounded_number_of_subjects_versions_and_schemas() {
+        let registry = LocalRegistry::in_memory();
+        registry
+            .set_compatibility(Some("grows-value"), Compatibility::None)
+            .unwrap();
+        // A subject's versions: each a new record name, so each a new schema.
+        let record = |n: usize| format!(r#"{{"type": "record", "name": "R{n}", "fields": []}}"#);
+        for n in 0..MAX_VERSIONS {
+            registry.register("grows-value", &record(n)).unwrap();
+        }
+        let full = registry
+            .register("grows-value", &record(MAX_VERSIONS))
+            .unwrap_err();
+        assert_eq!((full.status(), full.error_code()), (422, 42205));
+        assert!(full.to_string().contains("versions"), "{full}");
+        // A schema already there registers again under its id, full or not.
+        assert!(registry.register("grows-value", &record(0)).is_ok());
+        // Subjects.
+        for n in 0..MAX_SUBJECTS - 1 {
+            registry
+                .register(&format!("s{n}-value"), r#"{"type": "int"}"#)
+                .unwrap();
+        }
+        let full = registry
+            .register("one-more-value", r#"{"type": "int"}"#)
+            .unwrap_err();
+        assert_eq!(full.error_code(), 42205);
+        let full = registry
+            .set_compatibility(Some("one-more-value"), Compatibility::Full)
+            .unwrap_err();
+        assert_eq!(full.error_code(), 42205);
+        // A schema too long to keep.
+        let long = format!(
+            r#"{{"type": "string", "doc": "{}"}}"#,
+            "x".repeat(MAX_SCHEMA_BYTES)
+        );
+        assert_eq!(
+            registry
+                .register("s0-value", &long)
+                .unwrap_err()
+                .error_code(),
+            42201
         );
     }
 }

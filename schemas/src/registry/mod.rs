@@ -34,7 +34,7 @@ use tracing::warn;
 
 use crate::{events, topics::TopicKind, Topics};
 
-pub use client::RegistryClient;
+pub use client::{RegistryAuth, RegistryClient};
 pub use local::LocalRegistry;
 
 /// The Confluent content type of registry requests and answers.

@@ -346,8 +346,8 @@ impl ScyllaStore {
         Ok(self
             .first::<(Option<bool>,)>(&self.a().family_get, (customer_id, family_id))
             .await?
-            .and_then(|(r,)| r)
-            .unwrap_or(false))
+            // A family never stored is no login: nothing may use it.
+            .map_or(true, |(r,)| r.unwrap_or(false)))
     }
 
     async fn revoke_family(&self, customer_id: &str, family_id: &str) -> Result<()> {
