@@ -343,7 +343,14 @@ async fn a_pipeline_with_schema_registry_frames_with_its_ids_learns_new_versions
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start_with(
         dir.path(),
-        &["--schema-registry", &registry.http, "--topic-prefix", "p2."],
+        &[
+            "--schema-registry",
+            &registry.http,
+            "--schema-registry-token",
+            registry.admin.token(),
+            "--topic-prefix",
+            "p2.",
+        ],
     );
     let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
     p.wait_for_status(&id, "invoiced").await;
@@ -374,7 +381,9 @@ async fn a_pipeline_with_schema_registry_frames_with_its_ids_learns_new_versions
 
     // A newer, compatible version registered while it runs (as a newer producer would in a
     // rolling upgrade): a message framed with its id still reaches the customer.
-    let client = RegistryClient::new(&registry.http).unwrap();
+    let client = RegistryClient::new(&registry.http)
+        .unwrap()
+        .with_auth(RegistryAuth::Bearer(registry.admin.token().into()));
     let mut v2: Value = serde_json::from_str(OrderRejected::schema_text()).unwrap();
     v2["fields"]
         .as_array_mut()
