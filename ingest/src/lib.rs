@@ -374,18 +374,23 @@ impl Readiness {
 
     pub async fn check(&self) -> Result<Json<Ready>, Problem> {
         let mut checks = std::collections::BTreeMap::new();
+        // Which dependency is down is for the caller; why is for the log.
+        fn not_ready(what: &str, error: &dyn std::fmt::Display) -> Problem {
+            tracing::warn!(check = what, error = %error, "Not ready.");
+            Problem::unavailable(format!("not ready: {what}"))
+        }
         for c in &self.checks {
-            (c.check)().map_err(|e| Problem::down(c.name, &e))?;
+            (c.check)().map_err(|e| not_ready(c.name, &e))?;
             checks.insert(c.name.to_string(), "ok");
         }
         self.store
             .healthcheck()
             .await
-            .map_err(|e| Problem::down("store", &e))?;
+            .map_err(|e| not_ready("store", &e))?;
         self.producer
             .healthcheck()
             .await
-            .map_err(|e| Problem::down("broker", &e))?;
+            .map_err(|e| not_ready("broker", &e))?;
         Ok(Json(Ready {
             status: "ready",
             store: "ok",
