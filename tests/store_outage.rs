@@ -346,7 +346,7 @@ impl Store for Switchable {
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<CreateOrder> {
-        self.up()?.create_order(order, idempotency).await
+        self.up()?.create_order(order, idempotency, None).await
     }
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
         self.up()?.get_order(order_id).await
