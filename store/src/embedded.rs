@@ -365,7 +365,8 @@ fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> 
     if matches!(
         update.status,
         OrderStatus::Rejected | OrderStatus::PaymentFailed | OrderStatus::Paid
-    ) {
+    ) && order.payment_method.as_deref() == Some(orderflow_schemas::PaymentMethod::BANK_TRANSFER)
+    {
         // Rejected at validation, or paid: no transfer is awaited any more.
         unindex_unpaid_in(txn, &order)?;
     }

@@ -21,7 +21,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
-    Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey,
+    Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, ExpireOutcome, IdempotencyKey,
     InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord, Pricing,
     Product, ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome, ShipOutcome,
     StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,

@@ -143,3 +143,16 @@ pub async fn sweep(
     }
     Ok(expired)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_interval_follows_the_ttl_within_bounds() {
+        let interval = |ttl: u64| ExpirySettings::with_ttl(Duration::from_secs(ttl)).interval;
+        assert_eq!(interval(72 * 3600), Duration::from_secs(300));
+        assert_eq!(interval(3600), Duration::from_secs(180));
+        assert_eq!(interval(2), Duration::from_secs(1));
+    }
+}
