@@ -869,12 +869,27 @@ async fn unpaid_orders_expire_and_give_their_stock_back() {
         .find(|n| n["kind"] == "order_cancelled" && n["order_id"] == unpaid.as_str())
         .unwrap();
     assert!(email["text"].as_str().unwrap().contains(reason), "{email}");
+    // The API's read cache follows the order topics: the cancel shows moments later.
+    p.wait_for_status(&unpaid, "cancelled").await;
     let (status, _, order) = get_as(&p, &bearer("alice"), &format!("/v1/orders/{unpaid}")).await;
-    assert_eq!((status, &order["status"]), (200, &json!("cancelled")), "{order}");
-    let last = order["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (status, &order["status"]),
+        (200, &json!("cancelled")),
+        "{order}"
+    );
+    let last = order["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["event_id"], format!("{unpaid}:cancelled"));
     assert_eq!(last["detail"], reason);
-    assert_eq!(stock_of(&p, &sku).await, 8, "the expired order's 3 units are back");
+    assert_eq!(
+        stock_of(&p, &sku).await,
+        8,
+        "the expired order's 3 units are back"
+    );
 
     // The transfer arriving late is refused; the order stays cancelled and the stock stays.
     let (status, _, problem) = post_path(
@@ -885,7 +900,10 @@ async fn unpaid_orders_expire_and_give_their_stock_back() {
     )
     .await;
     assert_eq!(status, 409, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("cancelled"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("cancelled"),
+        "{problem}"
+    );
     assert_eq!(stock_of(&p, &sku).await, 8);
 
     // The order paid in time went on; it was never cancelled and no email says so.
@@ -961,8 +979,13 @@ async fn unpaid_orders_are_capped_per_customer() {
     place_transfer(&p, "bob", &sku, 1).await;
 
     // Cancelling one frees a place; so does recording a transfer.
-    let (status, _, order) =
-        post_path(&p, &bearer("alice"), &format!("/v1/orders/{}/cancel", open[0]), None).await;
+    let (status, _, order) = post_path(
+        &p,
+        &bearer("alice"),
+        &format!("/v1/orders/{}/cancel", open[0]),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{order}");
     place_transfer(&p, "alice", &sku, 1).await;
     let (status, problem) = post_as(&p, &bearer("alice"), &body).await;

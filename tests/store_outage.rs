@@ -347,7 +347,9 @@ impl Store for Switchable {
         idempotency: Option<IdempotencyKey>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
-        self.up()?.create_order(order, idempotency, max_unpaid).await
+        self.up()?
+            .create_order(order, idempotency, max_unpaid)
+            .await
     }
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
         self.up()?.get_order(order_id).await

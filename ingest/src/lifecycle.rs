@@ -19,7 +19,7 @@ use axum::{
     http::HeaderMap,
     Json,
 };
-use orderflow_schemas::{now_millis, OrderCancelled, OrderShipped, OrderStatus};
+use orderflow_schemas::{now_millis, OrderShipped, OrderStatus};
 use orderflow_store::{CancelOutcome, OrderRecord, ShipOutcome};
 use serde::Deserialize;
 use tracing::{info, warn};

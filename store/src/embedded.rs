@@ -1595,7 +1595,10 @@ fn count_unpaid_in(txn: &WriteTransaction, customer_id: &str) -> Result<u32> {
     let start = compound(customer_id, "");
     let end = format!("{customer_id}\u{1}");
     let mut open = 0;
-    for entry in index.range(start.as_str()..end.as_str()).map_err(unavailable)? {
+    for entry in index
+        .range(start.as_str()..end.as_str())
+        .map_err(unavailable)?
+    {
         let (key, _) = entry.map_err(unavailable)?;
         let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default();
         // An expired order stays listed until its announcement: it no longer counts.

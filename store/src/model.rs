@@ -150,7 +150,9 @@ pub enum CreateOrder {
     InProgress,
     /// Refused: the order is paid by bank transfer and its customer has `open` orders awaiting
     /// a transfer already, the most allowed. Nothing was written.
-    TooManyUnpaid { open: u32 },
+    TooManyUnpaid {
+        open: u32,
+    },
 }
 
 /// Whether the order awaits a bank transfer: paid by bank transfer, not final, and its

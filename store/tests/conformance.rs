@@ -21,11 +21,11 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
-    Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, ExpireOutcome, IdempotencyKey,
-    InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord, Pricing,
-    Product, ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome, ShipOutcome,
-    StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,
-    VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
+    Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, ExpireOutcome,
+    IdempotencyKey, InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim,
+    PaymentRecord, Pricing, Product, ProductChange, RefreshToken, RefundRecord, Reservation,
+    RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry,
+    VerificationCode, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -1957,7 +1957,10 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
 
     // A paid order says so.
     let paid_order = order(&unique("customer"), T0);
-    store.create_order(paid_order.clone(), None, None).await.unwrap();
+    store
+        .create_order(paid_order.clone(), None, None)
+        .await
+        .unwrap();
     store
         .record_payment(payment(&paid_order.order_id, true, "ch_1"))
         .await
@@ -2291,7 +2294,10 @@ async fn check_modify_swaps_the_reservation_all_or_nothing(store: Arc<dyn Store>
 
     // Not validated yet, or unknown.
     let accepted = order(&unique("customer"), T0);
-    store.create_order(accepted.clone(), None, None).await.unwrap();
+    store
+        .create_order(accepted.clone(), None, None)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .modify_order(&accepted.order_id, vec![item(&a, 1)], T0)
@@ -2608,7 +2614,10 @@ async fn check_unpaid_orders_are_listed_and_expire_once(store: Arc<dyn Store>) {
             CreateOrder::Created
         );
     }
-    store.reserve(&a.order_id, &a.items, base + 5).await.unwrap();
+    store
+        .reserve(&a.order_id, &a.items, base + 5)
+        .await
+        .unwrap();
     store
         .apply_status(StatusUpdate {
             pricing: Some(pricing(3)),
@@ -2648,7 +2657,10 @@ async fn check_unpaid_orders_are_listed_and_expire_once(store: Arc<dyn Store>) {
             .unwrap(),
     );
     assert_eq!(
-        unpaid_of(&store.list_unpaid_orders(cutoff, 100).await.unwrap(), &customer),
+        unpaid_of(
+            &store.list_unpaid_orders(cutoff, 100).await.unwrap(),
+            &customer
+        ),
         vec![a.order_id.clone()]
     );
 
@@ -2705,12 +2717,19 @@ async fn check_unpaid_orders_are_listed_and_expire_once(store: Arc<dyn Store>) {
 
     // Listed until its expiry is announced and it is forgotten.
     assert_eq!(
-        unpaid_of(&store.list_unpaid_orders(cutoff, 100).await.unwrap(), &customer),
+        unpaid_of(
+            &store.list_unpaid_orders(cutoff, 100).await.unwrap(),
+            &customer
+        ),
         vec![a.order_id.clone()]
     );
     store.forget_unpaid_order(&a.order_id).await.unwrap();
     store.forget_unpaid_order(&a.order_id).await.unwrap();
-    assert!(unpaid_of(&store.list_unpaid_orders(cutoff, 100).await.unwrap(), &customer).is_empty());
+    assert!(unpaid_of(
+        &store.list_unpaid_orders(cutoff, 100).await.unwrap(),
+        &customer
+    )
+    .is_empty());
     assert_eq!(
         store
             .expire_unpaid_order(&new_id(), reason, base)
@@ -2824,7 +2843,10 @@ async fn check_unpaid_orders_are_capped_per_customer(store: Arc<dyn Store>) {
     // Without a cap nothing is refused.
     let uncapped = bank_order(&customer, at + 6);
     assert_eq!(
-        store.create_order(uncapped.clone(), None, None).await.unwrap(),
+        store
+            .create_order(uncapped.clone(), None, None)
+            .await
+            .unwrap(),
         CreateOrder::Created
     );
     let fourth = bank_order(&customer, at + 7);
