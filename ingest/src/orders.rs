@@ -4,6 +4,14 @@
 //! omit `customer_id` or give its own (another id is a `403`); an admin may name any customer
 //! (omitted: the admin itself). Reading another customer's order is a `404`, the same answer as
 //! for an order that does not exist.
+//!
+//! A bank-transfer order is refused (409 naming `payment.method`) when its customer has as many
+//! orders awaiting a transfer as [`ApiState::max_unpaid_orders`] allows, whoever places it; the
+//! store counts and writes atomically ([`Store::create_order`]). One `Idempotency-Key` makes
+//! one order: a request that meets the key while another is still recording its order gets 409
+//! with `Retry-After`.
+//!
+//! [`Store::create_order`]: orderflow_store::Store::create_order
 
 use std::{sync::Arc, time::UNIX_EPOCH};
 
