@@ -11,7 +11,7 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orderflow_ingest::auth::{check_secret, AuthSettings, MIN_SECRET_LEN};
 use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
-use orderflow_processors::{ProcessorSettings, Stage};
+use orderflow_processors::{payment::expiry::ExpirySettings, ProcessorSettings, Stage};
 use orderflow_schemas::{
     registry::{Compatibility, RegistryAuth, RegistryClient},
     Topics,
@@ -285,6 +285,25 @@ pub struct CommonArgs {
     /// Default: `<data dir>/objects`. Invoicing writes there, the API reads from there.
     #[arg(long, env = "ORDERFLOW_INVOICE_STORE", value_name = "URL")]
     pub invoice_store: Option<String>,
+    /// How long an order paid by bank transfer waits for its transfer, e.g. `72h`: then the
+    /// payment stage cancels it ("payment not received in time"), gives its stock back and
+    /// the customer gets the cancelled email. `0` keeps unpaid orders forever.
+    #[arg(
+        long,
+        env = "ORDERFLOW_UNPAID_ORDER_TTL",
+        default_value = "72h",
+        value_parser = humantime_duration
+    )]
+    pub unpaid_order_ttl: Duration,
+    /// How often the payment stage looks for orders past --unpaid-order-ttl (at least 100ms).
+    /// Default: a twentieth of the TTL, between 1s and 5m.
+    #[arg(long, env = "ORDERFLOW_UNPAID_SWEEP_INTERVAL", value_parser = humantime_duration)]
+    pub unpaid_sweep_interval: Option<Duration>,
+    /// How many orders awaiting a bank transfer one customer may have open: one more is
+    /// refused with 409 naming `payment.method`, also when an admin places it for them.
+    /// `0`: no cap.
+    #[arg(long, env = "ORDERFLOW_MAX_UNPAID_ORDERS", default_value_t = 3)]
+    pub max_unpaid_orders: u32,
 }
 
 impl CommonArgs {
@@ -337,7 +356,22 @@ impl CommonArgs {
             tax_bps: self.tax_bps,
             payment_limit_cents: self.payment_limit_cents,
             invoice_files: None,
+            unpaid_expiry: self.unpaid_expiry(),
         }
+    }
+
+    /// When unpaid orders expire (`--unpaid-order-ttl`, `--unpaid-sweep-interval`).
+    pub fn unpaid_expiry(&self) -> ExpirySettings {
+        let mut settings = ExpirySettings::with_ttl(self.unpaid_order_ttl);
+        if let Some(interval) = self.unpaid_sweep_interval {
+            settings.interval = interval.max(Duration::from_millis(100));
+        }
+        settings
+    }
+
+    /// The cap on a customer's orders awaiting a bank transfer (`--max-unpaid-orders`).
+    pub fn max_unpaid_orders(&self) -> Option<u32> {
+        Some(self.max_unpaid_orders).filter(|max| *max > 0)
     }
 }
 

@@ -49,7 +49,8 @@ fn main() -> Result<()> {
                 let state = orderflow_ingest::ApiState::new(store, producer.clone())
                     .with_invoice_files(files)
                     .with_ready_check(ready)
-                    .with_auth(auth);
+                    .with_auth(auth)
+                    .with_max_unpaid_orders(args.common.max_unpaid_orders());
                 serve_http(args.http, state, &kafka, shutdown).await?;
                 producer.flush(Duration::from_secs(10));
                 Ok(())
@@ -586,7 +587,8 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
             .with_ready_check(sinks_ready)
             .with_ready_check(invoice_store_check(invoice_files.clone(), &shutdown))
             .with_invoice_files(invoice_files)
-            .with_auth(auth);
+            .with_auth(auth)
+            .with_max_unpaid_orders(args.common.max_unpaid_orders());
         if let Some(registry) = &local_registry {
             state = state.with_schema_registry(registry.clone());
         }

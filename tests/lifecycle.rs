@@ -855,3 +855,192 @@ async fn unpaid_orders_change_quantities_until_the_transfer_is_recorded() {
     .await;
     assert_eq!(status, 409, "a cancelled order is not paid: {problem}");
 }
+
+// --- Unpaid orders: expiry and the per-customer cap ----------------------------------------------
+
+/// A bank-transfer order whose transfer is not recorded within `--unpaid-order-ttl` is
+/// cancelled by the payment stage with its reason: its stock comes back, the customer gets the
+/// cancelled email, and a transfer recorded afterwards is refused. An order whose transfer was
+/// recorded in time is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_orders_expire_and_give_their_stock_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start_with(
+        dir.path(),
+        &[
+            "--unpaid-order-ttl",
+            "5s",
+            "--unpaid-sweep-interval",
+            "200ms",
+        ],
+    );
+    p.wait_until_ready().await;
+    let admin = p.admin.bearer.clone();
+    let sku = own_product(&p, "EX", "Expiring easel").await;
+
+    // Placed first and paid at once: when the later order expires, the sweep has passed it.
+    let paid = place_transfer(&p, "bob", &sku, 2).await;
+    p.wait_for_status(&paid, "validated").await;
+    let (status, _, order) = post_path(
+        &p,
+        &admin,
+        &format!("/v1/orders/{paid}/payment"),
+        Some(json!({"reference": "TRF-IN-TIME"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{order}");
+
+    let unpaid = place_transfer(&p, "alice", &sku, 3).await;
+    p.wait_for_status(&unpaid, "validated").await;
+    assert_eq!(stock_of(&p, &sku).await, 5);
+
+    let reason = "payment not received in time";
+    let emails = p
+        .wait_for_notifications(|all| {
+            all.iter()
+                .any(|n| n["kind"] == "order_cancelled" && n["order_id"] == unpaid.as_str())
+        })
+        .await;
+    let email = emails
+        .iter()
+        .find(|n| n["kind"] == "order_cancelled" && n["order_id"] == unpaid.as_str())
+        .unwrap();
+    assert!(email["text"].as_str().unwrap().contains(reason), "{email}");
+    // The API's read cache follows the order topics: the cancel shows moments later.
+    p.wait_for_status(&unpaid, "cancelled").await;
+    let (status, _, order) = get_as(
+        &p,
+        &p.bearer("alice").await,
+        &format!("/v1/orders/{unpaid}"),
+    )
+    .await;
+    assert_eq!(
+        (status, &order["status"]),
+        (200, &json!("cancelled")),
+        "{order}"
+    );
+    let last = order["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["event_id"], format!("{unpaid}:cancelled"));
+    assert_eq!(last["detail"], reason);
+    assert_eq!(
+        stock_of(&p, &sku).await,
+        8,
+        "the expired order's 3 units are back"
+    );
+
+    // The transfer arriving late is refused; the order stays cancelled and the stock stays.
+    let (status, _, problem) = post_path(
+        &p,
+        &admin,
+        &format!("/v1/orders/{unpaid}/payment"),
+        Some(json!({"reference": "TRF-TOO-LATE"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("cancelled"),
+        "{problem}"
+    );
+    assert_eq!(stock_of(&p, &sku).await, 8);
+
+    // The order paid in time went on; it was never cancelled and no email says so.
+    let order = p.wait_for_status(&paid, "invoiced").await;
+    assert!(
+        order["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] != "cancelled"),
+        "{order}"
+    );
+    assert!(!p
+        .notifications()
+        .iter()
+        .any(|n| n["kind"] == "order_cancelled" && n["order_id"] == paid.as_str()));
+    let emails = p.notifications();
+    assert_eq!(
+        emails
+            .iter()
+            .filter(|n| n["kind"] == "order_cancelled" && n["order_id"] == unpaid.as_str())
+            .count(),
+        1,
+        "one email for the expiry"
+    );
+
+    assert!(p.stop().success());
+}
+
+/// A customer may have 3 orders awaiting a bank transfer (the default `--max-unpaid-orders`):
+/// the next is refused with 409 naming `payment.method`, also when an admin places it for
+/// them; card orders and other customers are not held back, and a place frees up once an
+/// order is cancelled or its transfer recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_orders_are_capped_per_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start(dir.path());
+    p.wait_until_ready().await;
+    let admin = p.admin.bearer.clone();
+    let sku = own_product(&p, "CAP", "Capped cup").await;
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(place_transfer(&p, "alice", &sku, 1).await);
+    }
+    let transfer = json!({"method": "bank_transfer", "token": "alice-iban"});
+    let mut body = own_order(&sku);
+    body["payment"] = transfer.clone();
+    let (status, problem) = post_as(&p, &p.bearer("alice").await, &body).await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "/problems/too-many-unpaid-orders");
+    assert_eq!(fields(&problem), ["payment.method"]);
+    assert!(
+        problem["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 orders awaiting a bank transfer"),
+        "{problem}"
+    );
+    // An admin ordering for her is held to the same cap.
+    let mut for_alice = body.clone();
+    for_alice["customer_id"] = json!(p.id("alice").await);
+    let (status, problem) = post_as(&p, &admin, &for_alice).await;
+    assert_eq!(status, 409, "{problem}");
+    // Nothing was reserved for the refused orders.
+    for id in &open {
+        p.wait_for_status(id, "validated").await;
+    }
+    assert_eq!(stock_of(&p, &sku).await, 7);
+
+    // A card order, and another customer's transfer, go through.
+    place_quantity(&p, "alice", &sku, 1).await;
+    place_transfer(&p, "bob", &sku, 1).await;
+
+    // Cancelling one frees a place; so does recording a transfer.
+    let (status, _, order) = post_path(
+        &p,
+        &p.bearer("alice").await,
+        &format!("/v1/orders/{}/cancel", open[0]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{order}");
+    place_transfer(&p, "alice", &sku, 1).await;
+    let (status, problem) = post_as(&p, &p.bearer("alice").await, &body).await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _, order) = post_path(
+        &p,
+        &admin,
+        &format!("/v1/orders/{}/payment", open[1]),
+        Some(json!({"reference": "TRF-CAP-1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{order}");
+    place_transfer(&p, "alice", &sku, 1).await;
+
+    assert!(p.stop().success());
+}

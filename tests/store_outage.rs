@@ -347,8 +347,11 @@ impl Store for Switchable {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
-        self.up()?.create_order(order, idempotency).await
+        self.up()?
+            .create_order(order, idempotency, max_unpaid)
+            .await
     }
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
         self.up()?.get_order(order_id).await
@@ -501,5 +504,26 @@ impl Store for Switchable {
         revision: i32,
     ) -> Result<orderflow_store::PaymentClaim> {
         self.up()?.claim_payment(order_id, revision).await
+    }
+
+    async fn list_unpaid_orders(
+        &self,
+        placed_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        self.up()?.list_unpaid_orders(placed_before, limit).await
+    }
+
+    async fn expire_unpaid_order(
+        &self,
+        order_id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<orderflow_store::ExpireOutcome> {
+        self.up()?.expire_unpaid_order(order_id, reason, at).await
+    }
+
+    async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
+        self.up()?.forget_unpaid_order(order_id).await
     }
 }

@@ -74,6 +74,9 @@ pub struct ApiState {
     pub producer: EventProducer,
     /// How long an `Idempotency-Key` is remembered, in ms.
     pub idempotency_ttl_ms: i64,
+    /// How many orders awaiting a bank transfer a customer may have open (`None`: no cap). A
+    /// bank-transfer order beyond it is refused with 409, also when an admin places it.
+    pub max_unpaid_orders: Option<u32>,
     /// The embedded schema registry to serve, if any.
     pub schema_registry: Option<Arc<LocalRegistry>>,
     /// More conditions `/readyz` requires (e.g. the bridge's sinks in `orderflow run`).
@@ -97,6 +100,7 @@ impl ApiState {
             store,
             producer,
             idempotency_ttl_ms: orderflow_store::DEFAULT_IDEMPOTENCY_TTL.as_millis() as i64,
+            max_unpaid_orders: Some(orderflow_store::DEFAULT_MAX_UNPAID_ORDERS),
             schema_registry: None,
             ready_checks: Vec::new(),
             auth: auth::AuthSettings::ephemeral(),
@@ -123,6 +127,12 @@ impl ApiState {
     /// Serves this registry's API too ([`schema_registry`]).
     pub fn with_schema_registry(mut self, registry: Arc<LocalRegistry>) -> Self {
         self.schema_registry = Some(registry);
+        self
+    }
+
+    /// Caps the orders awaiting a bank transfer per customer at `max` (`None`: no cap).
+    pub fn with_max_unpaid_orders(mut self, max: Option<u32>) -> Self {
+        self.max_unpaid_orders = max;
         self
     }
 

@@ -19,7 +19,7 @@ use axum::{
     http::HeaderMap,
     Json,
 };
-use orderflow_schemas::{now_millis, OrderCancelled, OrderShipped, OrderStatus};
+use orderflow_schemas::{now_millis, OrderShipped, OrderStatus};
 use orderflow_store::{CancelOutcome, OrderRecord, ShipOutcome};
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -165,30 +165,20 @@ pub async fn cancel(
         CancelOutcome::NotFound => return Err(not_found()),
     };
     state.orders.invalidate(&order_id).await;
-    let (refund_cents, currency) = if paid {
+    let refund = if paid {
         match state
             .store
             .get_payment(&order_id)
             .await
             .map_err(store_down)?
         {
-            Some(p) if p.approved => (p.amount_cents, p.currency),
-            _ => (0, String::new()),
+            Some(p) if p.approved => Some((p.amount_cents, p.currency)),
+            _ => None,
         }
     } else {
-        (0, String::new())
+        None
     };
-    let (at, reason) = recorded(&order, OrderStatus::Cancelled);
-    let event = OrderCancelled {
-        event_id: OrderStatus::Cancelled.event_id(&order_id),
-        order_id: order_id.clone(),
-        customer_id: order.customer_id.clone(),
-        reason,
-        paid,
-        refund_cents,
-        currency,
-        occurred_at: at,
-    };
+    let event = orderflow_store::cancellation_event(&order, refund);
     if let Err(e) = state.producer.send(&event).await {
         warn!(%order_id, error = %e, "Produce failed.");
         return Err(Problem::unavailable(

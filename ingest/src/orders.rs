@@ -4,6 +4,14 @@
 //! omit `customer_id` or give its own (another id is a `403`); an admin may name any customer
 //! (omitted: the admin itself). Reading another customer's order is a `404`, the same answer as
 //! for an order that does not exist.
+//!
+//! A bank-transfer order is refused (409 naming `payment.method`) when its customer has as many
+//! orders awaiting a transfer as [`ApiState::max_unpaid_orders`] allows, whoever places it; the
+//! store counts and writes atomically ([`Store::create_order`]). One `Idempotency-Key` makes
+//! one order: a request that meets the key while another is still recording its order gets 409
+//! with `Retry-After`.
+//!
+//! [`Store::create_order`]: orderflow_store::Store::create_order
 
 use std::{sync::Arc, time::UNIX_EPOCH};
 
@@ -571,6 +579,17 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
          headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
         (status = 403, description = "A customer named another customer in `customer_id`.",
          body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is paid by bank transfer and its customer has \
+            as many orders awaiting a transfer as allowed (`--max-unpaid-orders`, also for \
+            orders an admin places), naming `payment.method`; or another request with the \
+            same `Idempotency-Key` is being recorded right now (`Retry-After`; retrying \
+            answers with its order).", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait (a key in progress).")),
+         example = json!({"type": "/problems/too-many-unpaid-orders",
+            "title": "Too many orders awaiting a bank transfer", "status": 409,
+            "detail": "payment.method: the customer has 3 orders awaiting a bank transfer, the most allowed: pay or cancel one first, or pay by card",
+            "errors": [{"field": "payment.method",
+                        "message": "the customer has 3 orders awaiting a bank transfer, the most allowed: pay or cancel one first, or pay by card"}]})),
         (status = 413, description = "The body is over 1 MiB.", body = Problem,
          content_type = "application/problem+json",
          example = json!({"type": "/problems/body-too-large", "title": "Request body too large",
@@ -663,11 +682,33 @@ pub async fn create(
 
     let outcome = state
         .store
-        .create_order(record, key)
+        .create_order(record, key, state.max_unpaid_orders)
         .await
         .map_err(|e| Problem::down("order store", &e))?;
     match outcome {
         CreateOrder::Created => {}
+        CreateOrder::InProgress => {
+            return Err(Problem::field(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-progress",
+                "A request with this Idempotency-Key is in progress",
+                "header:Idempotency-Key",
+                "another request with this key is being recorded; retry in a moment for its order",
+            )
+            .with_retry_after(1));
+        }
+        CreateOrder::TooManyUnpaid { open } => {
+            return Err(Problem::field(
+                StatusCode::CONFLICT,
+                "too-many-unpaid-orders",
+                "Too many orders awaiting a bank transfer",
+                "payment.method",
+                format!(
+                    "the customer has {open} orders awaiting a bank transfer, the most allowed: \
+                     pay or cancel one first, or pay by card"
+                ),
+            ));
+        }
         CreateOrder::KeyReused { order_id } => {
             return Err(Problem::field(
                 StatusCode::UNPROCESSABLE_ENTITY,

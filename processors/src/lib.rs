@@ -9,8 +9,9 @@
 //!   API) → `orders.validated` for the order's new revision.
 //! - [`payment`]: `orders.validated` → charge through a [`payment::PaymentGateway`] →
 //!   `orders.paid` | `orders.payment-failed` (releasing the stock), except bank transfers,
-//!   which wait for an admin to record them; and `orders.cancelled` → refund an approved
-//!   charge → `orders.refunded`.
+//!   which wait for an admin to record them (and are cancelled → `orders.cancelled` when no
+//!   transfer is recorded in time: [`payment::expiry`]); and `orders.cancelled` → refund an
+//!   approved charge → `orders.refunded`.
 //! - [`invoicing`]: `orders.paid` → numbered invoice, its PDF in object storage →
 //!   `orders.invoiced`.
 //!
@@ -67,6 +68,8 @@ pub struct ProcessorSettings {
     pub payment_limit_cents: i64,
     /// Where invoicing keeps the invoice PDFs; `None`: it renders none.
     pub invoice_files: Option<orderflow_store::InvoiceFiles>,
+    /// When the payment stage cancels orders still awaiting their bank transfer.
+    pub unpaid_expiry: payment::expiry::ExpirySettings,
 }
 
 impl Default for ProcessorSettings {
@@ -75,6 +78,9 @@ impl Default for ProcessorSettings {
             tax_bps: 2000,
             payment_limit_cents: 1_000_000,
             invoice_files: None,
+            unpaid_expiry: payment::expiry::ExpirySettings::with_ttl(
+                orderflow_store::DEFAULT_UNPAID_ORDER_TTL,
+            ),
         }
     }
 }
@@ -117,17 +123,28 @@ pub async fn run_stage(
             let config = StageConfig::new(kafka, stage.name(), vec![T::OrdersValidated]);
             let gateway = SimulatedGateway::new(settings.payment_limit_cents);
             let handler = Arc::new(PaymentHandler::new(
-                store,
+                store.clone(),
                 producer.clone(),
                 Arc::new(gateway),
             ));
             // Refunds (issue #5, f/lifecycle): cancelled orders, in a consumer group of their own.
             let refunds = StageConfig::new(kafka, "payment-refunds", vec![T::OrdersCancelled]);
             let refund_handler = Arc::new(payment::RefundHandler(handler.clone()));
-            // The first failure of either ends the stage (as one consumer's failure would).
+            // Unpaid orders expire ([`payment::expiry`]); a failed sweep is retried, not fatal.
+            let expiry = payment::expiry::run_expiry(
+                store,
+                producer.clone(),
+                settings.unpaid_expiry,
+                shutdown.clone(),
+            );
+            // The first failure of either consumer ends the stage (as one's failure would).
             tokio::try_join!(
                 run_consumer(kafka, config, handler, producer.clone(), shutdown.clone()),
                 run_consumer(kafka, refunds, refund_handler, producer, shutdown),
+                async {
+                    expiry.await;
+                    Ok::<(), orderflow_kafka::Error>(())
+                },
             )
             .map(|_| ())
         }

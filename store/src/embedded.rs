@@ -55,6 +55,11 @@ const MARKERS: TableDefinition<&str, i64> = TableDefinition::new("markers");
 const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
 /// Stock adjustments' `Idempotency-Key`s: key → the adjustment it applied (issue #5).
 const ADJUSTMENT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("adjustment_keys");
+/// Orders awaiting a bank transfer, by the time they were placed: `{created_at:020} \0 order
+/// id` → customer id ([`Store::list_unpaid_orders`]).
+const UNPAID: TableDefinition<&str, &str> = TableDefinition::new("unpaid_orders");
+/// The same orders by customer: `customer \0 order id` → created_at (the per-customer cap).
+const UNPAID_BY_CUSTOMER: TableDefinition<&str, i64> = TableDefinition::new("unpaid_by_customer");
 
 /// Most writes one transaction takes; more wait for the next one.
 const MAX_GROUP: usize = 1024;
@@ -127,6 +132,9 @@ impl EmbeddedStore {
             txn.open_table(MARKERS).map_err(unavailable)?;
             txn.open_table(REFUNDS).map_err(unavailable)?; // f/lifecycle
             txn.open_table(ADJUSTMENT_KEYS).map_err(unavailable)?;
+            txn.open_table(UNPAID).map_err(unavailable)?;
+            txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
+            backfill_unpaid_in(&txn)?;
             txn.commit().map_err(unavailable)?;
         }
         let (writes, queue) = mpsc::unbounded_channel();
@@ -354,6 +362,14 @@ fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> 
         .insert(update.order_id.as_str(), bytes.as_slice())
         .map_err(unavailable)?;
     drop(orders);
+    if matches!(
+        update.status,
+        OrderStatus::Rejected | OrderStatus::PaymentFailed | OrderStatus::Paid
+    ) && order.payment_method.as_deref() == Some(orderflow_schemas::PaymentMethod::BANK_TRANSFER)
+    {
+        // Rejected at validation, or paid: no transfer is awaited any more.
+        unindex_unpaid_in(txn, &order)?;
+    }
     if new {
         // An order created here is indexed by `create_order` already.
         txn.open_table(CUSTOMER_ORDERS)
@@ -750,6 +766,7 @@ impl Store for EmbeddedStore {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
         let now = order.created_at;
         self.write(move |txn| {
@@ -771,10 +788,20 @@ impl Store for EmbeddedStore {
                         return Ok(CreateOrder::Existing(Box::new(existing)));
                     }
                 }
+            }
+            let unpaid = awaits_transfer(&order);
+            if let Some(max) = max_unpaid.filter(|_| unpaid) {
+                // Counted in this transaction: two racing orders cannot both take the last place.
+                let open = count_unpaid_in(txn, &order.customer_id)?;
+                if open >= max {
+                    return Ok(CreateOrder::TooManyUnpaid { open });
+                }
+            }
+            if let Some(key) = &idempotency {
                 put_json(
                     txn,
                     IDEMPOTENCY,
-                    &ikey,
+                    &compound(&order.customer_id, &key.key),
                     &IdempotencyRecord {
                         order_id: order.order_id.clone(),
                         fingerprint: key.fingerprint.clone(),
@@ -787,6 +814,9 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?
                 .insert(compound(&order.customer_id, &order.order_id).as_str(), ())
                 .map_err(unavailable)?;
+            if unpaid {
+                index_unpaid_in(txn, &order)?;
+            }
             Ok(CreateOrder::Created)
         })
         .await
@@ -1228,6 +1258,57 @@ impl Store for EmbeddedStore {
         self.write(move |txn| claim_in(txn, &order_id, revision))
             .await
     }
+
+    // --- Unpaid orders ---
+
+    async fn list_unpaid_orders(
+        &self,
+        placed_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        let txn = self.read()?;
+        let index = txn.open_table(UNPAID).map_err(unavailable)?;
+        let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+        let end = unpaid_key(placed_before, "");
+        let mut out = Vec::new();
+        for entry in index.range(..end.as_str()).map_err(unavailable)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(unavailable)?;
+            let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default();
+            if let Some(order) = get_json(&orders, "order", order_id)? {
+                out.push(order);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn expire_unpaid_order(
+        &self,
+        order_id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<ExpireOutcome> {
+        let order_id = order_id.to_string();
+        let reason = reason.to_string();
+        self.write(move |txn| expire_in(txn, &order_id, &reason, at))
+            .await
+    }
+
+    async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
+        let order_id = order_id.to_string();
+        self.write(move |txn| {
+            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+            let order = get_json::<OrderRecord, _>(&orders, "order", &order_id)?;
+            drop(orders);
+            match order {
+                Some(order) => unindex_unpaid_in(txn, &order),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
 }
 
 // --- Cancel and ship (issue #5, f/lifecycle) -----------------------------------------------------
@@ -1273,6 +1354,8 @@ fn cancel_in(
         _ => finish_in(txn, order, OrderStatus::Cancelled, reason, at)?,
     };
     release_in(txn, order_id)?;
+    // Cancelled through the API, which announces it: no longer the expiry's business.
+    unindex_unpaid_in(txn, &order)?;
     let payments = txn.open_table(PAYMENTS).map_err(unavailable)?;
     let paid =
         get_json::<PaymentRecord, _>(&payments, "payment", order_id)?.is_some_and(|p| p.approved);
@@ -1432,6 +1515,123 @@ fn claim_in(txn: &WriteTransaction, order_id: &str, revision: i32) -> Result<Pay
     if order.payment_claim.is_none() {
         order.payment_claim = Some(revision);
         put_json(txn, ORDERS, order_id, &order)?;
+        // The transfer is being recorded: the order no longer waits for it.
+        unindex_unpaid_in(txn, &order)?;
     }
     Ok(PaymentClaim::Granted)
+}
+
+// --- Unpaid orders -----------------------------------------------------------------------------
+
+/// The key of an order in [`UNPAID`]: placed times sort as numbers (a time before the epoch
+/// sorts as the epoch).
+fn unpaid_key(placed_at: i64, order_id: &str) -> String {
+    format!("{:020}\u{0}{order_id}", placed_at.max(0))
+}
+
+/// Lists the orders that await a transfer in a store written before the index existed, once
+/// (marker `unpaid_index`).
+fn backfill_unpaid_in(txn: &WriteTransaction) -> Result<()> {
+    const MARKER: &str = "unpaid_index";
+    let mut markers = txn.open_table(MARKERS).map_err(unavailable)?;
+    if markers.get(MARKER).map_err(unavailable)?.is_some() {
+        return Ok(());
+    }
+    markers
+        .insert(MARKER, orderflow_schemas::now_millis())
+        .map_err(unavailable)?;
+    drop(markers);
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let mut awaiting = Vec::new();
+    for entry in orders.iter().map_err(unavailable)? {
+        let (_, value) = entry.map_err(unavailable)?;
+        let order: OrderRecord = from_bytes("order", value.value())?;
+        if awaits_transfer(&order) {
+            awaiting.push(order);
+        }
+    }
+    drop(orders);
+    for order in &awaiting {
+        index_unpaid_in(txn, order)?;
+    }
+    Ok(())
+}
+
+/// Lists the order among those awaiting a transfer.
+fn index_unpaid_in(txn: &WriteTransaction, order: &OrderRecord) -> Result<()> {
+    txn.open_table(UNPAID)
+        .map_err(unavailable)?
+        .insert(
+            unpaid_key(order.created_at, &order.order_id).as_str(),
+            order.customer_id.as_str(),
+        )
+        .map_err(unavailable)?;
+    txn.open_table(UNPAID_BY_CUSTOMER)
+        .map_err(unavailable)?
+        .insert(
+            compound(&order.customer_id, &order.order_id).as_str(),
+            order.created_at,
+        )
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Drops the order from those awaiting a transfer (nothing when it is not there).
+fn unindex_unpaid_in(txn: &WriteTransaction, order: &OrderRecord) -> Result<()> {
+    txn.open_table(UNPAID)
+        .map_err(unavailable)?
+        .remove(unpaid_key(order.created_at, &order.order_id).as_str())
+        .map_err(unavailable)?;
+    txn.open_table(UNPAID_BY_CUSTOMER)
+        .map_err(unavailable)?
+        .remove(compound(&order.customer_id, &order.order_id).as_str())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// How many of the customer's orders await a transfer.
+fn count_unpaid_in(txn: &WriteTransaction, customer_id: &str) -> Result<u32> {
+    let index = txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let start = compound(customer_id, "");
+    let end = format!("{customer_id}\u{1}");
+    let mut open = 0;
+    for entry in index
+        .range(start.as_str()..end.as_str())
+        .map_err(unavailable)?
+    {
+        let (key, _) = entry.map_err(unavailable)?;
+        let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default();
+        // An expired order stays listed until its announcement: it no longer counts.
+        if get_json::<OrderRecord, _>(&orders, "order", order_id)?
+            .is_some_and(|o| awaits_transfer(&o))
+        {
+            open += 1;
+        }
+    }
+    Ok(open)
+}
+
+/// See [`Store::expire_unpaid_order`]: the check and the cancel are one transaction, so a
+/// claim lands wholly before (refused here) or after (refused there).
+fn expire_in(
+    txn: &WriteTransaction,
+    order_id: &str,
+    reason: &str,
+    at: i64,
+) -> Result<ExpireOutcome> {
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    let Some(order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+        return Ok(ExpireOutcome::NotFound);
+    };
+    drop(orders);
+    if order.status == OrderStatus::Cancelled {
+        return Ok(ExpireOutcome::Cancelled(Box::new(order)));
+    }
+    if !awaits_transfer(&order) {
+        return Ok(ExpireOutcome::NotAwaiting(order.status));
+    }
+    let order = finish_in(txn, order, OrderStatus::Cancelled, Some(reason), at)?;
+    release_in(txn, order_id)?;
+    Ok(ExpireOutcome::Cancelled(Box::new(order)))
 }

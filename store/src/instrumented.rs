@@ -80,8 +80,13 @@ impl<S: Store> Store for Instrumented<S> {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
-        timed("create_order", self.0.create_order(order, idempotency)).await
+        timed(
+            "create_order",
+            self.0.create_order(order, idempotency, max_unpaid),
+        )
+        .await
     }
 
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
@@ -270,6 +275,35 @@ impl<S: Store> Store for Instrumented<S> {
 
     async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<crate::PaymentClaim> {
         timed("claim_payment", self.0.claim_payment(order_id, revision)).await
+    }
+
+    async fn list_unpaid_orders(
+        &self,
+        placed_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        timed(
+            "list_unpaid_orders",
+            self.0.list_unpaid_orders(placed_before, limit),
+        )
+        .await
+    }
+
+    async fn expire_unpaid_order(
+        &self,
+        order_id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<crate::ExpireOutcome> {
+        timed(
+            "expire_unpaid_order",
+            self.0.expire_unpaid_order(order_id, reason, at),
+        )
+        .await
+    }
+
+    async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
+        timed("forget_unpaid_order", self.0.forget_unpaid_order(order_id)).await
     }
 }
 

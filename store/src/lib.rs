@@ -95,11 +95,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<StockAdjustment>;
 
     /// Records a new order (status `accepted`), or, when the idempotency key was used before by
-    /// the same customer and has not expired, returns the order it created instead.
+    /// the same customer and has not expired, returns the order it created instead. One key
+    /// makes one order under any interleaving of calls: a call that meets a key claimed by a
+    /// call still recording its order answers [`CreateOrder::InProgress`] and writes nothing.
+    ///
+    /// With `max_unpaid`, an order paid by bank transfer is refused
+    /// ([`CreateOrder::TooManyUnpaid`]) when its customer has that many orders awaiting a
+    /// transfer ([`awaits_transfer`]) already; a repeat of a keyed order is answered first.
     async fn create_order(
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        max_unpaid: Option<u32>,
     ) -> Result<CreateOrder>;
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>>;
     /// A customer's orders, newest first, at most `limit`, strictly older than `before` (an order
@@ -242,7 +249,43 @@ pub trait Store: Send + Sync + 'static {
     /// grant [`Store::modify_order`] refuses. Idempotent for the same revision.
     async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim>;
     // --- end of modifications -----------------------------------------------------------------
+
+    // --- Unpaid orders ----------------------------------------------------------------------
+
+    /// Orders paid by bank transfer placed (`created_at`) before `placed_before`, oldest first,
+    /// at most `limit`, that await their transfer ([`awaits_transfer`]) or were expired by
+    /// [`Store::expire_unpaid_order`] and not yet let go of ([`Store::forget_unpaid_order`]).
+    /// An order leaves this list as its payment is claimed, as it is cancelled through
+    /// [`Store::cancel_order`], or once forgotten.
+    async fn list_unpaid_orders(
+        &self,
+        placed_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>>;
+    /// Cancels an order that still awaits its bank transfer (reason `reason`, at `at`) as
+    /// [`Store::cancel_order`] does, stock released, atomically with respect to
+    /// [`Store::claim_payment`]: of a racing expiry and claim exactly one wins, and a claimed
+    /// order is refused ([`ExpireOutcome::NotAwaiting`]). Idempotent: a repeat answers as the
+    /// first call did. The order stays in [`Store::list_unpaid_orders`] until
+    /// [`Store::forget_unpaid_order`], so an expiry whose announcement was lost is found again.
+    async fn expire_unpaid_order(
+        &self,
+        order_id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<ExpireOutcome>;
+    /// Drops the order from [`Store::list_unpaid_orders`] (its expiry is announced, or it no
+    /// longer awaits a transfer). Idempotent.
+    async fn forget_unpaid_order(&self, order_id: &str) -> Result<()>;
+    // --- end of unpaid orders -----------------------------------------------------------------
 }
+
+/// How long an order paid by bank transfer waits for its transfer by default before it is
+/// cancelled: three days cover a transfer made the next business day after an order placed on
+/// a Friday evening, while stock is not held from other customers for a week.
+pub const DEFAULT_UNPAID_ORDER_TTL: Duration = Duration::from_secs(72 * 60 * 60);
+/// How many orders awaiting a bank transfer a customer may have open by default.
+pub const DEFAULT_MAX_UNPAID_ORDERS: u32 = 3;
 
 /// How long an `Idempotency-Key` is remembered by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);

@@ -145,6 +145,36 @@ pub enum CreateOrder {
     KeyReused {
         order_id: String,
     },
+    /// Another request with this idempotency key is being recorded right now: nothing was
+    /// written; asking again in a moment answers with its order.
+    InProgress,
+    /// Refused: the order is paid by bank transfer and its customer has `open` orders awaiting
+    /// a transfer already, the most allowed. Nothing was written.
+    TooManyUnpaid {
+        open: u32,
+    },
+}
+
+/// Whether the order awaits a bank transfer: paid by bank transfer, not final, and its
+/// payment not claimed ([`crate::Store::claim_payment`]). Such orders hold their stock until
+/// the transfer is recorded or they expire ([`crate::Store::expire_unpaid_order`]).
+pub fn awaits_transfer(order: &OrderRecord) -> bool {
+    order.payment_method.as_deref() == Some(orderflow_schemas::PaymentMethod::BANK_TRANSFER)
+        && matches!(order.status, OrderStatus::Accepted | OrderStatus::Validated)
+        && order.payment_claim.is_none()
+}
+
+/// What [`crate::Store::expire_unpaid_order`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpireOutcome {
+    /// The order is cancelled (by this call, or before: a repeat answers alike), its stock
+    /// released: as it is now.
+    Cancelled(Box<OrderRecord>),
+    /// Refused: the order no longer awaits a transfer (its payment was claimed, it failed, it
+    /// was rejected or it is shipped): its status. Nothing changed.
+    NotAwaiting(OrderStatus),
+    /// No order has this id.
+    NotFound,
 }
 
 /// A status change for the read model.
@@ -279,6 +309,34 @@ pub enum CancelOutcome {
     Shipped,
     /// No order has this id.
     NotFound,
+}
+
+/// The `OrderCancelled` event of a cancelled order, built from what the store recorded (the
+/// first cancel's reason and time) with the id `<order id>:cancelled`, so announcing it again
+/// sends the same event, which consumers deduplicate. `refund`: the approved charge to give
+/// back (cents, currency), if any.
+pub fn cancellation_event(
+    order: &OrderRecord,
+    refund: Option<(i64, String)>,
+) -> orderflow_schemas::OrderCancelled {
+    let event_id = OrderStatus::Cancelled.event_id(&order.order_id);
+    let (at, reason) = order
+        .timeline
+        .iter()
+        .find(|t| t.event_id == event_id)
+        .map_or((order.updated_at, None), |t| (t.at, t.detail.clone()));
+    let paid = refund.is_some();
+    let (refund_cents, currency) = refund.unwrap_or((0, String::new()));
+    orderflow_schemas::OrderCancelled {
+        event_id,
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        reason,
+        paid,
+        refund_cents,
+        currency,
+        occurred_at: at,
+    }
 }
 
 /// What [`crate::Store::ship_order`] did.

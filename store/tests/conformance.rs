@@ -21,11 +21,11 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
-    Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey,
-    InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord, Pricing,
-    Product, ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome, ShipOutcome,
-    StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,
-    VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
+    Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, ExpireOutcome,
+    IdempotencyKey, InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim,
+    PaymentRecord, Pricing, Product, ProductChange, RefreshToken, RefundRecord, Reservation,
+    RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry,
+    VerificationCode, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -103,6 +103,16 @@ macro_rules! conformance_tests {
             racing_modify_and_claim_one_wins = check_racing_modify_and_claim_one_wins;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             keyed_stock_adjustments_apply_once = check_keyed_stock_adjustments_apply_once;
+            // One idempotency key, one order.
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            one_idempotency_key_makes_one_order = check_one_idempotency_key_makes_one_order;
+            // Orders awaiting a bank transfer: expiry and the per-customer cap.
+            [tokio::test]
+            unpaid_orders_are_listed_and_expire_once = check_unpaid_orders_are_listed_and_expire_once;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            racing_expiry_and_claim_one_wins = check_racing_expiry_and_claim_one_wins;
+            [tokio::test]
+            unpaid_orders_are_capped_per_customer = check_unpaid_orders_are_capped_per_customer;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -147,7 +157,7 @@ mod embedded {
         let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
         store.put_products(vec![product(&sku, 10)]).await.unwrap();
         let created = store
-            .create_order(first.clone(), Some(key.clone()))
+            .create_order(first.clone(), Some(key.clone()), None)
             .await
             .unwrap();
         assert_eq!(created, CreateOrder::Created);
@@ -200,6 +210,7 @@ mod embedded {
             .create_order(
                 order_with_id(&Uuid::now_v7().to_string(), &customer, T0 + 50),
                 Some(key),
+                None,
             )
             .await
             .unwrap();
@@ -723,7 +734,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
 
     let first = order(&customer, T0);
     let created = store
-        .create_order(first.clone(), Some(key.clone()))
+        .create_order(first.clone(), Some(key.clone()), None)
         .await
         .unwrap();
     assert_eq!(created, CreateOrder::Created);
@@ -731,7 +742,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     // The same request again: the first order, and the retry's order is not stored.
     let retry = order(&customer, T0 + 1000);
     let existing = store
-        .create_order(retry.clone(), Some(key.clone()))
+        .create_order(retry.clone(), Some(key.clone()), None)
         .await
         .unwrap();
     assert_eq!(existing, CreateOrder::Existing(Box::new(first.clone())));
@@ -746,6 +757,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
                 fingerprint: "request-2".into(),
                 ..key.clone()
             }),
+            None,
         )
         .await
         .unwrap();
@@ -772,7 +784,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     let theirs = order(&stranger, T0 + 3000);
     assert_eq!(
         store
-            .create_order(theirs.clone(), Some(key.clone()))
+            .create_order(theirs.clone(), Some(key.clone()), None)
             .await
             .unwrap(),
         CreateOrder::Created
@@ -791,13 +803,13 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     let original = order(&customer, T0);
     assert_eq!(
         store
-            .create_order(original.clone(), Some(short_key.clone()))
+            .create_order(original.clone(), Some(short_key.clone()), None)
             .await
             .unwrap(),
         CreateOrder::Created
     );
     let just_before = store
-        .create_order(order(&customer, T0 + 999), Some(short_key.clone()))
+        .create_order(order(&customer, T0 + 999), Some(short_key.clone()), None)
         .await
         .unwrap();
     assert_eq!(just_before, CreateOrder::Existing(Box::new(original)));
@@ -808,7 +820,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     };
     assert_eq!(
         store
-            .create_order(after_expiry.clone(), Some(renewed_key.clone()))
+            .create_order(after_expiry.clone(), Some(renewed_key.clone()), None)
             .await
             .unwrap(),
         CreateOrder::Created
@@ -819,7 +831,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     );
     // …and the key now stands for the new order.
     let retry_new = store
-        .create_order(order(&customer, T0 + 1500), Some(renewed_key))
+        .create_order(order(&customer, T0 + 1500), Some(renewed_key), None)
         .await
         .unwrap();
     assert_eq!(retry_new, CreateOrder::Existing(Box::new(after_expiry)));
@@ -835,11 +847,11 @@ async fn check_customer_orders_page_newest_first(store: Arc<dyn Store>) {
     let mut mine = Vec::new();
     for i in 0..7 {
         let o = order(&customer, T0 + i);
-        store.create_order(o.clone(), None).await.unwrap();
+        store.create_order(o.clone(), None, None).await.unwrap();
         mine.push(o);
         for other in [&similar, &stranger] {
             let o = order(other, T0 + i);
-            store.create_order(o, None).await.unwrap();
+            store.create_order(o, None, None).await.unwrap();
         }
     }
     let newest_first: Vec<String> = mine.iter().rev().map(|o| o.order_id.clone()).collect();
@@ -915,7 +927,7 @@ async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
         let at = start + i * step;
         let customer = if i % 2 == 0 { &a } else { &b };
         let o = order_with_id(&id_at(at), customer, at);
-        store.create_order(o.clone(), None).await.unwrap();
+        store.create_order(o.clone(), None, None).await.unwrap();
         all.push(o);
     }
     for i in [2, 5] {
@@ -1028,7 +1040,7 @@ async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
 async fn check_status_moves_forward_only(store: Arc<dyn Store>) {
     let customer = unique("customer");
     let o = order(&customer, T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
 
     let invoiced = StatusUpdate {
         invoice_number: Some("INV-00000042".into()),
@@ -1907,7 +1919,7 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
     let sku = unique("sku");
     store.put_products(vec![product(&sku, 10)]).await.unwrap();
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     store
         .reserve(&o.order_id, &[item(&sku, 3)], T0 + 1)
         .await
@@ -1952,7 +1964,10 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
 
     // A paid order says so.
     let paid_order = order(&unique("customer"), T0);
-    store.create_order(paid_order.clone(), None).await.unwrap();
+    store
+        .create_order(paid_order.clone(), None, None)
+        .await
+        .unwrap();
     store
         .record_payment(payment(&paid_order.order_id, true, "ch_1"))
         .await
@@ -1979,7 +1994,7 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
 /// cannot be cancelled.
 async fn check_ship_only_when_paid_and_never_after_cancel(store: Arc<dyn Store>) {
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     store
         .apply_status(update(&o, OrderStatus::Validated, T0 + 1))
         .await
@@ -2014,7 +2029,7 @@ async fn check_ship_only_when_paid_and_never_after_cancel(store: Arc<dyn Store>)
     assert_eq!(got.status, OrderStatus::Shipped);
 
     let c = order(&unique("customer"), T0);
-    store.create_order(c.clone(), None).await.unwrap();
+    store.create_order(c.clone(), None, None).await.unwrap();
     store
         .apply_status(update(&c, OrderStatus::Paid, T0 + 1))
         .await
@@ -2036,7 +2051,7 @@ async fn check_shipping_takes_the_units_out_of_reserved(store: Arc<dyn Store>) {
     let sku = unique("ship-sku");
     store.put_products(vec![product(&sku, 10)]).await.unwrap();
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     let items = [OrderItem {
         sku: sku.clone(),
         quantity: 3,
@@ -2082,7 +2097,7 @@ async fn check_shipping_takes_the_units_out_of_reserved(store: Arc<dyn Store>) {
 async fn check_racing_cancel_and_ship_one_wins(store: Arc<dyn Store>) {
     for round in 0..5 {
         let o = order(&unique("customer"), T0);
-        store.create_order(o.clone(), None).await.unwrap();
+        store.create_order(o.clone(), None, None).await.unwrap();
         store
             .apply_status(update(&o, OrderStatus::Paid, T0 + 1))
             .await
@@ -2147,7 +2162,7 @@ async fn validated_order(store: &dyn Store, items: &[OrderItem]) -> OrderRecord 
         items: items.to_vec(),
         ..order(&unique("customer"), T0)
     };
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     let reservation = store.reserve(&o.order_id, items, T0 + 1).await.unwrap();
     assert!(matches!(reservation, Reservation::Reserved { .. }));
     store
@@ -2286,7 +2301,10 @@ async fn check_modify_swaps_the_reservation_all_or_nothing(store: Arc<dyn Store>
 
     // Not validated yet, or unknown.
     let accepted = order(&unique("customer"), T0);
-    store.create_order(accepted.clone(), None).await.unwrap();
+    store
+        .create_order(accepted.clone(), None, None)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .modify_order(&accepted.order_id, vec![item(&a, 1)], T0)
@@ -2500,5 +2518,374 @@ async fn check_keyed_stock_adjustments_apply_once(store: Arc<dyn Store>) {
     assert!(
         matches!(fresh, StockAdjustment::Adjusted(ref p) if p.stock == 2),
         "{fresh:?}"
+    );
+}
+
+// --- One idempotency key, one order -------------------------------------------------------------
+
+/// Many calls with one `Idempotency-Key` at once (the same request, each with its own order id,
+/// as ingest makes them): exactly one order is written, every call answers with it (created,
+/// existing) or "in progress", and a later call answers with it.
+async fn check_one_idempotency_key_makes_one_order(store: Arc<dyn Store>) {
+    const CALLS: usize = 20;
+    let customer = unique("customer");
+    let key = IdempotencyKey {
+        key: unique("key"),
+        fingerprint: "the-same-request".into(),
+        expires_at: T0 + DAY_MS,
+    };
+    let barrier = Arc::new(Barrier::new(CALLS));
+    let mut handles = Vec::new();
+    for i in 0..CALLS {
+        let (store, barrier, key) = (store.clone(), barrier.clone(), key.clone());
+        let o = order(&customer, T0 + i as i64);
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let id = o.order_id.clone();
+            (id, store.create_order(o, Some(key), None).await.unwrap())
+        }));
+    }
+    let answers = join(handles).await;
+    let listed = store
+        .list_customer_orders(&customer, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "one key, one order: {:?}", ids(&listed));
+    let winner = listed[0].order_id.clone();
+    let mut created = 0;
+    for (id, answer) in &answers {
+        match answer {
+            CreateOrder::Created => {
+                assert_eq!(*id, winner, "only the written order answers created");
+                created += 1;
+            }
+            CreateOrder::Existing(o) => assert_eq!(o.order_id, winner),
+            CreateOrder::InProgress => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+        if *id != winner {
+            assert_eq!(store.get_order(id).await.unwrap(), None, "order {id}");
+        }
+    }
+    assert_eq!(created, 1);
+    let later = store
+        .create_order(order(&customer, T0 + 1000), Some(key), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&later, CreateOrder::Existing(o) if o.order_id == winner),
+        "{later:?}"
+    );
+}
+
+// --- Orders awaiting a bank transfer ------------------------------------------------------------
+
+/// A new order paid by bank transfer.
+fn bank_order(customer_id: &str, created_at: i64) -> OrderRecord {
+    OrderRecord {
+        payment_method: Some("bank_transfer".into()),
+        ..order(customer_id, created_at)
+    }
+}
+
+/// The ids of the customer's orders in a list of unpaid orders (the store may hold others').
+fn unpaid_of(orders: &[OrderRecord], customer_id: &str) -> Vec<String> {
+    orders
+        .iter()
+        .filter(|o| o.customer_id == customer_id)
+        .map(|o| o.order_id.clone())
+        .collect()
+}
+
+/// Bank-transfer orders awaiting their transfer are listed oldest first by time placed; a
+/// claimed, cancelled or card order is not. An expiry cancels with its reason and releases the
+/// stock once, repeats answer alike, a claimed order is refused, and the order stays listed
+/// until forgotten.
+async fn check_unpaid_orders_are_listed_and_expire_once(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 10)]).await.unwrap();
+    let customer = unique("customer");
+    // Placed before every other check's orders, so a limit of 1 finds it on a shared store.
+    let base = T0 - DAY_MS;
+    let a = OrderRecord {
+        items: vec![item(&sku, 3)],
+        ..bank_order(&customer, base)
+    };
+    let card = order(&customer, base + 1);
+    let b = bank_order(&customer, base + 2);
+    let c = bank_order(&customer, base + 3);
+    let late = bank_order(&customer, base + 100);
+    for o in [&a, &card, &b, &c, &late] {
+        assert_eq!(
+            store.create_order(o.clone(), None, None).await.unwrap(),
+            CreateOrder::Created
+        );
+    }
+    store
+        .reserve(&a.order_id, &a.items, base + 5)
+        .await
+        .unwrap();
+    store
+        .apply_status(StatusUpdate {
+            pricing: Some(pricing(3)),
+            ..update(&a, OrderStatus::Validated, base + 6)
+        })
+        .await
+        .unwrap();
+    assert_eq!(stock(&*store, &sku).await, (7, 3));
+
+    let cutoff = base + 100;
+    let listed = store.list_unpaid_orders(cutoff, 100).await.unwrap();
+    assert_eq!(
+        unpaid_of(&listed, &customer),
+        ids(&[a.clone(), b.clone(), c.clone()]),
+        "oldest first, card orders and later ones left out"
+    );
+    let first = store.list_unpaid_orders(cutoff, 1).await.unwrap();
+    assert_eq!(ids(&first), vec![a.order_id.clone()]);
+    assert_eq!(
+        unpaid_of(
+            &store.list_unpaid_orders(cutoff + 1, 100).await.unwrap(),
+            &customer
+        )
+        .last(),
+        Some(&late.order_id)
+    );
+
+    // A claimed order (its transfer is being recorded) and a cancelled one leave the list.
+    assert_eq!(
+        store.claim_payment(&b.order_id, 0).await.unwrap(),
+        PaymentClaim::Granted
+    );
+    let (_, _) = cancelled(
+        store
+            .cancel_order(&c.order_id, Some("changed my mind"), base + 7)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        unpaid_of(
+            &store.list_unpaid_orders(cutoff, 100).await.unwrap(),
+            &customer
+        ),
+        vec![a.order_id.clone()]
+    );
+
+    // The claimed order is not expired.
+    let refused = store
+        .expire_unpaid_order(&b.order_id, "payment not received in time", base + 8)
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, ExpireOutcome::NotAwaiting(_)),
+        "{refused:?}"
+    );
+    assert_ne!(
+        store.get_order(&b.order_id).await.unwrap().unwrap().status,
+        OrderStatus::Cancelled
+    );
+
+    // The expiry cancels with its reason and gives the stock back, once.
+    let expired = |outcome: ExpireOutcome| match outcome {
+        ExpireOutcome::Cancelled(order) => *order,
+        other => panic!("expected Cancelled, got {other:?}"),
+    };
+    let reason = "payment not received in time";
+    let first = expired(
+        store
+            .expire_unpaid_order(&a.order_id, reason, base + 9)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first.status, OrderStatus::Cancelled);
+    let entry = first
+        .timeline
+        .iter()
+        .find(|t| t.status == OrderStatus::Cancelled)
+        .expect("a cancelled step");
+    assert_eq!(
+        (entry.detail.as_deref(), entry.at),
+        (Some(reason), base + 9)
+    );
+    assert_eq!(stock(&*store, &sku).await, (10, 0));
+    let again = expired(
+        store
+            .expire_unpaid_order(&a.order_id, "another reason", base + 20)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again, first, "a repeat answers as the first call did");
+    assert_eq!(stock(&*store, &sku).await, (10, 0));
+    assert_eq!(
+        store.claim_payment(&a.order_id, 0).await.unwrap(),
+        PaymentClaim::Final(OrderStatus::Cancelled),
+        "an expired order takes no transfer"
+    );
+
+    // Listed until its expiry is announced and it is forgotten.
+    assert_eq!(
+        unpaid_of(
+            &store.list_unpaid_orders(cutoff, 100).await.unwrap(),
+            &customer
+        ),
+        vec![a.order_id.clone()]
+    );
+    store.forget_unpaid_order(&a.order_id).await.unwrap();
+    store.forget_unpaid_order(&a.order_id).await.unwrap();
+    assert!(unpaid_of(
+        &store.list_unpaid_orders(cutoff, 100).await.unwrap(),
+        &customer
+    )
+    .is_empty());
+    assert_eq!(
+        store
+            .expire_unpaid_order(&new_id(), reason, base)
+            .await
+            .unwrap(),
+        ExpireOutcome::NotFound
+    );
+}
+
+/// An expiry racing the claim of the same order's transfer: exactly one wins (the cancel, or
+/// the claim), never both; the stock matches the winner.
+async fn check_racing_expiry_and_claim_one_wins(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 1000)]).await.unwrap();
+    let customer = unique("customer");
+    let mut orders = Vec::new();
+    for i in 0..20 {
+        let o = OrderRecord {
+            items: vec![item(&sku, 1)],
+            ..bank_order(&customer, T0 + i)
+        };
+        store.create_order(o.clone(), None, None).await.unwrap();
+        store.reserve(&o.order_id, &o.items, T0 + 30).await.unwrap();
+        store
+            .apply_status(StatusUpdate {
+                pricing: Some(pricing(1)),
+                ..update(&o, OrderStatus::Validated, T0 + 31)
+            })
+            .await
+            .unwrap();
+        orders.push(o);
+    }
+    let mut handles = Vec::new();
+    for o in &orders {
+        let barrier = Arc::new(Barrier::new(2));
+        let (s1, b1, id1) = (store.clone(), barrier.clone(), o.order_id.clone());
+        handles.push(tokio::spawn(async move {
+            b1.wait().await;
+            let outcome = s1
+                .expire_unpaid_order(&id1, "payment not received in time", T0 + 40)
+                .await
+                .unwrap();
+            matches!(outcome, ExpireOutcome::Cancelled(_))
+        }));
+        let (s2, b2, id2) = (store.clone(), barrier, o.order_id.clone());
+        handles.push(tokio::spawn(async move {
+            b2.wait().await;
+            s2.claim_payment(&id2, 0).await.unwrap() == PaymentClaim::Granted
+        }));
+    }
+    let results = join(handles).await;
+    let mut held = 0;
+    for (o, pair) in orders.iter().zip(results.chunks(2)) {
+        let (expired, claimed) = (pair[0], pair[1]);
+        assert!(expired != claimed, "exactly one of expiry and claim wins");
+        let status = store.get_order(&o.order_id).await.unwrap().unwrap().status;
+        assert_eq!(status == OrderStatus::Cancelled, expired);
+        held += i64::from(claimed);
+    }
+    assert_eq!(stock(&*store, &sku).await, (1000 - held, held));
+}
+
+/// With a cap, a customer's next bank-transfer order is refused while they have that many
+/// awaiting a transfer; card orders, other customers and keyed repeats are not affected, and a
+/// place frees up once an order is cancelled or expired.
+async fn check_unpaid_orders_are_capped_per_customer(store: Arc<dyn Store>) {
+    let customer = unique("customer");
+    let at = T0 + DAY_MS;
+    let cap = Some(2);
+    let key = IdempotencyKey {
+        key: unique("key"),
+        fingerprint: "first".into(),
+        expires_at: at + DAY_MS,
+    };
+    let first = bank_order(&customer, at);
+    assert_eq!(
+        store
+            .create_order(first.clone(), Some(key.clone()), cap)
+            .await
+            .unwrap(),
+        CreateOrder::Created
+    );
+    let second = bank_order(&customer, at + 1);
+    assert_eq!(
+        store.create_order(second.clone(), None, cap).await.unwrap(),
+        CreateOrder::Created
+    );
+    let third = bank_order(&customer, at + 2);
+    assert_eq!(
+        store.create_order(third.clone(), None, cap).await.unwrap(),
+        CreateOrder::TooManyUnpaid { open: 2 }
+    );
+    assert_eq!(store.get_order(&third.order_id).await.unwrap(), None);
+    // A repeat of a keyed order is answered, not refused.
+    let repeat = store
+        .create_order(bank_order(&customer, at + 3), Some(key), cap)
+        .await
+        .unwrap();
+    assert_eq!(repeat, CreateOrder::Existing(Box::new(first.clone())));
+    // Card orders, and other customers, are not capped.
+    let card = order(&customer, at + 4);
+    assert_eq!(
+        store.create_order(card, None, cap).await.unwrap(),
+        CreateOrder::Created
+    );
+    let stranger = bank_order(&unique("customer"), at + 5);
+    assert_eq!(
+        store.create_order(stranger, None, cap).await.unwrap(),
+        CreateOrder::Created
+    );
+    // Without a cap nothing is refused.
+    let uncapped = bank_order(&customer, at + 6);
+    assert_eq!(
+        store
+            .create_order(uncapped.clone(), None, None)
+            .await
+            .unwrap(),
+        CreateOrder::Created
+    );
+    let fourth = bank_order(&customer, at + 7);
+    assert_eq!(
+        store.create_order(fourth.clone(), None, cap).await.unwrap(),
+        CreateOrder::TooManyUnpaid { open: 3 }
+    );
+    // Places free up as orders are cancelled, expired or claimed.
+    cancelled(
+        store
+            .cancel_order(&uncapped.order_id, None, at + 8)
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        store
+            .expire_unpaid_order(&second.order_id, "payment not received in time", at + 9)
+            .await
+            .unwrap(),
+        ExpireOutcome::Cancelled(_)
+    ));
+    assert_eq!(
+        store.create_order(fourth.clone(), None, cap).await.unwrap(),
+        CreateOrder::Created
+    );
+    assert_eq!(
+        store.claim_payment(&first.order_id, 0).await.unwrap(),
+        PaymentClaim::Granted
+    );
+    let fifth = bank_order(&customer, at + 10);
+    assert_eq!(
+        store.create_order(fifth, None, cap).await.unwrap(),
+        CreateOrder::Created
     );
 }

@@ -9,7 +9,11 @@
 //! charge recorded after the cancel (the stage checked before charging, the cancel came
 //! between) is refunded here, since the stage checks again once the charge is recorded, and a
 //! redelivered `OrderValidated` of a cancelled order refunds whatever charge it finds.
+//!
+//! Unpaid orders ([`expiry`]): the stage also cancels the bank-transfer orders whose transfer
+//! was not recorded in time, releasing their stock.
 
+pub mod expiry;
 mod gateway;
 
 use std::sync::Arc;

@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "stock_adjustment_keys",
         cql: include_str!("../../migrations/scylla/0007_stock_adjustment_keys.cql"),
     },
+    // Orders awaiting a bank transfer (expiry, per-customer cap) and the idempotency fence.
+    Migration {
+        version: 8,
+        name: "unpaid_orders",
+        cql: include_str!("../../migrations/scylla/0008_unpaid_orders.cql"),
+    },
 ];
 
 /// The schema version this build needs.

@@ -8,8 +8,19 @@
 //!   knows which SKUs it already took and never takes twice. The outcome is recorded on the
 //!   reservation row (`IF owner = me`), then the holds are dropped. A reservation that fails
 //!   part-way gives back what it took before it records the rejection: all or nothing.
-//! - **Idempotency keys**, **payments** and **invoices** are `INSERT … IF NOT EXISTS`: the first
-//!   writer wins and everyone else reads the winner.
+//! - **Payments** and **invoices** are `INSERT … IF NOT EXISTS`: the first writer wins and
+//!   everyone else reads the winner.
+//! - **Idempotency keys**: the key is claimed (`INSERT … IF NOT EXISTS`) naming the new order's
+//!   id, and the order is then written by a conditional batch on its own partition (`IF
+//!   customer_id = null AND voided = null`). A call that meets a key whose order is not written
+//!   yet answers "in progress" while the claim is young (10 s, from the UUIDv7 order id);
+//!   after that it voids the named order id (`SET voided = true IF customer_id = null`) before
+//!   it replaces the key, so the first call, if it was only stalled, can no longer write its
+//!   order. Claim and write are two partitions, but the fence is on the order's: one key, one
+//!   order, under any interleaving.
+//! - **Unpaid orders** (`unpaid.rs`): bank-transfer orders awaiting their transfer are listed by
+//!   time placed for the expiry sweep; an expiry is the cancel's conditional batch that is also
+//!   refused once the payment is claimed.
 //! - **Invoice numbers** come from one LWT sequence row that takes the next number together
 //!   with the whole invoice (`pending`): whoever takes the number after it writes that invoice
 //!   first, so a crash between the two steps leaves no gap.
@@ -41,6 +52,7 @@ mod accounts;
 mod lifecycle;
 mod migrate;
 mod modify;
+mod unpaid;
 
 use std::{
     collections::HashMap,
@@ -121,6 +133,10 @@ const LEASE_MARGIN_MS: i64 = 10_000;
 const ATTEMPTS: u32 = 6;
 /// 30-day buckets of a customer's order index.
 const BUCKET_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+/// How long a call that claimed an idempotency key has to write its order: until then another
+/// call with the key answers "in progress"; after it, the claim is taken over (and its order
+/// id voided, so the claiming call can never write it).
+const KEY_CLAIM_MS: i64 = 10_000;
 /// Idempotency-key rows live this long past their `expires_at` (the decision uses `expires_at`).
 const IDEMPOTENCY_GRACE_SECS: i64 = 60 * 60;
 const INVOICE_SEQUENCE: &str = "invoice";
@@ -136,6 +152,8 @@ pub struct ScyllaStore {
     lifecycle: Arc<lifecycle::LifecycleStatements>,
     /// The statements of modifications and payment claims (issue #5): [`modify`].
     modify: Arc<modify::ModifyStatements>,
+    /// The statements of orders awaiting a bank transfer: [`unpaid`].
+    unpaid: Arc<unpaid::UnpaidStatements>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -175,6 +193,11 @@ struct Statements {
     customer_page_before: PreparedStatement,
     key_claim: PreparedStatement,
     key_replace: PreparedStatement,
+    key_release: PreparedStatement,
+    /// Writes a keyed order's statics unless its partition has an order or is voided.
+    order_open: PreparedStatement,
+    /// Makes sure an order id named by a key that is taken over is never written.
+    order_void: PreparedStatement,
     reservation_get: PreparedStatement,
     reservation_claim: PreparedStatement,
     reservation_take_over: PreparedStatement,
@@ -241,6 +264,9 @@ impl Statements {
             customer_page_before: p(format!("SELECT order_id FROM {ks}.customer_orders WHERE customer_id = ? AND bucket = ? AND order_id < ? LIMIT ?"), false).await?,
             key_claim: p(format!("INSERT INTO {ks}.idempotency_keys (customer_id, key, order_id, fingerprint, expires_at) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"), false).await?,
             key_replace: p(format!("UPDATE {ks}.idempotency_keys USING TTL ? SET order_id = ?, fingerprint = ?, expires_at = ? WHERE customer_id = ? AND key = ? IF order_id = ? AND expires_at = ?"), false).await?,
+            key_release: p(format!("DELETE FROM {ks}.idempotency_keys WHERE customer_id = ? AND key = ? IF order_id = ?"), false).await?,
+            order_open: p(format!("UPDATE {ks}.orders SET customer_id = ?, items = ?, shipping_address = ?, payment_method = ?, pricing = ?, invoice_number = ?, created_at = ? WHERE order_id = ? IF customer_id = null AND voided = null"), false).await?,
+            order_void: p(format!("UPDATE {ks}.orders SET voided = true WHERE order_id = ? IF customer_id = null"), false).await?,
             reservation_get: p(format!("SELECT outcome, owner, lease_until FROM {ks}.reservations WHERE order_id = ?"), true).await?,
             reservation_claim: p(format!("INSERT INTO {ks}.reservations (order_id, owner, lease_until) VALUES (?, ?, ?) IF NOT EXISTS"), false).await?,
             reservation_take_over: p(format!("UPDATE {ks}.reservations SET owner = ?, lease_until = ? WHERE order_id = ? IF lease_until < ?"), false).await?,
@@ -300,12 +326,14 @@ impl ScyllaStore {
         let accounts = accounts::AccountStatements::prepare(&session, &keyspace).await?;
         let lifecycle = lifecycle::LifecycleStatements::prepare(&session, &keyspace).await?;
         let modify = modify::ModifyStatements::prepare(&session, &keyspace).await?;
+        let unpaid = unpaid::UnpaidStatements::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
             accounts: Arc::new(accounts),
             lifecycle: Arc::new(lifecycle),
             modify: Arc::new(modify),
+            unpaid: Arc::new(unpaid),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -882,6 +910,7 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Writes an order: its statics and timeline, and its index rows.
     async fn write_order(&self, order: &OrderRecord) -> Result<()> {
         let mut batch = Batch::new(BatchType::Logged);
         let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
@@ -896,6 +925,24 @@ impl ScyllaStore {
             order.invoice_number.as_deref().and_then(text),
             Some(CqlValue::BigInt(order.created_at)),
         ]);
+        self.timeline_rows(order, &mut batch, &mut values);
+        self.index_rows(order, &mut batch, &mut values);
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_is_idempotent(true);
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The timeline rows of a new order, for a batch on its partition.
+    fn timeline_rows(
+        &self,
+        order: &OrderRecord,
+        batch: &mut Batch,
+        values: &mut Vec<Vec<Option<CqlValue>>>,
+    ) {
         for entry in &order.timeline {
             batch.append_statement(self.q.order_entry.clone());
             values.push(vec![
@@ -906,6 +953,15 @@ impl ScyllaStore {
                 entry.detail.as_deref().and_then(text),
             ]);
         }
+    }
+
+    /// The rows that list a new order: its customer's, its day's, and the unpaid orders'.
+    fn index_rows(
+        &self,
+        order: &OrderRecord,
+        batch: &mut Batch,
+        values: &mut Vec<Vec<Option<CqlValue>>>,
+    ) {
         let bucket = bucket_of(&order.order_id, order.created_at);
         batch.append_statement(self.q.customer_order.clone());
         values.push(vec![
@@ -924,6 +980,14 @@ impl ScyllaStore {
         ]);
         batch.append_statement(self.q.day_mark.clone());
         values.push(vec![Some(CqlValue::Int(day))]);
+        self.unpaid_rows(order, batch, values);
+    }
+
+    /// Writes the index rows of an order written already (idempotent).
+    async fn write_index_rows(&self, order: &OrderRecord) -> Result<()> {
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+        self.index_rows(order, &mut batch, &mut values);
         batch.set_consistency(Consistency::LocalQuorum);
         batch.set_is_idempotent(true);
         self.session
@@ -933,17 +997,70 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Writes a keyed order's statics and timeline in one conditional batch on its partition,
+    /// unless its id was voided (a call that took the key over did that): whether it is
+    /// written. A repeat after a lost answer finds its own order and answers true.
+    async fn open_order(&self, order: &OrderRecord) -> Result<bool> {
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+        batch.append_statement(self.q.order_open.clone());
+        values.push(vec![
+            text(&order.customer_id),
+            Some(CqlValue::Text(to_json(&order.items)?)),
+            json_opt(&order.shipping_address)?,
+            order.payment_method.as_deref().and_then(text),
+            json_opt(&order.pricing)?,
+            order.invoice_number.as_deref().and_then(text),
+            Some(CqlValue::BigInt(order.created_at)),
+            text(&order.order_id),
+        ]);
+        self.timeline_rows(order, &mut batch, &mut values);
+        let lwt = self.lwt_batch(batch, values).await?;
+        if lwt.applied {
+            return Ok(true);
+        }
+        if matches!(lwt.value("voided"), Some(CqlValue::Boolean(true))) {
+            return Ok(false);
+        }
+        match lwt.text("customer_id") {
+            // Order ids are unique to a call: a written order with this id is this one.
+            Some(_) => Ok(true),
+            None => Err(raced()),
+        }
+    }
+
+    /// Makes sure the order `order_id` (named by an idempotency key being taken over) is never
+    /// written: true when it was not and now cannot be, false when it is written.
+    async fn void_order(&self, order_id: &str) -> Result<bool> {
+        let lwt = self.lwt(&self.q.order_void, (order_id,)).await?;
+        if lwt.applied || lwt.text("customer_id").is_none() {
+            // Not applied with no customer: voided already.
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// One key, one order: the key is claimed (`IF NOT EXISTS`) naming this order, then the
+    /// order is written by [`Self::open_order`], conditional on its id not being voided. A call
+    /// that finds the key naming an order not written yet answers
+    /// [`CreateOrder::InProgress`] while that claim is younger than [`KEY_CLAIM_MS`]; past it,
+    /// the claiming call is taken to have stopped, its order id is voided (so it can never be
+    /// written, even by a call that was only stalled) and the key is replaced. Of two calls
+    /// whichever loses answers with the winner's order or "in progress" on its next round.
     async fn create_order_once(
         &self,
         order: &OrderRecord,
         idempotency: Option<&IdempotencyKey>,
+        max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
         let Some(key) = idempotency else {
+            if let Some(refused) = self.unpaid_refusal(order, max_unpaid).await? {
+                return Ok(refused);
+            }
             self.write_order(order).await?;
             return Ok(CreateOrder::Created);
         };
         let ttl = key_ttl_secs(key, order.created_at);
-        let mut claimed = false;
         for _ in 0..ATTEMPTS {
             let lwt = self
                 .lwt(
@@ -958,60 +1075,88 @@ impl ScyllaStore {
                     ),
                 )
                 .await?;
-            if lwt.applied {
-                claimed = true;
-                break;
-            }
-            let (Some(seen_order), Some(seen_fingerprint), Some(seen_expiry)) = (
-                lwt.text("order_id"),
-                lwt.text("fingerprint"),
-                lwt.bigint("expires_at"),
-            ) else {
-                continue; // expired (TTL) between the two statements: claim again
-            };
-            if seen_order == order.order_id {
-                claimed = true; // our own claim, from an attempt whose answer was lost
-                break;
-            }
-            if seen_expiry > order.created_at {
-                if seen_fingerprint != key.fingerprint {
-                    return Ok(CreateOrder::KeyReused {
-                        order_id: seen_order,
-                    });
+            if !lwt.applied {
+                let (Some(seen_order), Some(seen_fingerprint), Some(seen_expiry)) = (
+                    lwt.text("order_id"),
+                    lwt.text("fingerprint"),
+                    lwt.bigint("expires_at"),
+                ) else {
+                    continue; // expired (TTL) between the two statements: claim again
+                };
+                if seen_order == order.order_id {
+                    // Our own claim, from an attempt whose answer was lost.
+                    if self.get_order(&order.order_id).await?.is_some() {
+                        return Ok(CreateOrder::Created);
+                    }
+                } else {
+                    let live = seen_expiry > order.created_at;
+                    if live {
+                        if seen_fingerprint != key.fingerprint {
+                            return Ok(CreateOrder::KeyReused {
+                                order_id: seen_order,
+                            });
+                        }
+                        if let Some(existing) = self.get_order(&seen_order).await? {
+                            if existing.status == OrderStatus::Accepted {
+                                // Its call may have stopped between the order and its index.
+                                self.write_index_rows(&existing).await?;
+                            }
+                            return Ok(CreateOrder::Existing(Box::new(existing)));
+                        }
+                        let claimed_at = uuid_v7_millis(&seen_order).unwrap_or(0);
+                        if now_millis().saturating_sub(claimed_at) < KEY_CLAIM_MS {
+                            return Ok(CreateOrder::InProgress);
+                        }
+                    }
+                    // Expired, or claimed by a call that has stopped: that call's order must
+                    // never be written before the key names another.
+                    if !self.void_order(&seen_order).await? && live {
+                        continue; // written meanwhile: the next round answers with it
+                    }
+                    let replaced = self
+                        .lwt(
+                            &self.q.key_replace,
+                            (
+                                ttl,
+                                order.order_id.as_str(),
+                                key.fingerprint.as_str(),
+                                key.expires_at,
+                                order.customer_id.as_str(),
+                                key.key.as_str(),
+                                seen_order.as_str(),
+                                seen_expiry,
+                            ),
+                        )
+                        .await?;
+                    if !replaced.applied {
+                        continue;
+                    }
                 }
-                if let Some(existing) = self.get_order(&seen_order).await? {
-                    return Ok(CreateOrder::Existing(Box::new(existing)));
-                }
             }
-            // Expired, or its order was never written: the key is free for this order.
-            let lwt = self
-                .lwt(
-                    &self.q.key_replace,
+            // The key names this order.
+            if let Some(refused) = self.unpaid_refusal(order, max_unpaid).await? {
+                // Let the key go: the same request may be made again once a place is free.
+                self.lwt(
+                    &self.q.key_release,
                     (
-                        ttl,
-                        order.order_id.as_str(),
-                        key.fingerprint.as_str(),
-                        key.expires_at,
                         order.customer_id.as_str(),
                         key.key.as_str(),
-                        seen_order.as_str(),
-                        seen_expiry,
+                        order.order_id.as_str(),
                     ),
                 )
                 .await?;
-            if lwt.applied {
-                claimed = true;
-                break;
+                return Ok(refused);
             }
+            if self.open_order(order).await? {
+                self.write_index_rows(order).await?;
+                return Ok(CreateOrder::Created);
+            }
+            // Voided: another call took the key over; the next round answers with its order.
         }
-        if !claimed {
-            return Err(StoreError::Unavailable(format!(
-                "could not claim idempotency key {:?}",
-                key.key
-            )));
-        }
-        self.write_order(order).await?;
-        Ok(CreateOrder::Created)
+        Err(StoreError::Unavailable(format!(
+            "could not claim idempotency key {:?}",
+            key.key
+        )))
     }
 
     async fn create_invoice_once(&self, draft: &InvoiceDraft) -> Result<Invoice> {
@@ -1307,9 +1452,10 @@ impl Store for ScyllaStore {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
         retry("create_order", || {
-            self.create_order_once(&order, idempotency.as_ref())
+            self.create_order_once(&order, idempotency.as_ref(), max_unpaid)
         })
         .await
     }
@@ -1662,7 +1808,11 @@ impl Store for ScyllaStore {
         reason: Option<&str>,
         at: i64,
     ) -> Result<CancelOutcome> {
-        self.cancel_order_retried(order_id, reason, at).await
+        let outcome = self.cancel_order_retried(order_id, reason, at).await?;
+        if matches!(outcome, CancelOutcome::Cancelled { .. }) {
+            self.unpaid_settled(order_id).await;
+        }
+        Ok(outcome)
     }
 
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
@@ -1692,7 +1842,32 @@ impl Store for ScyllaStore {
     }
 
     async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim> {
-        self.claim_payment_retried(order_id, revision).await
+        let claim = self.claim_payment_retried(order_id, revision).await?;
+        if claim == PaymentClaim::Granted {
+            self.unpaid_settled(order_id).await;
+        }
+        Ok(claim)
+    }
+
+    async fn list_unpaid_orders(
+        &self,
+        placed_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        self.list_unpaid_impl(placed_before, limit).await
+    }
+
+    async fn expire_unpaid_order(
+        &self,
+        order_id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<ExpireOutcome> {
+        self.expire_unpaid_retried(order_id, reason, at).await
+    }
+
+    async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
+        self.forget_unpaid_impl(order_id).await
     }
 
     async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord> {
