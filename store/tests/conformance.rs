@@ -22,10 +22,10 @@ use std::{collections::BTreeSet, sync::Arc};
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
     Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, IdempotencyKey,
-    InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord, Pricing,
-    Product, ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome, ShipOutcome,
-    StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,
-    VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
+    InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim, PaymentRecord,
+    PaymentToken, Pricing, Product, ProductChange, RefreshToken, RefundRecord, Reservation,
+    RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry,
+    VerificationCode, VerificationEmail, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -103,6 +103,11 @@ macro_rules! conformance_tests {
             racing_modify_and_claim_one_wins = check_racing_modify_and_claim_one_wins;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             keyed_stock_adjustments_apply_once = check_keyed_stock_adjustments_apply_once;
+            // Secrets kept off the topics.
+            [tokio::test]
+            payment_tokens_live_with_their_order = check_payment_tokens_live_with_their_order;
+            [tokio::test]
+            verification_emails_live_until_sent = check_verification_emails_live_until_sent;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -147,7 +152,7 @@ mod embedded {
         let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
         store.put_products(vec![product(&sku, 10)]).await.unwrap();
         let created = store
-            .create_order(first.clone(), Some(key.clone()))
+            .create_order(first.clone(), Some(key.clone()), None)
             .await
             .unwrap();
         assert_eq!(created, CreateOrder::Created);
@@ -200,6 +205,7 @@ mod embedded {
             .create_order(
                 order_with_id(&Uuid::now_v7().to_string(), &customer, T0 + 50),
                 Some(key),
+                None,
             )
             .await
             .unwrap();
@@ -723,7 +729,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
 
     let first = order(&customer, T0);
     let created = store
-        .create_order(first.clone(), Some(key.clone()))
+        .create_order(first.clone(), Some(key.clone()), None)
         .await
         .unwrap();
     assert_eq!(created, CreateOrder::Created);
@@ -731,7 +737,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     // The same request again: the first order, and the retry's order is not stored.
     let retry = order(&customer, T0 + 1000);
     let existing = store
-        .create_order(retry.clone(), Some(key.clone()))
+        .create_order(retry.clone(), Some(key.clone()), None)
         .await
         .unwrap();
     assert_eq!(existing, CreateOrder::Existing(Box::new(first.clone())));
@@ -746,6 +752,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
                 fingerprint: "request-2".into(),
                 ..key.clone()
             }),
+            None,
         )
         .await
         .unwrap();
@@ -772,7 +779,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     let theirs = order(&stranger, T0 + 3000);
     assert_eq!(
         store
-            .create_order(theirs.clone(), Some(key.clone()))
+            .create_order(theirs.clone(), Some(key.clone()), None)
             .await
             .unwrap(),
         CreateOrder::Created
@@ -791,13 +798,13 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     let original = order(&customer, T0);
     assert_eq!(
         store
-            .create_order(original.clone(), Some(short_key.clone()))
+            .create_order(original.clone(), Some(short_key.clone()), None)
             .await
             .unwrap(),
         CreateOrder::Created
     );
     let just_before = store
-        .create_order(order(&customer, T0 + 999), Some(short_key.clone()))
+        .create_order(order(&customer, T0 + 999), Some(short_key.clone()), None)
         .await
         .unwrap();
     assert_eq!(just_before, CreateOrder::Existing(Box::new(original)));
@@ -808,7 +815,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     };
     assert_eq!(
         store
-            .create_order(after_expiry.clone(), Some(renewed_key.clone()))
+            .create_order(after_expiry.clone(), Some(renewed_key.clone()), None)
             .await
             .unwrap(),
         CreateOrder::Created
@@ -819,7 +826,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     );
     // …and the key now stands for the new order.
     let retry_new = store
-        .create_order(order(&customer, T0 + 1500), Some(renewed_key))
+        .create_order(order(&customer, T0 + 1500), Some(renewed_key), None)
         .await
         .unwrap();
     assert_eq!(retry_new, CreateOrder::Existing(Box::new(after_expiry)));
@@ -835,11 +842,11 @@ async fn check_customer_orders_page_newest_first(store: Arc<dyn Store>) {
     let mut mine = Vec::new();
     for i in 0..7 {
         let o = order(&customer, T0 + i);
-        store.create_order(o.clone(), None).await.unwrap();
+        store.create_order(o.clone(), None, None).await.unwrap();
         mine.push(o);
         for other in [&similar, &stranger] {
             let o = order(other, T0 + i);
-            store.create_order(o, None).await.unwrap();
+            store.create_order(o, None, None).await.unwrap();
         }
     }
     let newest_first: Vec<String> = mine.iter().rev().map(|o| o.order_id.clone()).collect();
@@ -915,7 +922,7 @@ async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
         let at = start + i * step;
         let customer = if i % 2 == 0 { &a } else { &b };
         let o = order_with_id(&id_at(at), customer, at);
-        store.create_order(o.clone(), None).await.unwrap();
+        store.create_order(o.clone(), None, None).await.unwrap();
         all.push(o);
     }
     for i in [2, 5] {
@@ -1028,7 +1035,7 @@ async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
 async fn check_status_moves_forward_only(store: Arc<dyn Store>) {
     let customer = unique("customer");
     let o = order(&customer, T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
 
     let invoiced = StatusUpdate {
         invoice_number: Some("INV-00000042".into()),
@@ -1734,6 +1741,172 @@ async fn check_markers_are_set_once(store: Arc<dyn Store>) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Secrets kept off the topics: payment tokens and verification emails. Their times are the wall
+// clock's (stores drop expired secrets by it).
+
+/// A card order's token is written with the order, read back until it is deleted or expires,
+/// and left alone by a replay of the order's idempotency key; deleting is idempotent.
+async fn check_payment_tokens_live_with_their_order(store: Arc<dyn Store>) {
+    let now = orderflow_schemas::now_millis();
+    let customer = unique("customer");
+    let token = |t: &str, expires_at: i64| PaymentToken {
+        token: format!("tok_conformance_{t}"),
+        expires_at,
+    };
+    let key = IdempotencyKey {
+        key: unique("key"),
+        fingerprint: "request-1".into(),
+        expires_at: now + DAY_MS,
+    };
+    let card = order(&customer, now);
+    assert_eq!(
+        store
+            .create_order(
+                card.clone(),
+                Some(key.clone()),
+                Some(token("first", now + DAY_MS))
+            )
+            .await
+            .unwrap(),
+        CreateOrder::Created
+    );
+    assert_eq!(
+        store.get_payment_token(&card.order_id, now).await.unwrap(),
+        Some(token("first", now + DAY_MS))
+    );
+    // Expired at its expiry, whatever is still stored.
+    assert_eq!(
+        store
+            .get_payment_token(&card.order_id, now + DAY_MS)
+            .await
+            .unwrap(),
+        None
+    );
+    // A replay of the key writes nothing: the first token stays.
+    let replay = store
+        .create_order(
+            order(&customer, now + 1),
+            Some(key),
+            Some(token("second", now + DAY_MS)),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(replay, CreateOrder::Existing(_)), "{replay:?}");
+    assert_eq!(
+        store.get_payment_token(&card.order_id, now).await.unwrap(),
+        Some(token("first", now + DAY_MS))
+    );
+    // The read model does not show it.
+    let record = store.get_order(&card.order_id).await.unwrap().unwrap();
+    assert!(!format!("{record:?}").contains("tok_conformance"));
+    assert!(!format!("{:?}", token("first", 0)).contains("tok_conformance"));
+
+    // Deleted (the charge's outcome is recorded): gone, and deleting again is fine.
+    store.delete_payment_token(&card.order_id).await.unwrap();
+    assert_eq!(
+        store.get_payment_token(&card.order_id, now).await.unwrap(),
+        None
+    );
+    store.delete_payment_token(&card.order_id).await.unwrap();
+    store.delete_payment_token(&new_id()).await.unwrap();
+
+    // An order without a token (bank transfer) has none; one stored already expired reads as
+    // gone; others' tokens are their own.
+    let transfer = order(&customer, now);
+    store
+        .create_order(transfer.clone(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_payment_token(&transfer.order_id, now).await.unwrap(),
+        None
+    );
+    let stale = order(&customer, now);
+    store
+        .create_order(stale.clone(), None, Some(token("stale", now - 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_payment_token(&stale.order_id, now).await.unwrap(),
+        None
+    );
+    let other = order(&customer, now);
+    store
+        .create_order(other.clone(), None, Some(token("other", now + DAY_MS)))
+        .await
+        .unwrap();
+    store.delete_payment_token(&stale.order_id).await.unwrap();
+    assert_eq!(
+        store.get_payment_token(&other.order_id, now).await.unwrap(),
+        Some(token("other", now + DAY_MS))
+    );
+}
+
+/// A verification email's code is kept by event id until it is deleted (sent) or expires;
+/// a second put for the same event replaces it; deleting is idempotent.
+async fn check_verification_emails_live_until_sent(store: Arc<dyn Store>) {
+    let now = orderflow_schemas::now_millis();
+    let email = |event_id: &str, code: &str, expires_at: i64| VerificationEmail {
+        event_id: event_id.into(),
+        code: code.into(),
+        expires_at,
+    };
+    let first = unique("c1:verify");
+    let second = unique("c1:verify");
+    store
+        .put_verification_email(email(&first, "123456", now + 900_000))
+        .await
+        .unwrap();
+    store
+        .put_verification_email(email(&second, "654321", now + 900_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_verification_email(&first, now).await.unwrap(),
+        Some(email(&first, "123456", now + 900_000))
+    );
+    assert_eq!(
+        store
+            .get_verification_email(&first, now + 900_000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!format!("{:?}", email(&first, "123456", 0)).contains("123456"));
+
+    store
+        .put_verification_email(email(&first, "111111", now + 600_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_verification_email(&first, now).await.unwrap(),
+        Some(email(&first, "111111", now + 600_000))
+    );
+
+    store.delete_verification_email(&first).await.unwrap();
+    assert_eq!(store.get_verification_email(&first, now).await.unwrap(), None);
+    store.delete_verification_email(&first).await.unwrap();
+    assert_eq!(
+        store.get_verification_email(&second, now).await.unwrap(),
+        Some(email(&second, "654321", now + 900_000))
+    );
+    assert_eq!(
+        store
+            .get_verification_email(&unique("c1:verify"), now)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let stale = unique("c1:verify");
+    store
+        .put_verification_email(email(&stale, "999999", now - 1))
+        .await
+        .unwrap();
+    assert_eq!(store.get_verification_email(&stale, now).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 
 fn new_id() -> String {
@@ -1900,7 +2073,7 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
     let sku = unique("sku");
     store.put_products(vec![product(&sku, 10)]).await.unwrap();
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     store
         .reserve(&o.order_id, &[item(&sku, 3)], T0 + 1)
         .await
@@ -1945,7 +2118,7 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
 
     // A paid order says so.
     let paid_order = order(&unique("customer"), T0);
-    store.create_order(paid_order.clone(), None).await.unwrap();
+    store.create_order(paid_order.clone(), None, None).await.unwrap();
     store
         .record_payment(payment(&paid_order.order_id, true, "ch_1"))
         .await
@@ -1972,7 +2145,7 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
 /// cannot be cancelled.
 async fn check_ship_only_when_paid_and_never_after_cancel(store: Arc<dyn Store>) {
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     store
         .apply_status(update(&o, OrderStatus::Validated, T0 + 1))
         .await
@@ -2007,7 +2180,7 @@ async fn check_ship_only_when_paid_and_never_after_cancel(store: Arc<dyn Store>)
     assert_eq!(got.status, OrderStatus::Shipped);
 
     let c = order(&unique("customer"), T0);
-    store.create_order(c.clone(), None).await.unwrap();
+    store.create_order(c.clone(), None, None).await.unwrap();
     store
         .apply_status(update(&c, OrderStatus::Paid, T0 + 1))
         .await
@@ -2029,7 +2202,7 @@ async fn check_shipping_takes_the_units_out_of_reserved(store: Arc<dyn Store>) {
     let sku = unique("ship-sku");
     store.put_products(vec![product(&sku, 10)]).await.unwrap();
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     let items = [OrderItem {
         sku: sku.clone(),
         quantity: 3,
@@ -2075,7 +2248,7 @@ async fn check_shipping_takes_the_units_out_of_reserved(store: Arc<dyn Store>) {
 async fn check_racing_cancel_and_ship_one_wins(store: Arc<dyn Store>) {
     for round in 0..5 {
         let o = order(&unique("customer"), T0);
-        store.create_order(o.clone(), None).await.unwrap();
+        store.create_order(o.clone(), None, None).await.unwrap();
         store
             .apply_status(update(&o, OrderStatus::Paid, T0 + 1))
             .await
@@ -2140,7 +2313,7 @@ async fn validated_order(store: &dyn Store, items: &[OrderItem]) -> OrderRecord 
         items: items.to_vec(),
         ..order(&unique("customer"), T0)
     };
-    store.create_order(o.clone(), None).await.unwrap();
+    store.create_order(o.clone(), None, None).await.unwrap();
     let reservation = store.reserve(&o.order_id, items, T0 + 1).await.unwrap();
     assert!(matches!(reservation, Reservation::Reserved { .. }));
     store
@@ -2279,7 +2452,7 @@ async fn check_modify_swaps_the_reservation_all_or_nothing(store: Arc<dyn Store>
 
     // Not validated yet, or unknown.
     let accepted = order(&unique("customer"), T0);
-    store.create_order(accepted.clone(), None).await.unwrap();
+    store.create_order(accepted.clone(), None, None).await.unwrap();
     assert_eq!(
         store
             .modify_order(&accepted.order_id, vec![item(&a, 1)], T0)

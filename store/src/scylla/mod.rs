@@ -30,6 +30,9 @@
 //!   order id's time, newest first) over the days `order_days` names, or a customer's own index
 //!   when the filter names one; the status and time filters are applied to the orders read
 //!   while paging.
+//! - **Payment tokens** and **verification emails** (`secrets.rs`): a card order's token is a
+//!   static column pair of the order's partition, written by the order's own logged batch with
+//!   a TTL to its expiry; a verification email's clear code is a row by event id with a TTL.
 //! - **Modifications** and **payment claims** (issue #5, `modify.rs`): an order's `revision`,
 //!   `payment_claim` and `lifecycle` static columns are written only by LWTs on its partition,
 //!   so a modification's fence, a claim, a cancel and a ship are ordered by Paxos and exactly
@@ -41,6 +44,7 @@ mod accounts;
 mod lifecycle;
 mod migrate;
 mod modify;
+mod secrets;
 
 use std::{
     collections::HashMap,
@@ -136,6 +140,8 @@ pub struct ScyllaStore {
     lifecycle: Arc<lifecycle::LifecycleStatements>,
     /// The statements of modifications and payment claims (issue #5): [`modify`].
     modify: Arc<modify::ModifyStatements>,
+    /// The statements of payment tokens and verification emails: [`secrets`].
+    secrets: Arc<secrets::SecretStatements>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -300,12 +306,14 @@ impl ScyllaStore {
         let accounts = accounts::AccountStatements::prepare(&session, &keyspace).await?;
         let lifecycle = lifecycle::LifecycleStatements::prepare(&session, &keyspace).await?;
         let modify = modify::ModifyStatements::prepare(&session, &keyspace).await?;
+        let secrets = secrets::SecretStatements::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
             accounts: Arc::new(accounts),
             lifecycle: Arc::new(lifecycle),
             modify: Arc::new(modify),
+            secrets: Arc::new(secrets),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -882,7 +890,9 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn write_order(&self, order: &OrderRecord) -> Result<()> {
+    /// Writes a new order (and a card order's payment token, on the order's partition) in one
+    /// logged batch.
+    async fn write_order(&self, order: &OrderRecord, token: Option<&PaymentToken>) -> Result<()> {
         let mut batch = Batch::new(BatchType::Logged);
         let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
         batch.append_statement(self.q.order_statics.clone());
@@ -905,6 +915,14 @@ impl ScyllaStore {
                 Some(CqlValue::BigInt(entry.at)),
                 entry.detail.as_deref().and_then(text),
             ]);
+        }
+        if let Some(token) = token {
+            batch.append_statement(self.secrets.token_put.clone());
+            values.push(Self::token_values(
+                &order.order_id,
+                token,
+                order.created_at,
+            ));
         }
         let bucket = bucket_of(&order.order_id, order.created_at);
         batch.append_statement(self.q.customer_order.clone());
@@ -937,9 +955,10 @@ impl ScyllaStore {
         &self,
         order: &OrderRecord,
         idempotency: Option<&IdempotencyKey>,
+        token: Option<&PaymentToken>,
     ) -> Result<CreateOrder> {
         let Some(key) = idempotency else {
-            self.write_order(order).await?;
+            self.write_order(order, token).await?;
             return Ok(CreateOrder::Created);
         };
         let ttl = key_ttl_secs(key, order.created_at);
@@ -1010,7 +1029,7 @@ impl ScyllaStore {
                 key.key
             )));
         }
-        self.write_order(order).await?;
+        self.write_order(order, token).await?;
         Ok(CreateOrder::Created)
     }
 
@@ -1307,9 +1326,24 @@ impl Store for ScyllaStore {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        payment_token: Option<PaymentToken>,
     ) -> Result<CreateOrder> {
         retry("create_order", || {
-            self.create_order_once(&order, idempotency.as_ref())
+            self.create_order_once(&order, idempotency.as_ref(), payment_token.as_ref())
+        })
+        .await
+    }
+
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
+        retry("get_payment_token", || {
+            self.get_payment_token_impl(order_id, now)
+        })
+        .await
+    }
+
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
+        retry("delete_payment_token", || {
+            self.delete_payment_token_impl(order_id)
         })
         .await
     }
@@ -1615,6 +1649,31 @@ impl Store for ScyllaStore {
 
     async fn put_verification(&self, code: VerificationCode) -> Result<()> {
         self.put_verification_impl(&code).await
+    }
+
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+        retry("put_verification_email", || {
+            self.put_verification_email_impl(&email)
+        })
+        .await
+    }
+
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        retry("get_verification_email", || {
+            self.get_verification_email_impl(event_id, now)
+        })
+        .await
+    }
+
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
+        retry("delete_verification_email", || {
+            self.delete_verification_email_impl(event_id)
+        })
+        .await
     }
 
     async fn check_verification(
