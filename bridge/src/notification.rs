@@ -56,7 +56,8 @@ pub struct Notification {
 
 impl Notification {
     /// The notification for a message on a catalogue topic (framed with an id from `ids`), or
-    /// `None` when that topic's events notify nobody.
+    /// `None` when that topic's events notify nobody, or (a verification event) not before the
+    /// code is read from the store ([`crate::Envelope::attach_verification_code`]).
     pub fn from_message(
         kind: TopicKind,
         ids: &SchemaIds,
