@@ -183,7 +183,10 @@ async fn no_card_token_or_verification_code_reaches_a_topic_a_log_or_a_sink() {
     // Card orders with tokens of their own (the simulated gateway approves `tok_…`), a declined
     // one, and one paid by bank transfer.
     let unique = uuid::Uuid::now_v7().simple().to_string();
-    let card_tokens = [format!("tok_secret_a_{unique}"), format!("tok_secret_b_{unique}")];
+    let card_tokens = [
+        format!("tok_secret_a_{unique}"),
+        format!("tok_secret_b_{unique}"),
+    ];
     let declined_token = "tok_decline".to_string();
     let transfer_token = format!("iban-secret-{unique}");
     let mut cards = Vec::new();
@@ -247,7 +250,8 @@ async fn no_card_token_or_verification_code_reaches_a_topic_a_log_or_a_sink() {
         "{orphaned}"
     );
     p.wait_for_notifications(|all| {
-        let has = |id: &str, kind: &str| all.iter().any(|n| n["order_id"] == id && n["kind"] == kind);
+        let has =
+            |id: &str, kind: &str| all.iter().any(|n| n["order_id"] == id && n["kind"] == kind);
         cards.iter().all(|id| has(id, "invoice_ready"))
             && has(&declined, "payment_failed")
             && has(&orphan, "payment_failed")
@@ -267,12 +271,19 @@ async fn no_card_token_or_verification_code_reaches_a_topic_a_log_or_a_sink() {
 
     // Nothing secret on any topic.
     let mut secrets: Vec<&str> = card_tokens.iter().map(String::as_str).collect();
-    secrets.extend([declined_token.as_str(), transfer_token.as_str(), code.as_str()]);
+    secrets.extend([
+        declined_token.as_str(),
+        transfer_token.as_str(),
+        code.as_str(),
+    ]);
     let records = every_record(&p.bootstrap);
     let count = |topic: &str| records.iter().filter(|r| r.topic == topic).count();
     assert!(count("orders.accepted") >= 5, "the scan read the orders");
     assert!(count("orders.validated") >= 5, "the scan read the orders");
-    assert!(count("accounts.verification") >= 1, "the scan read the account");
+    assert!(
+        count("accounts.verification") >= 1,
+        "the scan read the account"
+    );
     for record in &records {
         for secret in &secrets {
             assert!(
@@ -291,11 +302,17 @@ async fn no_card_token_or_verification_code_reaches_a_topic_a_log_or_a_sink() {
     for token in &secrets[..secrets.len() - 1] {
         assert!(!log.contains(token), "{token:?} is in the log");
     }
-    assert!(!has_word(&log, &code), "the verification code is in the log");
+    assert!(
+        !has_word(&log, &code),
+        "the verification code is in the log"
+    );
     let sink = std::fs::read_to_string(dir.path().join("notifications.jsonl")).unwrap();
     for line in sink.lines() {
         for token in &secrets[..secrets.len() - 1] {
-            assert!(!line.contains(token), "{token:?} is in the file sink: {line}");
+            assert!(
+                !line.contains(token),
+                "{token:?} is in the file sink: {line}"
+            );
         }
         let note: Value = serde_json::from_str(line).unwrap();
         if note["kind"] != "verify_email" {

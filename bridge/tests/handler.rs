@@ -137,7 +137,10 @@ async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_i
     assert!(!String::from_utf8_lossy(&m.payload).contains("048213"));
 
     // A retriable failure keeps the code for the retry.
-    assert!(matches!(h.handle(&m).await, Err(HandlerError::Retriable(_))));
+    assert!(matches!(
+        h.handle(&m).await,
+        Err(HandlerError::Retriable(_))
+    ));
     assert!(store
         .get_verification_email("c1:verify:1", now)
         .await
@@ -146,10 +149,17 @@ async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_i
     h.handle(&m).await.unwrap();
     let bodies = flaky.bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 1);
-    assert!(bodies[0].contains("Your verification code is 048213."), "{}", bodies[0]);
+    assert!(
+        bodies[0].contains("Your verification code is 048213."),
+        "{}",
+        bodies[0]
+    );
     // Sent: the code has left the store, and a redelivery sends nothing (and does not fail).
     assert_eq!(
-        store.get_verification_email("c1:verify:1", now).await.unwrap(),
+        store
+            .get_verification_email("c1:verify:1", now)
+            .await
+            .unwrap(),
         None
     );
     h.handle(&m).await.unwrap();

@@ -985,7 +985,11 @@ mod tests {
         let mut v = valid();
         v["items"][0]["sku"] = serde_json::json!(4111);
         let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
-        assert!(p.errors[0].message.contains("4111"), "{}", p.errors[0].message);
+        assert!(
+            p.errors[0].message.contains("4111"),
+            "{}",
+            p.errors[0].message
+        );
     }
 
     #[test]

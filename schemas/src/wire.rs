@@ -415,7 +415,10 @@ mod tests {
         let field = serde_json::json!({"name": name, "type": "string"});
         let fields = schema["fields"].as_array_mut().unwrap();
         match fields.iter_mut().find(|f| f["name"] == "payment") {
-            Some(payment) => payment["type"]["fields"].as_array_mut().unwrap().push(field),
+            Some(payment) => payment["type"]["fields"]
+                .as_array_mut()
+                .unwrap()
+                .push(field),
             None => {
                 let at = fields.len() - 2;
                 fields.insert(at, field)
@@ -469,7 +472,10 @@ mod tests {
             ("token".into(), Value::String("tok_old_secret".into())),
         ]);
         let (ids, framed) = old_message::<OrderAccepted>(&v1, value);
-        assert_eq!(decode_with::<OrderAccepted>(&ids, &framed).unwrap(), accepted());
+        assert_eq!(
+            decode_with::<OrderAccepted>(&ids, &framed).unwrap(),
+            accepted()
+        );
     }
 
     #[test]

@@ -96,7 +96,8 @@ fn bench(c: &mut Criterion) {
             &mut ids,
             |ids| {
                 runtime.block_on(futures::future::join_all(
-                    ids.iter().map(|id| store.create_order(order(id), None, None)),
+                    ids.iter()
+                        .map(|id| store.create_order(order(id), None, None)),
                 ))
             },
             BatchSize::PerIteration,

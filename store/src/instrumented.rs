@@ -94,7 +94,11 @@ impl<S: Store> Store for Instrumented<S> {
     }
 
     async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
-        timed("delete_payment_token", self.0.delete_payment_token(order_id)).await
+        timed(
+            "delete_payment_token",
+            self.0.delete_payment_token(order_id),
+        )
+        .await
     }
 
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
@@ -190,7 +194,11 @@ impl<S: Store> Store for Instrumented<S> {
     }
 
     async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
-        timed("put_verification_email", self.0.put_verification_email(email)).await
+        timed(
+            "put_verification_email",
+            self.0.put_verification_email(email),
+        )
+        .await
     }
 
     async fn get_verification_email(

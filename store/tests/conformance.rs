@@ -1818,7 +1818,10 @@ async fn check_payment_tokens_live_with_their_order(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(
-        store.get_payment_token(&transfer.order_id, now).await.unwrap(),
+        store
+            .get_payment_token(&transfer.order_id, now)
+            .await
+            .unwrap(),
         None
     );
     let stale = order(&customer, now);
@@ -1884,7 +1887,10 @@ async fn check_verification_emails_live_until_sent(store: Arc<dyn Store>) {
     );
 
     store.delete_verification_email(&first).await.unwrap();
-    assert_eq!(store.get_verification_email(&first, now).await.unwrap(), None);
+    assert_eq!(
+        store.get_verification_email(&first, now).await.unwrap(),
+        None
+    );
     store.delete_verification_email(&first).await.unwrap();
     assert_eq!(
         store.get_verification_email(&second, now).await.unwrap(),
@@ -1903,7 +1909,10 @@ async fn check_verification_emails_live_until_sent(store: Arc<dyn Store>) {
         .put_verification_email(email(&stale, "999999", now - 1))
         .await
         .unwrap();
-    assert_eq!(store.get_verification_email(&stale, now).await.unwrap(), None);
+    assert_eq!(
+        store.get_verification_email(&stale, now).await.unwrap(),
+        None
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2118,7 +2127,10 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
 
     // A paid order says so.
     let paid_order = order(&unique("customer"), T0);
-    store.create_order(paid_order.clone(), None, None).await.unwrap();
+    store
+        .create_order(paid_order.clone(), None, None)
+        .await
+        .unwrap();
     store
         .record_payment(payment(&paid_order.order_id, true, "ch_1"))
         .await
@@ -2452,7 +2464,10 @@ async fn check_modify_swaps_the_reservation_all_or_nothing(store: Arc<dyn Store>
 
     // Not validated yet, or unknown.
     let accepted = order(&unique("customer"), T0);
-    store.create_order(accepted.clone(), None, None).await.unwrap();
+    store
+        .create_order(accepted.clone(), None, None)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .modify_order(&accepted.order_id, vec![item(&a, 1)], T0)

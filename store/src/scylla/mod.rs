@@ -918,11 +918,7 @@ impl ScyllaStore {
         }
         if let Some(token) = token {
             batch.append_statement(self.secrets.token_put.clone());
-            values.push(Self::token_values(
-                &order.order_id,
-                token,
-                order.created_at,
-            ));
+            values.push(Self::token_values(&order.order_id, token, order.created_at));
         }
         let bucket = bucket_of(&order.order_id, order.created_at);
         batch.append_statement(self.q.customer_order.clone());

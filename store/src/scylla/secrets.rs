@@ -126,7 +126,10 @@ impl ScyllaStore {
             .map(|_| ())
     }
 
-    pub(super) async fn put_verification_email_impl(&self, email: &VerificationEmail) -> Result<()> {
+    pub(super) async fn put_verification_email_impl(
+        &self,
+        email: &VerificationEmail,
+    ) -> Result<()> {
         let ttl = ttl_until(email.expires_at, orderflow_schemas::now_millis());
         self.run(
             &self.secrets.email_put,
