@@ -156,7 +156,8 @@ async fn confluents_avro_deserializer_decodes_every_topic_through_the_embedded_r
     assert_eq!(a["items"], json!([{"sku": "MUG-001", "quantity": 2}]));
     assert_eq!(a["shipping_address"]["city"], "Berlin");
     assert_eq!(a["shipping_address"]["line2"], Value::Null);
-    assert_eq!(a["payment"]["token"], "tok_visa");
+    // The method, never the card token.
+    assert_eq!(a["payment"], json!({"method": "card"}));
     assert!(a["occurred_at"].as_i64().unwrap() > 1_700_000_000_000);
     let v = record("orders.validated");
     assert_eq!(v["order_id"], good);

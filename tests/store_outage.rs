@@ -22,8 +22,9 @@ use orderflow_schemas::{
 };
 use orderflow_store::{
     Account, CreateOrder, EmbeddedStore, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord,
-    PaymentRecord, Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome,
-    StatusUpdate, StockAdjustment, Store, StoreError, VerificationCode, VerifyOutcome,
+    PaymentRecord, PaymentToken, Product, ProductChange, RefreshToken, Reservation, Result,
+    RotateOutcome, StatusUpdate, StockAdjustment, Store, StoreError, VerificationCode,
+    VerificationEmail, VerifyOutcome,
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -215,7 +216,6 @@ fn accepted() -> OrderAccepted {
         },
         payment: PaymentMethod {
             method: "card".into(),
-            token: "tok_visa".into(),
         },
         occurred_at: orderflow_schemas::now_millis(),
     }
@@ -347,11 +347,18 @@ impl Store for Switchable {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        payment_token: Option<PaymentToken>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
         self.up()?
-            .create_order(order, idempotency, max_unpaid)
+            .create_order(order, idempotency, payment_token, max_unpaid)
             .await
+    }
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
+        self.up()?.get_payment_token(order_id, now).await
+    }
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
+        self.up()?.delete_payment_token(order_id).await
     }
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
         self.up()?.get_order(order_id).await
@@ -422,6 +429,19 @@ impl Store for Switchable {
     }
     async fn put_verification(&self, code: VerificationCode) -> Result<()> {
         self.up()?.put_verification(code).await
+    }
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+        self.up()?.put_verification_email(email).await
+    }
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        self.up()?.get_verification_email(event_id, now).await
+    }
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
+        self.up()?.delete_verification_email(event_id).await
     }
     async fn check_verification(
         &self,

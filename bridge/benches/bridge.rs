@@ -34,7 +34,6 @@ fn message(i: usize, run: &str) -> Incoming {
         total_cents: 3000,
         payment: PaymentMethod {
             method: "card".into(),
-            token: "tok_visa".into(),
         },
         occurred_at: 1_700_000_000_000,
         revision: 0,

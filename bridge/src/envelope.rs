@@ -132,6 +132,10 @@ pub struct Envelope {
     /// delivering a notification ([`crate::BridgeHandler`]).
     #[serde(skip)]
     pub email: Option<String>,
+    /// The one-time code a verification email carries, read from the store by the event's id
+    /// ([`Envelope::attach_verification_code`]); never part of the event (`data`).
+    #[serde(skip)]
+    pub verification_code: Option<String>,
 }
 
 impl Envelope {
@@ -161,10 +165,10 @@ impl Envelope {
             EventType::OrderInvoiced => {
                 Self::of::<OrderInvoiced>(t, p, |e| Some(Notification::invoice_ready(e)))?
             }
+            // Its email waits for the code, which is not in the event:
+            // [`Envelope::attach_verification_code`].
             EventType::AccountVerification => {
-                Self::of::<AccountVerificationRequested>(t, p, |e| {
-                    Some(Notification::verify_email(e))
-                })?
+                Self::of::<AccountVerificationRequested>(t, p, |_| None)?
             }
             EventType::OrderCancelled => {
                 Self::of::<OrderCancelled>(t, p, |e| Some(Notification::cancelled(e)))?
@@ -197,6 +201,21 @@ impl Envelope {
             data: serde_json::to_value(&event).unwrap_or_default(),
             notification: notification(&event),
             email: None,
+            verification_code: None,
         })
+    }
+
+    /// Gives a verification event the code its email is to carry: the notification (the email)
+    /// says it from now on, and the email templates get it as `code`. The event itself (`data`,
+    /// what the `event` mapping sends) stays without it.
+    pub fn attach_verification_code(&mut self, code: &str) -> Result<(), DecodeError> {
+        let event: AccountVerificationRequested = serde_json::from_value(self.data.clone())
+            .map_err(|e| DecodeError::Avro {
+                name: AccountVerificationRequested::NAME,
+                message: e.to_string(),
+            })?;
+        self.notification = Some(Notification::verify_email(&event, code));
+        self.verification_code = Some(code.to_string());
+        Ok(())
     }
 }

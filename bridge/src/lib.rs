@@ -19,7 +19,9 @@
 //!   makes the consume loop retry the event with backoff (sinks that took it already are
 //!   skipped); a rejection sends it to `orderflow.bridge.dead-letter` with the reason.
 //!   It records `orderflow_sink_deliveries_total{sink, outcome}` and
-//!   `orderflow_sink_send_seconds{sink}`.
+//!   `orderflow_sink_send_seconds{sink}`. A verification event carries no code: the bridge
+//!   reads it from the store by event id, deletes it once every sink has the email, and skips
+//!   the event (logging that, without the code) when the code is gone (expired, or sent).
 
 pub mod aws;
 pub mod config;
@@ -46,6 +48,7 @@ use orderflow_schemas::{
 };
 use orderflow_store::Store;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 pub use config::{BridgeConfig, BuildContext, ConfigError, Routing};
 pub use envelope::{Envelope, EventType};
@@ -125,6 +128,24 @@ impl Handler for BridgeHandler {
         else {
             return Ok(());
         };
+        // A verification email's code is in the store, under the event's id, until the email
+        // is out (or the code expires): without it there is nothing to send.
+        let verification = event_type == EventType::AccountVerification;
+        if verification {
+            let pending = self
+                .store
+                .get_verification_email(&envelope.id, orderflow_schemas::now_millis())
+                .await
+                .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+            let Some(pending) = pending else {
+                info!(event_id = %envelope.id, customer_id = %envelope.customer_id,
+                      "Verification code expired or already sent; no email.");
+                return Ok(());
+            };
+            envelope
+                .attach_verification_code(&pending.code)
+                .map_err(|e| HandlerError::Poison(e.to_string()))?;
+        }
         // An email goes to the account's own address (sinks fall back to their recipient
         // template for customers without an account).
         if envelope.notification.is_some() && !envelope.customer_id.is_empty() {
@@ -157,6 +178,13 @@ impl Handler for BridgeHandler {
         }
         if !poison.is_empty() {
             return Err(HandlerError::Poison(poison.join("; ")));
+        }
+        if verification {
+            // Every sink has the email: the code leaves the store.
+            self.store
+                .delete_verification_email(&envelope.id)
+                .await
+                .map_err(|e| HandlerError::Retriable(e.to_string()))?;
         }
         Ok(())
     }

@@ -56,7 +56,8 @@ pub struct Notification {
 
 impl Notification {
     /// The notification for a message on a catalogue topic (framed with an id from `ids`), or
-    /// `None` when that topic's events notify nobody.
+    /// `None` when that topic's events notify nobody, or (a verification event) not before the
+    /// code is read from the store ([`crate::Envelope::attach_verification_code`]).
     pub fn from_message(
         kind: TopicKind,
         ids: &SchemaIds,
@@ -152,15 +153,13 @@ impl Notification {
         }
     }
 
-    /// The verification code email; the SES sink sends it to the event's `email`.
-    pub(crate) fn verify_email(e: &AccountVerificationRequested) -> Self {
+    /// The verification code email; the SES sink sends it to the event's `email`. The code is
+    /// not in the event: the bridge reads it from the store ([`crate::BridgeHandler`]).
+    pub(crate) fn verify_email(e: &AccountVerificationRequested, code: &str) -> Self {
         let minutes = ((e.expires_at - e.occurred_at) / 60_000).max(1);
         Notification {
             subject: "Your Orderflow verification code".into(),
-            text: format!(
-                "Your verification code is {}. It expires in {minutes} minutes.",
-                e.code
-            ),
+            text: format!("Your verification code is {code}. It expires in {minutes} minutes."),
             id: e.event_id.clone(),
             kind: NotificationKind::VerifyEmail,
             order_id: String::new(),

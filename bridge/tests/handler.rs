@@ -9,8 +9,8 @@ use std::sync::{
 use async_trait::async_trait;
 use orderflow_bridge::{BridgeHandler, Delivery, Routing, Sink, SinkError};
 use orderflow_kafka::{Handler, HandlerError, Incoming};
-use orderflow_schemas::{wire, OrderRejected, TopicKind};
-use orderflow_store::{EmbeddedStore, Store};
+use orderflow_schemas::{wire, AccountVerificationRequested, OrderRejected, TopicKind};
+use orderflow_store::{EmbeddedStore, Store, VerificationEmail};
 
 /// Fails its first `failures` sends with `error`, then takes everything; counts what it took.
 struct Flaky {
@@ -18,6 +18,8 @@ struct Flaky {
     failures: AtomicUsize,
     error: SinkError,
     taken: Mutex<Vec<String>>,
+    /// The body of each delivery taken.
+    bodies: Mutex<Vec<String>>,
 }
 
 impl Flaky {
@@ -27,6 +29,7 @@ impl Flaky {
             failures: AtomicUsize::new(failures),
             error,
             taken: Mutex::default(),
+            bodies: Mutex::default(),
         })
     }
 
@@ -50,6 +53,8 @@ impl Sink for Flaky {
             return Err(self.error.clone());
         }
         self.taken.lock().unwrap().push(d.envelope.id.clone());
+        let body = String::from_utf8(d.body()?).unwrap();
+        self.bodies.lock().unwrap().push(body);
         Ok(())
     }
 
@@ -79,9 +84,90 @@ fn rejected(order_id: &str) -> Incoming {
     }
 }
 
+fn verification(event_id: &str) -> Incoming {
+    let now = orderflow_schemas::now_millis();
+    let event = AccountVerificationRequested {
+        event_id: event_id.into(),
+        customer_id: "c1".into(),
+        email: "ada@example.com".into(),
+        name: "Ada".into(),
+        expires_at: now + 15 * 60_000,
+        occurred_at: now,
+    };
+    Incoming {
+        topic: "accounts.verification".into(),
+        kind: Some(TopicKind::AccountsVerification),
+        partition: 0,
+        offset: 0,
+        key: Some(b"c1".to_vec()),
+        payload: wire::encode(&event).unwrap(),
+        headers: vec![],
+        schemas: orderflow_schemas::SchemaIds::builtin(),
+    }
+}
+
 fn handler(dir: &tempfile::TempDir, sinks: Vec<Arc<dyn Sink>>) -> BridgeHandler {
+    handler_with_store(dir, sinks).0
+}
+
+fn handler_with_store(
+    dir: &tempfile::TempDir,
+    sinks: Vec<Arc<dyn Sink>>,
+) -> (BridgeHandler, Arc<dyn Store>) {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    BridgeHandler::new(store, Arc::new(Routing::notifications_to(sinks)))
+    let handler = BridgeHandler::new(store.clone(), Arc::new(Routing::notifications_to(sinks)));
+    (handler, store)
+}
+
+#[tokio::test]
+async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Flaky::new("flaky", 1, SinkError::Retriable("throttled".into()));
+    let (h, store) = handler_with_store(&dir, vec![flaky.clone()]);
+    let now = orderflow_schemas::now_millis();
+    store
+        .put_verification_email(VerificationEmail {
+            event_id: "c1:verify:1".into(),
+            code: "048213".into(),
+            expires_at: now + 15 * 60_000,
+        })
+        .await
+        .unwrap();
+    let m = verification("c1:verify:1");
+    assert!(!String::from_utf8_lossy(&m.payload).contains("048213"));
+
+    // A retriable failure keeps the code for the retry.
+    assert!(matches!(
+        h.handle(&m).await,
+        Err(HandlerError::Retriable(_))
+    ));
+    assert!(store
+        .get_verification_email("c1:verify:1", now)
+        .await
+        .unwrap()
+        .is_some());
+    h.handle(&m).await.unwrap();
+    let bodies = flaky.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    assert!(
+        bodies[0].contains("Your verification code is 048213."),
+        "{}",
+        bodies[0]
+    );
+    // Sent: the code has left the store, and a redelivery sends nothing (and does not fail).
+    assert_eq!(
+        store
+            .get_verification_email("c1:verify:1", now)
+            .await
+            .unwrap(),
+        None
+    );
+    h.handle(&m).await.unwrap();
+    assert_eq!(flaky.taken(), ["c1:verify:1"]);
+
+    // A code that is gone (expired, never kept) sends nothing and is not retried.
+    h.handle(&verification("c1:verify:2")).await.unwrap();
+    assert_eq!(flaky.taken(), ["c1:verify:1"]);
 }
 
 #[tokio::test]

@@ -41,7 +41,6 @@ fn validated(order_id: &str, customer_id: &str) -> Envelope {
         total_cents: 1500,
         payment: PaymentMethod {
             method: "card".into(),
-            token: "tok_visa".into(),
         },
         occurred_at: 1_700_000_000_000,
         revision: 0,

@@ -23,7 +23,7 @@ use axum::{
     Json,
 };
 use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod};
-use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, TimelineEntry};
+use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use utoipa::ToSchema;
@@ -170,8 +170,8 @@ pub struct AddressRequest {
     pub country: String,
 }
 
-/// How the order is paid.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+/// How the order is paid. Its `Debug` does not show the token.
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
     #[schema(
@@ -181,13 +181,23 @@ pub struct PaymentRequest {
     #[schema(example = "card")]
     pub method: String,
     /// The payment gateway's token; the simulated gateway declines `tok_decline` and
-    /// `tok_insufficient_funds`.
+    /// `tok_insufficient_funds`. Kept in the store with the order until the charge is done
+    /// (never on a topic, never logged); ignored for `bank_transfer`.
     #[schema(
         max_length = 256,
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
     #[schema(example = "tok_visa")]
     pub token: String,
+}
+
+impl std::fmt::Debug for PaymentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentRequest")
+            .field("method", &self.method)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The order was recorded and its `OrderAccepted` event is on the topic.
@@ -379,6 +389,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Pro
             Some(i) if !(inner.is_syntax() || inner.is_eof()) => message[..i].to_string(),
             _ => message,
         };
+        // serde names the value it could not take (``invalid type: integer `123456` ``): not
+        // for a secret, which no answer repeats.
+        let message = if SECRET_FIELDS.contains(&field.as_str()) && message.contains('`') {
+            "must be a string".to_string()
+        } else {
+            message
+        };
         if inner.is_syntax() || inner.is_eof() {
             Problem::field(
                 StatusCode::BAD_REQUEST,
@@ -402,6 +419,9 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Pro
     })?;
     Ok(value)
 }
+
+/// Request fields whose values are secrets: a problem document names them, never their value.
+const SECRET_FIELDS: [&str; 2] = ["payment.token", "code"];
 
 fn backticked(message: &str) -> Option<&str> {
     let start = message.find('`')? + 1;
@@ -655,10 +675,15 @@ pub async fn create(
         shipping_address: address.clone(),
         payment: PaymentMethod {
             method: req.payment.method.clone(),
-            token: req.payment.token,
         },
         occurred_at: now,
     };
+    // The card token stays in the store, written with the order, for the payment stage to
+    // read by order id; no event carries it. An offline payment has nothing to charge.
+    let payment_token = (!event.payment.is_offline()).then(|| PaymentToken {
+        token: req.payment.token,
+        expires_at: now + orderflow_store::PAYMENT_TOKEN_TTL.as_millis() as i64,
+    });
     let record = OrderRecord {
         order_id: order_id.clone(),
         customer_id,
@@ -682,7 +707,7 @@ pub async fn create(
 
     let outcome = state
         .store
-        .create_order(record, key, state.max_unpaid_orders)
+        .create_order(record, key, payment_token, state.max_unpaid_orders)
         .await
         .map_err(|e| Problem::down("order store", &e))?;
     match outcome {
@@ -984,6 +1009,26 @@ mod tests {
             .replace("\"quantity\":2", "\"quantity\":1e300");
         let p = parse_json::<CreateOrderRequest>(body.as_bytes()).unwrap_err();
         assert_eq!(field_of(&p), "items[0].quantity");
+    }
+
+    #[test]
+    fn a_problem_never_repeats_a_card_token() {
+        let mut v = valid();
+        v["payment"]["token"] = serde_json::json!(4111111111111111u64);
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!((p.status, field_of(&p)), (422, "payment.token"));
+        let body = serde_json::to_string(&p).unwrap();
+        assert!(!body.contains("4111111111111111"), "{body}");
+        assert!(body.contains("must be a string"), "{body}");
+        // Other fields still say what they got.
+        let mut v = valid();
+        v["items"][0]["sku"] = serde_json::json!(4111);
+        let p = parse_json::<CreateOrderRequest>(v.to_string().as_bytes()).unwrap_err();
+        assert!(
+            p.errors[0].message.contains("4111"),
+            "{}",
+            p.errors[0].message
+        );
     }
 
     #[test]

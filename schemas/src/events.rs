@@ -169,11 +169,12 @@ pub struct Address {
     pub country: String,
 }
 
-/// How an order is paid: a method name and the gateway token for it.
+/// How an order is paid: the method's name. The gateway's card token never travels on a
+/// topic: the API keeps it in the store with the order, and the payment stage reads it there
+/// by order id (`Store::get_payment_token`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentMethod {
     pub method: String,
-    pub token: String,
 }
 
 impl PaymentMethod {
@@ -319,14 +320,15 @@ event!(
 
 // --- Account events (issue #5, f/auth) --------------------------------------------------------
 
-/// An account needs its email verified: the bridge emails it the code (`verify_email`).
+/// An account needs its email verified: the bridge emails it the code (`verify_email`). The
+/// code is not in the event: the bridge reads it from the store under `event_id`
+/// (`Store::get_verification_email`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountVerificationRequested {
     pub event_id: String,
     pub customer_id: String,
     pub email: String,
     pub name: String,
-    pub code: String,
     pub expires_at: i64,
     pub occurred_at: i64,
 }

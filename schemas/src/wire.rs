@@ -154,7 +154,6 @@ mod tests {
             },
             payment: PaymentMethod {
                 method: "card".into(),
-                token: "tok_visa".into(),
             },
             occurred_at: 1_700_000_000_123,
         }
@@ -183,7 +182,6 @@ mod tests {
             customer_id: "c1".into(),
             email: "ada@example.com".into(),
             name: "Ada".into(),
-            code: "123456".into(),
             expires_at: 2,
             occurred_at: 1,
         };
@@ -216,7 +214,6 @@ mod tests {
             total_cents: 2700,
             payment: PaymentMethod {
                 method: "card".into(),
-                token: "tok".into(),
             },
             occurred_at: 1,
             revision: 2,
@@ -372,13 +369,15 @@ mod tests {
     #[test]
     fn an_order_validated_written_before_revisions_decodes_as_revision_zero() {
         use crate::{registry::SchemaIds, TopicKind};
-        // The schema as it was before issue #5's modifications: no `revision` field.
+        // The schema as it was before issue #5's modifications: no `revision` field (and the
+        // card token still in `payment`).
         let mut v1: serde_json::Value =
             serde_json::from_str(OrderValidated::schema_text()).unwrap();
         v1["fields"]
             .as_array_mut()
             .unwrap()
             .retain(|f| f["name"] != "revision");
+        with_old_field(&mut v1, "token");
         let v1 = apache_avro::Schema::parse_str(&v1.to_string()).unwrap();
         let ids = SchemaIds::new(
             SchemaIds::builtin().current(),
@@ -408,6 +407,111 @@ mod tests {
         let decoded = decode_with::<OrderValidated>(&ids, &framed).unwrap();
         assert_eq!(decoded.revision, 0);
         assert_eq!(decoded.total_cents, 120);
+    }
+
+    /// Puts back the string field `name` that earlier versions had: in the `payment` record
+    /// (the card token), or at the top level (the verification code).
+    fn with_old_field(schema: &mut serde_json::Value, name: &str) {
+        let field = serde_json::json!({"name": name, "type": "string"});
+        let fields = schema["fields"].as_array_mut().unwrap();
+        match fields.iter_mut().find(|f| f["name"] == "payment") {
+            Some(payment) => payment["type"]["fields"]
+                .as_array_mut()
+                .unwrap()
+                .push(field),
+            None => {
+                let at = fields.len() - 2;
+                fields.insert(at, field)
+            }
+        }
+    }
+
+    /// Frames `value` as written with `writer` under id 400, which `ids` knows as an older
+    /// version of `E`'s schema.
+    fn old_message<E: Event>(
+        writer: &serde_json::Value,
+        value: Value,
+    ) -> (crate::registry::SchemaIds, Vec<u8>) {
+        use crate::registry::SchemaIds;
+        let writer = apache_avro::Schema::parse_str(&writer.to_string()).unwrap();
+        let ids = SchemaIds::new(
+            SchemaIds::builtin().current(),
+            [(400, E::TOPIC, writer.clone())],
+        )
+        .unwrap();
+        let value = value.resolve(&writer).unwrap();
+        let mut framed = vec![MAGIC];
+        framed.extend_from_slice(&400u32.to_be_bytes());
+        framed.extend(apache_avro::to_avro_datum(&writer, value).unwrap());
+        (ids, framed)
+    }
+
+    #[test]
+    fn order_events_written_with_a_card_token_decode_without_it() {
+        use crate::registry::Compatibility;
+        for text in [OrderAccepted::schema_text(), OrderValidated::schema_text()] {
+            let mut old: serde_json::Value = serde_json::from_str(text).unwrap();
+            with_old_field(&mut old, "token");
+            let old = apache_avro::Schema::parse_str(&old.to_string()).unwrap();
+            let new = apache_avro::Schema::parse_str(text).unwrap();
+            // The registry's default level (BACKWARD) lets the new schema follow the old one.
+            assert!(Compatibility::Backward
+                .violations(&new, &[(1, old)])
+                .is_empty());
+        }
+
+        let mut v1: serde_json::Value = serde_json::from_str(OrderAccepted::schema_text()).unwrap();
+        with_old_field(&mut v1, "token");
+        let mut value = apache_avro::to_value(accepted()).unwrap();
+        let Value::Record(fields) = &mut value else {
+            panic!("not a record")
+        };
+        let payment = fields.iter_mut().find(|(n, _)| n == "payment").unwrap();
+        payment.1 = Value::Record(vec![
+            ("method".into(), Value::String("card".into())),
+            ("token".into(), Value::String("tok_old_secret".into())),
+        ]);
+        let (ids, framed) = old_message::<OrderAccepted>(&v1, value);
+        assert_eq!(
+            decode_with::<OrderAccepted>(&ids, &framed).unwrap(),
+            accepted()
+        );
+    }
+
+    #[test]
+    fn a_verification_event_written_with_its_code_decodes_without_it() {
+        use crate::registry::Compatibility;
+        let text = AccountVerificationRequested::schema_text();
+        let mut v1: serde_json::Value = serde_json::from_str(text).unwrap();
+        with_old_field(&mut v1, "code");
+        assert_eq!(v1["fields"][4]["name"], "code");
+        let old = apache_avro::Schema::parse_str(&v1.to_string()).unwrap();
+        let new = apache_avro::Schema::parse_str(text).unwrap();
+        assert!(Compatibility::Backward
+            .violations(&new, &[(1, old)])
+            .is_empty());
+
+        let value = Value::Record(vec![
+            ("event_id".into(), Value::String("c1:verify:1".into())),
+            ("customer_id".into(), Value::String("c1".into())),
+            ("email".into(), Value::String("ada@example.com".into())),
+            ("name".into(), Value::String("Ada".into())),
+            ("code".into(), Value::String("123456".into())),
+            ("expires_at".into(), Value::TimestampMillis(2)),
+            ("occurred_at".into(), Value::TimestampMillis(1)),
+        ]);
+        let (ids, framed) = old_message::<AccountVerificationRequested>(&v1, value);
+        assert_eq!(
+            decode_with::<AccountVerificationRequested>(&ids, &framed).unwrap(),
+            AccountVerificationRequested {
+                event_id: "c1:verify:1".into(),
+                customer_id: "c1".into(),
+                email: "ada@example.com".into(),
+                name: "Ada".into(),
+                expires_at: 2,
+                occurred_at: 1,
+            }
+        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
             |ids| {
                 runtime.block_on(futures::future::join_all(
                     ids.iter()
-                        .map(|id| store.create_order(order(id), None, None)),
+                        .map(|id| store.create_order(order(id), None, None, None)),
                 ))
             },
             BatchSize::PerIteration,
@@ -136,7 +136,10 @@ fn bench(c: &mut Criterion) {
     let existing = runtime.block_on(async {
         let ids = ids();
         for id in &ids {
-            store.create_order(order(id), None, None).await.unwrap();
+            store
+                .create_order(order(id), None, None, None)
+                .await
+                .unwrap();
         }
         ids
     });
@@ -149,7 +152,10 @@ fn bench(c: &mut Criterion) {
                 quantity: 1,
             }];
             for id in &ids {
-                store.create_order(order(id), None, None).await.unwrap();
+                store
+                    .create_order(order(id), None, None, None)
+                    .await
+                    .unwrap();
                 store.reserve(id, &items, 1).await.unwrap();
                 store.apply_status(validated_update(id)).await.unwrap();
             }
@@ -246,7 +252,10 @@ async fn one_order(store: &dyn Store, id: &str) {
         tax_cents: 20,
         total_cents: 120,
     };
-    store.create_order(order(id), None, None).await.unwrap();
+    store
+        .create_order(order(id), None, None, None)
+        .await
+        .unwrap();
     // validation
     store.reserve(id, &items, 2).await.unwrap();
     store

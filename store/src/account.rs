@@ -1,6 +1,8 @@
 //! Accounts (issue #5): the customer behind the API, its email verification code and its
 //! refresh tokens. Secrets are never stored as given: passwords as argon2id PHC strings,
-//! verification codes and refresh tokens as SHA-256 digests (hex), computed by the caller.
+//! verification codes and refresh tokens as SHA-256 digests (hex), computed by the caller. The
+//! one exception is a verification code on its way to its owner ([`VerificationEmail`]): kept
+//! in clear only until its email is sent, and never longer than the code lives.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,31 @@ pub struct VerificationCode {
     pub expires_at: i64,
     /// Wrong tries so far.
     pub attempts: u32,
+}
+
+/// The clear code of one verification email, kept only until the bridge has sent the email
+/// (then [`crate::Store::delete_verification_email`]) and at most until the code expires. It
+/// is keyed by the `AccountVerificationRequested` event's id, which is all the event carries
+/// of it; checking a code uses the hash in [`VerificationCode`], never this. Its `Debug` does
+/// not show the code.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationEmail {
+    /// The id of the event that asks for the email.
+    pub event_id: String,
+    /// The one-time code, in clear: what the email says.
+    pub code: String,
+    /// When the code stops working (ms); the record reads as gone from then on.
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for VerificationEmail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationEmail")
+            .field("event_id", &self.event_id)
+            .field("code", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// Wrong tries after which a verification code is dead.

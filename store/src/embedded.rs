@@ -60,6 +60,20 @@ const ADJUSTMENT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("adju
 const UNPAID: TableDefinition<&str, &str> = TableDefinition::new("unpaid_orders");
 /// The same orders by customer: `customer \0 order id` → created_at (the per-customer cap).
 const UNPAID_BY_CUSTOMER: TableDefinition<&str, i64> = TableDefinition::new("unpaid_by_customer");
+/// Card orders' payment tokens: order id → [`PaymentToken`], until the charge is done.
+const PAYMENT_TOKENS: Expiring = Expiring {
+    what: "payment token",
+    records: TableDefinition::new("payment_tokens"),
+    by_expiry: TableDefinition::new("payment_tokens_by_expiry"),
+};
+/// Verification codes on their way to their owner: event id → [`VerificationEmail`].
+const VERIFICATION_EMAILS: Expiring = Expiring {
+    what: "verification email",
+    records: TableDefinition::new("verification_emails"),
+    by_expiry: TableDefinition::new("verification_emails_by_expiry"),
+};
+/// Most expired secrets one write removes (the rest go with the next writes).
+const PURGE_BATCH: usize = 64;
 
 /// Most writes one transaction takes; more wait for the next one.
 const MAX_GROUP: usize = 1024;
@@ -135,6 +149,10 @@ impl EmbeddedStore {
             txn.open_table(UNPAID).map_err(unavailable)?;
             txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
             backfill_unpaid_in(&txn)?;
+            for expiring in [PAYMENT_TOKENS, VERIFICATION_EMAILS] {
+                txn.open_table(expiring.records).map_err(unavailable)?;
+                txn.open_table(expiring.by_expiry).map_err(unavailable)?;
+            }
             txn.commit().map_err(unavailable)?;
         }
         let (writes, queue) = mpsc::unbounded_channel();
@@ -310,6 +328,101 @@ fn put_json<T: Serialize>(
 
 fn compound(a: &str, b: &str) -> String {
     format!("{a}\u{0}{b}")
+}
+
+/// A table of secrets that must not outlive `expires_at` (a JSON record with that field),
+/// with an index by expiry (`<expires_at, 20 digits> \0 key` → ()) through which writes
+/// remove the expired ones without a scan. Reads treat an expired record as gone already.
+#[derive(Clone, Copy)]
+struct Expiring {
+    what: &'static str,
+    records: TableDefinition<'static, &'static str, &'static [u8]>,
+    by_expiry: TableDefinition<'static, &'static str, ()>,
+}
+
+/// The one field every [`Expiring`] record has.
+#[derive(serde::Deserialize)]
+struct Expiry {
+    expires_at: i64,
+}
+
+fn expiry_key(expires_at: i64, key: &str) -> String {
+    format!("{:020}\u{0}{key}", expires_at.max(0))
+}
+
+impl Expiring {
+    /// Stores (or replaces) the record under `key`.
+    fn put<T: Serialize>(
+        self,
+        txn: &WriteTransaction,
+        key: &str,
+        value: &T,
+        expires_at: i64,
+    ) -> Result<()> {
+        self.remove(txn, key)?;
+        put_json(txn, self.records, key, value)?;
+        txn.open_table(self.by_expiry)
+            .map_err(unavailable)?
+            .insert(expiry_key(expires_at, key).as_str(), ())
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The record under `key` unless it has expired at `now`.
+    fn get<T: DeserializeOwned>(
+        self,
+        txn: &ReadTransaction,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<T>> {
+        let table = txn.open_table(self.records).map_err(unavailable)?;
+        let Some(guard) = table.get(key).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let bytes = guard.value();
+        if from_bytes::<Expiry>(self.what, bytes)?.expires_at <= now {
+            return Ok(None);
+        }
+        from_bytes(self.what, bytes).map(Some)
+    }
+
+    /// Removes the record under `key`, if any, with its index entry.
+    fn remove(self, txn: &WriteTransaction, key: &str) -> Result<()> {
+        let removed = txn
+            .open_table(self.records)
+            .map_err(unavailable)?
+            .remove(key)
+            .map_err(unavailable)?
+            .map(|old| from_bytes::<Expiry>(self.what, old.value()));
+        if let Some(old) = removed {
+            txn.open_table(self.by_expiry)
+                .map_err(unavailable)?
+                .remove(expiry_key(old?.expires_at, key).as_str())
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Removes up to [`PURGE_BATCH`] records that expired by `now`, oldest first.
+    fn purge(self, txn: &WriteTransaction, now: i64) -> Result<()> {
+        let mut index = txn.open_table(self.by_expiry).map_err(unavailable)?;
+        let end = expiry_key(now.saturating_add(1), "");
+        let expired: Vec<String> = index
+            .range(..end.as_str())
+            .map_err(unavailable)?
+            .take(PURGE_BATCH)
+            .map(|entry| entry.map(|(key, _)| key.value().to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?;
+        let mut records = txn.open_table(self.records).map_err(unavailable)?;
+        for entry in expired {
+            index.remove(entry.as_str()).map_err(unavailable)?;
+            if let Some((_, key)) = entry.split_once('\u{0}') {
+                records.remove(key).map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Moves an order's read model forward; see [`Store::apply_status`].
@@ -766,6 +879,7 @@ impl Store for EmbeddedStore {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        payment_token: Option<PaymentToken>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
         let now = order.created_at;
@@ -817,9 +931,23 @@ impl Store for EmbeddedStore {
             if unpaid {
                 index_unpaid_in(txn, &order)?;
             }
+            if let Some(token) = &payment_token {
+                PAYMENT_TOKENS.purge(txn, orderflow_schemas::now_millis())?;
+                PAYMENT_TOKENS.put(txn, &order.order_id, token, token.expires_at)?;
+            }
             Ok(CreateOrder::Created)
         })
         .await
+    }
+
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
+        PAYMENT_TOKENS.get(&self.read()?, order_id, now)
+    }
+
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
+        let order_id = order_id.to_string();
+        self.write(move |txn| PAYMENT_TOKENS.remove(txn, &order_id))
+            .await
     }
 
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
@@ -1105,6 +1233,28 @@ impl Store for EmbeddedStore {
 
     async fn put_verification(&self, code: VerificationCode) -> Result<()> {
         self.write(move |txn| put_json(txn, VERIFICATIONS, &code.customer_id, &code))
+            .await
+    }
+
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+        self.write(move |txn| {
+            VERIFICATION_EMAILS.purge(txn, orderflow_schemas::now_millis())?;
+            VERIFICATION_EMAILS.put(txn, &email.event_id, &email, email.expires_at)
+        })
+        .await
+    }
+
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        VERIFICATION_EMAILS.get(&self.read()?, event_id, now)
+    }
+
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
+        let event_id = event_id.to_string();
+        self.write(move |txn| VERIFICATION_EMAILS.remove(txn, &event_id))
             .await
     }
 

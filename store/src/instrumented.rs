@@ -9,8 +9,8 @@ use orderflow_schemas::{metrics, OrderItem};
 
 use crate::{
     Account, CreateOrder, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord,
-    Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome, StatusUpdate,
-    StockAdjustment, Store, VerificationCode, VerifyOutcome,
+    PaymentToken, Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome,
+    StatusUpdate, StockAdjustment, Store, VerificationCode, VerificationEmail, VerifyOutcome,
 };
 
 /// Wraps a store with metrics.
@@ -80,11 +80,25 @@ impl<S: Store> Store for Instrumented<S> {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        payment_token: Option<PaymentToken>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
         timed(
             "create_order",
-            self.0.create_order(order, idempotency, max_unpaid),
+            self.0
+                .create_order(order, idempotency, payment_token, max_unpaid),
+        )
+        .await
+    }
+
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
+        timed("get_payment_token", self.0.get_payment_token(order_id, now)).await
+    }
+
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
+        timed(
+            "delete_payment_token",
+            self.0.delete_payment_token(order_id),
         )
         .await
     }
@@ -179,6 +193,34 @@ impl<S: Store> Store for Instrumented<S> {
 
     async fn put_verification(&self, code: VerificationCode) -> Result<()> {
         timed("put_verification", self.0.put_verification(code)).await
+    }
+
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+        timed(
+            "put_verification_email",
+            self.0.put_verification_email(email),
+        )
+        .await
+    }
+
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        timed(
+            "get_verification_email",
+            self.0.get_verification_email(event_id, now),
+        )
+        .await
+    }
+
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
+        timed(
+            "delete_verification_email",
+            self.0.delete_verification_email(event_id),
+        )
+        .await
     }
 
     async fn check_verification(

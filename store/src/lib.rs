@@ -99,6 +99,9 @@ pub trait Store: Send + Sync + 'static {
     /// makes one order under any interleaving of calls: a call that meets a key claimed by a
     /// call still recording its order answers [`CreateOrder::InProgress`] and writes nothing.
     ///
+    /// A card order's `payment_token` is kept in the same write as the order (nothing is
+    /// written when the key names an earlier order), readable by [`Store::get_payment_token`].
+    ///
     /// With `max_unpaid`, an order paid by bank transfer is refused
     /// ([`CreateOrder::TooManyUnpaid`]) when its customer has that many orders awaiting a
     /// transfer ([`awaits_transfer`]) already; a repeat of a keyed order is answered first.
@@ -106,8 +109,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        payment_token: Option<PaymentToken>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder>;
+    /// The payment token kept with the order, unless it was deleted or has expired at `now`.
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>>;
+    /// Forgets the order's payment token (its charge's outcome is recorded, or the order was
+    /// rejected or cancelled). Idempotent.
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()>;
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>>;
     /// A customer's orders, newest first, at most `limit`, strictly older than `before` (an order
     /// id) when given.
@@ -172,6 +181,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores the account's verification code, replacing any earlier one.
     async fn put_verification(&self, code: VerificationCode) -> Result<()>;
+    /// Keeps the clear code of a verification email until the bridge sends it (by event id).
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()>;
+    /// The clear code the email of event `event_id` is to carry, unless it was deleted (the
+    /// email went out) or has expired at `now`.
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>>;
+    /// Forgets the clear code of event `event_id`'s email (it was sent). Idempotent.
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()>;
     /// Checks a code (by its hash) at `now`: a match verifies the account and removes the
     /// code; a miss counts a try, and the code dies after [`MAX_VERIFICATION_ATTEMPTS`].
     async fn check_verification(
@@ -289,3 +309,8 @@ pub const DEFAULT_MAX_UNPAID_ORDERS: u32 = 3;
 
 /// How long an `Idempotency-Key` is remembered by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long a card order's payment token is kept at most: the charge needs it within seconds
+/// of the order; this leaves room for a payment stage that is down or far behind, after which
+/// the order fails its payment (the token expired) rather than keeping the token on.
+pub const PAYMENT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);

@@ -126,6 +126,26 @@ pub struct OrderRecord {
     pub payment_claim: Option<i32>,
 }
 
+/// A card order's payment gateway token, kept in the store (never on a topic) from the order's
+/// creation ([`crate::Store::create_order`], in the same write) until the charge's outcome is
+/// recorded or the order is rejected or cancelled ([`crate::Store::delete_payment_token`]), and
+/// at most until `expires_at`. Its `Debug` does not show the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentToken {
+    pub token: String,
+    /// Until when the token is kept (ms); after that it reads as gone.
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for PaymentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentToken")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 /// An `Idempotency-Key` as the API received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {

@@ -23,9 +23,9 @@ use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
     Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, ExpireOutcome,
     IdempotencyKey, InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim,
-    PaymentRecord, Pricing, Product, ProductChange, RefreshToken, RefundRecord, Reservation,
-    RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry,
-    VerificationCode, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
+    PaymentRecord, PaymentToken, Pricing, Product, ProductChange, RefreshToken, RefundRecord,
+    Reservation, RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError,
+    TimelineEntry, VerificationCode, VerificationEmail, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -113,6 +113,11 @@ macro_rules! conformance_tests {
             racing_expiry_and_claim_one_wins = check_racing_expiry_and_claim_one_wins;
             [tokio::test]
             unpaid_orders_are_capped_per_customer = check_unpaid_orders_are_capped_per_customer;
+            // Secrets kept off the topics.
+            [tokio::test]
+            payment_tokens_live_with_their_order = check_payment_tokens_live_with_their_order;
+            [tokio::test]
+            verification_emails_live_until_sent = check_verification_emails_live_until_sent;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {
@@ -157,7 +162,7 @@ mod embedded {
         let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
         store.put_products(vec![product(&sku, 10)]).await.unwrap();
         let created = store
-            .create_order(first.clone(), Some(key.clone()), None)
+            .create_order(first.clone(), Some(key.clone()), None, None)
             .await
             .unwrap();
         assert_eq!(created, CreateOrder::Created);
@@ -210,6 +215,7 @@ mod embedded {
             .create_order(
                 order_with_id(&Uuid::now_v7().to_string(), &customer, T0 + 50),
                 Some(key),
+                None,
                 None,
             )
             .await
@@ -734,7 +740,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
 
     let first = order(&customer, T0);
     let created = store
-        .create_order(first.clone(), Some(key.clone()), None)
+        .create_order(first.clone(), Some(key.clone()), None, None)
         .await
         .unwrap();
     assert_eq!(created, CreateOrder::Created);
@@ -742,7 +748,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     // The same request again: the first order, and the retry's order is not stored.
     let retry = order(&customer, T0 + 1000);
     let existing = store
-        .create_order(retry.clone(), Some(key.clone()), None)
+        .create_order(retry.clone(), Some(key.clone()), None, None)
         .await
         .unwrap();
     assert_eq!(existing, CreateOrder::Existing(Box::new(first.clone())));
@@ -757,6 +763,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
                 fingerprint: "request-2".into(),
                 ..key.clone()
             }),
+            None,
             None,
         )
         .await
@@ -784,7 +791,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     let theirs = order(&stranger, T0 + 3000);
     assert_eq!(
         store
-            .create_order(theirs.clone(), Some(key.clone()), None)
+            .create_order(theirs.clone(), Some(key.clone()), None, None)
             .await
             .unwrap(),
         CreateOrder::Created
@@ -803,13 +810,18 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     let original = order(&customer, T0);
     assert_eq!(
         store
-            .create_order(original.clone(), Some(short_key.clone()), None)
+            .create_order(original.clone(), Some(short_key.clone()), None, None)
             .await
             .unwrap(),
         CreateOrder::Created
     );
     let just_before = store
-        .create_order(order(&customer, T0 + 999), Some(short_key.clone()), None)
+        .create_order(
+            order(&customer, T0 + 999),
+            Some(short_key.clone()),
+            None,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(just_before, CreateOrder::Existing(Box::new(original)));
@@ -820,7 +832,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     };
     assert_eq!(
         store
-            .create_order(after_expiry.clone(), Some(renewed_key.clone()), None)
+            .create_order(after_expiry.clone(), Some(renewed_key.clone()), None, None)
             .await
             .unwrap(),
         CreateOrder::Created
@@ -831,7 +843,7 @@ async fn check_idempotency_keys(store: Arc<dyn Store>) {
     );
     // …and the key now stands for the new order.
     let retry_new = store
-        .create_order(order(&customer, T0 + 1500), Some(renewed_key), None)
+        .create_order(order(&customer, T0 + 1500), Some(renewed_key), None, None)
         .await
         .unwrap();
     assert_eq!(retry_new, CreateOrder::Existing(Box::new(after_expiry)));
@@ -847,11 +859,14 @@ async fn check_customer_orders_page_newest_first(store: Arc<dyn Store>) {
     let mut mine = Vec::new();
     for i in 0..7 {
         let o = order(&customer, T0 + i);
-        store.create_order(o.clone(), None, None).await.unwrap();
+        store
+            .create_order(o.clone(), None, None, None)
+            .await
+            .unwrap();
         mine.push(o);
         for other in [&similar, &stranger] {
             let o = order(other, T0 + i);
-            store.create_order(o, None, None).await.unwrap();
+            store.create_order(o, None, None, None).await.unwrap();
         }
     }
     let newest_first: Vec<String> = mine.iter().rev().map(|o| o.order_id.clone()).collect();
@@ -927,7 +942,10 @@ async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
         let at = start + i * step;
         let customer = if i % 2 == 0 { &a } else { &b };
         let o = order_with_id(&id_at(at), customer, at);
-        store.create_order(o.clone(), None, None).await.unwrap();
+        store
+            .create_order(o.clone(), None, None, None)
+            .await
+            .unwrap();
         all.push(o);
     }
     for i in [2, 5] {
@@ -1040,7 +1058,10 @@ async fn check_admin_list_filters_and_pages(store: Arc<dyn Store>) {
 async fn check_status_moves_forward_only(store: Arc<dyn Store>) {
     let customer = unique("customer");
     let o = order(&customer, T0);
-    store.create_order(o.clone(), None, None).await.unwrap();
+    store
+        .create_order(o.clone(), None, None, None)
+        .await
+        .unwrap();
 
     let invoiced = StatusUpdate {
         invoice_number: Some("INV-00000042".into()),
@@ -1753,6 +1774,188 @@ async fn check_markers_are_set_once(store: Arc<dyn Store>) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Secrets kept off the topics: payment tokens and verification emails. Their times are the wall
+// clock's (stores drop expired secrets by it).
+
+/// A card order's token is written with the order, read back until it is deleted or expires,
+/// and left alone by a replay of the order's idempotency key; deleting is idempotent.
+async fn check_payment_tokens_live_with_their_order(store: Arc<dyn Store>) {
+    let now = orderflow_schemas::now_millis();
+    let customer = unique("customer");
+    let token = |t: &str, expires_at: i64| PaymentToken {
+        token: format!("tok_conformance_{t}"),
+        expires_at,
+    };
+    let key = IdempotencyKey {
+        key: unique("key"),
+        fingerprint: "request-1".into(),
+        expires_at: now + DAY_MS,
+    };
+    let card = order(&customer, now);
+    assert_eq!(
+        store
+            .create_order(
+                card.clone(),
+                Some(key.clone()),
+                Some(token("first", now + DAY_MS)),
+                None,
+            )
+            .await
+            .unwrap(),
+        CreateOrder::Created
+    );
+    assert_eq!(
+        store.get_payment_token(&card.order_id, now).await.unwrap(),
+        Some(token("first", now + DAY_MS))
+    );
+    // Expired at its expiry, whatever is still stored.
+    assert_eq!(
+        store
+            .get_payment_token(&card.order_id, now + DAY_MS)
+            .await
+            .unwrap(),
+        None
+    );
+    // A replay of the key writes nothing: the first token stays.
+    let replay = store
+        .create_order(
+            order(&customer, now + 1),
+            Some(key),
+            Some(token("second", now + DAY_MS)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(replay, CreateOrder::Existing(_)), "{replay:?}");
+    assert_eq!(
+        store.get_payment_token(&card.order_id, now).await.unwrap(),
+        Some(token("first", now + DAY_MS))
+    );
+    // The read model does not show it.
+    let record = store.get_order(&card.order_id).await.unwrap().unwrap();
+    assert!(!format!("{record:?}").contains("tok_conformance"));
+    assert!(!format!("{:?}", token("first", 0)).contains("tok_conformance"));
+
+    // Deleted (the charge's outcome is recorded): gone, and deleting again is fine.
+    store.delete_payment_token(&card.order_id).await.unwrap();
+    assert_eq!(
+        store.get_payment_token(&card.order_id, now).await.unwrap(),
+        None
+    );
+    store.delete_payment_token(&card.order_id).await.unwrap();
+    store.delete_payment_token(&new_id()).await.unwrap();
+
+    // An order without a token (bank transfer) has none; one stored already expired reads as
+    // gone; others' tokens are their own.
+    let transfer = order(&customer, now);
+    store
+        .create_order(transfer.clone(), None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_payment_token(&transfer.order_id, now)
+            .await
+            .unwrap(),
+        None
+    );
+    let stale = order(&customer, now);
+    store
+        .create_order(stale.clone(), None, Some(token("stale", now - 1)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_payment_token(&stale.order_id, now).await.unwrap(),
+        None
+    );
+    let other = order(&customer, now);
+    store
+        .create_order(
+            other.clone(),
+            None,
+            Some(token("other", now + DAY_MS)),
+            None,
+        )
+        .await
+        .unwrap();
+    store.delete_payment_token(&stale.order_id).await.unwrap();
+    assert_eq!(
+        store.get_payment_token(&other.order_id, now).await.unwrap(),
+        Some(token("other", now + DAY_MS))
+    );
+}
+
+/// A verification email's code is kept by event id until it is deleted (sent) or expires;
+/// a second put for the same event replaces it; deleting is idempotent.
+async fn check_verification_emails_live_until_sent(store: Arc<dyn Store>) {
+    let now = orderflow_schemas::now_millis();
+    let email = |event_id: &str, code: &str, expires_at: i64| VerificationEmail {
+        event_id: event_id.into(),
+        code: code.into(),
+        expires_at,
+    };
+    let first = unique("c1:verify");
+    let second = unique("c1:verify");
+    store
+        .put_verification_email(email(&first, "123456", now + 900_000))
+        .await
+        .unwrap();
+    store
+        .put_verification_email(email(&second, "654321", now + 900_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_verification_email(&first, now).await.unwrap(),
+        Some(email(&first, "123456", now + 900_000))
+    );
+    assert_eq!(
+        store
+            .get_verification_email(&first, now + 900_000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!format!("{:?}", email(&first, "123456", 0)).contains("123456"));
+
+    store
+        .put_verification_email(email(&first, "111111", now + 600_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_verification_email(&first, now).await.unwrap(),
+        Some(email(&first, "111111", now + 600_000))
+    );
+
+    store.delete_verification_email(&first).await.unwrap();
+    assert_eq!(
+        store.get_verification_email(&first, now).await.unwrap(),
+        None
+    );
+    store.delete_verification_email(&first).await.unwrap();
+    assert_eq!(
+        store.get_verification_email(&second, now).await.unwrap(),
+        Some(email(&second, "654321", now + 900_000))
+    );
+    assert_eq!(
+        store
+            .get_verification_email(&unique("c1:verify"), now)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let stale = unique("c1:verify");
+    store
+        .put_verification_email(email(&stale, "999999", now - 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_verification_email(&stale, now).await.unwrap(),
+        None
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 
 fn new_id() -> String {
@@ -1919,7 +2122,10 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
     let sku = unique("sku");
     store.put_products(vec![product(&sku, 10)]).await.unwrap();
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None, None).await.unwrap();
+    store
+        .create_order(o.clone(), None, None, None)
+        .await
+        .unwrap();
     store
         .reserve(&o.order_id, &[item(&sku, 3)], T0 + 1)
         .await
@@ -1965,7 +2171,7 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
     // A paid order says so.
     let paid_order = order(&unique("customer"), T0);
     store
-        .create_order(paid_order.clone(), None, None)
+        .create_order(paid_order.clone(), None, None, None)
         .await
         .unwrap();
     store
@@ -1994,7 +2200,10 @@ async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
 /// cannot be cancelled.
 async fn check_ship_only_when_paid_and_never_after_cancel(store: Arc<dyn Store>) {
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None, None).await.unwrap();
+    store
+        .create_order(o.clone(), None, None, None)
+        .await
+        .unwrap();
     store
         .apply_status(update(&o, OrderStatus::Validated, T0 + 1))
         .await
@@ -2029,7 +2238,10 @@ async fn check_ship_only_when_paid_and_never_after_cancel(store: Arc<dyn Store>)
     assert_eq!(got.status, OrderStatus::Shipped);
 
     let c = order(&unique("customer"), T0);
-    store.create_order(c.clone(), None, None).await.unwrap();
+    store
+        .create_order(c.clone(), None, None, None)
+        .await
+        .unwrap();
     store
         .apply_status(update(&c, OrderStatus::Paid, T0 + 1))
         .await
@@ -2051,7 +2263,10 @@ async fn check_shipping_takes_the_units_out_of_reserved(store: Arc<dyn Store>) {
     let sku = unique("ship-sku");
     store.put_products(vec![product(&sku, 10)]).await.unwrap();
     let o = order(&unique("customer"), T0);
-    store.create_order(o.clone(), None, None).await.unwrap();
+    store
+        .create_order(o.clone(), None, None, None)
+        .await
+        .unwrap();
     let items = [OrderItem {
         sku: sku.clone(),
         quantity: 3,
@@ -2097,7 +2312,10 @@ async fn check_shipping_takes_the_units_out_of_reserved(store: Arc<dyn Store>) {
 async fn check_racing_cancel_and_ship_one_wins(store: Arc<dyn Store>) {
     for round in 0..5 {
         let o = order(&unique("customer"), T0);
-        store.create_order(o.clone(), None, None).await.unwrap();
+        store
+            .create_order(o.clone(), None, None, None)
+            .await
+            .unwrap();
         store
             .apply_status(update(&o, OrderStatus::Paid, T0 + 1))
             .await
@@ -2162,7 +2380,10 @@ async fn validated_order(store: &dyn Store, items: &[OrderItem]) -> OrderRecord 
         items: items.to_vec(),
         ..order(&unique("customer"), T0)
     };
-    store.create_order(o.clone(), None, None).await.unwrap();
+    store
+        .create_order(o.clone(), None, None, None)
+        .await
+        .unwrap();
     let reservation = store.reserve(&o.order_id, items, T0 + 1).await.unwrap();
     assert!(matches!(reservation, Reservation::Reserved { .. }));
     store
@@ -2302,7 +2523,7 @@ async fn check_modify_swaps_the_reservation_all_or_nothing(store: Arc<dyn Store>
     // Not validated yet, or unknown.
     let accepted = order(&unique("customer"), T0);
     store
-        .create_order(accepted.clone(), None, None)
+        .create_order(accepted.clone(), None, None, None)
         .await
         .unwrap();
     assert_eq!(
@@ -2542,7 +2763,10 @@ async fn check_one_idempotency_key_makes_one_order(store: Arc<dyn Store>) {
         handles.push(tokio::spawn(async move {
             barrier.wait().await;
             let id = o.order_id.clone();
-            (id, store.create_order(o, Some(key), None).await.unwrap())
+            (
+                id,
+                store.create_order(o, Some(key), None, None).await.unwrap(),
+            )
         }));
     }
     let answers = join(handles).await;
@@ -2569,7 +2793,7 @@ async fn check_one_idempotency_key_makes_one_order(store: Arc<dyn Store>) {
     }
     assert_eq!(created, 1);
     let later = store
-        .create_order(order(&customer, T0 + 1000), Some(key), None)
+        .create_order(order(&customer, T0 + 1000), Some(key), None, None)
         .await
         .unwrap();
     assert!(
@@ -2617,7 +2841,10 @@ async fn check_unpaid_orders_are_listed_and_expire_once(store: Arc<dyn Store>) {
     let late = bank_order(&customer, base + 100);
     for o in [&a, &card, &b, &c, &late] {
         assert_eq!(
-            store.create_order(o.clone(), None, None).await.unwrap(),
+            store
+                .create_order(o.clone(), None, None, None)
+                .await
+                .unwrap(),
             CreateOrder::Created
         );
     }
@@ -2758,7 +2985,10 @@ async fn check_racing_expiry_and_claim_one_wins(store: Arc<dyn Store>) {
             items: vec![item(&sku, 1)],
             ..bank_order(&customer, T0 + i)
         };
-        store.create_order(o.clone(), None, None).await.unwrap();
+        store
+            .create_order(o.clone(), None, None, None)
+            .await
+            .unwrap();
         store.reserve(&o.order_id, &o.items, T0 + 30).await.unwrap();
         store
             .apply_status(StatusUpdate {
@@ -2814,51 +3044,60 @@ async fn check_unpaid_orders_are_capped_per_customer(store: Arc<dyn Store>) {
     let first = bank_order(&customer, at);
     assert_eq!(
         store
-            .create_order(first.clone(), Some(key.clone()), cap)
+            .create_order(first.clone(), Some(key.clone()), None, cap)
             .await
             .unwrap(),
         CreateOrder::Created
     );
     let second = bank_order(&customer, at + 1);
     assert_eq!(
-        store.create_order(second.clone(), None, cap).await.unwrap(),
+        store
+            .create_order(second.clone(), None, None, cap)
+            .await
+            .unwrap(),
         CreateOrder::Created
     );
     let third = bank_order(&customer, at + 2);
     assert_eq!(
-        store.create_order(third.clone(), None, cap).await.unwrap(),
+        store
+            .create_order(third.clone(), None, None, cap)
+            .await
+            .unwrap(),
         CreateOrder::TooManyUnpaid { open: 2 }
     );
     assert_eq!(store.get_order(&third.order_id).await.unwrap(), None);
     // A repeat of a keyed order is answered, not refused.
     let repeat = store
-        .create_order(bank_order(&customer, at + 3), Some(key), cap)
+        .create_order(bank_order(&customer, at + 3), Some(key), None, cap)
         .await
         .unwrap();
     assert_eq!(repeat, CreateOrder::Existing(Box::new(first.clone())));
     // Card orders, and other customers, are not capped.
     let card = order(&customer, at + 4);
     assert_eq!(
-        store.create_order(card, None, cap).await.unwrap(),
+        store.create_order(card, None, None, cap).await.unwrap(),
         CreateOrder::Created
     );
     let stranger = bank_order(&unique("customer"), at + 5);
     assert_eq!(
-        store.create_order(stranger, None, cap).await.unwrap(),
+        store.create_order(stranger, None, None, cap).await.unwrap(),
         CreateOrder::Created
     );
     // Without a cap nothing is refused.
     let uncapped = bank_order(&customer, at + 6);
     assert_eq!(
         store
-            .create_order(uncapped.clone(), None, None)
+            .create_order(uncapped.clone(), None, None, None)
             .await
             .unwrap(),
         CreateOrder::Created
     );
     let fourth = bank_order(&customer, at + 7);
     assert_eq!(
-        store.create_order(fourth.clone(), None, cap).await.unwrap(),
+        store
+            .create_order(fourth.clone(), None, None, cap)
+            .await
+            .unwrap(),
         CreateOrder::TooManyUnpaid { open: 3 }
     );
     // Places free up as orders are cancelled, expired or claimed.
@@ -2876,7 +3115,10 @@ async fn check_unpaid_orders_are_capped_per_customer(store: Arc<dyn Store>) {
         ExpireOutcome::Cancelled(_)
     ));
     assert_eq!(
-        store.create_order(fourth.clone(), None, cap).await.unwrap(),
+        store
+            .create_order(fourth.clone(), None, None, cap)
+            .await
+            .unwrap(),
         CreateOrder::Created
     );
     assert_eq!(
@@ -2885,7 +3127,7 @@ async fn check_unpaid_orders_are_capped_per_customer(store: Arc<dyn Store>) {
     );
     let fifth = bank_order(&customer, at + 10);
     assert_eq!(
-        store.create_order(fifth, None, cap).await.unwrap(),
+        store.create_order(fifth, None, None, cap).await.unwrap(),
         CreateOrder::Created
     );
 }

@@ -1,7 +1,8 @@
 //! The customer emails, rendered with minijinja from the templates in `templates/`: a subject,
 //! a text body and an HTML body (auto-escaped) per kind of email. The context is the event:
-//! `order_id`, `customer_id`, `event` (every field of the event) and `text` (the
-//! notification's one-line summary); `| money` formats cents as `12.50`.
+//! `order_id`, `customer_id`, `event` (every field of the event), `text` (the
+//! notification's one-line summary) and, for `verify_email`, `code` (read from the store: the
+//! event has no code); `| money` formats cents as `12.50`.
 
 use minijinja::{AutoEscape, Environment, Value};
 use serde::Serialize;
@@ -95,6 +96,9 @@ struct Context<'a> {
     customer_id: &'a str,
     event: &'a serde_json::Value,
     text: &'a str,
+    /// The verification code (`verify_email` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
 }
 
 impl Templates {
@@ -134,6 +138,7 @@ impl Templates {
             customer_id: &envelope.customer_id,
             event: &envelope.data,
             text: &notification.text,
+            code: envelope.verification_code.as_deref(),
         };
         let render = |suffix: &str| {
             self.env
@@ -172,6 +177,7 @@ impl Templates {
             customer_id: &envelope.customer_id,
             event: &envelope.data,
             text: "",
+            code: None,
         };
         self.env
             .get_template("recipient")
@@ -209,7 +215,6 @@ mod tests {
             total_cents: 3000,
             payment: PaymentMethod {
                 method: method.into(),
-                token: "tok_visa".into(),
             },
             occurred_at: 0,
             revision,
@@ -318,17 +323,20 @@ mod tests {
             customer_id: "c1".into(),
             email: "ada@example.com".into(),
             name: "Ada <Lovelace>".into(),
-            code: "042137".into(),
             expires_at: 15 * 60_000,
             occurred_at: 0,
         };
-        let envelope = Envelope::decode(
+        let mut envelope = Envelope::decode(
             TopicKind::AccountsVerification,
             &orderflow_schemas::SchemaIds::builtin(),
             &wire::encode(&event).unwrap(),
         )
         .unwrap()
         .unwrap();
+        // No email without the code, which comes from the store, not the event.
+        assert!(envelope.notification.is_none());
+        envelope.attach_verification_code("042137").unwrap();
+        assert!(!envelope.data.to_string().contains("042137"));
         let t = Templates::new("{{ customer_id }}@customers.example").unwrap();
         assert_eq!(t.recipient(&envelope).unwrap(), "ada@example.com");
         let email = t.render(&envelope).unwrap();

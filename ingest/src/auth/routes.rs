@@ -23,7 +23,9 @@ use axum::{
     Json,
 };
 use orderflow_schemas::AccountVerificationRequested;
-use orderflow_store::{Account, RefreshToken, RotateOutcome, VerificationCode, VerifyOutcome};
+use orderflow_store::{
+    Account, RefreshToken, RotateOutcome, VerificationCode, VerificationEmail, VerifyOutcome,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use utoipa::ToSchema;
@@ -212,11 +214,14 @@ fn internal(e: impl std::fmt::Display) -> Problem {
     )
 }
 
-/// Issues a code for the account and puts its event on `accounts.verification`.
+/// Issues a code for the account and puts its event on `accounts.verification`. The event
+/// carries no code: the store keeps its hash (for checking) and, until the bridge has emailed
+/// it, the code itself under the event's id.
 pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(), Problem> {
     let code = secrets::verification_code().map_err(internal)?;
     let now = now_ms();
     let expires_at = now + CODE_TTL.as_millis() as i64;
+    let event_id = format!("{}:verify:{}", account.customer_id, uuid::Uuid::now_v7());
     state
         .store
         .put_verification(VerificationCode {
@@ -227,12 +232,20 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
         })
         .await
         .map_err(store_down)?;
+    state
+        .store
+        .put_verification_email(VerificationEmail {
+            event_id: event_id.clone(),
+            code,
+            expires_at,
+        })
+        .await
+        .map_err(store_down)?;
     let event = AccountVerificationRequested {
-        event_id: format!("{}:verify:{}", account.customer_id, uuid::Uuid::now_v7()),
+        event_id,
         customer_id: account.customer_id.clone(),
         email: account.email.clone(),
         name: account.name.clone(),
-        code,
         expires_at,
         occurred_at: now,
     };

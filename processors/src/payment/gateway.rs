@@ -4,14 +4,27 @@
 use async_trait::async_trait;
 
 /// A charge to make. The idempotency key is the order id: a gateway that sees the same key
-/// twice must charge once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// twice must charge once. Its `Debug` does not show the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ChargeRequest {
     pub idempotency_key: String,
     pub amount_cents: i64,
     pub currency: String,
     pub method: String,
+    /// The card token, read from the store (never from an event).
     pub token: String,
+}
+
+impl std::fmt::Debug for ChargeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChargeRequest")
+            .field("idempotency_key", &self.idempotency_key)
+            .field("amount_cents", &self.amount_cents)
+            .field("currency", &self.currency)
+            .field("method", &self.method)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What the gateway answered.

@@ -2,6 +2,11 @@
 //! before anything is produced, so a redelivered order re-emits the recorded outcome and
 //! never reaches the gateway twice. A declined charge releases the order's reserved stock.
 //!
+//! The card token is not in `OrderValidated`: the API keeps it in the store with the order, and
+//! the stage reads it there by order id when it charges ([`Store::get_payment_token`]), then
+//! deletes it once the outcome is recorded (a cancel deletes it too). A token gone before the
+//! charge (expired) fails the payment with [`TOKEN_EXPIRED`]. The token is never logged.
+//!
 //! Refunds (issue #5, f/lifecycle): a cancelled order's approved charge is refunded once (by
 //! order id: the gateway's idempotency key and one [`RefundRecord`]) and announced as
 //! `PaymentRefunded` on `orders.refunded`. [`RefundHandler`] does it for each `OrderCancelled`
@@ -26,7 +31,7 @@ use orderflow_schemas::{
     OrderCancelled, OrderPaid, OrderStatus, OrderValidated, PaymentFailed, PaymentRefunded,
 };
 use orderflow_store::{PaymentRecord, Pricing, RefundRecord, Store};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{decode, is_cancelled, produce_error, record_and_emit, store_error, StepDetails};
 
@@ -49,28 +54,54 @@ impl PaymentHandler {
         }
     }
 
-    /// The recorded charge for the order, charging first if there is none.
-    async fn charge_once(&self, order: &OrderValidated) -> Result<PaymentRecord, HandlerError> {
-        if let Some(done) = self
-            .store
-            .get_payment(&order.order_id)
-            .await
-            .map_err(store_error)?
-        {
-            return Ok(done);
+    /// The recorded charge for the order, charging first if there is none; `None` when the
+    /// order turned out to be cancelled before anything was charged.
+    ///
+    /// The card token is read from the store by order id (no event carries it). It is gone
+    /// once the charge's outcome is recorded, which this finds first; gone for an order never
+    /// charged (it expired, the stage being down for that long), the payment fails with
+    /// [`TOKEN_EXPIRED`], recorded like a decline, so a redelivery answers the same.
+    async fn charge_once(
+        &self,
+        order: &OrderValidated,
+    ) -> Result<Option<PaymentRecord>, HandlerError> {
+        if let Some(done) = self.recorded(&order.order_id).await? {
+            return Ok(Some(done));
         }
-        let request = ChargeRequest {
-            idempotency_key: order.order_id.clone(),
-            amount_cents: order.total_cents,
-            currency: order.currency.clone(),
-            method: order.payment.method.clone(),
-            token: order.payment.token.clone(),
-        };
-        let outcome = self
-            .gateway
-            .charge(&request)
+        let token = self
+            .store
+            .get_payment_token(&order.order_id, orderflow_schemas::now_millis())
             .await
-            .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+            .map_err(store_error)?;
+        let outcome = match token {
+            Some(token) => {
+                let request = ChargeRequest {
+                    idempotency_key: order.order_id.clone(),
+                    amount_cents: order.total_cents,
+                    currency: order.currency.clone(),
+                    method: order.payment.method.clone(),
+                    token: token.token,
+                };
+                self.gateway
+                    .charge(&request)
+                    .await
+                    .map_err(|e| HandlerError::Retriable(e.to_string()))?
+            }
+            None => {
+                // A charge recorded meanwhile (a concurrent redelivery) took the token with it;
+                // a cancel takes it too, and then nothing is to be charged.
+                if let Some(done) = self.recorded(&order.order_id).await? {
+                    return Ok(Some(done));
+                }
+                if is_cancelled(&*self.store, &order.order_id).await? {
+                    return Ok(None);
+                }
+                warn!(order_id = %order.order_id, "No payment token for the order (expired); the payment fails.");
+                ChargeOutcome::Declined {
+                    reason: TOKEN_EXPIRED.into(),
+                }
+            }
+        };
         let (approved, payment_id, reason) = match outcome {
             ChargeOutcome::Approved { payment_id } => (true, Some(payment_id), None),
             ChargeOutcome::Declined { reason } => (false, None, Some(reason)),
@@ -86,9 +117,26 @@ impl PaymentHandler {
                 at: orderflow_schemas::now_millis(),
             })
             .await
+            .map(Some)
+            .map_err(store_error)
+    }
+
+    /// The charge recorded for the order, if any.
+    async fn recorded(&self, order_id: &str) -> Result<Option<PaymentRecord>, HandlerError> {
+        self.store.get_payment(order_id).await.map_err(store_error)
+    }
+
+    /// Forgets the order's card token: its charge's outcome is recorded, or it was cancelled.
+    async fn forget_token(&self, order_id: &str) -> Result<(), HandlerError> {
+        self.store
+            .delete_payment_token(order_id)
+            .await
             .map_err(store_error)
     }
 }
+
+/// Why the payment of an order whose card token expired before the charge failed.
+pub const TOKEN_EXPIRED: &str = "the payment details expired before the charge; please order again";
 
 // --- Refunds (issue #5, f/lifecycle) ---
 
@@ -161,6 +209,8 @@ pub struct RefundHandler(pub Arc<PaymentHandler>);
 impl Handler for RefundHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
         let cancelled: OrderCancelled = decode(m)?;
+        // A cancelled order is not charged (any more): its card token goes.
+        self.0.forget_token(&cancelled.order_id).await?;
         self.0
             .refund_recorded(&cancelled.order_id, &cancelled.customer_id)
             .await
@@ -183,7 +233,11 @@ impl Handler for PaymentHandler {
             debug!(order_id = %order.order_id, revision = order.revision, "Awaiting a bank transfer.");
             return Ok(());
         }
-        let payment = self.charge_once(&order).await?;
+        let Some(payment) = self.charge_once(&order).await? else {
+            debug!(order_id = %order.order_id, "Order cancelled; not charged.");
+            return Ok(());
+        };
+        self.forget_token(&order.order_id).await?;
         if payment.approved && is_cancelled(&*self.store, &order.order_id).await? {
             // Cancelled while charging: the cancel's refund may have found no charge yet.
             self.refund(&payment, &order.customer_id).await?;

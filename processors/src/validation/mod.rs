@@ -162,6 +162,11 @@ impl Handler for ValidationHandler {
                     details,
                 )
                 .await?;
+                // A rejected order is never charged: its card token goes.
+                self.store
+                    .delete_payment_token(&order.order_id)
+                    .await
+                    .map_err(store_error)?;
                 debug!(order_id = %order.order_id, reason = %event.reason, "Order rejected.");
             }
         }
@@ -207,8 +212,6 @@ impl Handler for ModificationHandler {
         }
         let payment = PaymentMethod {
             method: order.payment_method.unwrap_or_default(),
-            // Only offline payments are modifiable: there is no token to charge.
-            token: String::new(),
         };
         self.0
             .validated(

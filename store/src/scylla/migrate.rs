@@ -66,6 +66,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "unpaid_orders",
         cql: include_str!("../../migrations/scylla/0008_unpaid_orders.cql"),
     },
+    // Payment tokens and verification codes kept in the store, off the topics.
+    Migration {
+        version: 9,
+        name: "secrets",
+        cql: include_str!("../../migrations/scylla/0009_secrets.cql"),
+    },
 ];
 
 /// The schema version this build needs.
@@ -420,6 +426,10 @@ mod tests {
         assert!(all.contains(&"ALTER TABLE ks.products ADD discontinued boolean".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD revision int static".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_claim int static".to_string()));
+        assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_token text static".to_string()));
+        assert!(all
+            .iter()
+            .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.verification_emails (")));
         assert!(all
             .iter()
             .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.stock_adjustment_keys (")));

@@ -41,6 +41,9 @@
 //!   order id's time, newest first) over the days `order_days` names, or a customer's own index
 //!   when the filter names one; the status and time filters are applied to the orders read
 //!   while paging.
+//! - **Payment tokens** and **verification emails** (`secrets.rs`): a card order's token is a
+//!   static column pair of the order's partition, written by the order's own logged batch with
+//!   a TTL to its expiry; a verification email's clear code is a row by event id with a TTL.
 //! - **Modifications** and **payment claims** (issue #5, `modify.rs`): an order's `revision`,
 //!   `payment_claim` and `lifecycle` static columns are written only by LWTs on its partition,
 //!   so a modification's fence, a claim, a cancel and a ship are ordered by Paxos and exactly
@@ -52,6 +55,7 @@ mod accounts;
 mod lifecycle;
 mod migrate;
 mod modify;
+mod secrets;
 mod unpaid;
 
 use std::{
@@ -154,6 +158,8 @@ pub struct ScyllaStore {
     modify: Arc<modify::ModifyStatements>,
     /// The statements of orders awaiting a bank transfer: [`unpaid`].
     unpaid: Arc<unpaid::UnpaidStatements>,
+    /// The statements of payment tokens and verification emails: [`secrets`].
+    secrets: Arc<secrets::SecretStatements>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -327,6 +333,7 @@ impl ScyllaStore {
         let lifecycle = lifecycle::LifecycleStatements::prepare(&session, &keyspace).await?;
         let modify = modify::ModifyStatements::prepare(&session, &keyspace).await?;
         let unpaid = unpaid::UnpaidStatements::prepare(&session, &keyspace).await?;
+        let secrets = secrets::SecretStatements::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
@@ -334,6 +341,7 @@ impl ScyllaStore {
             lifecycle: Arc::new(lifecycle),
             modify: Arc::new(modify),
             unpaid: Arc::new(unpaid),
+            secrets: Arc::new(secrets),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -1452,10 +1460,35 @@ impl Store for ScyllaStore {
         &self,
         order: OrderRecord,
         idempotency: Option<IdempotencyKey>,
+        payment_token: Option<PaymentToken>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
-        retry("create_order", || {
+        let outcome = retry("create_order", || {
             self.create_order_once(&order, idempotency.as_ref(), max_unpaid)
+        })
+        .await?;
+        // The token goes on the order's partition right after the order: a crash in between
+        // leaves an order without one, which the payment stage declines as expired (the
+        // customer orders again); never a token without its order.
+        if let (CreateOrder::Created, Some(token)) = (&outcome, &payment_token) {
+            retry("put_payment_token", || {
+                self.put_payment_token_impl(&order.order_id, token, order.created_at)
+            })
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
+        retry("get_payment_token", || {
+            self.get_payment_token_impl(order_id, now)
+        })
+        .await
+    }
+
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
+        retry("delete_payment_token", || {
+            self.delete_payment_token_impl(order_id)
         })
         .await
     }
@@ -1761,6 +1794,31 @@ impl Store for ScyllaStore {
 
     async fn put_verification(&self, code: VerificationCode) -> Result<()> {
         self.put_verification_impl(&code).await
+    }
+
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+        retry("put_verification_email", || {
+            self.put_verification_email_impl(&email)
+        })
+        .await
+    }
+
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        retry("get_verification_email", || {
+            self.get_verification_email_impl(event_id, now)
+        })
+        .await
+    }
+
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
+        retry("delete_verification_email", || {
+            self.delete_verification_email_impl(event_id)
+        })
+        .await
     }
 
     async fn check_verification(
