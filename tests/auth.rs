@@ -807,7 +807,7 @@ async fn customers_see_themselves_admins_see_all_and_tokens_are_checked() {
             "PATCH",
             &path,
             &grace_token,
-            Some(json!({"password": "short"})),
+            Some(json!({"password": "short", "current_password": "hopper123"})),
         )
         .await,
         422,

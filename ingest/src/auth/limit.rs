@@ -88,7 +88,8 @@ impl Limiter {
         let window = self.rate.window();
         let mut dropped = None;
         let result = {
-            let mut g = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+            let g = &mut *guard;
             let elapsed = now.saturating_duration_since(g.since);
             if elapsed >= window * 2 {
                 // Idle for two windows: every bucket is full again.
@@ -104,14 +105,13 @@ impl Limiter {
                 dropped = Some((std::mem::replace(&mut g.previous, current), HashMap::new()));
                 g.since = now;
             }
-            let bucket = match g.current.get_mut(key) {
-                Some(bucket) => bucket,
-                None => {
-                    let carried = g.previous.remove(key).unwrap_or((burst, now));
-                    g.current.entry(key.to_string()).or_insert(carried)
-                }
+            if !g.current.contains_key(key) {
+                let carried = g.previous.remove(key).unwrap_or((burst, now));
+                g.current.insert(key.to_string(), carried);
+            }
+            let Some((tokens, at)) = g.current.get_mut(key) else {
+                return Ok(());
             };
-            let (tokens, at) = bucket;
             *tokens =
                 (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(burst);
             *at = now;

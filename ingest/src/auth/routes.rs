@@ -366,7 +366,7 @@ pub async fn register(
         // Taken meanwhile by a concurrent registration.
         if let Some(existing) = state
             .store
-            .get_account_by_email(&email)
+            .get_account_by_email(&account.email)
             .await
             .map_err(store_down)?
         {
