@@ -206,7 +206,10 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
     assert_eq!(created.status(), StatusCode::ACCEPTED);
     let created: Value = created.json().await.unwrap();
     assert!(
-        created["status"].as_str().unwrap().contains("verification code"),
+        created["status"]
+            .as_str()
+            .unwrap()
+            .contains("verification code"),
         "{created}"
     );
     let ada = customer_id(&p, "ada@example.com").await;
@@ -467,7 +470,11 @@ async fn register_verify_and_resend_tell_nothing_about_accounts_and_are_limited(
     assert_eq!(taken.status(), StatusCode::ACCEPTED);
     assert_eq!(taken.json::<Value>().await.unwrap(), new);
     customer_id(&p, "user@example.com").await;
-    problem(login(&p, "user@example.com", "attacker-password").await, 401).await;
+    problem(
+        login(&p, "user@example.com", "attacker-password").await,
+        401,
+    )
+    .await;
     tokens(&p, "user@example.com", "user123").await;
 
     // Registering an unverified email again: the same answer, still one account, and its
@@ -492,7 +499,10 @@ async fn register_verify_and_resend_tell_nothing_about_accounts_and_are_limited(
     assert_eq!(verified.status(), StatusCode::OK);
     let verified: Value = verified.json().await.unwrap();
     assert_eq!(
-        (verified["customer_id"].as_str(), verified["verified"].as_bool()),
+        (
+            verified["customer_id"].as_str(),
+            verified["verified"].as_bool()
+        ),
         (Some(eve.as_str()), Some(true))
     );
     assert_eq!(

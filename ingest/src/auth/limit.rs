@@ -239,9 +239,7 @@ mod tests {
             "still nearly empty after the turn"
         );
         // Two whole idle windows later everything is forgotten: the buckets were full again.
-        assert!(limiter
-            .check_at("a", t0 + Duration::from_secs(100))
-            .is_ok());
+        assert!(limiter.check_at("a", t0 + Duration::from_secs(100)).is_ok());
         assert_eq!(limiter.len(), 1);
     }
 

@@ -119,7 +119,10 @@ mod tests {
         let h = headers(&["6.6.6.6, 1.2.3.4"]);
         assert_eq!(trusted.client_ip(ip("8.8.8.8"), &h), ip("8.8.8.8"));
         assert_eq!(trusted.client_ip(ip("10.1.2.3"), &h), ip("1.2.3.4"));
-        assert_eq!(TrustedProxies::none().client_ip(ip("10.1.2.3"), &h), ip("10.1.2.3"));
+        assert_eq!(
+            TrustedProxies::none().client_ip(ip("10.1.2.3"), &h),
+            ip("10.1.2.3")
+        );
     }
 
     #[test]
@@ -155,7 +158,11 @@ mod tests {
     fn lists_parse() {
         assert!("".parse::<TrustedProxies>().unwrap().is_empty());
         assert_eq!(
-            " 127.0.0.1 , ::1, 10.0.0.0/8 ".parse::<TrustedProxies>().unwrap().0.len(),
+            " 127.0.0.1 , ::1, 10.0.0.0/8 "
+                .parse::<TrustedProxies>()
+                .unwrap()
+                .0
+                .len(),
             3
         );
         assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());

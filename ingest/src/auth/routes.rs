@@ -324,7 +324,11 @@ pub async fn register(
         return Err(Problem::invalid(errors));
     }
     let email = normalize_email(&req.email);
-    limit(&state.auth_limits.register, &email, client_ip(&state, &parts))?;
+    limit(
+        &state.auth_limits.register,
+        &email,
+        client_ip(&state, &parts),
+    )?;
     // Hashed whether or not the email is taken, so that both take as long.
     let password_hash = password::hash(req.password).await.map_err(internal)?;
     let registered = || {
@@ -566,12 +570,7 @@ pub async fn resend(
 /// proxy ([`super::proxy`]). None when the server was not told its peers (in-process calls).
 pub(crate) fn client_ip(state: &ApiState, parts: &Parts) -> Option<IpAddr> {
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
-    Some(
-        state
-            .auth
-            .trusted_proxies
-            .client_ip(peer, &parts.headers),
-    )
+    Some(state.auth.trusted_proxies.client_ip(peer, &parts.headers))
 }
 
 /// The `429` of an empty bucket.
