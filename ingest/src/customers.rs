@@ -493,17 +493,17 @@ pub async fn update(
     // One's own password is changed with the current one; an admin resets others' without.
     let own = caller.customer_id == account.customer_id;
     let current = match (&req.password, own, req.current_password.as_deref()) {
+        (_, _, Some(c)) if c.chars().count() > password::MAX_PASSWORD => {
+            errors.push(FieldError {
+                field: "current_password".into(),
+                message: "is too long".into(),
+            });
+            None
+        }
         (Some(_), true, None | Some("")) => {
             errors.push(FieldError {
                 field: "current_password".into(),
                 message: "is required to change your own password".into(),
-            });
-            None
-        }
-        (Some(_), true, Some(c)) if c.chars().count() > password::MAX_PASSWORD => {
-            errors.push(FieldError {
-                field: "current_password".into(),
-                message: "is too long".into(),
             });
             None
         }
