@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use orderflow_ingest::auth::{check_secret, AuthSettings, MIN_SECRET_LEN};
+use orderflow_ingest::auth::{check_secret, proxy::TrustedProxies, AuthSettings, MIN_SECRET_LEN};
 use orderflow_kafka::{admin::TopicSettings, KafkaConfig};
 use orderflow_processors::{payment::expiry::ExpirySettings, ProcessorSettings, Stage};
 use orderflow_schemas::{
@@ -467,6 +467,22 @@ pub struct AuthArgs {
     /// How long a refresh token is valid, e.g. `30d` (each refresh issues a new one).
     #[arg(long, env = "ORDERFLOW_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = humantime_duration)]
     pub refresh_token_ttl: Duration,
+    /// The reverse proxies (load balancers) in front of the API, as comma-separated IPs and
+    /// CIDRs, e.g. `10.0.0.0/8,192.168.1.7`. A request from one of them is rate-limited by the
+    /// client IP its `X-Forwarded-For` names (the rightmost hop that is not a trusted proxy);
+    /// from any other peer the header is ignored. None by default.
+    #[arg(
+        long,
+        env = "ORDERFLOW_TRUSTED_PROXIES",
+        default_value = "",
+        value_name = "IPS_AND_CIDRS",
+        value_parser = trusted_proxies
+    )]
+    pub trusted_proxies: TrustedProxies,
+}
+
+fn trusted_proxies(s: &str) -> std::result::Result<TrustedProxies, String> {
+    s.parse()
 }
 
 impl AuthArgs {
@@ -491,6 +507,7 @@ impl AuthArgs {
         let mut settings = AuthSettings::new(secret.as_bytes());
         settings.access_ttl = self.access_token_ttl;
         settings.refresh_ttl = self.refresh_token_ttl;
+        settings.trusted_proxies = self.trusted_proxies.clone();
         Ok(settings)
     }
 }

@@ -136,6 +136,7 @@ pub async fn orders(state: Arc<ApiState>) -> Result<usize> {
         let caller = orderflow_ingest::auth::Caller {
             customer_id: user.customer_id.clone(),
             role: orderflow_ingest::auth::Role::Customer,
+            session_id: None,
         };
         if let Err(p) = orderflow_ingest::orders::create(
             State(state.clone()),

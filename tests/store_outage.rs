@@ -470,8 +470,14 @@ impl Store for Switchable {
     async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
         self.up()?.revoke_refresh_family(token_hash).await
     }
-    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
-        self.up()?.revoke_customer_refresh_tokens(customer_id).await
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()> {
+        self.up()?
+            .revoke_customer_refresh_tokens(customer_id, keep)
+            .await
     }
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
         self.up()?.set_marker(name, at).await

@@ -6,6 +6,12 @@
 //! - `GET` / `PATCH /v1/customers/{id}`: an admin, or the customer itself; another
 //!   customer's id is a `404`, as if it did not exist. A customer may change its name and
 //!   password, not its role (`403`).
+//! - A password change of one's own account needs the current password
+//!   (`current_password`; wrong ones count against the login limit of the account's email);
+//!   an admin resets another account's password without it. A change ends every other login
+//!   of the account: their refresh tokens are revoked, and their access tokens stop working
+//!   within the sessions' recheck interval ([`crate::auth::sessions`]). The login that made
+//!   the change, when it is the account's own, goes on.
 //! - `DELETE /v1/customers/{id}` (admin): soft: the account is disabled (it cannot log in and
 //!   its refresh tokens are revoked); its orders stay. Access tokens already issued stay valid
 //!   until they expire (15 minutes by default).
@@ -29,6 +35,7 @@ use crate::{
         password,
         routes::{
             email_problem, email_taken, name_problem, normalize_email, password_problem, role_of,
+            too_many,
         },
         Caller, Role,
     },
@@ -130,9 +137,15 @@ pub struct UpdateCustomerRequest {
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
     pub name: Option<String>,
+    /// The new password. Changing it ends the account's other logins.
     #[serde(default)]
     #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
+    /// The password now: required with `password` when changing one's own (an admin
+    /// resetting another account's password goes without); ignored otherwise.
+    #[serde(default)]
+    #[schema(max_length = 128)]
+    pub current_password: Option<String>,
     /// Admins only.
     #[serde(default)]
     pub role: Option<Role>,
@@ -419,7 +432,13 @@ pub async fn get(
     tag = "customers",
     summary = "Change a customer",
     description = "Name and password, by an admin or the customer itself; the role, by an \
-        admin only (`403` for a customer).",
+        admin only (`403` for a customer). Changing one's own password needs the current one \
+        (`current_password`: `422` when missing, `403` when wrong; wrong ones count against \
+        the login limit of the account's email, `429`); an admin resets another account's \
+        password without it. A password change ends every other login of the account: their \
+        refresh tokens are revoked at once and their access tokens are refused within 2 s. \
+        The login that made the change goes on when it is the account's own (its tokens stay \
+        valid, nothing new is issued); an admin's reset ends all of the account's logins.",
     params(("id" = String, Path, description = "The customer id.")),
     request_body(content = UpdateCustomerRequest, content_type = "application/json"),
     security(("bearer" = [])),
@@ -429,7 +448,8 @@ pub async fn get(
          content_type = "application/problem+json"),
         (status = 401, description = "No valid access token.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 403, description = "A customer tried to change a role.", body = Problem,
+        (status = 403, description = "A customer tried to change a role, or \
+            `current_password` is wrong.", body = Problem,
          content_type = "application/problem+json"),
         (status = 404, description = "No such customer (or not yours).", body = Problem,
          content_type = "application/problem+json"),
@@ -437,8 +457,11 @@ pub async fn get(
          content_type = "application/problem+json"),
         (status = 415, description = "The content type is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 422, description = "Fields are invalid.", body = Problem,
-         content_type = "application/problem+json"),
+        (status = 422, description = "Fields are invalid, or `current_password` is missing.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong current passwords; wait.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -467,6 +490,26 @@ pub async fn update(
             message: m,
         });
     }
+    // One's own password is changed with the current one; an admin resets others' without.
+    let own = caller.customer_id == account.customer_id;
+    let current = match (&req.password, own, req.current_password.as_deref()) {
+        (_, _, Some(c)) if c.chars().count() > password::MAX_PASSWORD => {
+            errors.push(FieldError {
+                field: "current_password".into(),
+                message: "is too long".into(),
+            });
+            None
+        }
+        (Some(_), true, None | Some("")) => {
+            errors.push(FieldError {
+                field: "current_password".into(),
+                message: "is required to change your own password".into(),
+            });
+            None
+        }
+        (Some(_), true, Some(c)) => Some(c.to_string()),
+        _ => None,
+    };
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
@@ -478,9 +521,27 @@ pub async fn update(
             account.role = role.as_str().to_string();
         }
     }
+    if let Some(current) = current {
+        state
+            .auth_limits
+            .login
+            .per_email
+            .check(&account.email)
+            .map_err(too_many)?;
+        if !password::verify(current, Some(account.password_hash.clone())).await {
+            return Err(Problem::field(
+                StatusCode::FORBIDDEN,
+                "wrong-password",
+                "Wrong password",
+                "current_password",
+                "is not the account's password",
+            ));
+        }
+    }
     if let Some(name) = req.name {
         account.name = name.trim().to_string();
     }
+    let password_changed = req.password.is_some();
     if let Some(password) = req.password {
         account.password_hash = password::hash(password).await.map_err(|e| {
             Problem::new(
@@ -499,6 +560,20 @@ pub async fn update(
         .map_err(store_down)?
     {
         return Err(no_customer(&id));
+    }
+    if password_changed {
+        // Every other login ends; the caller's own goes on when it changed its own password.
+        let keep = if own {
+            caller.session_id.as_deref()
+        } else {
+            None
+        };
+        state
+            .store
+            .revoke_customer_refresh_tokens(&id, keep)
+            .await
+            .map_err(store_down)?;
+        info!(customer_id = %id, by = %caller.customer_id, "Password changed; other logins ended.");
     }
     Ok(Json(account.into()))
 }
@@ -549,7 +624,7 @@ pub async fn delete(
     // Also on a repeat: a crash between the two steps is mended by deleting again.
     state
         .store
-        .revoke_customer_refresh_tokens(&id)
+        .revoke_customer_refresh_tokens(&id, None)
         .await
         .map_err(store_down)?;
     info!(customer_id = %id, by = %caller.customer_id, "Customer disabled.");

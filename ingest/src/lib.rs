@@ -88,8 +88,9 @@ pub struct ApiState {
     pub orders: Arc<cache::OrderCache>,
     /// (f/products) Where the invoice PDFs are (`GET /v1/orders/{id}/invoice`).
     pub invoice_files: Option<orderflow_store::InvoiceFiles>,
-    /// Login attempts per email and per client IP ([`auth::limit`]).
-    pub login_limits: auth::limit::LoginLimits,
+    /// Login, register, verify and resend attempts per email and per client IP
+    /// ([`auth::limit`]).
+    pub auth_limits: auth::limit::AuthLimits,
     /// Whether the logins behind access tokens are still live ([`auth::sessions`]).
     pub sessions: auth::sessions::Sessions,
 }
@@ -106,7 +107,7 @@ impl ApiState {
             auth: auth::AuthSettings::ephemeral(),
             orders: Arc::new(cache::OrderCache::default()),
             invoice_files: None,
-            login_limits: auth::limit::LoginLimits::default(),
+            auth_limits: auth::limit::AuthLimits::default(),
             sessions: auth::sessions::Sessions::default(),
         }
     }
@@ -431,7 +432,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(addr = ?addr, "HTTP API listening.");
-    // With the peer's address, which login rate-limits by ([`auth::limit`]).
+    // With the peer's address, which the auth routes rate-limit by ([`auth::limit`]).
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),

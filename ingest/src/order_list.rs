@@ -283,6 +283,7 @@ mod tests {
         Caller {
             customer_id: "c1".into(),
             role,
+            session_id: None,
         }
     }
 

@@ -976,10 +976,12 @@ mod tests {
         let customer = Caller {
             customer_id: "c1".into(),
             role: Role::Customer,
+            session_id: None,
         };
         let admin = Caller {
             customer_id: "a1".into(),
             role: Role::Admin,
+            session_id: None,
         };
         assert_eq!(order_customer(&customer, None).unwrap(), "c1");
         assert_eq!(order_customer(&customer, Some("c1")).unwrap(), "c1");

@@ -1309,8 +1309,13 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()> {
         let customer_id = customer_id.to_string();
+        let keep = keep.map(str::to_string);
         self.write(move |txn| {
             let table = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
             let (start, end) = (compound(&customer_id, ""), format!("{customer_id}\u{1}"));
@@ -1321,7 +1326,9 @@ impl Store for EmbeddedStore {
             {
                 let (key, _) = entry.map_err(unavailable)?;
                 if let Some((_, family)) = key.value().split_once('\u{0}') {
-                    families.push(family.to_string());
+                    if keep.as_deref() != Some(family) {
+                        families.push(family.to_string());
+                    }
                 }
             }
             drop(table);

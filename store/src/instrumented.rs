@@ -263,10 +263,14 @@ impl<S: Store> Store for Instrumented<S> {
         .await
     }
 
-    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()> {
         timed(
             "revoke_customer_refresh_tokens",
-            self.0.revoke_customer_refresh_tokens(customer_id),
+            self.0.revoke_customer_refresh_tokens(customer_id, keep),
         )
         .await
     }

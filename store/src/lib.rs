@@ -215,8 +215,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RotateOutcome>;
     /// Revokes the family of the token with this hash (logout); false when no such token.
     async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool>;
-    /// Revokes every refresh token family of the account (it was disabled).
-    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()>;
+    /// Revokes every refresh token family of the account but `keep` (when given): the account
+    /// was disabled (none kept), or its password changed (the login that changed it kept).
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()>;
     /// Whether the family (a login) is revoked: logged out, a token reused, or the account
     /// disabled. A family never stored counts as revoked: only a login creates one.
     async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool>;

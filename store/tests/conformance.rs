@@ -1713,7 +1713,7 @@ async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
         store.create_refresh_token(t.clone()).await.unwrap();
     }
     store
-        .revoke_customer_refresh_tokens(&customer)
+        .revoke_customer_refresh_tokens(&customer, None)
         .await
         .unwrap();
     for t in [&a, &b] {
@@ -1732,6 +1732,34 @@ async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
     assert!(matches!(
         store
             .rotate_refresh_token(&other.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated { .. }
+    ));
+
+    // A password change revokes every family of the account but the login that made it.
+    let (kept, ended) = (
+        refresh(&customer, &new_id(), T0 + DAY_MS),
+        refresh(&customer, &new_id(), T0 + DAY_MS),
+    );
+    for t in [&kept, &ended] {
+        store.create_refresh_token(t.clone()).await.unwrap();
+    }
+    store
+        .revoke_customer_refresh_tokens(&customer, Some(&kept.family_id))
+        .await
+        .unwrap();
+    assert!(store
+        .refresh_family_revoked(&customer, &ended.family_id)
+        .await
+        .unwrap());
+    assert!(!store
+        .refresh_family_revoked(&customer, &kept.family_id)
+        .await
+        .unwrap());
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&kept.token_hash, &unique("token"), T0 + DAY_MS, T0)
             .await
             .unwrap(),
         RotateOutcome::Rotated { .. }

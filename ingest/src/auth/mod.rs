@@ -6,7 +6,10 @@
 //! - [`routes`]: register, verify, resend, login, refresh, logout (`/v1/auth/*`).
 //! - [`password`]: argon2id password hashes, in `spawn_blocking`.
 //! - [`secrets`]: refresh tokens and verification codes, stored as SHA-256 digests.
-//! - [`limit`]: the in-process login rate limits (per email, per client IP).
+//! - [`limit`]: the in-process rate limits of login, register, verify and resend (per email,
+//!   per client IP).
+//! - [`proxy`]: the client IP those limits key on (`X-Forwarded-For` from trusted proxies).
+//! - [`sessions`]: whether the login behind an access token is still live.
 //! - [`Caller`]: the account behind a request's `Authorization: Bearer <token>`. A missing,
 //!   malformed, tampered or expired token is a `401` (with `WWW-Authenticate: Bearer`); a
 //!   valid token without the right role is a `403` ([`Caller::require_admin`]); a customer
@@ -22,6 +25,7 @@
 
 pub mod limit;
 pub mod password;
+pub mod proxy;
 pub mod routes;
 pub mod secrets;
 pub mod sessions;
@@ -67,6 +71,8 @@ pub struct AuthSettings {
     pub access_ttl: Duration,
     /// Lifetime of a refresh token (each refresh issues a new one).
     pub refresh_ttl: Duration,
+    /// The proxies whose `X-Forwarded-For` names the client IP ([`proxy`]).
+    pub trusted_proxies: proxy::TrustedProxies,
 }
 
 impl AuthSettings {
@@ -78,6 +84,7 @@ impl AuthSettings {
             keys: TokenKeys::new(secret),
             access_ttl: Self::DEFAULT_ACCESS_TTL,
             refresh_ttl: Self::DEFAULT_REFRESH_TTL,
+            trusted_proxies: proxy::TrustedProxies::none(),
         }
     }
 
@@ -147,6 +154,8 @@ pub fn check_secret(secret: &str) -> Result<(), String> {
 pub struct Caller {
     pub customer_id: String,
     pub role: Role,
+    /// The login the token belongs to (its refresh token family), if it names one.
+    pub session_id: Option<String>,
 }
 
 impl Caller {
@@ -223,6 +232,7 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
         Ok(Caller {
             customer_id: claims.sub,
             role: claims.role,
+            session_id: claims.sid,
         })
     }
 }

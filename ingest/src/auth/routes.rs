@@ -4,21 +4,33 @@
 //!   (the `AccountVerificationRequested` event on `accounts.verification`, which the bridge
 //!   sends: the file sink on `orderflow run`, SES in production). The code lives
 //!   [`CODE_TTL`] and dies after 5 wrong tries; `/resend` issues a new one.
+//! - Nothing tells whether an email has an account (no account enumeration): register
+//!   answers the same `202` for a taken email, after the same argon2 work, and creates
+//!   nothing (an unverified owner gets a new code); verify answers one and the same `403` for
+//!   an unknown email, a wrong, expired or used-up code and an account verified already, and
+//!   shows the account only for the right code; resend answers `202` whatever the email.
 //! - An unverified account cannot log in: `403` naming the reason (given only with the right
 //!   password, so it reveals nothing to a guesser). A disabled (deleted) account neither.
 //! - Login answers a short-lived access JWT and a refresh token. A wrong email and a wrong
-//!   password get the same `401`, after the same argon2 work. Attempts are rate-limited per
-//!   email and per client IP ([`super::limit`]): `429` with `Retry-After`.
+//!   password get the same `401`, after the same argon2 work.
+//! - Register, verify, resend and login are rate-limited per email and per client IP
+//!   ([`super::limit`], the client IP as [`super::proxy`] finds it): `429` with
+//!   `Retry-After`. Verify's limit per email also bounds the codes a series of resends can
+//!   have guessed.
 //! - Refresh rotates: the presented token is used up and a new one (same family) comes back.
 //!   Presenting a used token again is taken as theft: the whole family is revoked, and the
 //!   holder of the newer token has to log in again. Logout revokes the family.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     body::Body,
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, StatusCode},
+    http::{request::Parts, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -30,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
-use super::{password, secrets, Role};
+use super::{limit::Limits, password, secrets, Role};
 use crate::{
     customers::AccountView,
     orders::json_body,
@@ -135,6 +147,18 @@ pub struct Resent {
     /// Always `sent if the account exists and is not verified`.
     pub status: &'static str,
 }
+
+/// `202` of `POST /v1/auth/register`: the same whether the email was free or taken.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    /// Always `REGISTERED_STATUS`.
+    #[schema(example = "check your email for the verification code (POST /v1/auth/verify)")]
+    pub status: &'static str,
+}
+
+/// What `POST /v1/auth/register` answers, new account or not.
+pub const REGISTERED_STATUS: &str =
+    "check your email for the verification code (POST /v1/auth/verify)";
 
 fn now_ms() -> i64 {
     orderflow_schemas::now_millis()
@@ -264,13 +288,17 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
     tag = "auth",
     summary = "Create an account",
     description = "Creates an unverified `customer` account and emails it a one-time 6-digit \
-        code; `POST /v1/auth/verify` with it before logging in.",
+        code; `POST /v1/auth/verify` with it before logging in. The answer is the same `202` \
+        when the email already has an account, so that it tells nobody which emails are \
+        registered: then nothing is created and the password is not used (if that account is \
+        not verified yet, its owner is sent a new code). Limited per email (3, then one per \
+        10 minutes) and per client IP (10, then one per minute), by each API instance on its \
+        own.",
     request_body(content = RegisterRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created; the code is on its way.", body = AccountView),
+        (status = 202, description = "Registered, or the email had an account already: a \
+            code is on its way if there is anything to verify.", body = Registered),
         (status = 400, description = "The body is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 409, description = "The email is in use.", body = Problem,
          content_type = "application/problem+json"),
         (status = 413, description = "The body is over 1 MiB.", body = Problem,
          content_type = "application/problem+json"),
@@ -278,6 +306,9 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
          content_type = "application/problem+json"),
         (status = 422, description = "Fields are missing or invalid (`confirm` when it does \
             not match `password`).", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts; wait.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 503, description = "The store or the broker is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -285,10 +316,10 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
 )]
 pub async fn register(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, Problem> {
-    let req: RegisterRequest = json_body(&headers, body).await?;
+    let (parts, body) = request.into_parts();
+    let req: RegisterRequest = json_body(&parts.headers, body).await?;
     let mut errors = Vec::new();
     if let Some(m) = name_problem(&req.name) {
         errors.push(field("name", m));
@@ -306,17 +337,31 @@ pub async fn register(
         return Err(Problem::invalid(errors));
     }
     let email = normalize_email(&req.email);
-    // Cheap check first, so a taken email costs no hashing (the create below decides).
-    if state
+    limit(
+        &state.auth_limits.register,
+        &email,
+        client_ip(&state, &parts),
+    )?;
+    // Hashed whether or not the email is taken, so that both take as long.
+    let password_hash = password::hash(req.password).await.map_err(internal)?;
+    let registered = || {
+        (
+            StatusCode::ACCEPTED,
+            Json(Registered {
+                status: REGISTERED_STATUS,
+            }),
+        )
+            .into_response()
+    };
+    if let Some(existing) = state
         .store
         .get_account_by_email(&email)
         .await
         .map_err(store_down)?
-        .is_some()
     {
-        return Err(email_taken());
+        taken(&state, &existing).await?;
+        return Ok(registered());
     }
-    let password_hash = password::hash(req.password).await.map_err(internal)?;
     let now = now_ms();
     let account = Account {
         customer_id: uuid::Uuid::now_v7().to_string(),
@@ -335,11 +380,30 @@ pub async fn register(
         .await
         .map_err(store_down)?
     {
-        return Err(email_taken());
+        // Taken meanwhile by a concurrent registration.
+        if let Some(existing) = state
+            .store
+            .get_account_by_email(&account.email)
+            .await
+            .map_err(store_down)?
+        {
+            taken(&state, &existing).await?;
+        }
+        return Ok(registered());
     }
     info!(customer_id = %account.customer_id, "Account registered.");
     send_code(&state, &account).await?;
-    Ok((StatusCode::CREATED, Json(AccountView::from(account))).into_response())
+    Ok(registered())
+}
+
+/// A registration for the email of an existing account: its owner gets a new code if it is
+/// still to be verified; nothing else changes.
+async fn taken(state: &ApiState, existing: &Account) -> Result<(), Problem> {
+    info!(customer_id = %existing.customer_id, "Registration for an email in use.");
+    if !existing.verified && !existing.disabled {
+        send_code(state, existing).await?;
+    }
+    Ok(())
 }
 
 pub(crate) fn email_taken() -> Problem {
@@ -360,21 +424,28 @@ pub(crate) fn email_taken() -> Problem {
     tag = "auth",
     summary = "Verify an account's email",
     description = "Checks the emailed code. A code works once, for 15 minutes, and dies after \
-        5 wrong tries; `POST /v1/auth/resend` sends a new one.",
+        5 wrong tries; `POST /v1/auth/resend` sends a new one. Every failure is the same `403` \
+        naming `code`, whether the email is unknown, the code wrong, expired or used up, or \
+        the account verified already: the account is shown for the right code only. Limited \
+        per email (10 tries, then one per minute, however many codes were sent) and per client \
+        IP (30, then one per 10 s), by each API instance on its own.",
     request_body(content = VerifyRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Verified (or it was already).", body = AccountView),
+        (status = 200, description = "Verified.", body = AccountView),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
         (status = 413, description = "The body is over 1 MiB.", body = Problem,
          content_type = "application/problem+json"),
         (status = 415, description = "The content type is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 403, description = "The code is wrong, expired or used up (`code`; an \
-            unknown email gets the same answer).", body = Problem,
-         content_type = "application/problem+json"),
+        (status = 403, description = "The code is wrong, expired or used up, the email \
+            unknown, or the account verified already: one answer for all (`code`).",
+         body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid.", body = Problem,
          content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts; wait.", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 503, description = "The store is down; retry.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -382,10 +453,10 @@ pub(crate) fn email_taken() -> Problem {
 )]
 pub async fn verify(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Json<AccountView>, Problem> {
-    let req: VerifyRequest = json_body(&headers, body).await?;
+    let (parts, body) = request.into_parts();
+    let req: VerifyRequest = json_body(&parts.headers, body).await?;
     let mut errors = Vec::new();
     if let Some(m) = email_problem(&req.email) {
         errors.push(field("email", m));
@@ -397,28 +468,31 @@ pub async fn verify(
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
+    let email = normalize_email(&req.email);
+    limit(&state.auth_limits.verify, &email, client_ip(&state, &parts))?;
     // A well-formed code that does not verify is a 403 naming `code`: the request is valid,
-    // the proof is not.
-    let wrong = |message: &str| {
+    // the proof is not. One answer for every reason, so that it tells nothing about the
+    // account (whether there is one, whether it is verified, how many tries its code has).
+    let wrong = || {
         Problem::field(
             StatusCode::FORBIDDEN,
             "verification-failed",
             "Verification failed",
             "code",
-            message,
+            "is wrong, expired or used up: check the latest email, or ask for a new code \
+             (POST /v1/auth/resend)",
         )
     };
-    // An unknown email looks like a wrong code: whether an account exists stays unsaid.
     let Some(account) = state
         .store
-        .get_account_by_email(&normalize_email(&req.email))
+        .get_account_by_email(&email)
         .await
         .map_err(store_down)?
     else {
-        return Err(wrong("is wrong"));
+        return Err(wrong());
     };
     if account.verified {
-        return Ok(Json(account.into()));
+        return Err(wrong());
     }
     let outcome = state
         .store
@@ -440,15 +514,9 @@ pub async fn verify(
                 .into(),
             ))
         }
-        VerifyOutcome::Wrong { remaining: 0 } => Err(wrong(
-            "is wrong, and that was the last try: ask for a new code (POST /v1/auth/resend)",
-        )),
-        VerifyOutcome::Wrong { remaining } => {
-            Err(wrong(&format!("is wrong ({remaining} tries left)")))
+        VerifyOutcome::Wrong { .. } | VerifyOutcome::Expired | VerifyOutcome::NoCode => {
+            Err(wrong())
         }
-        VerifyOutcome::Expired | VerifyOutcome::NoCode => Err(wrong(
-            "has expired or is used up: ask for a new code (POST /v1/auth/resend)",
-        )),
     }
 }
 
@@ -459,7 +527,9 @@ pub async fn verify(
     tag = "auth",
     summary = "Send a new verification code",
     description = "Emails a new code (the earlier one stops working) if the account exists \
-        and is not verified; answers the same either way. Rate-limited like login.",
+        and is not verified; answers the same either way. Limited per email (3, then one per \
+        5 minutes) and per client IP (10, then one per minute), by each API instance on its \
+        own.",
     request_body(content = ResendRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Sent, if there was anything to send.", body = Resent),
@@ -489,7 +559,7 @@ pub async fn resend(
         return Err(Problem::invalid(vec![field("email", m)]));
     }
     let email = normalize_email(&req.email);
-    limit(&state, &email, peer(&parts))?;
+    limit(&state.auth_limits.resend, &email, client_ip(&state, &parts))?;
     if let Some(account) = state
         .store
         .get_account_by_email(&email)
@@ -509,29 +579,24 @@ pub async fn resend(
         .into_response())
 }
 
-fn peer(parts: &axum::http::request::Parts) -> Option<SocketAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
+/// The client's IP: the TCP peer's, or from `X-Forwarded-For` when the peer is a trusted
+/// proxy ([`super::proxy`]). None when the server was not told its peers (in-process calls).
+pub(crate) fn client_ip(state: &ApiState, parts: &Parts) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(state.auth.trusted_proxies.client_ip(peer, &parts.headers))
 }
 
-/// Takes one attempt from the email's and the client IP's buckets.
-fn limit(state: &ApiState, email: &str, peer: Option<SocketAddr>) -> Result<(), Problem> {
-    let too_many = |seconds: u32| {
-        Problem::too_many_requests(
-            format!("too many attempts; try again in {seconds} s"),
-            seconds,
-        )
-    };
-    if let Some(peer) = peer {
-        state
-            .login_limits
-            .per_ip
-            .check(&peer.ip().to_string())
-            .map_err(too_many)?;
-    }
-    state.login_limits.per_email.check(email).map_err(too_many)
+/// The `429` of an empty bucket.
+pub(crate) fn too_many(seconds: u32) -> Problem {
+    Problem::too_many_requests(
+        format!("too many attempts; try again in {seconds} s"),
+        seconds,
+    )
+}
+
+/// Takes one attempt from the client IP's and the email's buckets of a route.
+fn limit(limits: &Limits, email: &str, ip: Option<IpAddr>) -> Result<(), Problem> {
+    limits.check(email, ip).map_err(too_many)
 }
 
 /// A new token pair for the account; the refresh token starts a new family.
@@ -643,7 +708,7 @@ pub async fn login(
         return Err(Problem::invalid(errors));
     }
     let email = normalize_email(&req.email);
-    limit(&state, &email, peer(&parts))?;
+    limit(&state.auth_limits.login, &email, client_ip(&state, &parts))?;
     let account = state
         .store
         .get_account_by_email(&email)

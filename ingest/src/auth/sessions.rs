@@ -1,10 +1,11 @@
 //! Whether the login behind an access token is still live.
 //!
 //! An access token from `POST /v1/auth/login` or `/refresh` names its login (`sid`: the refresh
-//! token family). A logout, a reused refresh token or a disabled account revokes the family in
-//! the store; [`crate::auth::Caller`] asks [`Sessions::ended`] and refuses the token with 401.
-//! The answer is kept for [`Sessions::RECHECK`], so an active login costs one store read per
-//! that interval and instance, and an ended one is refused everywhere within it.
+//! token family). A logout, a reused refresh token, a disabled account or a password change
+//! (every login of the account but the one that made it) revokes the family in the store;
+//! [`crate::auth::Caller`] asks [`Sessions::ended`] and refuses the token with 401. The answer
+//! is kept for [`Sessions::RECHECK`], so an active login costs one store read per that interval
+//! and instance, and an ended one is refused everywhere within it.
 
 use std::time::Duration;
 

@@ -436,9 +436,13 @@ impl ScyllaStore {
     pub(super) async fn revoke_customer_refresh_tokens_impl(
         &self,
         customer_id: &str,
+        keep: Option<&str>,
     ) -> Result<()> {
         let families: Vec<(String,)> = self.rows(&self.a().families_of, (customer_id,)).await?;
         for (family_id,) in families {
+            if keep == Some(family_id.as_str()) {
+                continue;
+            }
             retry("revoke_customer_refresh_tokens", || {
                 self.revoke_family(customer_id, &family_id)
             })

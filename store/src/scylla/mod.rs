@@ -1850,8 +1850,13 @@ impl Store for ScyllaStore {
         self.revoke_refresh_family_impl(token_hash).await
     }
 
-    async fn revoke_customer_refresh_tokens(&self, customer_id: &str) -> Result<()> {
-        self.revoke_customer_refresh_tokens_impl(customer_id).await
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()> {
+        self.revoke_customer_refresh_tokens_impl(customer_id, keep)
+            .await
     }
 
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
