@@ -276,6 +276,7 @@ impl CommonArgs {
                 .properties
                 .push((k.trim().to_string(), v.trim().to_string()));
         }
+        config.check()?;
         Ok(config)
     }
 

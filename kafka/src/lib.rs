@@ -150,6 +150,17 @@ impl KafkaConfig {
         config
     }
 
+    /// Checks the properties with librdkafka as each kind of client gets them, without
+    /// connecting: one it does not know, or a value this build cannot take (a codec, TLS), is
+    /// an error that names it.
+    pub fn check(&self) -> Result<()> {
+        self.producer_config().create_native_config()?;
+        self.consumer_config("orderflow-check")
+            .create_native_config()?;
+        self.admin_config().create_native_config()?;
+        Ok(())
+    }
+
     /// A short-lived admin client (no statistics: nothing reads them).
     pub fn admin_config(&self) -> ClientConfig {
         let mut config = self.base();
@@ -233,6 +244,25 @@ mod tests {
         assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
         assert_eq!(c.get("linger.ms"), None);
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        // A group property given to a producer or an admin client is a CONFWARN at start.
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("1500"));
+        assert_eq!(p.get("heartbeat.interval.ms"), None);
+        assert_eq!(config.admin_config().get("heartbeat.interval.ms"), None);
+    }
+
+    #[test]
+    fn properties_are_checked_before_anything_connects() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092", Topics::default());
+        config.properties = vec![
+            ("compression.type".into(), "zstd".into()),
+            ("security.protocol".into(), "sasl_ssl".into()),
+            ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+        ];
+        config.check().expect("zstd, TLS and SCRAM are built in");
+        config.properties = vec![("compresion.type".into(), "zstd".into())];
+        let e = config.check().unwrap_err().to_string();
+        assert!(e.contains("compresion.type"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -105,13 +105,13 @@ impl Pipeline {
         stderr: Stdio,
     ) -> Pipeline {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args([
-                "run",
-                "--http",
-                "127.0.0.1:0",
-                "--kafka-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["run", "--http", "127.0.0.1:0"])
+            // The embedded broker on any free port, unless the test says where.
+            .args(if extra.contains(&"--kafka-listen") {
+                &[][..]
+            } else {
+                &["--kafka-listen", "127.0.0.1:0"][..]
+            })
             .arg("--data-dir")
             .arg(data_dir)
             // Tests count stock and invoice numbers from a clean start, unless they ask for
