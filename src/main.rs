@@ -642,6 +642,9 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         }
     }
     producer.flush(Duration::from_secs(10));
+    // The last Kafka client goes before the embedded broker does: one that outlives its broker
+    // logs "all brokers are down" after the stop.
+    drop(producer);
     #[cfg(feature = "embedded-broker")]
     if let Some(broker) = embedded {
         broker.stop().await;

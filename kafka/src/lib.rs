@@ -183,7 +183,14 @@ fn is_producer_only(key: &str) -> bool {
             | "compression.type"
             | "compression.codec"
             | "message.timeout.ms"
+            | "delivery.timeout.ms"
+            | "message.send.max.retries"
+            | "retries"
+            | "compression.level"
+            | "queue.buffering.max.messages"
+            | "queue.buffering.max.kbytes"
             | "transactional.id"
+            | "transaction.timeout.ms"
     )
 }
 
@@ -197,9 +204,17 @@ fn is_consumer_only(key: &str) -> bool {
             | "auto.offset.reset"
             | "fetch.wait.max.ms"
             | "session.timeout.ms"
+            | "heartbeat.interval.ms"
+            | "max.poll.interval.ms"
+            | "group.instance.id"
+            | "group.protocol"
             | "partition.assignment.strategy"
             | "isolation.level"
             | "fetch.min.bytes"
+            | "fetch.max.bytes"
+            | "max.partition.fetch.bytes"
+            | "queued.min.messages"
+            | "queued.max.messages.kbytes"
     )
 }
 
@@ -235,6 +250,7 @@ mod tests {
             ("linger.ms".into(), "20".into()),
             ("fetch.wait.max.ms".into(), "10".into()),
             ("security.protocol".into(), "plaintext".into()),
+            ("heartbeat.interval.ms".into(), "1500".into()),
         ];
         let p = config.producer_config();
         assert_eq!(p.get("linger.ms"), Some("20"));
