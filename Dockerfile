@@ -23,11 +23,12 @@ FROM rust:1-bookworm AS builder
 
 # What the C parts of the dependency tree need: librdkafka (rdkafka-sys runs its `./configure`
 # and `make`: gcc, g++, make, perl, python3), zlib (found by libz-sys through pkg-config),
-# and the cc builds of SQLite (libsql), lz4, zstd and aws-lc. The rust image ships most of this
-# already; listing it keeps the build honest if the base changes. No cmake: nothing needs it.
+# OpenSSL (librdkafka's TLS and SASL, ScyllaDB's TLS; through pkg-config), and the cc builds of
+# SQLite (libsql), lz4, zstd and aws-lc. The rust image ships most of this already; listing it
+# keeps the build honest if the base changes. No cmake: nothing needs it.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential perl python3 pkg-config zlib1g-dev \
+      build-essential perl python3 pkg-config zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -48,9 +49,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # --- runtime -------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 
-# ca-certificates for TLS clients; curl for container healthchecks.
+# ca-certificates for TLS clients; libssl3 for librdkafka's and ScyllaDB's TLS; curl for
+# container healthchecks.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed, non-root uid/gid so volumes and Kubernetes securityContexts can rely on it.

@@ -1,19 +1,52 @@
 #!/usr/bin/env bash
 # The test command (README.md; .ci/run calls it). Installs the Python peers the integration tests
-# start on 127.0.0.1 (moto's AWS emulator, ...) into a virtualenv next to the build, then runs the
-# whole workspace's tests. Extra arguments go to `cargo test`.
+# start on 127.0.0.1 (moto's AWS emulator, ...) into a virtualenv next to the build, and stunnel
+# (the TLS listener of tests/managed_kafka.rs) when it is missing and this runs as root, then
+# runs the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+missing() {
+    echo "scripts/test.sh: $1" >&2
+    exit 1
+}
+
+# What the build and the Python peers need (README.md, "Requirements").
+for tool in cargo cc make perl pkg-config python3; do
+    command -v "$tool" >/dev/null || missing "$tool is not installed (see README.md, Requirements)"
+done
+pkg-config --exists openssl ||
+    missing "OpenSSL's headers are not installed: apt-get install libssl-dev (or build with --features vendored-openssl)"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    missing "the test peers need Python >= 3.11; python3 is $(python3 --version 2>&1)"
+
+# Debian's stunnel4 for the TLS test; without it that test says SKIPPED and passes.
+if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -qq stunnel4 >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq stunnel4 >/dev/null 2>&1; } ||
+            echo "scripts/test.sh: could not install stunnel4: the TLS test will be SKIPPED" >&2
+    else
+        echo "scripts/test.sh: no stunnel4 (apt-get install stunnel4): the TLS test will be SKIPPED" >&2
+    fi
+fi
+
 target_dir="${CARGO_TARGET_DIR:-target}"
 venv="$target_dir/test-python"
+# A venv that a failed run left half-made (no pip) is made again.
+if [ -d "$venv" ] && ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    echo "scripts/test.sh: $venv is incomplete; making it again" >&2
+    rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+    python3 -m venv "$venv" ||
+        { rm -rf "$venv"; missing "python3 -m venv failed: apt-get install python3-venv"; }
 fi
 # A stamp keeps re-runs quick: pip runs again only when the requirements change.
 stamp="$venv/.requirements"
 if ! cmp -s scripts/test-requirements.txt "$stamp"; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt ||
+        missing "pip could not install scripts/test-requirements.txt into $venv"
     cp scripts/test-requirements.txt "$stamp"
 fi
 export ORDERFLOW_TEST_PYTHON="$(cd "$venv" && pwd)/bin/python"

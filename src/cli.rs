@@ -16,7 +16,7 @@ use orderflow_schemas::{
     registry::{Compatibility, RegistryAuth, RegistryClient},
     Topics,
 };
-use orderflow_store::scylla::{Replication, ScyllaConfig};
+use orderflow_store::scylla::{Replication, ScyllaConfig, ScyllaCredentials, ScyllaTls};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -187,6 +187,24 @@ pub struct StoreArgs {
     /// How long the bridge remembers a delivered event in ScyllaDB (its dedup window), e.g. `14d`.
     #[arg(long, env = "ORDERFLOW_SCYLLA_DELIVERY_TTL", default_value = "14d", value_parser = humantime_duration)]
     pub scylla_delivery_ttl: Duration,
+    /// The CQL user to log in as (PasswordAuthenticator), with --scylla-password.
+    #[arg(long, env = "ORDERFLOW_SCYLLA_USERNAME", requires = "scylla_password")]
+    pub scylla_username: Option<String>,
+    /// --scylla-username's password (prefer the environment variable: a flag shows in `ps`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_SCYLLA_PASSWORD",
+        hide_env_values = true,
+        requires = "scylla_username"
+    )]
+    pub scylla_password: Option<String>,
+    /// Talk to ScyllaDB over TLS, trusting the system's CAs (--scylla-ca: a CA of your own).
+    #[arg(long, env = "ORDERFLOW_SCYLLA_TLS")]
+    pub scylla_tls: bool,
+    /// Talk to ScyllaDB over TLS, trusting the CA certificate(s) in this PEM file. Each node's
+    /// certificate must name the IP address the driver connects to.
+    #[arg(long, env = "ORDERFLOW_SCYLLA_CA", value_name = "PEM")]
+    pub scylla_ca: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -203,6 +221,17 @@ impl StoreArgs {
         }
         let mut config = ScyllaConfig::new(nodes, self.scylla_keyspace.clone());
         config.delivery_ttl = self.scylla_delivery_ttl;
+        if let (Some(username), Some(password)) = (&self.scylla_username, &self.scylla_password) {
+            config.credentials = Some(ScyllaCredentials {
+                username: username.clone(),
+                password: password.clone(),
+            });
+        }
+        if self.scylla_tls || self.scylla_ca.is_some() {
+            config.tls = Some(ScyllaTls {
+                ca: self.scylla_ca.clone(),
+            });
+        }
         Some(config)
     }
 }
@@ -348,6 +377,7 @@ impl CommonArgs {
                 .properties
                 .push((k.trim().to_string(), v.trim().to_string()));
         }
+        config.check()?;
         Ok(config)
     }
 
@@ -615,4 +645,60 @@ fn kept_secret(path: &Path) -> Result<String> {
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_of(args: &[&str]) -> Option<ScyllaConfig> {
+        let cli = Cli::try_parse_from(["orderflow", "migrate"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Migrate(args) => args.store.scylla(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn scylla_credentials_and_tls_reach_the_store_config() {
+        let plain = store_of(&["--scylla", "db:9042"]).unwrap();
+        assert_eq!((plain.credentials, plain.tls), (None, None));
+
+        let secured = store_of(&[
+            "--scylla",
+            "db1:9142,db2:9142",
+            "--scylla-username",
+            "orderflow",
+            "--scylla-password",
+            "s3cret",
+            "--scylla-ca",
+            "/etc/orderflow/scylla-ca.pem",
+        ])
+        .unwrap();
+        let credentials = secured.credentials.unwrap();
+        assert_eq!(credentials.username, "orderflow");
+        assert_eq!(credentials.password, "s3cret");
+        assert!(!format!("{credentials:?}").contains("s3cret"));
+        assert_eq!(
+            secured.tls.unwrap().ca.unwrap(),
+            std::path::Path::new("/etc/orderflow/scylla-ca.pem")
+        );
+
+        let system_cas = store_of(&["--scylla", "db:9142", "--scylla-tls"]).unwrap();
+        assert_eq!(system_cas.tls, Some(ScyllaTls { ca: None }));
+    }
+
+    #[test]
+    fn a_scylla_username_needs_its_password() {
+        let e = Cli::try_parse_from([
+            "orderflow",
+            "migrate",
+            "--scylla",
+            "db:9042",
+            "--scylla-username",
+            "u",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--scylla-password"), "{e}");
+    }
 }

@@ -27,7 +27,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-fn main() -> Result<()> {
+/// A failure is one line on stderr (the error and its causes, `: `-separated), never a
+/// backtrace: most are a user's config to fix.
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> Result<()> {
     let cli = Cli::parse();
     // Dropped after the runtime: flushes the spans still buffered for OTLP export.
     let _telemetry = telemetry::init(&cli.log)?;
@@ -407,6 +419,12 @@ async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> 
                 }
                 return Ok(());
             }
+            // A property librdkafka refuses will not change by waiting.
+            Err(orderflow_kafka::Error::Kafka(
+                e @ rdkafka::error::KafkaError::ClientCreation(_),
+            )) => {
+                bail!("{e}")
+            }
             Err(e) => {
                 last = Some(e);
                 tokio::time::sleep(orderflow_kafka::backoff(attempt.min(4))).await;
@@ -646,6 +664,9 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         }
     }
     producer.flush(Duration::from_secs(10));
+    // The last Kafka client goes before the embedded broker does: one that outlives its broker
+    // logs "all brokers are down" after the stop.
+    drop(producer);
     #[cfg(feature = "embedded-broker")]
     if let Some(broker) = embedded {
         broker.stop().await;

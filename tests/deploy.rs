@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -842,7 +844,23 @@ fn k8s_manifests_use_commands_envs_files_and_ports_the_code_has() {
         config_maps.insert(name, keys);
     }
 
-    let objects: Vec<Value> = manifests.iter().flat_map(|m| yaml_documents(m)).collect();
+    // The opt-in demo overlay (`kubectl apply -k deploy/k8s/demo`, not in the default
+    // kustomization) runs against the same ConfigMap: checked like the rest.
+    let demo = dir.join("demo");
+    let demo_kustomization = &yaml_documents(&demo.join("kustomization.yaml"))[0];
+    let demo_manifests: Vec<PathBuf> = strings(&demo_kustomization["resources"])
+        .iter()
+        .map(|r| demo.join(r))
+        .collect();
+    assert!(
+        !demo_manifests.is_empty(),
+        "deploy/k8s/demo lists no resources"
+    );
+    let objects: Vec<Value> = manifests
+        .iter()
+        .chain(&demo_manifests)
+        .flat_map(|m| yaml_documents(m))
+        .collect();
     for o in objects.iter().filter(|o| o["kind"] == "ConfigMap") {
         let data = o["data"]
             .as_object()
@@ -1179,4 +1197,107 @@ fn shipped_files_open_no_door_and_fix_no_secret() {
         problems.push("deploy/k8s/secret.yaml: its placeholder starts the API".into());
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+// ---------------------------------------------------------------------------------------------
+// Shipped bridge configs
+// ---------------------------------------------------------------------------------------------
+
+/// Every `.toml` under `dir`, recursively.
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(toml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A customer who registers must get the verification code, and one whose order is cancelled,
+/// shipped or refunded must hear of it, wherever the shipped routing configs are used.
+#[test]
+fn shipped_bridge_configs_route_every_event_a_customer_hears_of() {
+    use orderflow_bridge::{BridgeConfig, EventType};
+    let files = toml_files(&root().join("deploy"));
+    assert!(
+        files.len() >= 2,
+        "expected the Compose and k8s bridge configs, found {files:?}"
+    );
+    let mut problems = Vec::new();
+    for file in &files {
+        let name = file.strip_prefix(root()).unwrap().display().to_string();
+        let config = match BridgeConfig::load(file, []) {
+            Ok(config) => config,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        for event in EventType::ALL.into_iter().filter(|t| t.notifies()) {
+            if !config.routes.iter().any(|r| r.events.contains(&event)) {
+                problems.push(format!("{name}: no route for {event}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/README.md's first order
+// ---------------------------------------------------------------------------------------------
+
+/// The README's shell block that logs in and orders (the one that sets `TOKEN`).
+fn first_order_commands() -> String {
+    let readme = std::fs::read_to_string(root().join("deploy/README.md")).unwrap();
+    readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("TOKEN=$("))
+        .expect("deploy/README.md has a block that logs in")
+        .to_string()
+}
+
+/// The walkthrough a first user follows on Compose (log in, order with the token, wait for the
+/// invoice, download it), run word for word against `orderflow run`: the same HTTP API, with
+/// the demo customer its first start creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_readmes_first_order_works_as_written() {
+    for tool in ["bash", "curl", "jq"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("SKIPPED: deploy/README.md's walkthrough needs {tool}, which is missing");
+            return;
+        }
+    }
+    let commands = first_order_commands();
+    assert!(commands.contains("Bearer $TOKEN"), "{commands}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::Pipeline::start(dir.path());
+    p.wait_until_ready().await;
+    let script = commands.replace("http://localhost:8080", &p.http);
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["60", "bash", "-euo", "pipefail", "-c", &script])
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the walkthrough failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("MUG-001"), "{stdout}");
+    let pdf = std::fs::read(work.path().join("invoice.pdf")).unwrap();
+    assert!(pdf.starts_with(b"%PDF"), "invoice.pdf is no PDF");
 }

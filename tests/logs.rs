@@ -105,3 +105,28 @@ async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
         assert_eq!(span["order_id"], line["fields"]["order_id"], "{line}");
     }
 }
+
+/// A normal start, an order and a clean stop (SIGTERM) log no librdkafka warning (a property
+/// given to a client kind it does not apply to is a CONFWARN) and no error at all: none while
+/// running, none after "Stopped." (clients that outlive the embedded broker report it down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_and_stop_log_no_warning_from_librdkafka_and_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("orderflow.log");
+    let p = Pipeline::start_logging_to(dir.path(), &[], "info", &log_file);
+    p.wait_until_ready().await;
+    let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+    p.wait_for_status(&id, "invoiced").await;
+    assert!(p.stop().success());
+
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    assert!(text.contains("Stopped."), "no \"Stopped.\" line:\n{text}");
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let warn_or_error = l.contains(" WARN ") || l.contains(" ERROR ");
+            l.contains(" ERROR ") || (warn_or_error && l.contains("rdkafka"))
+        })
+        .collect();
+    assert!(bad.is_empty(), "{}\n---\n{text}", bad.join("\n"));
+}

@@ -201,6 +201,15 @@ pub async fn run_bridge(
 ) -> orderflow_kafka::Result<()> {
     let config = StageConfig::new(kafka, "bridge", routing.inputs())
         .with_dead_letter(TopicKind::BridgeDeadLetter);
+    // Every sink's deliveries are served from the start, at 0 until something happens: a
+    // dashboard's panel shows 0, not "No data".
+    let m = metrics::metrics();
+    for slot in &routing.sinks {
+        for outcome in [outcome::SENT, outcome::SKIPPED_DUPLICATE, outcome::FAILED] {
+            m.sink_deliveries
+                .with_label_values(&[slot.sink.name(), outcome]);
+        }
+    }
     let handler = BridgeHandler::new(store, routing);
     run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
 }

@@ -174,6 +174,17 @@ impl KafkaConfig {
         config
     }
 
+    /// Checks the properties with librdkafka as each kind of client gets them, without
+    /// connecting: one it does not know, or a value this build cannot take (a codec, TLS), is
+    /// an error that names it.
+    pub fn check(&self) -> Result<()> {
+        self.producer_config().create_native_config()?;
+        self.consumer_config("orderflow-check")
+            .create_native_config()?;
+        self.admin_config().create_native_config()?;
+        Ok(())
+    }
+
     /// A short-lived admin client (no statistics: nothing reads them).
     pub fn admin_config(&self) -> ClientConfig {
         let mut config = self.base();
@@ -196,7 +207,14 @@ fn is_producer_only(key: &str) -> bool {
             | "compression.type"
             | "compression.codec"
             | "message.timeout.ms"
+            | "delivery.timeout.ms"
+            | "message.send.max.retries"
+            | "retries"
+            | "compression.level"
+            | "queue.buffering.max.messages"
+            | "queue.buffering.max.kbytes"
             | "transactional.id"
+            | "transaction.timeout.ms"
     )
 }
 
@@ -210,9 +228,17 @@ fn is_consumer_only(key: &str) -> bool {
             | "auto.offset.reset"
             | "fetch.wait.max.ms"
             | "session.timeout.ms"
+            | "heartbeat.interval.ms"
+            | "max.poll.interval.ms"
+            | "group.instance.id"
+            | "group.protocol"
             | "partition.assignment.strategy"
             | "isolation.level"
             | "fetch.min.bytes"
+            | "fetch.max.bytes"
+            | "max.partition.fetch.bytes"
+            | "queued.min.messages"
+            | "queued.max.messages.kbytes"
     )
 }
 
@@ -267,6 +293,7 @@ mod tests {
             ("linger.ms".into(), "20".into()),
             ("fetch.wait.max.ms".into(), "10".into()),
             ("security.protocol".into(), "plaintext".into()),
+            ("heartbeat.interval.ms".into(), "1500".into()),
         ];
         let p = config.producer_config();
         assert_eq!(p.get("linger.ms"), Some("20"));
@@ -276,6 +303,25 @@ mod tests {
         assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
         assert_eq!(c.get("linger.ms"), None);
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        // A group property given to a producer or an admin client is a CONFWARN at start.
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("1500"));
+        assert_eq!(p.get("heartbeat.interval.ms"), None);
+        assert_eq!(config.admin_config().get("heartbeat.interval.ms"), None);
+    }
+
+    #[test]
+    fn properties_are_checked_before_anything_connects() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092", Topics::default());
+        config.properties = vec![
+            ("compression.type".into(), "zstd".into()),
+            ("security.protocol".into(), "sasl_ssl".into()),
+            ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+        ];
+        config.check().expect("zstd, TLS and SCRAM are built in");
+        config.properties = vec![("compresion.type".into(), "zstd".into())];
+        let e = config.check().unwrap_err().to_string();
+        assert!(e.contains("compresion.type"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

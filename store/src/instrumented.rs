@@ -35,8 +35,10 @@ async fn timed<T>(operation: &'static str, call: impl Future<Output = Result<T>>
     m.store_operation
         .with_label_values(&[operation])
         .observe(started.elapsed().as_secs_f64());
+    // The operation's error count is served from its first call, at 0 while nothing failed.
+    let errors = m.store_errors.with_label_values(&[operation]);
     if result.is_err() {
-        m.store_errors.with_label_values(&[operation]).inc();
+        errors.inc();
     }
     result
 }

@@ -15,7 +15,8 @@
 //!   [`embedded::restart_keeps_everything`], which only makes sense for a store on disk.
 //! - [`scylla`]: ScyllaDB, each test in a fresh keyspace created by the real migrations and
 //!   dropped afterwards. Needs `ORDERFLOW_TEST_SCYLLA=host:9042[,host:9042…]` (e.g. the
-//!   docker-compose ScyllaDB); without it the tests print a loud notice and pass vacuously.
+//!   docker-compose ScyllaDB); without it the tests print a loud notice and pass vacuously. A
+//!   secured cluster: `ORDERFLOW_TEST_SCYLLA_USERNAME`, `_PASSWORD`, `_CA` (PEM) or `_TLS=1`.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -260,8 +261,8 @@ mod scylla {
     use std::{io::Write, sync::Once};
 
     use orderflow_store::scylla::{
-        connect, current_version, latest_version, migrate, Replication, ScyllaConfig, ScyllaStore,
-        MIGRATIONS,
+        connect, current_version, latest_version, migrate, Replication, ScyllaConfig,
+        ScyllaCredentials, ScyllaStore, ScyllaTls, MIGRATIONS,
     };
 
     use super::*;
@@ -320,8 +321,24 @@ mod scylla {
         }
     }
 
+    /// A config for a keyspace of its own, with the cluster's credentials and TLS from the
+    /// environment: `ORDERFLOW_TEST_SCYLLA_USERNAME`/`_PASSWORD`, `ORDERFLOW_TEST_SCYLLA_CA`
+    /// (a PEM CA; TLS) or `ORDERFLOW_TEST_SCYLLA_TLS=1` (TLS, the system's CAs).
     fn fresh_config(nodes: Vec<String>) -> ScyllaConfig {
-        ScyllaConfig::new(nodes, format!("orderflow_test_{}", Uuid::now_v7().simple()))
+        let env = |name: &str| std::env::var(format!("{ENV}_{name}")).ok();
+        let mut config =
+            ScyllaConfig::new(nodes, format!("orderflow_test_{}", Uuid::now_v7().simple()));
+        if let Some(username) = env("USERNAME") {
+            config.credentials = Some(ScyllaCredentials {
+                username,
+                password: env("PASSWORD").unwrap_or_default(),
+            });
+        }
+        let ca = env("CA").map(std::path::PathBuf::from);
+        if ca.is_some() || env("TLS").is_some_and(|v| v == "1" || v == "true") {
+            config.tls = Some(ScyllaTls { ca });
+        }
+        config
     }
 
     async fn open() -> Option<(Arc<dyn Store>, KeyspaceGuard)> {

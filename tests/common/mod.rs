@@ -147,7 +147,12 @@ impl Pipeline {
             } else {
                 &["--http", "127.0.0.1:0"][..]
             })
-            .args(["--kafka-listen", "127.0.0.1:0"])
+            // The embedded broker on any free port, unless the test says where.
+            .args(if extra.contains(&"--kafka-listen") {
+                &[][..]
+            } else {
+                &["--kafka-listen", "127.0.0.1:0"][..]
+            })
             .arg("--data-dir")
             .arg(data_dir)
             // Tests count stock and invoice numbers from a clean start, unless they ask for

@@ -6,6 +6,7 @@ Usage: registry_consumer.py '<json>' where the JSON has
   registry:  the schema registry URL
   wanted:    {topic: order id}: read each topic until the message keyed by that order id
   timeout_s: give up after this many seconds
+  kafka:     optional, more consumer properties (security.protocol, ssl.ca.location, ...)
   incompatible: {"subject": ..., "schema": ...}: a schema to check and try to register, first
                 without a token, then with `token` (an access token, as a bearer token)
   token:     an admin's access token for the registry's write endpoints
@@ -51,6 +52,7 @@ def main():
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "broker.address.family": "v4",
+            **args.get("kafka", {}),
         })
         consumer.subscribe([topic])
         found = None

@@ -98,6 +98,10 @@ pub struct ScyllaConfig {
     /// How long a sink's delivery marker is kept (the bridge's dedup window).
     pub delivery_ttl: Duration,
     pub connect_timeout: Duration,
+    /// Who to log in as (PasswordAuthenticator), when the cluster requires it.
+    pub credentials: Option<ScyllaCredentials>,
+    /// TLS to every node, when the cluster requires it (`None`: plain CQL).
+    pub tls: Option<ScyllaTls>,
 }
 
 impl ScyllaConfig {
@@ -107,7 +111,65 @@ impl ScyllaConfig {
             keyspace: keyspace.into(),
             delivery_ttl: Duration::from_secs(14 * 24 * 60 * 60),
             connect_timeout: Duration::from_secs(10),
+            credentials: None,
+            tls: None,
         }
+    }
+}
+
+/// A CQL username and password. `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScyllaCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ScyllaCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaCredentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// How to trust the nodes' certificates. Each node's certificate must name the address the
+/// driver connects to (its IP, as the cluster reports it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScyllaTls {
+    /// A PEM file of the CA(s) that signed the nodes' certificates; `None`: the system's CAs.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl ScyllaTls {
+    /// The driver's TLS context: OpenSSL (the library librdkafka uses too), peer verification
+    /// on, against `ca` or the system's CAs.
+    fn context(&self) -> Result<scylla::client::session::OpenSsl010Config> {
+        use openssl::ssl::{SslConnector, SslMethod};
+        let invalid = |what: String| StoreError::Invalid(what);
+        let mut builder = SslConnector::builder(SslMethod::tls())
+            .map_err(|e| invalid(format!("ScyllaDB TLS: {e}")))?;
+        if let Some(ca) = &self.ca {
+            // Read here so that a wrong path is one clear line, not an OpenSSL error stack.
+            let pem = std::fs::read(ca)
+                .map_err(|e| invalid(format!("ScyllaDB CA {}: {e}", ca.display())))?;
+            let certs = openssl::x509::X509::stack_from_pem(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "ScyllaDB CA {}: no PEM certificate in it",
+                        ca.display()
+                    ))
+                })?;
+            let store = builder.cert_store_mut();
+            for cert in certs {
+                store
+                    .add_cert(cert)
+                    .map_err(|e| invalid(format!("ScyllaDB CA {}: {e}", ca.display())))?;
+            }
+        }
+        Ok(scylla::client::session::OpenSsl010Config::new(builder))
     }
 }
 
@@ -116,17 +178,21 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session> {
     if config.nodes.is_empty() {
         return Err(StoreError::Invalid("no ScyllaDB node given".into()));
     }
-    SessionBuilder::new()
+    let mut builder = SessionBuilder::new()
         .known_nodes(&config.nodes)
-        .connection_timeout(config.connect_timeout)
-        .build()
-        .await
-        .map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot connect to ScyllaDB at {}: {e}",
-                config.nodes.join(",")
-            ))
-        })
+        .connection_timeout(config.connect_timeout);
+    if let Some(credentials) = &config.credentials {
+        builder = builder.user(&credentials.username, &credentials.password);
+    }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_context(Some(tls.context()?));
+    }
+    builder.build().await.map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot connect to ScyllaDB at {}: {e}",
+            config.nodes.join(",")
+        ))
+    })
 }
 
 /// How long a worker owns an order's reservation before another may take over.
@@ -2336,5 +2402,54 @@ mod tests {
         assert_eq!(order.invoice_number.as_deref(), Some("INV-00000001"));
         assert_eq!((order.revision, order.payment_claim), (2, None));
         assert_eq!(order_from_rows("none", Vec::new()).unwrap(), None);
+    }
+
+    /// A self-signed CA certificate, PEM.
+    fn ca_pem() -> Vec<u8> {
+        use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "Orderflow test CA")
+            .unwrap();
+        let name = name.build();
+        let mut cert = x509::X509Builder::new().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        cert.sign(&key, MessageDigest::sha256()).unwrap();
+        cert.build().to_pem().unwrap()
+    }
+
+    #[test]
+    fn a_tls_context_trusts_the_given_ca_and_names_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca_pem()).unwrap();
+        let tls = ScyllaTls {
+            ca: Some(good.clone()),
+        };
+        tls.context().expect("a PEM CA is taken");
+        ScyllaTls { ca: None }
+            .context()
+            .expect("the system's CAs are taken");
+
+        let missing = dir.path().join("missing.pem");
+        let e = ScyllaTls {
+            ca: Some(missing.clone()),
+        }
+        .context()
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = ScyllaTls { ca: Some(not_pem) }.context().err().unwrap();
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
     }
 }
