@@ -117,12 +117,35 @@ pub struct LoadArgs {
     /// serves it on).
     #[arg(long, env = "ORDERFLOW_SCHEMA_REGISTRY_URL", value_name = "URL")]
     pub schema_registry: Option<String>,
-    /// How many orders to post.
+    /// How many orders to post (closed loop: `--concurrency` requests in flight, each next
+    /// one sent when one is answered).
     #[arg(long, default_value_t = 10_000)]
     pub orders: u64,
-    /// Requests in flight at once.
+    /// Requests in flight at once (closed loop).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Open loop instead: post this many orders per second, on schedule whatever the answers
+    /// take (latency counts from the scheduled time), for `--duration`.
+    #[arg(long, value_name = "ORDERS_PER_S", requires = "duration")]
+    pub rate: Option<u32>,
+    /// How long to post at `--rate` (e.g. `20s`).
+    #[arg(long, value_parser = humantime_duration, requires = "rate")]
+    pub duration: Option<std::time::Duration>,
+    /// Instead of orders: produce this many records of `--record-bytes` to a scratch topic
+    /// (`<prefix>bench.raw`, created if missing) with the pipeline's producer settings, and
+    /// report the broker's ceiling (records a second).
+    #[arg(long, value_name = "RECORDS", conflicts_with = "rate")]
+    pub raw: Option<u64>,
+    /// The size of each `--raw` record's value.
+    #[arg(long, default_value_t = 400)]
+    pub record_bytes: usize,
+    /// Print the figures as one JSON object, last.
+    #[arg(long)]
+    pub json: bool,
+    /// The pipeline's process, whose CPU time per order is reported (default: the local
+    /// process listening on the `--url` port, when there is one).
+    #[arg(long)]
+    pub pid: Option<u32>,
     /// The SKU every order buys one of (the demo catalogue has 1,000,000 sticker packs).
     #[arg(long, default_value = "STICKER-001")]
     pub sku: String,

@@ -1,11 +1,22 @@
 //! `orderflow load`: drives a running pipeline over HTTP and reads `orders.invoiced` over the
 //! Kafka protocol to measure end-to-end throughput and latency (accept → invoiced).
 //!
+//! Two ways to send: a closed loop (`--orders N --concurrency C`: C requests in flight, the
+//! next sent when one is answered) or an open loop (`--rate R --duration D`: R orders a
+//! second on schedule, whatever the answers take, and latency counted from the scheduled
+//! time, so that a slow pipeline cannot hide its latency by slowing the sender down).
+//!
+//! Reported: accepted orders a second (202s only), invoiced orders a second, HTTP latency and
+//! accept → invoiced latency (p50/p99/max, exact: every sample is kept), errors by status, and
+//! the CPU time the pipeline's process spent per accepted order (from `/proc`, when it runs
+//! on this machine: `--pid`, or the process listening on the `--url` port). `--json` prints
+//! the same as one JSON object, last.
+//!
 //! Orders need an access token: `--token` posts them all as that account; without it the tool
 //! logs in as `--email` / `--password` (the demo customer of `orderflow run` by default).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -27,7 +38,74 @@ use tokio::sync::Mutex;
 
 use crate::cli::LoadArgs;
 
+/// What the senders record: when each accepted order was sent, HTTP latencies, errors.
+#[derive(Default)]
+struct Sent {
+    /// Accepted order id → ms since the epoch when it was sent (or scheduled).
+    accepted: HashMap<String, i64>,
+    /// HTTP latency of every accepted order, in µs.
+    http_us: Vec<u64>,
+    /// Failed requests by status code (`transport` when there was no answer).
+    errors: BTreeMap<String, u64>,
+}
+
+/// The orders' senders and their shared state.
+#[derive(Clone)]
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    sku: String,
+    /// The access token every order is posted with.
+    bearer: String,
+    sent: Arc<Mutex<Sent>>,
+    /// Requests answered (accepted or not).
+    answered: Arc<AtomicU64>,
+}
+
+impl Sender {
+    /// Posts order number `n`; `scheduled` is when it was meant to go (open loop) or now.
+    async fn post(&self, scheduled: Instant) {
+        let body = json!({
+            "items": [{"sku": self.sku, "quantity": 1}],
+            "shipping_address": {"name": "Load Test", "line1": "1 Bench St",
+                "city": "Berlin", "postal_code": "10115", "country": "DE"},
+            "payment": {"method": "card", "token": "tok_visa"}
+        });
+        let response = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.bearer)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        let outcome = match response {
+            Ok(r) if r.status().as_u16() == 202 => {
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                Ok(v["order_id"].as_str().map(str::to_string))
+            }
+            Ok(r) => Err(r.status().as_u16().to_string()),
+            Err(_) => Err("transport".to_string()),
+        };
+        let took = scheduled.elapsed().as_micros() as u64;
+        let mut sent = self.sent.lock().await;
+        match outcome {
+            Ok(id) => {
+                sent.http_us.push(took);
+                if let Some(id) = id {
+                    sent.accepted.insert(id, at);
+                }
+            }
+            Err(status) => *sent.errors.entry(status).or_default() += 1,
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub async fn run(args: LoadArgs) -> Result<()> {
+    if let Some(records) = args.raw {
+        return raw(&args, records).await;
+    }
     let topics = Topics::new(args.topic_prefix.clone());
     // The ids the pipeline frames with, from its registry (`orderflow run` serves one).
     let registry_url = args.schema_registry.as_deref().unwrap_or(&args.url);
@@ -43,7 +121,8 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         )
         .set("auto.offset.reset", "latest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
+        // The latency is read from the events' own times, not when this consumer sees them.
+        .set("fetch.wait.max.ms", "500")
         .create()?;
     consumer.subscribe(&[&invoiced_topic])?;
     // Let the consumer join before orders flow, so that it reads from "latest" = now.
@@ -55,71 +134,51 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
     }
 
-    let sent: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
-    let next = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(AtomicU64::new(0));
+    let target = args.pid.or_else(|| listening_pid(&args.url));
+    let cpu_before = target.and_then(cpu_time);
+    let (total, rate) = match (args.rate, args.duration) {
+        (Some(rate), Some(duration)) => (
+            (f64::from(rate) * duration.as_secs_f64()).round() as u64,
+            Some(rate),
+        ),
+        _ => (args.orders, None),
+    };
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
+        .pool_max_idle_per_host(args.concurrency.max(256))
         .build()?;
     let bearer = match &args.token {
         Some(token) => token.clone(),
         None => login(&client, &args).await?,
     };
-    let url = format!("{}/v1/orders", args.url.trim_end_matches('/'));
+    let sender = Sender {
+        client,
+        url: format!("{}/v1/orders", args.url.trim_end_matches('/')),
+        sku: args.sku.clone(),
+        bearer,
+        sent: Arc::default(),
+        answered: Arc::default(),
+    };
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, url, sent, next, failures) = (
-            client.clone(),
-            url.clone(),
-            sent.clone(),
-            next.clone(),
-            failures.clone(),
-        );
-        let (total, sku, bearer) = (args.orders, args.sku.clone(), bearer.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    break;
-                }
-                let body = json!({
-                    "items": [{"sku": sku, "quantity": 1}],
-                    "shipping_address": {"name": "Load Test", "line1": "1 Bench St",
-                        "city": "Berlin", "postal_code": "10115", "country": "DE"},
-                    "payment": {"method": "card", "token": "tok_visa"}
-                });
-                let at = orderflow_schemas::now_millis();
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&bearer)
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status().as_u16() == 202 => {
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        if let Some(id) = v["order_id"].as_str() {
-                            sent.lock().await.insert(id.to_string(), at);
-                        }
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let senders = match rate {
+        Some(rate) => open_loop(&sender, total, rate, started),
+        None => closed_loop(&sender, total, args.concurrency),
+    };
 
-    let expected = args.orders;
-    let mut latencies = Vec::with_capacity(args.orders as usize);
+    let mut latencies = Vec::with_capacity(total as usize);
     let mut early: HashMap<String, i64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut accepted_in = None;
-    while (latencies.len() as u64) < expected - failures.load(Ordering::Relaxed) {
-        if accepted_in.is_none() && workers.iter().all(|w| w.is_finished()) {
+    let mut last_invoiced = started.elapsed();
+    loop {
+        let answered = sender.answered.load(Ordering::Relaxed);
+        if accepted_in.is_none() && answered >= total {
             accepted_in = Some(started.elapsed());
+        }
+        if answered >= total {
+            let sent = sender.sent.lock().await;
+            if latencies.len() >= sent.accepted.len() {
+                break;
+            }
         }
         if Instant::now() > deadline {
             eprintln!("timed out waiting for invoiced events");
@@ -137,10 +196,11 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             continue;
         };
         early.insert(event.order_id, event.occurred_at);
-        let sent = sent.lock().await;
-        early.retain(|id, invoiced_at| match sent.get(id) {
+        let sent = sender.sent.lock().await;
+        early.retain(|id, invoiced_at| match sent.accepted.get(id) {
             Some(at) => {
                 latencies.push((*invoiced_at - at).max(0) as u64);
+                last_invoiced = started.elapsed();
                 false
             }
             None => true,
@@ -148,44 +208,295 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     }
     let elapsed = started.elapsed();
     let accepted_in = accepted_in.unwrap_or(elapsed);
-    for w in workers {
-        w.await.context("load worker")?;
-    }
+    let mut senders = senders;
+    senders.abort_all();
+    let cpu_after = target.and_then(cpu_time);
+
+    let sent = sender.sent.lock().await;
+    let accepted = sent.accepted.len() as u64;
+    let failed: u64 = sent.errors.values().sum();
+    let done = latencies.len() as u64;
+    let mut http_us = sent.http_us.clone();
+    http_us.sort_unstable();
     latencies.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if latencies.is_empty() {
-            return 0;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let accepted_per_s = accepted as f64 / accepted_in.as_secs_f64();
+    let completed_per_s = done as f64 / last_invoiced.max(accepted_in).as_secs_f64();
+    let cpu_us_per_order = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if accepted > 0 => {
+            Some(after.saturating_sub(before).as_micros() as u64 / accepted)
         }
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[i]
+        _ => None,
     };
-    let done = latencies.len();
-    println!("orders sent:          {}", args.orders);
-    println!("rejected by the API:  {}", failures.load(Ordering::Relaxed));
+    let cpu_seconds = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before).as_secs_f64()),
+        _ => None,
+    };
+
+    println!("orders sent:          {total}");
+    println!("accepted (202):       {accepted}");
+    println!("failed:               {failed} {:?}", sent.errors);
     println!("invoiced seen:        {done}");
     println!(
-        "accept rate:          {:.0} orders/s ({:.2} s)",
-        args.orders as f64 / accepted_in.as_secs_f64(),
+        "accept rate:          {accepted_per_s:.0} orders/s ({:.2} s)",
         accepted_in.as_secs_f64()
     );
     println!(
-        "end-to-end rate:      {:.0} orders/s invoiced ({:.2} s)",
-        done as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64()
+        "end-to-end rate:      {completed_per_s:.0} orders/s invoiced ({:.2} s)",
+        last_invoiced.max(accepted_in).as_secs_f64()
+    );
+    println!(
+        "HTTP accept:          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(&http_us, 0.50)),
+        ms(percentile(&http_us, 0.99)),
+        ms(http_us.last().copied().unwrap_or(0))
     );
     println!(
         "accept → invoiced:    p50 {} ms, p99 {} ms, max {} ms",
-        pct(0.50),
-        pct(0.99),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0)
     );
-    if (done as u64) < args.orders - failures.load(Ordering::Relaxed) {
-        bail!(
-            "{} orders were not invoiced in time",
-            args.orders as usize - done
-        );
+    match (target, cpu_seconds, cpu_us_per_order) {
+        (Some(pid), Some(seconds), Some(per_order)) => println!(
+            "pipeline CPU:         {seconds:.2} s (pid {pid}), {per_order} µs per accepted order"
+        ),
+        _ => println!("pipeline CPU:         unknown (not a local process; --pid)"),
+    }
+    if args.json {
+        let summary = json!({
+            "mode": if rate.is_some() { "open" } else { "closed" },
+            "rate": rate,
+            "concurrency": if rate.is_some() { None } else { Some(args.concurrency) },
+            "orders": total,
+            "accepted": accepted,
+            "completed": done,
+            "accepted_per_s": round1(accepted_per_s),
+            "completed_per_s": round1(completed_per_s),
+            "http_p50_ms": round1(ms(percentile(&http_us, 0.50))),
+            "http_p99_ms": round1(ms(percentile(&http_us, 0.99))),
+            "http_max_ms": round1(ms(http_us.last().copied().unwrap_or(0))),
+            "e2e_p50_ms": percentile(&latencies, 0.50),
+            "e2e_p99_ms": percentile(&latencies, 0.99),
+            "e2e_max_ms": latencies.last().copied().unwrap_or(0),
+            "errors": sent.errors,
+            "cpu_seconds": cpu_seconds.map(round1),
+            "cpu_us_per_order": cpu_us_per_order,
+            "pid": target,
+        });
+        println!("{summary}");
+    }
+    if done < accepted {
+        bail!("{} orders were not invoiced in time", accepted - done);
     }
     Ok(())
+}
+
+/// `--raw`: `records` records straight into the broker with the pipeline's producer settings
+/// (idempotent, acks=all, batching); the rate at which they are acknowledged.
+async fn raw(args: &LoadArgs, records: u64) -> Result<()> {
+    use rdkafka::{
+        admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+        client::DefaultClientContext,
+        error::{KafkaError, RDKafkaErrorCode},
+        producer::{FutureProducer, FutureRecord, Producer},
+    };
+
+    let config = orderflow_kafka::KafkaConfig::new(
+        args.brokers.clone(),
+        Topics::new(args.topic_prefix.clone()),
+    );
+    let topic = format!("{}bench.raw", args.topic_prefix);
+    let admin: AdminClient<DefaultClientContext> = config.admin_config().create()?;
+    let created = admin
+        .create_topics(
+            [&NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in created {
+        if let Err((name, code)) = result {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("cannot create topic {name}: {code}");
+            }
+        }
+    }
+    let producer: FutureProducer = config.producer_config().create()?;
+    let value = vec![b'x'; args.record_bytes];
+    let target = args.pid.or_else(|| listening_pid(&args.url));
+    let cpu_before = target.and_then(cpu_time);
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut failed = 0u64;
+    for n in 0..records {
+        let key = (n % 1024).to_string();
+        loop {
+            let record = FutureRecord::to(&topic).key(&key).payload(&value);
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // Wait for one acknowledgement to make room.
+                    if let Some(outcome) = futures::StreamExt::next(&mut pending).await {
+                        failed += u64::from(!matches!(outcome, Ok(Ok(_))));
+                    }
+                }
+                Err((e, _)) => bail!("producing: {e}"),
+            }
+        }
+    }
+    while let Some(outcome) = futures::StreamExt::next(&mut pending).await {
+        failed += u64::from(!matches!(outcome, Ok(Ok(_))));
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let elapsed = started.elapsed();
+    let cpu = match (cpu_before, target.and_then(cpu_time)) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let per_s = (records - failed) as f64 / elapsed.as_secs_f64();
+    let cpu_us_per_record = cpu.map(|cpu| cpu.as_micros() as u64 / records.max(1));
+    println!(
+        "raw produce:          {records} × {} B in {:.2} s: {per_s:.0} records/s acknowledged, {failed} failed",
+        args.record_bytes,
+        elapsed.as_secs_f64()
+    );
+    if let Some(per_record) = cpu_us_per_record {
+        println!("broker CPU:           {per_record} µs per record");
+    }
+    if args.json {
+        let summary = json!({
+            "mode": "raw",
+            "records": records,
+            "record_bytes": args.record_bytes,
+            "failed": failed,
+            "records_per_s": round1(per_s),
+            "cpu_seconds": cpu.map(|c| round1(c.as_secs_f64())),
+            "cpu_us_per_record": cpu_us_per_record,
+            "pid": target,
+        });
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// `concurrency` senders, each posting the next order when its last is answered.
+fn closed_loop(sender: &Sender, total: u64, concurrency: usize) -> tokio::task::JoinSet<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (sender, next) = (sender.clone(), next.clone());
+        workers.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                sender.post(Instant::now()).await;
+            }
+        });
+    }
+    workers
+}
+
+/// Posts `total` orders at `rate` a second from `started`, each in a task of its own.
+fn open_loop(sender: &Sender, total: u64, rate: u32, started: Instant) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let sender = sender.clone();
+    tasks.spawn(async move {
+        let mut requests = tokio::task::JoinSet::new();
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        for n in 0..total {
+            let scheduled = started + interval.mul_f64(n as f64);
+            tokio::time::sleep_until(scheduled.into()).await;
+            let sender = sender.clone();
+            requests.spawn(async move { sender.post(scheduled).await });
+            // Reap the answered ones as we go.
+            while requests.try_join_next().is_some() {}
+        }
+        while requests.join_next().await.is_some() {}
+    });
+    tasks
+}
+
+/// The `p` quantile of sorted samples (0 when there are none).
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// The CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: the fields after it follow its last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Clock ticks of 1/100 s (USER_HZ, 100 on Linux).
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The process on this machine listening on the port of `url`, when its host is local.
+fn listening_pid(url: &str) -> Option<u32> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let host = url.host_str()?;
+    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1" | "0.0.0.0") {
+        return None;
+    }
+    let port = url.port_or_known_default()?;
+    // The listening socket's inode, from /proc/net/tcp{,6} (state 0A: LISTEN).
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        std::fs::read_to_string(table).ok()?.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            (u16::from_str_radix(local_port, 16).ok()? == port && fields.get(3)? == &"0A")
+                .then(|| fields.get(9).map(|inode| inode.to_string()))
+                .flatten()
+        })
+    })?;
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        std::fs::read_dir(entry.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(&socket)))
+            .then_some(pid)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_sorted_samples() {
+        let samples: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&samples, 0.5), 51);
+        assert_eq!(percentile(&samples, 0.99), 99);
+        assert_eq!(percentile(&[], 0.99), 0);
+    }
+
+    #[test]
+    fn the_cpu_time_and_listener_of_this_process_are_found() {
+        assert!(cpu_time(std::process::id()).is_some());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(
+            listening_pid(&format!("http://127.0.0.1:{port}")),
+            Some(std::process::id())
+        );
+        assert_eq!(listening_pid("http://example.com:80"), None);
+    }
 }
 
 /// An access token for `--email` / `--password`.
