@@ -449,29 +449,41 @@ fn cpu_time(pid: u32) -> Option<Duration> {
 fn listening_pid(url: &str) -> Option<u32> {
     let url = reqwest::Url::parse(url).ok()?;
     let host = url.host_str()?;
-    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1" | "0.0.0.0") {
+    if !matches!(
+        host,
+        "127.0.0.1" | "localhost" | "[::1]" | "::1" | "0.0.0.0"
+    ) {
         return None;
     }
     let port = url.port_or_known_default()?;
     // The listening socket's inode, from /proc/net/tcp{,6} (state 0A: LISTEN).
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
-        std::fs::read_to_string(table).ok()?.lines().skip(1).find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields.get(1)?.rsplit_once(':')?.1;
-            (u16::from_str_radix(local_port, 16).ok()? == port && fields.get(3)? == &"0A")
-                .then(|| fields.get(9).map(|inode| inode.to_string()))
-                .flatten()
-        })
-    })?;
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            std::fs::read_to_string(table)
+                .ok()?
+                .lines()
+                .skip(1)
+                .find_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit_once(':')?.1;
+                    (u16::from_str_radix(local_port, 16).ok()? == port && fields.get(3)? == &"0A")
+                        .then(|| fields.get(9).map(|inode| inode.to_string()))
+                        .flatten()
+                })
+        })?;
     let socket = format!("socket:[{inode}]");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        std::fs::read_dir(entry.path().join("fd"))
-            .ok()?
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(&socket)))
-            .then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            std::fs::read_dir(entry.path().join("fd"))
+                .ok()?
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(&socket)))
+                .then_some(pid)
+        })
 }
 
 #[cfg(test)]
