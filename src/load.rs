@@ -71,6 +71,8 @@ impl Sender {
                 "city": "Berlin", "postal_code": "10115", "country": "DE"},
             "payment": {"method": "card", "token": "tok_visa"}
         });
+        // When the order was meant to go, on the clock `orders.invoiced`'s events are read with.
+        let at = orderflow_schemas::now_millis() - scheduled.elapsed().as_millis() as i64;
         let response = self
             .client
             .post(&self.url)
