@@ -488,6 +488,28 @@ fn listening_pid(url: &str) -> Option<u32> {
         })
 }
 
+/// An access token for `--email` / `--password`.
+async fn login(client: &reqwest::Client, args: &LoadArgs) -> Result<String> {
+    let url = format!("{}/v1/auth/login", args.url.trim_end_matches('/'));
+    let response = client
+        .post(&url)
+        .json(&json!({"email": args.email, "password": args.password}))
+        .send()
+        .await
+        .with_context(|| format!("logging in at {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    match body["access_token"].as_str() {
+        Some(token) if status.is_success() => Ok(token.to_string()),
+        _ => bail!(
+            "logging in as {} failed ({status}): {} (pass --token, or --email and --password \
+             of an account of this pipeline)",
+            args.email,
+            body["detail"].as_str().unwrap_or("no detail")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,27 +532,5 @@ mod tests {
             Some(std::process::id())
         );
         assert_eq!(listening_pid("http://example.com:80"), None);
-    }
-}
-
-/// An access token for `--email` / `--password`.
-async fn login(client: &reqwest::Client, args: &LoadArgs) -> Result<String> {
-    let url = format!("{}/v1/auth/login", args.url.trim_end_matches('/'));
-    let response = client
-        .post(&url)
-        .json(&json!({"email": args.email, "password": args.password}))
-        .send()
-        .await
-        .with_context(|| format!("logging in at {url}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    match body["access_token"].as_str() {
-        Some(token) if status.is_success() => Ok(token.to_string()),
-        _ => bail!(
-            "logging in as {} failed ({status}): {} (pass --token, or --email and --password \
-             of an account of this pipeline)",
-            args.email,
-            body["detail"].as_str().unwrap_or("no detail")
-        ),
     }
 }

@@ -87,7 +87,7 @@ fn encode_cursor(order_id: &str) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<String> {
-    if cursor.is_empty() || cursor.len() % 2 != 0 {
+    if cursor.is_empty() || !cursor.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..cursor.len())

@@ -671,7 +671,7 @@ fn revoked_in(
         .get(compound(customer_id, family_id).as_str())
         .map_err(unavailable)?
         // A family never stored is no login: nothing may use it.
-        .map_or(true, |g| g.value()))
+        .is_none_or(|g| g.value()))
 }
 
 fn rotate_in(

@@ -347,7 +347,7 @@ impl ScyllaStore {
             .first::<(Option<bool>,)>(&self.a().family_get, (customer_id, family_id))
             .await?
             // A family never stored is no login: nothing may use it.
-            .map_or(true, |(r,)| r.unwrap_or(false)))
+            .is_none_or(|(r,)| r.unwrap_or(false)))
     }
 
     async fn revoke_family(&self, customer_id: &str, family_id: &str) -> Result<()> {
