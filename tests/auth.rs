@@ -91,52 +91,6 @@ async fn refresh(p: &Pipeline, token: &Value) -> Response {
     post(p, "/v1/auth/refresh", json!({"refresh_token": token})).await
 }
 
-/// The id of the account with this email, as an admin lists it.
-async fn customer_id(p: &Pipeline, email: &str) -> String {
-    let page: Value = p
-        .client
-        .get(p.url("/v1/customers?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let found: Vec<&Value> = page["customers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["email"] == email)
-        .collect();
-    assert_eq!(found.len(), 1, "one account has {email}: {page}");
-    found[0]["customer_id"].as_str().unwrap().to_string()
-}
-
-/// The code of the `nth` verification email for `customer_id` in the file sink.
-async fn emailed_code(p: &Pipeline, customer_id: &str, nth: usize) -> String {
-    let notes = p
-        .wait_for_notifications(|all| {
-            all.iter()
-                .filter(|n| n["kind"] == "verify_email" && n["customer_id"] == customer_id)
-                .count()
-                > nth
-        })
-        .await;
-    let note = notes
-        .iter()
-        .filter(|n| n["kind"] == "verify_email" && n["customer_id"] == customer_id)
-        .nth(nth)
-        .unwrap();
-    let text = note["text"].as_str().unwrap();
-    let code: String = text
-        .split_whitespace()
-        .map(|w| w.trim_end_matches('.'))
-        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
-        .unwrap_or_else(|| panic!("no code in {text:?}"))
-        .to_string();
-    code
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_register_verify_log_in_refresh_and_log_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,7 +166,7 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
             .contains("verification code"),
         "{created}"
     );
-    let ada = customer_id(&p, "ada@example.com").await;
+    let ada = p.account_id("ada@example.com").await;
     let account: Value = p
         .client
         .get(p.url(&format!("/v1/customers/{ada}")))
@@ -235,7 +189,7 @@ async fn accounts_register_verify_log_in_refresh_and_log_out() {
     problem(login(&p, "ada@example.com", "wrong horse").await, 401).await;
 
     // Verify with the code the bridge wrote to the file sink (a wrong code first).
-    let code = emailed_code(&p, &ada, 0).await;
+    let code = p.emailed_code(&ada, 0).await;
     let wrong = if code == "000000" { "000001" } else { "000000" };
     let wrong = problem(
         post(
@@ -469,7 +423,7 @@ async fn register_verify_and_resend_tell_nothing_about_accounts_and_are_limited(
     let taken = register(&p, "User@example.com", "attacker-password").await;
     assert_eq!(taken.status(), StatusCode::ACCEPTED);
     assert_eq!(taken.json::<Value>().await.unwrap(), new);
-    customer_id(&p, "user@example.com").await;
+    p.account_id("user@example.com").await;
     problem(
         login(&p, "user@example.com", "attacker-password").await,
         401,
@@ -482,8 +436,8 @@ async fn register_verify_and_resend_tell_nothing_about_accounts_and_are_limited(
     let again = register(&p, "eve@example.com", "other-password").await;
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     assert_eq!(again.json::<Value>().await.unwrap(), new);
-    let eve = customer_id(&p, "eve@example.com").await;
-    let code = emailed_code(&p, &eve, 1).await;
+    let eve = p.account_id("eve@example.com").await;
+    let code = p.emailed_code(&eve, 1).await;
 
     // Verify: an unknown email, a wrong code and an account verified already get one and the
     // same answer, naming `code`, with nothing of the account.
@@ -540,8 +494,8 @@ async fn register_verify_and_resend_tell_nothing_about_accounts_and_are_limited(
             .status(),
         StatusCode::ACCEPTED
     );
-    let guess = customer_id(&p, "guess@example.com").await;
-    let first = emailed_code(&p, &guess, 0).await;
+    let guess = p.account_id("guess@example.com").await;
+    let first = p.emailed_code(&guess, 0).await;
     for _ in 0..5 {
         problem(verify(&p, "guess@example.com", not(&first)).await, 403).await;
     }
@@ -549,7 +503,7 @@ async fn register_verify_and_resend_tell_nothing_about_accounts_and_are_limited(
         resend(&p, "guess@example.com").await.status(),
         StatusCode::ACCEPTED
     );
-    let second = emailed_code(&p, &guess, 1).await;
+    let second = p.emailed_code(&guess, 1).await;
     for _ in 0..5 {
         problem(verify(&p, "guess@example.com", not(&second)).await, 403).await;
     }
@@ -626,10 +580,7 @@ async fn per_ip_limits_take_x_forwarded_for_from_trusted_proxies_only() {
 async fn a_password_change_needs_the_current_password_and_ends_the_other_logins() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
-    let path = format!(
-        "/v1/customers/{}",
-        customer_id(&p, "user@example.com").await
-    );
+    let path = format!("/v1/customers/{}", p.account_id("user@example.com").await);
     let here = tokens(&p, "user@example.com", "user123").await;
     let elsewhere = tokens(&p, "user@example.com", "user123").await;
     let change = |body: Value| {

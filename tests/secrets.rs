@@ -132,26 +132,6 @@ async fn post(p: &Pipeline, path: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-/// The code of the verification email to `customer_id` in the file sink.
-async fn emailed_code(p: &Pipeline, customer_id: &str) -> String {
-    let notes = p
-        .wait_for_notifications(|all| {
-            all.iter()
-                .any(|n| n["kind"] == "verify_email" && n["customer_id"] == customer_id)
-        })
-        .await;
-    let note = notes
-        .iter()
-        .find(|n| n["kind"] == "verify_email" && n["customer_id"] == customer_id)
-        .unwrap();
-    let text = note["text"].as_str().unwrap();
-    text.split_whitespace()
-        .map(|w| w.trim_end_matches('.'))
-        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
-        .unwrap_or_else(|| panic!("no code in {text:?}"))
-        .to_string()
-}
-
 /// An order body for `customer` paying with `method` and `token`.
 fn paying(customer: &str, method: &str, token: &str) -> Value {
     let mut body = order_body("MUG-001", 1, token);
@@ -177,25 +157,8 @@ async fn no_card_token_or_verification_code_reaches_a_topic_a_log_or_a_sink() {
     .await;
     assert_eq!(registered.status(), 202);
     // Register tells nothing about accounts: the admin's list has Grace's id.
-    let listed: Value = p
-        .client
-        .get(p.url("/v1/customers?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let grace = listed["customers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["email"] == "grace@example.com")
-        .expect("Grace's account is listed")["customer_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let code = emailed_code(&p, &grace).await;
+    let grace = p.account_id("grace@example.com").await;
+    let code = p.emailed_code(&grace, 0).await;
 
     // Card orders with tokens of their own (the simulated gateway approves `tok_…`), a declined
     // one, and one paid by bank transfer.

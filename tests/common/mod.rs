@@ -319,6 +319,42 @@ impl Pipeline {
         }
     }
 
+    /// The id of the account with this email, as the admin lists it.
+    pub async fn account_id(&self, email: &str) -> String {
+        let page: Value = self
+            .client
+            .get(self.url("/v1/customers?limit=100"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found: Vec<&Value> = page["customers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["email"] == email)
+            .collect();
+        assert_eq!(found.len(), 1, "one account has {email}: {page}");
+        found[0]["customer_id"].as_str().unwrap().to_string()
+    }
+
+    /// The code of the `nth` (from 0) verification email to `customer_id` in the file sink.
+    pub async fn emailed_code(&self, customer_id: &str, nth: usize) -> String {
+        let to_them = |n: &&Value| n["kind"] == "verify_email" && n["customer_id"] == customer_id;
+        let notes = self
+            .wait_for_notifications(|all| all.iter().filter(to_them).count() > nth)
+            .await;
+        let note = notes.iter().filter(to_them).nth(nth).unwrap();
+        let text = note["text"].as_str().unwrap();
+        text.split_whitespace()
+            .map(|w| w.trim_end_matches('.'))
+            .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+            .unwrap_or_else(|| panic!("no code in {text:?}"))
+            .to_string()
+    }
+
     /// The secret this pipeline signs tokens with (generated in its data dir).
     pub fn token_keys(&self) -> orderflow_ingest::auth::AuthSettings {
         let secret = std::fs::read_to_string(self.data_dir.join("jwt-secret"))
