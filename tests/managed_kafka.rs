@@ -13,31 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{order_body, Pipeline};
+use common::{order_body, python, Pipeline};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     ClientConfig,
 };
 use serde_json::{json, Value};
-
-/// The Python that has the test peers (scripts/test.sh sets it), else `python3`.
-fn python() -> String {
-    let python = std::env::var("ORDERFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let check = Command::new(&python)
-        .args([
-            "-c",
-            "import confluent_kafka.schema_registry.avro, fastavro",
-        ])
-        .output();
-    match check {
-        Ok(out) if out.status.success() => python,
-        _ => panic!(
-            "{python} lacks confluent-kafka[avro] and fastavro: run the tests with \
-             scripts/test.sh, which installs scripts/test-requirements.txt into a venv and sets \
-             ORDERFLOW_TEST_PYTHON"
-        ),
-    }
-}
 
 /// Reads `orders.invoiced` with confluent-kafka (its own librdkafka) until the record keyed by
 /// `order_id`, decoded through the pipeline's registry; `kafka` adds consumer properties.

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{keyed, order_body, produce_raw, read_topic, Pipeline};
+use common::{keyed, order_body, produce_raw, python, read_topic, Pipeline};
 use orderflow_schemas::{
     registry::{
         register_catalogue, register_schema, subject, Compatibility, LocalRegistry, Registry,
@@ -26,25 +26,6 @@ use orderflow_schemas::{
 };
 use rdkafka::Message;
 use serde_json::{json, Value};
-
-/// The Python that has the test peers (scripts/test.sh sets it), else `python3`.
-fn python() -> String {
-    let python = std::env::var("ORDERFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let check = Command::new(&python)
-        .args([
-            "-c",
-            "import confluent_kafka.schema_registry.avro, fastavro",
-        ])
-        .output();
-    match check {
-        Ok(out) if out.status.success() => python,
-        _ => panic!(
-            "{python} lacks confluent-kafka[avro] and fastavro: run the tests with \
-             scripts/test.sh, which installs scripts/test-requirements.txt into a venv and sets \
-             ORDERFLOW_TEST_PYTHON"
-        ),
-    }
-}
 
 /// Starts a data dir whose registry already holds one unrelated schema, so that the pipeline's
 /// schemas get ids 2..12, not the built-in 1..11.

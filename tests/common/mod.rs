@@ -500,6 +500,25 @@ pub async fn one_invoiced_one_rejected(p: &Pipeline) -> (String, String) {
     (good, unknown)
 }
 
+/// The Python that has the test peers (scripts/test.sh sets it), else `python3`.
+pub fn python() -> String {
+    let python = std::env::var("ORDERFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let check = Command::new(&python)
+        .args([
+            "-c",
+            "import confluent_kafka.schema_registry.avro, fastavro",
+        ])
+        .output();
+    match check {
+        Ok(out) if out.status.success() => python,
+        _ => panic!(
+            "{python} lacks confluent-kafka[avro] and fastavro: run the tests with \
+             scripts/test.sh, which installs scripts/test-requirements.txt into a venv and sets \
+             ORDERFLOW_TEST_PYTHON"
+        ),
+    }
+}
+
 /// A valid order body.
 pub fn order_body(sku: &str, quantity: i64, token: &str) -> Value {
     json!({
