@@ -313,6 +313,10 @@ pub struct CommonArgs {
         hide_env_values = true
     )]
     pub schema_registry_token: Option<String>,
+    /// A PEM file of certificate authorities to trust for an https:// --schema-registry, besides
+    /// the system's (a registry behind a private CA).
+    #[arg(long, env = "ORDERFLOW_SCHEMA_REGISTRY_CA", value_name = "FILE")]
+    pub schema_registry_ca: Option<std::path::PathBuf>,
     /// The compatibility level set on a subject that has none of its own (BACKWARD, FORWARD,
     /// FULL, their _TRANSITIVE forms, NONE).
     #[arg(
@@ -370,6 +374,13 @@ impl CommonArgs {
         }
         if let Some(token) = &self.schema_registry_token {
             client = client.with_auth(RegistryAuth::Bearer(token.clone()));
+        }
+        if let Some(path) = &self.schema_registry_ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--schema-registry-ca {}", path.display()))?;
+            client = client
+                .with_ca_certificates(&pem)
+                .with_context(|| format!("--schema-registry-ca {}", path.display()))?;
         }
         Ok(client)
     }

@@ -2,7 +2,8 @@
 //! batches, TLS with a private CA, SASL/SCRAM. Each runs the real protocol against a real peer:
 //! the whole pipeline with zstd read back by confluent-kafka (Python); the whole pipeline
 //! through a TLS listener (Debian's stunnel in front of the embedded broker, which advertises the
-//! TLS port); the whole pipeline on a tansu broker that requires SASL/SCRAM-SHA-256.
+//! TLS port); its schemas registered over https with a private CA; the whole pipeline on a tansu
+//! broker that requires SASL/SCRAM-SHA-256.
 
 mod common;
 
@@ -286,6 +287,129 @@ async fn the_pipeline_runs_through_a_tls_listener_with_a_private_ca() {
     .await
     .unwrap();
     assert!(refused.is_err(), "a client without the CA got metadata");
+}
+
+/// stunnel on a free port with the private CA's server certificate in `dir`, in front of
+/// `127.0.0.1:<behind>`; killed when dropped.
+fn tls_in_front_of(stunnel: &str, dir: &Path, behind: u16) -> (u16, Killed) {
+    let port = free_port();
+    std::fs::write(
+        dir.join(format!("stunnel-{behind}.conf")),
+        format!(
+            "foreground = yes\npid =\ndebug = 4\n[tls]\naccept = 127.0.0.1:{port}\n\
+             connect = 127.0.0.1:{behind}\ncert = server.pem\nkey = server.key\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(stunnel)
+        .arg(format!("stunnel-{behind}.conf"))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stunnel starts");
+    wait_for_port(port, &mut child, "stunnel");
+    (port, Killed(child))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_registers_its_schemas_with_a_registry_behind_a_private_ca() {
+    let Some(stunnel) = stunnel() else {
+        eprintln!(
+            "SKIPPED: no stunnel4 on this machine (scripts/test.sh installs it with apt-get when \
+             it runs as root): the registry TLS test did not run"
+        );
+        return;
+    };
+    let tls = tempfile::tempdir().unwrap();
+    private_ca(tls.path());
+    // The registry: another pipeline's, served over https by stunnel.
+    let registry_dir = tempfile::tempdir().unwrap();
+    let registry = Pipeline::start(registry_dir.path());
+    let http_port: u16 = registry.http.rsplit(':').next().unwrap().parse().unwrap();
+    let (port, _stunnel) = tls_in_front_of(stunnel, tls.path(), http_port);
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = tls.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    // Without the CA the certificate is not trusted: the pipeline does not start, and says why.
+    let refused_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "run",
+            "--http",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(refused_dir.path())
+        .args(["--schema-registry", &url])
+        .args(["--schema-registry-token", registry.admin.token()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
+    // A file that holds no certificate is named as the culprit.
+    let not_pem = tls.path().join("server.csr");
+    let out = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "run",
+            "--http",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(refused_dir.path())
+        .args(["--schema-registry", &url, "--schema-registry-ca"])
+        .arg(&not_pem)
+        .args(["--schema-registry-token", registry.admin.token()])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--schema-registry-ca"), "{stderr}");
+
+    // With it: the schemas are registered over TLS and an order is invoiced with their ids.
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::start_with(
+        dir.path(),
+        &[
+            "--schema-registry",
+            &url,
+            "--schema-registry-ca",
+            ca,
+            "--schema-registry-token",
+            registry.admin.token(),
+            "--topic-prefix",
+            "tls.",
+        ],
+    );
+    one_invoiced_order(&p).await;
+    let subjects: Value = registry
+        .client
+        .get(registry.url("/subjects"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        subjects
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "tls.orders.invoiced-value"),
+        "{subjects}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

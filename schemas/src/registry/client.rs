@@ -63,6 +63,33 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// An error with the causes behind it (`error sending request` alone does not say that the
+/// certificate was not trusted or the connection refused).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The HTTP client: the system's roots plus `extra_roots`, a bounded wait for every call.
+fn http_client(extra_roots: &[reqwest::Certificate]) -> reqwest::Result<reqwest::Client> {
+    extra_roots
+        .iter()
+        .fold(
+            reqwest::Client::builder().timeout(Duration::from_secs(10)),
+            |builder, root| builder.add_root_certificate(root.clone()),
+        )
+        .build()
+}
+
 impl RegistryClient {
     pub fn new(url: &str) -> Result<RegistryClient> {
         let invalid = |message: String| RegistryError::Config {
@@ -90,15 +117,28 @@ impl RegistryClient {
             let trimmed = base.path().trim_end_matches('/').to_string();
             base.set_path(&trimmed);
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| invalid(e.to_string()))?;
+        let http = http_client(&[]).map_err(|e| invalid(e.to_string()))?;
         Ok(RegistryClient {
             http,
             base,
             auth: None,
         })
+    }
+
+    /// Trusts the certificate authorities in `pem` (one or more PEM certificates) besides the
+    /// system's: for a registry whose certificate a private CA signed.
+    pub fn with_ca_certificates(mut self, pem: &[u8]) -> Result<Self> {
+        let invalid = |message: String| RegistryError::Config {
+            registry: self.base.to_string(),
+            message,
+        };
+        let certificates = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
+        if certificates.is_empty() {
+            return Err(invalid("no PEM certificate in the CA file".into()));
+        }
+        self.http = http_client(&certificates).map_err(|e| invalid(e.to_string()))?;
+        Ok(self)
     }
 
     /// Sends these credentials with every call.
@@ -152,7 +192,7 @@ impl RegistryClient {
             .await
             .map_err(|e| RegistryError::Unreachable {
                 registry: registry.clone(),
-                message: format!("{url}: {e}"),
+                message: format!("{url}: {}", with_causes(&e)),
             })?;
         let status = response.status();
         let bytes = response
@@ -160,7 +200,7 @@ impl RegistryClient {
             .await
             .map_err(|e| RegistryError::Unreachable {
                 registry: registry.clone(),
-                message: format!("{url}: {e}"),
+                message: format!("{url}: {}", with_causes(&e)),
             })?;
         if !status.is_success() {
             let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
@@ -176,7 +216,7 @@ impl RegistryClient {
         }
         serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
             registry,
-            message: format!("{url}: {e}"),
+            message: format!("{url}: {}", with_causes(&e)),
         })
     }
 }
