@@ -2164,6 +2164,8 @@ impl Storage for StorageContainer {
         }
         .await
         .inspect(|_| {
+            // Patch: wake the fetches waiting on this topic.
+            service::records_written(Some(topition.topic()));
             STORAGE_CONTAINER_REQUESTS.add(1, &attributes);
         })
         .inspect_err(|_| {
@@ -2859,6 +2861,9 @@ impl Storage for StorageContainer {
         }
         .await
         .inspect(|_| {
+            // Patch: a transaction's end makes records visible (or aborts them): wake every
+            // waiting fetch.
+            service::records_written(None);
             STORAGE_CONTAINER_REQUESTS.add(1, &attributes);
         })
         .inspect_err(|_| {

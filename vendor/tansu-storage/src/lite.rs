@@ -177,10 +177,10 @@ struct Txn {
     status: TxnState,
 }
 
-impl TryFrom<Row> for Txn {
+impl TryFrom<&Row> for Txn {
     type Error = Error;
 
-    fn try_from(row: Row) -> Result<Self, Self::Error> {
+    fn try_from(row: &Row) -> Result<Self, Self::Error> {
         let name = row.get::<String>(0).inspect_err(|err| error!(?err))?;
         let producer_id = row.get::<i64>(1).inspect_err(|err| error!(?err))?;
         let producer_epoch = row.get::<i32>(2).inspect_err(|err| error!(?err))? as i16;
@@ -229,6 +229,84 @@ pub(crate) struct ConnectionManager {
 
 pub(crate) struct PoolConnection {
     connection: Connection,
+    statements: StatementCache,
+}
+
+/// Prepared statements of one connection by SQL key, ready for reuse (patch: upstream prepared
+/// every statement anew on each call, and SQLite's parsing and planning was most of the
+/// storage's CPU). A statement is taken out while in use, so two uses of the same SQL at once
+/// (rows still open) each get their own.
+type StatementCache = Arc<Mutex<BTreeMap<&'static str, Vec<Statement>>>>;
+
+/// A statement taken from its connection's cache; reset and put back when the last rows or
+/// row read through it are gone (a row reads its columns from the statement).
+struct CachedStatement {
+    key: &'static str,
+    statement: Option<Statement>,
+    cache: StatementCache,
+}
+
+impl Drop for CachedStatement {
+    fn drop(&mut self) {
+        if let Some(statement) = self.statement.take() {
+            statement.reset();
+
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.entry(self.key).or_default().push(statement);
+            }
+        }
+    }
+}
+
+impl Deref for CachedStatement {
+    type Target = Statement;
+
+    fn deref(&self) -> &Self::Target {
+        self.statement.as_ref().expect("a statement until dropped")
+    }
+}
+
+/// The rows of a query on a cached statement.
+pub(crate) struct CachedRows {
+    rows: Rows,
+    statement: Arc<CachedStatement>,
+}
+
+impl CachedRows {
+    pub(crate) async fn next(&mut self) -> result::Result<Option<CachedRow>, libsql::Error> {
+        self.rows.next().await.map(|row| {
+            row.map(|row| CachedRow {
+                row,
+                _statement: self.statement.clone(),
+            })
+        })
+    }
+}
+
+impl Debug for CachedRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedRows").field("key", &self.statement.key).finish()
+    }
+}
+
+/// A row of a query on a cached statement.
+pub(crate) struct CachedRow {
+    row: Row,
+    _statement: Arc<CachedStatement>,
+}
+
+impl Deref for CachedRow {
+    type Target = Row;
+
+    fn deref(&self) -> &Self::Target {
+        &self.row
+    }
+}
+
+impl Debug for CachedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.row.fmt(f)
+    }
 }
 
 impl Debug for PoolConnection {
@@ -305,17 +383,35 @@ impl PoolConnection {
     async fn new(connection: Connection) -> Result<Self> {
         Self::init(&connection).await?;
 
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            statements: StatementCache::default(),
+        })
     }
 
     #[instrument(skip(self))]
-    async fn prepared_statement(&self, key: &str) -> Result<Statement, libsql::Error> {
-        let sql = SQL
+    async fn prepared_statement(&self, key: &str) -> Result<CachedStatement, libsql::Error> {
+        let (&key, sql) = SQL
             .0
-            .get(key)
+            .get_key_value(key)
             .ok_or(libsql::Error::Misuse(format!("Unknown cache key: {}", key)))?;
 
-        self.connection.prepare(sql).await
+        let cached = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|mut cache| cache.get_mut(key).and_then(Vec::pop));
+
+        let statement = match cached {
+            Some(statement) => statement,
+            None => self.connection.prepare(sql).await?,
+        };
+
+        Ok(CachedStatement {
+            key,
+            statement: Some(statement),
+            cache: self.statements.clone(),
+        })
     }
 
     fn attributes_for_error(&self, key: Option<&str>, error: &libsql::Error) -> Vec<KeyValue> {
@@ -365,7 +461,7 @@ impl PoolConnection {
     }
 
     #[instrument(skip_all)]
-    async fn query<P>(&self, sql: &str, params: P) -> result::Result<Rows, libsql::Error>
+    async fn query<P>(&self, sql: &str, params: P) -> result::Result<CachedRows, libsql::Error>
     where
         P: IntoParams,
         P: Debug,
@@ -374,11 +470,11 @@ impl PoolConnection {
 
         let start = SystemTime::now();
 
-        let statement = self.prepared_statement(sql).await?;
+        let statement = Arc::new(self.prepared_statement(sql).await?);
 
-        statement
-            .query(params)
-            .await
+        let rows = statement.query(params).await;
+
+        rows.map(|rows| CachedRows { rows, statement })
             .inspect(|rows| {
                 debug!(?rows);
 
@@ -425,7 +521,11 @@ impl PoolConnection {
     }
 
     #[instrument(skip_all)]
-    async fn query_opt<P>(&self, sql: &str, params: P) -> result::Result<Option<Row>, libsql::Error>
+    async fn query_opt<P>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> result::Result<Option<CachedRow>, libsql::Error>
     where
         P: IntoParams,
         P: Debug,
@@ -434,9 +534,11 @@ impl PoolConnection {
 
         let start = SystemTime::now();
 
-        let statement = self.prepared_statement(sql).await?;
+        let statement = Arc::new(self.prepared_statement(sql).await?);
 
-        let mut rows = statement.query(params).await.inspect_err(|err| {
+        let rows = statement.query(params).await;
+
+        let mut rows = rows.map(|rows| CachedRows { rows, statement }).inspect_err(|err| {
             error!(?err, elapsed_millis = elapsed_millis(start));
             SQL_ERROR.add(1, &self.attributes_for_error(Some(sql), err)[..]);
         })?;
@@ -455,7 +557,7 @@ impl PoolConnection {
     }
 
     #[instrument(skip_all)]
-    async fn query_one<P>(&self, sql: &str, params: P) -> result::Result<Row, libsql::Error>
+    async fn query_one<P>(&self, sql: &str, params: P) -> result::Result<CachedRow, libsql::Error>
     where
         P: IntoParams,
         P: Debug,
@@ -464,11 +566,12 @@ impl PoolConnection {
 
         let start = SystemTime::now();
 
-        let statement = self.prepared_statement(sql).await?;
+        let statement = Arc::new(self.prepared_statement(sql).await?);
 
-        let mut rows = statement
-            .query(params)
-            .await
+        let rows = statement.query(params).await;
+
+        let mut rows = rows
+            .map(|rows| CachedRows { rows, statement })
             .inspect(|rows| debug!(?rows))
             .inspect_err(|err| {
                 if is_unique_constraint(err) {
@@ -981,7 +1084,7 @@ impl Delegate {
                     .await?;
 
                 while let Some(row) = rows.next().await? {
-                    overlaps.push(Txn::try_from(row).inspect(|txn| debug!(?txn))?);
+                    overlaps.push(Txn::try_from(&*row).inspect(|txn| debug!(?txn))?);
                 }
             }
         }

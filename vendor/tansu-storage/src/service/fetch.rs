@@ -12,7 +12,11 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, LazyLock, Mutex, Weak},
+    time::{Duration, Instant},
+};
 
 use rama::{Context, Service};
 use tansu_sans_io::{
@@ -24,10 +28,40 @@ use tansu_sans_io::{
     metadata_response::MetadataResponseTopic,
     record::deflated::{Batch, Frame},
 };
-use tokio::time::sleep;
+use tokio::{sync::Notify, time::sleep};
 use tracing::{debug, error, instrument};
 
 use crate::{Error, Result, Storage, Topition};
+
+/// Fetches waiting for records, by topic name: each waiting fetch registers its own [`Notify`]
+/// under every topic it reads, before it reads them, and a produce to a topic wakes them
+/// (patch: upstream re-queries the storage in a sleep loop until the max wait has passed).
+static WAITING: LazyLock<Mutex<BTreeMap<String, Vec<Weak<Notify>>>>> =
+    LazyLock::new(Default::default);
+
+fn wait_for(topic: &str, waiter: &Arc<Notify>) {
+    if let Ok(mut waiting) = WAITING.lock() {
+        let waiters = waiting.entry(topic.to_owned()).or_default();
+        // Fetches that have answered since drop their notify: forget them here.
+        waiters.retain(|waiter| waiter.strong_count() > 0);
+        waiters.push(Arc::downgrade(waiter));
+    }
+}
+
+/// Wakes the fetches waiting on `topic` (`None`: every waiting fetch), after records were
+/// written to it or a transaction's records became visible.
+pub(crate) fn records_written(topic: Option<&str>) {
+    let woken = WAITING.lock().map_or_else(
+        |_| Vec::new(),
+        |mut waiting| match topic {
+            Some(topic) => waiting.remove(topic).unwrap_or_default(),
+            None => std::mem::take(&mut *waiting).into_values().flatten().collect(),
+        },
+    );
+    for waiter in woken.iter().filter_map(Weak::upgrade) {
+        waiter.notify_one();
+    }
+}
 
 /// A [`Service`] using [`Storage`] as [`Context`] taking [`FetchRequest`] returning [`FetchResponse`].
 /// ```
@@ -249,6 +283,7 @@ impl FetchService {
         isolation: IsolationLevel,
         fetch: &FetchTopic,
         _is_first: bool,
+        waiter: &Arc<Notify>,
     ) -> Result<FetchableTopicResponse>
     where
         G: Storage,
@@ -263,6 +298,8 @@ impl FetchService {
             ..
         }) = metadata.topics().first()
         {
+            wait_for(name, waiter);
+
             let mut partitions = Vec::new();
 
             for fetch_partition in fetch.partitions.as_ref().unwrap_or(&Vec::new()) {
@@ -313,7 +350,12 @@ impl FetchService {
             let mut elapsed = Duration::from_millis(0);
             let mut bytes = 0;
 
-            while elapsed <= max_wait && bytes <= min_bytes {
+            // Patch: answer as soon as there are records (upstream slept at least half the
+            // remaining wait even then), and between reads wait for a produce to one of the
+            // topics rather than re-querying the storage on a timer.
+            let waiter = Arc::new(Notify::new());
+
+            loop {
                 debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
 
                 let enumerate = topics.iter().enumerate();
@@ -329,6 +371,7 @@ impl FetchService {
                             isolation,
                             fetch,
                             i == 0,
+                            &waiter,
                         )
                         .await?;
 
@@ -350,12 +393,14 @@ impl FetchService {
                     ?min_bytes
                 );
 
-                sleep(if remaining.as_millis() >= 250 {
-                    remaining / 2
-                } else {
-                    remaining
-                })
-                .await;
+                if bytes >= min_bytes.max(1) || remaining.is_zero() {
+                    break;
+                }
+
+                tokio::select! {
+                    _ = waiter.notified() => {}
+                    _ = sleep(remaining) => {}
+                }
 
                 iteration += 1;
             }
