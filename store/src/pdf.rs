@@ -4,8 +4,8 @@
 //! Deterministic: the same invoice always gives the same bytes (no creation date, no random
 //! document id), so a redelivered event stores the same object again.
 
-use orderflow_schemas::format_cents;
 use crate::Invoice;
+use orderflow_schemas::format_cents;
 use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str};
 
 const A4: (f32, f32) = (595.0, 842.0);
