@@ -474,12 +474,13 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     };
     let mut kafka = common.kafka(&brokers)?;
     if args.brokers.is_none() {
-        // tansu answers a fetch only after its full max wait, even when data is there: keep
-        // the wait short so that each hop adds milliseconds, not the 100 ms default. Flags and
+        // The embedded broker (its patched storage, vendor/tansu-storage) answers a fetch as
+        // soon as a record is produced to one of its topics, so a long wait adds no latency
+        // and an idle consumer asks twice a second instead of a hundred times. Flags and
         // ORDERFLOW_KAFKA_* still win, since they are applied after this.
         kafka
             .properties
-            .insert(0, ("fetch.wait.max.ms".into(), "10".into()));
+            .insert(0, ("fetch.wait.max.ms".into(), "500".into()));
         // After a crash (kill -9), the stages' old group members block the rebalance until
         // their session times out: on loopback a short session is safe and resumes in seconds
         // instead of librdkafka's 45.

@@ -880,15 +880,25 @@ pub async fn invoice(
         .invoice_files
         .as_ref()
         .ok_or_else(|| Problem::unavailable("no invoice storage is configured"))?;
-    let file = files
-        .get(&number)
-        .await
-        .map_err(|e| Problem::down("invoice storage", &e))?
-        .ok_or_else(|| {
-            Problem::not_found(format!(
-                "invoice {number} of order {order_id} is not stored"
-            ))
-        })?;
+    let unavailable = |e: orderflow_store::StoreError| Problem::down("invoice storage", &e);
+    let not_stored =
+        || Problem::not_found(format!("invoice {number} of order {order_id} is not stored"));
+    let file = match files.get(&number).await.map_err(unavailable)? {
+        Some(file) => file,
+        // Not written when invoiced (a local directory): rendered from the recorded invoice
+        // now, and kept for the next download.
+        None if !files.written_when_invoiced() => {
+            let invoice = state
+                .store
+                .get_invoice(&order_id)
+                .await
+                .map_err(|e| Problem::down("order store", &e))?
+                .filter(|invoice| invoice.number == number)
+                .ok_or_else(not_stored)?;
+            files.rendered(&invoice).await.map_err(unavailable)?
+        }
+        None => return Err(not_stored()),
+    };
     let mut response = Body::from_stream(file.bytes).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -15,12 +15,14 @@
 //! - [`instrumented`]: [`Instrumented`], a wrapper that records every call's duration and
 //!   failures as Prometheus metrics.
 //! - [`objects`]: [`InvoiceFiles`], the invoice PDFs in object storage (a local directory, S3).
+//! - [`pdf`]: an [`Invoice`] rendered as a PDF (deterministic bytes).
 
 pub mod account;
 pub mod embedded;
 pub mod instrumented;
 pub mod model;
 pub mod objects;
+pub mod pdf;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 

@@ -6,6 +6,13 @@
 //! replaces the object whole (atomic on S3 and on the local directory), so writing the same
 //! invoice again, as a redelivered event does, is harmless.
 //!
+//! When the PDF is written depends on where it goes ([`InvoiceFiles::written_when_invoiced`]):
+//! to S3, by the invoicing stage before it announces the invoice, so that whoever reads the
+//! bucket finds it; to a local directory, on its first download ([`InvoiceFiles::rendered`]),
+//! since the PDF is a function of the invoice the store keeps, and a file created per order
+//! on the hot path cost more CPU than all the rest of the order (inode allocation in one large
+//! directory).
+//!
 //! Configured by a URL (`--invoice-store`):
 //! - `s3://bucket[/prefix]`: credentials, region and endpoint from the standard `AWS_*`
 //!   variables (`AWS_ENDPOINT_URL` for an emulator; plain `http://` endpoints are allowed);
@@ -20,7 +27,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
-use crate::{Result, StoreError};
+use crate::{Invoice, Result, StoreError};
 
 /// The object store holding invoice PDFs. Cheap to clone.
 #[derive(Clone)]
@@ -28,6 +35,8 @@ pub struct InvoiceFiles {
     objects: Arc<dyn ObjectStore>,
     /// Where, for logs and errors (no secret in it).
     location: String,
+    /// Object storage shared between services (S3), rather than a local directory.
+    shared: bool,
 }
 
 impl std::fmt::Debug for InvoiceFiles {
@@ -73,6 +82,7 @@ impl InvoiceFiles {
         Ok(InvoiceFiles {
             objects: Arc::new(fs),
             location: dir.display().to_string(),
+            shared: false,
         })
     }
 
@@ -114,12 +124,50 @@ impl InvoiceFiles {
         } else {
             Arc::new(PrefixStore::new(s3, prefix))
         };
-        Ok(InvoiceFiles { objects, location })
+        Ok(InvoiceFiles {
+            objects,
+            location,
+            shared: true,
+        })
     }
 
     /// Where the files are, for logs.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Whether the invoicing stage writes each PDF as it invoices (object storage that other
+    /// services and people read), or the API renders it on its first download (a local
+    /// directory).
+    pub fn written_when_invoiced(&self) -> bool {
+        self.shared
+    }
+
+    /// Renders `invoice` as a PDF (on a blocking thread: CPU work) and stores it, replacing
+    /// what is there (the same bytes: rendering is deterministic); the PDF.
+    pub async fn put_rendered(&self, invoice: &Invoice) -> Result<Bytes> {
+        let rendered = invoice.clone();
+        let pdf = tokio::task::spawn_blocking(move || crate::pdf::render(&rendered))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("rendering the invoice: {e}")))?;
+        let pdf = Bytes::from(pdf);
+        self.objects
+            .put(&Self::path(&invoice.number)?, PutPayload::from(pdf.clone()))
+            .await
+            .map_err(|e| self.error("put", &invoice.number, e))?;
+        Ok(pdf)
+    }
+
+    /// `invoice`'s PDF: the stored one, or else rendered now and stored for the next time.
+    pub async fn rendered(&self, invoice: &Invoice) -> Result<InvoiceFile> {
+        if let Some(found) = self.get(&invoice.number).await? {
+            return Ok(found);
+        }
+        let pdf = self.put_rendered(invoice).await?;
+        Ok(InvoiceFile {
+            size: pdf.len() as u64,
+            bytes: Box::pin(futures::stream::once(async move { Ok(pdf) })),
+        })
     }
 
     /// The key of an invoice's PDF: `invoices/<number>.pdf`.
@@ -200,5 +248,25 @@ mod tests {
 
         assert!(InvoiceFiles::open("ftp://x").is_err());
         assert!(InvoiceFiles::open("s3://").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_local_invoice_is_rendered_on_first_read_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = InvoiceFiles::local(dir.path()).unwrap();
+        assert!(!files.written_when_invoiced());
+        let invoice = crate::pdf::tests::invoice(2);
+        let first = files.rendered(&invoice).await.unwrap();
+        let bytes: Vec<Bytes> = first.bytes.try_collect().await.unwrap();
+        let pdf = bytes.concat();
+        assert_eq!(pdf, crate::pdf::render(&invoice));
+        assert_eq!(first.size, pdf.len() as u64);
+        let kept = dir.path().join("invoices/INV-00000042.pdf");
+        assert_eq!(std::fs::read(&kept).unwrap(), pdf);
+        // Read back from the file from now on (a changed file shows it is not rendered again).
+        std::fs::write(&kept, b"%PDF-1.7 kept").unwrap();
+        let again = files.rendered(&invoice).await.unwrap();
+        let bytes: Vec<Bytes> = again.bytes.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), b"%PDF-1.7 kept");
     }
 }

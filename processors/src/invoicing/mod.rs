@@ -1,11 +1,13 @@
 //! Invoicing: gives a paid order its numbered invoice (gapless numbers, one invoice per order)
-//! and records it, renders it as a PDF ([`pdf`]) and keeps that in object storage
-//! (`invoices/<number>.pdf`, [`InvoiceFiles`]), then announces it. The PDF is stored before
-//! `OrderInvoiced` is produced, so whoever sees the event can download it; a redelivery
-//! renders the same bytes and puts them again. An object store that cannot be reached is a
-//! retriable failure: the offset is not stored until the PDF is in.
+//! and records it, then announces it. With shared object storage (S3) it also renders the PDF
+//! ([`pdf`]) and keeps it there (`invoices/<number>.pdf`, [`InvoiceFiles`]) before
+//! `OrderInvoiced` is produced, so whoever sees the event finds it in the bucket; a redelivery
+//! renders the same bytes and puts them again, and an object store that cannot be reached is
+//! a retriable failure: the offset is not stored until the PDF is in. With a local directory
+//! the API renders the PDF from the recorded invoice on its first download instead
+//! ([`InvoiceFiles::written_when_invoiced`]).
 
-pub mod pdf;
+pub use orderflow_store::pdf;
 
 use std::sync::Arc;
 
@@ -32,7 +34,8 @@ impl InvoicingHandler {
         }
     }
 
-    /// Renders each invoice as a PDF and keeps it in `files`.
+    /// Renders each invoice as a PDF and keeps it in `files`, when they are written as
+    /// invoices are made (S3; a local directory gets them on first download).
     pub fn with_files(mut self, files: InvoiceFiles) -> Self {
         self.files = Some(files);
         self
@@ -63,12 +66,8 @@ impl Handler for InvoicingHandler {
             })
             .await
             .map_err(store_error)?;
-        if let Some(files) = &self.files {
-            let rendered = invoice.clone();
-            let pdf = tokio::task::spawn_blocking(move || pdf::render(&rendered))
-                .await
-                .map_err(|e| HandlerError::Retriable(format!("rendering the invoice: {e}")))?;
-            files.put(&invoice.number, pdf).await.map_err(store_error)?;
+        if let Some(files) = self.files.as_ref().filter(|f| f.written_when_invoiced()) {
+            files.put_rendered(&invoice).await.map_err(store_error)?;
         }
         let event = OrderInvoiced {
             event_id: OrderStatus::Invoiced.event_id(&paid.order_id),

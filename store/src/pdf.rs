@@ -4,8 +4,8 @@
 //! Deterministic: the same invoice always gives the same bytes (no creation date, no random
 //! document id), so a redelivered event stores the same object again.
 
+use crate::Invoice;
 use orderflow_schemas::format_cents;
-use orderflow_store::Invoice;
 use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str};
 
 const A4: (f32, f32) = (595.0, 842.0);
@@ -229,13 +229,13 @@ fn date(ms: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use orderflow_schemas::OrderLine;
-    use orderflow_store::Pricing;
 
     use super::*;
+    use crate::Pricing;
 
-    fn invoice(lines: usize) -> Invoice {
+    pub(crate) fn invoice(lines: usize) -> Invoice {
         Invoice {
             number: "INV-00000042".into(),
             sequence: 42,
