@@ -104,6 +104,10 @@ pub struct StageConfig {
     /// Where poison messages go: `orderflow.dead-letter` unless the stage has its own
     /// (the bridge: `orderflow.bridge.dead-letter`).
     pub dead_letter: TopicKind,
+    /// librdkafka's `max.poll.interval.ms` for this stage (unless `--kafka-property` sets it):
+    /// the longest the loop may spend on one batch, retries included, before the consumer
+    /// leaves its group and its partitions go to another member. `None`: librdkafka's 5 min.
+    pub max_poll_interval: Option<std::time::Duration>,
 }
 
 impl StageConfig {
@@ -115,7 +119,14 @@ impl StageConfig {
             inputs,
             max_batch: 1000,
             dead_letter: TopicKind::DeadLetter,
+            max_poll_interval: None,
         }
+    }
+
+    /// The same stage, with its own `max.poll.interval.ms`.
+    pub fn with_max_poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.max_poll_interval = Some(interval);
+        self
     }
 
     /// The same stage, dead-lettering to `topic`.
@@ -181,9 +192,14 @@ pub async fn run_consumer<H: Handler>(
     producer: EventProducer,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer<StatsContext> = kafka
-        .consumer_config(&stage.group_id)
-        .create_with_context(StatsContext::consumer(&stage.name))?;
+    let mut config = kafka.consumer_config(&stage.group_id);
+    if let Some(interval) = stage.max_poll_interval {
+        if !kafka.properties.iter().any(|(k, _)| k == "max.poll.interval.ms") {
+            config.set("max.poll.interval.ms", interval.as_millis().to_string());
+        }
+    }
+    let consumer: StreamConsumer<StatsContext> =
+        config.create_with_context(StatsContext::consumer(&stage.name))?;
     let topics: Vec<String> = stage.inputs.iter().map(|k| kafka.topics.name(*k)).collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
