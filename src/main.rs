@@ -705,10 +705,8 @@ async fn dlq_list(args: cli::DlqListArgs) -> Result<()> {
             .timestamp_ms
             .and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| {
-                humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + Duration::from_millis(ms),
-                )
-                .to_string()
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
             })
             .unwrap_or_else(|| "-".into());
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());

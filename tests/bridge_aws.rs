@@ -563,26 +563,21 @@ sinks = ["email", "file", "hook"]
     for _ in 0..3 {
         ids.push(p.place(&order_body("MUG-001", 1, "tok_visa")).await);
     }
-    let orders: Vec<Value> = futures::future::join_all(
-        ids.iter().map(|id| p.wait_for_status(id, "invoiced")),
-    )
-    .await;
+    let orders: Vec<Value> =
+        futures::future::join_all(ids.iter().map(|id| p.wait_for_status(id, "invoiced"))).await;
 
     // With the webhook down, the file, SQS and SES get everything.
     p.wait_for_notifications(|ns| {
-        ids.iter().all(|id| {
-            ns.iter()
-                .filter(|n| n["order_id"] == id.as_str())
-                .count()
-                >= 2
-        })
+        ids.iter()
+            .all(|id| ns.iter().filter(|n| n["order_id"] == id.as_str()).count() >= 2)
     })
     .await;
     let file_done = placed.elapsed();
     let created = moto.queue_url("created").await;
     moto.receive_until(&created, |ms| {
         let seen = by_event_id(ms);
-        ids.iter().all(|id| seen.contains_key(&format!("{id}:accepted")))
+        ids.iter()
+            .all(|id| seen.contains_key(&format!("{id}:accepted")))
     })
     .await;
     let sqs_done = placed.elapsed();
@@ -639,13 +634,16 @@ sinks = ["email", "file", "hook"]
         ));
         ids.push(id);
     }
-    p.wait_for_notifications(|ns| ids.iter().all(|id| {
-        ns.iter().filter(|n| n["order_id"] == id.as_str()).count() >= 2
-    }))
+    p.wait_for_notifications(|ns| {
+        ids.iter()
+            .all(|id| ns.iter().filter(|n| n["order_id"] == id.as_str()).count() >= 2)
+    })
     .await;
     moto.receive_until(&created, |ms| {
         let seen = by_event_id(ms);
-        ids[3..].iter().all(|id| seen.contains_key(&format!("{id}:accepted")))
+        ids[3..]
+            .iter()
+            .all(|id| seen.contains_key(&format!("{id}:accepted")))
     })
     .await;
     moto.emails_until(|es| {

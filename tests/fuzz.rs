@@ -57,10 +57,11 @@ fn config(default: u32) -> Config {
     }
 }
 
-/// Counts the inputs a test ran, and says so at its end.
+/// Counts the inputs a test ran, and how many were taken and refused; says so at its end.
 struct Executions {
     test: &'static str,
     count: AtomicU64,
+    taken: AtomicU64,
     started: Instant,
 }
 
@@ -69,6 +70,7 @@ impl Executions {
         Executions {
             test,
             count: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -76,14 +78,23 @@ impl Executions {
     fn one(&self) {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The last input was taken (parsed, decoded, handled), not refused.
+    fn taken(&self) {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Executions {
     fn drop(&mut self) {
-        eprintln!(
-            "fuzz {}: {} executions in {:?}",
-            self.test,
+        let (count, taken) = (
             self.count.load(Ordering::Relaxed),
+            self.taken.load(Ordering::Relaxed),
+        );
+        eprintln!(
+            "fuzz {}: {count} executions ({taken} taken, {} refused) in {:?}",
+            self.test,
+            count - taken,
             self.started.elapsed()
         );
     }
@@ -157,6 +168,11 @@ fn json_value() -> impl Strategy<Value = Value> {
 /// Replaces the `n`th node of `value` (depth first, modulo the count) by `with`; `remove`
 /// drops it from its object or array instead.
 fn replace_nth(value: &mut Value, n: usize, with: Value, remove: bool) {
+    change_nth(value, n, |_| with, remove)
+}
+
+/// Replaces the `n`th node of `value` by what `with` makes of it (or removes it).
+fn change_nth(value: &mut Value, n: usize, with: impl FnOnce(&Value) -> Value, remove: bool) {
     fn count(v: &Value) -> usize {
         1 + match v {
             Value::Array(a) => a.iter().map(count).sum(),
@@ -164,7 +180,8 @@ fn replace_nth(value: &mut Value, n: usize, with: Value, remove: bool) {
             _ => 0,
         }
     }
-    fn walk(v: &mut Value, n: &mut usize, with: &mut Option<Value>, remove: bool) -> bool {
+    type With<'a> = Option<Box<dyn FnOnce(&Value) -> Value + 'a>>;
+    fn walk(v: &mut Value, n: &mut usize, with: &mut With<'_>, remove: bool) -> bool {
         // Returns true when the node to change is a direct child removed here.
         let children: Vec<String> = match v {
             Value::Object(o) => o.keys().cloned().collect(),
@@ -177,7 +194,7 @@ fn replace_nth(value: &mut Value, n: usize, with: Value, remove: bool) {
                         if remove {
                             a.remove(i);
                         } else {
-                            a[i] = with.take().unwrap_or_default();
+                            a[i] = with.take().map_or(Value::Null, |f| f(&a[i]));
                         }
                         return true;
                     }
@@ -193,7 +210,8 @@ fn replace_nth(value: &mut Value, n: usize, with: Value, remove: bool) {
                         if remove {
                             o.remove(&key);
                         } else {
-                            o.insert(key, with.take().unwrap_or_default());
+                            let new = with.take().map_or(Value::Null, |f| f(&o[&key]));
+                            o.insert(key, new);
                         }
                         return true;
                     }
@@ -209,12 +227,42 @@ fn replace_nth(value: &mut Value, n: usize, with: Value, remove: bool) {
     }
     let total = count(value);
     if total <= 1 {
-        *value = with;
+        *value = with(value);
         return;
     }
     // Node 0 is the root itself: start from its first child.
     let mut n = n % (total - 1);
-    walk(value, &mut n, &mut Some(with), remove);
+    walk(value, &mut n, &mut Some(Box::new(with)), remove);
+}
+
+/// A value of the same JSON type as `old`, from the random candidates: a string for a string,
+/// a number for a number, and so on (what a schema lets through, to reach the checks after it).
+fn same_type(old: &Value, text: String, number: i64, flag: bool) -> Value {
+    match old {
+        Value::String(_) => Value::String(text),
+        Value::Number(_) => Value::from(number),
+        Value::Bool(_) => Value::Bool(flag),
+        other => other.clone(),
+    }
+}
+
+/// A string or number a client might send: random, or near a limit.
+fn text_and_number() -> impl Strategy<Value = (String, i64)> {
+    let text = prop_oneof![
+        any::<String>(),
+        Just(String::new()),
+        Just(" ".into()),
+        Just("x".repeat(201)),
+        Just("\u{0}\u{7f}\n".into()),
+        "[A-Z]{1,8}-[0-9]{3}",
+    ];
+    let number = prop_oneof![
+        any::<i64>(),
+        -2i64..1002,
+        Just(i64::from(i32::MAX) + 1),
+        Just(i64::MIN),
+    ];
+    (text, number)
 }
 
 /// An order body: a corpus entry, changed as JSON or as bytes, or random bytes.
@@ -233,11 +281,22 @@ fn order_body() -> impl Strategy<Value = Vec<u8>> {
             },
         )
     };
+    let typed = {
+        let corpus = corpus.clone();
+        (0..2usize, any::<usize>(), text_and_number(), any::<bool>()).prop_map(
+            move |(i, at, (text, number), flag)| {
+                let mut v: Value = serde_json::from_str(&corpus[i]).unwrap();
+                change_nth(&mut v, at, |old| same_type(old, text, number, flag), false);
+                serde_json::to_vec(&v).unwrap()
+            },
+        )
+    };
     let bytes = (0..n, prop::collection::vec(mutation(), 1..6))
         .prop_map(move |(i, ms)| mutate(corpus[i].clone().into_bytes(), &ms));
     prop_oneof![
-        4 => structured,
-        4 => bytes,
+        4 => typed,
+        3 => structured,
+        3 => bytes,
         1 => prop::collection::vec(any::<u8>(), 0..256),
         1 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
     ]
@@ -250,7 +309,11 @@ fn the_order_json_never_panics_and_every_refusal_names_a_field() {
         executions.one();
         match parse_json::<CreateOrderRequest>(&body) {
             Ok(request) => {
-                for e in validate(&request) {
+                let errors = validate(&request);
+                if errors.is_empty() {
+                    executions.taken();
+                }
+                for e in errors {
                     prop_assert!(!e.field.is_empty() && !e.message.is_empty(), "{e:?}");
                 }
             }
@@ -280,7 +343,25 @@ fn odd_event<E: Event>(at: usize, with: Value) -> Option<Vec<u8>> {
     let events: Value = serde_json::from_str(EVENTS).unwrap();
     let name = E::NAME.rsplit('.').next().unwrap();
     let mut v = events[name].clone();
-    replace_nth(&mut v, at, with, false);
+    // Mostly a value of the same type (the event stays an `E`), else anything.
+    let (text, number, flag) = match &with {
+        Value::String(s) => (Some(s.clone()), None, None),
+        Value::Number(n) => (None, n.as_i64(), None),
+        Value::Bool(b) => (None, None, Some(*b)),
+        _ => (None, None, None),
+    };
+    change_nth(
+        &mut v,
+        at,
+        |old| match (old, text, number, flag) {
+            (Value::String(_), Some(t), _, _) => Value::String(t),
+            (Value::Number(_), _, Some(n), _) => Value::from(n),
+            (Value::Bool(_), _, _, Some(b)) => Value::Bool(b),
+            (Value::String(_) | Value::Number(_) | Value::Bool(_), ..) => old.clone(),
+            _ => with,
+        },
+        false,
+    );
     let event: E = serde_json::from_value(v).ok()?;
     wire::encode(&event).ok()
 }
@@ -397,8 +478,9 @@ fn the_wire_decoder_never_panics_and_says_why_it_refuses() {
     }
     proptest!(config(256), |((t, bytes) in payload())| {
         executions.one();
-        if let Err(e) = decode(t, &ids, &bytes) {
-            prop_assert!(!e.is_empty());
+        match decode(t, &ids, &bytes) {
+            Ok(()) => executions.taken(),
+            Err(e) => prop_assert!(!e.is_empty()),
         }
     });
 }
@@ -446,7 +528,11 @@ fn stages() -> Stages {
     let _guard = runtime.enter();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("state")).unwrap());
     let producer = EventProducer::new(&kafka).unwrap();
-    let validation = Arc::new(ValidationHandler::new(store.clone(), producer.clone(), 1900));
+    let validation = Arc::new(ValidationHandler::new(
+        store.clone(),
+        producer.clone(),
+        1900,
+    ));
     let payment = Arc::new(PaymentHandler::new(
         store.clone(),
         producer.clone(),
@@ -459,7 +545,11 @@ fn stages() -> Stages {
         (
             "validation",
             vec![TopicKind::OrdersAccepted],
-            Box::new(ValidationHandler::new(store.clone(), producer.clone(), 1900)),
+            Box::new(ValidationHandler::new(
+                store.clone(),
+                producer.clone(),
+                1900,
+            )),
         ),
         (
             "modification",
@@ -524,7 +614,7 @@ fn every_stage_handler_takes_garbled_messages_without_panicking_and_parks_them_w
             executions.one();
             let outcome = stages.runtime.block_on(handler.handle(&m));
             match outcome {
-                Ok(()) => {}
+                Ok(()) => executions.taken(),
                 Err(HandlerError::Poison(reason)) => prop_assert!(!reason.is_empty(), "{stage}"),
                 // Nothing here is unavailable (store and broker are up): a retry would loop on
                 // this message for ever.

@@ -177,7 +177,14 @@ async fn an_orders_spans_are_exported_as_one_trace_across_every_stage() {
         stages,
         // The bridge: a stage per sink of the default routing.
         BTreeSet::from(
-            ["validation", "payment", "invoicing", "bridge.file", "bridge.log"].map(String::from)
+            [
+                "validation",
+                "payment",
+                "invoicing",
+                "bridge.file",
+                "bridge.log"
+            ]
+            .map(String::from)
         )
     );
 }

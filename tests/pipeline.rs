@@ -465,7 +465,10 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_the_stage_goes_on_and_dl
     assert_eq!(first["topic"], "orderflow.dead-letter", "{first}");
     assert_eq!(first["stage"], "validation", "{first}");
     assert_eq!(first["source_topic"], "orders.accepted", "{first}");
-    assert!(first["partition"].is_i64() && first["offset"].is_i64(), "{first}");
+    assert!(
+        first["partition"].is_i64() && first["offset"].is_i64(),
+        "{first}"
+    );
     assert!(first["timestamp_ms"].as_i64().unwrap() > 0, "{first}");
     assert!(
         first["reason"].as_str().unwrap().contains("magic byte"),
@@ -491,9 +494,9 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_the_stage_goes_on_and_dl
     assert!(lines[0].starts_with("TOPIC\tPARTITION\tOFFSET"), "{table}");
     assert_eq!(lines.len(), parked.len() + 2, "{table}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("poison-1") && l.contains("validation") && l.contains("magic byte")),
+        lines.iter().any(|l| l.contains("poison-1")
+            && l.contains("validation")
+            && l.contains("magic byte")),
         "{table}"
     );
     assert!(p.stop().success());

@@ -353,7 +353,11 @@ async fn start_where_the_whole_bridge_was(
     })
     .await;
     match seeded {
-        Ok(Ok(true)) => info!(group, from = whole, "Sink group starts where the bridge's was."),
+        Ok(Ok(true)) => info!(
+            group,
+            from = whole,
+            "Sink group starts where the bridge's was."
+        ),
         Ok(Ok(false)) => {}
         Ok(Err(error)) => warn!(group, %error, "Cannot read the bridge's former offsets."),
         Err(error) => warn!(group, %error, "Reading the bridge's former offsets failed."),

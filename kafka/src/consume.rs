@@ -194,7 +194,11 @@ pub async fn run_consumer<H: Handler>(
 ) -> Result<()> {
     let mut config = kafka.consumer_config(&stage.group_id);
     if let Some(interval) = stage.max_poll_interval {
-        if !kafka.properties.iter().any(|(k, _)| k == "max.poll.interval.ms") {
+        if !kafka
+            .properties
+            .iter()
+            .any(|(k, _)| k == "max.poll.interval.ms")
+        {
             config.set("max.poll.interval.ms", interval.as_millis().to_string());
         }
     }

@@ -52,7 +52,11 @@ pub async fn list_parked(
         .map_err(|e| Error::Admin(format!("listing dead letters failed: {e}")))?
 }
 
-fn read_all(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> Result<Vec<ParkedMessage>> {
+fn read_all(
+    kafka: &KafkaConfig,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<ParkedMessage>> {
     let deadline = Instant::now() + timeout;
     let group = format!("{}orderflow-dlq-list", kafka.topics.prefix());
     let mut config = kafka.consumer_config(&group);
@@ -92,7 +96,8 @@ fn read_all(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> Result
     let mut next: Vec<i64> = vec![-1; ends.len()];
     let done = |next: &[i64]| ends.iter().zip(next).all(|((_, _, high), n)| n >= high);
     while !done(&next) {
-        let Some(message) = consumer.poll(left("the dead letters")?.min(Duration::from_millis(200)))
+        let Some(message) =
+            consumer.poll(left("the dead letters")?.min(Duration::from_millis(200)))
         else {
             continue;
         };
@@ -129,6 +134,7 @@ fn read_all(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> Result
             payload_bytes: m.payload().map_or(0, <[u8]>::len),
         });
     }
-    parked.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    parked
+        .sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
     Ok(parked)
 }
