@@ -86,6 +86,11 @@ pub use sink::{Delivery, Mapping, Sink, SinkError};
 /// so that an outage of a few minutes causes no rebalance.
 pub const SINK_MAX_POLL_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
+/// How many kilobytes a sink's consumer prefetches at most (`queued.max.messages.kbytes`;
+/// librdkafka's default is 64 MB per consumer, and the bridge has one consumer per sink: a
+/// stuck sink's consumer fills its queue while the others go on).
+pub const SINK_PREFETCH_KBYTES: u32 = 16 * 1024;
+
 /// One sink's stage over the routing: delivers the events routed to sink `sink`.
 pub struct BridgeHandler {
     store: Arc<dyn Store>,
@@ -303,7 +308,8 @@ pub async fn run_bridge(
         let sink = routing.sinks[i].sink.name().to_string();
         let config = StageConfig::new(kafka, &format!("bridge.{sink}"), routing.inputs_of(i))
             .with_dead_letter(TopicKind::BridgeDeadLetter)
-            .with_max_poll_interval(SINK_MAX_POLL_INTERVAL);
+            .with_max_poll_interval(SINK_MAX_POLL_INTERVAL)
+            .with_consumer_property("queued.max.messages.kbytes", SINK_PREFETCH_KBYTES);
         let topics: Vec<String> = config
             .inputs
             .iter()

@@ -104,10 +104,9 @@ pub struct StageConfig {
     /// Where poison messages go: `orderflow.dead-letter` unless the stage has its own
     /// (the bridge: `orderflow.bridge.dead-letter`).
     pub dead_letter: TopicKind,
-    /// librdkafka's `max.poll.interval.ms` for this stage (unless `--kafka-property` sets it):
-    /// the longest the loop may spend on one batch, retries included, before the consumer
-    /// leaves its group and its partitions go to another member. `None`: librdkafka's 5 min.
-    pub max_poll_interval: Option<std::time::Duration>,
+    /// librdkafka properties of this stage's consumer beyond the defaults of
+    /// [`KafkaConfig::consumer_config`], each unless `--kafka-property` sets it.
+    pub consumer_properties: Vec<(String, String)>,
 }
 
 impl StageConfig {
@@ -119,14 +118,23 @@ impl StageConfig {
             inputs,
             max_batch: 1000,
             dead_letter: TopicKind::DeadLetter,
-            max_poll_interval: None,
+            consumer_properties: Vec::new(),
         }
     }
 
-    /// The same stage, with its own `max.poll.interval.ms`.
-    pub fn with_max_poll_interval(mut self, interval: std::time::Duration) -> Self {
-        self.max_poll_interval = Some(interval);
+    /// The same stage, its consumer with this librdkafka property (unless `--kafka-property`
+    /// sets it).
+    pub fn with_consumer_property(mut self, key: &str, value: impl ToString) -> Self {
+        self.consumer_properties
+            .push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// The same stage with its own `max.poll.interval.ms`: the longest the loop may spend on
+    /// one batch, retries included, before its consumer leaves the group and its partitions go
+    /// to another member (librdkafka's default: 5 min).
+    pub fn with_max_poll_interval(self, interval: std::time::Duration) -> Self {
+        self.with_consumer_property("max.poll.interval.ms", interval.as_millis())
     }
 
     /// The same stage, dead-lettering to `topic`.
@@ -193,13 +201,9 @@ pub async fn run_consumer<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut config = kafka.consumer_config(&stage.group_id);
-    if let Some(interval) = stage.max_poll_interval {
-        if !kafka
-            .properties
-            .iter()
-            .any(|(k, _)| k == "max.poll.interval.ms")
-        {
-            config.set("max.poll.interval.ms", interval.as_millis().to_string());
+    for (key, value) in &stage.consumer_properties {
+        if !kafka.properties.iter().any(|(k, _)| k == key) {
+            config.set(key, value);
         }
     }
     let consumer: StreamConsumer<StatsContext> =
