@@ -65,6 +65,28 @@ pub enum DlqCommand {
     /// Re-drive a dead-letter topic: each message goes back to the topic it came from (its
     /// `orderflow-dlq-source-topic` header), from where the last replay stopped to the end.
     Replay(DlqReplayArgs),
+    /// List what is parked on the dead-letter topics: topic, partition, offset, time, key,
+    /// the stage that parked it and why. Reads without a consumer group: changes nothing.
+    List(DlqListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The Kafka bootstrap servers (`orderflow run`'s embedded broker by default).
+    #[arg(long, env = "ORDERFLOW_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// A dead-letter topic to list, without the prefix (repeatable; default: the stages',
+    /// `orderflow.dead-letter`, and the bridge's, `orderflow.bridge.dead-letter`).
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]

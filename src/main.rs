@@ -20,7 +20,7 @@ use orderflow_kafka::{admin, EventProducer, KafkaConfig};
 use orderflow_processors::{run_stage, Stage};
 use orderflow_schemas::{
     registry::{register_catalogue, subject, Compatibility, LocalRegistry, Registry},
-    SchemaIds, Topics,
+    SchemaIds, TopicKind, Topics,
 };
 use orderflow_store::{scylla, EmbeddedStore, Instrumented, ScyllaStore, Store};
 use tokio::task::JoinSet;
@@ -118,6 +118,7 @@ fn run_cli() -> Result<()> {
                 );
                 Ok(())
             }
+            Command::Dlq(DlqCommand::List(args)) => dlq_list(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Seed(args) => {
                 let (_, store, producer) = connect(&args.common, &args.brokers).await?;
@@ -674,4 +675,53 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     }
     info!("Stopped.");
     result
+}
+
+/// `orderflow dlq list`: a table (or JSON) of the dead-lettered messages.
+async fn dlq_list(args: cli::DlqListArgs) -> Result<()> {
+    let kafka = args.common.kafka(&args.brokers)?;
+    let topics: Vec<String> = if args.topics.is_empty() {
+        [TopicKind::DeadLetter, TopicKind::BridgeDeadLetter]
+            .map(|k| kafka.topics.name(k))
+            .to_vec()
+    } else {
+        args.topics
+            .iter()
+            .map(|t| format!("{}{t}", kafka.topics.prefix()))
+            .collect()
+    };
+    let parked = orderflow_kafka::parked::list_parked(
+        &kafka,
+        &topics,
+        Duration::from_secs(args.timeout_secs.max(1)),
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&parked)?);
+        return Ok(());
+    }
+    println!("TOPIC\tPARTITION\tOFFSET\tTIME\tKEY\tSTAGE\tREASON");
+    for m in &parked {
+        let time = m
+            .timestamp_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| {
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        // One line per message: a reason's line breaks become spaces.
+        let reason = dash(&m.reason).replace(['\n', '\r', '\t'], " ");
+        println!(
+            "{}\t{}\t{}\t{time}\t{}\t{}\t{reason}",
+            m.topic,
+            m.partition,
+            m.offset,
+            dash(&m.key),
+            dash(&m.stage)
+        );
+    }
+    println!("{} parked", parked.len());
+    Ok(())
 }

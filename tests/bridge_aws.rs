@@ -1,9 +1,18 @@
 //! The bridge's AWS sinks end to end: the real `orderflow run --bridge-config …` binary against
-//! moto's AWS emulator (SQS and SES), both started by the test on loopback ports.
+//! moto's AWS emulator (SQS and SES), both started by the test on loopback ports; and the
+//! sinks' isolation from each other, with a webhook receiver in the test.
 
 mod common;
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 use common::{
     keyed,
@@ -287,7 +296,7 @@ async fn with_aws_down_the_bridge_retries_and_delivers_everything_once_it_is_bac
             .unwrap();
         if metrics.lines().any(|l| {
             l.starts_with("orderflow_errors_total{")
-                && l.contains("stage=\"bridge\"")
+                && l.contains("stage=\"bridge.")
                 && l.contains("error_type=\"retriable\"")
         }) {
             break;
@@ -372,7 +381,7 @@ async fn refused_and_poison_events_go_to_the_bridge_dead_letter_topic_and_replay
     assert!(reason.contains("MessageRejected"), "{reason}");
     assert_eq!(
         header(refused, dlq_headers::STAGE).as_deref(),
-        Some("bridge")
+        Some("bridge.email")
     );
     assert_eq!(
         header(refused, dlq_headers::SOURCE_TOPIC).as_deref(),
@@ -423,4 +432,310 @@ async fn refused_and_poison_events_go_to_the_bridge_dead_letter_topic_and_replay
         "{emails:#?}"
     );
     assert!(p.stop().success());
+}
+
+/// A webhook receiver on 127.0.0.1 that answers 503 until told to recover, then 200; it keeps
+/// the event id of every request it took, and counts those it refused.
+struct Hook {
+    url: String,
+    up: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    taken: Arc<Mutex<Vec<String>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        let up = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let (u, r, t) = (up.clone(), refused.clone(), taken.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let (u, r, t) = (u.clone(), r.clone(), t.clone());
+                async move {
+                    if !u.load(Ordering::SeqCst) {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let id = headers
+                        .get("x-orderflow-event-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    t.lock().unwrap().push(id);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Hook {
+            url,
+            up,
+            refused,
+            taken,
+        }
+    }
+
+    fn taken(&self) -> Vec<String> {
+        self.taken.lock().unwrap().clone()
+    }
+}
+
+/// The value of one sample of `/metrics` (0 when it is not there).
+async fn sample(p: &Pipeline, name: &str, sink: &str) -> f64 {
+    let text = p
+        .client
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("{name}{{sink=\"{sink}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// How many times each value occurs.
+fn counted<'a>(values: impl IntoIterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for v in values {
+        *seen.entry(v.to_string()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_answering_503_delays_only_itself_and_then_everything_arrives_once() {
+    let moto = Moto::start().await;
+    let hook = Hook::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+provision = true
+[sinks.hook]
+type = "webhook"
+url = "{}"
+secret = "test-secret"
+[sinks.file]
+type = "file"
+[sinks.created]
+type = "sqs"
+queue_name = "created"
+[sinks.email]
+type = "ses"
+from = "Shop <shop@orderflow.example>"
+recipient = "{{{{ customer_id }}}}@customers.example"
+max_send_rate = 100
+[[routes]]
+events = ["order_accepted"]
+sinks = ["created", "hook"]
+[[routes]]
+events = ["order_validated", "order_invoiced"]
+sinks = ["email", "file", "hook"]
+"#,
+            hook.url
+        ),
+    );
+    let data = dir.path().join("data");
+    let p = Pipeline::start_with_env(
+        &data,
+        &[
+            "--bridge-config",
+            config.to_str().unwrap(),
+            "--kafka-property",
+            "statistics.interval.ms=500",
+        ],
+        &moto.env(),
+    );
+    p.wait_until_ready().await;
+
+    let placed = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(p.place(&order_body("MUG-001", 1, "tok_visa")).await);
+    }
+    let orders: Vec<Value> =
+        futures::future::join_all(ids.iter().map(|id| p.wait_for_status(id, "invoiced"))).await;
+
+    // With the webhook down, the file, SQS and SES get everything.
+    p.wait_for_notifications(|ns| {
+        ids.iter()
+            .all(|id| ns.iter().filter(|n| n["order_id"] == id.as_str()).count() >= 2)
+    })
+    .await;
+    let file_done = placed.elapsed();
+    let created = moto.queue_url("created").await;
+    moto.receive_until(&created, |ms| {
+        let seen = by_event_id(ms);
+        ids.iter()
+            .all(|id| seen.contains_key(&format!("{id}:accepted")))
+    })
+    .await;
+    let sqs_done = placed.elapsed();
+    let mut subjects: Vec<String> = ids
+        .iter()
+        .zip(&orders)
+        .flat_map(|(id, order)| {
+            [
+                format!("Your order {id} is confirmed"),
+                format!(
+                    "Invoice {} for your order {id}",
+                    order["invoice_number"].as_str().unwrap()
+                ),
+            ]
+        })
+        .collect();
+    moto.emails_until(|es| {
+        subjects
+            .iter()
+            .all(|s| es.iter().any(|e| e["subject"] == s.as_str()))
+    })
+    .await;
+    let ses_done = placed.elapsed();
+    assert!(hook.taken().is_empty());
+    assert!(hook.refused.load(Ordering::SeqCst) > 0);
+
+    // The webhook's trouble shows: events retrying, a backlog; the file's backlog drains.
+    common::poll_until(
+        "the webhook's retry state and backlog, the file's backlog",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            (
+                sample(&p, "orderflow_sink_retrying_events", "hook").await,
+                sample(&p, "orderflow_sink_backlog_messages", "hook").await,
+                sample(&p, "orderflow_sink_backlog_messages", "file").await,
+            )
+        },
+        |&(retrying, hook_backlog, file_backlog)| {
+            retrying >= 1.0 && hook_backlog >= 1.0 && file_backlog == 0.0
+        },
+    )
+    .await;
+
+    // Still down, and more orders: they reach the file, SQS and SES as the first did.
+    let second = std::time::Instant::now();
+    for _ in 0..2 {
+        let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+        let order = p.wait_for_status(&id, "invoiced").await;
+        subjects.push(format!("Your order {id} is confirmed"));
+        subjects.push(format!(
+            "Invoice {} for your order {id}",
+            order["invoice_number"].as_str().unwrap()
+        ));
+        ids.push(id);
+    }
+    p.wait_for_notifications(|ns| {
+        ids.iter()
+            .all(|id| ns.iter().filter(|n| n["order_id"] == id.as_str()).count() >= 2)
+    })
+    .await;
+    moto.receive_until(&created, |ms| {
+        let seen = by_event_id(ms);
+        ids[3..]
+            .iter()
+            .all(|id| seen.contains_key(&format!("{id}:accepted")))
+    })
+    .await;
+    moto.emails_until(|es| {
+        subjects
+            .iter()
+            .all(|s| es.iter().any(|e| e["subject"] == s.as_str()))
+    })
+    .await;
+    let second_done = second.elapsed();
+    assert!(hook.taken().is_empty());
+
+    // The webhook recovers: it gets every event, and its retry state clears.
+    let down_for = placed.elapsed();
+    hook.up.store(true, Ordering::SeqCst);
+    let expected: Vec<String> = ids
+        .iter()
+        .flat_map(|id| ["accepted", "validated", "invoiced"].map(|s| format!("{id}:{s}")))
+        .collect();
+    common::poll_until(
+        "the webhook's deliveries",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { hook.taken() },
+        |taken| expected.iter().all(|e| taken.contains(e)),
+    )
+    .await;
+    let hook_done = placed.elapsed();
+    common::poll_until(
+        "the webhook's retry state",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || sample(&p, "orderflow_sink_retrying_events", "hook"),
+        |&retrying| retrying == 0.0,
+    )
+    .await;
+    eprintln!(
+        "sink isolation: 3 orders; with the webhook answering 503, the file had everything \
+         after {file_done:?}, SQS after {sqs_done:?}, SES after {ses_done:?}; 2 more orders \
+         placed with the webhook still down reached file, SQS and SES in {second_done:?}; the \
+         webhook was down for {down_for:?} ({} requests refused) and had everything {:?} \
+         after it recovered",
+        hook.refused.load(Ordering::SeqCst),
+        hook_done - down_for
+    );
+
+    // Stopped, nothing more can arrive: each sink has each event once.
+    assert!(p.stop().success());
+    let taken = hook.taken();
+    let seen = counted(taken.iter().map(String::as_str));
+    assert_eq!(seen.len(), expected.len(), "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "webhook: {seen:?}");
+
+    let lines = std::fs::read_to_string(data.join("notifications.jsonl")).unwrap();
+    let file: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen = counted(file.iter().filter_map(|n| n["id"].as_str()));
+    assert_eq!(seen.len(), 2 * ids.len(), "file: {seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "file: {seen:?}");
+
+    let emails = moto.emails().await;
+    let seen = counted(emails.iter().filter_map(|e| e["subject"].as_str()));
+    for s in &subjects {
+        assert_eq!(seen.get(s), Some(&1), "{s}: {seen:?}");
+    }
+    assert_eq!(emails.len(), subjects.len(), "{seen:?}");
+
+    // Every message the queue took was received above (each once, kept invisible): nothing
+    // is left, so nothing was sent twice.
+    let left = moto
+        .sqs()
+        .await
+        .get_queue_attributes()
+        .queue_url(&created)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let attributes = left.attributes().unwrap();
+    let count = |name| {
+        attributes
+            .get(&name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    };
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages),
+        0
+    );
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        ids.len()
+    );
 }

@@ -32,6 +32,8 @@ const EXPORTED: &[&str] = &[
     metrics::ORDERS_ACCEPTED_TOTAL,
     metrics::SINK_DELIVERIES_TOTAL,
     metrics::SINK_SEND_SECONDS,
+    metrics::SINK_BACKLOG_MESSAGES,
+    metrics::SINK_RETRYING_EVENTS,
     metrics::STORE_OPERATION_SECONDS,
     metrics::STORE_ERRORS_TOTAL,
     metrics::ORDER_CACHE_REQUESTS_TOTAL,

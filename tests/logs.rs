@@ -84,8 +84,11 @@ async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
         ("validation", "OrderAccepted", "orders.accepted"),
         ("payment", "OrderValidated", "orders.validated"),
         ("invoicing", "OrderPaid", "orders.paid"),
-        ("bridge", "OrderValidated", "orders.validated"),
-        ("bridge", "OrderInvoiced", "orders.invoiced"),
+        // The default routing's two sinks, each its own stage.
+        ("bridge.file", "OrderValidated", "orders.validated"),
+        ("bridge.file", "OrderInvoiced", "orders.invoiced"),
+        ("bridge.log", "OrderValidated", "orders.validated"),
+        ("bridge.log", "OrderInvoiced", "orders.invoiced"),
     ]
     .into_iter()
     .map(|(s, e, t)| (s.into(), e.into(), t.into()))

@@ -175,6 +175,16 @@ async fn an_orders_spans_are_exported_as_one_trace_across_every_stage() {
     }
     assert_eq!(
         stages,
-        BTreeSet::from(["validation", "payment", "invoicing", "bridge"].map(String::from))
+        // The bridge: a stage per sink of the default routing.
+        BTreeSet::from(
+            [
+                "validation",
+                "payment",
+                "invoicing",
+                "bridge.file",
+                "bridge.log"
+            ]
+            .map(String::from)
+        )
     );
 }

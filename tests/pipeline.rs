@@ -380,7 +380,7 @@ async fn bad_input_gets_problem_json_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_stage_goes_on() {
+async fn a_poison_message_goes_to_the_dead_letter_topic_the_stage_goes_on_and_dlq_list_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pipeline::start(dir.path());
     let producer: BaseProducer = ClientConfig::new()
@@ -425,6 +425,80 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_stage_goes_on() 
     assert!(header("orderflow-dlq-reason")
         .unwrap()
         .contains("magic byte"));
+
+    // A poison message on a topic the bridge reads too: the payment stage and each of the
+    // bridge's sinks (the default routing's log and file) park it.
+    producer
+        .send(
+            BaseRecord::to("orders.validated")
+                .key("poison-2")
+                .payload("garbled"),
+        )
+        .unwrap();
+    producer.flush(std::time::Duration::from_secs(10)).unwrap();
+    let dlq_list = |json: bool| {
+        let mut args = vec!["dlq", "list", "--brokers", p.bootstrap.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let parked: Vec<Value> = common::poll_until(
+        "dlq list",
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(200),
+        || async { serde_json::from_str::<Vec<Value>>(&dlq_list(true)).unwrap() },
+        |parked| parked.iter().filter(|m| m["key"] == "poison-2").count() >= 3,
+    )
+    .await;
+    let first = parked.iter().find(|m| m["key"] == "poison-1").unwrap();
+    assert_eq!(first["topic"], "orderflow.dead-letter", "{first}");
+    assert_eq!(first["stage"], "validation", "{first}");
+    assert_eq!(first["source_topic"], "orders.accepted", "{first}");
+    assert!(
+        first["partition"].is_i64() && first["offset"].is_i64(),
+        "{first}"
+    );
+    assert!(first["timestamp_ms"].as_i64().unwrap() > 0, "{first}");
+    assert!(
+        first["reason"].as_str().unwrap().contains("magic byte"),
+        "{first}"
+    );
+    let mut stages: Vec<(&str, &str)> = parked
+        .iter()
+        .filter(|m| m["key"] == "poison-2")
+        .map(|m| (m["topic"].as_str().unwrap(), m["stage"].as_str().unwrap()))
+        .collect();
+    stages.sort();
+    assert_eq!(
+        stages,
+        [
+            ("orderflow.bridge.dead-letter", "bridge.file"),
+            ("orderflow.bridge.dead-letter", "bridge.log"),
+            ("orderflow.dead-letter", "payment"),
+        ]
+    );
+    // The table: a header, a line per parked message, a count.
+    let table = dlq_list(false);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("TOPIC\tPARTITION\tOFFSET"), "{table}");
+    assert_eq!(lines.len(), parked.len() + 2, "{table}");
+    assert!(
+        lines.iter().any(|l| l.contains("poison-1")
+            && l.contains("validation")
+            && l.contains("magic byte")),
+        "{table}"
+    );
     assert!(p.stop().success());
 }
 
@@ -561,8 +635,8 @@ async fn metrics_are_served_and_count_the_pipeline() {
             "{content_type}"
         );
         let text = response.text().await.unwrap();
-        // Validated, rejected and invoiced reach the bridge.
-        if stage_ok("bridge")(&text) >= 3.0 {
+        // Validated, rejected and invoiced reach the bridge's file sink.
+        if stage_ok("bridge.file")(&text) >= 3.0 {
             break text;
         }
         assert!(

@@ -62,6 +62,7 @@ fn bench(c: &mut Criterion) {
     let handler = Arc::new(BridgeHandler::new(
         store,
         Arc::new(Routing::notifications_to(vec![file])),
+        0,
     ));
     let mut run = 0u64;
     let mut group = c.benchmark_group("bridge");

@@ -414,6 +414,18 @@ impl Routing {
         types.sort();
         types.into_iter().map(EventType::topic).collect()
     }
+
+    /// The topics sink number `sink` reads: those of the event types routed to it.
+    pub fn inputs_of(&self, sink: usize) -> Vec<orderflow_schemas::TopicKind> {
+        let mut types: Vec<EventType> = self
+            .routes
+            .iter()
+            .filter(|(_, targets)| targets.iter().any(|(i, _)| *i == sink))
+            .map(|(t, _)| *t)
+            .collect();
+        types.sort();
+        types.into_iter().map(EventType::topic).collect()
+    }
 }
 
 #[cfg(test)]

@@ -13,15 +13,32 @@
 //!   [`webhook`]. [`aws`]: what the AWS sinks share (SDK config, error mapping).
 //! - [`retry`]: the one function that says whether a failure is worth retrying.
 //! - [`health`]: sink healthchecks in the background, for readiness.
-//! - [`BridgeHandler`]: the stage. For each event it delivers to every routed sink at once
-//!   (at most `max_in_flight` per sink), each at most once per sink thanks to delivered-markers
-//!   in the store, and only then lets the consume loop store the offset. A retriable failure
-//!   makes the consume loop retry the event with backoff (sinks that took it already are
-//!   skipped); a rejection sends it to `orderflow.bridge.dead-letter` with the reason.
-//!   It records `orderflow_sink_deliveries_total{sink, outcome}` and
-//!   `orderflow_sink_send_seconds{sink}`. A verification event carries no code: the bridge
-//!   reads it from the store by event id, deletes it once every sink has the email, and skips
-//!   the event (logging that, without the code) when the code is gone (expired, or sent).
+//! - [`run_bridge`]: one consumer per sink, each in its own consumer group
+//!   (`<prefix>orderflow-bridge.<sink>`) on the topics routed to that sink, so that each sink
+//!   makes progress on its own: a sink that keeps failing holds back its own offsets and
+//!   nobody else's (a webhook answering 5xx delays neither the emails nor the SQS messages).
+//! - [`BridgeHandler`]: one sink's stage. For each event it delivers to its sink (at most
+//!   `max_in_flight` at once), at most once thanks to the sink's delivered-markers in the
+//!   store, and only then lets the consume loop store the offset. A retriable failure makes
+//!   the consume loop retry the event with backoff; a rejection sends it to
+//!   `orderflow.bridge.dead-letter` with the reason (stage `bridge.<sink>`: a replay sends it
+//!   back to its topic, where the sinks that have it skip it). It records
+//!   `orderflow_sink_deliveries_total{sink, outcome}`, `orderflow_sink_send_seconds{sink}` and
+//!   `orderflow_sink_retrying_events{sink}`; [`run_bridge`] keeps
+//!   `orderflow_sink_backlog_messages{sink}` up to date. A verification event carries no code:
+//!   the bridge reads it from the store by event id, deletes it once every sink routed for it
+//!   has the email, and skips the event (logging that, without the code) when the code is gone
+//!   (expired, or sent).
+//!
+//! # What "once" means, per sink
+//!
+//! A sink's delivered-marker is written after the sink took the event. A crash between the two
+//! sends the event again after the restart; what the receiver then sees depends on the sink
+//! (README, "Delivery guarantees"): an SQS FIFO queue drops the repeat (its
+//! MessageDeduplicationId is the event id, within SQS's 5-minute window); a standard queue, a
+//! webhook, an email and a file line arrive twice, each carrying the event id
+//! (`event_id` attribute, `x-orderflow-event-id` header, `X-Orderflow-Event-Id` email header,
+//! `id` field) for the receiver to deduplicate on.
 
 pub mod aws;
 pub mod config;
@@ -36,11 +53,16 @@ pub mod sink;
 pub mod sqs;
 pub mod webhook;
 
-use std::sync::Arc;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use futures::future::join_all;
+use futures::future::try_join_all;
 use orderflow_kafka::{
-    run_consumer, EventProducer, Handler, HandlerError, Incoming, KafkaConfig, StageConfig,
+    groups::GroupView, run_consumer, EventProducer, Handler, HandlerError, Incoming, KafkaConfig,
+    StageConfig,
 };
 use orderflow_schemas::{
     metrics::{self, outcome},
@@ -48,7 +70,7 @@ use orderflow_schemas::{
 };
 use orderflow_store::Store;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{BridgeConfig, BuildContext, ConfigError, Routing};
 pub use envelope::{Envelope, EventType};
@@ -56,25 +78,69 @@ pub use health::SinkHealth;
 pub use notification::{Notification, NotificationKind};
 pub use sink::{Delivery, Mapping, Sink, SinkError};
 
-/// The bridge stage over its routing.
+/// How long a sink's consumer may retry one batch before it leaves its group
+/// (`max.poll.interval.ms`). Its partitions then go to another bridge process, which retries
+/// the same events (the delivered-markers keep the sinks that took them from getting them
+/// twice); alone, the consumer rejoins when the batch is done. A sink that is down delays only
+/// itself, so there is no hurry to hand its partitions over: longer than librdkafka's 5 min,
+/// so that an outage of a few minutes causes no rebalance.
+pub const SINK_MAX_POLL_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// How many kilobytes a sink's consumer prefetches at most (`queued.max.messages.kbytes`;
+/// librdkafka's default is 64 MB per consumer, and the bridge has one consumer per sink: a
+/// stuck sink's consumer fills its queue while the others go on).
+pub const SINK_PREFETCH_KBYTES: u32 = 16 * 1024;
+
+/// One sink's stage over the routing: delivers the events routed to sink `sink`.
 pub struct BridgeHandler {
     store: Arc<dyn Store>,
     routing: Arc<Routing>,
+    sink: usize,
+    /// The events this sink is retrying (their ids): `orderflow_sink_retrying_events`.
+    retrying: Mutex<HashSet<String>>,
 }
 
 impl BridgeHandler {
-    pub fn new(store: Arc<dyn Store>, routing: Arc<Routing>) -> Self {
-        BridgeHandler { store, routing }
+    /// The stage of sink number `sink` (an index into `routing.sinks`).
+    pub fn new(store: Arc<dyn Store>, routing: Arc<Routing>, sink: usize) -> Self {
+        BridgeHandler {
+            store,
+            routing,
+            sink,
+            retrying: Mutex::new(HashSet::new()),
+        }
     }
 
-    /// Delivers to one sink unless it has the event already; marks it delivered after.
-    async fn deliver(
-        &self,
-        sink_index: usize,
-        envelope: &Envelope,
-        mapping: Mapping,
-    ) -> Result<(), HandlerError> {
-        let slot = &self.routing.sinks[sink_index];
+    /// One stage per sink of the routing.
+    pub fn per_sink(store: Arc<dyn Store>, routing: Arc<Routing>) -> Vec<BridgeHandler> {
+        (0..routing.sinks.len())
+            .map(|i| BridgeHandler::new(store.clone(), routing.clone(), i))
+            .collect()
+    }
+
+    fn sink(&self) -> &dyn Sink {
+        self.routing.sinks[self.sink].sink.as_ref()
+    }
+
+    /// Notes whether the event is waiting for a retry at this sink.
+    fn set_retrying(&self, event_id: &str, retrying: bool) {
+        let mut set = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = if retrying {
+            set.insert(event_id.to_string())
+        } else {
+            set.remove(event_id)
+        };
+        if changed {
+            metrics::metrics()
+                .sink_retrying
+                .with_label_values(&[self.sink().name()])
+                .set(set.len() as i64);
+        }
+    }
+
+    /// Delivers to the sink unless it has the event already; marks it delivered after.
+    async fn deliver(&self, envelope: &Envelope, mapping: Mapping) -> Result<(), HandlerError> {
+        let slot = &self.routing.sinks[self.sink];
         let sink = slot.sink.as_ref();
         let m = metrics::metrics();
         let deliveries = |outcome| m.sink_deliveries.with_label_values(&[sink.name(), outcome]);
@@ -112,24 +178,51 @@ impl BridgeHandler {
             .await
             .map_err(|e| HandlerError::Retriable(e.to_string()))
     }
-}
 
-impl Handler for BridgeHandler {
-    async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
+    /// Whether every sink routed for verification emails has this one.
+    async fn every_sink_has(&self, event_id: &str) -> Result<bool, HandlerError> {
+        let ids = [event_id.to_string()];
+        let targets = self
+            .routing
+            .routes
+            .get(&EventType::AccountVerification)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for &(i, _) in targets {
+            let name = self.routing.sinks[i].sink.name();
+            let done = self
+                .store
+                .delivered(name, &ids)
+                .await
+                .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+            if !done.first().copied().unwrap_or(false) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn handle_event(&self, m: &Incoming) -> Result<Option<String>, HandlerError> {
         let Some(event_type) = m.kind.and_then(EventType::of_topic) else {
-            return Ok(());
+            return Ok(None);
         };
-        let Some(targets) = self.routing.routes.get(&event_type) else {
-            return Ok(());
+        let Some(&(_, mapping)) = self
+            .routing
+            .routes
+            .get(&event_type)
+            .and_then(|targets| targets.iter().find(|(i, _)| *i == self.sink))
+        else {
+            return Ok(None);
         };
         let kind = event_type.topic();
         let Some(mut envelope) = Envelope::decode(kind, &m.schemas, &m.payload)
             .map_err(|e| HandlerError::Poison(e.to_string()))?
         else {
-            return Ok(());
+            return Ok(None);
         };
         // A verification email's code is in the store, under the event's id, until the email
-        // is out (or the code expires): without it there is nothing to send.
+        // is out at every sink routed for it (or the code expires): without it there is
+        // nothing to send.
         let verification = event_type == EventType::AccountVerification;
         if verification {
             let pending = self
@@ -139,8 +232,9 @@ impl Handler for BridgeHandler {
                 .map_err(|e| HandlerError::Retriable(e.to_string()))?;
             let Some(pending) = pending else {
                 info!(event_id = %envelope.id, customer_id = %envelope.customer_id,
+                      sink = self.sink().name(),
                       "Verification code expired or already sent; no email.");
-                return Ok(());
+                return Ok(None);
             };
             envelope
                 .attach_verification_code(&pending.code)
@@ -156,42 +250,36 @@ impl Handler for BridgeHandler {
                 .map_err(|e| HandlerError::Retriable(e.to_string()))?
                 .map(|account| account.email);
         }
-        let results = join_all(
-            targets
-                .iter()
-                .map(|&(sink, mapping)| self.deliver(sink, &envelope, mapping)),
-        )
-        .await;
-        // Retry first: the sinks that took the event are skipped next time. Dead-letter only
-        // when every failure is final.
-        let mut poison = Vec::new();
-        let mut retriable = Vec::new();
-        for result in results {
-            match result {
-                Ok(()) => {}
-                Err(HandlerError::Retriable(e)) => retriable.push(e),
-                Err(HandlerError::Poison(e)) => poison.push(e),
-            }
-        }
-        if !retriable.is_empty() {
-            return Err(HandlerError::Retriable(retriable.join("; ")));
-        }
-        if !poison.is_empty() {
-            return Err(HandlerError::Poison(poison.join("; ")));
-        }
-        if verification {
-            // Every sink has the email: the code leaves the store.
+        let id = envelope.id.clone();
+        let delivered = self.deliver(&envelope, mapping).await;
+        self.set_retrying(&id, matches!(delivered, Err(HandlerError::Retriable(_))));
+        delivered?;
+        // The last sink to mark the email delivered sees every other marker (each marks before
+        // it looks): the code leaves the store then.
+        if verification && self.every_sink_has(&id).await? {
             self.store
-                .delete_verification_email(&envelope.id)
+                .delete_verification_email(&id)
                 .await
                 .map_err(|e| HandlerError::Retriable(e.to_string()))?;
         }
-        Ok(())
+        Ok(Some(id))
     }
 }
 
-/// Runs the bridge until `shutdown`: reads the topics its routes need, dead-letters to
-/// `orderflow.bridge.dead-letter`.
+impl Handler for BridgeHandler {
+    async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
+        self.handle_event(m).await.map(|_| ())
+    }
+}
+
+/// Runs the bridge until `shutdown`: one consumer per sink, each in the consumer group
+/// `<prefix>orderflow-bridge.<sink>` on the topics routed to it, dead-lettering to
+/// `orderflow.bridge.dead-letter`; and for each sink, its backlog in
+/// `orderflow_sink_backlog_messages`, read every `statistics.interval.ms` (5 s by default).
+///
+/// A sink's group that has committed nothing yet starts where the group the bridge used to
+/// read in as a whole (`<prefix>orderflow-bridge`) had got to, if that one has offsets: an
+/// upgraded bridge goes on from there instead of replaying the topics from the start.
 pub async fn run_bridge(
     kafka: &KafkaConfig,
     store: Arc<dyn Store>,
@@ -199,17 +287,132 @@ pub async fn run_bridge(
     producer: EventProducer,
     shutdown: CancellationToken,
 ) -> orderflow_kafka::Result<()> {
-    let config = StageConfig::new(kafka, "bridge", routing.inputs())
-        .with_dead_letter(TopicKind::BridgeDeadLetter);
-    // Every sink's deliveries are served from the start, at 0 until something happens: a
+    // Every sink's series are served from the start, at 0 until something happens: a
     // dashboard's panel shows 0, not "No data".
     let m = metrics::metrics();
     for slot in &routing.sinks {
+        let name = slot.sink.name();
         for outcome in [outcome::SENT, outcome::SKIPPED_DUPLICATE, outcome::FAILED] {
-            m.sink_deliveries
-                .with_label_values(&[slot.sink.name(), outcome]);
+            m.sink_deliveries.with_label_values(&[name, outcome]);
+        }
+        m.sink_backlog.with_label_values(&[name]);
+        m.sink_retrying.with_label_values(&[name]).set(0);
+    }
+    let whole = format!("{}orderflow-bridge", kafka.topics.prefix());
+    let interval = stats_interval(kafka);
+    let mut tasks = Vec::new();
+    for (i, handler) in BridgeHandler::per_sink(store, routing.clone())
+        .into_iter()
+        .enumerate()
+    {
+        let sink = routing.sinks[i].sink.name().to_string();
+        let config = StageConfig::new(kafka, &format!("bridge.{sink}"), routing.inputs_of(i))
+            .with_dead_letter(TopicKind::BridgeDeadLetter)
+            .with_max_poll_interval(SINK_MAX_POLL_INTERVAL)
+            .with_consumer_property("queued.max.messages.kbytes", SINK_PREFETCH_KBYTES);
+        let topics: Vec<String> = config
+            .inputs
+            .iter()
+            .map(|k| kafka.topics.name(*k))
+            .collect();
+        start_where_the_whole_bridge_was(kafka, &whole, &config.group_id, &topics).await;
+        tasks.push(tokio::spawn(watch_backlog(
+            kafka.clone(),
+            sink,
+            config.group_id.clone(),
+            topics,
+            interval,
+            shutdown.clone(),
+        )));
+        let (kafka, producer, shutdown) = (kafka.clone(), producer.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            run_consumer(&kafka, config, Arc::new(handler), producer, shutdown).await
+        }));
+    }
+    for result in try_join_all(tasks)
+        .await
+        .map_err(|e| orderflow_kafka::Error::Admin(format!("a bridge task failed: {e}")))?
+    {
+        result?;
+    }
+    Ok(())
+}
+
+/// Seeds a sink's new consumer group from the whole bridge's group ([`run_bridge`]); a
+/// failure is logged, and the group starts from the earliest offsets (the delivered-markers
+/// skip what the sink had).
+async fn start_where_the_whole_bridge_was(
+    kafka: &KafkaConfig,
+    whole: &str,
+    group: &str,
+    topics: &[String],
+) {
+    let (k, whole_group, group_id, t) = (
+        kafka.clone(),
+        whole.to_string(),
+        group.to_string(),
+        topics.to_vec(),
+    );
+    let seeded = tokio::task::spawn_blocking(move || {
+        let whole = GroupView::new(&k, &whole_group, t.clone())?;
+        GroupView::new(&k, &group_id, t)?.start_where(&whole)
+    })
+    .await;
+    match seeded {
+        Ok(Ok(true)) => info!(
+            group,
+            from = whole,
+            "Sink group starts where the bridge's was."
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => warn!(group, %error, "Cannot read the bridge's former offsets."),
+        Err(error) => warn!(group, %error, "Reading the bridge's former offsets failed."),
+    }
+}
+
+/// The statistics interval the process's Kafka clients use (`statistics.interval.ms`).
+fn stats_interval(kafka: &KafkaConfig) -> Duration {
+    let ms = kafka
+        .properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "statistics.interval.ms")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .unwrap_or(u64::from(orderflow_kafka::stats::DEFAULT_INTERVAL_MS));
+    Duration::from_millis(ms)
+}
+
+/// Sets `orderflow_sink_backlog_messages{sink}` every `interval` until `shutdown`.
+async fn watch_backlog(
+    kafka: KafkaConfig,
+    sink: String,
+    group: String,
+    topics: Vec<String>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> orderflow_kafka::Result<()> {
+    let gauge = metrics::metrics().sink_backlog.with_label_values(&[&sink]);
+    let view = Arc::new(Mutex::new(None::<GroupView>));
+    loop {
+        let (kafka, group, topics, view) =
+            (kafka.clone(), group.clone(), topics.clone(), view.clone());
+        let backlog = tokio::task::spawn_blocking(move || {
+            let mut view = view.lock().unwrap_or_else(|e| e.into_inner());
+            if view.is_none() {
+                *view = Some(GroupView::new(&kafka, &group, topics)?);
+            }
+            view.as_ref().map_or(Ok(0), GroupView::backlog)
+        })
+        .await;
+        match backlog {
+            Ok(Ok(n)) => gauge.set(n),
+            Ok(Err(error)) => tracing::debug!(sink, %error, "Cannot read the sink's backlog."),
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
         }
     }
-    let handler = BridgeHandler::new(store, routing);
-    run_consumer(kafka, config, Arc::new(handler), producer, shutdown).await
 }

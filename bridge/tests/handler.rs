@@ -1,5 +1,6 @@
-//! The bridge stage over the embedded store, with sinks that fail on purpose: what is retried,
-//! what is dead-lettered, and that a sink that took an event never gets it twice.
+//! The bridge's per-sink stages over the embedded store, with sinks that fail on purpose: what
+//! is retried, what is dead-lettered, that a sink that took an event never gets it twice, and
+//! that one sink's failures are its own.
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -106,17 +107,28 @@ fn verification(event_id: &str) -> Incoming {
     }
 }
 
+/// The stage of the first sink.
 fn handler(dir: &tempfile::TempDir, sinks: Vec<Arc<dyn Sink>>) -> BridgeHandler {
-    handler_with_store(dir, sinks).0
+    handlers(dir, sinks).0.remove(0)
+}
+
+/// One stage per sink, in the order given.
+fn handlers(
+    dir: &tempfile::TempDir,
+    sinks: Vec<Arc<dyn Sink>>,
+) -> (Vec<BridgeHandler>, Arc<dyn Store>) {
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let handlers =
+        BridgeHandler::per_sink(store.clone(), Arc::new(Routing::notifications_to(sinks)));
+    (handlers, store)
 }
 
 fn handler_with_store(
     dir: &tempfile::TempDir,
     sinks: Vec<Arc<dyn Sink>>,
 ) -> (BridgeHandler, Arc<dyn Store>) {
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let handler = BridgeHandler::new(store.clone(), Arc::new(Routing::notifications_to(sinks)));
-    (handler, store)
+    let (mut handlers, store) = handlers(dir, sinks);
+    (handlers.remove(0), store)
 }
 
 #[tokio::test]
@@ -171,22 +183,69 @@ async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_i
 }
 
 #[tokio::test]
-async fn a_retriable_failure_retries_and_the_sinks_that_took_it_are_not_sent_twice() {
+async fn a_retriable_failure_retries_its_own_sink_only_and_nothing_is_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let steady = Flaky::new("steady", 0, SinkError::Retriable("x".into()));
+    let flaky = Flaky::new("flaky", 2, SinkError::Retriable("throttled".into()));
+    let (hs, _) = handlers(&dir, vec![steady.clone(), flaky.clone()]);
+    let (steady_stage, flaky_stage) = (&hs[0], &hs[1]);
+    let m = rejected("o1");
+
+    // The failing sink's stage retries; the other's has delivered meanwhile.
+    for _ in 0..2 {
+        match flaky_stage.handle(&m).await {
+            Err(HandlerError::Retriable(e)) => assert!(e.contains("sink flaky"), "{e}"),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        steady_stage.handle(&m).await.unwrap();
+    }
+    assert_eq!(steady.taken(), ["o1:rejected"]);
+    assert!(flaky.taken().is_empty());
+    flaky_stage.handle(&m).await.unwrap();
+    // And once more each, as after a redelivery.
+    flaky_stage.handle(&m).await.unwrap();
+    steady_stage.handle(&m).await.unwrap();
+    assert_eq!(steady.taken(), ["o1:rejected"]);
+    assert_eq!(flaky.taken(), ["o1:rejected"]);
+}
+
+#[tokio::test]
+async fn a_verification_code_stays_until_every_sink_routed_for_it_has_the_email() {
     let dir = tempfile::tempdir().unwrap();
     let steady = Flaky::new("steady", 0, SinkError::Retriable("x".into()));
     let flaky = Flaky::new("flaky", 1, SinkError::Retriable("throttled".into()));
-    let h = handler(&dir, vec![steady.clone(), flaky.clone()]);
-    let m = rejected("o1");
-
-    match h.handle(&m).await {
-        Err(HandlerError::Retriable(e)) => assert!(e.contains("sink flaky"), "{e}"),
-        other => panic!("expected a retry, got {other:?}"),
+    let (hs, store) = handlers(&dir, vec![steady.clone(), flaky.clone()]);
+    let now = orderflow_schemas::now_millis();
+    store
+        .put_verification_email(VerificationEmail {
+            event_id: "c1:verify:1".into(),
+            code: "048213".into(),
+            expires_at: now + 15 * 60_000,
+        })
+        .await
+        .unwrap();
+    let m = verification("c1:verify:1");
+    hs[0].handle(&m).await.unwrap();
+    assert!(hs[1].handle(&m).await.is_err());
+    // One sink has the email, the other is retrying: the code is still there for it.
+    assert!(store
+        .get_verification_email("c1:verify:1", now)
+        .await
+        .unwrap()
+        .is_some());
+    hs[1].handle(&m).await.unwrap();
+    assert_eq!(
+        store
+            .get_verification_email("c1:verify:1", now)
+            .await
+            .unwrap(),
+        None
+    );
+    for sink in [&steady, &flaky] {
+        let bodies = sink.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 1, "{}", sink.name);
+        assert!(bodies[0].contains("048213"), "{}", bodies[0]);
     }
-    h.handle(&m).await.unwrap();
-    // And once more, as after a redelivery.
-    h.handle(&m).await.unwrap();
-    assert_eq!(steady.taken(), ["o1:rejected"]);
-    assert_eq!(flaky.taken(), ["o1:rejected"]);
 }
 
 #[tokio::test]

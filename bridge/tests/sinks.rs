@@ -304,6 +304,11 @@ async fn a_webhook_gets_the_event_signed_with_a_timestamp() {
         header(&head, webhook::EVENT_ID_HEADER),
         Some("o1:validated")
     );
+    // The same id for receivers that deduplicate on `Idempotency-Key`.
+    assert_eq!(
+        header(&head, webhook::IDEMPOTENCY_KEY_HEADER),
+        Some("o1:validated")
+    );
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(event["type"], "order_validated");
     assert_eq!(event["id"], "o1:validated");

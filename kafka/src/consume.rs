@@ -104,6 +104,9 @@ pub struct StageConfig {
     /// Where poison messages go: `orderflow.dead-letter` unless the stage has its own
     /// (the bridge: `orderflow.bridge.dead-letter`).
     pub dead_letter: TopicKind,
+    /// librdkafka properties of this stage's consumer beyond the defaults of
+    /// [`KafkaConfig::consumer_config`], each unless `--kafka-property` sets it.
+    pub consumer_properties: Vec<(String, String)>,
 }
 
 impl StageConfig {
@@ -115,7 +118,23 @@ impl StageConfig {
             inputs,
             max_batch: 1000,
             dead_letter: TopicKind::DeadLetter,
+            consumer_properties: Vec::new(),
         }
+    }
+
+    /// The same stage, its consumer with this librdkafka property (unless `--kafka-property`
+    /// sets it).
+    pub fn with_consumer_property(mut self, key: &str, value: impl ToString) -> Self {
+        self.consumer_properties
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The same stage with its own `max.poll.interval.ms`: the longest the loop may spend on
+    /// one batch, retries included, before its consumer leaves the group and its partitions go
+    /// to another member (librdkafka's default: 5 min).
+    pub fn with_max_poll_interval(self, interval: std::time::Duration) -> Self {
+        self.with_consumer_property("max.poll.interval.ms", interval.as_millis())
     }
 
     /// The same stage, dead-lettering to `topic`.
@@ -181,9 +200,14 @@ pub async fn run_consumer<H: Handler>(
     producer: EventProducer,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer<StatsContext> = kafka
-        .consumer_config(&stage.group_id)
-        .create_with_context(StatsContext::consumer(&stage.name))?;
+    let mut config = kafka.consumer_config(&stage.group_id);
+    for (key, value) in &stage.consumer_properties {
+        if !kafka.properties.iter().any(|(k, _)| k == key) {
+            config.set(key, value);
+        }
+    }
+    let consumer: StreamConsumer<StatsContext> =
+        config.create_with_context(StatsContext::consumer(&stage.name))?;
     let topics: Vec<String> = stage.inputs.iter().map(|k| kafka.topics.name(*k)).collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;

@@ -9,16 +9,20 @@
 //! - [`consume`]: the consume loop every stage runs: batches, per-key ordering, retries with
 //!   backoff, dead-lettering of poison messages, offsets stored only after the work is done.
 //! - [`admin`]: topic creation.
+//! - [`groups`]: a consumer group's backlog and committed offsets, read from outside it.
 //! - [`stats`]: librdkafka's statistics (`statistics.interval.ms`) as Prometheus gauges:
 //!   consumer lag per partition, broker round-trip times and queues, the producer's queue.
 //! - `trace` (feature `otlp`): the W3C trace context in message headers, across stages.
-//! - [`replay`]: re-driving a dead-letter topic to the topics its messages came from.
+//! - [`replay`]: re-driving a dead-letter topic to the topics its messages came from;
+//!   [`parked`]: listing what is on the dead-letter topics.
 //! - [`follow`]: the keys of the order topics from their end, without a consumer group (the
 //!   API's order cache).
 
 pub mod admin;
 pub mod consume;
 pub mod follow;
+pub mod groups;
+pub mod parked;
 pub mod producer;
 pub mod replay;
 pub mod stats;

@@ -12,8 +12,8 @@ use std::{
 };
 
 use orderflow_kafka::{
-    consume::dlq_headers, run_consumer, EventProducer, Handler, HandlerError, Incoming,
-    KafkaConfig, StageConfig,
+    consume::dlq_headers, groups::GroupView, run_consumer, EventProducer, Handler, HandlerError,
+    Incoming, KafkaConfig, StageConfig,
 };
 use orderflow_schemas::{metrics, TopicKind, Topics};
 use rdkafka::{
@@ -688,4 +688,54 @@ async fn consumer_lag_shows_a_backlog_and_clears_when_the_stage_catches_up() {
         .expect("the stage stops")
         .expect("no panic")
         .expect("run_consumer returns Ok");
+}
+
+#[tokio::test]
+async fn a_group_view_reads_a_backlog_and_starts_a_new_group_where_another_had_got_to() {
+    let env = Env::new(2);
+    let messages: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("order-{i}"), format!("m-{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|(k, p)| (k.as_str(), p.as_str()))
+        .collect();
+    env.produce(&refs[..6]).await;
+
+    // A stage reads the first 6 and commits (on shutdown).
+    let handler = Recorder::accepting_all();
+    let stage = env.stage("old-stage");
+    let old = stage.group_id.clone();
+    let running = env.start(stage, handler.clone());
+    wait_for("6 messages to be handled", || handler.handled().len() >= 6).await;
+    running.stop().await;
+    env.produce(&refs[6..]).await;
+
+    let (kafka, topics) = (env.kafka.clone(), vec![env.input.clone()]);
+    let new = format!("{old}.new");
+    let (old_backlog, fresh_backlog, seeded, again, new_backlog) =
+        tokio::task::spawn_blocking(move || {
+            let old = GroupView::new(&kafka, &old, topics.clone()).unwrap();
+            let new = GroupView::new(&kafka, &new, topics.clone()).unwrap();
+            let fresh_backlog = new.backlog().unwrap();
+            let seeded = new.start_where(&old).unwrap();
+            // Once it has offsets of its own, it is left alone.
+            let again = new.start_where(&old).unwrap();
+            (
+                old.backlog().unwrap(),
+                fresh_backlog,
+                seeded,
+                again,
+                new.backlog().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(old_backlog, 4, "the 4 produced after the stage stopped");
+    assert_eq!(
+        fresh_backlog, 10,
+        "a group without offsets starts at the earliest"
+    );
+    assert!(seeded && !again);
+    assert_eq!(new_backlog, 4, "the new group starts where the old one was");
 }

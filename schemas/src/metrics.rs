@@ -39,6 +39,12 @@ pub const ORDERS_ACCEPTED_TOTAL: &str = "orderflow_orders_accepted_total";
 pub const SINK_DELIVERIES_TOTAL: &str = "orderflow_sink_deliveries_total";
 /// Time a sink takes to take one notification, by `sink`.
 pub const SINK_SEND_SECONDS: &str = "orderflow_sink_send_seconds";
+/// Messages a sink has still to go through on its input topics (the high watermarks − its
+/// consumer group's committed offsets), by `sink`. Read from outside the sink's consumer, so it
+/// keeps growing while the sink is stuck retrying.
+pub const SINK_BACKLOG_MESSAGES: &str = "orderflow_sink_backlog_messages";
+/// Events a sink failed to take with a retriable error and is retrying now, by `sink`.
+pub const SINK_RETRYING_EVENTS: &str = "orderflow_sink_retrying_events";
 /// Store call durations, by `operation` (the `Store` method).
 pub const STORE_OPERATION_SECONDS: &str = "orderflow_store_operation_seconds";
 /// Store calls that failed, by `operation`.
@@ -128,6 +134,8 @@ pub struct Metrics {
     pub order_cache_requests: IntCounterVec,
     pub sink_deliveries: IntCounterVec,
     pub sink_send: HistogramVec,
+    pub sink_backlog: IntGaugeVec,
+    pub sink_retrying: IntGaugeVec,
     pub store_operation: HistogramVec,
     pub store_errors: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
@@ -225,6 +233,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Time a sink takes to take one notification.",
             &["sink"],
             SECONDS_BUCKETS,
+        ),
+        sink_backlog: gauge_vec(
+            registry,
+            SINK_BACKLOG_MESSAGES,
+            "Messages a sink has still to go through on its input topics.",
+            &["sink"],
+        ),
+        sink_retrying: gauge_vec(
+            registry,
+            SINK_RETRYING_EVENTS,
+            "Events a sink is retrying after a retriable failure.",
+            &["sink"],
         ),
         store_operation: histogram_vec(
             registry,
@@ -397,6 +417,8 @@ mod tests {
         ];
         let gauges = [
             STAGE_IN_FLIGHT,
+            SINK_BACKLOG_MESSAGES,
+            SINK_RETRYING_EVENTS,
             CONSUMER_LAG_MESSAGES,
             KAFKA_BROKER_RTT_SECONDS,
             KAFKA_BROKER_OUTBUF_REQUESTS,

@@ -1,6 +1,10 @@
 //! The SES sink: customer emails, rendered locally from our templates ([`templates`]) and sent
 //! as simple content through the SES v2 API, paced by a token bucket ([`pacer`]) sized from the
 //! account's MaxSendRate. It takes only event types that notify; routing checks that at start.
+//!
+//! SES has no idempotency key: an email sent again after a crash (between SendEmail and the
+//! delivered-marker) reaches the customer twice. Each email carries the event id in its
+//! [`EVENT_ID_HEADER`] header, so that a mail pipeline (or a client rule) can drop the repeat.
 
 pub mod config;
 pub mod pacer;
@@ -8,7 +12,7 @@ pub mod templates;
 
 use async_trait::async_trait;
 use aws_sdk_sesv2::{
-    types::{Body, Content, Destination, EmailContent, Message},
+    types::{Body, Content, Destination, EmailContent, Message, MessageHeader},
     Client,
 };
 use tracing::{info, warn};
@@ -16,6 +20,9 @@ use tracing::{info, warn};
 pub use self::config::SesConfig;
 use self::{config::sender_address, pacer::Pacer, templates::Templates};
 use crate::{aws, config::BuildContext, ConfigError, Delivery, Sink, SinkError};
+
+/// The email header that carries the event id.
+pub const EVENT_ID_HEADER: &str = "X-Orderflow-Event-Id";
 
 pub struct SesSink {
     name: String,
@@ -124,6 +131,13 @@ impl Sink for SesSink {
                     .text(content(email.text)?)
                     .html(content(email.html)?)
                     .build(),
+            )
+            .headers(
+                MessageHeader::builder()
+                    .name(EVENT_ID_HEADER)
+                    .value(&envelope.id)
+                    .build()
+                    .map_err(|e| SinkError::Rejected(format!("email header: {e}")))?,
             )
             .build();
         self.pacer.wait().await;

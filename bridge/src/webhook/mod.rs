@@ -3,7 +3,12 @@
 //! - `x-orderflow-timestamp`: seconds since the Unix epoch when it was sent;
 //! - `x-orderflow-signature`: `sha256=` and the hex HMAC-SHA256, keyed with the sink's secret,
 //!   of `<timestamp>.<body>`; the receiver recomputes it and rejects old timestamps (replays);
-//! - `x-orderflow-event-id`, `x-orderflow-event-type`: the receiver deduplicates on the id.
+//! - `x-orderflow-event-id`, `x-orderflow-event-type`: the receiver deduplicates on the id;
+//! - `idempotency-key`: the event id again, under the name receivers that implement the IETF
+//!   `Idempotency-Key` header look for.
+//!
+//! A POST repeated after a crash (between the receiver's 2xx and the bridge's delivered-marker)
+//! carries the same event id: the receiver sees it twice unless it deduplicates on it.
 //!
 //! 2xx is taken; the status and transport errors are classified by [`crate::retry`].
 
@@ -25,6 +30,7 @@ pub const SIGNATURE_HEADER: &str = "x-orderflow-signature";
 pub const TIMESTAMP_HEADER: &str = "x-orderflow-timestamp";
 pub const EVENT_ID_HEADER: &str = "x-orderflow-event-id";
 pub const EVENT_TYPE_HEADER: &str = "x-orderflow-event-type";
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 pub struct WebhookSink {
     name: String,
@@ -92,6 +98,7 @@ impl Sink for WebhookSink {
             .header(TIMESTAMP_HEADER, timestamp.to_string())
             .header(SIGNATURE_HEADER, signature(&self.secret, timestamp, &body))
             .header(EVENT_ID_HEADER, &delivery.envelope.id)
+            .header(IDEMPOTENCY_KEY_HEADER, &delivery.envelope.id)
             .header(EVENT_TYPE_HEADER, delivery.envelope.event_type.as_str())
             .body(body)
             .send()
