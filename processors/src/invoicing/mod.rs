@@ -5,6 +5,7 @@
 //! renders the same bytes and puts them again. An object store that cannot be reached is a
 //! retriable failure: the offset is not stored until the PDF is in.
 
+mod font;
 pub mod pdf;
 
 use std::sync::Arc;
@@ -65,7 +66,10 @@ impl Handler for InvoicingHandler {
             .map_err(store_error)?;
         if let Some(files) = &self.files {
             let rendered = invoice.clone();
-            let pdf = tokio::task::spawn_blocking(move || pdf::render(&rendered))
+            let bill_to = pdf::bill_to(&*self.store, &invoice)
+                .await
+                .map_err(store_error)?;
+            let pdf = tokio::task::spawn_blocking(move || pdf::render(&rendered, &bill_to))
                 .await
                 .map_err(|e| HandlerError::Retriable(format!("rendering the invoice: {e}")))?;
             files.put(&invoice.number, pdf).await.map_err(store_error)?;
