@@ -203,6 +203,8 @@ function formData(form) {
 
 // Runs `action` for a form's submit: clears old errors, shows new ones next to the fields.
 function onSubmit(form, action) {
+  // The API checks every field and names the wrong ones: its answer is shown next to them.
+  form.noValidate = true;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     banner();

@@ -9,6 +9,8 @@
 //! document id, glyphs numbered in order of first use), so a redelivered event stores the same
 //! object again.
 
+use std::collections::HashMap;
+
 use orderflow_schemas::{format_cents, Address};
 use orderflow_store::{Invoice, Store, StoreError};
 use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str};
@@ -314,10 +316,116 @@ fn date(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+fn hex(s: &str) -> Vec<u16> {
+    s.as_bytes()
+        .chunks(4)
+        .filter_map(|c| u16::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+        .collect()
+}
+
+/// The text of every text operation of a PDF [`render`] wrote, read back through the fonts'
+/// ToUnicode maps as a PDF reader extracts it: for tests and tools that check what an invoice
+/// says. Panics on a PDF of another making.
+pub fn texts(pdf: &[u8]) -> Vec<String> {
+    let doc = String::from_utf8_lossy(pdf);
+    let maps: Vec<HashMap<u16, char>> = doc
+        .split("beginbfchar")
+        .skip(1)
+        .map(|block| {
+            let block = block.split("endbfchar").next().unwrap();
+            let codes: Vec<&str> = block
+                .split(['<', '>'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            codes
+                .chunks(2)
+                .map(|pair| {
+                    let glyph = hex(pair[0])[0];
+                    let units = hex(pair[1]);
+                    (glyph, char::decode_utf16(units).next().unwrap().unwrap())
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(maps.len(), 2, "a ToUnicode map per font");
+    // The operand of each `Tj`, a hex or a literal string (two bytes per glyph).
+    let mut out: Vec<Vec<u16>> = Vec::new();
+    for op in pdf.split(|&b| b == b'\n') {
+        let Some(operand) = op.strip_suffix(b" Tj") else {
+            continue;
+        };
+        let bytes = match operand {
+            [b'<', hex_digits @ .., b'>'] => hex_bytes(hex_digits),
+            [b'(', literal @ .., b')'] => unescape(literal),
+            other => panic!("not a string: {:?}", String::from_utf8_lossy(other)),
+        };
+        out.push(
+            bytes
+                .chunks(2)
+                .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                .collect(),
+        );
+    }
+    // Which font each text is in: the name before each ` Tf`.
+    let fonts: Vec<usize> = doc
+        .split(" Tf")
+        .take(out.len())
+        .map(|before| {
+            let name = before.rsplit('/').next().unwrap();
+            usize::from(name.starts_with("F2"))
+        })
+        .collect();
+    out.into_iter()
+        .zip(fonts)
+        .map(|(glyphs, font)| glyphs.iter().map(|g| maps[font][g]).collect())
+        .collect()
+}
+
+fn hex_bytes(digits: &[u8]) -> Vec<u8> {
+    digits
+        .chunks(2)
+        .map(|d| u8::from_str_radix(std::str::from_utf8(d).unwrap(), 16).unwrap())
+        .collect()
+}
+
+/// A PDF literal string's bytes (escapes: `\\n`-style, octal, escaped delimiters).
+fn unescape(literal: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < literal.len() {
+        if literal[i] != b'\\' {
+            out.push(literal[i]);
+            i += 1;
+            continue;
+        }
+        i += 1;
+        match literal[i] {
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'0'..=b'7' => {
+                let digits: Vec<u8> = literal[i..]
+                    .iter()
+                    .take(3)
+                    .take_while(|d| (b'0'..=b'7').contains(d))
+                    .copied()
+                    .collect();
+                out.push(u8::from_str_radix(std::str::from_utf8(&digits).unwrap(), 8).unwrap());
+                i += digits.len() - 1;
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    out
+}
+
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use orderflow_schemas::OrderLine;
     use orderflow_store::Pricing;
 
@@ -366,112 +474,6 @@ mod tests {
         haystack
             .windows(needle.len())
             .any(|w| w == needle.as_bytes())
-    }
-
-    fn hex(s: &str) -> Vec<u16> {
-        s.as_bytes()
-            .chunks(4)
-            .filter_map(|c| u16::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
-            .collect()
-    }
-
-    /// The text of every text operation, read back through the fonts' ToUnicode maps (the
-    /// regular font's is written first), as a PDF reader extracts it.
-    fn texts(pdf: &[u8]) -> Vec<String> {
-        let doc = String::from_utf8_lossy(pdf);
-        let maps: Vec<HashMap<u16, char>> = doc
-            .split("beginbfchar")
-            .skip(1)
-            .map(|block| {
-                let block = block.split("endbfchar").next().unwrap();
-                let codes: Vec<&str> = block
-                    .split(['<', '>'])
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                codes
-                    .chunks(2)
-                    .map(|pair| {
-                        let glyph = hex(pair[0])[0];
-                        let units = hex(pair[1]);
-                        (glyph, char::decode_utf16(units).next().unwrap().unwrap())
-                    })
-                    .collect()
-            })
-            .collect();
-        assert_eq!(maps.len(), 2, "a ToUnicode map per font");
-        // The operand of each `Tj`, a hex or a literal string (two bytes per glyph).
-        let mut out: Vec<Vec<u16>> = Vec::new();
-        for op in pdf.split(|&b| b == b'\n') {
-            let Some(operand) = op.strip_suffix(b" Tj") else {
-                continue;
-            };
-            let bytes = match operand {
-                [b'<', hex_digits @ .., b'>'] => hex_bytes(hex_digits),
-                [b'(', literal @ .., b')'] => unescape(literal),
-                other => panic!("not a string: {:?}", String::from_utf8_lossy(other)),
-            };
-            out.push(
-                bytes
-                    .chunks(2)
-                    .map(|p| u16::from_be_bytes([p[0], p[1]]))
-                    .collect(),
-            );
-        }
-        // Which font each text is in: the name before each ` Tf`.
-        let fonts: Vec<usize> = doc
-            .split(" Tf")
-            .take(out.len())
-            .map(|before| {
-                let name = before.rsplit('/').next().unwrap();
-                usize::from(name.starts_with("F2"))
-            })
-            .collect();
-        out.into_iter()
-            .zip(fonts)
-            .map(|(glyphs, font)| glyphs.iter().map(|g| maps[font][g]).collect())
-            .collect()
-    }
-
-    fn hex_bytes(digits: &[u8]) -> Vec<u8> {
-        digits
-            .chunks(2)
-            .map(|d| u8::from_str_radix(std::str::from_utf8(d).unwrap(), 16).unwrap())
-            .collect()
-    }
-
-    /// A PDF literal string's bytes (escapes: `\\n`-style, octal, escaped delimiters).
-    fn unescape(literal: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < literal.len() {
-            if literal[i] != b'\\' {
-                out.push(literal[i]);
-                i += 1;
-                continue;
-            }
-            i += 1;
-            match literal[i] {
-                b'n' => out.push(b'\n'),
-                b'r' => out.push(b'\r'),
-                b't' => out.push(b'\t'),
-                b'b' => out.push(8),
-                b'f' => out.push(12),
-                b'0'..=b'7' => {
-                    let digits: Vec<u8> = literal[i..]
-                        .iter()
-                        .take(3)
-                        .take_while(|d| (b'0'..=b'7').contains(d))
-                        .copied()
-                        .collect();
-                    out.push(u8::from_str_radix(std::str::from_utf8(&digits).unwrap(), 8).unwrap());
-                    i += digits.len() - 1;
-                }
-                other => out.push(other),
-            }
-            i += 1;
-        }
-        out
     }
 
     #[test]
