@@ -39,7 +39,10 @@ async fn the_console_works_end_to_end_in_a_browser() {
     let downloads = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(SCREENSHOTS).unwrap();
     let p = Pipeline::start(dir.path());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/console_browser.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/console_browser.py"
+    );
     let out = Command::new(python)
         .arg(script)
         .arg(&p.http)
@@ -57,7 +60,10 @@ async fn the_console_works_end_to_end_in_a_browser() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "the console failed in the browser:\n{report}");
+    assert!(
+        out.status.success(),
+        "the console failed in the browser:\n{report}"
+    );
     for page in [
         "login",
         "new-order-error",

@@ -53,7 +53,10 @@ async fn check_download(p: &Pipeline, order: &Value) -> Vec<u8> {
         "1 Main St",
         "10115 Berlin",
     ] {
-        assert!(texts.iter().any(|t| t == text), "{text} in the PDF: {texts:?}");
+        assert!(
+            texts.iter().any(|t| t == text),
+            "{text} in the PDF: {texts:?}"
+        );
     }
     let id = p.id("cust-1").await;
     assert!(!texts.iter().any(|t| t.contains(&id)), "{texts:?}");

@@ -13,7 +13,7 @@ import urllib.request
 
 from pypdf import PdfReader
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -63,7 +63,11 @@ def browser():
 
 def wait(driver, condition, what):
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: condition(d))
+        # The live page redraws as the order moves on: an element may go stale between a
+        # look-up and its use; the condition is then tried again.
+        return WebDriverWait(driver, WAIT, poll_frequency=0.1,
+                             ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda d: condition(d))
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what}")
 
@@ -140,6 +144,8 @@ def run(driver):
 
     step("a customer logs in and places an order; a wrong field is named next to it")
     login(driver, ZOE[1], PASSWORD)
+    nav = css(driver, "#nav")[0].text
+    assert "Orders" in nav and "Pipeline" not in nav and "false" not in nav, nav
     place_order(driver, 2, country="D1")
     error = wait(driver, lambda d: css(d, "input[name='country'] + .field-error"),
                  "the country's error next to it")

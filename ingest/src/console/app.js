@@ -140,9 +140,11 @@ function h(tag, attrs = {}, ...children) {
 
 const main = () => document.getElementById("main");
 
+// Nodes, with the `false` and `null` of conditional parts left out.
+const present = (nodes) => nodes.flat().filter((n) => n !== false && n !== null && n !== undefined);
+
 function render(...nodes) {
-  const m = main();
-  m.replaceChildren(...nodes);
+  main().replaceChildren(...present(nodes));
 }
 
 function money(cents, currency) {
@@ -231,7 +233,7 @@ function nav() {
   if (!session.me) { n.replaceChildren(); return; }
   const here = location.hash.split("?")[0];
   const link = (href, text) => h("a", { href, "aria-current": here === href ? "page" : null }, text);
-  n.replaceChildren(
+  n.replaceChildren(...present([
     link("#/orders", "Orders"),
     link("#/new", "New order"),
     session.admin && link("#/products", "Products"),
@@ -239,7 +241,7 @@ function nav() {
     session.admin && link("#/pipeline", "Pipeline"),
     h("span", { class: "who", id: "who" }, `${session.me.name} · ${session.me.role}`),
     h("button", { type: "button", id: "logout", onclick: logout }, "Log out"),
-  );
+  ]));
 }
 
 async function logout() {
@@ -455,7 +457,9 @@ async function orderPage(orderId) {
   render(h("h1", {}, "Order ", h("span", { class: "mono" }, order.order_id), " ", liveState), container);
   follow(`/v1/orders/${encodeURIComponent(orderId)}/events`, (name, data) => {
     if (name !== "order") return;
-    // Keep what the person is typing: redraw only when nothing in the page has focus.
+    // The stream starts with the order as it is: nothing to redraw when nothing changed.
+    if (JSON.stringify(data) === JSON.stringify(order)) return;
+    // Keep what the person is typing: then only the timeline and the status are redrawn.
     order = data;
     const typing = container.contains(document.activeElement) && document.activeElement.tagName === "INPUT";
     if (typing) { container.querySelector("#timeline")?.replaceWith(timeline(order)); updateHead(); } else draw();

@@ -423,7 +423,6 @@ fn unescape(literal: &[u8]) -> Vec<u8> {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use orderflow_schemas::OrderLine;
