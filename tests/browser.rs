@@ -4,7 +4,8 @@
 //! `invoiced` without reloading, downloads the invoice (its text read back with pypdf: the
 //! customer's name outside Latin-1 and the address as written); an admin adjusts the price of
 //! an unpaid order and ships another; the customer sees `shipped` and its cancelled order still
-//! listed; another customer sees none of it.
+//! listed; another customer registers (the emailed code from the file sink) and sees none of
+//! it.
 //!
 //! Screenshots of the main pages are kept in `target/tmp/console-screenshots/` (under
 //! `CARGO_TARGET_DIR`). Without `chromium` and `chromedriver` (`scripts/test.sh` installs
@@ -48,6 +49,7 @@ async fn the_console_works_end_to_end_in_a_browser() {
         .arg(&p.http)
         .arg(SCREENSHOTS)
         .arg(downloads.path())
+        .arg(p.data_dir.join("notifications.jsonl"))
         .env("ORDERFLOW_TEST_TOKEN", p.admin.token())
         .env("CHROMIUM", &chromium)
         .env("CHROMEDRIVER", &driver)

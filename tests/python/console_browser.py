@@ -1,6 +1,7 @@
 """The web console end to end in headless Chromium (tests/browser.rs starts `orderflow run`).
 
-Usage: console_browser.py BASE_URL SCREENSHOT_DIR DOWNLOAD_DIR; the admin's access token in
+Usage: console_browser.py BASE_URL SCREENSHOT_DIR DOWNLOAD_DIR NOTIFICATIONS (the file sink's
+`notifications.jsonl`, where the emailed verification code lands); the admin's access token in
 ORDERFLOW_TEST_TOKEN (to create the customers). Prints each step; exits non-zero on the first
 failure, with a screenshot of the page as it was (`failure.png`).
 """
@@ -8,7 +9,9 @@ failure, with a screenshot of the page as it was (`failure.png`).
 import glob
 import json
 import os
+import re
 import sys
+import time
 import urllib.request
 
 from pypdf import PdfReader
@@ -19,7 +22,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-BASE, SHOTS, DOWNLOADS = sys.argv[1], sys.argv[2], sys.argv[3]
+BASE, SHOTS, DOWNLOADS, NOTIFICATIONS = sys.argv[1:5]
 ADMIN_TOKEN = os.environ["ORDERFLOW_TEST_TOKEN"]
 PASSWORD = "correct horse battery"
 # A customer whose name is outside Latin-1: the invoice must print it as written.
@@ -120,8 +123,26 @@ def place_order(driver, quantity, method="card", country="DE"):
     css(driver, "#place-order")[0].click()
 
 
+def emailed_code():
+    """The verification code the file sink got (the only account that registered)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            with open(NOTIFICATIONS, encoding="utf-8") as f:
+                notes = [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            notes = []
+        for note in notes:
+            if note.get("kind") == "verify_email":
+                found = re.search(r"\b(\d{6})\b", note.get("text", ""))
+                if found:
+                    return found.group(1)
+        time.sleep(0.1)
+    raise AssertionError("no verification email")
+
+
 def main():
-    for name, email in [ZOE, OTHER]:
+    for name, email in [ZOE]:
         status, body = api("POST", "/v1/customers",
                            {"name": name, "email": email, "password": PASSWORD})
         assert status in (201, 409), (status, body)
@@ -245,7 +266,17 @@ def run(driver):
     driver.set_window_size(1280, 1000)
     logout(driver)
 
-    step("another customer sees none of these orders, not even by id")
+    step("another customer registers, verifies the emailed code, and sees none of these orders")
+    driver.get(BASE + "/#/register")
+    form = wait(driver, lambda d: css(d, "#register-form"), "the registration form")[0]
+    for name, value in [("name", OTHER[0]), ("email", OTHER[1]), ("password", PASSWORD),
+                        ("confirm", PASSWORD)]:
+        form.find_element(By.NAME, name).send_keys(value)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(driver, lambda d: "code was sent" in css(d, "#banner")[0].text, "the code sent")
+    code = css(driver, "#verify-form input[name='code']")[0]
+    code.send_keys(emailed_code(), Keys.ENTER)
+    wait(driver, lambda d: css(d, "#login-form"), "the login form after verifying")
     login(driver, OTHER[1], PASSWORD)
     assert not css(driver, "#orders tr[data-order-id]"), "another customer's orders listed"
     driver.get(BASE + f"/#/orders/{first}")
