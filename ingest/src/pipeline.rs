@@ -78,7 +78,7 @@ pub fn summary() -> PipelineSummary {
         sinks: BTreeMap::new(),
     };
     s.orders
-        .insert("accepted".into(), m.orders_accepted.get().max(0) as u64);
+        .insert("accepted".into(), m.orders_accepted.get());
     for family in &families {
         read_family(family, &mut s);
     }
