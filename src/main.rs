@@ -445,6 +445,7 @@ async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> 
 async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     let common = &args.common;
     let auth = args.auth.settings(Some(&common.data_dir))?;
+    let cors = args.cors.origins()?;
     // The embedded broker has no authentication: whoever reaches it could produce any event
     // (an order for any customer, an email of their wording). It stays on loopback.
     if args.brokers.is_none() && !args.kafka_listen.ip().is_loopback() {
@@ -610,7 +611,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
             .with_ready_check(invoice_store_check(invoice_files.clone(), &shutdown))
             .with_invoice_files(invoice_files)
             .with_auth(auth)
-            .with_cors(args.cors.origins()?)
+            .with_cors(cors)
             .with_max_unpaid_orders(args.common.max_unpaid_orders());
         if let Some(registry) = &local_registry {
             state = state.with_schema_registry(registry.clone());
