@@ -77,8 +77,7 @@ pub fn summary() -> PipelineSummary {
         in_flight: BTreeMap::new(),
         sinks: BTreeMap::new(),
     };
-    s.orders
-        .insert("accepted".into(), m.orders_accepted.get());
+    s.orders.insert("accepted".into(), m.orders_accepted.get());
     for family in &families {
         read_family(family, &mut s);
     }
