@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README.md; .ci/run calls it). Installs the Python peers the integration tests
-# start on 127.0.0.1 (moto's AWS emulator, ...) into a virtualenv next to the build, and stunnel
-# (the TLS listener of tests/managed_kafka.rs) when it is missing and this runs as root, then
+# start on 127.0.0.1 (moto's AWS emulator, ...) into a virtualenv next to the build, stunnel
+# (the TLS listener of tests/managed_kafka.rs) when it is missing and this runs as root, and
+# Chromium with chromedriver (tests/browser.rs) when missing (as root, or through sudo), then
 # runs the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,24 @@ if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
             echo "scripts/test.sh: could not install stunnel4: the TLS test will be SKIPPED" >&2
     else
         echo "scripts/test.sh: no stunnel4 (apt-get install stunnel4): the TLS test will be SKIPPED" >&2
+    fi
+fi
+
+# Debian's Chromium and its WebDriver for the console's browser test (tests/browser.rs); without
+# them that test says SKIPPED and passes.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt=""
+    if [ "$(id -u)" = 0 ]; then
+        apt="apt-get"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        apt="sudo apt-get"
+    fi
+    if [ -n "$apt" ] && command -v apt-get >/dev/null; then
+        $apt install -y -qq chromium chromium-driver >/dev/null 2>&1 ||
+            { $apt update -qq >/dev/null 2>&1 && $apt install -y -qq chromium chromium-driver >/dev/null 2>&1; } ||
+            echo "scripts/test.sh: could not install chromium and chromium-driver: the browser test will be SKIPPED" >&2
+    else
+        echo "scripts/test.sh: no chromium/chromedriver (apt-get install chromium chromium-driver): the browser test will be SKIPPED" >&2
     fi
 fi
 

@@ -500,6 +500,30 @@ pub struct RunArgs {
     pub bridge: BridgeArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub cors: CorsArgs,
+}
+
+/// Cross-origin requests to the HTTP API (`orderflow run`, `orderflow ingest`).
+#[derive(Debug, Args)]
+pub struct CorsArgs {
+    /// An origin whose pages may call the API from the browser (CORS), e.g.
+    /// `https://shop.example.com`; repeatable, or comma-separated in the env variable; `*` for
+    /// any. None by default: browsers keep other origins out.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "ORDERFLOW_CORS_ALLOW_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl CorsArgs {
+    pub fn origins(&self) -> Result<orderflow_ingest::cors::Origins> {
+        orderflow_ingest::cors::Origins::parse(&self.cors_allow_origins)
+            .map_err(|e| anyhow::anyhow!("--cors-allow-origin: {e}"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -525,6 +549,8 @@ pub struct IngestArgs {
     pub http: SocketAddr,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub cors: CorsArgs,
 }
 
 /// How access tokens are signed and how long tokens live (issue #5).

@@ -54,6 +54,7 @@ fn run_cli() -> Result<()> {
             Command::Ingest(args) => {
                 // Refused before anything connects: no secret, or a short one.
                 let auth = args.auth.settings(None)?;
+                let cors = args.cors.origins()?;
                 let (kafka, store, producer) = connect(&args.common, &args.brokers).await?;
                 seed::first_admin(store.as_ref(), &args.auth).await?;
                 let files = args.common.invoice_files()?;
@@ -62,6 +63,7 @@ fn run_cli() -> Result<()> {
                     .with_invoice_files(files)
                     .with_ready_check(ready)
                     .with_auth(auth)
+                    .with_cors(cors)
                     .with_max_unpaid_orders(args.common.max_unpaid_orders());
                 serve_http(args.http, state, &kafka, shutdown).await?;
                 producer.flush(Duration::from_secs(10));
@@ -395,15 +397,17 @@ fn invoice_store_check(
     }
 }
 
-/// (f/products) Follows the order topics for the API's order cache, until `shutdown`.
+/// Follows the order topics for the API's order cache and its live order streams, until
+/// `shutdown`.
 fn spawn_order_follower(
     kafka: &KafkaConfig,
     state: &Arc<orderflow_ingest::ApiState>,
     shutdown: &CancellationToken,
 ) -> tokio::task::JoinHandle<Result<()>> {
-    let (kafka, cache, shutdown) = (kafka.clone(), state.orders.clone(), shutdown.clone());
+    let (kafka, cache, live) = (kafka.clone(), state.orders.clone(), state.live.clone());
+    let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        orderflow_ingest::cache::follow_orders(&kafka, cache, shutdown)
+        orderflow_ingest::live::follow_orders(&kafka, cache, live, shutdown)
             .await
             .context("following the order topics")
     })
@@ -442,6 +446,7 @@ async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> 
 async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     let common = &args.common;
     let auth = args.auth.settings(Some(&common.data_dir))?;
+    let cors = args.cors.origins()?;
     // The embedded broker has no authentication: whoever reaches it could produce any event
     // (an order for any customer, an email of their wording). It stays on loopback.
     if args.brokers.is_none() && !args.kafka_listen.ip().is_loopback() {
@@ -608,6 +613,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
             .with_ready_check(invoice_store_check(invoice_files.clone(), &shutdown))
             .with_invoice_files(invoice_files)
             .with_auth(auth)
+            .with_cors(cors)
             .with_max_unpaid_orders(args.common.max_unpaid_orders());
         if let Some(registry) = &local_registry {
             state = state.with_schema_registry(registry.clone());

@@ -524,6 +524,15 @@ impl Store for Switchable {
         self.up()?.modify_order(order_id, items, at).await
     }
 
+    async fn reprice_order(
+        &self,
+        order_id: &str,
+        prices: Vec<orderflow_store::LinePrice>,
+        at: i64,
+    ) -> Result<orderflow_store::ModifyOutcome> {
+        self.up()?.reprice_order(order_id, prices, at).await
+    }
+
     async fn claim_payment(
         &self,
         order_id: &str,

@@ -28,15 +28,28 @@
 //!   and Swagger UI over it (`GET /docs`), its assets compiled in.
 //! - [`schema_registry`]: Confluent's schema registry API over the embedded registry, when the
 //!   state has one (`orderflow run` without `--schema-registry`).
+//! - [`console`]: the web console at `/`, its assets compiled in.
+//! - [`live`]: `GET /v1/orders/{id}/events`, an order as server-sent events, fed by the order
+//!   topics' follower.
+//! - [`pipeline`]: (admin) `GET /v1/pipeline` and `GET /v1/pipeline/events`, the pipeline's
+//!   throughput, latency, dead letters and backlogs from the process's metrics.
+//! - [`order_admin`]: `DELETE /v1/orders/{id}` (a soft cancel) and (admin)
+//!   `POST /v1/orders/{id}/prices`.
+//! - [`cors`]: CORS for the configured origins (none by default).
 
 pub mod auth;
 pub mod cache;
+pub mod console;
+pub mod cors;
 pub mod customers;
 pub mod lifecycle;
+pub mod live;
 pub mod modify;
 pub mod openapi;
+pub mod order_admin;
 pub mod order_list;
 pub mod orders;
+pub mod pipeline;
 pub mod problem;
 pub mod products;
 pub mod schema_registry;
@@ -93,6 +106,10 @@ pub struct ApiState {
     pub auth_limits: auth::limit::AuthLimits,
     /// Whether the logins behind access tokens are still live ([`auth::sessions`]).
     pub sessions: auth::sessions::Sessions,
+    /// The orders that changed, for the live streams ([`live`]).
+    pub live: Arc<live::Live>,
+    /// The origins CORS allows ([`cors`]; none by default).
+    pub cors: cors::Origins,
 }
 
 impl ApiState {
@@ -109,7 +126,15 @@ impl ApiState {
             invoice_files: None,
             auth_limits: auth::limit::AuthLimits::default(),
             sessions: auth::sessions::Sessions::default(),
+            live: Arc::new(live::Live::default()),
+            cors: cors::Origins::None,
         }
+    }
+
+    /// Answers cross-origin requests from these origins ([`cors`]).
+    pub fn with_cors(mut self, origins: cors::Origins) -> Self {
+        self.cors = origins;
+        self
     }
 
     /// Serves the invoice PDFs kept in `files`.
@@ -189,10 +214,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ),
         None => Router::new(),
     };
-    Router::new()
+    let cors = state.cors.layer();
+    let router = Router::new()
         .merge(registry)
         .route("/v1/orders", post(orders::create).get(order_list::list))
-        .route("/v1/orders/{id}", get(orders::get).patch(modify::modify))
+        .route(
+            "/v1/orders/{id}",
+            get(orders::get)
+                .patch(modify::modify)
+                .delete(order_admin::delete),
+        )
+        .route("/v1/orders/{id}/events", get(live::order_events))
+        .route("/v1/orders/{id}/prices", post(order_admin::adjust_prices))
+        .route("/v1/pipeline", get(pipeline::get))
+        .route("/v1/pipeline/events", get(pipeline::events))
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::app_js))
+        .route("/console/app.css", get(console::app_css))
         // (f/products) catalogue administration and invoices.
         .route("/v1/products", get(products::list).post(products::create))
         .route(
@@ -236,7 +274,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_requests))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// `GET /metrics`: every metric of the process, in the Prometheus text format.
@@ -432,6 +474,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(addr = ?addr, "HTTP API listening.");
+    // The live streams never end on their own: end them, so that the shutdown does not wait.
+    let live = state.live.clone();
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.cancelled().await;
+        live.close();
+    });
     // With the peer's address, which the auth routes rate-limit by ([`auth::limit`]).
     axum::serve(
         listener,

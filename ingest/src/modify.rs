@@ -109,7 +109,7 @@ fn retry_soon(slug: &str, title: &str, detail: String) -> Problem {
 }
 
 /// Why the order's quantities cannot change, as a 409.
-fn not_modifiable(order_id: &str, status: OrderStatus, claimed: bool) -> Problem {
+pub(crate) fn not_modifiable(order_id: &str, status: OrderStatus, claimed: bool) -> Problem {
     let title = "Order cannot change";
     match status {
         OrderStatus::Accepted => retry_soon(
@@ -482,7 +482,10 @@ pub async fn record_payment(
 /// Produces `OrderModified` for the order's revision while it is not priced yet: after the
 /// change, and again on a retry (the same event id) when the first produce failed, so a
 /// revision is never left unpriced.
-async fn announce_modified(state: &ApiState, order: &OrderRecord) -> Result<(), Problem> {
+pub(crate) async fn announce_modified(
+    state: &ApiState,
+    order: &OrderRecord,
+) -> Result<(), Problem> {
     if order.revision == 0 || order.pricing.is_some() {
         return Ok(());
     }

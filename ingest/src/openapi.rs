@@ -20,7 +20,10 @@ use axum::{
 };
 use utoipa::OpenApi;
 
-use crate::{auth, customers, lifecycle, modify, order_list, orders, products};
+use crate::{
+    auth, console, customers, lifecycle, live, modify, order_admin, order_list, orders, pipeline,
+    products,
+};
 
 /// The OpenAPI document of every route [`crate::router`] serves but the schema registry's.
 #[derive(OpenApi)]
@@ -63,6 +66,15 @@ use crate::{auth, customers, lifecycle, modify, order_list, orders, products};
         // Modifications and bank transfers (issue #5).
         modify::modify,
         modify::record_payment,
+        // The console and what it uses.
+        order_admin::delete,
+        order_admin::adjust_prices,
+        live::order_events,
+        pipeline::get,
+        pipeline::events,
+        console::index,
+        console::app_js,
+        console::app_css,
         crate::healthz,
         crate::readyz,
         crate::render_metrics,
@@ -81,6 +93,7 @@ use crate::{auth, customers, lifecycle, modify, order_list, orders, products};
             customer sees itself."),
         (name = "operations", description = "Liveness, readiness and metrics."),
         (name = "documentation", description = "This document and Swagger UI over it."),
+        (name = "console", description = "The web console for customers and staff."),
     ),
     modifiers(&BearerAuth),
 )]

@@ -881,8 +881,11 @@ pub async fn invoice(
         .as_ref()
         .ok_or_else(|| Problem::unavailable("no invoice storage is configured"))?;
     let unavailable = |e: orderflow_store::StoreError| Problem::down("invoice storage", &e);
-    let not_stored =
-        || Problem::not_found(format!("invoice {number} of order {order_id} is not stored"));
+    let not_stored = || {
+        Problem::not_found(format!(
+            "invoice {number} of order {order_id} is not stored"
+        ))
+    };
     let file = match files.get(&number).await.map_err(unavailable)? {
         Some(file) => file,
         // Not written when invoiced (a local directory): rendered from the recorded invoice
@@ -895,7 +898,10 @@ pub async fn invoice(
                 .map_err(|e| Problem::down("order store", &e))?
                 .filter(|invoice| invoice.number == number)
                 .ok_or_else(not_stored)?;
-            files.rendered(&invoice).await.map_err(unavailable)?
+            files
+                .rendered(&invoice, &*state.store)
+                .await
+                .map_err(unavailable)?
         }
         None => return Err(not_stored()),
     };

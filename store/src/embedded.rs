@@ -1406,7 +1406,20 @@ impl Store for EmbeddedStore {
         at: i64,
     ) -> Result<ModifyOutcome> {
         let order_id = order_id.to_string();
-        self.write(move |txn| modify_in(txn, &order_id, &items, at))
+        let change = OrderChange::Quantities(items);
+        self.write(move |txn| modify_in(txn, &order_id, &change, at))
+            .await
+    }
+
+    async fn reprice_order(
+        &self,
+        order_id: &str,
+        prices: Vec<LinePrice>,
+        at: i64,
+    ) -> Result<ModifyOutcome> {
+        let order_id = order_id.to_string();
+        let change = OrderChange::Prices(prices);
+        self.write(move |txn| modify_in(txn, &order_id, &change, at))
             .await
     }
 
@@ -1548,12 +1561,13 @@ fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcom
 
 // --- Modifications (issue #5) ----------------------------------------------------------------
 
-/// See [`Store::modify_order`]: the order, its reservation and the products change in one
-/// transaction, so a claim, a cancel or a reservation of the same products sees all or none.
+/// See [`Store::modify_order`] and [`Store::reprice_order`]: the order, its reservation and the
+/// products change in one transaction, so a claim, a cancel or a reservation of the same
+/// products sees all or none.
 fn modify_in(
     txn: &WriteTransaction,
     order_id: &str,
-    items: &[OrderItem],
+    change: &OrderChange,
     at: i64,
 ) -> Result<ModifyOutcome> {
     let orders = txn.open_table(ORDERS).map_err(unavailable)?;
@@ -1578,7 +1592,7 @@ fn modify_in(
     else {
         return Ok(refused(&order));
     };
-    let plan = match ModificationPlan::new(&lines, items)? {
+    let plan = match change.plan(&lines)? {
         Ok(plan) => plan,
         Err(refusal) => return Ok(refusal),
     };
@@ -1631,13 +1645,13 @@ fn modify_in(
         .insert(order_id, bytes.as_slice())
         .map_err(unavailable)?;
     drop(reservations);
-    order.items = items.to_vec();
+    order.items = change.items(&order.items);
     order.pricing = None;
     order.timeline.push(TimelineEntry {
         status: OrderStatus::Validated,
         event_id: orderflow_schemas::OrderModified::event_id_for(order_id, order.revision),
         at,
-        detail: Some(format!("revision {}: quantities changed", order.revision)),
+        detail: Some(change.detail(order.revision)),
     });
     order.timeline.sort_by_key(|t| (t.status.rank(), t.at));
     order.updated_at = order.updated_at.max(at);

@@ -325,6 +325,15 @@ impl<S: Store> Store for Instrumented<S> {
         timed("claim_payment", self.0.claim_payment(order_id, revision)).await
     }
 
+    async fn reprice_order(
+        &self,
+        order_id: &str,
+        prices: Vec<crate::LinePrice>,
+        at: i64,
+    ) -> Result<crate::ModifyOutcome> {
+        timed("reprice_order", self.0.reprice_order(order_id, prices, at)).await
+    }
+
     async fn list_unpaid_orders(
         &self,
         placed_before: i64,

@@ -275,6 +275,18 @@ pub trait Store: Send + Sync + 'static {
     /// recorded): granted unless the order moved on to a later revision or is final; after a
     /// grant [`Store::modify_order`] refuses. Idempotent for the same revision.
     async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim>;
+    /// Sets new unit prices on lines of a validated order whose payment is not claimed (each
+    /// SKU once, prices zero or more, SKUs of the order only): as [`Store::modify_order`] does
+    /// for quantities, through the same path and with the same refusals, atomically with
+    /// respect to the same calls; no stock moves. The timeline entry is
+    /// `<order>:modified:r<revision>` (detail `revision <n>: price of <sku> adjusted`), and
+    /// validation re-prices the revision at the new unit prices.
+    async fn reprice_order(
+        &self,
+        order_id: &str,
+        prices: Vec<LinePrice>,
+        at: i64,
+    ) -> Result<ModifyOutcome>;
     // --- end of modifications -----------------------------------------------------------------
 
     // --- Unpaid orders ----------------------------------------------------------------------

@@ -487,6 +487,110 @@ impl ModificationPlan {
     }
 }
 
+/// A new unit price for one line of an order (cents, in the line's currency).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinePrice {
+    pub sku: String,
+    pub unit_price_cents: i64,
+}
+
+/// A change of a validated, unpaid order that [`crate::Store::modify_order`] and
+/// [`crate::Store::reprice_order`] make through the same path: the reservation swaps to the
+/// planned lines, the revision goes up, the pricing is cleared until validation re-prices it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderChange {
+    /// Every item the order keeps, with its new quantity.
+    Quantities(Vec<OrderItem>),
+    /// New unit prices for some of the order's lines (the quantities stay).
+    Prices(Vec<LinePrice>),
+}
+
+impl OrderChange {
+    /// Plans the change from the reserved `current` lines (see [`ModificationPlan::new`]).
+    pub fn plan(
+        &self,
+        current: &[ReservedLine],
+    ) -> crate::Result<Result<ModificationPlan, ModifyOutcome>> {
+        match self {
+            OrderChange::Quantities(items) => ModificationPlan::new(current, items),
+            OrderChange::Prices(prices) => ModificationPlan::reprice(current, prices),
+        }
+    }
+
+    /// The order's items once changed (a repricing keeps the current ones).
+    pub fn items(&self, current: &[OrderItem]) -> Vec<OrderItem> {
+        match self {
+            OrderChange::Quantities(items) => items.clone(),
+            OrderChange::Prices(_) => current.to_vec(),
+        }
+    }
+
+    /// The detail of the timeline entry of `revision`.
+    pub fn detail(&self, revision: i32) -> String {
+        match self {
+            OrderChange::Quantities(_) => format!("revision {revision}: quantities changed"),
+            OrderChange::Prices(prices) => {
+                let skus: Vec<&str> = prices.iter().map(|p| p.sku.as_str()).collect();
+                format!("revision {revision}: price of {} adjusted", skus.join(", "))
+            }
+        }
+    }
+}
+
+impl ModificationPlan {
+    /// Plans new unit prices for some of the reserved `current` lines; no stock moves.
+    /// `Ok(Err(refusal))` when a SKU is not in the order; an error for a negative price or a
+    /// SKU listed twice (the API checks them first).
+    pub fn reprice(
+        current: &[ReservedLine],
+        prices: &[LinePrice],
+    ) -> crate::Result<Result<Self, ModifyOutcome>> {
+        let invalid = |why: String| Err(crate::StoreError::Invalid(why));
+        if prices.is_empty() {
+            return invalid("a repricing names at least one line".into());
+        }
+        for (i, price) in prices.iter().enumerate() {
+            if price.unit_price_cents < 0 {
+                return invalid(format!("the price of {} must not be negative", price.sku));
+            }
+            if prices[..i].iter().any(|p| p.sku == price.sku) {
+                return invalid(format!("{} is listed twice", price.sku));
+            }
+            if !current.iter().any(|l| l.sku == price.sku) {
+                return Ok(Err(ModifyOutcome::UnknownItem {
+                    sku: price.sku.clone(),
+                }));
+            }
+        }
+        Ok(Ok(ModificationPlan {
+            lines: Self::priced(current.to_vec(), prices),
+            deltas: Vec::new(),
+        }))
+    }
+
+    /// `lines` with the unit prices of `prices` (per SKU) applied.
+    pub fn priced(mut lines: Vec<ReservedLine>, prices: &[LinePrice]) -> Vec<ReservedLine> {
+        for line in &mut lines {
+            if let Some(p) = prices.iter().find(|p| p.sku == line.sku) {
+                line.unit_price_cents = p.unit_price_cents;
+            }
+        }
+        lines
+    }
+
+    /// The unit price of each line, as recorded with a revision so that its lines can be
+    /// planned again from the order's items.
+    pub fn prices(&self) -> Vec<LinePrice> {
+        self.lines
+            .iter()
+            .map(|l| LinePrice {
+                sku: l.sku.clone(),
+                unit_price_cents: l.unit_price_cents,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,5 +646,29 @@ mod tests {
         assert!(ModificationPlan::new(&current, &[]).is_err());
         assert!(ModificationPlan::new(&current, &[item("A", 0)]).is_err());
         assert!(ModificationPlan::new(&current, &[item("A", 1), item("A", 1)]).is_err());
+    }
+
+    #[test]
+    fn a_repricing_changes_only_the_named_prices_and_moves_no_stock() {
+        let current = [line("A", 2), line("B", 1)];
+        let price = |sku: &str, cents| LinePrice {
+            sku: sku.into(),
+            unit_price_cents: cents,
+        };
+        let plan = OrderChange::Prices(vec![price("B", 40)])
+            .plan(&current)
+            .unwrap()
+            .unwrap();
+        assert!(plan.deltas.is_empty());
+        assert_eq!(plan.lines[0], line("A", 2));
+        assert_eq!(plan.lines[1].unit_price_cents, 40);
+        assert_eq!(plan.prices()[1], price("B", 40));
+        assert_eq!(
+            ModificationPlan::reprice(&current, &[price("Z", 1)]).unwrap(),
+            Err(ModifyOutcome::UnknownItem { sku: "Z".into() })
+        );
+        assert!(ModificationPlan::reprice(&current, &[price("A", -1)]).is_err());
+        assert!(ModificationPlan::reprice(&current, &[price("A", 1), price("A", 2)]).is_err());
+        assert!(ModificationPlan::reprice(&current, &[]).is_err());
     }
 }

@@ -145,9 +145,13 @@ impl InvoiceFiles {
 
     /// Renders `invoice` as a PDF (on a blocking thread: CPU work) and stores it, replacing
     /// what is there (the same bytes: rendering is deterministic); the PDF.
-    pub async fn put_rendered(&self, invoice: &Invoice) -> Result<Bytes> {
+    pub async fn put_rendered(
+        &self,
+        invoice: &Invoice,
+        bill_to: crate::pdf::BillTo,
+    ) -> Result<Bytes> {
         let rendered = invoice.clone();
-        let pdf = tokio::task::spawn_blocking(move || crate::pdf::render(&rendered))
+        let pdf = tokio::task::spawn_blocking(move || crate::pdf::render(&rendered, &bill_to))
             .await
             .map_err(|e| StoreError::Unavailable(format!("rendering the invoice: {e}")))?;
         let pdf = Bytes::from(pdf);
@@ -158,12 +162,18 @@ impl InvoiceFiles {
         Ok(pdf)
     }
 
-    /// `invoice`'s PDF: the stored one, or else rendered now and stored for the next time.
-    pub async fn rendered(&self, invoice: &Invoice) -> Result<InvoiceFile> {
+    /// `invoice`'s PDF: the stored one, or else rendered now (whom it bills read from `store`)
+    /// and stored for the next time.
+    pub async fn rendered(
+        &self,
+        invoice: &Invoice,
+        store: &dyn crate::Store,
+    ) -> Result<InvoiceFile> {
         if let Some(found) = self.get(&invoice.number).await? {
             return Ok(found);
         }
-        let pdf = self.put_rendered(invoice).await?;
+        let bill_to = crate::pdf::bill_to(store, invoice).await?;
+        let pdf = self.put_rendered(invoice, bill_to).await?;
         Ok(InvoiceFile {
             size: pdf.len() as u64,
             bytes: Box::pin(futures::stream::once(async move { Ok(pdf) })),
@@ -256,16 +266,21 @@ mod tests {
         let files = InvoiceFiles::local(dir.path()).unwrap();
         assert!(!files.written_when_invoiced());
         let invoice = crate::pdf::tests::invoice(2);
-        let first = files.rendered(&invoice).await.unwrap();
+        // Neither the customer's account nor the order is in this store: billed to no one named.
+        let store = crate::EmbeddedStore::open(&dir.path().join("state")).unwrap();
+        let first = files.rendered(&invoice, &store).await.unwrap();
         let bytes: Vec<Bytes> = first.bytes.try_collect().await.unwrap();
         let pdf = bytes.concat();
-        assert_eq!(pdf, crate::pdf::render(&invoice));
+        assert_eq!(
+            pdf,
+            crate::pdf::render(&invoice, &crate::pdf::BillTo::default())
+        );
         assert_eq!(first.size, pdf.len() as u64);
         let kept = dir.path().join("invoices/INV-00000042.pdf");
         assert_eq!(std::fs::read(&kept).unwrap(), pdf);
         // Read back from the file from now on (a changed file shows it is not rendered again).
         std::fs::write(&kept, b"%PDF-1.7 kept").unwrap();
-        let again = files.rendered(&invoice).await.unwrap();
+        let again = files.rendered(&invoice, &store).await.unwrap();
         let bytes: Vec<Bytes> = again.bytes.try_collect().await.unwrap();
         assert_eq!(bytes.concat(), b"%PDF-1.7 kept");
     }

@@ -23,7 +23,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use orderflow_schemas::{OrderItem, OrderLine, OrderStatus};
 use orderflow_store::{
     Account, AdjustmentKey, CancelOutcome, CreateOrder, EmbeddedStore, ExpireOutcome,
-    IdempotencyKey, InvoiceDraft, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim,
+    IdempotencyKey, InvoiceDraft, LinePrice, ModifyOutcome, OrderFilter, OrderRecord, PaymentClaim,
     PaymentRecord, PaymentToken, Pricing, Product, ProductChange, RefreshToken, RefundRecord,
     Reservation, RotateOutcome, ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError,
     TimelineEntry, VerificationCode, VerificationEmail, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
@@ -102,6 +102,11 @@ macro_rules! conformance_tests {
             payment_claims_fence_modifications = check_payment_claims_fence_modifications;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             racing_modify_and_claim_one_wins = check_racing_modify_and_claim_one_wins;
+            // Price adjustments, through the modification path.
+            [tokio::test]
+            reprice_changes_unit_prices_of_an_unpaid_order = check_reprice_changes_unit_prices_of_an_unpaid_order;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            racing_reprice_and_claim_one_wins = check_racing_reprice_and_claim_one_wins;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             keyed_stock_adjustments_apply_once = check_keyed_stock_adjustments_apply_once;
             // One idempotency key, one order.
@@ -2715,6 +2720,179 @@ async fn check_racing_modify_and_claim_one_wins(store: Arc<dyn Store>) {
         held += if modified { 2 } else { 1 };
     }
     assert_eq!(stock(&*store, &sku).await, (1000 - held, held));
+}
+
+fn price(sku: &str, unit_price_cents: i64) -> LinePrice {
+    LinePrice {
+        sku: sku.into(),
+        unit_price_cents,
+    }
+}
+
+/// A repricing sets new unit prices on the reserved lines (the reservation that validation
+/// prices the revision from), moves no stock, bumps the revision, clears the pricing, records
+/// the timeline entry of the revision, keeps later quantity changes at the new price, and is
+/// refused as a quantity change is (claimed, cancelled, unknown SKU, bad list).
+async fn check_reprice_changes_unit_prices_of_an_unpaid_order(store: Arc<dyn Store>) {
+    let (a, b) = (unique("sku-a"), unique("sku-b"));
+    store
+        .put_products(vec![product(&a, 10), product(&b, 5)])
+        .await
+        .unwrap();
+    let o = validated_order(&*store, &[item(&a, 2), item(&b, 1)]).await;
+
+    let ModifyOutcome::Modified { order, lines } = store
+        .reprice_order(&o.order_id, vec![price(&b, 900)], T0 + 10)
+        .await
+        .unwrap()
+    else {
+        panic!("expected the repricing to apply");
+    };
+    assert_eq!(order.revision, 1);
+    assert_eq!(
+        order.items,
+        vec![item(&a, 2), item(&b, 1)],
+        "quantities stay"
+    );
+    assert_eq!(order.pricing, None, "re-priced by validation");
+    let unit = |lines: &[orderflow_store::ReservedLine], sku: &str| {
+        lines
+            .iter()
+            .find(|l| l.sku == sku)
+            .unwrap()
+            .unit_price_cents
+    };
+    assert_eq!((unit(&lines, &a), unit(&lines, &b)), (1250, 900));
+    let entry = order
+        .timeline
+        .iter()
+        .find(|t| t.event_id == format!("{}:modified:r1", o.order_id))
+        .expect("the repricing is on the timeline");
+    assert_eq!(entry.at, T0 + 10);
+    assert!(entry.detail.as_deref().unwrap().contains(&b), "{entry:?}");
+    assert_eq!(stock(&*store, &a).await, (8, 2), "no stock moves");
+    assert_eq!(stock(&*store, &b).await, (4, 1));
+    // Validation prices the revision from the reservation: the new price.
+    let Reservation::Reserved {
+        lines, revision, ..
+    } = store
+        .reserve(&o.order_id, &order.items, T0 + 11)
+        .await
+        .unwrap()
+    else {
+        panic!("the order holds its reservation");
+    };
+    assert_eq!((revision, unit(&lines, &b)), (1, 900));
+
+    // A later quantity change keeps the adjusted price.
+    let ModifyOutcome::Modified { lines, .. } = store
+        .modify_order(&o.order_id, vec![item(&a, 2), item(&b, 2)], T0 + 20)
+        .await
+        .unwrap()
+    else {
+        panic!("expected the modification to apply");
+    };
+    assert_eq!(unit(&lines, &b), 900);
+    assert_eq!(stock(&*store, &b).await, (3, 2));
+
+    // Refusals.
+    assert_eq!(
+        store
+            .reprice_order(&o.order_id, vec![price("nope", 1)], T0 + 30)
+            .await
+            .unwrap(),
+        ModifyOutcome::UnknownItem { sku: "nope".into() }
+    );
+    for bad in [
+        vec![],
+        vec![price(&a, -1)],
+        vec![price(&a, 1), price(&a, 2)],
+    ] {
+        assert!(matches!(
+            store.reprice_order(&o.order_id, bad, T0 + 40).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert_eq!(
+        store.claim_payment(&o.order_id, 2).await.unwrap(),
+        PaymentClaim::Granted
+    );
+    assert_eq!(
+        store
+            .reprice_order(&o.order_id, vec![price(&a, 1)], T0 + 50)
+            .await
+            .unwrap(),
+        ModifyOutcome::NotModifiable {
+            status: OrderStatus::Validated,
+            claimed: true
+        }
+    );
+    let other = validated_order(&*store, &[item(&a, 1)]).await;
+    cancelled(
+        store
+            .cancel_order(&other.order_id, None, T0 + 60)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store
+            .reprice_order(&other.order_id, vec![price(&a, 1)], T0 + 70)
+            .await
+            .unwrap(),
+        ModifyOutcome::NotModifiable {
+            status: OrderStatus::Cancelled,
+            claimed: false
+        }
+    );
+    assert_eq!(
+        store
+            .reprice_order(&new_id(), vec![price(&a, 1)], T0)
+            .await
+            .unwrap(),
+        ModifyOutcome::NotFound
+    );
+}
+
+/// Of a repricing and a payment claim racing on the same order exactly one wins; the loser
+/// changes nothing.
+async fn check_racing_reprice_and_claim_one_wins(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 1000)]).await.unwrap();
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        orders.push(validated_order(&*store, &[item(&sku, 1)]).await);
+    }
+    let mut handles = Vec::new();
+    for o in &orders {
+        let barrier = Arc::new(Barrier::new(2));
+        let (s1, b1, id1) = (store.clone(), barrier.clone(), o.order_id.clone());
+        let sku1 = sku.clone();
+        handles.push(tokio::spawn(async move {
+            b1.wait().await;
+            let outcome = s1
+                .reprice_order(&id1, vec![price(&sku1, 1)], T0 + 10)
+                .await
+                .unwrap();
+            matches!(outcome, ModifyOutcome::Modified { .. })
+        }));
+        let (s2, b2, id2) = (store.clone(), barrier, o.order_id.clone());
+        handles.push(tokio::spawn(async move {
+            b2.wait().await;
+            s2.claim_payment(&id2, 0).await.unwrap() == PaymentClaim::Granted
+        }));
+    }
+    let results = join(handles).await;
+    for (pair, o) in results.chunks(2).zip(&orders) {
+        assert!(pair[0] != pair[1], "exactly one of reprice and claim wins");
+        let revision = store
+            .get_order(&o.order_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revision;
+        assert_eq!(revision, i32::from(pair[0]));
+    }
+    assert_eq!(stock(&*store, &sku).await, (990, 10), "no stock moves");
 }
 
 /// A stock adjustment under a key applies once: a repeat (also many at once) answers replayed

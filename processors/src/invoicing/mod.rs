@@ -67,7 +67,13 @@ impl Handler for InvoicingHandler {
             .await
             .map_err(store_error)?;
         if let Some(files) = self.files.as_ref().filter(|f| f.written_when_invoiced()) {
-            files.put_rendered(&invoice).await.map_err(store_error)?;
+            let bill_to = pdf::bill_to(&*self.store, &invoice)
+                .await
+                .map_err(store_error)?;
+            files
+                .put_rendered(&invoice, bill_to)
+                .await
+                .map_err(store_error)?;
         }
         let event = OrderInvoiced {
             event_id: OrderStatus::Invoiced.event_id(&paid.order_id),

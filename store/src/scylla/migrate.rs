@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "secrets",
         cql: include_str!("../../migrations/scylla/0009_secrets.cql"),
     },
+    // The unit prices of a revision's lines, for price adjustments.
+    Migration {
+        version: 10,
+        name: "line_prices",
+        cql: include_str!("../../migrations/scylla/0010_line_prices.cql"),
+    },
 ];
 
 /// The schema version this build needs.

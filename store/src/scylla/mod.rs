@@ -1967,7 +1967,18 @@ impl Store for ScyllaStore {
         items: Vec<OrderItem>,
         at: i64,
     ) -> Result<ModifyOutcome> {
-        self.modify_order_retried(order_id, &items, at).await
+        self.modify_order_retried(order_id, &OrderChange::Quantities(items), at)
+            .await
+    }
+
+    async fn reprice_order(
+        &self,
+        order_id: &str,
+        prices: Vec<LinePrice>,
+        at: i64,
+    ) -> Result<ModifyOutcome> {
+        self.modify_order_retried(order_id, &OrderChange::Prices(prices), at)
+            .await
     }
 
     async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim> {

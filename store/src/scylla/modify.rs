@@ -64,8 +64,8 @@ use super::{
     ScyllaStore,
 };
 use crate::{
-    ModificationPlan, ModifyOutcome, OrderRecord, PaymentClaim, Reservation, ReservedLine, Result,
-    StatusUpdate, Store, StoreError,
+    LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, PaymentClaim,
+    Reservation, ReservedLine, Result, StatusUpdate, Store, StoreError,
 };
 
 pub(super) struct ModifyStatements {
@@ -91,8 +91,8 @@ impl ModifyStatements {
         ks: &str,
     ) -> Result<Self> {
         let fence_columns = format!(
-            "SELECT customer_id, items, revision, payment_claim, lifecycle FROM {ks}.orders \
-             WHERE order_id = ? LIMIT 1"
+            "SELECT customer_id, items, revision, payment_claim, lifecycle, line_prices FROM \
+             {ks}.orders WHERE order_id = ? LIMIT 1"
         );
         let fence_get = prepare(session, fence_columns.clone(), Consistency::LocalSerial).await?;
         let fence_peek = prepare(session, fence_columns, Consistency::LocalQuorum).await?;
@@ -109,7 +109,8 @@ impl ModifyStatements {
         };
         let claim = format!("UPDATE {ks}.orders SET payment_claim = ? WHERE order_id = ?");
         let fence = format!(
-            "UPDATE {ks}.orders SET revision = ?, items = ?, pricing = null WHERE order_id = ?"
+            "UPDATE {ks}.orders SET revision = ?, items = ?, line_prices = ?, pricing = null \
+             WHERE order_id = ?"
         );
         Ok(ModifyStatements {
             fence_get,
@@ -135,12 +136,13 @@ impl ModifyStatements {
     }
 }
 
-/// `customer_id, items, revision, payment_claim, lifecycle`.
+/// `customer_id, items, revision, payment_claim, lifecycle, line_prices`.
 type FenceRow = (
     Option<String>,
     Option<String>,
     Option<i32>,
     Option<i32>,
+    Option<String>,
     Option<String>,
 );
 
@@ -153,18 +155,21 @@ struct Fence {
     revision: i32,
     payment_claim: Option<i32>,
     lifecycle: Option<String>,
+    /// The unit prices of the revision's lines (JSON); null: the reservation's stand.
+    line_prices: Option<String>,
 }
 
 impl Fence {
     /// The fence of an order row; `None` for a partition without an order (no customer).
     fn from_row(
-        (customer_id, items, revision, payment_claim, lifecycle): FenceRow,
+        (customer_id, items, revision, payment_claim, lifecycle, line_prices): FenceRow,
     ) -> Option<Self> {
         customer_id.map(|_| Fence {
             items,
             revision: revision.unwrap_or(0),
             payment_claim,
             lifecycle,
+            line_prices,
         })
     }
 
@@ -175,6 +180,7 @@ impl Fence {
             revision: lwt.int("revision").unwrap_or(0),
             payment_claim: lwt.int("payment_claim"),
             lifecycle: lwt.text("lifecycle"),
+            line_prices: None,
         }
     }
 }
@@ -335,6 +341,11 @@ impl ScyllaStore {
                      reservation of revision {revision}"
                 )));
             };
+            let prices: Vec<LinePrice> =
+                match current.fence.as_ref().and_then(|f| f.line_prices.as_ref()) {
+                    Some(prices) => from_json("line prices", prices)?,
+                    None => Vec::new(),
+                };
             // The stock moved before the fence; its holds are only bookkeeping now.
             let key = hold_key(order_id, order_revision);
             self.drop_holds(&key, &skus_of(&current.lines)).await?;
@@ -343,7 +354,7 @@ impl ScyllaStore {
                 revision = order_revision,
                 "Finished a modification that stopped after its fence."
             );
-            current.lines = plan.lines;
+            current.lines = ModificationPlan::priced(plan.lines, &prices);
             current.revision = order_revision;
             current.completed = true;
         }
@@ -417,20 +428,23 @@ impl ScyllaStore {
     }
 
     /// The fence (see the module docs): moves the order from revision `current` to the next
-    /// with `items`, clears its pricing and adds the timeline row, unless its payment was
-    /// claimed, it is final or it is no longer at `current`. Whether it applied.
+    /// with `items` and its lines' `prices`, clears its pricing and adds the timeline row
+    /// (`detail`), unless its payment was claimed, it is final or it is no longer at `current`.
+    /// Whether it applied.
     async fn fence(
         &self,
         order_id: &str,
-        items: &[OrderItem],
+        (items, prices): (&[OrderItem], &[LinePrice]),
         current: i32,
         at: i64,
+        detail: String,
     ) -> Result<bool> {
         let next = current + 1;
         let mut batch = Batch::new(BatchType::Logged);
         let mut fence_values = vec![
             Some(CqlValue::Int(next)),
             Some(CqlValue::Text(to_json(&items)?)),
+            Some(CqlValue::Text(to_json(&prices)?)),
             text(order_id),
         ];
         if current == 0 {
@@ -447,9 +461,7 @@ impl ScyllaStore {
                 text(&OrderModified::event_id_for(order_id, next)),
                 text(OrderStatus::Validated.as_str()),
                 Some(CqlValue::BigInt(at)),
-                Some(CqlValue::Text(format!(
-                    "revision {next}: quantities changed"
-                ))),
+                Some(CqlValue::Text(detail)),
             ],
         ];
         Ok(self.lwt_batch(batch, values).await?.applied)
@@ -458,13 +470,14 @@ impl ScyllaStore {
     async fn modify_once(
         &self,
         order_id: &str,
-        items: &[OrderItem],
+        change: &OrderChange,
         at: i64,
         lease: &Lease,
     ) -> Result<ModifyOutcome> {
         let Some(order) = self.get_order(order_id).await? else {
             return Ok(ModifyOutcome::NotFound);
         };
+        let items = change.items(&order.items);
         if !modifiable(&order) {
             return Ok(refused(&order));
         }
@@ -506,7 +519,7 @@ impl ScyllaStore {
             let order = self.get_order(order_id).await?.ok_or_else(raced)?;
             return Ok(refused(&order));
         }
-        let plan = match ModificationPlan::new(&current.lines, items) {
+        let plan = match change.plan(&current.lines) {
             Ok(Ok(plan)) => plan,
             Ok(Err(refusal)) => {
                 self.leave(order_id, lease, &current, reserved_at).await?;
@@ -578,7 +591,17 @@ impl ScyllaStore {
 
         // 2. The fence.
         lease.check(order_id)?;
-        if !self.fence(order_id, items, fence.revision, at).await? {
+        let detail = change.detail(next);
+        if !self
+            .fence(
+                order_id,
+                (&items, &plan.prices()),
+                fence.revision,
+                at,
+                detail,
+            )
+            .await?
+        {
             // A claim, a cancel or a ship came first: nothing changes.
             self.undo_moves(order_id, &key, &skus, lease).await?;
             self.leave(order_id, lease, &current, reserved_at).await?;
@@ -633,12 +656,12 @@ impl ScyllaStore {
     pub(super) async fn modify_order_retried(
         &self,
         order_id: &str,
-        items: &[OrderItem],
+        change: &OrderChange,
         at: i64,
     ) -> Result<ModifyOutcome> {
         let lease = Lease::new();
         retry("modify_order", || {
-            self.modify_once(order_id, items, at, &lease)
+            self.modify_once(order_id, change, at, &lease)
         })
         .await
     }
@@ -662,6 +685,7 @@ mod tests {
             revision,
             payment_claim,
             lifecycle: lifecycle.map(str::to_string),
+            line_prices: None,
         }
     }
 
@@ -712,9 +736,12 @@ mod tests {
 
     #[test]
     fn an_order_row_without_a_customer_is_no_order() {
-        assert_eq!(Fence::from_row((None, None, Some(1), None, None)), None);
         assert_eq!(
-            Fence::from_row((Some("c".into()), None, None, None, None)),
+            Fence::from_row((None, None, Some(1), None, None, None)),
+            None
+        );
+        assert_eq!(
+            Fence::from_row((Some("c".into()), None, None, None, None, None)),
             Some(fence(0, None, None)),
             "revision null reads as 0"
         );

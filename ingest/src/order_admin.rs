@@ -1,0 +1,340 @@
+//! `DELETE /v1/orders/{id}`, the conventional spelling of a cancel, and (admins)
+//! `POST /v1/orders/{id}/prices`, which adjusts the unit price of lines of an unpaid order.
+//!
+//! `DELETE` is soft, exactly as `POST /v1/orders/{id}/cancel` (which it calls): the order stays,
+//! with status `cancelled`, listed and readable.
+//!
+//! A price adjustment (a discount, a correction) takes the path of a change of quantities
+//! ([`crate::modify`]): only while the order awaits its bank transfer (status `validated`,
+//! payment not claimed), the store swaps the reservation's lines to the new unit prices and
+//! bumps the revision ([`Store::reprice_order`]), then `OrderModified` goes out and validation
+//! re-prices the revision (new totals, a `validated` step, the customer's email).
+//!
+//! [`Store::reprice_order`]: orderflow_store::Store::reprice_order
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::{rejection::PathRejection, Path, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use orderflow_schemas::{now_millis, PaymentMethod};
+use orderflow_store::{LinePrice, ModifyOutcome, OrderRecord};
+use serde::Deserialize;
+use tracing::info;
+use utoipa::ToSchema;
+
+use crate::{
+    auth::Caller,
+    lifecycle::CancelOrderRequest,
+    orders::{integer, json_body, OrderView, MAX_ITEMS},
+    problem::{FieldError, Problem},
+    ApiState,
+};
+
+/// The highest unit price an adjustment may set, in cents (a million in the currency).
+pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
+
+/// `DELETE /v1/orders/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/orders/{id}",
+    operation_id = "delete_order",
+    tag = "orders",
+    summary = "Cancel an order (soft)",
+    description = "The same as `POST /v1/orders/{id}/cancel`: the order is not removed; it \
+        stays, listed and readable, with status `cancelled`, its stock goes back and a paid \
+        order is refunded. For the order's customer and admins. The body (a reason) is \
+        optional.",
+    params(("id" = String, Path, description = "The order id.")),
+    request_body(content = Option<CancelOrderRequest>, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order, cancelled.", body = OrderView),
+        (status = 400, description = "The body is not JSON, or the id not UTF-8.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or another customer's.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "The order has shipped: it can no longer be cancelled.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "The reason is empty, too long or has control \
+            characters, or the body has unknown fields.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 503, description = "The store or the event log is down; retry.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn delete(
+    state: State<Arc<ApiState>>,
+    caller: Caller,
+    order_id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<OrderView>, Problem> {
+    crate::lifecycle::cancel(state, caller, order_id, headers, body).await
+}
+
+/// The body of `POST /v1/orders/{id}/prices`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustPricesRequest {
+    /// New unit prices for lines of the order (the others keep theirs).
+    #[schema(min_items = 1, max_items = 100)]
+    pub lines: Vec<PriceChange>,
+}
+
+/// A new unit price for one line of the order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceChange {
+    /// A SKU the order has.
+    #[schema(max_length = 64, example = "MUG-001")]
+    pub sku: String,
+    /// The new unit price, in cents of the order's currency (tax is added on top, as at
+    /// placing).
+    #[serde(deserialize_with = "integer")]
+    #[schema(minimum = 0, maximum = 100_000_000, example = 990)]
+    pub unit_price_cents: i64,
+}
+
+fn field_error(field: String, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The prices asked for, checked against the order: a value out of range is a 422; a SKU the
+/// order does not have, or one listed twice, a 409 (the document cannot say what the order
+/// holds).
+fn price_changes(order: &OrderRecord, changes: &[PriceChange]) -> Result<Vec<LinePrice>, Problem> {
+    let mut invalid = Vec::new();
+    let mut conflicts = Vec::new();
+    if changes.is_empty() {
+        invalid.push(field_error("lines".into(), "must hold at least one line"));
+    }
+    if changes.len() > MAX_ITEMS {
+        invalid.push(field_error(
+            "lines".into(),
+            format!("must hold at most {MAX_ITEMS} lines"),
+        ));
+    }
+    for (i, change) in changes.iter().enumerate().take(MAX_ITEMS) {
+        if !(0..=MAX_UNIT_PRICE_CENTS).contains(&change.unit_price_cents) {
+            invalid.push(field_error(
+                format!("lines[{i}].unit_price_cents"),
+                format!("must be from 0 to {MAX_UNIT_PRICE_CENTS}"),
+            ));
+        } else if changes[..i].iter().any(|c| c.sku == change.sku) {
+            conflicts.push(field_error(format!("lines[{i}].sku"), "is listed twice"));
+        } else if !order.items.iter().any(|item| item.sku == change.sku) {
+            conflicts.push(field_error(
+                format!("lines[{i}].sku"),
+                "is not in this order: only the prices of its lines can change",
+            ));
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(Problem::invalid(invalid));
+    }
+    if !conflicts.is_empty() {
+        return Err(Problem::fields(
+            StatusCode::CONFLICT,
+            "order-change-refused",
+            "The order cannot change this way",
+            conflicts,
+        ));
+    }
+    Ok(changes
+        .iter()
+        .map(|c| LinePrice {
+            sku: c.sku.clone(),
+            unit_price_cents: c.unit_price_cents,
+        })
+        .collect())
+}
+
+/// `POST /v1/orders/{id}/prices`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/prices",
+    operation_id = "adjust_prices",
+    tag = "orders",
+    summary = "Adjust the unit price of lines of an unpaid order (admin)",
+    description = "A discount or a correction, while an order paid by bank transfer awaits its \
+        payment (status `validated`): the named lines get the new unit prices, the quantities \
+        stay. As with a change of quantities, the answer is the order with its new `revision` \
+        and without totals, and validation re-prices it within moments (a new `validated` \
+        step with the totals, and an email to the customer). A card order is charged as soon \
+        as it is validated: its prices cannot change.",
+    params(("id" = String, Path, description = "The order id.")),
+    request_body(content = AdjustPricesRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order with its new revision.", body = OrderView),
+        (status = 400, description = "The body is not JSON, or the id not UTF-8.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such order.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "The order cannot change now (not awaiting a bank \
+            transfer, paid, cancelled, or still being validated: then retry), or a line is \
+            not the order's or is listed twice; the fields name the lines.", body = Problem,
+         content_type = "application/problem+json",
+         example = json!({"type": "/problems/order-change-refused",
+            "title": "The order cannot change this way", "status": 409,
+            "detail": "lines[0].sku: is not in this order: only the prices of its lines can change",
+            "errors": [{"field": "lines[0].sku",
+                "message": "is not in this order: only the prices of its lines can change"}]})),
+        (status = 413, description = "The body is over 1 MiB.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not JSON.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 422, description = "A price is out of range, or no line is named (the field \
+            names it).", body = Problem, content_type = "application/problem+json",
+         example = json!({"type": "/problems/validation", "title": "Invalid request",
+            "status": 422, "detail": "lines[0].unit_price_cents: must be from 0 to 100000000",
+            "errors": [{"field": "lines[0].unit_price_cents",
+                "message": "must be from 0 to 100000000"}]})),
+        (status = 503, description = "The store or the event log is down; retry (a retry \
+            finishes what the first call started).", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn adjust_prices(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    order_id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<OrderView>, Problem> {
+    caller.require_admin()?;
+    let order_id = crate::problem::path("id", order_id)?;
+    tracing::Span::current().record("order_id", order_id.as_str());
+    let req: AdjustPricesRequest = json_body(&headers, body).await?;
+    let not_found = || Problem::not_found(format!("no order {order_id}"));
+    let down = |e: orderflow_store::StoreError| Problem::down("order store", &e);
+    let order = state
+        .store
+        .get_order(&order_id)
+        .await
+        .map_err(down)?
+        .ok_or_else(not_found)?;
+    let prices = price_changes(&order, &req.lines)?;
+    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
+        return Err(Problem::conflict(
+            "order-not-modifiable",
+            "Order cannot change",
+            format!(
+                "order {order_id} is paid by {}, charged as soon as it is validated: its \
+                 prices cannot change (cancel it and order again)",
+                order
+                    .payment_method
+                    .as_deref()
+                    .unwrap_or("an unknown method")
+            ),
+        ));
+    }
+    let outcome = state
+        .store
+        .reprice_order(&order_id, prices, now_millis())
+        .await
+        .map_err(down)?;
+    let order = match outcome {
+        ModifyOutcome::Modified { order, .. } => *order,
+        ModifyOutcome::NotModifiable { status, claimed } => {
+            return Err(crate::modify::not_modifiable(&order_id, status, claimed))
+        }
+        ModifyOutcome::UnknownItem { sku } => {
+            let i = req.lines.iter().position(|l| l.sku == sku).unwrap_or(0);
+            return Err(Problem::fields(
+                StatusCode::CONFLICT,
+                "order-change-refused",
+                "The order cannot change this way",
+                vec![field_error(
+                    format!("lines[{i}].sku"),
+                    "is not in this order: only the prices of its lines can change",
+                )],
+            ));
+        }
+        // A repricing moves no stock.
+        ModifyOutcome::Insufficient { .. } | ModifyOutcome::NotFound => return Err(not_found()),
+    };
+    state.orders.invalidate(&order_id).await;
+    crate::modify::announce_modified(&state, &order).await?;
+    info!(%order_id, by = %caller.customer_id, revision = order.revision, "Order prices adjusted.");
+    Ok(Json(order.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use orderflow_schemas::{OrderItem, OrderStatus};
+
+    use super::*;
+
+    fn order() -> OrderRecord {
+        OrderRecord {
+            order_id: "o1".into(),
+            customer_id: "c1".into(),
+            status: OrderStatus::Validated,
+            items: vec![OrderItem {
+                sku: "A".into(),
+                quantity: 1,
+            }],
+            shipping_address: None,
+            payment_method: Some(PaymentMethod::BANK_TRANSFER.into()),
+            pricing: None,
+            invoice_number: None,
+            created_at: 0,
+            updated_at: 0,
+            timeline: Vec::new(),
+            revision: 0,
+            payment_claim: None,
+        }
+    }
+
+    fn change(sku: &str, unit_price_cents: i64) -> PriceChange {
+        PriceChange {
+            sku: sku.into(),
+            unit_price_cents,
+        }
+    }
+
+    fn fields(p: &Problem) -> Vec<&str> {
+        p.errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn wrong_prices_are_named() {
+        let o = order();
+        let p = price_changes(&o, &[change("A", -1)]).unwrap_err();
+        assert_eq!(
+            (p.status, fields(&p)),
+            (422, vec!["lines[0].unit_price_cents"])
+        );
+        let p = price_changes(&o, &[change("A", MAX_UNIT_PRICE_CENTS + 1)]).unwrap_err();
+        assert_eq!(p.status, 422);
+        let p = price_changes(&o, &[]).unwrap_err();
+        assert_eq!(fields(&p), vec!["lines"]);
+        let p = price_changes(&o, &[change("A", 1), change("Z", 1), change("A", 2)]).unwrap_err();
+        assert_eq!(
+            (p.status, fields(&p)),
+            (409, vec!["lines[1].sku", "lines[2].sku"])
+        );
+        let ok = price_changes(&o, &[change("A", 0)]).unwrap();
+        assert_eq!(ok[0].unit_price_cents, 0);
+    }
+}
