@@ -30,6 +30,7 @@
 //!   state has one (`orderflow run` without `--schema-registry`).
 
 pub mod auth;
+pub mod body;
 pub mod cache;
 pub mod customers;
 pub mod lifecycle;

@@ -22,9 +22,10 @@ use axum::{
 use orderflow_schemas::{now_millis, OrderShipped, OrderStatus};
 use orderflow_store::{CancelOutcome, OrderRecord, ShipOutcome};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::info;
 use utoipa::ToSchema;
 
+use crate::problem::responses;
 use crate::{
     auth::Caller,
     orders::{is_json, parse_json, read_body, OrderView},
@@ -47,10 +48,6 @@ pub struct CancelOrderRequest {
     )]
     #[serde(default)]
     pub reason: Option<String>,
-}
-
-fn store_down(e: orderflow_store::StoreError) -> Problem {
-    Problem::down("order store", &e)
 }
 
 /// The cancel request: none when the body is empty; else JSON, its reason checked.
@@ -105,25 +102,19 @@ fn recorded(order: &OrderRecord, status: OrderStatus) -> (i64, Option<String>) {
         (status = 200, description = "The order, cancelled.", body = OrderView),
         (status = 400, description = "The body is not JSON, or the id not UTF-8.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order has shipped: it can no longer be cancelled.",
          body = Problem, content_type = "application/problem+json",
          example = json!({"type": "/problems/order-shipped", "title": "Order already shipped",
             "status": 409, "detail": "order 01a2… has shipped and can no longer be cancelled"})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "The reason is empty, too long or has control \
             characters, or the body has unknown fields.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store or the event log is down; retry (a retry \
-            finishes what the first call started).", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn cancel(
@@ -140,8 +131,7 @@ pub async fn cancel(
     let owner = state
         .store
         .get_order(&order_id)
-        .await
-        .map_err(store_down)?
+        .await?
         .ok_or_else(not_found)?
         .customer_id;
     if !caller.may_access(&owner) {
@@ -151,8 +141,7 @@ pub async fn cancel(
     let outcome = state
         .store
         .cancel_order(&order_id, reason, now_millis())
-        .await
-        .map_err(store_down)?;
+        .await?;
     let (order, paid) = match outcome {
         CancelOutcome::Cancelled { order, paid } => (*order, paid),
         CancelOutcome::Shipped => {
@@ -166,12 +155,7 @@ pub async fn cancel(
     };
     state.orders.invalidate(&order_id).await;
     let refund = if paid {
-        match state
-            .store
-            .get_payment(&order_id)
-            .await
-            .map_err(store_down)?
-        {
+        match state.store.get_payment(&order_id).await? {
             Some(p) if p.approved => Some((p.amount_cents, p.currency)),
             _ => None,
         }
@@ -179,12 +163,12 @@ pub async fn cancel(
         None
     };
     let event = orderflow_store::cancellation_event(&order, refund);
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
+    state.producer.send(&event).await.map_err(|e| {
+        Problem::unannounced(
             "the order is cancelled, but the event log is unavailable; retry to announce it",
-        ));
-    }
+            &e,
+        )
+    })?;
     info!(%order_id, by = %caller.customer_id, paid, "Order cancelled.");
     Ok(Json(order.into()))
 }
@@ -203,10 +187,8 @@ pub async fn cancel(
         (status = 200, description = "The order, shipped.", body = OrderView),
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 404, description = "No such order.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order is not paid yet, its payment failed, or it \
@@ -215,9 +197,7 @@ pub async fn cancel(
          example = json!({"type": "/problems/order-not-shippable",
             "title": "Order cannot ship", "status": 409,
             "detail": "order 01a2… is cancelled: only a paid or invoiced order ships"})),
-        (status = 503, description = "The store or the event log is down; retry.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn ship(
@@ -228,11 +208,7 @@ pub async fn ship(
     caller.require_admin()?;
     let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
-    let outcome = state
-        .store
-        .ship_order(&order_id, now_millis())
-        .await
-        .map_err(store_down)?;
+    let outcome = state.store.ship_order(&order_id, now_millis()).await?;
     let order = match outcome {
         ShipOutcome::Shipped(order) => *order,
         ShipOutcome::NotReady(status) => {
@@ -255,12 +231,12 @@ pub async fn ship(
         customer_id: order.customer_id.clone(),
         occurred_at: at,
     };
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
+    state.producer.send(&event).await.map_err(|e| {
+        Problem::unannounced(
             "the order is shipped, but the event log is unavailable; retry to announce it",
-        ));
-    }
+            &e,
+        )
+    })?;
     info!(%order_id, by = %caller.customer_id, "Order shipped.");
     Ok(Json(order.into()))
 }

@@ -35,13 +35,12 @@ use axum::{
 use orderflow_schemas::{
     now_millis, OrderCancelled, OrderItem, OrderModified, OrderPaid, OrderStatus, PaymentMethod,
 };
-use orderflow_store::{
-    ModifyOutcome, OrderRecord, PaymentClaim, PaymentRecord, StatusUpdate, StoreError,
-};
+use orderflow_store::{ModifyOutcome, OrderRecord, PaymentClaim, PaymentRecord, StatusUpdate};
 use serde::Deserialize;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
+use crate::problem::responses;
 use crate::{
     auth::Caller,
     orders::{integer, json_body, OrderView, MAX_ITEMS, MAX_QUANTITY},
@@ -88,9 +87,9 @@ pub struct RecordPaymentRequest {
     pub reference: String,
 }
 
-fn store_down(e: StoreError) -> Problem {
-    Problem::down("order store", &e)
-}
+/// The answer when the payment is recorded but its event did not go out.
+const UNANNOUNCED_PAYMENT: &str =
+    "the payment is recorded, but the event log is unavailable; retry to announce it";
 
 fn not_found(order_id: &str) -> Problem {
     Problem::not_found(format!("no order {order_id}"))
@@ -232,8 +231,7 @@ fn change_field(changes: &[ItemChange], sku: &str, leaf: &str) -> String {
         (status = 200, description = "The order with its new quantities.", body = OrderView),
         (status = 400, description = "The body is not JSON, or the id not UTF-8.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order cannot change now (not awaiting a bank \
@@ -245,17 +243,12 @@ fn change_field(changes: &[ItemChange], sku: &str, leaf: &str) -> String {
             "status": 409, "detail": "items[0].quantity: only 2 more units of MUG-001 are available",
             "errors": [{"field": "items[0].quantity",
                 "message": "only 2 more units of MUG-001 are available"}]})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "A quantity is out of range or there is no change (the \
             field names it).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store or the event log is down; retry (a retry \
-            finishes what the first call started).", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn modify(
@@ -271,8 +264,7 @@ pub async fn modify(
     let order = state
         .store
         .get_order(&order_id)
-        .await
-        .map_err(store_down)?
+        .await?
         .filter(|o| caller.may_access(&o.customer_id))
         .ok_or_else(|| not_found(&order_id))?;
     let items = apply_changes(&order, &req.items)?;
@@ -293,8 +285,7 @@ pub async fn modify(
     let outcome = state
         .store
         .modify_order(&order_id, items, now_millis())
-        .await
-        .map_err(store_down)?;
+        .await?;
     let order = match outcome {
         ModifyOutcome::Modified { order, .. } => *order,
         ModifyOutcome::NotModifiable { status, claimed } => {
@@ -345,10 +336,8 @@ pub async fn modify(
         (status = 200, description = "The order, paid.", body = OrderView),
         (status = 400, description = "The body is not JSON, or the id not UTF-8.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 404, description = "No such order.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order is not awaiting a bank transfer (card, \
@@ -357,16 +346,11 @@ pub async fn modify(
          content_type = "application/problem+json",
          example = json!({"type": "/problems/order-not-payable", "title": "Order cannot be paid",
             "status": 409, "detail": "order 01a2… is cancelled"})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "The reference is empty, too long or has control \
             characters.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store or the event log is down; retry (a retry \
-            finishes what the first call started).", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn record_payment(
@@ -390,8 +374,7 @@ pub async fn record_payment(
     let order = state
         .store
         .get_order(&order_id)
-        .await
-        .map_err(store_down)?
+        .await?
         .ok_or_else(|| not_found(&order_id))?;
     let title = "Order cannot be paid";
     let refuse = |detail: String| Problem::conflict("order-not-payable", title, detail);
@@ -404,11 +387,7 @@ pub async fn record_payment(
                 .unwrap_or("an unknown method")
         )));
     }
-    let recorded = state
-        .store
-        .get_payment(&order_id)
-        .await
-        .map_err(store_down)?;
+    let recorded = state.store.get_payment(&order_id).await?;
     let payment = match recorded {
         // A repeat: finish what the first call started (announce it again).
         Some(p) if p.payment_id.as_deref() == Some(reference.as_str()) => p,
@@ -433,12 +412,7 @@ pub async fn record_payment(
                     format!("order {order_id} is being priced; retry in a moment"),
                 ));
             };
-            match state
-                .store
-                .claim_payment(&order_id, order.revision)
-                .await
-                .map_err(store_down)?
-            {
+            match state.store.claim_payment(&order_id, order.revision).await? {
                 PaymentClaim::Granted => {}
                 PaymentClaim::Stale { .. } => {
                     return Err(retry_soon(
@@ -463,8 +437,7 @@ pub async fn record_payment(
                     reason: None,
                     at: now_millis(),
                 })
-                .await
-                .map_err(store_down)?;
+                .await?;
             if payment.payment_id.as_deref() != Some(reference.as_str()) {
                 return Err(refuse(format!(
                     "order {order_id} is paid already (reference {})",
@@ -501,12 +474,12 @@ async fn announce_modified(state: &ApiState, order: &OrderRecord) -> Result<(), 
         items: order.items.clone(),
         occurred_at: at,
     };
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
+    state.producer.send(&event).await.map_err(|e| {
+        Problem::unannounced(
             "the order is changed, but the event log is unavailable; retry to announce it",
-        ));
-    }
+            &e,
+        )
+    })?;
     Ok(())
 }
 
@@ -550,23 +523,17 @@ async fn announce_paid(
             invoice_number: None,
             revision: order.revision,
         })
-        .await
-        .map_err(store_down)?;
+        .await?;
     state.orders.invalidate(&order_id).await;
-    let unannounced = || {
-        Problem::unavailable(
-            "the payment is recorded, but the event log is unavailable; retry to announce it",
-        )
-    };
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(unannounced());
-    }
+    state
+        .producer
+        .send(&event)
+        .await
+        .map_err(|e| Problem::unannounced(UNANNOUNCED_PAYMENT, &e))?;
     let order = state
         .store
         .get_order(&order_id)
-        .await
-        .map_err(store_down)?
+        .await?
         .ok_or_else(|| not_found(&order_id))?;
     if order.status == OrderStatus::Cancelled {
         let cancelled_at = order
@@ -584,10 +551,11 @@ async fn announce_paid(
             currency: payment.currency.clone(),
             occurred_at: cancelled_at,
         };
-        if let Err(e) = state.producer.send(&event).await {
-            warn!(%order_id, error = %e, "Produce failed.");
-            return Err(unannounced());
-        }
+        state
+            .producer
+            .send(&event)
+            .await
+            .map_err(|e| Problem::unannounced(UNANNOUNCED_PAYMENT, &e))?;
         warn!(%order_id, "Transfer recorded for an order cancelled meanwhile; refund requested.");
     }
     Ok(order)

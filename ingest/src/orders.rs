@@ -25,17 +25,18 @@ use axum::{
 use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod};
 use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::info;
 use utoipa::ToSchema;
 
+pub(crate) use crate::body::{integer, is_json};
+pub use crate::body::{json_body, parse_json, read_body, MAX_BODY_BYTES};
+use crate::problem::responses;
 use crate::{
     auth::Caller,
     problem::{FieldError, Problem},
     ApiState,
 };
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most items in one order.
 pub const MAX_ITEMS: usize = 100;
 /// Most units of one item.
@@ -96,38 +97,6 @@ fn some_string<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {
     String::deserialize(deserializer).map(Some)
-}
-
-/// An `i64` from a JSON integer, or from a number with no fractional part within range (`2.0`).
-pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    struct Integer;
-    impl serde::de::Visitor<'_> for Integer {
-        type Value = i64;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an integer")
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
-            Ok(v)
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
-            i64::try_from(v)
-                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-        }
-
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
-            // -2^63 and 2^63 are exact in f64: every integral f64 in [-2^63, 2^63) fits.
-            const BOUND: f64 = 9_223_372_036_854_775_808.0;
-            if v.fract() == 0.0 && (-BOUND..BOUND).contains(&v) {
-                Ok(v as i64)
-            } else {
-                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
-            }
-        }
-    }
-    deserializer.deserialize_any(Integer)
 }
 
 /// Where the order ships to.
@@ -291,142 +260,6 @@ impl From<OrderRecord> for OrderView {
                 .collect(),
         }
     }
-}
-
-/// Is the content type JSON (`application/json`, `application/*+json`, any parameters)?
-pub(crate) fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let mime = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
-/// Reads the body within the size limit.
-pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Problem> {
-    let too_large = || {
-        Problem::field(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Request body too large",
-            "body",
-            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| too_large())
-}
-
-/// Reads a JSON body of type `T`: 415 unless the content type is JSON, 413 over
-/// [`MAX_BODY_BYTES`], 400 for broken JSON, 422 naming the field for a wrong one.
-pub async fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, Problem> {
-    if !is_json(headers) {
-        return Err(Problem::unsupported_media_type());
-    }
-    let bytes = read_body(headers, body).await?;
-    parse_json(&bytes)
-}
-
-/// Parses a JSON object into `T`, naming the field that is wrong. Every request body is an
-/// object: serde would also fill a struct from an array of its fields in order (`[null, null]`),
-/// which no client means, so an array is refused before it gets that far.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    if bytes.trim_ascii_start().first() == Some(&b'[') {
-        return Err(Problem::invalid(vec![FieldError {
-            field: "body".into(),
-            message: "must be a JSON object, not an array".into(),
-        }]));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    let value = result.map_err(|e| {
-        let inner = e.inner();
-        let mut field = e.path().to_string();
-        // `?` stands for a segment the parser never reached (the body ended first): say where it
-        // broke off instead.
-        while let Some(known) = field.strip_suffix(".?") {
-            field.truncate(known.len());
-        }
-        if field == "." || field == "?" {
-            field.clear();
-        }
-        let message = inner.to_string();
-        // Missing fields are reported at their parent (unknown ones already at themselves).
-        if let Some(name) = backticked(&message).filter(|name| {
-            (message.starts_with("missing field") || message.starts_with("unknown field"))
-                && !field.ends_with(name)
-        }) {
-            field = if field.is_empty() {
-                name.to_string()
-            } else {
-                format!("{field}.{name}")
-            };
-        }
-        if field.is_empty() {
-            field = "body".into();
-        }
-        // Strip serde_json's " at line L column C"; the field says where.
-        let message = match message.rfind(" at line ") {
-            Some(i) if !(inner.is_syntax() || inner.is_eof()) => message[..i].to_string(),
-            _ => message,
-        };
-        // serde names the value it could not take (``invalid type: integer `123456` ``): not
-        // for a secret, which no answer repeats.
-        let message = if SECRET_FIELDS.contains(&field.as_str()) && message.contains('`') {
-            "must be a string".to_string()
-        } else {
-            message
-        };
-        if inner.is_syntax() || inner.is_eof() {
-            Problem::field(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "The body is not valid JSON",
-                &field,
-                message,
-            )
-        } else {
-            Problem::invalid(vec![FieldError { field, message }])
-        }
-    })?;
-    de.end().map_err(|e| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "The body is not valid JSON",
-            "body",
-            e.to_string(),
-        )
-    })?;
-    Ok(value)
-}
-
-/// Request fields whose values are secrets: a problem document names them, never their value.
-const SECRET_FIELDS: [&str; 2] = ["payment.token", "code"];
-
-fn backticked(message: &str) -> Option<&str> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(&message[start..start + len])
 }
 
 /// Checks the values serde cannot: ranges, lengths, formats. Lists every problem at once.
@@ -594,9 +427,7 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
             "status": 400, "detail": "body: EOF while parsing a value at line 1 column 21",
             "errors": [{"field": "body",
                         "message": "EOF while parsing a value at line 1 column 21"}]})),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
+        responses::Unauthorized,
         (status = 403, description = "A customer named another customer in `customer_id`.",
          body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is paid by bank transfer and its customer has \
@@ -708,8 +539,7 @@ pub async fn create(
     let outcome = state
         .store
         .create_order(record, key, payment_token, state.max_unpaid_orders)
-        .await
-        .map_err(|e| Problem::down("order store", &e))?;
+        .await?;
     match outcome {
         CreateOrder::Created => {}
         CreateOrder::InProgress => {
@@ -753,22 +583,22 @@ pub async fn create(
                 event.event_id = OrderStatus::Accepted.event_id(&existing.order_id);
                 event.occurred_at = existing.created_at;
                 event.items = existing.items.clone();
-                if let Err(e) = state.producer.send(&event).await {
-                    warn!(order_id = %existing.order_id, error = %e, "Re-produce failed.");
-                    return Err(Problem::unavailable(
+                state.producer.send(&event).await.map_err(|e| {
+                    Problem::unannounced(
                         "the event log is unavailable; retry with the same Idempotency-Key",
-                    ));
-                }
+                        &e,
+                    )
+                })?;
             }
             return Ok(accepted_response(&existing.order_id, existing.status, true));
         }
     }
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
+    state.producer.send(&event).await.map_err(|e| {
+        Problem::unannounced(
             "the event log is unavailable; retry with the same Idempotency-Key",
-        ));
-    }
+            &e,
+        )
+    })?;
     orderflow_schemas::metrics::metrics().orders_accepted.inc();
     info!(%order_id, "Order accepted.");
     Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
@@ -798,18 +628,14 @@ fn order_customer(caller: &Caller, named: Option<&str>) -> Result<String, Proble
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The order.", body = OrderView),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
+        responses::Unauthorized,
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
         (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json",
          example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404,
             "detail": "no order 01a2…"})),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn get(
@@ -819,11 +645,10 @@ pub async fn get(
 ) -> Result<Json<OrderView>, Problem> {
     let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
-    match state.orders.get(&*state.store, &order_id).await {
-        Ok(Some(order)) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
+    match state.orders.get(&*state.store, &order_id).await? {
+        Some(order) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
         // Someone else's order: the same answer as for none at all.
-        Ok(_) => Err(Problem::not_found(format!("no order {order_id}"))),
-        Err(e) => Err(Problem::down("order store", &e)),
+        _ => Err(Problem::not_found(format!("no order {order_id}"))),
     }
 }
 
@@ -844,8 +669,7 @@ pub async fn get(
                   description = "`attachment; filename=\"INV-00000001.pdf\"`"))),
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "No such order (for this caller), or it is not invoiced \
             yet (`detail` says which).", body = Problem,
          content_type = "application/problem+json",
@@ -866,8 +690,7 @@ pub async fn invoice(
     let order = state
         .orders
         .get(&*state.store, &order_id)
-        .await
-        .map_err(|e| Problem::down("order store", &e))?
+        .await?
         .filter(|o| caller.may_access(&o.customer_id))
         .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
     let Some(number) = order.invoice_number else {
