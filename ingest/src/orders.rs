@@ -22,10 +22,9 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod};
-use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};
+use orderflow_schemas::{Address, OrderItem, OrderStatus};
+use orderflow_store::{IdempotencyKey, OrderRecord, TimelineEntry};
 use serde::{Deserialize, Serialize};
-use tracing::info;
 use utoipa::ToSchema;
 
 pub(crate) use crate::body::{integer, is_json};
@@ -33,6 +32,7 @@ pub use crate::body::{json_body, parse_json, read_body, MAX_BODY_BYTES};
 use crate::problem::responses;
 use crate::{
     auth::Caller,
+    ops::{self, NewOrder, Placed},
     problem::{FieldError, Problem},
     ApiState,
 };
@@ -480,128 +480,59 @@ pub async fn create(
     let now = orderflow_schemas::now_millis();
     let key = idempotency_key(&headers, &req, now, state.idempotency_ttl_ms)?;
 
-    let order_id = uuid::Uuid::now_v7().to_string();
-    tracing::Span::current().record("order_id", order_id.as_str());
-    let items: Vec<OrderItem> = req
-        .items
-        .iter()
-        .map(|i| OrderItem {
-            sku: i.sku.clone(),
-            quantity: i.quantity as i32,
-        })
-        .collect();
-    let address = Address {
-        name: req.shipping_address.name,
-        line1: req.shipping_address.line1,
-        line2: req.shipping_address.line2,
-        city: req.shipping_address.city,
-        postal_code: req.shipping_address.postal_code,
-        country: req.shipping_address.country,
-    };
-    let event = OrderAccepted {
-        event_id: OrderStatus::Accepted.event_id(&order_id),
-        order_id: order_id.clone(),
-        customer_id: customer_id.clone(),
-        items: items.clone(),
-        shipping_address: address.clone(),
-        payment: PaymentMethod {
-            method: req.payment.method.clone(),
-        },
-        occurred_at: now,
-    };
-    // The card token stays in the store, written with the order, for the payment stage to
-    // read by order id; no event carries it. An offline payment has nothing to charge.
-    let payment_token = (!event.payment.is_offline()).then(|| PaymentToken {
-        token: req.payment.token,
-        expires_at: now + orderflow_store::PAYMENT_TOKEN_TTL.as_millis() as i64,
-    });
-    let record = OrderRecord {
-        order_id: order_id.clone(),
+    let new = NewOrder {
         customer_id,
-        status: OrderStatus::Accepted,
-        items,
-        shipping_address: Some(address),
-        payment_method: Some(req.payment.method),
-        pricing: None,
-        invoice_number: None,
-        created_at: now,
-        updated_at: now,
-        timeline: vec![TimelineEntry {
-            status: OrderStatus::Accepted,
-            event_id: event.event_id.clone(),
-            at: now,
-            detail: None,
-        }],
-        revision: 0,
-        payment_claim: None,
+        items: req
+            .items
+            .iter()
+            .map(|i| OrderItem {
+                sku: i.sku.clone(),
+                quantity: i.quantity as i32,
+            })
+            .collect(),
+        shipping_address: Address {
+            name: req.shipping_address.name,
+            line1: req.shipping_address.line1,
+            line2: req.shipping_address.line2,
+            city: req.shipping_address.city,
+            postal_code: req.shipping_address.postal_code,
+            country: req.shipping_address.country,
+        },
+        payment_method: req.payment.method,
+        payment_token: req.payment.token,
+        idempotency_key: key,
     };
-
-    let outcome = state
-        .store
-        .create_order(record, key, payment_token, state.max_unpaid_orders)
-        .await?;
-    match outcome {
-        CreateOrder::Created => {}
-        CreateOrder::InProgress => {
-            return Err(Problem::field(
-                StatusCode::CONFLICT,
-                "idempotency-key-in-progress",
-                "A request with this Idempotency-Key is in progress",
-                "header:Idempotency-Key",
-                "another request with this key is being recorded; retry in a moment for its order",
-            )
-            .with_retry_after(1));
+    match ops::place_order(&state, new).await? {
+        Placed::Accepted { order_id } => {
+            Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
         }
-        CreateOrder::TooManyUnpaid { open } => {
-            return Err(Problem::field(
-                StatusCode::CONFLICT,
-                "too-many-unpaid-orders",
-                "Too many orders awaiting a bank transfer",
-                "payment.method",
-                format!(
-                    "the customer has {open} orders awaiting a bank transfer, the most allowed: \
-                     pay or cancel one first, or pay by card"
-                ),
-            ));
-        }
-        CreateOrder::KeyReused { order_id } => {
-            return Err(Problem::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key already used for another request",
-                "header:Idempotency-Key",
-                format!("was used for order {order_id} with a different body"),
-            ));
-        }
-        CreateOrder::Existing(existing) => {
-            tracing::Span::current().record("order_id", existing.order_id.as_str());
-            // Still `accepted`: its event may not have reached the topic (the first attempt
-            // failed to produce). Produce it again; every stage deduplicates by order id.
-            if existing.status == OrderStatus::Accepted {
-                let mut event = event;
-                event.order_id = existing.order_id.clone();
-                event.event_id = OrderStatus::Accepted.event_id(&existing.order_id);
-                event.occurred_at = existing.created_at;
-                event.items = existing.items.clone();
-                state.producer.send(&event).await.map_err(|e| {
-                    Problem::unannounced(
-                        "the event log is unavailable; retry with the same Idempotency-Key",
-                        &e,
-                    )
-                })?;
-            }
-            return Ok(accepted_response(&existing.order_id, existing.status, true));
-        }
-    }
-    state.producer.send(&event).await.map_err(|e| {
-        Problem::unannounced(
-            "the event log is unavailable; retry with the same Idempotency-Key",
-            &e,
+        Placed::Replayed { order_id, status } => Ok(accepted_response(&order_id, status, true)),
+        Placed::InProgress => Err(Problem::field(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-progress",
+            "A request with this Idempotency-Key is in progress",
+            "header:Idempotency-Key",
+            "another request with this key is being recorded; retry in a moment for its order",
         )
-    })?;
-    orderflow_schemas::metrics::metrics().orders_accepted.inc();
-    info!(%order_id, "Order accepted.");
-    Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
+        .with_retry_after(1)),
+        Placed::TooManyUnpaid { open } => Err(Problem::field(
+            StatusCode::CONFLICT,
+            "too-many-unpaid-orders",
+            "Too many orders awaiting a bank transfer",
+            "payment.method",
+            format!(
+                "the customer has {open} orders awaiting a bank transfer, the most allowed: \
+                 pay or cancel one first, or pay by card"
+            ),
+        )),
+        Placed::KeyReused { order_id } => Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key already used for another request",
+            "header:Idempotency-Key",
+            format!("was used for order {order_id} with a different body"),
+        )),
+    }
 }
 
 /// Whose order a new order is: see the module docs.
