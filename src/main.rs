@@ -367,7 +367,7 @@ async fn serve_http(
     Ok(())
 }
 
-/// (f/products) A readiness check on the invoice PDFs' object store: a cheap read every 10 s
+/// A readiness check on the invoice PDFs' object store: a cheap read every 10 s
 /// until `shutdown`; `/readyz` names `invoice_store` while the last one failed.
 fn invoice_store_check(
     files: orderflow_store::InvoiceFiles,
@@ -394,7 +394,7 @@ fn invoice_store_check(
     }
 }
 
-/// (f/products) Follows the order topics for the API's order cache, until `shutdown`.
+/// Follows the order topics for the API's order cache, until `shutdown`.
 fn spawn_order_follower(
     kafka: &KafkaConfig,
     state: &Arc<orderflow_ingest::ApiState>,

@@ -1,4 +1,4 @@
-//! Customers (issue #5): the accounts, as admins manage them and as each customer sees itself.
+//! Customers: the accounts, as admins manage them and as each customer sees itself.
 //!
 //! - `GET /v1/customers` (admin): every account, cursor-paged.
 //! - `POST /v1/customers` (admin): a new account, verified, with the role given.

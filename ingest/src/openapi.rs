@@ -2,7 +2,7 @@
 //! `GET /openapi.json`, and Swagger UI over it at `GET /docs`.
 //!
 //! A route is documented by a `#[utoipa::path]` on its handler and one line in [`ApiDoc`]'s
-//! `paths(...)`; the request and response types derive `ToSchema`. `tests/openapi.rs` checks
+//! `paths(...)`; the request and response types derive `ToSchema`. `tests/it/openapi.rs` checks
 //! that the document and the router agree, and `tests/contract.rs` runs schemathesis against
 //! the real server.
 //!
@@ -38,7 +38,6 @@ use crate::{auth, customers, lifecycle, modify, order_list, orders, products};
         orders::get,
         order_list::list,
         products::list,
-        // (f/products)
         orders::invoice,
         products::get,
         products::create,
@@ -57,10 +56,10 @@ use crate::{auth, customers, lifecycle, modify, order_list, orders, products};
         customers::get,
         customers::update,
         customers::delete,
-        // Cancel and ship (issue #5, f/lifecycle).
+        // Cancel and ship.
         lifecycle::cancel,
         lifecycle::ship,
-        // Modifications and bank transfers (issue #5).
+        // Modifications and bank transfers.
         modify::modify,
         modify::record_payment,
         crate::healthz,
