@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README.md; .ci/run calls it). Installs the Python peers the integration tests
 # start on 127.0.0.1 (moto's AWS emulator, ...) into a virtualenv next to the build, and stunnel
-# (the TLS listener of tests/managed_kafka.rs) when it is missing and this runs as root, then
+# (the TLS listener of tests/it/managed_kafka.rs) when it is missing and this runs as root, then
 # runs the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 //! The bridge's AWS sinks end to end: the real `orderflow run --bridge-config …` binary against
 //! moto's AWS emulator (SQS and SES), both started by the test on loopback ports.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, path::Path, time::Duration};
 

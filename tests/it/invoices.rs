@@ -3,7 +3,7 @@
 //! `orderflow run` keeps under its data dir, and from S3 (moto); and order reads, cached in the
 //! API, never go backwards nor get stuck while an order moves through the pipeline.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! through a TLS listener (Debian's stunnel in front of the embedded broker, which advertises the
 //! TLS port); the whole pipeline on a tansu broker that requires SASL/SCRAM-SHA-256.
 
-mod common;
+use crate::common;
 
 use std::{
     net::TcpListener,
