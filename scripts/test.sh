@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README.md; .ci/run calls it). Installs the Python peers the integration tests
 # start on 127.0.0.1 (moto's AWS emulator, ...) into a virtualenv next to the build, stunnel
-# (the TLS listener of tests/managed_kafka.rs) when it is missing and this runs as root, and
-# Chromium with chromedriver (tests/browser.rs) when missing (as root, or through sudo), then
+# (the TLS listener of tests/it/managed_kafka.rs) when it is missing and this runs as root, and
+# Chromium with chromedriver (tests/it/browser.rs) when missing (as root, or through sudo), then
 # runs the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
     fi
 fi
 
-# Debian's Chromium and its WebDriver for the console's browser test (tests/browser.rs); without
+# Debian's Chromium and its WebDriver for the console's browser test (tests/it/browser.rs); without
 # them that test says SKIPPED and passes.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt=""

@@ -358,7 +358,7 @@ pub struct CommonArgs {
         default_value_t = 1_000_000
     )]
     pub payment_limit_cents: i64,
-    /// (f/products) Where invoice PDFs are kept: `s3://bucket[/prefix]` (credentials, region
+    /// Where invoice PDFs are kept: `s3://bucket[/prefix]` (credentials, region
     /// and `AWS_ENDPOINT_URL` from the standard AWS environment), `file:///dir` or a directory.
     /// Default: `<data dir>/objects`. Invoicing writes there, the API reads from there.
     #[arg(long, env = "ORDERFLOW_INVOICE_STORE", value_name = "URL")]
@@ -553,7 +553,7 @@ pub struct IngestArgs {
     pub cors: CorsArgs,
 }
 
-/// How access tokens are signed and how long tokens live (issue #5).
+/// How access tokens are signed and how long tokens live.
 #[derive(Debug, Args)]
 pub struct AuthArgs {
     /// The secret access tokens (HS256 JWTs) are signed with: at least 32 bytes, the same for

@@ -370,7 +370,7 @@ async fn serve_http(
     Ok(())
 }
 
-/// (f/products) A readiness check on the invoice PDFs' object store: a cheap read every 10 s
+/// A readiness check on the invoice PDFs' object store: a cheap read every 10 s
 /// until `shutdown`; `/readyz` names `invoice_store` while the last one failed.
 fn invoice_store_check(
     files: orderflow_store::InvoiceFiles,

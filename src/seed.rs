@@ -1,4 +1,4 @@
-//! Demo data (issue #5): two accounts, the demo catalogue and a few orders of the demo user.
+//! Demo data: two accounts, the demo catalogue and a few orders of the demo user.
 //!
 //! The accounts' passwords are weak on purpose (`admin123`, `user123`): they are demo data,
 //! for development only. `orderflow run` on its embedded defaults loads the accounts and the
@@ -12,14 +12,14 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use axum::{
-    body::Body,
-    extract::State,
-    http::{header, HeaderMap, HeaderValue},
+use orderflow_ingest::{
+    auth::Role,
+    customers::new_account,
+    ops::{place_order, NewOrder, Placed},
+    ApiState,
 };
-use orderflow_ingest::{auth::Role, customers::new_account, ApiState};
-use orderflow_store::Store;
-use serde_json::json;
+use orderflow_schemas::{Address, OrderItem};
+use orderflow_store::{IdempotencyKey, Store};
 use tracing::info;
 
 use crate::demo;
@@ -86,8 +86,8 @@ pub async fn first_admin(store: &dyn Store, args: &crate::cli::AuthArgs) -> Resu
 /// Shortest password `--admin-password` takes.
 const ADMIN_PASSWORD_MIN: usize = 12;
 
-/// Places the sample orders of the demo user through the API's own handler, unless the user
-/// has orders already.
+/// Places the sample orders of the demo user (as the customer itself, through the operation
+/// behind `POST /v1/orders`), unless the user has orders already.
 pub async fn orders(state: Arc<ApiState>) -> Result<usize> {
     let user = state
         .store
@@ -115,38 +115,41 @@ pub async fn orders(state: Arc<ApiState>) -> Result<usize> {
     ];
     let placed = samples.len();
     for (i, (items, method, token)) in samples.into_iter().enumerate() {
-        let body = json!({
-            "customer_id": user.customer_id,
-            "items": items.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q}))
-                .collect::<Vec<_>>(),
-            "shipping_address": {"name": user.name, "line1": "1 Demo Street",
-                                 "city": "Berlin", "postal_code": "10115", "country": "DE"},
-            "payment": {"method": method, "token": token},
-        });
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            "idempotency-key",
-            HeaderValue::from_str(&format!("demo-seed-{i}"))?,
-        );
-        // Placed as the customer itself, as its own POST /v1/orders would be.
-        let caller = orderflow_ingest::auth::Caller {
-            customer_id: user.customer_id.clone(),
-            role: orderflow_ingest::auth::Role::Customer,
-            session_id: None,
+        let items: Vec<OrderItem> = items
+            .into_iter()
+            .map(|(sku, quantity)| OrderItem {
+                sku: sku.into(),
+                quantity,
+            })
+            .collect();
+        // The key makes a second seeding that races the first place nothing twice.
+        let key = format!("demo-seed-{i}");
+        let idempotency_key = IdempotencyKey {
+            fingerprint: orderflow_schemas::stable_digest(
+                format!("{}:{key}", user.customer_id).as_bytes(),
+            ),
+            key,
+            expires_at: orderflow_schemas::now_millis() + state.idempotency_ttl_ms,
         };
-        if let Err(p) = orderflow_ingest::orders::create(
-            State(state.clone()),
-            caller,
-            headers,
-            Body::from(body.to_string()),
-        )
-        .await
-        {
-            bail!("placing sample order {i}: {}", p.detail);
+        let new = NewOrder {
+            customer_id: user.customer_id.clone(),
+            items,
+            shipping_address: Address {
+                name: user.name.clone(),
+                line1: "1 Demo Street".into(),
+                line2: None,
+                city: "Berlin".into(),
+                postal_code: "10115".into(),
+                country: "DE".into(),
+            },
+            payment_method: method.into(),
+            payment_token: token.into(),
+            idempotency_key: Some(idempotency_key),
+        };
+        match place_order(&state, new).await {
+            Ok(Placed::Accepted { .. } | Placed::Replayed { .. }) => {}
+            Ok(other) => bail!("placing sample order {i}: {other:?}"),
+            Err(e) => bail!("placing sample order {i}: {e}"),
         }
     }
     Ok(placed)

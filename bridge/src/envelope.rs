@@ -20,15 +20,15 @@ pub enum EventType {
     OrderPaid,
     PaymentFailed,
     OrderInvoiced,
-    /// An email verification code to send (issue #5, f/auth).
+    /// An email verification code to send.
     AccountVerification,
-    /// An order was cancelled (issue #5, f/lifecycle).
+    /// An order was cancelled.
     OrderCancelled,
-    /// An order was shipped (issue #5, f/lifecycle).
+    /// An order was shipped.
     OrderShipped,
-    /// A cancelled order's charge was refunded (issue #5, f/lifecycle).
+    /// A cancelled order's charge was refunded.
     PaymentRefunded,
-    /// An unpaid order's quantities changed (issue #5); its customer hears of it through the
+    /// An unpaid order's quantities changed; its customer hears of it through the
     /// re-priced `order_validated` that follows.
     OrderModified,
 }

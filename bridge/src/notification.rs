@@ -14,13 +14,13 @@ pub enum NotificationKind {
     OrderRejected,
     PaymentFailed,
     InvoiceReady,
-    /// The one-time code that verifies an account's email (f/auth).
+    /// The one-time code that verifies an account's email.
     VerifyEmail,
-    /// The order was cancelled (f/lifecycle).
+    /// The order was cancelled.
     OrderCancelled,
-    /// The order is on its way (f/lifecycle).
+    /// The order is on its way.
     OrderShipped,
-    /// A cancelled order's payment came back (f/lifecycle).
+    /// A cancelled order's payment came back.
     PaymentRefunded,
 }
 
@@ -168,7 +168,7 @@ impl Notification {
         }
     }
 
-    // --- Cancel and ship (issue #5, f/lifecycle) ---
+    // --- Cancel and ship ---
 
     pub(crate) fn cancelled(e: &OrderCancelled) -> Self {
         let mut text = match &e.reason {

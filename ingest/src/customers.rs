@@ -1,4 +1,4 @@
-//! Customers (issue #5): the accounts, as admins manage them and as each customer sees itself.
+//! Customers: the accounts, as admins manage them and as each customer sees itself.
 //!
 //! - `GET /v1/customers` (admin): every account, cursor-paged.
 //! - `POST /v1/customers` (admin): a new account, verified, with the role given.
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::problem::responses;
 use crate::{
     auth::{
         password,
@@ -151,10 +152,6 @@ pub struct UpdateCustomerRequest {
     pub role: Option<Role>,
 }
 
-fn store_down(e: impl std::fmt::Display) -> Problem {
-    Problem::down("account store", &e)
-}
-
 fn no_customer(id: &str) -> Problem {
     Problem::not_found(format!("no customer {id}"))
 }
@@ -167,8 +164,7 @@ async fn visible(state: &ApiState, caller: &Caller, id: &str) -> Result<Account,
     state
         .store
         .get_account(id)
-        .await
-        .map_err(store_down)?
+        .await?
         .ok_or_else(|| no_customer(id))
 }
 
@@ -187,15 +183,11 @@ async fn visible(state: &ApiState, caller: &Caller, id: &str) -> Result<Account,
         (status = 200, description = "A page.", body = CustomerPage),
         (status = 400, description = "The query is malformed.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 422, description = "`limit` is out of range.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn list(
@@ -236,8 +228,7 @@ pub async fn list(
     let accounts = state
         .store
         .list_accounts(query.after.as_deref(), limit)
-        .await
-        .map_err(store_down)?;
+        .await?;
     let next = (accounts.len() == limit)
         .then(|| accounts.last().map(|a| a.customer_id.clone()))
         .flatten();
@@ -262,21 +253,15 @@ pub async fn list(
          headers(("Location" = String, description = "`/v1/customers/{customer_id}`."))),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 409, description = "The email is in use.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "Fields are missing or invalid.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn create(
@@ -316,12 +301,7 @@ pub async fn create(
         req.password,
     )
     .await?;
-    if !state
-        .store
-        .create_account(account.clone())
-        .await
-        .map_err(store_down)?
-    {
+    if !state.store.create_account(account.clone()).await? {
         return Err(email_taken());
     }
     info!(customer_id = %account.customer_id, by = %caller.customer_id, "Customer created.");
@@ -375,13 +355,10 @@ pub async fn new_account(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's account.", body = AccountView),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "The account is gone.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn me(
@@ -406,13 +383,10 @@ pub async fn me(
         (status = 200, description = "The account.", body = AccountView),
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "No such customer (or not yours).", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn get(
@@ -446,25 +420,20 @@ pub async fn get(
         (status = 200, description = "The account as changed.", body = AccountView),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 403, description = "A customer tried to change a role, or \
             `current_password` is wrong.", body = Problem,
          content_type = "application/problem+json"),
         (status = 404, description = "No such customer (or not yours).", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "Fields are invalid, or `current_password` is missing.",
          body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords; wait.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn update(
@@ -553,12 +522,7 @@ pub async fn update(
         })?;
     }
     account.updated_at = orderflow_schemas::now_millis().max(account.updated_at);
-    if !state
-        .store
-        .update_account(account.clone())
-        .await
-        .map_err(store_down)?
-    {
+    if !state.store.update_account(account.clone()).await? {
         return Err(no_customer(&id));
     }
     if password_changed {
@@ -571,8 +535,7 @@ pub async fn update(
         state
             .store
             .revoke_customer_refresh_tokens(&id, keep)
-            .await
-            .map_err(store_down)?;
+            .await?;
         info!(customer_id = %id, by = %caller.customer_id, "Password changed; other logins ended.");
     }
     Ok(Json(account.into()))
@@ -593,15 +556,12 @@ pub async fn update(
         (status = 204, description = "Disabled."),
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 403, description = "Not an admin (deleting yourself).", body = Problem,
          content_type = "application/problem+json"),
         (status = 404, description = "No such customer (or not yours).", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn delete(
@@ -615,18 +575,13 @@ pub async fn delete(
     if !account.disabled {
         account.disabled = true;
         account.updated_at = orderflow_schemas::now_millis().max(account.updated_at);
-        state
-            .store
-            .update_account(account)
-            .await
-            .map_err(store_down)?;
+        state.store.update_account(account).await?;
     }
     // Also on a repeat: a crash between the two steps is mended by deleting again.
     state
         .store
         .revoke_customer_refresh_tokens(&id, None)
-        .await
-        .map_err(store_down)?;
+        .await?;
     info!(customer_id = %id, by = %caller.customer_id, "Customer disabled.");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -23,6 +23,9 @@
 //! - [`order_list`]: `GET /v1/orders`, a customer's own orders or (admin) everyone's, filtered
 //!   and cursor-paged.
 //! - [`lifecycle`]: `POST /v1/orders/{id}/cancel` and (admin) `POST /v1/orders/{id}/ship`.
+//! - [`ops`]: the order operations below the handlers (place, cancel, ship, modify, record a
+//!   transfer): each writes the state, announces the event, returns a typed outcome.
+//! - [`body`]: request bodies (JSON, size-limited), wrong fields named.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
 //!   and Swagger UI over it (`GET /docs`), its assets compiled in.
@@ -38,6 +41,7 @@
 //! - [`cors`]: CORS for the configured origins (none by default).
 
 pub mod auth;
+pub mod body;
 pub mod cache;
 pub mod console;
 pub mod cors;
@@ -46,6 +50,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod modify;
 pub mod openapi;
+pub mod ops;
 pub mod order_admin;
 pub mod order_list;
 pub mod orders;
@@ -96,10 +101,10 @@ pub struct ApiState {
     pub ready_checks: Vec<ReadyCheck>,
     /// How access tokens are signed and checked ([`auth`]).
     pub auth: auth::AuthSettings,
-    /// (f/products) Order reads go through this; a handler that changes an order calls
+    /// Order reads go through this; a handler that changes an order calls
     /// `state.orders.invalidate(order_id)` after the store write ([`cache`]).
     pub orders: Arc<cache::OrderCache>,
-    /// (f/products) Where the invoice PDFs are (`GET /v1/orders/{id}/invoice`).
+    /// Where the invoice PDFs are (`GET /v1/orders/{id}/invoice`).
     pub invoice_files: Option<orderflow_store::InvoiceFiles>,
     /// Login, register, verify and resend attempts per email and per client IP
     /// ([`auth::limit`]).
@@ -206,7 +211,7 @@ async fn registry_writes_need_an_admin(
 }
 
 /// Every route of the API. A new route also gets a `#[utoipa::path]` on its handler and a line
-/// in [`openapi::ApiDoc`] (`tests/openapi.rs` checks that the two agree).
+/// in [`openapi::ApiDoc`] (`tests/it/openapi.rs` checks that the two agree).
 pub fn router(state: Arc<ApiState>) -> Router {
     let registry = match &state.schema_registry {
         Some(registry) => schema_registry::routes(registry.clone()).route_layer(
@@ -231,7 +236,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(console::index))
         .route("/console/app.js", get(console::app_js))
         .route("/console/app.css", get(console::app_css))
-        // (f/products) catalogue administration and invoices.
+        // Catalogue administration and invoices.
         .route("/v1/products", get(products::list).post(products::create))
         .route(
             "/v1/products/{sku}",
@@ -241,12 +246,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/products/{sku}/stock", post(products::adjust_stock))
         .route("/v1/orders/{id}/invoice", get(orders::invoice))
-        // Cancel and ship (issue #5, f/lifecycle).
+        // Cancel and ship.
         .route("/v1/orders/{id}/cancel", post(lifecycle::cancel))
         .route("/v1/orders/{id}/ship", post(lifecycle::ship))
-        // Modifications and bank transfers (issue #5).
+        // Modifications and bank transfers.
         .route("/v1/orders/{id}/payment", post(modify::record_payment))
-        // Accounts (issue #5, f/auth).
+        // Accounts.
         .route("/v1/auth/register", post(auth::routes::register))
         .route("/v1/auth/verify", post(auth::routes::verify))
         .route("/v1/auth/resend", post(auth::routes::resend))

@@ -1,15 +1,8 @@
-//! Cancel and ship (issue #5, f/lifecycle): `POST /v1/orders/{id}/cancel` (the order's customer
-//! or an admin) and `POST /v1/orders/{id}/ship` (admins).
+//! `POST /v1/orders/{id}/cancel` (the order's customer or an admin) and
+//! `POST /v1/orders/{id}/ship` (admins), over [`ops::cancel_order`] and [`ops::ship_order`].
 //!
-//! Each call changes the order in the store first ([`Store::cancel_order`],
-//! [`Store::ship_order`]: atomic with respect to each other, idempotent), drops it from the
-//! read cache, and only then produces its event (`OrderCancelled` on `orders.cancelled`,
-//! `OrderShipped` on `orders.shipped`). The event is built from what the store recorded (the
-//! first call's reason and time), with the id `<order id>:cancelled` / `<order id>:shipped`: a
-//! retry after a failed produce sends the same event again, and consumers deduplicate on it.
-//!
-//! [`Store::cancel_order`]: orderflow_store::Store::cancel_order
-//! [`Store::ship_order`]: orderflow_store::Store::ship_order
+//! [`ops::cancel_order`]: crate::ops::cancel_order
+//! [`ops::ship_order`]: crate::ops::ship_order
 
 use std::sync::Arc;
 
@@ -19,14 +12,15 @@ use axum::{
     http::HeaderMap,
     Json,
 };
-use orderflow_schemas::{now_millis, OrderShipped, OrderStatus};
-use orderflow_store::{CancelOutcome, OrderRecord, ShipOutcome};
+use orderflow_store::{CancelOutcome, ShipOutcome};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::info;
 use utoipa::ToSchema;
 
+use crate::problem::responses;
 use crate::{
     auth::Caller,
+    ops,
     orders::{is_json, parse_json, read_body, OrderView},
     problem::{text_problem, FieldError, Problem},
     ApiState,
@@ -47,10 +41,6 @@ pub struct CancelOrderRequest {
     )]
     #[serde(default)]
     pub reason: Option<String>,
-}
-
-fn store_down(e: orderflow_store::StoreError) -> Problem {
-    Problem::down("order store", &e)
 }
 
 /// The cancel request: none when the body is empty; else JSON, its reason checked.
@@ -78,16 +68,6 @@ async fn cancel_request(headers: &HeaderMap, body: Body) -> Result<CancelOrderRe
     Ok(req)
 }
 
-/// The time and detail the store recorded for a final step.
-fn recorded(order: &OrderRecord, status: OrderStatus) -> (i64, Option<String>) {
-    let id = status.event_id(&order.order_id);
-    order
-        .timeline
-        .iter()
-        .find(|t| t.event_id == id)
-        .map_or((order.updated_at, None), |t| (t.at, t.detail.clone()))
-}
-
 /// `POST /v1/orders/{id}/cancel`.
 #[utoipa::path(
     post,
@@ -105,25 +85,19 @@ fn recorded(order: &OrderRecord, status: OrderStatus) -> (i64, Option<String>) {
         (status = 200, description = "The order, cancelled.", body = OrderView),
         (status = 400, description = "The body is not JSON, or the id not UTF-8.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order has shipped: it can no longer be cancelled.",
          body = Problem, content_type = "application/problem+json",
          example = json!({"type": "/problems/order-shipped", "title": "Order already shipped",
             "status": 409, "detail": "order 01a2… has shipped and can no longer be cancelled"})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "The reason is empty, too long or has control \
             characters, or the body has unknown fields.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store or the event log is down; retry (a retry \
-            finishes what the first call started).", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn cancel(
@@ -136,57 +110,19 @@ pub async fn cancel(
     let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
     let req = cancel_request(&headers, body).await?;
-    let not_found = || Problem::not_found(format!("no order {order_id}"));
-    let owner = state
-        .store
-        .get_order(&order_id)
-        .await
-        .map_err(store_down)?
-        .ok_or_else(not_found)?
-        .customer_id;
-    if !caller.may_access(&owner) {
-        return Err(not_found());
-    }
     let reason = req.reason.as_deref().map(str::trim);
-    let outcome = state
-        .store
-        .cancel_order(&order_id, reason, now_millis())
-        .await
-        .map_err(store_down)?;
-    let (order, paid) = match outcome {
-        CancelOutcome::Cancelled { order, paid } => (*order, paid),
-        CancelOutcome::Shipped => {
-            return Err(Problem::conflict(
-                "order-shipped",
-                "Order already shipped",
-                format!("order {order_id} has shipped and can no longer be cancelled"),
-            ))
+    match ops::cancel_order(&state, &caller, &order_id, reason).await? {
+        CancelOutcome::Cancelled { order, paid } => {
+            info!(%order_id, by = %caller.customer_id, paid, "Order cancelled.");
+            Ok(Json((*order).into()))
         }
-        CancelOutcome::NotFound => return Err(not_found()),
-    };
-    state.orders.invalidate(&order_id).await;
-    let refund = if paid {
-        match state
-            .store
-            .get_payment(&order_id)
-            .await
-            .map_err(store_down)?
-        {
-            Some(p) if p.approved => Some((p.amount_cents, p.currency)),
-            _ => None,
-        }
-    } else {
-        None
-    };
-    let event = orderflow_store::cancellation_event(&order, refund);
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
-            "the order is cancelled, but the event log is unavailable; retry to announce it",
-        ));
+        CancelOutcome::Shipped => Err(Problem::conflict(
+            "order-shipped",
+            "Order already shipped",
+            format!("order {order_id} has shipped and can no longer be cancelled"),
+        )),
+        CancelOutcome::NotFound => Err(Problem::not_found(format!("no order {order_id}"))),
     }
-    info!(%order_id, by = %caller.customer_id, paid, "Order cancelled.");
-    Ok(Json(order.into()))
 }
 
 /// `POST /v1/orders/{id}/ship`.
@@ -203,10 +139,8 @@ pub async fn cancel(
         (status = 200, description = "The order, shipped.", body = OrderView),
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 404, description = "No such order.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order is not paid yet, its payment failed, or it \
@@ -215,9 +149,7 @@ pub async fn cancel(
          example = json!({"type": "/problems/order-not-shippable",
             "title": "Order cannot ship", "status": 409,
             "detail": "order 01a2… is cancelled: only a paid or invoiced order ships"})),
-        (status = 503, description = "The store or the event log is down; retry.",
-         body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn ship(
@@ -228,39 +160,19 @@ pub async fn ship(
     caller.require_admin()?;
     let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
-    let outcome = state
-        .store
-        .ship_order(&order_id, now_millis())
-        .await
-        .map_err(store_down)?;
-    let order = match outcome {
-        ShipOutcome::Shipped(order) => *order,
-        ShipOutcome::NotReady(status) => {
-            return Err(Problem::conflict(
-                "order-not-shippable",
-                "Order cannot ship",
-                format!(
-                    "order {order_id} is {}: only a paid or invoiced order ships",
-                    status.as_str()
-                ),
-            ))
+    match ops::ship_order(&state, &order_id).await? {
+        ShipOutcome::Shipped(order) => {
+            info!(%order_id, by = %caller.customer_id, "Order shipped.");
+            Ok(Json((*order).into()))
         }
-        ShipOutcome::NotFound => return Err(Problem::not_found(format!("no order {order_id}"))),
-    };
-    state.orders.invalidate(&order_id).await;
-    let (at, _) = recorded(&order, OrderStatus::Shipped);
-    let event = OrderShipped {
-        event_id: OrderStatus::Shipped.event_id(&order_id),
-        order_id: order_id.clone(),
-        customer_id: order.customer_id.clone(),
-        occurred_at: at,
-    };
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
-            "the order is shipped, but the event log is unavailable; retry to announce it",
-        ));
+        ShipOutcome::NotReady(status) => Err(Problem::conflict(
+            "order-not-shippable",
+            "Order cannot ship",
+            format!(
+                "order {order_id} is {}: only a paid or invoiced order ships",
+                status.as_str()
+            ),
+        )),
+        ShipOutcome::NotFound => Err(Problem::not_found(format!("no order {order_id}"))),
     }
-    info!(%order_id, by = %caller.customer_id, "Order shipped.");
-    Ok(Json(order.into()))
 }

@@ -1,28 +1,14 @@
-//! Changing an unpaid order (issue #5): `PATCH /v1/orders/{id}` (the order's customer or an
-//! admin) changes its quantities; `POST /v1/orders/{id}/payment` (admins) records the bank
-//! transfer that pays it.
+//! `PATCH /v1/orders/{id}` (the order's customer or an admin) changes the quantities of an
+//! unpaid order; `POST /v1/orders/{id}/payment` (admins) records the bank transfer that pays
+//! it. The operations are [`ops::modify_order`] and [`ops::record_transfer`] (what each writes
+//! and announces, and why in that order, is documented there).
 //!
 //! Only orders paid by bank transfer (`payment.method = "bank_transfer"`) have an unpaid
 //! window: a card is charged as soon as the order is validated. Such an order waits, status
 //! `validated`, until an admin records the transfer; until then its quantities may change.
 //!
-//! A change goes to the store first ([`Store::modify_order`]): the reservation swaps to the
-//! new quantities all or nothing (409 naming `items[i].quantity` when the stock is short), the
-//! order's revision goes up, its pricing is cleared. Then `OrderModified` goes out on
-//! `orders.modified`; validation re-prices the revision and produces its `OrderValidated`
-//! (event id `<order>:validated:r<n>`), which reaches the timeline and the customer's email.
-//! A retry after a failed produce announces the revision again (same event id), and so does an
-//! attempt to record the payment of a revision that is still unpriced.
-//!
-//! Recording the transfer claims the payment of the order's current revision
-//! ([`Store::claim_payment`]): from then on the quantities are final, and a change that raced
-//! it is refused (or, if it won, the claim is refused and the admin retries with the new
-//! total). The payment is recorded once ([`Store::record_payment`]: the first reference
-//! wins), then `OrderPaid` goes out and invoicing takes it from there.
-//!
-//! [`Store::modify_order`]: orderflow_store::Store::modify_order
-//! [`Store::claim_payment`]: orderflow_store::Store::claim_payment
-//! [`Store::record_payment`]: orderflow_store::Store::record_payment
+//! [`ops::modify_order`]: crate::ops::modify_order
+//! [`ops::record_transfer`]: crate::ops::record_transfer
 
 use std::sync::Arc;
 
@@ -32,19 +18,21 @@ use axum::{
     http::{HeaderMap, StatusCode},
     Json,
 };
-use orderflow_schemas::{
-    now_millis, OrderCancelled, OrderItem, OrderModified, OrderPaid, OrderStatus, PaymentMethod,
-};
-use orderflow_store::{
-    ModifyOutcome, OrderRecord, PaymentClaim, PaymentRecord, StatusUpdate, StoreError,
-};
+use orderflow_schemas::OrderStatus;
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::info;
 use utoipa::ToSchema;
 
+pub use crate::ops::ItemChange;
+use crate::problem::responses;
 use crate::{
     auth::Caller,
-    orders::{integer, json_body, OrderView, MAX_ITEMS, MAX_QUANTITY},
+    ops::{
+        self,
+        modify::{ChangeError, Modified},
+        Transfer,
+    },
+    orders::{json_body, OrderView},
     problem::{text_problem, FieldError, Problem},
     ApiState,
 };
@@ -62,19 +50,6 @@ pub struct ModifyOrderRequest {
     pub items: Vec<ItemChange>,
 }
 
-/// A new quantity for one item of the order.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ItemChange {
-    /// A SKU the order has (only quantities change).
-    #[schema(max_length = 64, example = "MUG-001")]
-    pub sku: String,
-    /// The new quantity; 0 drops the item.
-    #[serde(deserialize_with = "integer")]
-    #[schema(minimum = 0, maximum = 1000, example = 3)]
-    pub quantity: i64,
-}
-
 /// The body of `POST /v1/orders/{id}/payment`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -86,10 +61,6 @@ pub struct RecordPaymentRequest {
         example = "TRF-2026-000123"
     )]
     pub reference: String,
-}
-
-fn store_down(e: StoreError) -> Problem {
-    Problem::down("order store", &e)
 }
 
 fn not_found(order_id: &str) -> Problem {
@@ -133,63 +104,13 @@ pub(crate) fn not_modifiable(order_id: &str, status: OrderStatus, claimed: bool)
     }
 }
 
-/// The order's items with the changes applied (each SKU once; dropped ones left out). A value
-/// out of range is a 422; a change the order's items do not allow (a SKU it does not have, a
-/// SKU twice, no item left) is a 409, as the document cannot say what the order holds.
-fn apply_changes(order: &OrderRecord, changes: &[ItemChange]) -> Result<Vec<OrderItem>, Problem> {
-    let mut invalid = Vec::new();
-    let mut conflicts = Vec::new();
-    if changes.is_empty() {
-        invalid.push(field_error("items".into(), "must hold at least one change"));
-    }
-    if changes.len() > MAX_ITEMS {
-        invalid.push(field_error(
-            "items".into(),
-            format!("must hold at most {MAX_ITEMS} changes"),
-        ));
-    }
-    // The order's items, one per SKU (an order may name a SKU twice).
-    let mut items: Vec<OrderItem> = Vec::with_capacity(order.items.len());
-    for item in &order.items {
-        match items.iter_mut().find(|i| i.sku == item.sku) {
-            Some(i) => i.quantity += item.quantity,
-            None => items.push(item.clone()),
-        }
-    }
-    for (i, change) in changes.iter().enumerate().take(MAX_ITEMS) {
-        if !(0..=MAX_QUANTITY).contains(&change.quantity) {
-            invalid.push(field_error(
-                format!("items[{i}].quantity"),
-                format!("must be from 0 (drop the item) to {MAX_QUANTITY}"),
-            ));
-            continue;
-        }
-        if changes[..i].iter().any(|c| c.sku == change.sku) {
-            conflicts.push(field_error(format!("items[{i}].sku"), "is listed twice"));
-            continue;
-        }
-        match items.iter_mut().find(|item| item.sku == change.sku) {
-            Some(item) => item.quantity = change.quantity as i32,
-            None => conflicts.push(field_error(
-                format!("items[{i}].sku"),
-                "is not in this order: only the quantities of its items can change",
-            )),
-        }
-    }
-    items.retain(|item| item.quantity > 0);
-    if !invalid.is_empty() {
-        return Err(Problem::invalid(invalid));
-    }
-    if conflicts.is_empty() && items.is_empty() {
-        conflicts.push(field_error(
-            "items".into(),
-            "would leave the order empty: keep at least one item, or cancel the order",
-        ));
-    }
-    if conflicts.is_empty() {
-        Ok(items)
-    } else {
-        Err(refused_change(conflicts))
+/// A change that does not apply to the order's items: 422 for a value out of range, 409 for a
+/// change the order's items do not allow (a SKU it does not have, a SKU twice, no item left),
+/// as the document cannot say what the order holds.
+fn change_problem(e: ChangeError) -> Problem {
+    match e {
+        ChangeError::Invalid(errors) => Problem::invalid(errors),
+        ChangeError::Refused(errors) => refused_change(errors),
     }
 }
 
@@ -232,8 +153,7 @@ fn change_field(changes: &[ItemChange], sku: &str, leaf: &str) -> String {
         (status = 200, description = "The order with its new quantities.", body = OrderView),
         (status = 400, description = "The body is not JSON, or the id not UTF-8.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order cannot change now (not awaiting a bank \
@@ -245,17 +165,12 @@ fn change_field(changes: &[ItemChange], sku: &str, leaf: &str) -> String {
             "status": 409, "detail": "items[0].quantity: only 2 more units of MUG-001 are available",
             "errors": [{"field": "items[0].quantity",
                 "message": "only 2 more units of MUG-001 are available"}]})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "A quantity is out of range or there is no change (the \
             field names it).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store or the event log is down; retry (a retry \
-            finishes what the first call started).", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn modify(
@@ -268,39 +183,25 @@ pub async fn modify(
     let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
     let req: ModifyOrderRequest = json_body(&headers, body).await?;
-    let order = state
-        .store
-        .get_order(&order_id)
-        .await
-        .map_err(store_down)?
-        .filter(|o| caller.may_access(&o.customer_id))
-        .ok_or_else(|| not_found(&order_id))?;
-    let items = apply_changes(&order, &req.items)?;
-    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
-        return Err(Problem::conflict(
-            "order-not-modifiable",
-            "Order cannot change",
-            format!(
-                "order {order_id} is paid by {}, charged as soon as it is validated: its \
-                 quantities cannot change (cancel it and order again)",
-                order
-                    .payment_method
-                    .as_deref()
-                    .unwrap_or("an unknown method")
-            ),
-        ));
-    }
-    let outcome = state
-        .store
-        .modify_order(&order_id, items, now_millis())
-        .await
-        .map_err(store_down)?;
-    let order = match outcome {
-        ModifyOutcome::Modified { order, .. } => *order,
-        ModifyOutcome::NotModifiable { status, claimed } => {
+    let order = match ops::modify_order(&state, &caller, &order_id, &req.items).await? {
+        Modified::Modified(order) => *order,
+        Modified::NotFound => return Err(not_found(&order_id)),
+        Modified::BadChange(e) => return Err(change_problem(e)),
+        Modified::NotBankTransfer { method } => {
+            return Err(Problem::conflict(
+                "order-not-modifiable",
+                "Order cannot change",
+                format!(
+                    "order {order_id} is paid by {}, charged as soon as it is validated: its \
+                     quantities cannot change (cancel it and order again)",
+                    method.as_deref().unwrap_or("an unknown method")
+                ),
+            ))
+        }
+        Modified::NotModifiable { status, claimed } => {
             return Err(not_modifiable(&order_id, status, claimed))
         }
-        ModifyOutcome::Insufficient { sku, available } => {
+        Modified::Insufficient { sku, available } => {
             let field = change_field(&req.items, &sku, "quantity");
             let message = format!("only {available} more units of {sku} are available");
             return Err(Problem::field(
@@ -311,7 +212,7 @@ pub async fn modify(
                 message,
             ));
         }
-        ModifyOutcome::UnknownItem { sku } => {
+        Modified::UnknownItem { sku } => {
             // The order changed between the read and the write (another change dropped it).
             let field = change_field(&req.items, &sku, "sku");
             return Err(refused_change(vec![field_error(
@@ -319,10 +220,7 @@ pub async fn modify(
                 "is not in this order: only the quantities of its items can change",
             )]));
         }
-        ModifyOutcome::NotFound => return Err(not_found(&order_id)),
     };
-    state.orders.invalidate(&order_id).await;
-    announce_modified(&state, &order).await?;
     info!(%order_id, by = %caller.customer_id, revision = order.revision, "Order modified.");
     Ok(Json(order.into()))
 }
@@ -345,10 +243,8 @@ pub async fn modify(
         (status = 200, description = "The order, paid.", body = OrderView),
         (status = 400, description = "The body is not JSON, or the id not UTF-8.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 404, description = "No such order.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order is not awaiting a bank transfer (card, \
@@ -357,16 +253,11 @@ pub async fn modify(
          content_type = "application/problem+json",
          example = json!({"type": "/problems/order-not-payable", "title": "Order cannot be paid",
             "status": 409, "detail": "order 01a2… is cancelled"})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "The reference is empty, too long or has control \
             characters.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store or the event log is down; retry (a retry \
-            finishes what the first call started).", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn record_payment(
@@ -387,218 +278,59 @@ pub async fn record_payment(
             message,
         )]));
     }
-    let order = state
-        .store
-        .get_order(&order_id)
-        .await
-        .map_err(store_down)?
-        .ok_or_else(|| not_found(&order_id))?;
     let title = "Order cannot be paid";
     let refuse = |detail: String| Problem::conflict("order-not-payable", title, detail);
-    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
-        return Err(refuse(format!(
-            "order {order_id} is paid by {}: the payment stage charges it",
-            order
-                .payment_method
-                .as_deref()
-                .unwrap_or("an unknown method")
-        )));
-    }
-    let recorded = state
-        .store
-        .get_payment(&order_id)
-        .await
-        .map_err(store_down)?;
-    let payment = match recorded {
-        // A repeat: finish what the first call started (announce it again).
-        Some(p) if p.payment_id.as_deref() == Some(reference.as_str()) => p,
-        Some(p) => {
+    let order = match ops::record_transfer(&state, &order_id, &reference).await? {
+        Transfer::Paid(order) => *order,
+        Transfer::NotFound => return Err(not_found(&order_id)),
+        Transfer::NotBankTransfer { method } => {
             return Err(refuse(format!(
-                "order {order_id} is paid already (reference {})",
-                p.payment_id.unwrap_or_default()
+                "order {order_id} is paid by {}: the payment stage charges it",
+                method.as_deref().unwrap_or("an unknown method")
             )))
         }
-        None => {
-            let pricing = match order.status {
-                OrderStatus::Validated => order.pricing.clone(),
-                OrderStatus::Accepted => None,
-                other => return Err(refuse(format!("order {order_id} is {}", other.as_str()))),
-            };
-            let Some(pricing) = pricing else {
-                // A change whose announcement was lost is announced again, so it gets priced.
-                announce_modified(&state, &order).await?;
-                return Err(retry_soon(
-                    "order-not-payable",
-                    title,
-                    format!("order {order_id} is being priced; retry in a moment"),
-                ));
-            };
-            match state
-                .store
-                .claim_payment(&order_id, order.revision)
-                .await
-                .map_err(store_down)?
-            {
-                PaymentClaim::Granted => {}
-                PaymentClaim::Stale { .. } => {
-                    return Err(retry_soon(
-                        "order-not-payable",
-                        title,
-                        format!("order {order_id} changed meanwhile; retry for its new total"),
-                    ))
-                }
-                PaymentClaim::Final(status) => {
-                    return Err(refuse(format!("order {order_id} is {}", status.as_str())))
-                }
-                PaymentClaim::NotFound => return Err(not_found(&order_id)),
-            }
-            let payment = state
-                .store
-                .record_payment(PaymentRecord {
-                    order_id: order_id.clone(),
-                    amount_cents: pricing.total_cents,
-                    currency: pricing.currency.clone(),
-                    approved: true,
-                    payment_id: Some(reference.clone()),
-                    reason: None,
-                    at: now_millis(),
-                })
-                .await
-                .map_err(store_down)?;
-            if payment.payment_id.as_deref() != Some(reference.as_str()) {
-                return Err(refuse(format!(
-                    "order {order_id} is paid already (reference {})",
-                    payment.payment_id.unwrap_or_default()
-                )));
-            }
-            payment
+        Transfer::PaidAlready { reference } => {
+            return Err(refuse(format!(
+                "order {order_id} is paid already (reference {reference})"
+            )))
+        }
+        Transfer::Final(status) => {
+            return Err(refuse(format!("order {order_id} is {}", status.as_str())))
+        }
+        Transfer::BeingPriced => {
+            return Err(retry_soon(
+                "order-not-payable",
+                title,
+                format!("order {order_id} is being priced; retry in a moment"),
+            ))
+        }
+        Transfer::Changed => {
+            return Err(retry_soon(
+                "order-not-payable",
+                title,
+                format!("order {order_id} changed meanwhile; retry for its new total"),
+            ))
+        }
+        Transfer::Unpriced => {
+            return Err(Problem::unavailable(format!(
+                "order {order_id} has a payment but no pricing yet; retry"
+            )))
         }
     };
-    let order = announce_paid(&state, order, &payment).await?;
     info!(%order_id, by = %caller.customer_id, %reference, "Bank transfer recorded.");
     Ok(Json(order.into()))
 }
 
-/// Produces `OrderModified` for the order's revision while it is not priced yet: after the
-/// change, and again on a retry (the same event id) when the first produce failed, so a
-/// revision is never left unpriced.
-pub(crate) async fn announce_modified(
-    state: &ApiState,
-    order: &OrderRecord,
-) -> Result<(), Problem> {
-    if order.revision == 0 || order.pricing.is_some() {
-        return Ok(());
-    }
-    let order_id = order.order_id.as_str();
-    let event_id = OrderModified::event_id_for(order_id, order.revision);
-    let at = order
-        .timeline
-        .iter()
-        .find(|t| t.event_id == event_id)
-        .map_or(order.updated_at, |t| t.at);
-    let event = OrderModified {
-        event_id,
-        order_id: order_id.to_string(),
-        customer_id: order.customer_id.clone(),
-        revision: order.revision,
-        items: order.items.clone(),
-        occurred_at: at,
-    };
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
-            "the order is changed, but the event log is unavailable; retry to announce it",
-        ));
-    }
-    Ok(())
-}
-
-/// Records `paid` on the order and produces `OrderPaid` (both idempotent by the event id); a
-/// cancel that slipped in before the payment was recorded is announced again, so the payment
-/// stage refunds the transfer.
-async fn announce_paid(
-    state: &ApiState,
-    order: OrderRecord,
-    payment: &PaymentRecord,
-) -> Result<OrderRecord, Problem> {
-    let order_id = order.order_id.clone();
-    let Some(pricing) = order.pricing.clone() else {
-        return Err(Problem::unavailable(format!(
-            "order {order_id} has a payment but no pricing yet; retry"
-        )));
-    };
-    let payment_id = payment.payment_id.clone().unwrap_or_default();
-    let event = OrderPaid {
-        event_id: OrderStatus::Paid.event_id(&order_id),
-        order_id: order_id.clone(),
-        customer_id: order.customer_id.clone(),
-        payment_id: payment_id.clone(),
-        lines: pricing.lines.clone(),
-        currency: pricing.currency.clone(),
-        subtotal_cents: pricing.subtotal_cents,
-        tax_cents: pricing.tax_cents,
-        total_cents: pricing.total_cents,
-        occurred_at: payment.at,
-    };
-    state
-        .store
-        .apply_status(StatusUpdate {
-            order_id: order_id.clone(),
-            customer_id: order.customer_id.clone(),
-            status: OrderStatus::Paid,
-            event_id: event.event_id.clone(),
-            at: payment.at,
-            detail: Some(payment_id),
-            pricing: Some(pricing),
-            invoice_number: None,
-            revision: order.revision,
-        })
-        .await
-        .map_err(store_down)?;
-    state.orders.invalidate(&order_id).await;
-    let unannounced = || {
-        Problem::unavailable(
-            "the payment is recorded, but the event log is unavailable; retry to announce it",
-        )
-    };
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(unannounced());
-    }
-    let order = state
-        .store
-        .get_order(&order_id)
-        .await
-        .map_err(store_down)?
-        .ok_or_else(|| not_found(&order_id))?;
-    if order.status == OrderStatus::Cancelled {
-        let cancelled_at = order
-            .timeline
-            .iter()
-            .find(|t| t.status == OrderStatus::Cancelled)
-            .map_or(order.updated_at, |t| t.at);
-        let event = OrderCancelled {
-            event_id: OrderStatus::Cancelled.event_id(&order_id),
-            order_id: order_id.clone(),
-            customer_id: order.customer_id.clone(),
-            reason: None,
-            paid: true,
-            refund_cents: payment.amount_cents,
-            currency: payment.currency.clone(),
-            occurred_at: cancelled_at,
-        };
-        if let Err(e) = state.producer.send(&event).await {
-            warn!(%order_id, error = %e, "Produce failed.");
-            return Err(unannounced());
-        }
-        warn!(%order_id, "Transfer recorded for an order cancelled meanwhile; refund requested.");
-    }
-    Ok(order)
-}
-
 #[cfg(test)]
 mod tests {
+    use orderflow_schemas::{OrderItem, PaymentMethod};
+    use orderflow_store::OrderRecord;
+
     use super::*;
+
+    fn apply_changes(o: &OrderRecord, changes: &[ItemChange]) -> Result<Vec<OrderItem>, Problem> {
+        ops::modify::apply_changes(o, changes).map_err(change_problem)
+    }
 
     fn order(items: &[(&str, i32)]) -> OrderRecord {
         OrderRecord {

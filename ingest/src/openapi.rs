@@ -2,7 +2,7 @@
 //! `GET /openapi.json`, and Swagger UI over it at `GET /docs`.
 //!
 //! A route is documented by a `#[utoipa::path]` on its handler and one line in [`ApiDoc`]'s
-//! `paths(...)`; the request and response types derive `ToSchema`. `tests/openapi.rs` checks
+//! `paths(...)`; the request and response types derive `ToSchema`. `tests/it/openapi.rs` checks
 //! that the document and the router agree, and `tests/contract.rs` runs schemathesis against
 //! the real server.
 //!
@@ -41,7 +41,6 @@ use crate::{
         orders::get,
         order_list::list,
         products::list,
-        // (f/products)
         orders::invoice,
         products::get,
         products::create,
@@ -60,10 +59,10 @@ use crate::{
         customers::get,
         customers::update,
         customers::delete,
-        // Cancel and ship (issue #5, f/lifecycle).
+        // Cancel and ship.
         lifecycle::cancel,
         lifecycle::ship,
-        // Modifications and bank transfers (issue #5).
+        // Modifications and bank transfers.
         modify::modify,
         modify::record_payment,
         // The console and what it uses.

@@ -274,7 +274,7 @@ pub async fn adjust_prices(
         ModifyOutcome::Insufficient { .. } | ModifyOutcome::NotFound => return Err(not_found()),
     };
     state.orders.invalidate(&order_id).await;
-    crate::modify::announce_modified(&state, &order).await?;
+    crate::ops::modify::announce_modified(&state, &order).await?;
     info!(%order_id, by = %caller.customer_id, revision = order.revision, "Order prices adjusted.");
     Ok(Json(order.into()))
 }

@@ -21,6 +21,7 @@ use orderflow_store::OrderFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::problem::responses;
 use crate::{
     auth::Caller,
     orders::OrderView,
@@ -223,9 +224,7 @@ fn check(query: ListQuery, caller: &Caller) -> Result<ListRequest, Problem> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "One page of orders.", body = OrderPage),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
+        responses::Unauthorized,
         (status = 403, description = "A customer named another customer.", body = Problem,
          content_type = "application/problem+json"),
         (status = 422, description = "A query parameter is unknown or has a bad value (each is \
@@ -235,9 +234,7 @@ fn check(query: ListQuery, caller: &Caller) -> Result<ListRequest, Problem> {
             "detail": "query:limit: must be an integer from 1 to 100",
             "errors": [{"field": "query:limit",
                         "message": "must be an integer from 1 to 100"}]})),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn list(
@@ -260,8 +257,7 @@ pub async fn list(
             request.before.as_deref(),
             request.limit + 1,
         )
-        .await
-        .map_err(|e| Problem::down("order store", &e))?;
+        .await?;
     let next_cursor = if orders.len() > request.limit {
         orders.truncate(request.limit);
         orders.last().map(|o| encode_cursor(&o.order_id))

@@ -22,20 +22,21 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod};
-use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};
+use orderflow_schemas::{Address, OrderItem, OrderStatus};
+use orderflow_store::{IdempotencyKey, OrderRecord, TimelineEntry};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
 use utoipa::ToSchema;
 
+pub(crate) use crate::body::{integer, is_json};
+pub use crate::body::{json_body, parse_json, read_body, MAX_BODY_BYTES};
+use crate::problem::responses;
 use crate::{
     auth::Caller,
+    ops::{self, NewOrder, Placed},
     problem::{FieldError, Problem},
     ApiState,
 };
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most items in one order.
 pub const MAX_ITEMS: usize = 100;
 /// Most units of one item.
@@ -96,38 +97,6 @@ fn some_string<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {
     String::deserialize(deserializer).map(Some)
-}
-
-/// An `i64` from a JSON integer, or from a number with no fractional part within range (`2.0`).
-pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    struct Integer;
-    impl serde::de::Visitor<'_> for Integer {
-        type Value = i64;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an integer")
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
-            Ok(v)
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
-            i64::try_from(v)
-                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-        }
-
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
-            // -2^63 and 2^63 are exact in f64: every integral f64 in [-2^63, 2^63) fits.
-            const BOUND: f64 = 9_223_372_036_854_775_808.0;
-            if v.fract() == 0.0 && (-BOUND..BOUND).contains(&v) {
-                Ok(v as i64)
-            } else {
-                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
-            }
-        }
-    }
-    deserializer.deserialize_any(Integer)
 }
 
 /// Where the order ships to.
@@ -291,142 +260,6 @@ impl From<OrderRecord> for OrderView {
                 .collect(),
         }
     }
-}
-
-/// Is the content type JSON (`application/json`, `application/*+json`, any parameters)?
-pub(crate) fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let mime = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
-/// Reads the body within the size limit.
-pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Problem> {
-    let too_large = || {
-        Problem::field(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Request body too large",
-            "body",
-            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| too_large())
-}
-
-/// Reads a JSON body of type `T`: 415 unless the content type is JSON, 413 over
-/// [`MAX_BODY_BYTES`], 400 for broken JSON, 422 naming the field for a wrong one.
-pub async fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, Problem> {
-    if !is_json(headers) {
-        return Err(Problem::unsupported_media_type());
-    }
-    let bytes = read_body(headers, body).await?;
-    parse_json(&bytes)
-}
-
-/// Parses a JSON object into `T`, naming the field that is wrong. Every request body is an
-/// object: serde would also fill a struct from an array of its fields in order (`[null, null]`),
-/// which no client means, so an array is refused before it gets that far.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    if bytes.trim_ascii_start().first() == Some(&b'[') {
-        return Err(Problem::invalid(vec![FieldError {
-            field: "body".into(),
-            message: "must be a JSON object, not an array".into(),
-        }]));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    let value = result.map_err(|e| {
-        let inner = e.inner();
-        let mut field = e.path().to_string();
-        // `?` stands for a segment the parser never reached (the body ended first): say where it
-        // broke off instead.
-        while let Some(known) = field.strip_suffix(".?") {
-            field.truncate(known.len());
-        }
-        if field == "." || field == "?" {
-            field.clear();
-        }
-        let message = inner.to_string();
-        // Missing fields are reported at their parent (unknown ones already at themselves).
-        if let Some(name) = backticked(&message).filter(|name| {
-            (message.starts_with("missing field") || message.starts_with("unknown field"))
-                && !field.ends_with(name)
-        }) {
-            field = if field.is_empty() {
-                name.to_string()
-            } else {
-                format!("{field}.{name}")
-            };
-        }
-        if field.is_empty() {
-            field = "body".into();
-        }
-        // Strip serde_json's " at line L column C"; the field says where.
-        let message = match message.rfind(" at line ") {
-            Some(i) if !(inner.is_syntax() || inner.is_eof()) => message[..i].to_string(),
-            _ => message,
-        };
-        // serde names the value it could not take (``invalid type: integer `123456` ``): not
-        // for a secret, which no answer repeats.
-        let message = if SECRET_FIELDS.contains(&field.as_str()) && message.contains('`') {
-            "must be a string".to_string()
-        } else {
-            message
-        };
-        if inner.is_syntax() || inner.is_eof() {
-            Problem::field(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "The body is not valid JSON",
-                &field,
-                message,
-            )
-        } else {
-            Problem::invalid(vec![FieldError { field, message }])
-        }
-    })?;
-    de.end().map_err(|e| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "The body is not valid JSON",
-            "body",
-            e.to_string(),
-        )
-    })?;
-    Ok(value)
-}
-
-/// Request fields whose values are secrets: a problem document names them, never their value.
-const SECRET_FIELDS: [&str; 2] = ["payment.token", "code"];
-
-fn backticked(message: &str) -> Option<&str> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(&message[start..start + len])
 }
 
 /// Checks the values serde cannot: ranges, lengths, formats. Lists every problem at once.
@@ -594,9 +427,7 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
             "status": 400, "detail": "body: EOF while parsing a value at line 1 column 21",
             "errors": [{"field": "body",
                         "message": "EOF while parsing a value at line 1 column 21"}]})),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
+        responses::Unauthorized,
         (status = 403, description = "A customer named another customer in `customer_id`.",
          body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is paid by bank transfer and its customer has \
@@ -649,129 +480,59 @@ pub async fn create(
     let now = orderflow_schemas::now_millis();
     let key = idempotency_key(&headers, &req, now, state.idempotency_ttl_ms)?;
 
-    let order_id = uuid::Uuid::now_v7().to_string();
-    tracing::Span::current().record("order_id", order_id.as_str());
-    let items: Vec<OrderItem> = req
-        .items
-        .iter()
-        .map(|i| OrderItem {
-            sku: i.sku.clone(),
-            quantity: i.quantity as i32,
-        })
-        .collect();
-    let address = Address {
-        name: req.shipping_address.name,
-        line1: req.shipping_address.line1,
-        line2: req.shipping_address.line2,
-        city: req.shipping_address.city,
-        postal_code: req.shipping_address.postal_code,
-        country: req.shipping_address.country,
-    };
-    let event = OrderAccepted {
-        event_id: OrderStatus::Accepted.event_id(&order_id),
-        order_id: order_id.clone(),
-        customer_id: customer_id.clone(),
-        items: items.clone(),
-        shipping_address: address.clone(),
-        payment: PaymentMethod {
-            method: req.payment.method.clone(),
-        },
-        occurred_at: now,
-    };
-    // The card token stays in the store, written with the order, for the payment stage to
-    // read by order id; no event carries it. An offline payment has nothing to charge.
-    let payment_token = (!event.payment.is_offline()).then(|| PaymentToken {
-        token: req.payment.token,
-        expires_at: now + orderflow_store::PAYMENT_TOKEN_TTL.as_millis() as i64,
-    });
-    let record = OrderRecord {
-        order_id: order_id.clone(),
+    let new = NewOrder {
         customer_id,
-        status: OrderStatus::Accepted,
-        items,
-        shipping_address: Some(address),
-        payment_method: Some(req.payment.method),
-        pricing: None,
-        invoice_number: None,
-        created_at: now,
-        updated_at: now,
-        timeline: vec![TimelineEntry {
-            status: OrderStatus::Accepted,
-            event_id: event.event_id.clone(),
-            at: now,
-            detail: None,
-        }],
-        revision: 0,
-        payment_claim: None,
+        items: req
+            .items
+            .iter()
+            .map(|i| OrderItem {
+                sku: i.sku.clone(),
+                quantity: i.quantity as i32,
+            })
+            .collect(),
+        shipping_address: Address {
+            name: req.shipping_address.name,
+            line1: req.shipping_address.line1,
+            line2: req.shipping_address.line2,
+            city: req.shipping_address.city,
+            postal_code: req.shipping_address.postal_code,
+            country: req.shipping_address.country,
+        },
+        payment_method: req.payment.method,
+        payment_token: req.payment.token,
+        idempotency_key: key,
     };
-
-    let outcome = state
-        .store
-        .create_order(record, key, payment_token, state.max_unpaid_orders)
-        .await
-        .map_err(|e| Problem::down("order store", &e))?;
-    match outcome {
-        CreateOrder::Created => {}
-        CreateOrder::InProgress => {
-            return Err(Problem::field(
-                StatusCode::CONFLICT,
-                "idempotency-key-in-progress",
-                "A request with this Idempotency-Key is in progress",
-                "header:Idempotency-Key",
-                "another request with this key is being recorded; retry in a moment for its order",
-            )
-            .with_retry_after(1));
+    match ops::place_order(&state, new).await? {
+        Placed::Accepted { order_id } => {
+            Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
         }
-        CreateOrder::TooManyUnpaid { open } => {
-            return Err(Problem::field(
-                StatusCode::CONFLICT,
-                "too-many-unpaid-orders",
-                "Too many orders awaiting a bank transfer",
-                "payment.method",
-                format!(
-                    "the customer has {open} orders awaiting a bank transfer, the most allowed: \
-                     pay or cancel one first, or pay by card"
-                ),
-            ));
-        }
-        CreateOrder::KeyReused { order_id } => {
-            return Err(Problem::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key already used for another request",
-                "header:Idempotency-Key",
-                format!("was used for order {order_id} with a different body"),
-            ));
-        }
-        CreateOrder::Existing(existing) => {
-            tracing::Span::current().record("order_id", existing.order_id.as_str());
-            // Still `accepted`: its event may not have reached the topic (the first attempt
-            // failed to produce). Produce it again; every stage deduplicates by order id.
-            if existing.status == OrderStatus::Accepted {
-                let mut event = event;
-                event.order_id = existing.order_id.clone();
-                event.event_id = OrderStatus::Accepted.event_id(&existing.order_id);
-                event.occurred_at = existing.created_at;
-                event.items = existing.items.clone();
-                if let Err(e) = state.producer.send(&event).await {
-                    warn!(order_id = %existing.order_id, error = %e, "Re-produce failed.");
-                    return Err(Problem::unavailable(
-                        "the event log is unavailable; retry with the same Idempotency-Key",
-                    ));
-                }
-            }
-            return Ok(accepted_response(&existing.order_id, existing.status, true));
-        }
+        Placed::Replayed { order_id, status } => Ok(accepted_response(&order_id, status, true)),
+        Placed::InProgress => Err(Problem::field(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-progress",
+            "A request with this Idempotency-Key is in progress",
+            "header:Idempotency-Key",
+            "another request with this key is being recorded; retry in a moment for its order",
+        )
+        .with_retry_after(1)),
+        Placed::TooManyUnpaid { open } => Err(Problem::field(
+            StatusCode::CONFLICT,
+            "too-many-unpaid-orders",
+            "Too many orders awaiting a bank transfer",
+            "payment.method",
+            format!(
+                "the customer has {open} orders awaiting a bank transfer, the most allowed: \
+                 pay or cancel one first, or pay by card"
+            ),
+        )),
+        Placed::KeyReused { order_id } => Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key already used for another request",
+            "header:Idempotency-Key",
+            format!("was used for order {order_id} with a different body"),
+        )),
     }
-    if let Err(e) = state.producer.send(&event).await {
-        warn!(%order_id, error = %e, "Produce failed.");
-        return Err(Problem::unavailable(
-            "the event log is unavailable; retry with the same Idempotency-Key",
-        ));
-    }
-    orderflow_schemas::metrics::metrics().orders_accepted.inc();
-    info!(%order_id, "Order accepted.");
-    Ok(accepted_response(&order_id, OrderStatus::Accepted, false))
 }
 
 /// Whose order a new order is: see the module docs.
@@ -798,18 +559,14 @@ fn order_customer(caller: &Caller, named: Option<&str>) -> Result<String, Proble
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The order.", body = OrderView),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("WWW-Authenticate" = String, description = "`Bearer …`."))),
+        responses::Unauthorized,
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
         (status = 404, description = "No such order, or another customer's.", body = Problem,
          content_type = "application/problem+json",
          example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404,
             "detail": "no order 01a2…"})),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn get(
@@ -819,11 +576,10 @@ pub async fn get(
 ) -> Result<Json<OrderView>, Problem> {
     let order_id = crate::problem::path("id", order_id)?;
     tracing::Span::current().record("order_id", order_id.as_str());
-    match state.orders.get(&*state.store, &order_id).await {
-        Ok(Some(order)) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
+    match state.orders.get(&*state.store, &order_id).await? {
+        Some(order) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
         // Someone else's order: the same answer as for none at all.
-        Ok(_) => Err(Problem::not_found(format!("no order {order_id}"))),
-        Err(e) => Err(Problem::down("order store", &e)),
+        _ => Err(Problem::not_found(format!("no order {order_id}"))),
     }
 }
 
@@ -844,8 +600,7 @@ pub async fn get(
                   description = "`attachment; filename=\"INV-00000001.pdf\"`"))),
         (status = 400, description = "The id is not UTF-8 once percent-decoded.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
         (status = 404, description = "No such order (for this caller), or it is not invoiced \
             yet (`detail` says which).", body = Problem,
          content_type = "application/problem+json",
@@ -866,8 +621,7 @@ pub async fn invoice(
     let order = state
         .orders
         .get(&*state.store, &order_id)
-        .await
-        .map_err(|e| Problem::down("order store", &e))?
+        .await?
         .filter(|o| caller.may_access(&o.customer_id))
         .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
     let Some(number) = order.invoice_number else {

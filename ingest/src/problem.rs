@@ -5,6 +5,7 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use orderflow_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -205,6 +206,26 @@ impl Problem {
         Problem::unavailable(format!("the {what} is unavailable; retry"))
     }
 
+    /// 500 for a failure retrying will not mend (a record that cannot be read back): the
+    /// answer says no more than that; the error goes to the log only.
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "A request failed internally.");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the request could not be completed",
+        )
+    }
+
+    /// 503 for a state change that was written but whose event did not reach the event log:
+    /// `detail` says what is done and how to finish it (retrying announces it); why the
+    /// broker failed goes to the log only.
+    pub fn unannounced(detail: &str, error: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %error, "Produce failed.");
+        Problem::unavailable(detail)
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut p = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -215,6 +236,91 @@ impl Problem {
         p.headers_mut().retry_after = Some(1);
         p
     }
+}
+
+/// A store error as the answer: unavailable is a 503 with `Retry-After` (retrying can help),
+/// a corrupt record a 500, a request the store cannot take a 422. What the store said stays in
+/// the log (it can name files, hosts, queries).
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Problem::down("store", &e),
+            StoreError::Corrupt(_) => Problem::internal(&e),
+            StoreError::Invalid(_) => {
+                tracing::warn!(error = %e, "The store refused a request.");
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-request",
+                    "The request has invalid fields",
+                    "the store cannot record these values",
+                )
+            }
+        }
+    }
+}
+
+/// A broker error as the answer: 503 with `Retry-After`, the broker's words in the log only.
+/// A handler that has already written state says so with [`Problem::unannounced`] instead.
+impl From<orderflow_kafka::Error> for Problem {
+    fn from(e: orderflow_kafka::Error) -> Self {
+        Problem::down("event log", &e)
+    }
+}
+
+/// The responses every route shares, declared once for the OpenAPI document:
+/// `responses((status = 200, ...), responses::Unauthorized, responses::Unavailable)`.
+pub mod responses {
+    use utoipa::IntoResponses;
+
+    use super::Problem;
+
+    /// 401: no valid access token came with the request.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 401,
+        description = "No valid access token.",
+        content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "`Bearer …`."))
+    )]
+    pub struct Unauthorized(pub Problem);
+
+    /// 403: the route is for admins.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 403,
+        description = "The caller is not an admin.",
+        content_type = "application/problem+json"
+    )]
+    pub struct Forbidden(pub Problem);
+
+    /// 413: the body is over the limit.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 413,
+        description = "The body is over 1 MiB.",
+        content_type = "application/problem+json"
+    )]
+    pub struct BodyTooLarge(pub Problem);
+
+    /// 415: the body is not JSON.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 415,
+        description = "The content type is not JSON.",
+        content_type = "application/problem+json"
+    )]
+    pub struct NotJson(pub Problem);
+
+    /// 503: the store or the event log is down.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 503,
+        description = "The store or the event log is down; retry (a retry finishes what the \
+            first call started).",
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u32, description = "Seconds to wait."))
+    )]
+    pub struct Unavailable(pub Problem);
 }
 
 /// The path parameter `param`, or the 400 that names it.

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 use utoipa::ToSchema;
 
+use crate::problem::responses;
 use crate::{
     auth::Caller,
     orders::{idempotency_header, integer, json_body},
@@ -139,10 +140,6 @@ pub struct StockAdjustmentRequest {
     pub reason: Option<String>,
 }
 
-fn store_down(e: orderflow_store::StoreError) -> Problem {
-    Problem::down("catalogue", &e)
-}
-
 fn no_product(sku: &str) -> Problem {
     Problem::not_found(format!("no product {sku}"))
 }
@@ -253,9 +250,7 @@ pub fn validate_adjustment(req: &StockAdjustmentRequest) -> Vec<FieldError> {
          content_type = "application/problem+json"),
         (status = 422, description = "`include_discontinued` is neither `true` nor `false`.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn list(
@@ -281,7 +276,7 @@ pub async fn list(
             }]))
         }
     };
-    let products = state.store.list_products().await.map_err(store_down)?;
+    let products = state.store.list_products().await?;
     Ok(Json(ProductList {
         products: products
             .into_iter()
@@ -306,9 +301,7 @@ pub async fn list(
          content_type = "application/problem+json"),
         (status = 404, description = "No such product.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn get(
@@ -316,7 +309,7 @@ pub async fn get(
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ProductView>, Problem> {
     let sku = crate::problem::path("sku", sku)?;
-    match state.store.get_product(&sku).await.map_err(store_down)? {
+    match state.store.get_product(&sku).await? {
         Some(p) => Ok(Json(p.into())),
         None => Err(no_product(&sku)),
     }
@@ -337,22 +330,16 @@ pub async fn get(
          headers(("Location" = String, description = "The product: `/v1/products/{sku}`."))),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 409, description = "A product has this SKU already.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "Fields are unknown, missing, mistyped or out of range \
             (each is listed in `errors`).", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn create(
@@ -377,12 +364,7 @@ pub async fn create(
         discontinued: false,
     };
     let sku = product.sku.clone();
-    if !state
-        .store
-        .create_product(product.clone())
-        .await
-        .map_err(store_down)?
-    {
+    if !state.store.create_product(product.clone()).await? {
         return Err(Problem::field(
             StatusCode::CONFLICT,
             "sku-taken",
@@ -413,21 +395,15 @@ pub async fn create(
         (status = 200, description = "The product as it is now.", body = ProductView),
         (status = 400, description = "The body is not JSON, or the SKU not UTF-8.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 404, description = "No such product.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "Fields are unknown, mistyped or out of range.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn update(
@@ -449,12 +425,7 @@ pub async fn update(
         price_cents: req.price_cents,
         discontinued: None,
     };
-    match state
-        .store
-        .update_product(&sku, change)
-        .await
-        .map_err(store_down)?
-    {
+    match state.store.update_product(&sku, change).await? {
         Some(p) => {
             info!(%sku, by = %caller.customer_id, "Product changed.");
             Ok(Json(p.into()))
@@ -478,15 +449,11 @@ pub async fn update(
         (status = 204, description = "The product is discontinued."),
         (status = 400, description = "The SKU is not UTF-8 once percent-decoded.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 404, description = "No such product.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn discontinue(
@@ -500,12 +467,7 @@ pub async fn discontinue(
         discontinued: Some(true),
         ..ProductChange::default()
     };
-    match state
-        .store
-        .update_product(&sku, change)
-        .await
-        .map_err(store_down)?
-    {
+    match state.store.update_product(&sku, change).await? {
         Some(_) => {
             info!(%sku, by = %caller.customer_id, "Product discontinued.");
             Ok(StatusCode::NO_CONTENT)
@@ -542,10 +504,8 @@ pub async fn discontinue(
         (status = 400, description = "The body is not JSON, the SKU not UTF-8, or the \
             `Idempotency-Key` not valid.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid access token.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Unauthorized,
+        responses::Forbidden,
         (status = 404, description = "No such product.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The adjustment would take the available stock below \
@@ -556,16 +516,12 @@ pub async fn discontinue(
             "detail": "delta: -5 would leave MUG-001 below zero: 3 available",
             "errors": [{"field": "delta",
                         "message": "-5 would leave MUG-001 below zero: 3 available"}]})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "Fields are unknown, missing, mistyped or out of range, \
             or the `Idempotency-Key` was used for another adjustment.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn adjust_stock(
@@ -587,12 +543,7 @@ pub async fn adjust_stock(
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
-    match state
-        .store
-        .adjust_stock(&sku, req.delta, key)
-        .await
-        .map_err(store_down)?
-    {
+    match state.store.adjust_stock(&sku, req.delta, key).await? {
         StockAdjustment::Adjusted(p) => {
             info!(
                 %sku,

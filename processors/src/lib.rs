@@ -103,7 +103,7 @@ pub async fn run_stage(
                 producer.clone(),
                 settings.tax_bps,
             ));
-            // Re-pricing of modified orders (issue #5), in a consumer group of its own.
+            // Re-pricing of modified orders, in a consumer group of its own.
             let modifications =
                 StageConfig::new(kafka, "validation-modifications", vec![T::OrdersModified]);
             let modification_handler = Arc::new(validation::ModificationHandler(handler.clone()));
@@ -127,7 +127,7 @@ pub async fn run_stage(
                 producer.clone(),
                 Arc::new(gateway),
             ));
-            // Refunds (issue #5, f/lifecycle): cancelled orders, in a consumer group of their own.
+            // Refunds: cancelled orders, in a consumer group of their own.
             let refunds = StageConfig::new(kafka, "payment-refunds", vec![T::OrdersCancelled]);
             let refund_handler = Arc::new(payment::RefundHandler(handler.clone()));
             // Unpaid orders expire ([`payment::expiry`]); a failed sweep is retried, not fatal.
@@ -189,7 +189,7 @@ pub(crate) struct StepDetails {
     pub detail: Option<String>,
     pub pricing: Option<Pricing>,
     pub invoice_number: Option<String>,
-    /// The order revision the step is for (issue #5, modifications).
+    /// The order revision the step is for.
     pub revision: i32,
 }
 
@@ -226,7 +226,7 @@ pub(crate) async fn record_and_emit<E: Event>(
     Ok(())
 }
 
-/// Whether the order was cancelled (issue #5, f/lifecycle): a stage checks before its effect
+/// Whether the order was cancelled: a stage checks before its effect
 /// and then does nothing (no stock, no charge, no invoice). One read of the order record.
 pub(crate) async fn is_cancelled(store: &dyn Store, order_id: &str) -> Result<bool, HandlerError> {
     Ok(store

@@ -89,9 +89,9 @@ pub enum OrderStatus {
     Paid,
     PaymentFailed,
     Invoiced,
-    /// Cancelled before shipping (issue #5, f/lifecycle): final.
+    /// Cancelled before shipping: final.
     Cancelled,
-    /// Shipped by an admin (issue #5, f/lifecycle): final.
+    /// Shipped by an admin: final.
     Shipped,
 }
 
@@ -132,7 +132,7 @@ impl OrderStatus {
         format!("{order_id}:{}", self.as_str())
     }
 
-    /// The event id of this step for an order's revision (issue #5, modifications): as
+    /// The event id of this step for an order's revision: as
     /// [`OrderStatus::event_id`] for revision 0, with `:r<revision>` after it for the others,
     /// so each revision's step is its own event.
     pub fn revision_event_id(self, order_id: &str, revision: i32) -> String {
@@ -178,7 +178,7 @@ pub struct PaymentMethod {
 }
 
 impl PaymentMethod {
-    /// The method paid offline (issue #5): the payment stage charges nothing; the order waits
+    /// The method paid offline: the payment stage charges nothing; the order waits
     /// for an admin to record the transfer, and its quantities may change until then.
     pub const BANK_TRANSFER: &'static str = "bank_transfer";
 
@@ -229,7 +229,7 @@ pub struct OrderValidated {
     pub total_cents: i64,
     pub payment: PaymentMethod,
     pub occurred_at: i64,
-    /// The order's revision these lines are for (issue #5: 0 as placed, +1 per modification).
+    /// The order's revision these lines are for (0 as placed, +1 per modification).
     #[serde(default)]
     pub revision: i32,
 }
@@ -318,7 +318,7 @@ event!(
     "order_invoiced.avsc"
 );
 
-// --- Account events (issue #5, f/auth) --------------------------------------------------------
+// --- Account events --------------------------------------------------------
 
 /// An account needs its email verified: the bridge emails it the code (`verify_email`). The
 /// code is not in the event: the bridge reads it from the store under `event_id`
@@ -335,7 +335,7 @@ pub struct AccountVerificationRequested {
 
 impl Event for AccountVerificationRequested {
     const NAME: &'static str = "io.orderflow.events.AccountVerificationRequested";
-    // After merging with the order events of f/orders, the next free id (ids are contiguous:
+    // The next free id after the order events (ids are contiguous:
     // a fresh registry assigns them in catalogue order).
     const SCHEMA_ID: u32 = 7;
     const TOPIC: TopicKind = TopicKind::AccountsVerification;
@@ -374,7 +374,7 @@ impl Event for AccountVerificationRequested {
 }
 // --- end of account events ----------------------------------------------------------------------
 
-// --- Order lifecycle events (issue #5, f/lifecycle) ------------------------------------------
+// --- Order lifecycle events ------------------------------------------
 
 /// An order cancelled before it shipped; its stock is released, and a refund is due when
 /// `paid`.
@@ -432,7 +432,7 @@ event!(
     "payment_refunded.avsc"
 );
 
-/// An unpaid order whose quantities changed (issue #5): its reservation holds the new
+/// An unpaid order whose quantities changed: its reservation holds the new
 /// quantities already; validation re-prices it and produces `OrderValidated` for `revision`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderModified {

@@ -24,7 +24,6 @@ pub use events::{
     AccountVerificationRequested, Address, Event, OrderAccepted, OrderInvoiced, OrderItem,
     OrderLine, OrderPaid, OrderRejected, OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
 };
-// Issue #5, f/lifecycle.
 pub use events::{OrderCancelled, OrderModified, OrderShipped, PaymentRefunded};
 pub use registry::SchemaIds;
 pub use topics::{TopicKind, Topics};

@@ -49,7 +49,7 @@ pub const SINK_RETRYING_EVENTS: &str = "orderflow_sink_retrying_events";
 pub const STORE_OPERATION_SECONDS: &str = "orderflow_store_operation_seconds";
 /// Store calls that failed, by `operation`.
 pub const STORE_ERRORS_TOTAL: &str = "orderflow_store_errors_total";
-/// (f/products) Order reads the API answered from its in-process cache (`outcome` `hit`) or
+/// Order reads the API answered from its in-process cache (`outcome` `hit`) or
 /// from the store (`miss`).
 pub const ORDER_CACHE_REQUESTS_TOTAL: &str = "orderflow_order_cache_requests_total";
 

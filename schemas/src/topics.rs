@@ -13,15 +13,15 @@ pub enum TopicKind {
     DeadLetter,
     /// What the bridge could not deliver: a sink refused it for good.
     BridgeDeadLetter,
-    /// Email verification codes to send (issue #5), keyed by customer id.
+    /// Email verification codes to send, keyed by customer id.
     AccountsVerification,
-    /// Cancelled orders (issue #5, f/lifecycle).
+    /// Cancelled orders.
     OrdersCancelled,
-    /// Shipped orders (issue #5, f/lifecycle).
+    /// Shipped orders.
     OrdersShipped,
-    /// Refunds of cancelled paid orders (issue #5, f/lifecycle).
+    /// Refunds of cancelled paid orders.
     OrdersRefunded,
-    /// Unpaid orders whose quantities changed (issue #5).
+    /// Unpaid orders whose quantities changed.
     OrdersModified,
 }
 

@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn an_order_validated_written_before_revisions_decodes_as_revision_zero() {
         use crate::{registry::SchemaIds, TopicKind};
-        // The schema as it was before issue #5's modifications: no `revision` field (and the
+        // The schema as it was before order modifications: no `revision` field (and the
         // card token still in `payment`).
         let mut v1: serde_json::Value =
             serde_json::from_str(OrderValidated::schema_text()).unwrap();

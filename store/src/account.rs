@@ -1,4 +1,4 @@
-//! Accounts (issue #5): the customer behind the API, its email verification code and its
+//! Accounts: the customer behind the API, its email verification code and its
 //! refresh tokens. Secrets are never stored as given: passwords as argon2id PHC strings,
 //! verification codes and refresh tokens as SHA-256 digests (hex), computed by the caller. The
 //! one exception is a verification code on its way to its owner ([`VerificationEmail`]): kept

@@ -38,7 +38,7 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// `sink \0 id` → ms when delivered.
 const DELIVERIES: TableDefinition<&str, i64> = TableDefinition::new("deliveries");
 
-// Accounts (issue #5, f/auth).
+// Accounts.
 /// customer id → account.
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 /// email → customer id: the uniqueness of emails.
@@ -51,9 +51,9 @@ const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refre
 const REFRESH_FAMILIES: TableDefinition<&str, bool> = TableDefinition::new("refresh_families");
 /// name → ms when set.
 const MARKERS: TableDefinition<&str, i64> = TableDefinition::new("markers");
-/// Refunds by order id (issue #5, f/lifecycle).
+/// Refunds by order id.
 const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
-/// Stock adjustments' `Idempotency-Key`s: key → the adjustment it applied (issue #5).
+/// Stock adjustments' `Idempotency-Key`s: key → the adjustment it applied.
 const ADJUSTMENT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("adjustment_keys");
 /// Orders awaiting a bank transfer, by the time they were placed: `{created_at:020} \0 order
 /// id` → customer id ([`Store::list_unpaid_orders`]).
@@ -144,7 +144,7 @@ impl EmbeddedStore {
             txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
             txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
             txn.open_table(MARKERS).map_err(unavailable)?;
-            txn.open_table(REFUNDS).map_err(unavailable)?; // f/lifecycle
+            txn.open_table(REFUNDS).map_err(unavailable)?;
             txn.open_table(ADJUSTMENT_KEYS).map_err(unavailable)?;
             txn.open_table(UNPAID).map_err(unavailable)?;
             txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
@@ -645,7 +645,7 @@ fn settle_in(txn: &WriteTransaction, order_id: &str, settle: Settle) -> Result<b
     Ok(true)
 }
 
-// --- Accounts (issue #5, f/auth) -------------------------------------------------------------
+// --- Accounts -------------------------------------------------------------
 
 /// Revokes one family (`customer \0 family`).
 fn revoke_family_in(txn: &WriteTransaction, customer_id: &str, family_id: &str) -> Result<()> {
@@ -1150,7 +1150,7 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    // --- Accounts (issue #5, f/auth) ---
+    // --- Accounts ---
 
     async fn create_account(&self, account: Account) -> Result<bool> {
         self.write(move |txn| {
@@ -1353,7 +1353,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    // --- Cancel and ship (issue #5, f/lifecycle) ---
+    // --- Cancel and ship ---
 
     async fn cancel_order(
         &self,
@@ -1397,7 +1397,7 @@ impl Store for EmbeddedStore {
         revoked_in(&table, customer_id, family_id)
     }
 
-    // --- Modifications (issue #5) ---
+    // --- Modifications ---
 
     async fn modify_order(
         &self,
@@ -1481,7 +1481,7 @@ impl Store for EmbeddedStore {
     }
 }
 
-// --- Cancel and ship (issue #5, f/lifecycle) -----------------------------------------------------
+// --- Cancel and ship -----------------------------------------------------
 
 use orderflow_schemas::OrderStatus;
 
@@ -1559,7 +1559,7 @@ fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcom
     })
 }
 
-// --- Modifications (issue #5) ----------------------------------------------------------------
+// --- Modifications ----------------------------------------------------------------
 
 /// See [`Store::modify_order`] and [`Store::reprice_order`]: the order, its reservation and the
 /// products change in one transaction, so a claim, a cancel or a reservation of the same

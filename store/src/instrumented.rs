@@ -171,7 +171,7 @@ impl<S: Store> Store for Instrumented<S> {
         timed("healthcheck", self.0.healthcheck()).await
     }
 
-    // --- Accounts (issue #5, f/auth) ---
+    // --- Accounts ---
 
     async fn create_account(&self, account: Account) -> Result<bool> {
         timed("create_account", self.0.create_account(account)).await
@@ -281,7 +281,7 @@ impl<S: Store> Store for Instrumented<S> {
         timed("set_marker", self.0.set_marker(name, at)).await
     }
 
-    // --- Cancel and ship (issue #5, f/lifecycle) ---
+    // --- Cancel and ship ---
 
     async fn cancel_order(
         &self,

@@ -6,7 +6,7 @@
 //!   from the event (order id, event id), so a redelivered event never applies twice and a
 //!   stage can always re-emit the outcome it already recorded.
 //! - [`model`]: the records the store keeps.
-//! - [`account`]: accounts, email verification codes and refresh tokens (issue #5).
+//! - [`account`]: accounts, email verification codes and refresh tokens.
 //! - [`embedded`]: the default implementation on redb, a pure-Rust durable B-tree, under
 //!   `--data-dir`. Writes from concurrent callers are grouped into one transaction (group
 //!   commit), so a batch of events costs one fsync, not one each.
@@ -166,7 +166,7 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap read that fails when the store is unusable.
     async fn healthcheck(&self) -> Result<()>;
 
-    // --- Accounts (issue #5, f/auth) ---------------------------------------------------------
+    // --- Accounts ---------------------------------------------------------
 
     /// Creates an account unless its email is taken (by any account, disabled ones included);
     /// false when taken. Holds under concurrent calls: exactly one of two racing creates with
@@ -233,7 +233,7 @@ pub trait Store: Send + Sync + 'static {
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool>;
     // --- end of accounts ----------------------------------------------------------------------
 
-    // --- Cancel and ship (issue #5, f/lifecycle) ----------------------------------------------
+    // --- Cancel and ship ----------------------------------------------
 
     /// Cancels an order, atomically with respect to [`Store::ship_order`]: refused once it has
     /// shipped; otherwise its status becomes `cancelled` (timeline entry `<order>:cancelled`,
@@ -254,7 +254,7 @@ pub trait Store: Send + Sync + 'static {
     async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord>;
     // --- end of cancel and ship ---------------------------------------------------------------
 
-    // --- Modifications (issue #5) -------------------------------------------------------------
+    // --- Modifications -------------------------------------------------------------
 
     /// Changes the quantities of a validated order whose payment is not claimed: `items` is
     /// every item the order keeps with its new quantity (each SKU once, quantities above zero,

@@ -287,7 +287,7 @@ impl Invoice {
     }
 }
 
-// --- Order lifecycle (f/orders) ---
+// --- Order lifecycle ---
 
 /// Which orders `Store::list_orders` returns. Every field narrows the list; none set lists
 /// every order.
@@ -316,7 +316,7 @@ impl OrderFilter {
     }
 }
 
-// --- Cancel and ship (issue #5, f/lifecycle) ---
+// --- Cancel and ship ---
 
 /// What [`crate::Store::cancel_order`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,7 +370,7 @@ pub enum ShipOutcome {
     NotFound,
 }
 
-// --- Refunds (issue #5, f/lifecycle) ---
+// --- Refunds ---
 
 /// A refund of an order's approved charge, recorded once per order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,7 +385,7 @@ pub struct RefundRecord {
     pub at: i64,
 }
 
-// --- Modifications and payment claims (issue #5) ---
+// --- Modifications and payment claims ---
 
 /// What [`crate::Store::modify_order`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

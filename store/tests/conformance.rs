@@ -61,14 +61,14 @@ macro_rules! conformance_tests {
             delivery_markers_are_per_sink = check_delivery_markers_are_per_sink;
             [tokio::test]
             seeding_never_overwrites = check_seeding_never_overwrites;
-            // (f/products) catalogue administration.
+            // Catalogue administration.
             [tokio::test]
             products_are_created_edited_and_discontinued = check_products_are_created_edited_and_discontinued;
             [tokio::test]
             stock_adjustments_never_go_below_zero = check_stock_adjustments_never_go_below_zero;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             stock_adjustments_racing_reservations_never_oversell = check_stock_adjustments_racing_reservations_never_oversell;
-            // Accounts (issue #5, f/auth).
+            // Accounts.
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             account_emails_are_unique = check_account_emails_are_unique;
             [tokio::test]
@@ -81,10 +81,10 @@ macro_rules! conformance_tests {
             a_refresh_token_rotates_once = check_a_refresh_token_rotates_once;
             [tokio::test]
             markers_are_set_once = check_markers_are_set_once;
-            // Order lifecycle (issue #5).
+            // Order lifecycle.
             [tokio::test]
             admin_list_filters_and_pages = check_admin_list_filters_and_pages;
-            // Cancel and ship (issue #5, f/lifecycle).
+            // Cancel and ship.
             [tokio::test]
             cancel_releases_stock_once_and_repeats = check_cancel_releases_stock_once_and_repeats;
             [tokio::test]
@@ -95,7 +95,7 @@ macro_rules! conformance_tests {
             shipping_takes_the_units_out_of_reserved = check_shipping_takes_the_units_out_of_reserved;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             first_refund_wins = check_first_refund_wins;
-            // Modifications and payment claims (issue #5).
+            // Modifications and payment claims.
             [tokio::test]
             modify_swaps_the_reservation_all_or_nothing = check_modify_swaps_the_reservation_all_or_nothing;
             [tokio::test]
@@ -940,7 +940,7 @@ async fn check_customer_orders_page_newest_first(store: Arc<dyn Store>) {
     );
 }
 
-// --- Order lifecycle (f/orders) ---
+// --- Order lifecycle ---
 
 /// A UUIDv7 order id carrying the time `ms`, as ingest makes them.
 fn id_at(ms: i64) -> String {
@@ -1230,7 +1230,7 @@ async fn check_seeding_never_overwrites(store: Arc<dyn Store>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Catalogue administration (f/products)
+// Catalogue administration
 
 /// A product is created once per SKU, edited without touching its stock, and once discontinued
 /// it stays readable and listed while new reservations treat it as unknown.
@@ -1441,7 +1441,7 @@ async fn check_stock_adjustments_racing_reservations_never_oversell(store: Arc<d
 }
 
 // ---------------------------------------------------------------------------------------------
-// Accounts (issue #5, f/auth)
+// Accounts
 
 fn account(email: &str) -> Account {
     Account {
@@ -2155,7 +2155,7 @@ async fn join<T>(handles: Vec<JoinHandle<T>>) -> Vec<T> {
     out
 }
 
-// --- Cancel and ship (issue #5, f/lifecycle) ------------------------------------------------------
+// --- Cancel and ship ------------------------------------------------------
 
 /// The order a cancel answered with, and whether it said paid.
 fn cancelled(outcome: CancelOutcome) -> (OrderRecord, bool) {
@@ -2422,7 +2422,7 @@ async fn check_first_refund_wins(store: Arc<dyn Store>) {
     assert_eq!(store.record_refund(refund(9)).await.unwrap(), recorded[0]);
 }
 
-// --- Modifications and payment claims (issue #5) -----------------------------------------------
+// --- Modifications and payment claims -----------------------------------------------
 
 /// A validated order of `items` with its stock reserved, as the validation stage leaves it.
 async fn validated_order(store: &dyn Store, items: &[OrderItem]) -> OrderRecord {

@@ -164,6 +164,12 @@ impl Pipeline {
             })
             .args(extra)
             .env("RUST_LOG", rust_log)
+            // The tests are one process: AWS settings one test sets for a client of its own
+            // reach a pipeline only when its test passes them.
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_REGION")
             .envs(env)
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/openapi.rs (loaded through SCHEMATHESIS_HOOKS).
+"""Schemathesis hooks for tests/it/openapi.rs (loaded through SCHEMATHESIS_HOOKS).
 
 The generator draws `Idempotency-Key` values from a small space ("0", "00", ...), so two
 different generated orders often share a key, and the API rightly answers the second with 422
@@ -9,7 +9,7 @@ different body never meets another's key. Invalid keys (blank, non-ASCII, too lo
 generated, so the 400 for them stays under test.
 
 `POST /v1/auth/register` wants `confirm` equal to `password`, which a JSON Schema cannot say: a
-generated body that is otherwise valid gets its `confirm` set to its `password` (f/auth).
+generated body that is otherwise valid gets its `confirm` set to its `password`.
 """
 
 import hashlib

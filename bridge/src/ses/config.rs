@@ -12,7 +12,7 @@ pub struct SesConfig {
     /// The configuration set to send with (event publishing, suppression lists).
     pub configuration_set: Option<String>,
     /// Where a customer's emails go: a template over the event's `customer_id` and `order_id`.
-    /// Orders carry a customer id, not an address: until the customers resource (issue #5)
+    /// Orders carry a customer id, not an address: until the customers resource
     /// gives addresses, this maps the id to one.
     pub recipient: String,
     /// Emails per second. Default: the account's MaxSendRate (GetAccount) at start, or 1 when

@@ -47,14 +47,13 @@ const TEMPLATES: &[(&str, &str, &str, &str)] = &[
         include_str!("templates/order_cancelled.txt"),
         include_str!("templates/order_cancelled.html"),
     ),
-    // Issue #5, f/lifecycle.
     (
         "payment_refunded",
         "Your refund for order {{ order_id }}",
         include_str!("templates/payment_refunded.txt"),
         include_str!("templates/payment_refunded.html"),
     ),
-    // Issue #5, f/auth: sent to the account's own address (`event.email`).
+    // Sent to the account's own address (`event.email`).
     (
         "verify_email",
         "Your Orderflow verification code",

@@ -221,8 +221,7 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
         let ended = state
             .sessions
             .ended(&*state.store, &claims.sub, session)
-            .await
-            .map_err(|e| Problem::down("account store", &e))?;
+            .await?;
         if ended {
             return Err(Problem::unauthorized(
                 "the login of this token has ended (logged out, or the account was \

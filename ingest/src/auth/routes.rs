@@ -28,9 +28,8 @@ use std::{
 };
 
 use axum::{
-    body::Body,
     extract::{ConnectInfo, Request, State},
-    http::{request::Parts, HeaderMap, StatusCode},
+    http::{request::Parts, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -43,9 +42,10 @@ use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use super::{limit::Limits, password, secrets, Role};
+use crate::problem::responses;
 use crate::{
+    body::{json_body, JsonBody},
     customers::AccountView,
-    orders::json_body,
     problem::{FieldError, Problem},
     ApiState,
 };
@@ -224,10 +224,6 @@ fn field(field: &str, message: impl Into<String>) -> FieldError {
     }
 }
 
-fn store_down(e: impl std::fmt::Display) -> Problem {
-    Problem::down("account store", &e)
-}
-
 fn internal(e: impl std::fmt::Display) -> Problem {
     warn!(error = %e, "Auth failed internally.");
     Problem::new(
@@ -254,8 +250,7 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
             expires_at,
             attempts: 0,
         })
-        .await
-        .map_err(store_down)?;
+        .await?;
     state
         .store
         .put_verification_email(VerificationEmail {
@@ -263,8 +258,7 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
             code,
             expires_at,
         })
-        .await
-        .map_err(store_down)?;
+        .await?;
     let event = AccountVerificationRequested {
         event_id,
         customer_id: account.customer_id.clone(),
@@ -274,9 +268,9 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
         occurred_at: now,
     };
     state.producer.send(&event).await.map_err(|e| {
-        warn!(customer_id = %account.customer_id, error = %e, "Produce failed.");
-        Problem::unavailable(
+        Problem::unannounced(
             "the event log is unavailable: no code was sent; ask again (POST /v1/auth/resend)",
+            &e,
         )
     })
 }
@@ -300,18 +294,14 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
             code is on its way if there is anything to verify.", body = Registered),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "Fields are missing or invalid (`confirm` when it does \
             not match `password`).", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts; wait.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 503, description = "The store or the broker is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn register(
@@ -353,12 +343,7 @@ pub async fn register(
         )
             .into_response()
     };
-    if let Some(existing) = state
-        .store
-        .get_account_by_email(&email)
-        .await
-        .map_err(store_down)?
-    {
+    if let Some(existing) = state.store.get_account_by_email(&email).await? {
         taken(&state, &existing).await?;
         return Ok(registered());
     }
@@ -374,19 +359,9 @@ pub async fn register(
         created_at: now,
         updated_at: now,
     };
-    if !state
-        .store
-        .create_account(account.clone())
-        .await
-        .map_err(store_down)?
-    {
+    if !state.store.create_account(account.clone()).await? {
         // Taken meanwhile by a concurrent registration.
-        if let Some(existing) = state
-            .store
-            .get_account_by_email(&account.email)
-            .await
-            .map_err(store_down)?
-        {
+        if let Some(existing) = state.store.get_account_by_email(&account.email).await? {
             taken(&state, &existing).await?;
         }
         return Ok(registered());
@@ -434,10 +409,8 @@ pub(crate) fn email_taken() -> Problem {
         (status = 200, description = "Verified.", body = AccountView),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 403, description = "The code is wrong, expired or used up, the email \
             unknown, or the account verified already: one answer for all (`code`).",
          body = Problem, content_type = "application/problem+json"),
@@ -446,9 +419,7 @@ pub(crate) fn email_taken() -> Problem {
         (status = 429, description = "Too many attempts; wait.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn verify(
@@ -483,12 +454,7 @@ pub async fn verify(
              (POST /v1/auth/resend)",
         )
     };
-    let Some(account) = state
-        .store
-        .get_account_by_email(&email)
-        .await
-        .map_err(store_down)?
-    else {
+    let Some(account) = state.store.get_account_by_email(&email).await? else {
         return Err(wrong());
     };
     if account.verified {
@@ -501,8 +467,7 @@ pub async fn verify(
             &secrets::code_digest(&account.customer_id, code),
             now_ms(),
         )
-        .await
-        .map_err(store_down)?;
+        .await?;
     match outcome {
         VerifyOutcome::Verified => {
             info!(customer_id = %account.customer_id, "Account verified.");
@@ -535,18 +500,14 @@ pub async fn verify(
         (status = 202, description = "Sent, if there was anything to send.", body = Resent),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "`email` is invalid.", body = Problem,
          content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts; wait.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 503, description = "The store or the broker is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn resend(
@@ -560,12 +521,7 @@ pub async fn resend(
     }
     let email = normalize_email(&req.email);
     limit(&state.auth_limits.resend, &email, client_ip(&state, &parts))?;
-    if let Some(account) = state
-        .store
-        .get_account_by_email(&email)
-        .await
-        .map_err(store_down)?
-    {
+    if let Some(account) = state.store.get_account_by_email(&email).await? {
         if !account.verified && !account.disabled {
             send_code(&state, &account).await?;
         }
@@ -613,8 +569,7 @@ async fn issue(state: &ApiState, account: &Account) -> Result<TokenResponse, Pro
             expires_at: now + state.auth.refresh_ttl.as_millis() as i64,
             used: false,
         })
-        .await
-        .map_err(store_down)?;
+        .await?;
     Ok(pair(state, account, &family_id, refresh_token, now))
 }
 
@@ -673,18 +628,14 @@ fn bad_credentials() -> Problem {
          content_type = "application/problem+json"),
         (status = 403, description = "The account is not verified yet, or disabled.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "A field is missing or empty.", body = Problem,
          content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts; wait.", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn login(
@@ -709,11 +660,7 @@ pub async fn login(
     }
     let email = normalize_email(&req.email);
     limit(&state.auth_limits.login, &email, client_ip(&state, &parts))?;
-    let account = state
-        .store
-        .get_account_by_email(&email)
-        .await
-        .map_err(store_down)?;
+    let account = state.store.get_account_by_email(&email).await?;
     let hash = account.as_ref().map(|a| a.password_hash.clone());
     if !password::verify(req.password, hash).await {
         return Err(bad_credentials());
@@ -766,23 +713,17 @@ fn refresh_field(req: &RefreshRequest) -> Result<(), Problem> {
          content_type = "application/problem+json"),
         (status = 401, description = "The refresh token is unknown, used, expired or revoked.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "`refresh_token` is missing or empty.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn refresh(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(req): JsonBody<RefreshRequest>,
 ) -> Result<Json<TokenResponse>, Problem> {
-    let req: RefreshRequest = json_body(&headers, body).await?;
     refresh_field(&req)?;
     let presented = secrets::digest(&req.refresh_token);
     let next = secrets::refresh_token().map_err(internal)?;
@@ -795,8 +736,7 @@ pub async fn refresh(
             now + state.auth.refresh_ttl.as_millis() as i64,
             now,
         )
-        .await
-        .map_err(store_down)?;
+        .await?;
     let (customer_id, family_id) = match outcome {
         RotateOutcome::Rotated {
             customer_id,
@@ -823,11 +763,7 @@ pub async fn refresh(
             return Err(Problem::unauthorized("this refresh token is not known"))
         }
     };
-    let account = state
-        .store
-        .get_account(&customer_id)
-        .await
-        .map_err(store_down)?;
+    let account = state.store.get_account(&customer_id).await?;
     match account {
         Some(account) if !account.disabled => {
             Ok(Json(pair(&state, &account, &family_id, next, now)))
@@ -836,8 +772,7 @@ pub async fn refresh(
             state
                 .store
                 .revoke_refresh_family(&secrets::digest(&next))
-                .await
-                .map_err(store_down)?;
+                .await?;
             Err(Problem::unauthorized("this account is disabled"))
         }
     }
@@ -856,29 +791,22 @@ pub async fn refresh(
         (status = 204, description = "Logged out."),
         (status = 400, description = "The body is not JSON.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "`refresh_token` is missing or empty.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store is down; retry.", body = Problem,
-         content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait."))),
+        responses::Unavailable,
     ),
 )]
 pub async fn logout(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(req): JsonBody<RefreshRequest>,
 ) -> Result<StatusCode, Problem> {
-    let req: RefreshRequest = json_body(&headers, body).await?;
     refresh_field(&req)?;
     state
         .store
         .revoke_refresh_family(&secrets::digest(&req.refresh_token))
-        .await
-        .map_err(store_down)?;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -39,7 +39,7 @@ pub enum ChargeOutcome {
 #[error("payment gateway unavailable: {0}")]
 pub struct GatewayError(pub String);
 
-/// A refund of an approved charge (issue #5, f/lifecycle). The idempotency key is the order
+/// A refund of an approved charge. The idempotency key is the order
 /// id: a gateway that sees the same key twice must refund once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundRequest {

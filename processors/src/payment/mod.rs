@@ -7,7 +7,7 @@
 //! deletes it once the outcome is recorded (a cancel deletes it too). A token gone before the
 //! charge (expired) fails the payment with [`TOKEN_EXPIRED`]. The token is never logged.
 //!
-//! Refunds (issue #5, f/lifecycle): a cancelled order's approved charge is refunded once (by
+//! Refunds: a cancelled order's approved charge is refunded once (by
 //! order id: the gateway's idempotency key and one [`RefundRecord`]) and announced as
 //! `PaymentRefunded` on `orders.refunded`. [`RefundHandler`] does it for each `OrderCancelled`
 //! (its own consumer group, `orderflow-payment-refunds`) whose order has a charge recorded; a
@@ -138,7 +138,7 @@ impl PaymentHandler {
 /// Why the payment of an order whose card token expired before the charge failed.
 pub const TOKEN_EXPIRED: &str = "the payment details expired before the charge; please order again";
 
-// --- Refunds (issue #5, f/lifecycle) ---
+// --- Refunds ---
 
 impl PaymentHandler {
     /// Refunds the order's charge if one is recorded and approved.

@@ -174,7 +174,7 @@ impl Handler for ValidationHandler {
     }
 }
 
-/// Re-prices modified orders (issue #5): validation's consumer of `orders.modified`, in a
+/// Re-prices modified orders: validation's consumer of `orders.modified`, in a
 /// consumer group of its own. The API swapped the reservation already; this prices the
 /// revision's lines and produces its `OrderValidated`, unless the order moved on (a later
 /// revision's event follows) or is no longer awaiting payment.

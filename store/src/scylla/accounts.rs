@@ -1,4 +1,4 @@
-//! Accounts on ScyllaDB (issue #5): `store/migrations/scylla/0002_accounts.cql`.
+//! Accounts on ScyllaDB: `store/migrations/scylla/0002_accounts.cql`.
 //!
 //! - **Unique emails**: the account row is written first, then its email is claimed with
 //!   `INSERT … IF NOT EXISTS` on `accounts_by_email`; the loser deletes its account row. So an

@@ -1,4 +1,4 @@
-//! Cancel and ship on ScyllaDB (issue #5, f/lifecycle):
+//! Cancel and ship on ScyllaDB:
 //! `store/migrations/scylla/0005_order_lifecycle.cql`.
 //!
 //! The final step of an order is the static column `orders.lifecycle`, set by one conditional

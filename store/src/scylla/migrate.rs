@@ -25,7 +25,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "initial",
         cql: include_str!("../../migrations/scylla/0001_initial.cql"),
     },
-    // Accounts, verification codes, refresh tokens (issue #5).
+    // Accounts, verification codes, refresh tokens.
     Migration {
         version: 2,
         name: "accounts",
@@ -36,25 +36,25 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "order_lifecycle",
         cql: include_str!("../../migrations/scylla/0003_order_lifecycle.cql"),
     },
-    // Products CRUD: the discontinued flag (issue #5).
+    // Products CRUD: the discontinued flag.
     Migration {
         version: 4,
         name: "catalogue",
         cql: include_str!("../../migrations/scylla/0004_catalogue.cql"),
     },
-    // Cancel and ship (issue #5, f/lifecycle): the final step of an order.
+    // Cancel and ship: the final step of an order.
     Migration {
         version: 5,
         name: "order_lifecycle_final",
         cql: include_str!("../../migrations/scylla/0005_order_lifecycle.cql"),
     },
-    // Order modifications and payment claims (issue #5): the revision fence.
+    // Order modifications and payment claims: the revision fence.
     Migration {
         version: 6,
         name: "order_revisions",
         cql: include_str!("../../migrations/scylla/0006_order_revisions.cql"),
     },
-    // Stock adjustments' idempotency keys (issue #5).
+    // Stock adjustments' idempotency keys.
     Migration {
         version: 7,
         name: "stock_adjustment_keys",

@@ -44,7 +44,7 @@
 //! - **Payment tokens** and **verification emails** (`secrets.rs`): a card order's token is a
 //!   static column pair of the order's partition, written by the order's own logged batch with
 //!   a TTL to its expiry; a verification email's clear code is a row by event id with a TTL.
-//! - **Modifications** and **payment claims** (issue #5, `modify.rs`): an order's `revision`,
+//! - **Modifications** and **payment claims** (`modify.rs`): an order's `revision`,
 //!   `payment_claim` and `lifecycle` static columns are written only by LWTs on its partition,
 //!   so a modification's fence, a claim, a cancel and a ship are ordered by Paxos and exactly
 //!   one of a racing modification and claim wins. A modification moves the stock first, under
@@ -216,11 +216,11 @@ const INVOICE_SEQUENCE: &str = "invoice";
 pub struct ScyllaStore {
     session: Arc<Session>,
     q: Arc<Statements>,
-    /// The statements of accounts (issue #5): [`accounts`].
+    /// The statements of accounts: [`accounts`].
     accounts: Arc<accounts::AccountStatements>,
-    /// The statements of cancel and ship (issue #5, f/lifecycle): [`lifecycle`].
+    /// The statements of cancel and ship: [`lifecycle`].
     lifecycle: Arc<lifecycle::LifecycleStatements>,
-    /// The statements of modifications and payment claims (issue #5): [`modify`].
+    /// The statements of modifications and payment claims: [`modify`].
     modify: Arc<modify::ModifyStatements>,
     /// The statements of orders awaiting a bank transfer: [`unpaid`].
     unpaid: Arc<unpaid::UnpaidStatements>,
@@ -244,7 +244,7 @@ struct Statements {
     product_update: PreparedStatement,
     product_edit: PreparedStatement,
     product_adjust: PreparedStatement,
-    /// Clears an adjustment key's hold and bumps the version (issue #5).
+    /// Clears an adjustment key's hold and bumps the version.
     product_clear_hold: PreparedStatement,
     adjustment_key_claim: PreparedStatement,
     adjustment_key_get: PreparedStatement,
@@ -285,7 +285,7 @@ struct Statements {
     delivery_get: PreparedStatement,
     delivery_put: PreparedStatement,
     health: PreparedStatement,
-    // --- Order lifecycle (f/orders) ---
+    // --- Order lifecycle ---
     day_order: PreparedStatement,
     day_mark: PreparedStatement,
     days: PreparedStatement,
@@ -354,7 +354,7 @@ impl Statements {
             delivery_get: p(format!("SELECT delivered_at FROM {ks}.deliveries WHERE sink = ? AND id = ?"), false).await?,
             delivery_put: p(format!("INSERT INTO {ks}.deliveries (sink, id, delivered_at) VALUES (?, ?, ?) USING TTL ?"), false).await?,
             health: p(format!("SELECT version FROM {ks}.schema_migrations LIMIT 1"), false).await?,
-            // --- Order lifecycle (f/orders) ---
+            // --- Order lifecycle ---
             day_order: p(format!("INSERT INTO {ks}.orders_by_day (day, order_id, customer_id) VALUES (?, ?, ?)"), false).await?,
             day_mark: p(format!("INSERT INTO {ks}.order_days (shard, day) VALUES (0, ?)"), false).await?,
             days: p(format!("SELECT day FROM {ks}.order_days WHERE shard = 0 AND day <= ? AND day >= ?"), false).await?,
@@ -871,7 +871,7 @@ impl ScyllaStore {
         Ok(true)
     }
 
-    /// Claims a stock adjustment's key (issue #5): `Some(answer)` when the key already
+    /// Claims a stock adjustment's key: `Some(answer)` when the key already
     /// answers the call (done: replayed; another adjustment: reused), `None` when the call
     /// goes on (the key is new, or pending for this same adjustment).
     async fn claim_adjustment_key(
@@ -1836,7 +1836,7 @@ impl Store for ScyllaStore {
         Ok(())
     }
 
-    // --- Accounts (issue #5, f/auth): see [`accounts`] ---
+    // --- Accounts: see [`accounts`] ---
 
     async fn create_account(&self, account: Account) -> Result<bool> {
         self.create_account_impl(&account).await
@@ -1929,7 +1929,7 @@ impl Store for ScyllaStore {
         self.set_marker_impl(name, at).await
     }
 
-    // --- Cancel and ship (issue #5, f/lifecycle): [`lifecycle`] ---
+    // --- Cancel and ship: [`lifecycle`] ---
 
     async fn cancel_order(
         &self,
@@ -1959,7 +1959,7 @@ impl Store for ScyllaStore {
         .await
     }
 
-    // --- Modifications and payment claims (issue #5): [`modify`] ---
+    // --- Modifications and payment claims: [`modify`] ---
 
     async fn modify_order(
         &self,

@@ -1,4 +1,4 @@
-//! Order modifications and payment claims on ScyllaDB (issue #5):
+//! Order modifications and payment claims on ScyllaDB:
 //! `store/migrations/scylla/0006_order_revisions.cql`.
 //!
 //! The redb store changes the order, its reservation and the stock in one transaction. Here

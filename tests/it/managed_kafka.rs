@@ -5,7 +5,7 @@
 //! TLS port); its schemas registered over https with a private CA; the whole pipeline on a tansu
 //! broker that requires SASL/SCRAM-SHA-256.
 
-mod common;
+use crate::common;
 
 use std::{
     net::TcpListener,

@@ -11,7 +11,7 @@
 //! `CARGO_TARGET_DIR`). Without `chromium` and `chromedriver` (`scripts/test.sh` installs
 //! them) the test says SKIPPED and passes.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Command};
 

@@ -1,7 +1,7 @@
 //! End to end through the real binary: `orderflow run` on its embedded Kafka-API broker and
 //! embedded store, driven over HTTP, observed over HTTP, the Kafka protocol and the file sink.
 
-mod common;
+use crate::common;
 
 use common::{keyed, order_body, read_topic, Pipeline};
 use orderflow_schemas::{wire, Event, OrderAccepted, OrderInvoiced, OrderPaid, OrderValidated};

@@ -4,9 +4,9 @@
 //! problem naming the field, a `DecodeError`) or a poison verdict with its reason, which the
 //! consume loop turns into a dead-letter record.
 //!
-//! Inputs are drawn from a small corpus (`tests/fuzz/`: order bodies, one valid event of each
+//! Inputs are drawn from a small corpus (`tests/it/fuzz/`: order bodies, one valid event of each
 //! type) and mutated: bytes flipped, cut, inserted, JSON leaves replaced by other values, and
-//! plain random bytes. A failing case is saved to `tests/fuzz.proptest-regressions` and
+//! plain random bytes. A failing case is saved to `tests/it/fuzz.proptest-regressions` and
 //! replayed first on every run (commit it). Cases per property: `ORDERFLOW_FUZZ_CASES` (by
 //! default 256, and 128 for the handlers, which write to a store and produce: a few seconds
 //! for the whole file); each test prints how many inputs it ran.
@@ -267,7 +267,7 @@ fn text_and_number() -> impl Strategy<Value = (String, i64)> {
 
 /// An order body: a corpus entry, changed as JSON or as bytes, or random bytes.
 fn order_body() -> impl Strategy<Value = Vec<u8>> {
-    let corpus: Vec<String> = serde_json::from_str(ORDERS).expect("tests/fuzz/orders.json");
+    let corpus: Vec<String> = serde_json::from_str(ORDERS).expect("tests/it/fuzz/orders.json");
     let n = corpus.len();
     let structured = {
         let corpus = corpus.clone();
@@ -330,10 +330,10 @@ fn the_order_json_never_panics_and_every_refusal_names_a_field() {
 
 /// The corpus event of type `E`, encoded as the stages produce it.
 fn encoded<E: Event>() -> Vec<u8> {
-    let events: Value = serde_json::from_str(EVENTS).expect("tests/fuzz/events.json");
+    let events: Value = serde_json::from_str(EVENTS).expect("tests/it/fuzz/events.json");
     let name = E::NAME.rsplit('.').next().unwrap();
     let event: E = serde_json::from_value(events[name].clone())
-        .unwrap_or_else(|e| panic!("tests/fuzz/events.json: {name}: {e}"));
+        .unwrap_or_else(|e| panic!("tests/it/fuzz/events.json: {name}: {e}"));
     wire::encode(&event).unwrap()
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::Value;
 
-mod common;
+use crate::common;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

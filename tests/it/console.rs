@@ -4,9 +4,9 @@
 //! price adjustment of an unpaid order (re-priced through the pipeline; errors naming the
 //! field) and the pipeline summary.
 //!
-//! The console itself, in a browser, is tested by `tests/browser.rs`.
+//! The console itself, in a browser, is tested by `tests/it/browser.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,10 +1,10 @@
-//! OTLP export (`cargo test --features otlp --test otlp`): with `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! OTLP export (`cargo test --features otlp --test it otlp::`): with `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! set, `orderflow run` sends its spans over OTLP/HTTP, and an order's spans form one trace,
 //! from the HTTP request through every stage (the trace context travels in Kafka headers).
 
 #![cfg(feature = "otlp")]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 

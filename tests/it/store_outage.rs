@@ -411,7 +411,7 @@ impl Store for Switchable {
     async fn healthcheck(&self) -> Result<()> {
         self.up()?.healthcheck().await
     }
-    // Accounts (issue #5, f/auth).
+    // Accounts.
     async fn create_account(&self, account: Account) -> Result<bool> {
         self.up()?.create_account(account).await
     }
@@ -483,7 +483,7 @@ impl Store for Switchable {
         self.up()?.set_marker(name, at).await
     }
 
-    // --- Cancel and ship (issue #5, f/lifecycle) ---
+    // --- Cancel and ship ---
 
     async fn cancel_order(
         &self,

@@ -2,7 +2,7 @@
 //! moto's AWS emulator (SQS and SES), both started by the test on loopback ports; and the
 //! sinks' isolation from each other, with a webhook receiver in the test.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

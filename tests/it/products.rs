@@ -2,7 +2,7 @@
 //! products; customers and anonymous callers may only read; stock adjustments and orders share
 //! the same rules; bad input is a problem naming the field.
 
-mod common;
+use crate::common;
 
 use common::{order_body, Pipeline};
 use reqwest::{Method, StatusCode};

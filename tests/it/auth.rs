@@ -1,11 +1,11 @@
-//! Accounts and auth (issue #5) through the real `orderflow run`: register, verify with the
+//! Accounts and auth through the real `orderflow run`: register, verify with the
 //! code the bridge wrote to the file sink, log in, order, download the invoice PDF, rotate and reuse
 //! refresh tokens, log out; the seeded accounts; customers' access to each other; every bad
 //! input named by field; rate limits (by the client IP a trusted proxy names); register and
 //! verify telling nothing about other accounts; password changes; expired and tampered
 //! tokens; and `orderflow ingest` refusing the development secret.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

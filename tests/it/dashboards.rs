@@ -2,7 +2,7 @@
 //! metric a dashboard queries is one the code exports (and a running pipeline serves), and every
 //! file Compose mounts from `./deploy` exists.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeSet,

@@ -3,7 +3,7 @@
 //! `orderflow run` keeps under its data dir, and from S3 (moto); and order reads, cached in the
 //! API, never go backwards nor get stuck while an order moves through the pipeline.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -129,11 +129,15 @@ async fn invoices_are_kept_in_s3() {
     let pdf = check_download(&p, &order).await;
     let number = order["invoice_number"].as_str().unwrap();
     // Read back from the bucket with a client of our own (moto wants signed requests). The
-    // variables only point it at moto; the other tests here do not use AWS.
+    // variables only point it at moto, while it is made: the other tests in this process do
+    // not use AWS (and the pipelines they start do not get these).
     for (k, v) in moto.env() {
         std::env::set_var(k, v);
     }
     let files = orderflow_store::InvoiceFiles::open(&store).unwrap();
+    for (k, _) in moto.env() {
+        std::env::remove_var(k);
+    }
     let object = files
         .get(number)
         .await

@@ -3,7 +3,7 @@
 //! assets, and schemathesis (a property-based API tester we did not write, from PyPI) finds no
 //! response that breaks the document or is a server error.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeSet,
@@ -21,17 +21,16 @@ use serde_json::Value;
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orders"),
     ("GET", "/v1/orders/{id}"),
-    // --- Order lifecycle (f/orders) ---
+    // --- Order lifecycle ---
     ("GET", "/v1/orders"),
     ("GET", "/v1/products"),
-    // (f/products)
     ("POST", "/v1/products"),
     ("GET", "/v1/products/{sku}"),
     ("PATCH", "/v1/products/{sku}"),
     ("DELETE", "/v1/products/{sku}"),
     ("POST", "/v1/products/{sku}/stock"),
     ("GET", "/v1/orders/{id}/invoice"),
-    // Accounts (issue #5, f/auth).
+    // Accounts.
     ("POST", "/v1/auth/register"),
     ("POST", "/v1/auth/verify"),
     ("POST", "/v1/auth/resend"),
@@ -44,10 +43,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/customers/{id}"),
     ("PATCH", "/v1/customers/{id}"),
     ("DELETE", "/v1/customers/{id}"),
-    // Cancel and ship (issue #5, f/lifecycle).
+    // Cancel and ship.
     ("POST", "/v1/orders/{id}/cancel"),
     ("POST", "/v1/orders/{id}/ship"),
-    // Modifications and bank transfers (issue #5).
+    // Modifications and bank transfers.
     ("PATCH", "/v1/orders/{id}"),
     ("POST", "/v1/orders/{id}/payment"),
     // The web console and what it uses.

@@ -8,7 +8,7 @@
 //! this machine reaches; Confluent's and Redpanda's are not Python or Rust packages), so
 //! `orderflow run`'s own endpoints play the external registry.
 
-mod common;
+use crate::common;
 
 use std::{
     path::Path,

@@ -3,7 +3,7 @@
 //! resume within the wait of `wait_for_status` only because `orderflow run` keeps the consumer
 //! session short on its embedded broker (the killed members' sessions must expire first).
 
-mod common;
+use crate::common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

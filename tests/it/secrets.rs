@@ -6,7 +6,7 @@
 //! did, the account still verifies with the emailed code, and a card order whose token is gone
 //! fails its payment with a clear reason.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

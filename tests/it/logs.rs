@@ -1,7 +1,7 @@
 //! Logs: with `--log-format json`, every line is a JSON object, and the lines written while an
 //! order is handled (by the HTTP API, by each stage) carry the order id in their span.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

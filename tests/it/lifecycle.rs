@@ -1,10 +1,10 @@
-//! The order API a shop can use (issue #5), through the real `orderflow run`: access tokens on
+//! The order API a shop can use, through the real `orderflow run`: access tokens on
 //! the order routes, an order's customer being the caller, other customers' orders hidden, and
 //! the order list (own orders paged newest first; an admin's filters).
 //!
 //! Customers are accounts of the pipeline, made and logged in by `Pipeline::customer`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 
@@ -336,7 +336,7 @@ async fn order_lists_page_newest_first_and_admins_filter() {
     assert!(p.stop().success());
 }
 
-// --- Cancel and ship (issue #5, f/lifecycle) ------------------------------------------------------
+// --- Cancel and ship ------------------------------------------------------
 
 /// Sends `method` to `path` with `authorization` and an optional JSON body; returns the
 /// status, content type and JSON answer.
@@ -626,7 +626,7 @@ async fn orders_cancel_before_shipping_and_admins_ship_paid_ones() {
     p.stop();
 }
 
-// --- Modifications and bank transfers (issue #5) -------------------------------------------------
+// --- Modifications and bank transfers -------------------------------------------------
 
 /// PATCHes `path` with `authorization` and a JSON body.
 async fn patch_path(

@@ -1,0 +1,128 @@
+//! Placing an order: the order and its `Idempotency-Key` recorded in one store write
+//! ([`Store::create_order`], which also enforces the cap on orders awaiting a bank transfer),
+//! then `OrderAccepted` on `orders.accepted`.
+//!
+//! [`Store::create_order`]: orderflow_store::Store::create_order
+
+use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod};
+use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};
+use tracing::info;
+
+use super::{announce, OpError};
+use crate::ApiState;
+
+/// The answer when the order is recorded (or replayed) but its event did not go out.
+const UNANNOUNCED: &str = "the event log is unavailable; retry with the same Idempotency-Key";
+
+/// A new order, validated.
+pub struct NewOrder {
+    pub customer_id: String,
+    pub items: Vec<OrderItem>,
+    pub shipping_address: Address,
+    pub payment_method: String,
+    /// The payment gateway's token, kept in the store with the order (never on a topic);
+    /// ignored for an offline method.
+    pub payment_token: String,
+    /// The request's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What placing an order came to.
+#[derive(Debug)]
+pub enum Placed {
+    /// Recorded and announced.
+    Accepted { order_id: String },
+    /// The `Idempotency-Key` named this earlier order (announced again while still
+    /// `accepted`).
+    Replayed {
+        order_id: String,
+        status: OrderStatus,
+    },
+    /// Another request with the key is being recorded right now.
+    InProgress,
+    /// The key was used for another order with a different body.
+    KeyReused { order_id: String },
+    /// A bank-transfer order beyond the cap of orders awaiting a transfer.
+    TooManyUnpaid { open: u32 },
+}
+
+/// Records the order and announces it.
+pub async fn place_order(state: &ApiState, new: NewOrder) -> Result<Placed, OpError> {
+    let now = orderflow_schemas::now_millis();
+    let order_id = uuid::Uuid::now_v7().to_string();
+    tracing::Span::current().record("order_id", order_id.as_str());
+    let event = OrderAccepted {
+        event_id: OrderStatus::Accepted.event_id(&order_id),
+        order_id: order_id.clone(),
+        customer_id: new.customer_id.clone(),
+        items: new.items.clone(),
+        shipping_address: new.shipping_address.clone(),
+        payment: PaymentMethod {
+            method: new.payment_method.clone(),
+        },
+        occurred_at: now,
+    };
+    // The card token stays in the store, written with the order, for the payment stage to
+    // read by order id; no event carries it. An offline payment has nothing to charge.
+    let payment_token = (!event.payment.is_offline()).then(|| PaymentToken {
+        token: new.payment_token,
+        expires_at: now + orderflow_store::PAYMENT_TOKEN_TTL.as_millis() as i64,
+    });
+    let record = OrderRecord {
+        order_id: order_id.clone(),
+        customer_id: new.customer_id,
+        status: OrderStatus::Accepted,
+        items: new.items,
+        shipping_address: Some(new.shipping_address),
+        payment_method: Some(new.payment_method),
+        pricing: None,
+        invoice_number: None,
+        created_at: now,
+        updated_at: now,
+        timeline: vec![TimelineEntry {
+            status: OrderStatus::Accepted,
+            event_id: event.event_id.clone(),
+            at: now,
+            detail: None,
+        }],
+        revision: 0,
+        payment_claim: None,
+    };
+
+    let outcome = state
+        .store
+        .create_order(
+            record,
+            new.idempotency_key,
+            payment_token,
+            state.max_unpaid_orders,
+        )
+        .await?;
+    match outcome {
+        CreateOrder::Created => {}
+        CreateOrder::InProgress => return Ok(Placed::InProgress),
+        CreateOrder::TooManyUnpaid { open } => return Ok(Placed::TooManyUnpaid { open }),
+        CreateOrder::KeyReused { order_id } => return Ok(Placed::KeyReused { order_id }),
+        CreateOrder::Existing(existing) => {
+            tracing::Span::current().record("order_id", existing.order_id.as_str());
+            // Still `accepted`: its event may not have reached the topic (the first attempt
+            // failed to produce). Produce it again; every stage deduplicates by order id.
+            if existing.status == OrderStatus::Accepted {
+                let mut event = event;
+                event.order_id = existing.order_id.clone();
+                event.event_id = OrderStatus::Accepted.event_id(&existing.order_id);
+                event.occurred_at = existing.created_at;
+                event.items = existing.items.clone();
+                announce(state, &event, UNANNOUNCED).await?;
+            }
+            return Ok(Placed::Replayed {
+                order_id: existing.order_id,
+                status: existing.status,
+            });
+        }
+    }
+    announce(state, &event, UNANNOUNCED).await?;
+    orderflow_schemas::metrics::metrics().orders_accepted.inc();
+    info!(%order_id, "Order accepted.");
+    Ok(Placed::Accepted { order_id })
+}

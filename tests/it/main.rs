@@ -1,0 +1,26 @@
+//! The end-to-end tests, one binary with a module per area (each file was its own test binary,
+//! each compiling `tests/common`): `cargo test --test it` runs them all, `cargo test --test it
+//! lifecycle::` one area.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod auth;
+mod bridge_aws;
+mod browser;
+mod console;
+mod crash;
+mod dashboards;
+mod deploy;
+mod fuzz;
+mod invoices;
+mod lifecycle;
+mod logs;
+mod managed_kafka;
+mod openapi;
+mod otlp;
+mod pipeline;
+mod products;
+mod schema_registry;
+mod secrets;
+mod store_outage;
