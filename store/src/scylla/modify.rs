@@ -64,8 +64,8 @@ use super::{
     ScyllaStore,
 };
 use crate::{
-    ModificationPlan, ModifyOutcome, OrderRecord, PaymentClaim, Reservation, ReservedLine, Result,
-    StatusUpdate, Store, StoreError,
+    ModificationPlan, ModifyOutcome, OrderRecord, OrderStore, PaymentClaim, Reservation,
+    ReservedLine, Result, StatusUpdate, StoreError,
 };
 
 pub(super) struct ModifyStatements {
