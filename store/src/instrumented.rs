@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use orderflow_schemas::{metrics, OrderItem};
 
 use crate::{
-    Account, CreateOrder, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord, PaymentRecord,
-    PaymentToken, Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome,
-    StatusUpdate, StockAdjustment, Store, VerificationCode, VerificationEmail, VerifyOutcome,
+    Account, AccountStore, CatalogueStore, CreateOrder, DeliveryStore, IdempotencyKey, Invoice,
+    InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, PaymentRecord, PaymentStore, PaymentToken,
+    Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome, StatusUpdate,
+    StockAdjustment, Store, VerificationCode, VerificationEmail, VerifyOutcome,
 };
 
 /// Wraps a store with metrics.
@@ -44,7 +45,7 @@ async fn timed<T>(operation: &'static str, call: impl Future<Output = Result<T>>
 }
 
 #[async_trait]
-impl<S: Store> Store for Instrumented<S> {
+impl<S: Store> CatalogueStore for Instrumented<S> {
     async fn put_products(&self, products: Vec<Product>) -> Result<()> {
         timed("put_products", self.0.put_products(products)).await
     }
@@ -78,6 +79,17 @@ impl<S: Store> Store for Instrumented<S> {
         timed("adjust_stock", self.0.adjust_stock(sku, delta, key)).await
     }
 
+    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
+        timed("reserve", self.0.reserve(order_id, items, at)).await
+    }
+
+    async fn release(&self, order_id: &str) -> Result<bool> {
+        timed("release", self.0.release(order_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> OrderStore for Instrumented<S> {
     async fn create_order(
         &self,
         order: OrderRecord,
@@ -89,18 +101,6 @@ impl<S: Store> Store for Instrumented<S> {
             "create_order",
             self.0
                 .create_order(order, idempotency, payment_token, max_unpaid),
-        )
-        .await
-    }
-
-    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
-        timed("get_payment_token", self.0.get_payment_token(order_id, now)).await
-    }
-
-    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
-        timed(
-            "delete_payment_token",
-            self.0.delete_payment_token(order_id),
         )
         .await
     }
@@ -135,12 +135,79 @@ impl<S: Store> Store for Instrumented<S> {
         timed("apply_status", self.0.apply_status(update)).await
     }
 
-    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
-        timed("reserve", self.0.reserve(order_id, items, at)).await
+    async fn cancel_order(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<crate::CancelOutcome> {
+        timed("cancel_order", self.0.cancel_order(order_id, reason, at)).await
     }
 
-    async fn release(&self, order_id: &str) -> Result<bool> {
-        timed("release", self.0.release(order_id)).await
+    async fn ship_order(&self, order_id: &str, at: i64) -> Result<crate::ShipOutcome> {
+        timed("ship_order", self.0.ship_order(order_id, at)).await
+    }
+
+    async fn modify_order(
+        &self,
+        order_id: &str,
+        items: Vec<OrderItem>,
+        at: i64,
+    ) -> Result<crate::ModifyOutcome> {
+        timed("modify_order", self.0.modify_order(order_id, items, at)).await
+    }
+
+    async fn reprice_order(
+        &self,
+        order_id: &str,
+        prices: Vec<crate::LinePrice>,
+        at: i64,
+    ) -> Result<crate::ModifyOutcome> {
+        timed("reprice_order", self.0.reprice_order(order_id, prices, at)).await
+    }
+
+    async fn list_unpaid_orders(
+        &self,
+        placed_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>> {
+        timed(
+            "list_unpaid_orders",
+            self.0.list_unpaid_orders(placed_before, limit),
+        )
+        .await
+    }
+
+    async fn expire_unpaid_order(
+        &self,
+        order_id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<crate::ExpireOutcome> {
+        timed(
+            "expire_unpaid_order",
+            self.0.expire_unpaid_order(order_id, reason, at),
+        )
+        .await
+    }
+
+    async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
+        timed("forget_unpaid_order", self.0.forget_unpaid_order(order_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> PaymentStore for Instrumented<S> {
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
+        timed("get_payment_token", self.0.get_payment_token(order_id, now)).await
+    }
+
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
+        timed(
+            "delete_payment_token",
+            self.0.delete_payment_token(order_id),
+        )
+        .await
     }
 
     async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>> {
@@ -151,6 +218,21 @@ impl<S: Store> Store for Instrumented<S> {
         timed("record_payment", self.0.record_payment(payment)).await
     }
 
+    async fn get_refund(&self, order_id: &str) -> Result<Option<crate::RefundRecord>> {
+        timed("get_refund", self.0.get_refund(order_id)).await
+    }
+
+    async fn record_refund(&self, refund: crate::RefundRecord) -> Result<crate::RefundRecord> {
+        timed("record_refund", self.0.record_refund(refund)).await
+    }
+
+    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<crate::PaymentClaim> {
+        timed("claim_payment", self.0.claim_payment(order_id, revision)).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> InvoiceStore for Instrumented<S> {
     async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
         timed("create_invoice", self.0.create_invoice(draft)).await
     }
@@ -158,21 +240,10 @@ impl<S: Store> Store for Instrumented<S> {
     async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
         timed("get_invoice", self.0.get_invoice(order_id)).await
     }
+}
 
-    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
-        timed("delivered", self.0.delivered(sink, ids)).await
-    }
-
-    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
-        timed("mark_delivered", self.0.mark_delivered(sink, ids)).await
-    }
-
-    async fn healthcheck(&self) -> Result<()> {
-        timed("healthcheck", self.0.healthcheck()).await
-    }
-
-    // --- Accounts ---
-
+#[async_trait]
+impl<S: Store> AccountStore for Instrumented<S> {
     async fn create_account(&self, account: Account) -> Result<bool> {
         timed("create_account", self.0.create_account(account)).await
     }
@@ -277,29 +348,6 @@ impl<S: Store> Store for Instrumented<S> {
         .await
     }
 
-    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
-        timed("set_marker", self.0.set_marker(name, at)).await
-    }
-
-    // --- Cancel and ship ---
-
-    async fn cancel_order(
-        &self,
-        order_id: &str,
-        reason: Option<&str>,
-        at: i64,
-    ) -> Result<crate::CancelOutcome> {
-        timed("cancel_order", self.0.cancel_order(order_id, reason, at)).await
-    }
-
-    async fn ship_order(&self, order_id: &str, at: i64) -> Result<crate::ShipOutcome> {
-        timed("ship_order", self.0.ship_order(order_id, at)).await
-    }
-
-    async fn get_refund(&self, order_id: &str) -> Result<Option<crate::RefundRecord>> {
-        timed("get_refund", self.0.get_refund(order_id)).await
-    }
-
     async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
         timed(
             "refresh_family_revoked",
@@ -307,60 +355,27 @@ impl<S: Store> Store for Instrumented<S> {
         )
         .await
     }
+}
 
-    async fn record_refund(&self, refund: crate::RefundRecord) -> Result<crate::RefundRecord> {
-        timed("record_refund", self.0.record_refund(refund)).await
+#[async_trait]
+impl<S: Store> DeliveryStore for Instrumented<S> {
+    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
+        timed("delivered", self.0.delivered(sink, ids)).await
     }
 
-    async fn modify_order(
-        &self,
-        order_id: &str,
-        items: Vec<OrderItem>,
-        at: i64,
-    ) -> Result<crate::ModifyOutcome> {
-        timed("modify_order", self.0.modify_order(order_id, items, at)).await
+    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
+        timed("mark_delivered", self.0.mark_delivered(sink, ids)).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Instrumented<S> {
+    async fn healthcheck(&self) -> Result<()> {
+        timed("healthcheck", self.0.healthcheck()).await
     }
 
-    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<crate::PaymentClaim> {
-        timed("claim_payment", self.0.claim_payment(order_id, revision)).await
-    }
-
-    async fn reprice_order(
-        &self,
-        order_id: &str,
-        prices: Vec<crate::LinePrice>,
-        at: i64,
-    ) -> Result<crate::ModifyOutcome> {
-        timed("reprice_order", self.0.reprice_order(order_id, prices, at)).await
-    }
-
-    async fn list_unpaid_orders(
-        &self,
-        placed_before: i64,
-        limit: usize,
-    ) -> Result<Vec<OrderRecord>> {
-        timed(
-            "list_unpaid_orders",
-            self.0.list_unpaid_orders(placed_before, limit),
-        )
-        .await
-    }
-
-    async fn expire_unpaid_order(
-        &self,
-        order_id: &str,
-        reason: &str,
-        at: i64,
-    ) -> Result<crate::ExpireOutcome> {
-        timed(
-            "expire_unpaid_order",
-            self.0.expire_unpaid_order(order_id, reason, at),
-        )
-        .await
-    }
-
-    async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
-        timed("forget_unpaid_order", self.0.forget_unpaid_order(order_id)).await
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
+        timed("set_marker", self.0.set_marker(name, at)).await
     }
 }
 

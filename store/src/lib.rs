@@ -2,7 +2,9 @@
 //! invoices, idempotency keys and delivery markers.
 //!
 //! # Layout
-//! - [`Store`]: the one interface every stage uses. Each effect is idempotent by a key derived
+//! - [`Store`]: the one interface every stage uses, the union of one trait per area
+//!   ([`CatalogueStore`], [`OrderStore`], [`PaymentStore`], [`InvoiceStore`],
+//!   [`AccountStore`], [`DeliveryStore`]). Each effect is idempotent by a key derived
 //!   from the event (order id, event id), so a redelivered event never applies twice and a
 //!   stage can always re-emit the outcome it already recorded.
 //! - [`model`]: the records the store keeps.
@@ -62,26 +64,28 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The state store. Implementations: [`EmbeddedStore`] (redb, one machine) and `ScyllaStore`
-/// (ScyllaDB, the `scylla` feature, on by default); both pass `tests/conformance.rs`.
+/// The catalogue and its stock: products, stock adjustments, the reservations of orders.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait CatalogueStore: Send + Sync {
     /// Inserts or replaces products (admin, seeding).
     async fn put_products(&self, products: Vec<Product>) -> Result<()>;
+
     /// Inserts the products whose SKU is not in the catalogue yet; returns how many were new.
     async fn seed_products(&self, products: Vec<Product>) -> Result<usize>;
+
     async fn get_product(&self, sku: &str) -> Result<Option<Product>>;
+
     /// The catalogue, ordered by SKU, discontinued products included.
     async fn list_products(&self) -> Result<Vec<Product>>;
-
-    // --- Catalogue administration (products CRUD). ---
 
     /// Inserts a product unless its SKU is in the catalogue already: false then, and nothing
     /// changes.
     async fn create_product(&self, product: Product) -> Result<bool>;
+
     /// Changes a product's name, price or discontinued flag, never its stock; the product as it
     /// is now, or `None` when no product has the SKU.
     async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>>;
+
     /// Adds `delta` (negative: removes) to the units available, atomically with respect to
     /// reservations and releases: never below zero (refused as a whole, nothing changes), and
     /// never lost or applied twice when a reservation races it. With a `key`, an adjustment is
@@ -96,6 +100,19 @@ pub trait Store: Send + Sync + 'static {
         key: Option<AdjustmentKey>,
     ) -> Result<StockAdjustment>;
 
+    /// Reserves every item of the order, all or nothing, only where enough stock is available.
+    /// Idempotent by order id: a second call returns the first call's outcome and reserves
+    /// nothing more.
+    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation>;
+
+    /// Gives an order's reserved stock back. Idempotent: returns false when there was nothing
+    /// (left) to release.
+    async fn release(&self, order_id: &str) -> Result<bool>;
+}
+
+/// Orders: placing (with its `Idempotency-Key`), reading and listing, the status changes of the stages, cancel and ship, modifications, and the orders awaiting a bank transfer.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
     /// Records a new order (status `accepted`), or, when the idempotency key was used before by
     /// the same customer and has not expired, returns the order it created instead. One key
     /// makes one order under any interleaving of calls: a call that meets a key claimed by a
@@ -114,12 +131,9 @@ pub trait Store: Send + Sync + 'static {
         payment_token: Option<PaymentToken>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder>;
-    /// The payment token kept with the order, unless it was deleted or has expired at `now`.
-    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>>;
-    /// Forgets the order's payment token (its charge's outcome is recorded, or the order was
-    /// rejected or cancelled). Idempotent.
-    async fn delete_payment_token(&self, order_id: &str) -> Result<()>;
+
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>>;
+
     /// A customer's orders, newest first, at most `limit`, strictly older than `before` (an order
     /// id) when given.
     async fn list_customer_orders(
@@ -128,6 +142,7 @@ pub trait Store: Send + Sync + 'static {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OrderRecord>>;
+
     /// Orders across customers (the admin list), newest first (by order id, a UUIDv7), at most
     /// `limit`, strictly older than `before` (an order id) when given, narrowed by `filter`.
     /// The status is matched while paging, so a rare status may take a longer scan.
@@ -137,103 +152,10 @@ pub trait Store: Send + Sync + 'static {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<OrderRecord>>;
+
     /// Applies a status change to the order's read model: appends to the timeline unless the
     /// event id is there already, and moves the status forward (never back).
     async fn apply_status(&self, update: StatusUpdate) -> Result<()>;
-
-    /// Reserves every item of the order, all or nothing, only where enough stock is available.
-    /// Idempotent by order id: a second call returns the first call's outcome and reserves
-    /// nothing more.
-    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation>;
-    /// Gives an order's reserved stock back. Idempotent: returns false when there was nothing
-    /// (left) to release.
-    async fn release(&self, order_id: &str) -> Result<bool>;
-
-    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>>;
-    /// Records the charge for an order unless one is recorded already; returns the recorded one.
-    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord>;
-
-    /// Numbers and stores the invoice for an order, or returns the one it already has.
-    /// Numbers are gapless: 1, 2, 3, … in the order invoices are created.
-    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice>;
-    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>>;
-
-    /// Which of these ids the sink has delivered already.
-    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>>;
-    /// Marks ids as delivered by the sink.
-    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()>;
-
-    /// A cheap read that fails when the store is unusable.
-    async fn healthcheck(&self) -> Result<()>;
-
-    // --- Accounts ---------------------------------------------------------
-
-    /// Creates an account unless its email is taken (by any account, disabled ones included);
-    /// false when taken. Holds under concurrent calls: exactly one of two racing creates with
-    /// the same email succeeds. Creating the same account (same id) again answers true.
-    async fn create_account(&self, account: Account) -> Result<bool>;
-    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>>;
-    /// The account with this (normalised) email.
-    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>>;
-    /// Replaces an existing account's fields except `email` and `created_at`; false when
-    /// there is no such account.
-    async fn update_account(&self, account: Account) -> Result<bool>;
-    /// Accounts ordered by customer id, strictly after `after` when given, at most `limit`.
-    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>>;
-
-    /// Stores the account's verification code, replacing any earlier one.
-    async fn put_verification(&self, code: VerificationCode) -> Result<()>;
-    /// Keeps the clear code of a verification email until the bridge sends it (by event id).
-    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()>;
-    /// The clear code the email of event `event_id` is to carry, unless it was deleted (the
-    /// email went out) or has expired at `now`.
-    async fn get_verification_email(
-        &self,
-        event_id: &str,
-        now: i64,
-    ) -> Result<Option<VerificationEmail>>;
-    /// Forgets the clear code of event `event_id`'s email (it was sent). Idempotent.
-    async fn delete_verification_email(&self, event_id: &str) -> Result<()>;
-    /// Checks a code (by its hash) at `now`: a match verifies the account and removes the
-    /// code; a miss counts a try, and the code dies after [`MAX_VERIFICATION_ATTEMPTS`].
-    async fn check_verification(
-        &self,
-        customer_id: &str,
-        code_hash: &str,
-        now: i64,
-    ) -> Result<VerifyOutcome>;
-
-    /// Stores a refresh token that starts a new family (a login).
-    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()>;
-    /// Exchanges the token with hash `presented` for `next_hash` (valid until
-    /// `next_expires_at`), atomically: the first exchange of a token wins; presenting a used
-    /// token again revokes its whole family ([`RotateOutcome::Reused`]).
-    async fn rotate_refresh_token(
-        &self,
-        presented: &str,
-        next_hash: &str,
-        next_expires_at: i64,
-        now: i64,
-    ) -> Result<RotateOutcome>;
-    /// Revokes the family of the token with this hash (logout); false when no such token.
-    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool>;
-    /// Revokes every refresh token family of the account but `keep` (when given): the account
-    /// was disabled (none kept), or its password changed (the login that changed it kept).
-    async fn revoke_customer_refresh_tokens(
-        &self,
-        customer_id: &str,
-        keep: Option<&str>,
-    ) -> Result<()>;
-    /// Whether the family (a login) is revoked: logged out, a token reused, or the account
-    /// disabled. A family never stored counts as revoked: only a login creates one.
-    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool>;
-
-    /// Sets a named one-time marker (e.g. `seeded`); true when this call set it, false when
-    /// it was set already.
-    async fn set_marker(&self, name: &str, at: i64) -> Result<bool>;
-    // --- end of accounts ----------------------------------------------------------------------
-
-    // --- Cancel and ship ----------------------------------------------
 
     /// Cancels an order, atomically with respect to [`Store::ship_order`]: refused once it has
     /// shipped; otherwise its status becomes `cancelled` (timeline entry `<order>:cancelled`,
@@ -245,16 +167,10 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
         at: i64,
     ) -> Result<CancelOutcome>;
+
     /// Marks a paid or invoiced order as shipped (timeline entry `<order>:shipped`), atomically
     /// with respect to [`Store::cancel_order`]: never a cancelled one. Idempotent.
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome>;
-    /// The order's refund, if it has one.
-    async fn get_refund(&self, order_id: &str) -> Result<Option<RefundRecord>>;
-    /// Records the refund of an order unless one is recorded already; returns the recorded one.
-    async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord>;
-    // --- end of cancel and ship ---------------------------------------------------------------
-
-    // --- Modifications -------------------------------------------------------------
 
     /// Changes the quantities of a validated order whose payment is not claimed: `items` is
     /// every item the order keeps with its new quantity (each SKU once, quantities above zero,
@@ -271,10 +187,6 @@ pub trait Store: Send + Sync + 'static {
         items: Vec<OrderItem>,
         at: i64,
     ) -> Result<ModifyOutcome>;
-    /// Claims the payment of the order's `revision` before it is charged (or a bank transfer
-    /// recorded): granted unless the order moved on to a later revision or is final; after a
-    /// grant [`Store::modify_order`] refuses. Idempotent for the same revision.
-    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim>;
     /// Sets new unit prices on lines of a validated order whose payment is not claimed (each
     /// SKU once, prices zero or more, SKUs of the order only): as [`Store::modify_order`] does
     /// for quantities, through the same path and with the same refusals, atomically with
@@ -287,9 +199,6 @@ pub trait Store: Send + Sync + 'static {
         prices: Vec<LinePrice>,
         at: i64,
     ) -> Result<ModifyOutcome>;
-    // --- end of modifications -----------------------------------------------------------------
-
-    // --- Unpaid orders ----------------------------------------------------------------------
 
     /// Orders paid by bank transfer placed (`created_at`) before `placed_before`, oldest first,
     /// at most `limit`, that await their transfer ([`awaits_transfer`]) or were expired by
@@ -301,6 +210,7 @@ pub trait Store: Send + Sync + 'static {
         placed_before: i64,
         limit: usize,
     ) -> Result<Vec<OrderRecord>>;
+
     /// Cancels an order that still awaits its bank transfer (reason `reason`, at `at`) as
     /// [`Store::cancel_order`] does, stock released, atomically with respect to
     /// [`Store::claim_payment`]: of a racing expiry and claim exactly one wins, and a claimed
@@ -313,10 +223,149 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         at: i64,
     ) -> Result<ExpireOutcome>;
+
     /// Drops the order from [`Store::list_unpaid_orders`] (its expiry is announced, or it no
     /// longer awaits a transfer). Idempotent.
     async fn forget_unpaid_order(&self, order_id: &str) -> Result<()>;
-    // --- end of unpaid orders -----------------------------------------------------------------
+}
+
+/// Payments: the card token kept with an order until its charge, the charge or transfer recorded, the claim on a revision's payment, refunds.
+#[async_trait]
+pub trait PaymentStore: Send + Sync {
+    /// The payment token kept with the order, unless it was deleted or has expired at `now`.
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>>;
+
+    /// Forgets the order's payment token (its charge's outcome is recorded, or the order was
+    /// rejected or cancelled). Idempotent.
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()>;
+
+    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>>;
+
+    /// Records the charge for an order unless one is recorded already; returns the recorded one.
+    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord>;
+
+    /// The order's refund, if it has one.
+    async fn get_refund(&self, order_id: &str) -> Result<Option<RefundRecord>>;
+
+    /// Records the refund of an order unless one is recorded already; returns the recorded one.
+    async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord>;
+
+    /// Claims the payment of the order's `revision` before it is charged (or a bank transfer
+    /// recorded): granted unless the order moved on to a later revision or is final; after a
+    /// grant [`Store::modify_order`] refuses. Idempotent for the same revision.
+    async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim>;
+}
+
+/// Invoices, numbered without gaps.
+#[async_trait]
+pub trait InvoiceStore: Send + Sync {
+    /// Numbers and stores the invoice for an order, or returns the one it already has.
+    /// Numbers are gapless: 1, 2, 3, … in the order invoices are created.
+    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice>;
+
+    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>>;
+}
+
+/// Accounts, their email verification codes and refresh tokens.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates an account unless its email is taken (by any account, disabled ones included);
+    /// false when taken. Holds under concurrent calls: exactly one of two racing creates with
+    /// the same email succeeds. Creating the same account (same id) again answers true.
+    async fn create_account(&self, account: Account) -> Result<bool>;
+
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>>;
+
+    /// The account with this (normalised) email.
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>>;
+
+    /// Replaces an existing account's fields except `email` and `created_at`; false when
+    /// there is no such account.
+    async fn update_account(&self, account: Account) -> Result<bool>;
+
+    /// Accounts ordered by customer id, strictly after `after` when given, at most `limit`.
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>>;
+
+    /// Stores the account's verification code, replacing any earlier one.
+    async fn put_verification(&self, code: VerificationCode) -> Result<()>;
+
+    /// Keeps the clear code of a verification email until the bridge sends it (by event id).
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()>;
+
+    /// The clear code the email of event `event_id` is to carry, unless it was deleted (the
+    /// email went out) or has expired at `now`.
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>>;
+
+    /// Forgets the clear code of event `event_id`'s email (it was sent). Idempotent.
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()>;
+
+    /// Checks a code (by its hash) at `now`: a match verifies the account and removes the
+    /// code; a miss counts a try, and the code dies after [`MAX_VERIFICATION_ATTEMPTS`].
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome>;
+
+    /// Stores a refresh token that starts a new family (a login).
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()>;
+
+    /// Exchanges the token with hash `presented` for `next_hash` (valid until
+    /// `next_expires_at`), atomically: the first exchange of a token wins; presenting a used
+    /// token again revokes its whole family ([`RotateOutcome::Reused`]).
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome>;
+
+    /// Revokes the family of the token with this hash (logout); false when no such token.
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool>;
+
+    /// Revokes every refresh token family of the account but `keep` (when given): the account
+    /// was disabled (none kept), or its password changed (the login that changed it kept).
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()>;
+
+    /// Whether the family (a login) is revoked: logged out, a token reused, or the account
+    /// disabled. A family never stored counts as revoked: only a login creates one.
+    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool>;
+}
+
+/// What each sink has delivered.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Which of these ids the sink has delivered already.
+    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>>;
+
+    /// Marks ids as delivered by the sink.
+    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()>;
+}
+
+/// The state store: the union of the stores by area ([`CatalogueStore`], [`OrderStore`],
+/// [`PaymentStore`], [`InvoiceStore`], [`AccountStore`], [`DeliveryStore`]), so one
+/// `Arc<dyn Store>` serves every stage. Implementations: [`EmbeddedStore`] (redb, one machine) and `ScyllaStore`
+/// (ScyllaDB, the `scylla` feature, on by default); both pass `tests/conformance/`.
+#[async_trait]
+pub trait Store:
+    CatalogueStore + OrderStore + PaymentStore + InvoiceStore + AccountStore + DeliveryStore + 'static
+{
+    /// A cheap read that fails when the store is unusable.
+    async fn healthcheck(&self) -> Result<()>;
+
+    /// Sets a named one-time marker (e.g. `seeded`); true when this call set it, false when
+    /// it was set already.
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool>;
 }
 
 /// How long an order paid by bank transfer waits for its transfer by default before it is

@@ -21,8 +21,9 @@ use orderflow_schemas::{
     TopicKind, Topics,
 };
 use orderflow_store::{
-    Account, CreateOrder, EmbeddedStore, IdempotencyKey, Invoice, InvoiceDraft, OrderRecord,
-    PaymentRecord, PaymentToken, Product, ProductChange, RefreshToken, Reservation, Result,
+    Account, AccountStore, CatalogueStore, CreateOrder, DeliveryStore, EmbeddedStore,
+    IdempotencyKey, Invoice, InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, PaymentRecord,
+    PaymentStore, PaymentToken, Product, ProductChange, RefreshToken, Reservation, Result,
     RotateOutcome, StatusUpdate, StockAdjustment, Store, StoreError, VerificationCode,
     VerificationEmail, VerifyOutcome,
 };
@@ -316,25 +317,31 @@ impl Switchable {
 }
 
 #[async_trait]
-impl Store for Switchable {
+impl CatalogueStore for Switchable {
     async fn put_products(&self, products: Vec<Product>) -> Result<()> {
         self.up()?.put_products(products).await
     }
+
     async fn seed_products(&self, products: Vec<Product>) -> Result<usize> {
         self.up()?.seed_products(products).await
     }
+
     async fn get_product(&self, sku: &str) -> Result<Option<Product>> {
         self.up()?.get_product(sku).await
     }
+
     async fn list_products(&self) -> Result<Vec<Product>> {
         self.up()?.list_products().await
     }
+
     async fn create_product(&self, product: Product) -> Result<bool> {
         self.up()?.create_product(product).await
     }
+
     async fn update_product(&self, sku: &str, change: ProductChange) -> Result<Option<Product>> {
         self.up()?.update_product(sku, change).await
     }
+
     async fn adjust_stock(
         &self,
         sku: &str,
@@ -343,6 +350,18 @@ impl Store for Switchable {
     ) -> Result<StockAdjustment> {
         self.up()?.adjust_stock(sku, delta, key).await
     }
+
+    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
+        self.up()?.reserve(order_id, items, at).await
+    }
+
+    async fn release(&self, order_id: &str) -> Result<bool> {
+        self.up()?.release(order_id).await
+    }
+}
+
+#[async_trait]
+impl OrderStore for Switchable {
     async fn create_order(
         &self,
         order: OrderRecord,
@@ -354,15 +373,11 @@ impl Store for Switchable {
             .create_order(order, idempotency, payment_token, max_unpaid)
             .await
     }
-    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
-        self.up()?.get_payment_token(order_id, now).await
-    }
-    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
-        self.up()?.delete_payment_token(order_id).await
-    }
+
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
         self.up()?.get_order(order_id).await
     }
+
     async fn list_customer_orders(
         &self,
         customer_id: &str,
@@ -373,6 +388,7 @@ impl Store for Switchable {
             .list_customer_orders(customer_id, before, limit)
             .await
     }
+
     async fn list_orders(
         &self,
         filter: &orderflow_store::OrderFilter,
@@ -381,109 +397,10 @@ impl Store for Switchable {
     ) -> Result<Vec<OrderRecord>> {
         self.up()?.list_orders(filter, before, limit).await
     }
+
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
         self.up()?.apply_status(update).await
     }
-    async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation> {
-        self.up()?.reserve(order_id, items, at).await
-    }
-    async fn release(&self, order_id: &str) -> Result<bool> {
-        self.up()?.release(order_id).await
-    }
-    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>> {
-        self.up()?.get_payment(order_id).await
-    }
-    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
-        self.up()?.record_payment(payment).await
-    }
-    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
-        self.up()?.create_invoice(draft).await
-    }
-    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
-        self.up()?.get_invoice(order_id).await
-    }
-    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
-        self.up()?.delivered(sink, ids).await
-    }
-    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
-        self.up()?.mark_delivered(sink, ids).await
-    }
-    async fn healthcheck(&self) -> Result<()> {
-        self.up()?.healthcheck().await
-    }
-    // Accounts.
-    async fn create_account(&self, account: Account) -> Result<bool> {
-        self.up()?.create_account(account).await
-    }
-    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
-        self.up()?.get_account(customer_id).await
-    }
-    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
-        self.up()?.get_account_by_email(email).await
-    }
-    async fn update_account(&self, account: Account) -> Result<bool> {
-        self.up()?.update_account(account).await
-    }
-    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
-        self.up()?.list_accounts(after, limit).await
-    }
-    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
-        self.up()?.put_verification(code).await
-    }
-    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
-        self.up()?.put_verification_email(email).await
-    }
-    async fn get_verification_email(
-        &self,
-        event_id: &str,
-        now: i64,
-    ) -> Result<Option<VerificationEmail>> {
-        self.up()?.get_verification_email(event_id, now).await
-    }
-    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
-        self.up()?.delete_verification_email(event_id).await
-    }
-    async fn check_verification(
-        &self,
-        customer_id: &str,
-        code_hash: &str,
-        now: i64,
-    ) -> Result<VerifyOutcome> {
-        self.up()?
-            .check_verification(customer_id, code_hash, now)
-            .await
-    }
-    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
-        self.up()?.create_refresh_token(token).await
-    }
-    async fn rotate_refresh_token(
-        &self,
-        presented: &str,
-        next_hash: &str,
-        next_expires_at: i64,
-        now: i64,
-    ) -> Result<RotateOutcome> {
-        self.up()?
-            .rotate_refresh_token(presented, next_hash, next_expires_at, now)
-            .await
-    }
-    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
-        self.up()?.revoke_refresh_family(token_hash).await
-    }
-    async fn revoke_customer_refresh_tokens(
-        &self,
-        customer_id: &str,
-        keep: Option<&str>,
-    ) -> Result<()> {
-        self.up()?
-            .revoke_customer_refresh_tokens(customer_id, keep)
-            .await
-    }
-    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
-        self.up()?.set_marker(name, at).await
-    }
-
-    // --- Cancel and ship ---
 
     async fn cancel_order(
         &self,
@@ -496,23 +413,6 @@ impl Store for Switchable {
 
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<orderflow_store::ShipOutcome> {
         self.up()?.ship_order(order_id, at).await
-    }
-
-    async fn get_refund(&self, order_id: &str) -> Result<Option<orderflow_store::RefundRecord>> {
-        self.up()?.get_refund(order_id).await
-    }
-
-    async fn record_refund(
-        &self,
-        refund: orderflow_store::RefundRecord,
-    ) -> Result<orderflow_store::RefundRecord> {
-        self.up()?.record_refund(refund).await
-    }
-
-    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
-        self.up()?
-            .refresh_family_revoked(customer_id, family_id)
-            .await
     }
 
     async fn modify_order(
@@ -531,14 +431,6 @@ impl Store for Switchable {
         at: i64,
     ) -> Result<orderflow_store::ModifyOutcome> {
         self.up()?.reprice_order(order_id, prices, at).await
-    }
-
-    async fn claim_payment(
-        &self,
-        order_id: &str,
-        revision: i32,
-    ) -> Result<orderflow_store::PaymentClaim> {
-        self.up()?.claim_payment(order_id, revision).await
     }
 
     async fn list_unpaid_orders(
@@ -560,5 +452,167 @@ impl Store for Switchable {
 
     async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
         self.up()?.forget_unpaid_order(order_id).await
+    }
+}
+
+#[async_trait]
+impl PaymentStore for Switchable {
+    async fn get_payment_token(&self, order_id: &str, now: i64) -> Result<Option<PaymentToken>> {
+        self.up()?.get_payment_token(order_id, now).await
+    }
+
+    async fn delete_payment_token(&self, order_id: &str) -> Result<()> {
+        self.up()?.delete_payment_token(order_id).await
+    }
+
+    async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>> {
+        self.up()?.get_payment(order_id).await
+    }
+
+    async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
+        self.up()?.record_payment(payment).await
+    }
+
+    async fn get_refund(&self, order_id: &str) -> Result<Option<orderflow_store::RefundRecord>> {
+        self.up()?.get_refund(order_id).await
+    }
+
+    async fn record_refund(
+        &self,
+        refund: orderflow_store::RefundRecord,
+    ) -> Result<orderflow_store::RefundRecord> {
+        self.up()?.record_refund(refund).await
+    }
+
+    async fn claim_payment(
+        &self,
+        order_id: &str,
+        revision: i32,
+    ) -> Result<orderflow_store::PaymentClaim> {
+        self.up()?.claim_payment(order_id, revision).await
+    }
+}
+
+#[async_trait]
+impl InvoiceStore for Switchable {
+    async fn create_invoice(&self, draft: InvoiceDraft) -> Result<Invoice> {
+        self.up()?.create_invoice(draft).await
+    }
+
+    async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
+        self.up()?.get_invoice(order_id).await
+    }
+}
+
+#[async_trait]
+impl AccountStore for Switchable {
+    // Accounts.
+    async fn create_account(&self, account: Account) -> Result<bool> {
+        self.up()?.create_account(account).await
+    }
+
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
+        self.up()?.get_account(customer_id).await
+    }
+
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        self.up()?.get_account_by_email(email).await
+    }
+
+    async fn update_account(&self, account: Account) -> Result<bool> {
+        self.up()?.update_account(account).await
+    }
+
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
+        self.up()?.list_accounts(after, limit).await
+    }
+
+    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
+        self.up()?.put_verification(code).await
+    }
+
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+        self.up()?.put_verification_email(email).await
+    }
+
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        self.up()?.get_verification_email(event_id, now).await
+    }
+
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
+        self.up()?.delete_verification_email(event_id).await
+    }
+
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        self.up()?
+            .check_verification(customer_id, code_hash, now)
+            .await
+    }
+
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        self.up()?.create_refresh_token(token).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        self.up()?
+            .rotate_refresh_token(presented, next_hash, next_expires_at, now)
+            .await
+    }
+
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
+        self.up()?.revoke_refresh_family(token_hash).await
+    }
+
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()> {
+        self.up()?
+            .revoke_customer_refresh_tokens(customer_id, keep)
+            .await
+    }
+
+    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        self.up()?
+            .refresh_family_revoked(customer_id, family_id)
+            .await
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for Switchable {
+    async fn delivered(&self, sink: &str, ids: &[String]) -> Result<Vec<bool>> {
+        self.up()?.delivered(sink, ids).await
+    }
+
+    async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
+        self.up()?.mark_delivered(sink, ids).await
+    }
+}
+
+#[async_trait]
+impl Store for Switchable {
+    async fn healthcheck(&self) -> Result<()> {
+        self.up()?.healthcheck().await
+    }
+
+    async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
+        self.up()?.set_marker(name, at).await
     }
 }

@@ -13,7 +13,9 @@
 
 use scylla::{frame::types::Consistency, statement::prepared::PreparedStatement, value::CqlValue};
 
+use super::*;
 use super::{corrupt, raced, retry, Lwt, ScyllaStore};
+use crate::AccountStore;
 use crate::{account::*, Result, StoreError};
 
 pub(super) struct AccountStatements {
@@ -454,5 +456,102 @@ impl ScyllaStore {
     pub(super) async fn set_marker_impl(&self, name: &str, at: i64) -> Result<bool> {
         let lwt = self.lwt(&self.a().marker_set, (name, at)).await?;
         Ok(lwt.applied)
+    }
+}
+
+#[async_trait]
+impl AccountStore for ScyllaStore {
+    async fn create_account(&self, account: Account) -> Result<bool> {
+        self.create_account_impl(&account).await
+    }
+
+    async fn get_account(&self, customer_id: &str) -> Result<Option<Account>> {
+        self.get_account_impl(customer_id).await
+    }
+
+    async fn get_account_by_email(&self, email: &str) -> Result<Option<Account>> {
+        self.get_account_by_email_impl(email).await
+    }
+
+    async fn update_account(&self, account: Account) -> Result<bool> {
+        self.update_account_impl(&account).await
+    }
+
+    async fn list_accounts(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>> {
+        self.list_accounts_impl(after, limit).await
+    }
+
+    async fn put_verification(&self, code: VerificationCode) -> Result<()> {
+        self.put_verification_impl(&code).await
+    }
+
+    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+        retry("put_verification_email", || {
+            self.put_verification_email_impl(&email)
+        })
+        .await
+    }
+
+    async fn get_verification_email(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        retry("get_verification_email", || {
+            self.get_verification_email_impl(event_id, now)
+        })
+        .await
+    }
+
+    async fn delete_verification_email(&self, event_id: &str) -> Result<()> {
+        retry("delete_verification_email", || {
+            self.delete_verification_email_impl(event_id)
+        })
+        .await
+    }
+
+    async fn check_verification(
+        &self,
+        customer_id: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<VerifyOutcome> {
+        self.check_verification_impl(customer_id, code_hash, now)
+            .await
+    }
+
+    async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        self.create_refresh_token_impl(&token).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: i64,
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        self.rotate_refresh_token_impl(presented, next_hash, next_expires_at, now)
+            .await
+    }
+
+    async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
+        self.revoke_refresh_family_impl(token_hash).await
+    }
+
+    async fn revoke_customer_refresh_tokens(
+        &self,
+        customer_id: &str,
+        keep: Option<&str>,
+    ) -> Result<()> {
+        self.revoke_customer_refresh_tokens_impl(customer_id, keep)
+            .await
+    }
+
+    async fn refresh_family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        retry("refresh_family_revoked", || {
+            self.family_revoked(customer_id, family_id)
+        })
+        .await
     }
 }

@@ -23,7 +23,10 @@ use super::{raced, retry, text, ScyllaStore};
 use orderflow_schemas::OrderStatus;
 
 use super::from_json;
-use crate::{CancelOutcome, RefundRecord, Result, ShipOutcome, Store, StoreError};
+use crate::{
+    CancelOutcome, CatalogueStore, OrderStore, PaymentStore, RefundRecord, Result, ShipOutcome,
+    StoreError,
+};
 
 pub(super) struct LifecycleStatements {
     /// Sets the final step unless there is one.

@@ -64,8 +64,8 @@ use super::{
     ScyllaStore,
 };
 use crate::{
-    LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, PaymentClaim,
-    Reservation, ReservedLine, Result, StatusUpdate, Store, StoreError,
+    LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, PaymentClaim,
+    Reservation, ReservedLine, Result, StatusUpdate, StoreError,
 };
 
 pub(super) struct ModifyStatements {

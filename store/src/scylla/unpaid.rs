@@ -27,7 +27,9 @@ use scylla::{
 };
 
 use super::{lifecycle::prepare, raced, retry, text, ScyllaStore};
-use crate::{awaits_transfer, CreateOrder, ExpireOutcome, OrderRecord, Result, Store};
+use crate::{
+    awaits_transfer, CatalogueStore, CreateOrder, ExpireOutcome, OrderRecord, OrderStore, Result,
+};
 
 /// The one partition of `unpaid_orders`.
 const SHARD: i32 = 0;
