@@ -258,6 +258,52 @@ event!(
     "order_rejected.avsc"
 );
 
+/// Why validation rejected an order: [`OrderRejected::reason_code`] on the wire, a string there
+/// (the Avro schema keeps strings, so a code this build does not know still decodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionCode {
+    /// A SKU the catalogue does not have, or no longer sells.
+    UnknownSku,
+    /// Fewer units available than the order asks for.
+    OutOfStock,
+    /// The order itself is not valid (a quantity that is not positive, mixed currencies).
+    InvalidOrder,
+}
+
+impl RejectionCode {
+    pub const ALL: [RejectionCode; 3] = [
+        RejectionCode::UnknownSku,
+        RejectionCode::OutOfStock,
+        RejectionCode::InvalidOrder,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionCode::UnknownSku => "unknown_sku",
+            RejectionCode::OutOfStock => "out_of_stock",
+            RejectionCode::InvalidOrder => "invalid_order",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectionCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RejectionCode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RejectionCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == s)
+            .ok_or_else(|| format!("unknown rejection code {s:?}"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPaid {
     pub event_id: String,
@@ -331,6 +377,14 @@ pub struct AccountVerificationRequested {
     pub name: String,
     pub expires_at: i64,
     pub occurred_at: i64,
+}
+
+impl AccountVerificationRequested {
+    /// The event id of one verification request of an account: `<customer id>:verify:<request>`,
+    /// `request` telling the account's requests apart (a UUIDv7).
+    pub fn event_id_for(customer_id: &str, request: impl std::fmt::Display) -> String {
+        format!("{customer_id}:verify:{request}")
+    }
 }
 
 impl Event for AccountVerificationRequested {
@@ -451,6 +505,13 @@ event!(
     "order_modified.avsc"
 );
 
+impl PaymentRefunded {
+    /// The event id of an order's refund: `<order id>:refunded`.
+    pub fn event_id_for(order_id: &str) -> String {
+        format!("{order_id}:refunded")
+    }
+}
+
 impl OrderModified {
     /// The event id of an order's `revision`: `<order id>:modified:r<revision>`.
     pub fn event_id_for(order_id: &str, revision: i32) -> String {
@@ -477,4 +538,44 @@ pub fn catalogue() -> [(&'static str, u32, TopicKind, &'static str); 11] {
         row::<PaymentRefunded>(),
         row::<OrderModified>(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_keep_their_form() {
+        assert_eq!(OrderStatus::Accepted.event_id("o1"), "o1:accepted");
+        assert_eq!(
+            OrderStatus::PaymentFailed.event_id("o1"),
+            "o1:payment_failed"
+        );
+        assert_eq!(
+            OrderStatus::Validated.revision_event_id("o1", 0),
+            "o1:validated"
+        );
+        assert_eq!(
+            OrderStatus::Validated.revision_event_id("o1", 2),
+            "o1:validated:r2"
+        );
+        assert_eq!(OrderModified::event_id_for("o1", 1), "o1:modified:r1");
+        assert_eq!(PaymentRefunded::event_id_for("o1"), "o1:refunded");
+        assert_eq!(
+            AccountVerificationRequested::event_id_for("c1", 7),
+            "c1:verify:7"
+        );
+    }
+
+    #[test]
+    fn rejection_codes_read_back_from_their_strings() {
+        for code in RejectionCode::ALL {
+            assert_eq!(code.as_str().parse::<RejectionCode>(), Ok(code));
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+        assert!("inactive_product".parse::<RejectionCode>().is_err());
+    }
 }

@@ -24,7 +24,7 @@ pub use events::{
     AccountVerificationRequested, Address, Event, OrderAccepted, OrderInvoiced, OrderItem,
     OrderLine, OrderPaid, OrderRejected, OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,
 };
-pub use events::{OrderCancelled, OrderModified, OrderShipped, PaymentRefunded};
+pub use events::{OrderCancelled, OrderModified, OrderShipped, PaymentRefunded, RejectionCode};
 pub use registry::SchemaIds;
 pub use topics::{TopicKind, Topics};
 pub use wire::{decode, decode_with, encode, encode_with, DecodeError, EncodeError};

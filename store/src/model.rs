@@ -1,6 +1,6 @@
 //! The records the store keeps. Money is in integer cents; times in ms since the Unix epoch.
 
-use orderflow_schemas::{Address, OrderItem, OrderLine, OrderStatus};
+use orderflow_schemas::{Address, OrderItem, OrderLine, OrderStatus, RejectionCode};
 use serde::{Deserialize, Serialize};
 
 /// A catalogue entry with its stock.
@@ -239,8 +239,8 @@ pub enum Reservation {
         revision: i32,
     },
     Rejected {
-        /// `unknown_sku`, `out_of_stock` or `invalid_order`.
-        code: String,
+        /// Recorded as its string (`unknown_sku`, `out_of_stock`, `invalid_order`).
+        code: RejectionCode,
         reason: String,
         at: i64,
     },
@@ -591,6 +591,145 @@ impl ModificationPlan {
     }
 }
 
+// --- Reservations ---
+
+/// Why an order's items cannot be reserved: the code validation announces on `orders.rejected`
+/// and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: RejectionCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: RejectionCode, reason: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The outcome recorded for the order.
+    pub fn at(self, at: i64) -> Reservation {
+        Reservation::Rejected {
+            code: self.code,
+            reason: self.reason,
+            at,
+        }
+    }
+}
+
+/// How [`crate::CatalogueStore::reserve`] reserves an order's items: all of them or none. Both
+/// stores plan alike, from the products as they read them, and take the planned units each its
+/// own way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationPlan {
+    /// Per SKU, in the order the items first name it: the product as read and the units to
+    /// take (a SKU the order lists twice is one demand).
+    pub takes: Vec<(Product, i64)>,
+    /// One line per item, priced from the catalogue.
+    pub lines: Vec<ReservedLine>,
+}
+
+impl ReservationPlan {
+    /// Plans the reservation of `items`. `find` reads a SKU's product (`None`: the catalogue
+    /// does not have it); `held` tells whether the order holds a SKU's units already (an
+    /// earlier attempt took them and stopped part-way), so the stock left is not checked again.
+    /// `Ok(Err(refusal))` when the order cannot be reserved: nothing is to be taken.
+    ///
+    /// The order's quantities are checked first, then each SKU in turn (reading stops at the
+    /// first refused one), then that all items share one currency.
+    pub fn new<E>(
+        items: &[OrderItem],
+        mut find: impl FnMut(&str) -> Result<Option<Product>, E>,
+        held: impl Fn(&str) -> bool,
+    ) -> Result<Result<Self, Refusal>, E> {
+        let demand = Self::demand(items);
+        if let Some((sku, _)) = demand.iter().find(|(_, quantity)| *quantity <= 0) {
+            return Ok(Err(Refusal::new(
+                RejectionCode::InvalidOrder,
+                format!("quantity for {sku} must be positive"),
+            )));
+        }
+        let mut takes: Vec<(Product, i64)> = Vec::with_capacity(demand.len());
+        for (sku, quantity) in demand {
+            let product = find(sku)?;
+            if let Err(refusal) = Self::check(sku, quantity, product.as_ref(), held(sku)) {
+                return Ok(Err(refusal));
+            }
+            takes.extend(product.map(|p| (p, quantity)));
+        }
+        if takes.windows(2).any(|w| w[0].0.currency != w[1].0.currency) {
+            return Ok(Err(Refusal::new(
+                RejectionCode::InvalidOrder,
+                "items are priced in different currencies",
+            )));
+        }
+        let lines = items
+            .iter()
+            .filter_map(|item| {
+                let (p, _) = takes.iter().find(|(p, _)| p.sku == item.sku)?;
+                Some(ReservedLine {
+                    sku: p.sku.clone(),
+                    name: p.name.clone(),
+                    quantity: item.quantity,
+                    unit_price_cents: p.price_cents,
+                    currency: p.currency.clone(),
+                })
+            })
+            .collect();
+        Ok(Ok(ReservationPlan { takes, lines }))
+    }
+
+    /// The order's demand per SKU, in the order the items first name them: a SKU listed twice
+    /// is one demand.
+    pub fn demand(items: &[OrderItem]) -> Vec<(&str, i64)> {
+        let mut demand: Vec<(&str, i64)> = Vec::new();
+        for item in items {
+            match demand.iter_mut().find(|(sku, _)| *sku == item.sku) {
+                Some((_, q)) => *q += i64::from(item.quantity),
+                None => demand.push((item.sku.as_str(), i64::from(item.quantity))),
+            }
+        }
+        demand
+    }
+
+    /// Whether `quantity` units of `sku` can be taken from `product` as read: it must be sold,
+    /// and have the units unless the order `held` them already.
+    pub fn check(
+        sku: &str,
+        quantity: i64,
+        product: Option<&Product>,
+        held: bool,
+    ) -> Result<(), Refusal> {
+        match product {
+            None => Err(Refusal::new(
+                RejectionCode::UnknownSku,
+                format!("unknown SKU {sku}"),
+            )),
+            Some(p) if p.discontinued => Err(Refusal::new(
+                RejectionCode::UnknownSku,
+                format!("SKU {sku} is discontinued"),
+            )),
+            Some(p) if !held && p.stock < quantity => Err(Refusal::new(
+                RejectionCode::OutOfStock,
+                format!("{sku}: {quantity} requested, {} available", p.stock),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The outcome recorded for the order once the units are taken.
+    pub fn reserved(self, at: i64) -> Reservation {
+        Reservation::Reserved {
+            lines: self.lines,
+            at,
+            released: false,
+            revision: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,6 +785,137 @@ mod tests {
         assert!(ModificationPlan::new(&current, &[]).is_err());
         assert!(ModificationPlan::new(&current, &[item("A", 0)]).is_err());
         assert!(ModificationPlan::new(&current, &[item("A", 1), item("A", 1)]).is_err());
+    }
+
+    fn product(sku: &str, stock: i64) -> Product {
+        Product {
+            sku: sku.into(),
+            name: format!("{sku} name"),
+            price_cents: 100,
+            currency: "EUR".into(),
+            stock,
+            reserved: 0,
+            discontinued: false,
+        }
+    }
+
+    /// Plans `items` against `catalogue`, the SKUs in `held` held by the order already; also
+    /// answers which SKUs the plan read.
+    fn plan_against(
+        catalogue: &[Product],
+        held: &[&str],
+        items: &[OrderItem],
+    ) -> (Result<ReservationPlan, Refusal>, Vec<String>) {
+        let mut read = Vec::new();
+        let plan = ReservationPlan::new(
+            items,
+            |sku| {
+                read.push(sku.to_string());
+                Ok::<_, ()>(catalogue.iter().find(|p| p.sku == sku).cloned())
+            },
+            |sku| held.contains(&sku),
+        )
+        .unwrap();
+        (plan, read)
+    }
+
+    #[test]
+    fn a_reservation_is_planned_whole_or_refused_with_its_code() {
+        let discontinued = Product {
+            discontinued: true,
+            ..product("D", 10)
+        };
+        let dollars = Product {
+            currency: "USD".into(),
+            ..product("U", 10)
+        };
+        let catalogue = [product("A", 5), product("B", 1), discontinued, dollars];
+        use RejectionCode::*;
+        // (items, held, the code of the refusal or None for a plan)
+        let cases: &[(&[(&str, i32)], &[&str], Option<RejectionCode>)] = &[
+            (&[("A", 5)], &[], None),
+            (&[("A", 2), ("B", 1)], &[], None),
+            (&[("A", 6)], &[], Some(OutOfStock)),
+            // All or nothing: one short SKU refuses the whole order.
+            (&[("A", 1), ("B", 2)], &[], Some(OutOfStock)),
+            // A SKU listed twice is one demand: 3 + 3 is more than A's 5.
+            (&[("A", 3), ("A", 3)], &[], Some(OutOfStock)),
+            (&[("A", 3), ("B", 1), ("A", 2)], &[], None),
+            (&[("Z", 1)], &[], Some(UnknownSku)),
+            (&[("A", 1), ("Z", 1)], &[], Some(UnknownSku)),
+            (&[("D", 1)], &[], Some(UnknownSku)),
+            (&[("A", 0)], &[], Some(InvalidOrder)),
+            (&[("A", -1)], &[], Some(InvalidOrder)),
+            // The quantities are checked before the catalogue.
+            (&[("Z", 1), ("A", 0)], &[], Some(InvalidOrder)),
+            (&[("A", 1), ("U", 1)], &[], Some(InvalidOrder)),
+            // Units the order holds already (an attempt that stopped part-way) are not counted
+            // against the stock left; a product withdrawn since still refuses.
+            (&[("A", 50)], &["A"], None),
+            (&[("D", 1)], &["D"], Some(UnknownSku)),
+        ];
+        for (items, held, expected) in cases {
+            let items: Vec<OrderItem> = items.iter().map(|(s, q)| item(s, *q)).collect();
+            let (plan, _) = plan_against(&catalogue, held, &items);
+            assert_eq!(
+                plan.as_ref().err().map(|r| r.code),
+                *expected,
+                "{items:?} (held {held:?}): {plan:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plan_takes_each_sku_once_and_prices_each_item_line() {
+        let catalogue = [product("A", 5), product("B", 1)];
+        let items = [item("A", 3), item("B", 1), item("A", 2)];
+        let (plan, read) = plan_against(&catalogue, &[], &items);
+        let plan = plan.unwrap();
+        assert_eq!(read, ["A", "B"], "each SKU is read once");
+        assert_eq!(plan.takes, vec![(product("A", 5), 5), (product("B", 1), 1)]);
+        assert_eq!(plan.lines, vec![line("A", 3), line("B", 1), line("A", 2)]);
+        assert_eq!(
+            plan.reserved(7),
+            Reservation::Reserved {
+                lines: vec![line("A", 3), line("B", 1), line("A", 2)],
+                at: 7,
+                released: false,
+                revision: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn a_refusal_says_why_and_stops_reading() {
+        let catalogue = [product("A", 1), product("B", 1)];
+        let (plan, read) = plan_against(&catalogue, &[], &[item("A", 4), item("B", 1)]);
+        assert_eq!(read, ["A"], "nothing is read after the first refused SKU");
+        assert_eq!(
+            plan.unwrap_err().at(9),
+            Reservation::Rejected {
+                code: RejectionCode::OutOfStock,
+                reason: "A: 4 requested, 1 available".into(),
+                at: 9,
+            }
+        );
+        let reason =
+            |items: &[OrderItem]| plan_against(&catalogue, &[], items).0.unwrap_err().reason;
+        assert_eq!(reason(&[item("Z", 1)]), "unknown SKU Z");
+        assert_eq!(reason(&[item("A", 0)]), "quantity for A must be positive");
+        let (plan, read) = plan_against(&catalogue, &[], &[item("A", 0)]);
+        assert!(
+            plan.is_err() && read.is_empty(),
+            "a bad quantity reads nothing"
+        );
+    }
+
+    #[test]
+    fn rejection_codes_are_recorded_as_their_strings() {
+        let rejected = Refusal::new(RejectionCode::UnknownSku, "unknown SKU Z").at(1);
+        let json = serde_json::to_value(&rejected).unwrap();
+        assert_eq!(json["code"], "unknown_sku");
+        let back: Reservation = serde_json::from_value(json).unwrap();
+        assert_eq!(back, rejected);
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl PaymentHandler {
             }
         };
         let event = PaymentRefunded {
-            event_id: format!("{order_id}:refunded"),
+            event_id: PaymentRefunded::event_id_for(order_id),
             order_id: order_id.to_string(),
             customer_id: customer_id.to_string(),
             payment_id: refund.payment_id,

@@ -146,7 +146,7 @@ impl Handler for ValidationHandler {
                     event_id: OrderStatus::Rejected.event_id(&order.order_id),
                     order_id: order.order_id.clone(),
                     customer_id: order.customer_id.clone(),
-                    reason_code: code,
+                    reason_code: code.to_string(),
                     reason,
                     occurred_at: at,
                 };

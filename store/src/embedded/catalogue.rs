@@ -133,3 +133,46 @@ impl CatalogueStore for EmbeddedStore {
         self.write(move |txn| release_in(txn, &order_id)).await
     }
 }
+
+/// Reserves all items or none, as [`ReservationPlan`] plans; see [`CatalogueStore::reserve`].
+fn reserve_in(
+    txn: &WriteTransaction,
+    order_id: &str,
+    items: &[OrderItem],
+    at: i64,
+) -> Result<Reservation> {
+    let mut reservations = txn.open_table(RESERVATIONS).map_err(unavailable)?;
+    if let Some(done) = get_json(&reservations, "reservation", order_id)? {
+        return Ok(done);
+    }
+    let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+    // A reservation is one transaction on the single writer: never left part-way, so the
+    // order holds nothing yet.
+    let plan = ReservationPlan::new(
+        items,
+        |sku| get_json::<Product, _>(&products, "product", sku),
+        |_| false,
+    )?;
+    let reservation = match plan {
+        Err(refusal) => refusal.at(at),
+        Ok(plan) => {
+            for (product, quantity) in &plan.takes {
+                let taken = Product {
+                    stock: product.stock - quantity,
+                    reserved: product.reserved + quantity,
+                    ..product.clone()
+                };
+                let bytes = to_bytes(&taken)?;
+                products
+                    .insert(taken.sku.as_str(), bytes.as_slice())
+                    .map_err(unavailable)?;
+            }
+            plan.reserved(at)
+        }
+    };
+    let bytes = to_bytes(&reservation)?;
+    reservations
+        .insert(order_id, bytes.as_slice())
+        .map_err(unavailable)?;
+    Ok(reservation)
+}

@@ -212,3 +212,104 @@ impl CatalogueStore for ScyllaStore {
         retry("release", || self.release_once(order_id, &lease)).await
     }
 }
+
+impl ScyllaStore {
+    /// One attempt of [`CatalogueStore::reserve`], under the order's reservation lease: plans
+    /// from the products as read ([`ReservationPlan`]), takes each SKU's units by
+    /// compare-and-set with a hold naming the order (so that a retry after a crash takes
+    /// nothing twice), and records the outcome. A refusal gives back what an earlier attempt
+    /// took.
+    pub(super) async fn reserve_once(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        at: i64,
+        lease: &Lease,
+    ) -> Result<Reservation> {
+        match self.claim(order_id, lease, true).await? {
+            Claim::Decided(outcome) => return Ok(outcome),
+            Claim::Owned(Some(outcome)) => {
+                self.let_go(order_id, lease).await?;
+                return Ok(outcome);
+            }
+            Claim::Owned(None) => {}
+            Claim::Missing => unreachable!("claim with create never answers Missing"),
+        }
+        let skus: Vec<&str> = ReservationPlan::demand(items)
+            .into_iter()
+            .map(|(sku, _)| sku)
+            .collect();
+        let mut rows: Vec<StockRow> = Vec::with_capacity(skus.len());
+        for sku in &skus {
+            rows.extend(self.read_product(sku).await?);
+        }
+        let row = |sku: &str| rows.iter().find(|row| row.product.sku == sku);
+        let plan = ReservationPlan::new(
+            items,
+            |sku| Ok(row(sku).map(|row| row.product.clone())),
+            |sku| row(sku).is_some_and(|row| holds(row, order_id)),
+        )?;
+        let outcome = match plan {
+            Ok(plan) => match self.take(order_id, &plan.takes, &rows, lease).await? {
+                Ok(()) => plan.reserved(at),
+                Err(refusal) => refusal.at(at),
+            },
+            Err(refusal) => refusal.at(at),
+        };
+        if matches!(outcome, Reservation::Rejected { .. }) {
+            self.give_back(order_id, &skus, lease).await?;
+        }
+        self.decide(order_id, lease, &outcome).await?;
+        self.drop_holds(order_id, &skus).await?;
+        Ok(outcome)
+    }
+
+    /// Takes each planned SKU's units, unless an earlier attempt of this order already did.
+    /// The plan's read (`rows`) serves the first compare-and-set; a lost race reads again and
+    /// checks again.
+    async fn take(
+        &self,
+        order_id: &str,
+        takes: &[(Product, i64)],
+        rows: &[StockRow],
+        lease: &Lease,
+    ) -> Result<Result<(), Refusal>> {
+        for (product, quantity) in takes {
+            let sku = product.sku.as_str();
+            let mut row = rows
+                .iter()
+                .find(|row| row.product.sku == sku)
+                .cloned()
+                .expect("the plan takes only products that were read");
+            loop {
+                lease.check(order_id)?;
+                if holds(&row, order_id) {
+                    break;
+                }
+                if let Err(refusal) =
+                    ReservationPlan::check(sku, *quantity, Some(&row.product), false)
+                {
+                    return Ok(Err(refusal));
+                }
+                if self
+                    .move_stock(&row, order_id, *quantity, *quantity)
+                    .await?
+                {
+                    break;
+                }
+                // Lost the race for this product: let the winner's round finish.
+                tokio::time::sleep(jitter(Duration::from_millis(2))).await;
+                match self.read_product(sku).await? {
+                    Some(now) => row = now,
+                    None => return Ok(ReservationPlan::check(sku, *quantity, None, false)),
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Whether the order holds units of the product already.
+fn holds(row: &StockRow, order_id: &str) -> bool {
+    row.holds.get(order_id).copied().unwrap_or(0) > 0
+}

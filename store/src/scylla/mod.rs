@@ -648,147 +648,6 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn reserve_once(
-        &self,
-        order_id: &str,
-        items: &[OrderItem],
-        at: i64,
-        lease: &Lease,
-    ) -> Result<Reservation> {
-        match self.claim(order_id, lease, true).await? {
-            Claim::Decided(outcome) => return Ok(outcome),
-            Claim::Owned(Some(outcome)) => {
-                self.let_go(order_id, lease).await?;
-                return Ok(outcome);
-            }
-            Claim::Owned(None) => {}
-            Claim::Missing => unreachable!("claim with create never answers Missing"),
-        }
-        let demand = demand(items);
-        let skus: Vec<&str> = demand.iter().map(|(sku, _)| *sku).collect();
-        let reject = |code: &str, reason: String| Reservation::Rejected {
-            code: code.into(),
-            reason,
-            at,
-        };
-
-        let mut outcome = None;
-        let mut rows: Vec<StockRow> = Vec::with_capacity(demand.len());
-        if let Some((sku, _)) = demand.iter().find(|(_, q)| *q <= 0) {
-            outcome = Some(reject(
-                "invalid_order",
-                format!("quantity for {sku} must be positive"),
-            ));
-        }
-        if outcome.is_none() {
-            for (sku, quantity) in &demand {
-                match self.read_product(sku).await? {
-                    None => {
-                        outcome = Some(reject("unknown_sku", format!("unknown SKU {sku}")));
-                        break;
-                    }
-                    Some(row) if row.product.discontinued => {
-                        outcome = Some(reject("unknown_sku", format!("SKU {sku} is discontinued")));
-                        break;
-                    }
-                    Some(row) => {
-                        let held = row.holds.get(order_id).copied().unwrap_or(0) > 0;
-                        if !held && row.product.stock < *quantity {
-                            outcome = Some(reject(
-                                "out_of_stock",
-                                format!(
-                                    "{sku}: {quantity} requested, {} available",
-                                    row.product.stock
-                                ),
-                            ));
-                            break;
-                        }
-                        rows.push(row);
-                    }
-                }
-            }
-        }
-        if outcome.is_none()
-            && rows
-                .windows(2)
-                .any(|w| w[0].product.currency != w[1].product.currency)
-        {
-            outcome = Some(reject(
-                "invalid_order",
-                "items are priced in different currencies".into(),
-            ));
-        }
-        // Take each SKU's units, unless an earlier attempt of this order already did. The
-        // first pass's read serves the first compare-and-set; a lost race reads again.
-        if outcome.is_none() {
-            'skus: for ((sku, quantity), first_read) in demand.iter().zip(&rows) {
-                let mut row = first_read.clone();
-                loop {
-                    lease.check(order_id)?;
-                    if row.holds.get(order_id).copied().unwrap_or(0) > 0 {
-                        break;
-                    }
-                    if row.product.stock < *quantity {
-                        outcome = Some(reject(
-                            "out_of_stock",
-                            format!(
-                                "{sku}: {quantity} requested, {} available",
-                                row.product.stock
-                            ),
-                        ));
-                        break 'skus;
-                    }
-                    if self
-                        .move_stock(&row, order_id, *quantity, *quantity)
-                        .await?
-                    {
-                        break;
-                    }
-                    // Lost the race for this product: let the winner's round finish.
-                    tokio::time::sleep(jitter(Duration::from_millis(2))).await;
-                    match self.read_product(sku).await? {
-                        Some(now) => row = now,
-                        None => {
-                            outcome = Some(reject("unknown_sku", format!("unknown SKU {sku}")));
-                            break 'skus;
-                        }
-                    }
-                }
-            }
-        }
-        let outcome = match outcome {
-            Some(rejected) => {
-                self.give_back(order_id, &skus, lease).await?;
-                rejected
-            }
-            None => Reservation::Reserved {
-                lines: items
-                    .iter()
-                    .map(|item| {
-                        let p = rows
-                            .iter()
-                            .map(|row| &row.product)
-                            .find(|p| p.sku == item.sku)
-                            .expect("every item's product was read");
-                        ReservedLine {
-                            sku: p.sku.clone(),
-                            name: p.name.clone(),
-                            quantity: item.quantity,
-                            unit_price_cents: p.price_cents,
-                            currency: p.currency.clone(),
-                        }
-                    })
-                    .collect(),
-                at,
-                released: false,
-                revision: 0,
-            },
-        };
-        self.decide(order_id, lease, &outcome).await?;
-        self.drop_holds(order_id, &skus).await?;
-        Ok(outcome)
-    }
-
     async fn release_once(&self, order_id: &str, lease: &Lease) -> Result<bool> {
         self.settle_once(order_id, lease, true).await
     }
@@ -1551,18 +1410,6 @@ fn order_from_rows(order_id: &str, rows: Vec<OrderRow>) -> Result<Option<OrderRe
     }))
 }
 
-/// Quantities per SKU, in the order the SKUs first appear.
-fn demand(items: &[OrderItem]) -> Vec<(&str, i64)> {
-    let mut demand: Vec<(&str, i64)> = Vec::new();
-    for item in items {
-        match demand.iter_mut().find(|(sku, _)| *sku == item.sku) {
-            Some((_, q)) => *q += i64::from(item.quantity),
-            None => demand.push((item.sku.as_str(), i64::from(item.quantity))),
-        }
-    }
-    demand
-}
-
 /// The Unix time (ms) a UUIDv7 carries in its first 48 bits.
 fn uuid_v7_millis(id: &str) -> Option<i64> {
     let hex: String = id.chars().filter(|c| *c != '-').collect();
@@ -1658,25 +1505,6 @@ mod tests {
         assert_eq!(uuid_v7_millis("order-1"), None);
         assert_eq!(bucket_of("order-1", BUCKET_MS * 3 + 5), 3);
         assert!(bucket_at(ms) < bucket_at(ms + BUCKET_MS));
-    }
-
-    #[test]
-    fn demand_sums_a_sku_listed_twice() {
-        let items = [
-            OrderItem {
-                sku: "A".into(),
-                quantity: 2,
-            },
-            OrderItem {
-                sku: "B".into(),
-                quantity: 1,
-            },
-            OrderItem {
-                sku: "A".into(),
-                quantity: 3,
-            },
-        ];
-        assert_eq!(demand(&items), vec![("A", 5), ("B", 1)]);
     }
 
     #[test]

@@ -547,7 +547,7 @@ async fn stock(store: &dyn Store, sku: &str) -> (i64, i64) {
 
 fn rejection_code(reservation: &Reservation) -> Option<&str> {
     match reservation {
-        Reservation::Rejected { code, .. } => Some(code),
+        Reservation::Rejected { code, .. } => Some(code.as_str()),
         Reservation::Reserved { .. } => None,
     }
 }
