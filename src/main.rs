@@ -251,7 +251,7 @@ async fn register_schemas(
             }
             Err(e) if e.is_retriable() && attempt < 10 => {
                 warn!(registry = name, error = %e, attempt, "Schema registry unavailable; retrying.");
-                tokio::time::sleep(orderflow_kafka::backoff(attempt.min(5))).await;
+                tokio::time::sleep(orderflow_kafka::BACKOFF.delay(attempt.min(5))).await;
                 attempt += 1;
             }
             Err(e) => return Err(e).context(format!("registering the event schemas with {name}")),
@@ -432,7 +432,7 @@ async fn ensure_topics(kafka: &KafkaConfig, settings: &admin::TopicSettings) -> 
             }
             Err(e) => {
                 last = Some(e);
-                tokio::time::sleep(orderflow_kafka::backoff(attempt.min(4))).await;
+                tokio::time::sleep(orderflow_kafka::BACKOFF.delay(attempt.min(4))).await;
             }
         }
     }

@@ -40,7 +40,7 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
-use crate::{backoff, EventProducer, KafkaConfig, Result, StatsContext};
+use crate::{EventProducer, KafkaConfig, Result, StatsContext, BACKOFF};
 
 /// Headers set on a dead-lettered message.
 pub mod dlq_headers {
@@ -227,7 +227,7 @@ pub async fn run_consumer<H: Handler>(
             Err(error) => {
                 warn!(stage = %stage.name, %error, "Consumer error.");
                 stats.consumer_errors.inc();
-                tokio::time::sleep(backoff(recv_errors)).await;
+                tokio::time::sleep(BACKOFF.delay(recv_errors)).await;
                 recv_errors = recv_errors.saturating_add(1);
                 continue;
             }
@@ -535,7 +535,7 @@ async fn handle_with_retries<H: Handler>(
 async fn pause(attempt: u32, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(backoff(attempt)) => true,
+        _ = tokio::time::sleep(BACKOFF.delay(attempt)) => true,
     }
 }
 

@@ -16,7 +16,7 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{backoff, KafkaConfig, Result};
+use crate::{KafkaConfig, Result, BACKOFF};
 
 /// The topics that carry an order's events: every catalogue topic but the dead-letter ones.
 pub fn order_topics() -> Vec<TopicKind> {
@@ -58,7 +58,7 @@ pub async fn follow_keys(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff(attempt.min(6))) => {}
+            _ = tokio::time::sleep(BACKOFF.delay(attempt.min(6))) => {}
         }
         attempt += 1;
     };

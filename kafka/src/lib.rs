@@ -31,7 +31,7 @@ mod trace;
 
 use std::time::Duration;
 
-use orderflow_schemas::{registry::RegistryClient, SchemaIds, Topics};
+use orderflow_schemas::{registry::RegistryClient, Backoff, SchemaIds, Topics};
 use rdkafka::ClientConfig;
 
 pub use consume::{run_consumer, Handler, HandlerError, Incoming, StageConfig};
@@ -246,17 +246,14 @@ fn is_consumer_only(key: &str) -> bool {
     )
 }
 
-/// How long to wait before retry number `attempt` (0-based): exponential from 50 ms, capped
-/// at 5 s, with up to 25% jitter so that stages do not retry in lock step.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 50u64.saturating_mul(1u64 << attempt.min(7)).min(5_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    let jitter = nanos % (base / 4 + 1);
-    Duration::from_millis(base + jitter)
-}
+/// How long the stages wait before retry number `attempt` (0-based) of a Kafka operation:
+/// exponential from 50 ms, capped at 5 s, with up to 25% jitter so that stages do not retry in
+/// lock step.
+pub const BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(50),
+    max: Duration::from_secs(5),
+    jitter_percent: 25,
+};
 
 #[cfg(test)]
 mod tests {
@@ -279,15 +276,6 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains("oauth-secret"),
             "{shown}"
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) >= Duration::from_millis(50));
-        assert!(backoff(0) <= Duration::from_millis(63));
-        assert!(backoff(3) >= Duration::from_millis(400));
-        assert!(backoff(30) >= Duration::from_millis(5_000));
-        assert!(backoff(30) <= Duration::from_millis(6_250));
     }
 
     #[test]

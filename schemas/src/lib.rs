@@ -8,18 +8,21 @@
 //! - [`registry`]: schema ids — the built-in ones, or those a Confluent-compatible registry
 //!   gives at start-up ([`registry::register_catalogue`]) — the registry client, and the
 //!   registry `orderflow run` keeps and serves itself.
+//! - [`backoff`]: how long a retry waits ([`Backoff`]), for every retry loop of every stage.
 //! - [`metrics`]: the Prometheus metric names every stage records, one process-wide registry,
 //!   and the text exposition `GET /metrics` serves.
 //!
 //! Every event is keyed by its order id, so all events of one order land in one partition, in
 //! order. Every event carries an `event_id` (`<order id>:<step>`) that consumers deduplicate on.
 
+pub mod backoff;
 pub mod events;
 pub mod metrics;
 pub mod registry;
 pub mod topics;
 pub mod wire;
 
+pub use backoff::Backoff;
 pub use events::{
     AccountVerificationRequested, Address, Event, OrderAccepted, OrderInvoiced, OrderItem,
     OrderLine, OrderPaid, OrderRejected, OrderStatus, OrderValidated, PaymentFailed, PaymentMethod,

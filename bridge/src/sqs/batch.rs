@@ -153,7 +153,7 @@ pub async fn send_with_retries(
         }
         pending = retry;
         if !pending.is_empty() {
-            tokio::time::sleep(orderflow_kafka::backoff(attempt - 1)).await;
+            tokio::time::sleep(orderflow_kafka::BACKOFF.delay(attempt - 1)).await;
         }
     }
     outcomes

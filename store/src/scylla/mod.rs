@@ -79,7 +79,7 @@ pub use migrate::{
     current_version, latest_version, migrate, valid_keyspace, MigrationReport, Replication,
     MIGRATIONS,
 };
-use orderflow_schemas::{now_millis, OrderItem, OrderStatus};
+use orderflow_schemas::{now_millis, Backoff, OrderItem, OrderStatus};
 use scylla::{
     client::{session::Session, session_builder::SessionBuilder},
     frame::types::Consistency,
@@ -1156,20 +1156,26 @@ impl ScyllaStore {
     }
 }
 
+/// How long [`retry`] waits before its retry number `attempt` (0-based): from 20 ms, doubled up
+/// to 1 s, plus up to as much again, so racing writers spread out.
+const RETRY_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(20),
+    max: Duration::from_secs(1),
+    jitter_percent: 100,
+};
+
 /// Runs an idempotent operation again on [`StoreError::Unavailable`], with backoff.
 async fn retry<T, F, Fut>(what: &str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut delay = Duration::from_millis(20);
     let mut attempt = 1;
     loop {
         match op().await {
             Err(e) if e.is_retriable() && attempt < ATTEMPTS => {
                 tracing::debug!(what, attempt, error = %e, "store operation retried");
-                tokio::time::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(RETRY_BACKOFF.delay(attempt - 1)).await;
                 attempt += 1;
             }
             other => return other,
@@ -1179,12 +1185,7 @@ where
 
 /// `base` plus up to 100 % of it, so racing callers spread out.
 fn jitter(base: Duration) -> Duration {
-    static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
-    let mut x = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, AtomicOrdering::Relaxed);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    base + Duration::from_nanos(x % (base.as_nanos() as u64 + 1))
+    base + orderflow_schemas::backoff::jitter(base)
 }
 
 #[async_trait]
