@@ -87,10 +87,7 @@ impl Default for BridgeConfig {
                 ("file".to_string(), SinkConfig::File(FileConfig::default())),
             ]),
             routes: vec![RouteConfig {
-                events: EventType::ALL
-                    .into_iter()
-                    .filter(|t| t.notifies())
-                    .collect(),
+                events: EventType::all().filter(|t| t.notifies()).collect(),
                 sinks: vec!["log".into(), "file".into()],
                 mapping: None,
             }],
@@ -400,8 +397,7 @@ impl Routing {
             .collect();
         Routing {
             sinks: slots,
-            routes: EventType::ALL
-                .into_iter()
+            routes: EventType::all()
                 .filter(|t| t.notifies())
                 .map(|t| (t, targets.clone()))
                 .collect(),

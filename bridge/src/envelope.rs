@@ -10,94 +10,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::Notification;
 
-/// The event types the bridge can route, named as in routing configs (`events = [...]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventType {
-    OrderAccepted,
-    OrderValidated,
-    OrderRejected,
-    OrderPaid,
-    PaymentFailed,
-    OrderInvoiced,
-    /// An email verification code to send.
-    AccountVerification,
-    /// An order was cancelled.
-    OrderCancelled,
-    /// An order was shipped.
-    OrderShipped,
-    /// A cancelled order's charge was refunded.
-    PaymentRefunded,
-    /// An unpaid order's quantities changed; its customer hears of it through the
-    /// re-priced `order_validated` that follows.
-    OrderModified,
-}
+/// An event type the bridge can route: a catalogue topic that carries events, named as
+/// [`TopicKind::event_type`] says (in routing configs, `events = [...]`, and envelopes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventType(TopicKind);
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
-        EventType::OrderAccepted,
-        EventType::OrderValidated,
-        EventType::OrderRejected,
-        EventType::OrderPaid,
-        EventType::PaymentFailed,
-        EventType::OrderInvoiced,
-        EventType::AccountVerification,
-        EventType::OrderCancelled,
-        EventType::OrderShipped,
-        EventType::PaymentRefunded,
-        EventType::OrderModified,
-    ];
+    /// Email verification codes to send.
+    pub const ACCOUNT_VERIFICATION: EventType = EventType(TopicKind::AccountsVerification);
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::OrderAccepted => "order_accepted",
-            EventType::OrderValidated => "order_validated",
-            EventType::OrderRejected => "order_rejected",
-            EventType::OrderPaid => "order_paid",
-            EventType::PaymentFailed => "payment_failed",
-            EventType::OrderInvoiced => "order_invoiced",
-            EventType::AccountVerification => "account_verification",
-            EventType::OrderCancelled => "order_cancelled",
-            EventType::OrderShipped => "order_shipped",
-            EventType::PaymentRefunded => "payment_refunded",
-            EventType::OrderModified => "order_modified",
-        }
-    }
-
-    /// The topic events of this type are on.
-    pub fn topic(self) -> TopicKind {
-        match self {
-            EventType::OrderAccepted => TopicKind::OrdersAccepted,
-            EventType::OrderValidated => TopicKind::OrdersValidated,
-            EventType::OrderRejected => TopicKind::OrdersRejected,
-            EventType::OrderPaid => TopicKind::OrdersPaid,
-            EventType::PaymentFailed => TopicKind::PaymentFailed,
-            EventType::OrderInvoiced => TopicKind::OrdersInvoiced,
-            EventType::AccountVerification => TopicKind::AccountsVerification,
-            EventType::OrderCancelled => TopicKind::OrdersCancelled,
-            EventType::OrderShipped => TopicKind::OrdersShipped,
-            EventType::PaymentRefunded => TopicKind::OrdersRefunded,
-            EventType::OrderModified => TopicKind::OrdersModified,
-        }
+    /// Every event type, in catalogue order.
+    pub fn all() -> impl Iterator<Item = EventType> {
+        TopicKind::ALL.into_iter().filter_map(EventType::of_topic)
     }
 
     /// The event type on a topic (`None` for the dead-letter topics).
     pub fn of_topic(kind: TopicKind) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.topic() == kind)
+        kind.event_type().map(|_| EventType(kind))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+            .event_type()
+            .expect("an event type is made only of a topic that carries events")
+    }
+
+    /// The topic events of this type are on.
+    pub fn topic(self) -> TopicKind {
+        self.0
     }
 
     /// Whether events of this type become a customer notification (an email).
     pub fn notifies(self) -> bool {
         matches!(
-            self,
-            EventType::OrderValidated
-                | EventType::OrderRejected
-                | EventType::PaymentFailed
-                | EventType::OrderInvoiced
-                | EventType::AccountVerification
-                | EventType::OrderCancelled
-                | EventType::OrderShipped
-                | EventType::PaymentRefunded
+            self.0,
+            TopicKind::OrdersValidated
+                | TopicKind::OrdersRejected
+                | TopicKind::PaymentFailed
+                | TopicKind::OrdersInvoiced
+                | TopicKind::AccountsVerification
+                | TopicKind::OrdersCancelled
+                | TopicKind::OrdersShipped
+                | TopicKind::OrdersRefunded
         )
     }
 }
@@ -105,6 +59,27 @@ impl EventType {
 impl std::fmt::Display for EventType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        EventType::all()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = EventType::all().map(EventType::as_str).collect();
+                serde::de::Error::custom(format!(
+                    "unknown event type `{name}`, expected one of {}",
+                    known.join(", ")
+                ))
+            })
     }
 }
 
@@ -145,41 +120,42 @@ impl Envelope {
         ids: &SchemaIds,
         payload: &[u8],
     ) -> Result<Option<Envelope>, DecodeError> {
-        let Some(event_type) = EventType::of_topic(kind) else {
+        let Some(t) = EventType::of_topic(kind) else {
             return Ok(None);
         };
-        let t = event_type;
         let p = (ids, payload);
-        Ok(Some(match event_type {
-            EventType::OrderAccepted => Self::of::<OrderAccepted>(t, p, |_| None)?,
-            EventType::OrderValidated => {
+        Ok(Some(match kind {
+            TopicKind::OrdersAccepted => Self::of::<OrderAccepted>(t, p, |_| None)?,
+            TopicKind::OrdersValidated => {
                 Self::of::<OrderValidated>(t, p, |e| Some(Notification::confirmed(e)))?
             }
-            EventType::OrderRejected => {
+            TopicKind::OrdersRejected => {
                 Self::of::<OrderRejected>(t, p, |e| Some(Notification::rejected(e)))?
             }
-            EventType::OrderPaid => Self::of::<OrderPaid>(t, p, |_| None)?,
-            EventType::PaymentFailed => {
+            TopicKind::OrdersPaid => Self::of::<OrderPaid>(t, p, |_| None)?,
+            TopicKind::PaymentFailed => {
                 Self::of::<PaymentFailed>(t, p, |e| Some(Notification::payment_failed(e)))?
             }
-            EventType::OrderInvoiced => {
+            TopicKind::OrdersInvoiced => {
                 Self::of::<OrderInvoiced>(t, p, |e| Some(Notification::invoice_ready(e)))?
             }
             // Its email waits for the code, which is not in the event:
             // [`Envelope::attach_verification_code`].
-            EventType::AccountVerification => {
+            TopicKind::AccountsVerification => {
                 Self::of::<AccountVerificationRequested>(t, p, |_| None)?
             }
-            EventType::OrderCancelled => {
+            TopicKind::OrdersCancelled => {
                 Self::of::<OrderCancelled>(t, p, |e| Some(Notification::cancelled(e)))?
             }
-            EventType::OrderShipped => {
+            TopicKind::OrdersShipped => {
                 Self::of::<OrderShipped>(t, p, |e| Some(Notification::shipped(e)))?
             }
-            EventType::PaymentRefunded => {
+            TopicKind::OrdersRefunded => {
                 Self::of::<PaymentRefunded>(t, p, |e| Some(Notification::refunded(e)))?
             }
-            EventType::OrderModified => Self::of::<OrderModified>(t, p, |_| None)?,
+            TopicKind::OrdersModified => Self::of::<OrderModified>(t, p, |_| None)?,
+            // They carry no event: `of_topic` answered `None` above.
+            TopicKind::DeadLetter | TopicKind::BridgeDeadLetter => return Ok(None),
         }))
     }
 
@@ -217,5 +193,34 @@ impl Envelope {
         self.notification = Some(Notification::verify_email(&event, code));
         self.verification_code = Some(code.to_string());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_that_carries_events_is_one_event_type_by_its_name() {
+        let names: Vec<&str> = EventType::all().map(EventType::as_str).collect();
+        assert_eq!(names.len(), TopicKind::ALL.len() - 2, "{names:?}");
+        for t in EventType::all() {
+            assert_eq!(EventType::of_topic(t.topic()), Some(t));
+            let json = serde_json::to_value(t).unwrap();
+            assert_eq!(json, t.as_str());
+            assert_eq!(serde_json::from_value::<EventType>(json).unwrap(), t);
+        }
+        assert_eq!(EventType::of_topic(TopicKind::DeadLetter), None);
+        assert_eq!(EventType::of_topic(TopicKind::BridgeDeadLetter), None);
+        assert_eq!(
+            EventType::ACCOUNT_VERIFICATION.as_str(),
+            "account_verification"
+        );
+        assert_eq!(
+            EventType::of_topic(TopicKind::OrdersRefunded).map(EventType::as_str),
+            Some("payment_refunded")
+        );
+        let e = serde_json::from_value::<EventType>("order_acepted".into()).unwrap_err();
+        assert!(e.to_string().contains("order_accepted"), "{e}");
     }
 }

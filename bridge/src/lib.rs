@@ -185,7 +185,7 @@ impl BridgeHandler {
         let targets = self
             .routing
             .routes
-            .get(&EventType::AccountVerification)
+            .get(&EventType::ACCOUNT_VERIFICATION)
             .map(Vec::as_slice)
             .unwrap_or_default();
         for &(i, _) in targets {
@@ -223,7 +223,7 @@ impl BridgeHandler {
         // A verification email's code is in the store, under the event's id, until the email
         // is out at every sink routed for it (or the code expires): without it there is
         // nothing to send.
-        let verification = event_type == EventType::AccountVerification;
+        let verification = event_type == EventType::ACCOUNT_VERIFICATION;
         if verification {
             let pending = self
                 .store

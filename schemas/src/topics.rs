@@ -2,7 +2,7 @@
 //! (or tests) can share one cluster.
 
 /// Every topic Orderflow produces or consumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TopicKind {
     OrdersAccepted,
     OrdersValidated,
@@ -55,6 +55,26 @@ impl TopicKind {
         TopicKind::OrdersRefunded,
         TopicKind::OrdersModified,
     ];
+
+    /// The name of the events on this topic, as the bridge's routing configs (`events = [...]`)
+    /// and envelopes (`type`) say it; `None` for the dead-letter topics, which carry no event
+    /// of their own.
+    pub fn event_type(self) -> Option<&'static str> {
+        Some(match self {
+            TopicKind::OrdersAccepted => "order_accepted",
+            TopicKind::OrdersValidated => "order_validated",
+            TopicKind::OrdersRejected => "order_rejected",
+            TopicKind::OrdersPaid => "order_paid",
+            TopicKind::PaymentFailed => "payment_failed",
+            TopicKind::OrdersInvoiced => "order_invoiced",
+            TopicKind::AccountsVerification => "account_verification",
+            TopicKind::OrdersCancelled => "order_cancelled",
+            TopicKind::OrdersShipped => "order_shipped",
+            TopicKind::OrdersRefunded => "payment_refunded",
+            TopicKind::OrdersModified => "order_modified",
+            TopicKind::DeadLetter | TopicKind::BridgeDeadLetter => return None,
+        })
+    }
 
     pub fn spec(self) -> TopicSpec {
         let (base_name, schema, producer, consumers) = match self {

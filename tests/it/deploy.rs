@@ -1237,7 +1237,7 @@ fn shipped_bridge_configs_route_every_event_a_customer_hears_of() {
                 continue;
             }
         };
-        for event in EventType::ALL.into_iter().filter(|t| t.notifies()) {
+        for event in EventType::all().filter(|t| t.notifies()) {
             if !config.routes.iter().any(|r| r.events.contains(&event)) {
                 problems.push(format!("{name}: no route for {event}"));
             }
