@@ -7,7 +7,8 @@
 //!   [`AccountStore`], [`DeliveryStore`]). Each effect is idempotent by a key derived
 //!   from the event (order id, event id), so a redelivered event never applies twice and a
 //!   stage can always re-emit the outcome it already recorded.
-//! - [`model`]: the records the store keeps.
+//! - [`model`]: the records the store keeps, and the rules both implementations apply as pure
+//!   plans ([`ReservationPlan`], [`ModificationPlan`]).
 //! - [`account`]: accounts, email verification codes and refresh tokens.
 //! - [`embedded`]: the default implementation on redb, a pure-Rust durable B-tree, under
 //!   `--data-dir`. Writes from concurrent callers are grouped into one transaction (group
@@ -100,9 +101,9 @@ pub trait CatalogueStore: Send + Sync {
         key: Option<AdjustmentKey>,
     ) -> Result<StockAdjustment>;
 
-    /// Reserves every item of the order, all or nothing, only where enough stock is available.
-    /// Idempotent by order id: a second call returns the first call's outcome and reserves
-    /// nothing more.
+    /// Reserves every item of the order, all or nothing, only where enough stock is available,
+    /// as [`ReservationPlan`] plans it. Idempotent by order id: a second call returns the first
+    /// call's outcome and reserves nothing more.
     async fn reserve(&self, order_id: &str, items: &[OrderItem], at: i64) -> Result<Reservation>;
 
     /// Gives an order's reserved stock back. Idempotent: returns false when there was nothing

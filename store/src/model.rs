@@ -832,7 +832,12 @@ mod tests {
         let catalogue = [product("A", 5), product("B", 1), discontinued, dollars];
         use RejectionCode::*;
         // (items, held, the code of the refusal or None for a plan)
-        let cases: &[(&[(&str, i32)], &[&str], Option<RejectionCode>)] = &[
+        type Case = (
+            &'static [(&'static str, i32)],
+            &'static [&'static str],
+            Option<RejectionCode>,
+        );
+        let cases: &[Case] = &[
             (&[("A", 5)], &[], None),
             (&[("A", 2), ("B", 1)], &[], None),
             (&[("A", 6)], &[], Some(OutOfStock)),
