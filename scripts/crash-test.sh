@@ -4,7 +4,8 @@
 # twice").
 #
 #   scripts/crash-test.sh [--kills N] [--rate ORDERS_PER_S] [--clients C] [--gap SECONDS]
-#                         [--decline-share F] [--bin PATH] [--keep]
+#                         [--decline-share F] [--only NAME[,NAME…]] [--restart-delay SECONDS]
+#                         [--bin PATH] [--keep]
 #
 # It starts, on 127.0.0.1 with free ports, in a temporary directory: moto's AWS emulator (SQS
 # and SES), a broker process (`orderflow broker`) and the pipeline (`orderflow run --brokers`:
@@ -27,6 +28,8 @@ clients=4
 gap=6
 decline_share=0.1
 keep=0
+only=""
+restart_delay=0
 bin="${ORDERFLOW_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/orderflow}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -35,6 +38,8 @@ while [ $# -gt 0 ]; do
     --clients) clients="$2"; shift 2 ;;
     --gap) gap="$2"; shift 2 ;;
     --decline-share) decline_share="$2"; shift 2 ;;
+    --only) only=",$2,"; shift 2 ;;
+    --restart-delay) restart_delay="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
     -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -65,26 +70,40 @@ mkdir -p "$dir/logs"
 declare -A pids=()
 failed=1
 
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    touch "$dir/stop" 2>/dev/null || true
-    for name in "${!pids[@]}"; do
-        kill -TERM "${pids[$name]}" 2>/dev/null || true
+# Stops `$@` (names in pids): SIGTERM, ten seconds to finish, then SIGKILL.
+stop() {
+    local name
+    for name in "$@"; do
+        [ -n "${pids[$name]:-}" ] && kill -TERM "${pids[$name]}" 2>/dev/null || true
     done
-    # Ten seconds to stop cleanly, then SIGKILL whatever is left.
     for _ in $(seq 100); do
         local alive=0
-        for name in "${!pids[@]}"; do
-            kill -0 "${pids[$name]}" 2>/dev/null && alive=1
+        for name in "$@"; do
+            [ -n "${pids[$name]:-}" ] && kill -0 "${pids[$name]}" 2>/dev/null && alive=1
         done
         [ "$alive" = 0 ] && break
         sleep 0.1
     done
-    for name in "${!pids[@]}"; do
+    for name in "$@"; do
+        [ -n "${pids[$name]:-}" ] || continue
         kill -KILL "${pids[$name]}" 2>/dev/null || true
         wait "${pids[$name]}" 2>/dev/null || true
+        unset "pids[$name]"
     done
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    touch "$dir/stop" 2>/dev/null || true
+    # The clients and the pipeline first, then what they use: the broker, moto.
+    local name others=()
+    for name in "${!pids[@]}"; do
+        case "$name" in broker | moto) ;; *) others+=("$name") ;; esac
+    done
+    stop "${others[@]}"
+    stop broker
+    stop moto
     if [ "$keep" = 1 ] || [ "$failed" = 1 ]; then
         say "kept $dir (logs in $dir/logs)"
     else
@@ -221,7 +240,7 @@ fi
 victims=()
 for name in "${!commands[@]}"; do
     [ "$name" = broker ] || start "$name"
-    victims+=("$name")
+    [ -z "$only" ] || [[ "$only" == *",$name,"* ]] && victims+=("$name")
 done
 [ -z "$scylla" ] && wait_http "$api/readyz" 120
 
@@ -237,6 +256,7 @@ pids[load]=$!
 # under load too). A process that exited without being killed is a failure of its own.
 done_kills=0
 unexpected=0
+declare -A killed=()
 sleep 2
 while [ "$done_kills" -lt "$kills" ]; do
     sleep "$("$python" -c "import random; print(round(random.uniform(0.5, $gap), 2))")"
@@ -252,7 +272,9 @@ while [ "$done_kills" -lt "$kills" ]; do
     kill -KILL "${pids[$victim]}"
     wait "${pids[$victim]}" 2>/dev/null || true
     done_kills=$((done_kills + 1))
-    say "kill $done_kills/$kills: $victim (SIGKILL)"
+    killed[$victim]=$((${killed[$victim]:-0} + 1))
+    say "$(date -u +%H:%M:%S.%3N) kill $done_kills/$kills: $victim (SIGKILL)"
+    sleep "$restart_delay"
     start "$victim"
 done
 sleep 2
@@ -275,11 +297,15 @@ done
     \"queue_created\": \"$queue_created\", \"queue_paid\": \"$queue_paid\",
     \"notifications\": \"$shared/notifications.jsonl\", \"settle_s\": 180}" >"$dir/result.txt" \
     2> >(tee -a "$dir/logs/reconcile.log" >&2)
-[ "$unexpected" = 0 ] || say "$unexpected process(es) exited without being killed"
 last="$(tail -n 1 "$dir/result.txt")"
+echo "killed (SIGKILL): $(for n in "${!killed[@]}"; do printf '%s=%s ' "$n" "${killed[$n]}"; done)"
+echo "clients saw: $(cat "$dir/load.json")"
+[ "$unexpected" = 0 ] || echo "processes that exited without being killed: $unexpected"
 head -n -1 "$dir/result.txt"
 if [[ "$last" == *" lost=0 duplicates=0" ]] && [ "$unexpected" = 0 ]; then
     failed=0
+else
+    curl -s "$api/metrics" >"$dir/logs/metrics.txt" || true
 fi
 echo "$last"
 exit "$failed"

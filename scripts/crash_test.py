@@ -207,13 +207,35 @@ def read_topic(bootstrap, topic, schema):
     return records
 
 
+def lag(bootstrap, prefix):
+    """How far each stage's consumer group is behind, per topic it reads."""
+    groups = {"validation": "orders.accepted", "payment": "orders.validated",
+              "invoicing": "orders.paid"}
+    out = {}
+    for stage, topic in groups.items():
+        topic = f"{prefix}{topic}"
+        consumer = Consumer({"bootstrap.servers": bootstrap, "broker.address.family": "v4",
+                             "group.id": f"{prefix}orderflow-{stage}",
+                             "enable.auto.commit": False})
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
+        behind = {}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=30)
+            behind[tp.partition] = high - tp.offset if tp.offset >= 0 else f"none/{high}"
+        out[stage] = behind
+        consumer.close()
+    return out
+
+
 def sqs_messages(sqs, queue):
     """Every message in `queue`, received once each (kept invisible for the rest of the run)."""
     url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     messages, empty = [], 0
     while empty < 3:
         got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=3600,
-                                  MessageAttributeNames=["All"], WaitTimeSeconds=0)
+                                  MessageAttributeNames=["All"], AttributeNames=["All"],
+                                  WaitTimeSeconds=0)
         batch = got.get("Messages", [])
         empty = 0 if batch else empty + 1
         messages.extend(batch)
@@ -245,9 +267,18 @@ def reconcile(args):
                 pending.discard(order_id)
         if pending:
             time.sleep(1)
+    stuck = collections.Counter()
     for order_id in sorted(pending):
         lost["no terminal status"] += 1
-        notes.append(f"order {order_id} ({by_order[order_id]['key']}) is not settled")
+        r = api.request("GET", f"/v1/orders/{order_id}", time.monotonic() + 10)
+        status = r.json()["status"] if r is not None and r.status_code == 200 else r and r.status_code
+        stuck[status] += 1
+        notes.append(f"order {order_id} ({by_order[order_id]['key']}) is {status}")
+    if stuck:
+        notes.insert(0, "unsettled orders by status: " + ", ".join(
+            f"{k}={v}" for k, v in stuck.items()))
+        notes.insert(1, "stage lag (end - committed offset, per topic): " + json.dumps(
+            lag(args["bootstrap"], args["topic_prefix"])))
     for order_id, o in orders.items():
         steps = [t["status"] for t in o.get("timeline", []) if t.get("status") in TERMINAL]
         if len(steps) > 1:
@@ -329,72 +360,73 @@ def reconcile(args):
     validated = {r["order_id"] for r in events["orders.validated"]}
     everything = set(accepted_on_topic) | set(by_order)
 
-    def check_deliveries(what, delivered, due):
-        """`delivered`: a Counter of (order id) per delivery; `due`: the orders owed one."""
-        for order_id, n in delivered.items():
-            if n > 1:
-                duplicates[f"{what} twice"] += n - 1
-                notes.append(f"{what} for order {order_id} delivered {n} times")
-        for order_id in due:
-            if delivered[order_id] == 0:
-                lost[f"{what} missing"] += 1
-                notes.append(f"{what} for order {order_id} missing")
-
-    # 5. The sinks: SQS (created orders, standard queue; paid orders, FIFO), SES, the file.
+    # 5. The sinks: SQS (created orders, standard queue; paid orders, FIFO), SES, the file. The
+    # bridge may still be catching up: wait until everything due is there (or the deadline),
+    # then look once more for late repeats.
+    due_emails = {f"Your order {o} is confirmed": o for o in validated}
+    due_emails.update({f"Payment for your order {o} failed": o for o in failed})
+    due_emails.update({f"Invoice {min(invoiced_numbers[o])} for your order {o}": o
+                       for o in invoiced})
+    due_lines = {f"{o}:validated": o for o in validated}
+    due_lines.update({f"{o}:invoiced": o for o in invoiced})
+    due_lines.update({f"{o}:payment_failed": o for o in failed})
+    created, paid_messages = collections.Counter(), collections.Counter()
+    sent_at = collections.defaultdict(list)
+    subjects, ids = collections.Counter(), collections.Counter()
     if args.get("moto"):
         session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
                                         region_name="us-east-1")
         sqs = session.client("sqs", endpoint_url=args["moto"])
-        created = collections.Counter(
-            m["MessageAttributes"]["order_id"]["StringValue"]
-            for m in sqs_messages(sqs, args["queue_created"]))
-        check_deliveries("SQS created message", created, everything)
-        paid_messages = collections.Counter(
-            m["MessageAttributes"]["order_id"]["StringValue"]
-            for m in sqs_messages(sqs, args["queue_paid"]))
-        check_deliveries("SQS paid message", paid_messages, paid)
-        data = requests.get(f"{args['moto']}/moto-api/data.json", timeout=60).json()
-        emails = data.get("ses", {}).get("Message", [])
-        subjects = collections.Counter(e.get("subject") for e in emails)
-        for subject, n in subjects.items():
-            if n > 1:
-                duplicates["email twice"] += n - 1
-                notes.append(f"email {subject!r} sent {n} times")
-        for order_id, due in ((o, f"Your order {o} is confirmed") for o in validated):
-            if subjects[due] == 0:
-                lost["email missing"] += 1
-                notes.append(f"no confirmation email for order {order_id}")
-        for order_id in failed:
-            if subjects[f"Payment for your order {order_id} failed"] == 0:
-                lost["email missing"] += 1
-                notes.append(f"no payment failed email for order {order_id}")
-        for order_id in invoiced:
-            number = min(invoiced_numbers[order_id])
-            if subjects[f"Invoice {number} for your order {order_id}"] == 0:
-                lost["email missing"] += 1
-                notes.append(f"no invoice email for order {order_id}")
-        email_count = len(emails)
-    else:
-        email_count = 0
 
-    lines = [json.loads(line) for line in open(args["notifications"]) if line.strip()]
-    ids = collections.Counter(line["id"] for line in lines)
-    for event_id, n in ids.items():
-        if n > 1:
-            duplicates["notification twice"] += n - 1
-            notes.append(f"notification {event_id} written {n} times")
-    for order_id in validated:
-        if f"{order_id}:validated" not in ids:
-            lost["notification missing"] += 1
-            notes.append(f"no order_confirmed notification for {order_id}")
-    for order_id in invoiced:
-        if f"{order_id}:invoiced" not in ids:
-            lost["notification missing"] += 1
-            notes.append(f"no invoice_ready notification for {order_id}")
-    for order_id in failed:
-        if f"{order_id}:payment_failed" not in ids:
-            lost["notification missing"] += 1
-            notes.append(f"no payment_failed notification for {order_id}")
+    def collect():
+        if args.get("moto"):
+            for queue, counter in ((args["queue_created"], created),
+                                   (args["queue_paid"], paid_messages)):
+                for m in sqs_messages(sqs, queue):
+                    order_id = m["MessageAttributes"]["order_id"]["StringValue"]
+                    counter[order_id] += 1
+                    sent_at[queue, order_id].append(int(m["Attributes"]["SentTimestamp"]))
+            data = requests.get(f"{args['moto']}/moto-api/data.json", timeout=60).json()
+            subjects.clear()
+            subjects.update(e.get("subject") for e in data.get("ses", {}).get("Message", []))
+        ids.clear()
+        with open(args["notifications"]) as f:
+            ids.update(json.loads(line)["id"] for line in f if line.strip())
+
+    def complete():
+        return (all(ids[i] for i in due_lines) and (not args.get("moto") or (
+            all(created[o] for o in everything) and all(paid_messages[o] for o in paid)
+            and all(subjects[s] for s in due_emails))))
+
+    deadline = time.monotonic() + args["settle_s"]
+    collect()
+    while not complete() and time.monotonic() < deadline:
+        time.sleep(1)
+        collect()
+    time.sleep(2)
+    collect()
+
+    def check(what, delivered, due, queue=None):
+        """`delivered`: a Counter of deliveries by key; `due`: {key: order id} owed one each."""
+        for key, n in delivered.items():
+            if n > 1:
+                duplicates[f"{what} twice"] += n - 1
+                when = ", ".join(time.strftime("%H:%M:%S", time.gmtime(t / 1000)) + f".{t % 1000:03}"
+                                 for t in sorted(sent_at.get((queue, key), [])))
+                notes.append(f"{what} {key} delivered {n} times" + (f" (sent {when})" if when else ""))
+        for key, order_id in due.items():
+            if delivered[key] == 0:
+                lost[f"{what} missing"] += 1
+                notes.append(f"{what} {key} (order {order_id}) missing")
+
+    if args.get("moto"):
+        check("SQS created-order message", created, {o: o for o in everything},
+              args["queue_created"])
+        check("SQS paid-order message", paid_messages, {o: o for o in paid}, args["queue_paid"])
+        check("email", subjects, due_emails)
+    check("notification", ids, due_lines)
+    email_count = sum(subjects.values())
+    lines = list(ids.elements())
 
     for note in notes[:50]:
         log(note)
