@@ -123,7 +123,16 @@ async fn kill_9_mid_stream_loses_and_repeats_nothing() {
 fn the_crash_script_finds_nothing_lost_and_nothing_twice() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crash-test.sh");
     let out = std::process::Command::new(script)
-        .args(["--kills", "2", "--gap", "3", "--rate", "6", "--restart-delay", "7"])
+        .args([
+            "--kills",
+            "2",
+            "--gap",
+            "3",
+            "--rate",
+            "6",
+            "--restart-delay",
+            "7",
+        ])
         .env("ORDERFLOW_BIN", env!("CARGO_BIN_EXE_orderflow"))
         .stderr(std::process::Stdio::inherit())
         .output()
