@@ -4,6 +4,7 @@
 # twice").
 #
 #   scripts/crash-test.sh [--kills N] [--rate ORDERS_PER_S] [--clients C] [--gap SECONDS]
+#                         [--min-gap SECONDS]
 #                         [--decline-share F] [--only NAME[,NAME…]] [--restart-delay SECONDS]
 #                         [--strict] [--bin PATH] [--keep]
 #
@@ -27,6 +28,7 @@ kills=5
 rate=8
 clients=4
 gap=6
+min_gap=0.5
 decline_share=0.1
 keep=0
 only=""
@@ -39,13 +41,14 @@ while [ $# -gt 0 ]; do
     --rate) rate="$2"; shift 2 ;;
     --clients) clients="$2"; shift 2 ;;
     --gap) gap="$2"; shift 2 ;;
+    --min-gap) min_gap="$2"; shift 2 ;;
     --decline-share) decline_share="$2"; shift 2 ;;
     --only) only=",$2,"; shift 2 ;;
     --restart-delay) restart_delay="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --strict) strict=true; shift ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "crash-test: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -262,7 +265,7 @@ unexpected=0
 declare -A killed=()
 sleep 2
 while [ "$done_kills" -lt "$kills" ]; do
-    sleep "$("$python" -c "import random; print(round(random.uniform(0.5, $gap), 2))")"
+    sleep "$("$python" -c "import random; print(round(random.uniform($min_gap, $gap), 2))")"
     for name in "${victims[@]}"; do
         if ! kill -0 "${pids[$name]}" 2>/dev/null; then
             wait "${pids[$name]}" && code=0 || code=$?
