@@ -59,6 +59,7 @@ mod lifecycle;
 mod migrate;
 mod modify;
 mod orders;
+mod outbox;
 mod payments;
 mod secrets;
 mod unpaid;

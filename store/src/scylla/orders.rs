@@ -279,6 +279,11 @@ impl OrderStore for ScyllaStore {
             .await
     }
 
+    async fn mark_paid(&self, _payment: &PaymentRecord) -> Result<Option<OrderRecord>> {
+        // UNFINISHED: the outbox on ScyllaDB.
+        Err(StoreError::Invalid("mark_paid: not on ScyllaDB yet".into()))
+    }
+
     async fn list_unpaid_orders(
         &self,
         placed_before: i64,
