@@ -35,7 +35,8 @@ use axum::{
 };
 use orderflow_schemas::AccountVerificationRequested;
 use orderflow_store::{
-    Account, OutboxEvent, RefreshToken, RotateOutcome, VerificationCode, VerificationEmail, VerifyOutcome,
+    Account, OutboxEvent, RefreshToken, RotateOutcome, VerificationCode, VerificationEmail,
+    VerifyOutcome,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
