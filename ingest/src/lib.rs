@@ -24,7 +24,9 @@
 //!   and cursor-paged.
 //! - [`lifecycle`]: `POST /v1/orders/{id}/cancel` and (admin) `POST /v1/orders/{id}/ship`.
 //! - [`ops`]: the order operations below the handlers (place, cancel, ship, modify, record a
-//!   transfer): each writes the state, announces the event, returns a typed outcome.
+//!   transfer): each writes the state with its event (the store's outbox), returns a typed
+//!   outcome.
+//! - [`relay`]: the outbox relay, which puts those events on their topics.
 //! - [`body`]: request bodies (JSON, size-limited), wrong fields named.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
