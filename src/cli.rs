@@ -42,6 +42,10 @@ pub enum Command {
     Process(ProcessArgs),
     /// Run the bridge (events and notifications to sinks) alone.
     Bridge(BridgeServiceArgs),
+    /// Run the embedded Kafka-API broker alone (tansu, its log in SQLite under --data-dir):
+    /// the broker of `orderflow run`, for other processes to share with `--brokers`.
+    #[cfg(feature = "embedded-broker")]
+    Broker(BrokerArgs),
     /// Dead-letter topics.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -123,6 +127,24 @@ pub struct BridgeServiceArgs {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub bridge: BridgeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Where the broker's log (`broker.db`) lives.
+    #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The broker's address (port 0 picks a free one). Loopback only: it has no
+    /// authentication.
+    #[arg(
+        long,
+        env = "ORDERFLOW_BROKER_LISTEN",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_listen: SocketAddr,
+    /// The address the broker tells clients to connect to (default: the listen address).
+    #[arg(long, env = "ORDERFLOW_BROKER_ADVERTISE")]
+    pub kafka_advertise: Option<String>,
 }
 
 #[derive(Debug, Args)]

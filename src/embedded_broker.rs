@@ -84,6 +84,21 @@ impl EmbeddedBroker {
         bail!("the embedded broker did not start listening on {addr}")
     }
 
+    /// Serves until `shutdown` is cancelled, then stops; an error if the broker stopped on
+    /// its own before.
+    pub async fn serve_until(
+        mut self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                self.stop().await;
+                Ok(())
+            }
+            _ = &mut self.task => bail!("the broker stopped unexpectedly"),
+        }
+    }
+
     /// Stops the broker. Its SQLite log is durable after every write, so nothing is lost.
     pub async fn stop(self) {
         self.task.abort();

@@ -102,6 +102,8 @@ fn run_cli() -> Result<()> {
                 )
                 .await
             }
+            #[cfg(feature = "embedded-broker")]
+            Command::Broker(args) => broker(args, shutdown).await,
             Command::Dlq(DlqCommand::Replay(args)) => {
                 let kafka = args.common.kafka(&args.brokers)?;
                 let producer = EventProducer::new(&kafka)?;
@@ -686,6 +688,32 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     }
     info!("Stopped.");
     result
+}
+
+/// `orderflow broker`: the embedded broker alone, until Ctrl-C or SIGTERM.
+#[cfg(feature = "embedded-broker")]
+async fn broker(args: cli::BrokerArgs, shutdown: CancellationToken) -> Result<()> {
+    // As in `orderflow run`: a broker without authentication stays on loopback.
+    if !args.kafka_listen.ip().is_loopback() {
+        bail!(
+            "the embedded broker has no authentication, so it listens on loopback only \
+             (--kafka-listen {} is not)",
+            args.kafka_listen
+        );
+    }
+    let broker = embedded_broker::EmbeddedBroker::start(
+        args.kafka_listen,
+        args.kafka_advertise.as_deref(),
+        &args.data_dir,
+    )
+    .await?;
+    println!("Orderflow broker is running.");
+    println!("  Kafka bootstrap: {}", broker.advertised);
+    println!("  Data dir:        {}", args.data_dir.display());
+    println!("Press Ctrl-C to stop.");
+    broker.serve_until(shutdown).await?;
+    info!("Stopped.");
+    Ok(())
 }
 
 /// `orderflow dlq list`: a table (or JSON) of the dead-lettered messages.
