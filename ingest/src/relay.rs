@@ -39,6 +39,9 @@ pub struct Relay {
 impl Relay {
     /// Tells the relay that an event was queued.
     pub fn wake(&self) {
+        // Counted at once, so the gauge shows what waits while the relay is stuck on a
+        // broker that is down; the relay sets it exactly on its next look.
+        metrics().outbox_events.inc();
         self.queued.notify_one();
     }
 }

@@ -36,7 +36,7 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "orderflow_http_request_duration
 /// Orders newly accepted by the API (idempotent replays not counted).
 pub const ORDERS_ACCEPTED_TOTAL: &str = "orderflow_orders_accepted_total";
 /// Events the API's changes queued in the store's outbox that the relay has not put on their
-/// topics yet (as of its last look).
+/// topics yet: counted up as operations queue them, set exactly at each look of the relay.
 pub const OUTBOX_EVENTS: &str = "orderflow_outbox_events";
 /// Events the outbox relay put on their topics.
 pub const OUTBOX_RELAYED_TOTAL: &str = "orderflow_outbox_relayed_total";
