@@ -18,6 +18,8 @@
 //!    conditional writes on the same partition, so Paxos orders them: of a racing modification
 //!    and claim exactly one applies. A refused fence moves the stock back and answers
 //!    `NotModifiable`.
+//!    The fence is announced: an outbox intent for the revision's `OrderModified` is written
+//!    before it and deleted when it is refused ([`super::outbox`]).
 //! 3. The reservation row records the new lines and revision (`IF owner = me`, giving up the
 //!    lease), then the holds of the revision are dropped.
 //!
@@ -589,20 +591,24 @@ impl ScyllaStore {
             return stopped;
         }
 
-        // 2. The fence.
+        // 2. The fence, announced: its outbox intent first, deleted if the fence is refused.
+        let announce =
+            self.announce::<OrderModified>(OrderModified::event_id_for(order_id, next), order_id);
+        announce.intend().await?;
         lease.check(order_id)?;
         let detail = change.detail(next);
-        if !self
-            .fence(
+        if !announce
+            .decide(self.fence(
                 order_id,
                 (&items, &plan.prices()),
                 fence.revision,
                 at,
                 detail,
-            )
+            ))
             .await?
         {
             // A claim, a cancel or a ship came first: nothing changes.
+            announce.settle().await;
             self.undo_moves(order_id, &key, &skus, lease).await?;
             self.leave(order_id, lease, &current, reserved_at).await?;
             let order = self.get_order(order_id).await?.ok_or_else(raced)?;
