@@ -346,7 +346,7 @@ fn groups(pages: Vec<Vec<Row>>, page: usize) -> Vec<Vec<Row>> {
         .flatten()
         .filter(|row| cutoff.is_none_or(|cutoff| row.slot.position <= cutoff))
         .collect();
-    rows.sort_by(|a, b| (a.slot.position, a.slot.shard).cmp(&(b.slot.position, b.slot.shard)));
+    rows.sort_by_key(|row| (row.slot.position, row.slot.shard));
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut groups: Vec<Vec<Row>> = Vec::new();
     for row in rows {
@@ -556,9 +556,11 @@ impl ScyllaStore {
     /// Whether the change of the intent `row` is recorded, and its event built from it.
     async fn verdict(&self, row: &Row, serial: bool) -> Result<Verdict> {
         if let Some(body) = &row.body {
-            // The verification event: its email's record is written after it.
+            // The verification event: its email's record is written after it. Whether the code
+            // has expired is the bridge's business, as for an event queued by the embedded
+            // store; the record's TTL ends with it.
             let email = self
-                .get_verification_email_impl(&row.subject, now_millis())
+                .get_verification_email_impl(&row.subject, i64::MIN)
                 .await?;
             return Ok(match email {
                 Some(_) => Verdict::Relay(from_json("outbox event", body)?),
@@ -731,13 +733,19 @@ mod tests {
     #[test]
     fn positions_are_version_1_and_carry_their_time() {
         let ms = 1_750_000_000_123;
-        let position = next_position(ms);
-        let (high, low) = position.as_u64_pair();
-        assert_eq!((high >> 12) & 0xf, 1, "version 1: {position}");
-        assert_eq!(low >> 62, 0b10, "RFC 4122 variant: {position}");
-        assert_eq!(millis_of(&position), ms);
+        for low in [0, u64::MAX, 0x1234_5678_9abc_def0] {
+            let position = timeuuid(ticks_at(ms) + 9_999, low);
+            let (high, low) = position.as_u64_pair();
+            assert_eq!((high >> 12) & 0xf, 1, "version 1: {position}");
+            assert_eq!(low >> 62, 0b10, "RFC 4122 variant: {position}");
+            assert_eq!(millis_of(&position), ms);
+        }
         assert_eq!(millis_of(&first_at(ms)), ms);
         assert_eq!(millis_of(&first_at(i64::MIN)), 0);
+        // Another test may have moved the process's clock ahead of `ms`: never behind it.
+        let position = next_position(ms);
+        assert_eq!((position.as_u64_pair().0 >> 12) & 0xf, 1);
+        assert!(millis_of(&position) >= ms);
     }
 
     #[test]
@@ -748,10 +756,13 @@ mod tests {
         let c = next_position(ms - 5);
         assert!(a < b && b < c, "{a} {b} {c}");
         assert!(first_at(ms) <= a);
-        assert!(first_at(ms + 1_000) > b);
-        // The read's lower bound is below any position of its millisecond.
+        // Time first, whatever the low bits; the read's lower bound is below any position of
+        // its millisecond.
         for low in [0, u64::MAX, 0x8000_0000_0000_0000, 0x7f7f_7f7f_7f7f_7f7f] {
-            assert!(first_at(ms) <= timeuuid(ticks_at(ms), low), "{low:x}");
+            let at = timeuuid(ticks_at(ms), low);
+            assert!(first_at(ms) <= at, "{low:x}");
+            assert!(at < timeuuid(ticks_at(ms + 1), 0), "{low:x}");
+            assert!(at < first_at(ms + 1), "{low:x}");
         }
     }
 
