@@ -78,7 +78,9 @@ use orderflow_schemas::{
     now_millis, Event, OrderAccepted, OrderCancelled, OrderModified, OrderPaid, OrderShipped,
 };
 use scylla::{
-    frame::types::Consistency, statement::prepared::PreparedStatement, value::CqlTimeuuid,
+    frame::types::Consistency,
+    statement::prepared::PreparedStatement,
+    value::{CqlTimeuuid, MaybeUnset},
 };
 
 use super::{
@@ -466,7 +468,10 @@ impl Announce<'_> {
                     self.name.as_str(),
                     self.subject.as_str(),
                     outbox.owner.as_str(),
-                    self.body.as_deref(),
+                    // Unset rather than null: a null would write a tombstone for the cell.
+                    self.body
+                        .as_deref()
+                        .map_or(MaybeUnset::Unset, MaybeUnset::Set),
                     TTL_SECS,
                 ),
             )
