@@ -88,7 +88,7 @@ use super::{
 };
 use crate::{
     cancellation_event, outbox as build, OrderRecord, OrderStore, OutboxEvent, OutboxStore,
-    PaymentStore, Queued, Result, StoreError,
+    PaymentRecord, PaymentStore, Queued, Result, StoreError,
 };
 
 /// Partitions of the outbox.
@@ -372,6 +372,7 @@ fn ours(group: &[Row], owner: &str, now: i64) -> bool {
 }
 
 /// What the recorded state says of an intent.
+#[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     /// The change is recorded: its event.
     Relay(OutboxEvent),
@@ -385,6 +386,58 @@ enum Verdict {
 
 fn relay<E: Event>(event: &E) -> Result<Verdict> {
     OutboxEvent::of(event).map(Verdict::Relay)
+}
+
+/// The order events an intent may announce.
+const ORDER_EVENTS: [&str; 5] = [
+    OrderAccepted::NAME,
+    OrderCancelled::NAME,
+    OrderShipped::NAME,
+    OrderModified::NAME,
+    OrderPaid::NAME,
+];
+
+/// What the order as recorded (`None`: there is none) and its payment say of the intent `row`
+/// of an order event.
+fn order_verdict(
+    row: &Row,
+    order: Option<&OrderRecord>,
+    payment: Option<&PaymentRecord>,
+) -> Result<Verdict> {
+    let name = row.name.as_str();
+    if !ORDER_EVENTS.contains(&name) {
+        return Ok(Verdict::Unknown);
+    }
+    let Some(order) = order else {
+        return Ok(Verdict::Unrecorded);
+    };
+    if name == OrderAccepted::NAME {
+        // The order is its own change.
+        return relay(&build::accepted(order));
+    }
+    if !order.timeline.iter().any(|t| t.event_id == row.event_id) {
+        return Ok(Verdict::Unrecorded);
+    }
+    if name == OrderCancelled::NAME {
+        let refund = payment
+            .filter(|p| p.approved)
+            .map(|p| (p.amount_cents, p.currency.clone()));
+        return relay(&cancellation_event(order, refund));
+    }
+    if name == OrderShipped::NAME {
+        return relay(&build::shipped(order));
+    }
+    if name == OrderModified::NAME {
+        if OrderModified::event_id_for(&order.order_id, order.revision) != row.event_id {
+            return Ok(Verdict::Stale);
+        }
+        return relay(&build::modified(order));
+    }
+    // OrderPaid, of the payment recorded (a bank transfer, recorded before the intent).
+    match payment.and_then(|payment| build::paid(order, payment)) {
+        Some(paid) => relay(&paid),
+        None => Ok(Verdict::Unrecorded),
+    }
 }
 
 /// The outbox intent of one call that may announce a change (see the module docs): written
@@ -572,15 +625,7 @@ impl ScyllaStore {
                 None => Verdict::Unrecorded,
             });
         }
-        let name = row.name.as_str();
-        let known = [
-            OrderAccepted::NAME,
-            OrderCancelled::NAME,
-            OrderShipped::NAME,
-            OrderModified::NAME,
-            OrderPaid::NAME,
-        ];
-        if !known.contains(&name) {
+        if !ORDER_EVENTS.contains(&row.name.as_str()) {
             return Ok(Verdict::Unknown);
         }
         let order_id = row.subject.as_str();
@@ -589,42 +634,17 @@ impl ScyllaStore {
         } else {
             self.get_order(order_id).await?
         };
-        let Some(order) = order else {
-            return Ok(Verdict::Unrecorded);
-        };
-        if name == OrderAccepted::NAME {
-            // The order is its own change.
-            return relay(&build::accepted(&order));
-        }
-        if !order.timeline.iter().any(|t| t.event_id == row.event_id) {
-            return Ok(Verdict::Unrecorded);
-        }
-        if name == OrderCancelled::NAME {
-            let refund = self
-                .get_payment(order_id)
-                .await?
-                .filter(|p| p.approved)
-                .map(|p| (p.amount_cents, p.currency));
-            return relay(&cancellation_event(&order, refund));
-        }
-        if name == OrderShipped::NAME {
-            return relay(&build::shipped(&order));
-        }
-        if name == OrderModified::NAME {
-            if OrderModified::event_id_for(order_id, order.revision) != row.event_id {
-                return Ok(Verdict::Stale);
+        // The payment, for the events that carry it (read only when the change is recorded).
+        let payment = match &order {
+            Some(order)
+                if [OrderCancelled::NAME, OrderPaid::NAME].contains(&row.name.as_str())
+                    && order.timeline.iter().any(|t| t.event_id == row.event_id) =>
+            {
+                self.get_payment(order_id).await?
             }
-            return relay(&build::modified(&order));
-        }
-        // OrderPaid: of the payment recorded (a bank transfer, recorded before the intent).
-        match self
-            .get_payment(order_id)
-            .await?
-            .and_then(|payment| build::paid(&order, &payment))
-        {
-            Some(paid) => relay(&paid),
-            None => Ok(Verdict::Unrecorded),
-        }
+            _ => None,
+        };
+        order_verdict(row, order.as_ref(), payment.as_ref())
     }
 
     /// The event of a group of intents with one event id, if its change is recorded; deletes
@@ -719,6 +739,8 @@ impl OutboxStore for ScyllaStore {
 
 #[cfg(test)]
 mod tests {
+    use orderflow_schemas::OrderStatus;
+
     use super::*;
 
     fn row(shard: i32, ms: i64, event_id: &str, owner: &str) -> Row {
@@ -864,5 +886,176 @@ mod tests {
         assert_eq!(next_floor(&[old], now), now - 3 * FLOOR_SLACK_MS);
         let young = row(0, now - 1_000, "a", "me");
         assert_eq!(next_floor(&[young], now), now - FLOOR_SLACK_MS);
+    }
+
+    fn recorded(order_id: &str) -> OrderRecord {
+        let entry = |status: OrderStatus, event_id: String, at, detail: Option<&str>| {
+            crate::TimelineEntry {
+                status,
+                event_id,
+                at,
+                detail: detail.map(str::to_string),
+            }
+        };
+        OrderRecord {
+            order_id: order_id.into(),
+            customer_id: "c1".into(),
+            status: OrderStatus::Cancelled,
+            items: vec![orderflow_schemas::OrderItem {
+                sku: "A".into(),
+                quantity: 3,
+            }],
+            shipping_address: None,
+            payment_method: Some("bank_transfer".into()),
+            pricing: Some(crate::Pricing {
+                lines: Vec::new(),
+                currency: "EUR".into(),
+                subtotal_cents: 1_000,
+                tax_cents: 200,
+                total_cents: 1_200,
+            }),
+            invoice_number: None,
+            created_at: 100,
+            updated_at: 500,
+            timeline: vec![
+                entry(
+                    OrderStatus::Accepted,
+                    OrderStatus::Accepted.event_id(order_id),
+                    100,
+                    None,
+                ),
+                entry(
+                    OrderStatus::Validated,
+                    OrderModified::event_id_for(order_id, 1),
+                    200,
+                    Some("revision 1"),
+                ),
+                entry(
+                    OrderStatus::Paid,
+                    OrderStatus::Paid.event_id(order_id),
+                    300,
+                    Some("ref-1"),
+                ),
+                entry(
+                    OrderStatus::Cancelled,
+                    OrderStatus::Cancelled.event_id(order_id),
+                    400,
+                    Some("changed my mind"),
+                ),
+            ],
+            revision: 1,
+            payment_claim: Some(1),
+        }
+    }
+
+    fn intent<E: Event>(event_id: String) -> Row {
+        Row {
+            name: E::NAME.into(),
+            event_id,
+            subject: "o".into(),
+            ..row(0, 1, "", "me")
+        }
+    }
+
+    #[test]
+    fn order_events_are_built_from_the_recorded_state() {
+        let order = recorded("o");
+        let payment = PaymentRecord {
+            order_id: "o".into(),
+            amount_cents: 1_200,
+            currency: "EUR".into(),
+            approved: true,
+            payment_id: Some("ref-1".into()),
+            reason: None,
+            at: 300,
+        };
+        let verdict = |row: &Row, payment: Option<&PaymentRecord>| {
+            order_verdict(row, Some(&order), payment).unwrap()
+        };
+        let relayed = |event| Verdict::Relay(event);
+
+        let accepted = intent::<OrderAccepted>(OrderStatus::Accepted.event_id("o"));
+        assert_eq!(
+            verdict(&accepted, None),
+            relayed(OutboxEvent::of(&build::accepted(&order)).unwrap())
+        );
+        assert_eq!(
+            order_verdict(&accepted, None, None).unwrap(),
+            Verdict::Unrecorded,
+            "no order: its call failed or is under way"
+        );
+
+        let cancelled = intent::<OrderCancelled>(OrderStatus::Cancelled.event_id("o"));
+        let Verdict::Relay(event) = verdict(&cancelled, Some(&payment)) else {
+            panic!("the cancel is recorded");
+        };
+        let event: OrderCancelled = event.decode().unwrap();
+        assert_eq!(
+            (
+                event.reason.as_deref(),
+                event.occurred_at,
+                event.paid,
+                event.refund_cents
+            ),
+            (Some("changed my mind"), 400, true, 1_200)
+        );
+        let declined = PaymentRecord {
+            approved: false,
+            ..payment.clone()
+        };
+        let Verdict::Relay(event) = verdict(&cancelled, Some(&declined)) else {
+            panic!("the cancel is recorded");
+        };
+        assert!(!event.decode::<OrderCancelled>().unwrap().paid);
+
+        let paid = intent::<OrderPaid>(OrderStatus::Paid.event_id("o"));
+        assert_eq!(
+            verdict(&paid, Some(&payment)),
+            relayed(OutboxEvent::of(&build::paid(&order, &payment).unwrap()).unwrap())
+        );
+        assert_eq!(verdict(&paid, None), Verdict::Unrecorded, "no payment");
+
+        let shipped = intent::<OrderShipped>(OrderStatus::Shipped.event_id("o"));
+        assert_eq!(verdict(&shipped, None), Verdict::Unrecorded, "not shipped");
+    }
+
+    #[test]
+    fn a_modification_is_announced_only_at_the_order_s_revision() {
+        let mut order = recorded("o");
+        let r1 = intent::<OrderModified>(OrderModified::event_id_for("o", 1));
+        let r2 = intent::<OrderModified>(OrderModified::event_id_for("o", 2));
+        assert_eq!(
+            order_verdict(&r1, Some(&order), None).unwrap(),
+            Verdict::Relay(OutboxEvent::of(&build::modified(&order)).unwrap())
+        );
+        assert_eq!(
+            order_verdict(&r2, Some(&order), None).unwrap(),
+            Verdict::Unrecorded,
+            "its fence is not recorded"
+        );
+        order.revision = 2;
+        order.timeline.push(crate::TimelineEntry {
+            status: OrderStatus::Validated,
+            event_id: OrderModified::event_id_for("o", 2),
+            at: 250,
+            detail: None,
+        });
+        assert_eq!(
+            order_verdict(&r1, Some(&order), None).unwrap(),
+            Verdict::Stale,
+            "revision 2 supersedes it"
+        );
+    }
+
+    #[test]
+    fn unknown_event_types_are_left_alone() {
+        let row = Row {
+            name: "io.orderflow.events.SomethingNew".into(),
+            ..row(0, 1, "o:new", "me")
+        };
+        assert_eq!(
+            order_verdict(&row, Some(&recorded("o")), None).unwrap(),
+            Verdict::Unknown
+        );
     }
 }
