@@ -497,7 +497,7 @@ impl AccountStore for ScyllaStore {
             .await;
         };
         // The event's intent first, confirmed by the email's record ([`super::outbox`]).
-        let announce = self.announce_with_email(&event, &email.event_id)?;
+        let announce = self.announce_whole(&event, &email.event_id)?;
         retry("put_verification_email", || {
             announce.decide(self.put_verification_email_impl(&email))
         })

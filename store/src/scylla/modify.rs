@@ -66,8 +66,8 @@ use super::{
     ScyllaStore,
 };
 use crate::{
-    LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, PaymentClaim,
-    Reservation, ReservedLine, Result, StatusUpdate, StoreError,
+    LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, OutboxEvent,
+    PaymentClaim, Reservation, ReservedLine, Result, StatusUpdate, StoreError,
 };
 
 pub(super) struct ModifyStatements {
@@ -592,8 +592,18 @@ impl ScyllaStore {
         }
 
         // 2. The fence, announced: its outbox intent first, deleted if the fence is refused.
-        let announce =
-            self.announce::<OrderModified>(OrderModified::event_id_for(order_id, next), order_id);
+        // Kept whole, so that it is relayed even once a later revision replaced its items.
+        let announce = self.announce_whole(
+            &OutboxEvent::of(&OrderModified {
+                event_id: OrderModified::event_id_for(order_id, next),
+                order_id: order_id.to_string(),
+                customer_id: order.customer_id.clone(),
+                revision: next,
+                items: items.clone(),
+                occurred_at: at,
+            })?,
+            order_id,
+        )?;
         announce.intend().await?;
         lease.check(order_id)?;
         let detail = change.detail(next);

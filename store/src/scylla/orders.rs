@@ -1,9 +1,9 @@
 //! [`OrderStore`] on ScyllaDB.
 
-use orderflow_schemas::{OrderAccepted, OrderCancelled, OrderPaid};
+use orderflow_schemas::{OrderAccepted, OrderPaid};
 
 use super::*;
-use crate::OrderStore;
+use crate::{OrderStore, OutboxEvent};
 
 #[async_trait]
 impl OrderStore for ScyllaStore {
@@ -238,15 +238,20 @@ impl OrderStore for ScyllaStore {
             // Not priced, or paid already: nothing changes.
             return Ok(Some(order));
         }
-        // The intents come first ([`outbox`]); `OrderPaid` is built from the payment recorded
-        // and `OrderCancelled` with its refund.
+        // The intents come first ([`outbox`]); `OrderPaid` is built from the payment recorded.
         let paid = self.announce::<OrderPaid>(event_id.clone(), order_id);
-        let cancelled =
-            self.announce::<OrderCancelled>(OrderStatus::Cancelled.event_id(order_id), order_id);
         paid.intend().await?;
+        // Cancelled before the transfer was recorded: announced again, with its refund (an
+        // event of its own, kept whole).
+        let refund = Some((payment.amount_cents, payment.currency.clone()));
+        let mut cancelled = None;
         if order.status == OrderStatus::Cancelled {
-            // Cancelled before the transfer was recorded: announced again, with the refund.
-            cancelled.intend().await?;
+            let again = self.announce_whole(
+                &OutboxEvent::of(&cancellation_event(&order, refund.clone()))?,
+                order_id,
+            )?;
+            again.intend().await?;
+            cancelled = Some(again);
         }
         let update = StatusUpdate {
             order_id: order.order_id.clone(),
@@ -261,12 +266,16 @@ impl OrderStore for ScyllaStore {
         };
         retry("mark_paid", || paid.decide(self.apply_status_once(&update))).await?;
         let order = self.get_order(order_id).await?;
-        if order
-            .as_ref()
-            .is_some_and(|o| o.status == OrderStatus::Cancelled)
-        {
-            // Cancelled while the payment was being marked (a no-op when written above).
-            cancelled.intend().await?;
+        if let (None, Some(order)) = (&cancelled, &order) {
+            if order.status == OrderStatus::Cancelled {
+                // Cancelled while the payment was being marked.
+                self.announce_whole(
+                    &OutboxEvent::of(&cancellation_event(order, refund))?,
+                    order_id,
+                )?
+                .intend()
+                .await?;
+            }
         }
         Ok(order)
     }

@@ -334,7 +334,8 @@ impl Row {
 }
 
 /// The intents to look at, oldest first, one group per event id (in the order of each group's
-/// oldest intent). Each shard's page holds its oldest intents, at most `page`; when a page is
+/// oldest intent), those kept whole apart from the others: an `OrderCancelled` announced
+/// again with the refund of a transfer is an event of its own. Each shard's page holds its oldest intents, at most `page`; when a page is
 /// full the shard may have more beyond it, so only intents up to the end of the earliest full
 /// page are taken: everything older than that has been read from every shard.
 fn groups(pages: Vec<Vec<Row>>, page: usize) -> Vec<Vec<Row>> {
@@ -349,13 +350,14 @@ fn groups(pages: Vec<Vec<Row>>, page: usize) -> Vec<Vec<Row>> {
         .filter(|row| cutoff.is_none_or(|cutoff| row.slot.position <= cutoff))
         .collect();
     rows.sort_by_key(|row| (row.slot.position, row.slot.shard));
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<(String, bool), usize> = HashMap::new();
     let mut groups: Vec<Vec<Row>> = Vec::new();
     for row in rows {
-        match index.get(&row.event_id) {
+        let key = (row.event_id.clone(), row.body.is_some());
+        match index.get(&key) {
             Some(&i) => groups[i].push(row),
             None => {
-                index.insert(row.event_id.clone(), groups.len());
+                index.insert(key, groups.len());
                 groups.push(vec![row]);
             }
         }
@@ -415,10 +417,19 @@ fn order_verdict(
         // The order is its own change.
         return relay(&build::accepted(order));
     }
-    if !order.timeline.iter().any(|t| t.event_id == row.event_id) {
+    let Some(entry) = order.timeline.iter().find(|t| t.event_id == row.event_id) else {
         return Ok(Verdict::Unrecorded);
-    }
+    };
+    let whole = row
+        .body
+        .as_deref()
+        .map(|body| from_json::<OutboxEvent>("outbox event", body))
+        .transpose()?;
     if name == OrderCancelled::NAME {
+        // Kept whole: announced again by a transfer, with its refund.
+        if let Some(event) = whole {
+            return Ok(Verdict::Relay(event));
+        }
         let refund = payment
             .filter(|p| p.approved)
             .map(|p| (p.amount_cents, p.currency.clone()));
@@ -428,10 +439,15 @@ fn order_verdict(
         return relay(&build::shipped(order));
     }
     if name == OrderModified::NAME {
-        if OrderModified::event_id_for(&order.order_id, order.revision) != row.event_id {
-            return Ok(Verdict::Stale);
+        if OrderModified::event_id_for(&order.order_id, order.revision) == row.event_id {
+            return relay(&build::modified(order));
         }
-        return relay(&build::modified(order));
+        // A later revision: the order no longer has this one's items, the intent does (when
+        // it is the call that recorded the revision: the same time).
+        return Ok(match whole {
+            Some(event) if event.occurred_at == entry.at => Verdict::Relay(event),
+            _ => Verdict::Stale,
+        });
     }
     // OrderPaid, of the payment recorded (a bank transfer, recorded before the intent).
     match payment.and_then(|payment| build::paid(order, payment)) {
@@ -473,18 +489,18 @@ impl ScyllaStore {
         }
     }
 
-    /// The intent of `event`, kept whole, confirmed by the verification email of event id
-    /// `email_event_id`.
-    pub(super) fn announce_with_email(
+    /// The intent of `event`, kept whole, confirmed by the record `subject` names: the order
+    /// of an order event, the verification email (by event id) of any other.
+    pub(super) fn announce_whole(
         &self,
         event: &OutboxEvent,
-        email_event_id: &str,
+        subject: &str,
     ) -> Result<Announce<'_>> {
         Ok(Announce {
             store: self,
             name: event.name.clone(),
             event_id: event.event_id.clone(),
-            subject: email_event_id.to_string(),
+            subject: subject.to_string(),
             body: Some(to_json(event)?),
             written: Mutex::new(Vec::new()),
             applied: AtomicBool::new(false),
@@ -613,7 +629,7 @@ impl ScyllaStore {
 
     /// Whether the change of the intent `row` is recorded, and its event built from it.
     async fn verdict(&self, row: &Row, serial: bool) -> Result<Verdict> {
-        if let Some(body) = &row.body {
+        if let (false, Some(body)) = (ORDER_EVENTS.contains(&row.name.as_str()), &row.body) {
             // The verification event: its email's record is written after it. Whether the code
             // has expired is the bridge's business, as for an event queued by the embedded
             // store; the record's TTL ends with it.
@@ -1043,8 +1059,79 @@ mod tests {
         assert_eq!(
             order_verdict(&r1, Some(&order), None).unwrap(),
             Verdict::Stale,
-            "revision 2 supersedes it"
+            "revision 2 supersedes it, and the intent does not hold revision 1's items"
         );
+        // Kept whole by the call that recorded revision 1 (its time): relayed as it was.
+        let whole = |occurred_at| {
+            OutboxEvent::of(&OrderModified {
+                event_id: OrderModified::event_id_for("o", 1),
+                order_id: "o".into(),
+                customer_id: "c1".into(),
+                revision: 1,
+                items: Vec::new(),
+                occurred_at,
+            })
+            .unwrap()
+        };
+        let kept = Row {
+            body: Some(to_json(&whole(200)).unwrap()),
+            ..r1.clone()
+        };
+        assert_eq!(
+            order_verdict(&kept, Some(&order), None).unwrap(),
+            Verdict::Relay(whole(200))
+        );
+        let other_call = Row {
+            body: Some(to_json(&whole(199)).unwrap()),
+            ..r1
+        };
+        assert_eq!(
+            order_verdict(&other_call, Some(&order), None).unwrap(),
+            Verdict::Stale,
+            "a racing call's intent, whose fence lost"
+        );
+    }
+
+    #[test]
+    fn a_cancellation_announced_again_is_an_entry_of_its_own() {
+        let order = recorded("o");
+        let again =
+            OutboxEvent::of(&cancellation_event(&order, Some((1_200, "EUR".into())))).unwrap();
+        let whole = Row {
+            body: Some(to_json(&again).unwrap()),
+            ..intent::<OrderCancelled>(OrderStatus::Cancelled.event_id("o"))
+        };
+        assert_eq!(
+            order_verdict(&whole, Some(&order), None).unwrap(),
+            Verdict::Relay(again)
+        );
+        let first = Row {
+            slot: Slot {
+                shard: 1,
+                position: timeuuid(ticks_at(5), 0),
+            },
+            ..intent::<OrderCancelled>(OrderStatus::Cancelled.event_id("o"))
+        };
+        let racing = Row {
+            slot: Slot {
+                shard: 1,
+                position: timeuuid(ticks_at(6), 0),
+            },
+            ..first.clone()
+        };
+        let later = Row {
+            slot: Slot {
+                shard: 2,
+                position: timeuuid(ticks_at(9), 0),
+            },
+            ..whole
+        };
+        let grouped = groups(vec![vec![first, racing], vec![later]], 64);
+        let sizes: Vec<(usize, bool)> = grouped
+            .iter()
+            .map(|g| (g.len(), g[0].body.is_some()))
+            .collect();
+        assert_eq!(sizes, [(2, false), (1, true)]);
     }
 
     #[test]
