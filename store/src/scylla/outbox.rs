@@ -18,10 +18,15 @@
 //!   order exists), or the verification email's record exists. The event is then built from
 //!   what is recorded, with the builders every store uses ([`crate::outbox`]): the cancel's
 //!   first reason and time with the refund of the approved payment, the shipping time, the
-//!   revision's items, the payment taken. An `OrderModified` whose order has moved on to a
-//!   later revision is dropped: the later revision's is announced, and validation prices only
-//!   the current revision. Only the verification event is kept whole in the intent (`body`):
-//!   its content does not depend on later state (and its clear code is not in it).
+//!   revision's items, the payment taken.
+//! - **Kept whole** (`body`): the events whose content the recorded state may no longer hold
+//!   are written whole in their intent and relayed as written once confirmed. A modification's
+//!   `OrderModified`: a later revision replaces the order's items, so once the order has moved
+//!   on the intent's are relayed, provided the revision's timeline entry has the intent's time
+//!   (else the intent is a racing call's whose fence lost, and it is dropped). A transfer's
+//!   `OrderCancelled` announced again with its refund: an entry of its own, apart from the
+//!   cancel's. And the verification event, confirmed by its email's record (its clear code is
+//!   not in it).
 //! - **Unconfirmed intents** are those of calls under way and of calls that failed before
 //!   their change. A call makes its decisive write only while its intent is younger than
 //!   [`FRESH_MS`] (it writes a fresh one first otherwise); the write is then made within the
@@ -31,7 +36,7 @@
 //!   serial read of its order (which completes such a round) and deleted if its change is
 //!   still not recorded.
 //! - **Racing calls.** Several intents with one event id (two requests cancelling one order, a
-//!   call retried after a crash) come back as one entry, whose [`Queued::position`] names each
+//!   call retried after a crash; kept whole or not, never both) come back as one entry, whose [`Queued::position`] names each
 //!   row (`shard:timeuuid`, comma-separated), so relaying it deletes them all.
 //! - **Owners.** Each [`ScyllaStore`] has a random id, written with its intents. `outbox`
 //!   returns its own intents at once and those of other instances only once they are
