@@ -488,11 +488,18 @@ impl AccountStore for ScyllaStore {
     async fn put_verification_email(
         &self,
         email: VerificationEmail,
-        _announce: Option<crate::OutboxEvent>,
+        announce: Option<crate::OutboxEvent>,
     ) -> Result<()> {
-        // UNFINISHED: the outbox entry is not written on ScyllaDB yet.
+        let Some(event) = announce else {
+            return retry("put_verification_email", || {
+                self.put_verification_email_impl(&email)
+            })
+            .await;
+        };
+        // The event's intent first, confirmed by the email's record ([`super::outbox`]).
+        let announce = self.announce_whole(&event, &email.event_id)?;
         retry("put_verification_email", || {
-            self.put_verification_email_impl(&email)
+            announce.decide(self.put_verification_email_impl(&email))
         })
         .await
     }
