@@ -127,7 +127,12 @@ fn run_cli() -> Result<()> {
             Command::Seed(args) => {
                 let (_, store, producer) = connect(&args.common, &args.brokers).await?;
                 let state = Arc::new(orderflow_ingest::ApiState::new(store, producer.clone()));
-                let seeded = seed::all(state).await?;
+                let seeded = seed::all(state.clone()).await?;
+                // The seeded orders' events wait in the outbox; put them out before leaving
+                // (otherwise the next API process does).
+                if let Err(e) = orderflow_ingest::relay::drain(&state).await {
+                    eprintln!("The seeded orders' events are queued; the API puts them out ({e}).");
+                }
                 producer.flush(Duration::from_secs(10));
                 println!(
                     "Seeded: {} accounts, {} products, {} orders new.",

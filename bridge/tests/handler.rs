@@ -138,11 +138,14 @@ async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_i
     let (h, store) = handler_with_store(&dir, vec![flaky.clone()]);
     let now = orderflow_schemas::now_millis();
     store
-        .put_verification_email(VerificationEmail {
-            event_id: "c1:verify:1".into(),
-            code: "048213".into(),
-            expires_at: now + 15 * 60_000,
-        })
+        .put_verification_email(
+            VerificationEmail {
+                event_id: "c1:verify:1".into(),
+                code: "048213".into(),
+                expires_at: now + 15 * 60_000,
+            },
+            None,
+        )
         .await
         .unwrap();
     let m = verification("c1:verify:1");
@@ -217,11 +220,14 @@ async fn a_verification_code_stays_until_every_sink_routed_for_it_has_the_email(
     let (hs, store) = handlers(&dir, vec![steady.clone(), flaky.clone()]);
     let now = orderflow_schemas::now_millis();
     store
-        .put_verification_email(VerificationEmail {
-            event_id: "c1:verify:1".into(),
-            code: "048213".into(),
-            expires_at: now + 15 * 60_000,
-        })
+        .put_verification_email(
+            VerificationEmail {
+                event_id: "c1:verify:1".into(),
+                code: "048213".into(),
+                expires_at: now + 15 * 60_000,
+            },
+            None,
+        )
         .await
         .unwrap();
     let m = verification("c1:verify:1");

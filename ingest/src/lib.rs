@@ -24,7 +24,9 @@
 //!   and cursor-paged.
 //! - [`lifecycle`]: `POST /v1/orders/{id}/cancel` and (admin) `POST /v1/orders/{id}/ship`.
 //! - [`ops`]: the order operations below the handlers (place, cancel, ship, modify, record a
-//!   transfer): each writes the state, announces the event, returns a typed outcome.
+//!   transfer): each writes the state with its event (the store's outbox), returns a typed
+//!   outcome.
+//! - [`relay`]: the outbox relay, which puts those events on their topics.
 //! - [`body`]: request bodies (JSON, size-limited), wrong fields named.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) generated from the handlers,
@@ -57,6 +59,7 @@ pub mod orders;
 pub mod pipeline;
 pub mod problem;
 pub mod products;
+pub mod relay;
 pub mod schema_registry;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
@@ -115,6 +118,9 @@ pub struct ApiState {
     pub live: Arc<live::Live>,
     /// The origins CORS allows ([`cors`]; none by default).
     pub cors: cors::Origins,
+    /// Puts the events the operations queued in the store's outbox on their topics
+    /// ([`relay`]); an operation wakes it after its write.
+    pub relay: Arc<relay::Relay>,
 }
 
 impl ApiState {
@@ -133,6 +139,7 @@ impl ApiState {
             sessions: auth::sessions::Sessions::default(),
             live: Arc::new(live::Live::default()),
             cors: cors::Origins::None,
+            relay: Arc::new(relay::Relay::default()),
         }
     }
 
@@ -486,13 +493,19 @@ pub async fn serve(
         closing.cancelled().await;
         live.close();
     });
+    // The relay stops after the last request is answered, so that it puts out what they queued.
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(relay::run(state.clone(), relay_stop.clone()));
     // With the peer's address, which the auth routes rate-limit by ([`auth::limit`]).
-    axum::serve(
+    let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+    .await;
+    relay_stop.cancel();
+    let _ = relay.await;
+    served
 }
 
 /// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (see [`Readiness`]) on

@@ -1,7 +1,7 @@
 //! `PATCH /v1/orders/{id}` (the order's customer or an admin) changes the quantities of an
 //! unpaid order; `POST /v1/orders/{id}/payment` (admins) records the bank transfer that pays
 //! it. The operations are [`ops::modify_order`] and [`ops::record_transfer`] (what each writes
-//! and announces, and why in that order, is documented there).
+//! and announces is documented there).
 //!
 //! Only orders paid by bank transfer (`payment.method = "bank_transfer"`) have an unpaid
 //! window: a card is charged as soon as the order is validated. Such an order waits, status

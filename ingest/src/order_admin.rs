@@ -274,7 +274,8 @@ pub async fn adjust_prices(
         ModifyOutcome::Insufficient { .. } | ModifyOutcome::NotFound => return Err(not_found()),
     };
     state.orders.invalidate(&order_id).await;
-    crate::ops::modify::announce_modified(&state, &order).await?;
+    // The store queued the revision's `OrderModified`: the relay puts it out.
+    state.relay.wake();
     info!(%order_id, by = %caller.customer_id, revision = order.revision, "Order prices adjusted.");
     Ok(Json(order.into()))
 }

@@ -455,12 +455,13 @@ fn accepted_response(order_id: &str, status: OrderStatus, replayed: bool) -> Res
         (status = 422, description = "Fields are unknown, missing, mistyped or out of range \
             (each is listed in `errors`), or the `Idempotency-Key` was used with another body.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store or the broker is down; retry (with the same \
-            `Idempotency-Key`).", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "The store is down; retry (with the same \
+            `Idempotency-Key`). A broker that is down does not refuse orders: their events wait \
+            in the store's outbox.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait.")),
          example = json!({"type": "/problems/unavailable",
             "title": "Service temporarily unavailable", "status": 503,
-            "detail": "the event log is unavailable; retry with the same Idempotency-Key"})),
+            "detail": "the store is unavailable; retry with the same Idempotency-Key"})),
     ),
 )]
 pub async fn create(

@@ -218,14 +218,6 @@ impl Problem {
         )
     }
 
-    /// 503 for a state change that was written but whose event did not reach the event log:
-    /// `detail` says what is done and how to finish it (retrying announces it); why the
-    /// broker failed goes to the log only.
-    pub fn unannounced(detail: &str, error: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(error = %error, "Produce failed.");
-        Problem::unavailable(detail)
-    }
-
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut p = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -260,7 +252,6 @@ impl From<StoreError> for Problem {
 }
 
 /// A broker error as the answer: 503 with `Retry-After`, the broker's words in the log only.
-/// A handler that has already written state says so with [`Problem::unannounced`] instead.
 impl From<orderflow_kafka::Error> for Problem {
     fn from(e: orderflow_kafka::Error) -> Self {
         Problem::down("event log", &e)

@@ -35,6 +35,11 @@ pub const HTTP_REQUESTS_TOTAL: &str = "orderflow_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "orderflow_http_request_duration_seconds";
 /// Orders newly accepted by the API (idempotent replays not counted).
 pub const ORDERS_ACCEPTED_TOTAL: &str = "orderflow_orders_accepted_total";
+/// Events the API's changes queued in the store's outbox that the relay has not put on their
+/// topics yet: counted up as operations queue them, set exactly at each look of the relay.
+pub const OUTBOX_EVENTS: &str = "orderflow_outbox_events";
+/// Events the outbox relay put on their topics.
+pub const OUTBOX_RELAYED_TOTAL: &str = "orderflow_outbox_relayed_total";
 /// Notification deliveries per sink, by `sink` and `outcome` ([`outcome`]).
 pub const SINK_DELIVERIES_TOTAL: &str = "orderflow_sink_deliveries_total";
 /// Time a sink takes to take one notification, by `sink`.
@@ -131,6 +136,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
     pub orders_accepted: IntCounter,
+    pub outbox_events: IntGauge,
+    pub outbox_relayed: IntCounter,
     pub order_cache_requests: IntCounterVec,
     pub sink_deliveries: IntCounterVec,
     pub sink_send: HistogramVec,
@@ -214,6 +221,20 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         orders_accepted: register(
             registry,
             IntCounter::new(ORDERS_ACCEPTED_TOTAL, "Orders newly accepted by the API."),
+        ),
+        outbox_events: register(
+            registry,
+            IntGauge::new(
+                OUTBOX_EVENTS,
+                "Events in the outbox the relay has not put on their topics yet.",
+            ),
+        ),
+        outbox_relayed: register(
+            registry,
+            IntCounter::new(
+                OUTBOX_RELAYED_TOTAL,
+                "Events the outbox relay put on their topics.",
+            ),
         ),
         order_cache_requests: counter_vec(
             registry,

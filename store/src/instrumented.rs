@@ -9,9 +9,10 @@ use orderflow_schemas::{metrics, OrderItem};
 
 use crate::{
     Account, AccountStore, CatalogueStore, CreateOrder, DeliveryStore, IdempotencyKey, Invoice,
-    InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, PaymentRecord, PaymentStore, PaymentToken,
-    Product, ProductChange, RefreshToken, Reservation, Result, RotateOutcome, StatusUpdate,
-    StockAdjustment, Store, VerificationCode, VerificationEmail, VerifyOutcome,
+    InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, OutboxEvent, OutboxStore, PaymentRecord,
+    PaymentStore, PaymentToken, Product, ProductChange, Queued, RefreshToken, Reservation, Result,
+    RotateOutcome, StatusUpdate, StockAdjustment, Store, VerificationCode, VerificationEmail,
+    VerifyOutcome,
 };
 
 /// Wraps a store with metrics.
@@ -178,6 +179,10 @@ impl<S: Store> OrderStore for Instrumented<S> {
         .await
     }
 
+    async fn mark_paid(&self, payment: &PaymentRecord) -> Result<Option<OrderRecord>> {
+        timed("mark_paid", self.0.mark_paid(payment)).await
+    }
+
     async fn expire_unpaid_order(
         &self,
         order_id: &str,
@@ -268,10 +273,14 @@ impl<S: Store> AccountStore for Instrumented<S> {
         timed("put_verification", self.0.put_verification(code)).await
     }
 
-    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+    async fn put_verification_email(
+        &self,
+        email: VerificationEmail,
+        announce: Option<OutboxEvent>,
+    ) -> Result<()> {
         timed(
             "put_verification_email",
-            self.0.put_verification_email(email),
+            self.0.put_verification_email(email, announce),
         )
         .await
     }
@@ -365,6 +374,17 @@ impl<S: Store> DeliveryStore for Instrumented<S> {
 
     async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
         timed("mark_delivered", self.0.mark_delivered(sink, ids)).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> OutboxStore for Instrumented<S> {
+    async fn outbox(&self, limit: usize) -> Result<Vec<Queued>> {
+        timed("outbox", self.0.outbox(limit)).await
+    }
+
+    async fn outbox_relayed(&self, positions: &[String]) -> Result<()> {
+        timed("outbox_relayed", self.0.outbox_relayed(positions)).await
     }
 }
 

@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`Store`]: the one interface every stage uses, the union of one trait per area
 //!   ([`CatalogueStore`], [`OrderStore`], [`PaymentStore`], [`InvoiceStore`],
-//!   [`AccountStore`], [`DeliveryStore`]). Each effect is idempotent by a key derived
+//!   [`AccountStore`], [`DeliveryStore`], [`OutboxStore`]). Each effect is idempotent by a key derived
 //!   from the event (order id, event id), so a redelivered event never applies twice and a
 //!   stage can always re-emit the outcome it already recorded.
 //! - [`model`]: the records the store keeps, and the rules both implementations apply as pure
 //!   plans ([`ReservationPlan`], [`ModificationPlan`]).
 //! - [`account`]: accounts, email verification codes and refresh tokens.
+//! - [`outbox`]: the events announcing the API's changes, written with the change they announce
+//!   and kept until a relay has put them on their topics.
 //! - [`embedded`]: the default implementation on redb, a pure-Rust durable B-tree, under
 //!   `--data-dir`. Writes from concurrent callers are grouped into one transaction (group
 //!   commit), so a batch of events costs one fsync, not one each.
@@ -25,6 +27,7 @@ pub mod embedded;
 pub mod instrumented;
 pub mod model;
 pub mod objects;
+pub mod outbox;
 pub mod pdf;
 #[cfg(feature = "scylla")]
 pub mod scylla;
@@ -39,6 +42,7 @@ pub use instrumented::Instrumented;
 pub use model::*;
 pub use objects::{InvoiceFile, InvoiceFiles};
 use orderflow_schemas::OrderItem;
+pub use outbox::{OutboxEvent, Queued};
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaStore};
 
@@ -125,6 +129,9 @@ pub trait OrderStore: Send + Sync {
     /// With `max_unpaid`, an order paid by bank transfer is refused
     /// ([`CreateOrder::TooManyUnpaid`]) when its customer has that many orders awaiting a
     /// transfer ([`awaits_transfer`]) already; a repeat of a keyed order is answered first.
+    ///
+    /// A created order's `OrderAccepted` ([`outbox::accepted`]) is queued in the outbox in the
+    /// same write ([`OutboxStore`]); a repeat queues nothing.
     async fn create_order(
         &self,
         order: OrderRecord,
@@ -162,6 +169,8 @@ pub trait OrderStore: Send + Sync {
     /// shipped; otherwise its status becomes `cancelled` (timeline entry `<order>:cancelled`,
     /// detail `reason`, at `at`) and its reserved stock is released (as [`Store::release`]).
     /// Idempotent: a repeat answers as the first call did, keeping the first reason and time.
+    /// The cancelling call queues `OrderCancelled` ([`cancellation_event`], with the refund of
+    /// an approved payment) in the outbox in the same write; a repeat queues nothing.
     async fn cancel_order(
         &self,
         order_id: &str,
@@ -170,7 +179,8 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<CancelOutcome>;
 
     /// Marks a paid or invoiced order as shipped (timeline entry `<order>:shipped`), atomically
-    /// with respect to [`Store::cancel_order`]: never a cancelled one. Idempotent.
+    /// with respect to [`Store::cancel_order`]: never a cancelled one. Idempotent. The shipping
+    /// call queues `OrderShipped` ([`outbox::shipped`]) in the same write; a repeat nothing.
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome>;
 
     /// Changes the quantities of a validated order whose payment is not claimed: `items` is
@@ -181,7 +191,8 @@ pub trait OrderStore: Send + Sync {
     /// is cleared until validation re-prices the revision, and the timeline gets
     /// `<order>:modified:r<revision>` (status `validated`, detail `revision <n>`), atomically
     /// with respect to [`Store::claim_payment`], [`Store::cancel_order`] and other
-    /// modifications.
+    /// modifications. A modification queues the revision's `OrderModified`
+    /// ([`outbox::modified`]) in the same write.
     async fn modify_order(
         &self,
         order_id: &str,
@@ -193,13 +204,23 @@ pub trait OrderStore: Send + Sync {
     /// for quantities, through the same path and with the same refusals, atomically with
     /// respect to the same calls; no stock moves. The timeline entry is
     /// `<order>:modified:r<revision>` (detail `revision <n>: price of <sku> adjusted`), and
-    /// validation re-prices the revision at the new unit prices.
+    /// validation re-prices the revision at the new unit prices (its `OrderModified` queued as
+    /// by [`Store::modify_order`]).
     async fn reprice_order(
         &self,
         order_id: &str,
         prices: Vec<LinePrice>,
         at: i64,
     ) -> Result<ModifyOutcome>;
+
+    /// Marks the order paid by `payment`, a bank transfer recorded through the API
+    /// ([`Store::record_payment`] after [`Store::claim_payment`]): status `paid` as
+    /// [`Store::apply_status`] moves it (timeline `<order>:paid` at the payment's time, detail
+    /// its reference) and `OrderPaid` ([`outbox::paid`]) queued in the same write. When the
+    /// order was cancelled meanwhile, its `OrderCancelled` is queued again with the refund of
+    /// this payment. Idempotent: a repeat changes and queues nothing. The order as it is now,
+    /// `None` when there is no such order; an order without pricing is left unchanged.
+    async fn mark_paid(&self, payment: &PaymentRecord) -> Result<Option<OrderRecord>>;
 
     /// Orders paid by bank transfer placed (`created_at`) before `placed_before`, oldest first,
     /// at most `limit`, that await their transfer ([`awaits_transfer`]) or were expired by
@@ -290,8 +311,14 @@ pub trait AccountStore: Send + Sync {
     /// Stores the account's verification code, replacing any earlier one.
     async fn put_verification(&self, code: VerificationCode) -> Result<()>;
 
-    /// Keeps the clear code of a verification email until the bridge sends it (by event id).
-    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()>;
+    /// Keeps the clear code of a verification email until the bridge sends it (by event id),
+    /// and queues `announce` (the event that asks for the email) in the outbox in the same
+    /// write.
+    async fn put_verification_email(
+        &self,
+        email: VerificationEmail,
+        announce: Option<OutboxEvent>,
+    ) -> Result<()>;
 
     /// The clear code the email of event `event_id` is to carry, unless it was deleted (the
     /// email went out) or has expired at `now`.
@@ -353,13 +380,32 @@ pub trait DeliveryStore: Send + Sync {
     async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()>;
 }
 
+/// The outbox: events written with the changes they announce ([`outbox`]), in the order they
+/// were written, until a relay has produced them.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// The queued events, oldest first, at most `limit`. Only events whose change is recorded
+    /// are returned; every call returns the same entries until they are relayed.
+    async fn outbox(&self, limit: usize) -> Result<Vec<Queued>>;
+
+    /// Forgets relayed events, by [`Queued::position`]. Idempotent.
+    async fn outbox_relayed(&self, positions: &[String]) -> Result<()>;
+}
+
 /// The state store: the union of the stores by area ([`CatalogueStore`], [`OrderStore`],
-/// [`PaymentStore`], [`InvoiceStore`], [`AccountStore`], [`DeliveryStore`]), so one
+/// [`PaymentStore`], [`InvoiceStore`], [`AccountStore`], [`DeliveryStore`], [`OutboxStore`]), so one
 /// `Arc<dyn Store>` serves every stage. Implementations: [`EmbeddedStore`] (redb, one machine) and `ScyllaStore`
 /// (ScyllaDB, the `scylla` feature, on by default); both pass `tests/conformance/`.
 #[async_trait]
 pub trait Store:
-    CatalogueStore + OrderStore + PaymentStore + InvoiceStore + AccountStore + DeliveryStore + 'static
+    CatalogueStore
+    + OrderStore
+    + PaymentStore
+    + InvoiceStore
+    + AccountStore
+    + DeliveryStore
+    + OutboxStore
+    + 'static
 {
     /// A cheap read that fails when the store is unusable.
     async fn healthcheck(&self) -> Result<()>;

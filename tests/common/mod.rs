@@ -17,7 +17,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::OwnedMessage,
     producer::{BaseProducer, BaseRecord, Producer},
-    ClientConfig, Message,
+    ClientConfig, Message, Offset, TopicPartitionList,
 };
 use serde_json::{json, Value};
 
@@ -588,4 +588,80 @@ pub fn read_topic(
 /// Whether a message is keyed by `order_id`.
 pub fn keyed(m: &OwnedMessage, order_id: &str) -> bool {
     m.key() == Some(order_id.as_bytes())
+}
+
+/// Every message on `topic`, from the beginning to its end as of the call, as an outside
+/// Kafka client reads it.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
+    for p in &partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(*p, high);
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next: std::collections::BTreeMap<i32, i64> =
+        partitions.iter().map(|p| (*p, 0)).collect();
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next.iter().any(|(p, n)| *n < ends[p]) {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: could not read to the end"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            next.insert(m.partition(), m.offset() + 1);
+            messages.push(m.detach());
+        }
+    }
+    messages
+}
+
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `child` (`what`) listens on `port`; panics if it exits first or after 20 s.
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited ({status}) before listening on {port}");
+        }
+        assert!(Instant::now() < deadline, "{what} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -17,10 +17,7 @@ use std::{
 
 use common::{order_body, Pipeline};
 use orderflow_schemas::{wire, OrderInvoiced};
-use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    ClientConfig, Message, Offset, TopicPartitionList,
-};
+use rdkafka::Message;
 use tokio::sync::Mutex;
 
 const SKU: &str = "STICKER-001";
@@ -84,13 +81,14 @@ async fn kill_9_mid_stream_loses_and_repeats_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let bootstrap = p.bootstrap.clone();
-    let invoiced = tokio::task::spawn_blocking(move || read_all(&bootstrap, "orders.invoiced"))
-        .await
-        .unwrap();
+    let invoiced =
+        tokio::task::spawn_blocking(move || common::read_all(&bootstrap, "orders.invoiced"))
+            .await
+            .unwrap();
     // One invoice number per order, however many times its event was (re)produced.
     let mut numbers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for payload in &invoiced {
-        let event: OrderInvoiced = wire::decode(payload).unwrap();
+    for message in &invoiced {
+        let event: OrderInvoiced = wire::decode(message.payload().unwrap_or_default()).unwrap();
         numbers
             .entry(event.order_id)
             .or_default()
@@ -168,47 +166,4 @@ fn kill_9(data_dir: &std::path::Path) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-}
-
-/// Every payload on `topic`, from the beginning to its current end.
-fn read_all(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("crash-reader-{}", uuid::Uuid::now_v7()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in &partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-            .unwrap();
-        ends.insert(*p, high);
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut next: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
-    let mut payloads = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while next.iter().any(|(p, n)| *n < ends[p]) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{topic}: could not read to the end"
-        );
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            next.insert(m.partition(), m.offset() + 1);
-            payloads.push(m.payload().unwrap_or_default().to_vec());
-        }
-    }
-    payloads
 }

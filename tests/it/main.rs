@@ -19,6 +19,7 @@ mod logs;
 mod managed_kafka;
 mod openapi;
 mod otlp;
+mod outbox;
 mod pipeline;
 mod products;
 mod schema_registry;

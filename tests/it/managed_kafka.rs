@@ -8,13 +8,12 @@
 use crate::common;
 
 use std::{
-    net::TcpListener,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{order_body, python, Pipeline};
+use common::{free_port, order_body, python, wait_for_port, Killed, Pipeline};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     ClientConfig,
@@ -56,35 +55,6 @@ async fn one_invoiced_order(p: &Pipeline) -> String {
     let id = p.place(&order_body("MUG-001", 2, "tok_visa")).await;
     p.wait_for_status(&id, "invoiced").await;
     id
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("{what} exited ({status}) before listening on {port}");
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -22,10 +22,10 @@ use orderflow_schemas::{
 };
 use orderflow_store::{
     Account, AccountStore, CatalogueStore, CreateOrder, DeliveryStore, EmbeddedStore,
-    IdempotencyKey, Invoice, InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, PaymentRecord,
-    PaymentStore, PaymentToken, Product, ProductChange, RefreshToken, Reservation, Result,
-    RotateOutcome, StatusUpdate, StockAdjustment, Store, StoreError, VerificationCode,
-    VerificationEmail, VerifyOutcome,
+    IdempotencyKey, Invoice, InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, OutboxEvent,
+    OutboxStore, PaymentRecord, PaymentStore, PaymentToken, Product, ProductChange, Queued,
+    RefreshToken, Reservation, Result, RotateOutcome, StatusUpdate, StockAdjustment, Store,
+    StoreError, VerificationCode, VerificationEmail, VerifyOutcome,
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -441,6 +441,10 @@ impl OrderStore for Switchable {
         self.up()?.list_unpaid_orders(placed_before, limit).await
     }
 
+    async fn mark_paid(&self, payment: &PaymentRecord) -> Result<Option<OrderRecord>> {
+        self.up()?.mark_paid(payment).await
+    }
+
     async fn expire_unpaid_order(
         &self,
         order_id: &str,
@@ -531,8 +535,12 @@ impl AccountStore for Switchable {
         self.up()?.put_verification(code).await
     }
 
-    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
-        self.up()?.put_verification_email(email).await
+    async fn put_verification_email(
+        &self,
+        email: VerificationEmail,
+        announce: Option<OutboxEvent>,
+    ) -> Result<()> {
+        self.up()?.put_verification_email(email, announce).await
     }
 
     async fn get_verification_email(
@@ -603,6 +611,17 @@ impl DeliveryStore for Switchable {
 
     async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
         self.up()?.mark_delivered(sink, ids).await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for Switchable {
+    async fn outbox(&self, limit: usize) -> Result<Vec<Queued>> {
+        self.up()?.outbox(limit).await
+    }
+
+    async fn outbox_relayed(&self, positions: &[String]) -> Result<()> {
+        self.up()?.outbox_relayed(positions).await
     }
 }
 

@@ -35,7 +35,8 @@ use axum::{
 };
 use orderflow_schemas::AccountVerificationRequested;
 use orderflow_store::{
-    Account, RefreshToken, RotateOutcome, VerificationCode, VerificationEmail, VerifyOutcome,
+    Account, OutboxEvent, RefreshToken, RotateOutcome, VerificationCode, VerificationEmail,
+    VerifyOutcome,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -234,7 +235,7 @@ fn internal(e: impl std::fmt::Display) -> Problem {
     )
 }
 
-/// Issues a code for the account and puts its event on `accounts.verification`. The event
+/// Issues a code for the account and queues its event for `accounts.verification`. The event
 /// carries no code: the store keeps its hash (for checking) and, until the bridge has emailed
 /// it, the code itself under the event's id.
 pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(), Problem> {
@@ -251,28 +252,29 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
             attempts: 0,
         })
         .await?;
-    state
-        .store
-        .put_verification_email(VerificationEmail {
-            event_id: event_id.clone(),
-            code,
-            expires_at,
-        })
-        .await?;
     let event = AccountVerificationRequested {
-        event_id,
+        event_id: event_id.clone(),
         customer_id: account.customer_id.clone(),
         email: account.email.clone(),
         name: account.name.clone(),
         expires_at,
         occurred_at: now,
     };
-    state.producer.send(&event).await.map_err(|e| {
-        Problem::unannounced(
-            "the event log is unavailable: no code was sent; ask again (POST /v1/auth/resend)",
-            &e,
+    // The code waits in the store for the bridge, and the event that asks for the email is
+    // queued in the same write (the outbox): the relay puts it on its topic.
+    state
+        .store
+        .put_verification_email(
+            VerificationEmail {
+                event_id,
+                code,
+                expires_at,
+            },
+            Some(OutboxEvent::of(&event)?),
         )
-    })
+        .await?;
+    state.relay.wake();
+    Ok(())
 }
 
 /// `POST /v1/auth/register`.

@@ -1,20 +1,18 @@
 //! Changing the quantities of an unpaid order (paid by bank transfer, status `validated`).
 //!
-//! The change goes to the store first ([`Store::modify_order`]): the reservation swaps to the
-//! new quantities all or nothing, the order's revision goes up, its pricing is cleared. Then
-//! `OrderModified` goes out on `orders.modified`; validation re-prices the revision and
-//! produces its `OrderValidated` (event id `<order>:validated:r<n>`). A retry after a failed
-//! produce announces the revision again (same event id), and so does an attempt to record the
-//! payment of a revision that is still unpriced ([`super::record_transfer`]).
+//! The change goes to the store ([`Store::modify_order`]): the reservation swaps to the new
+//! quantities all or nothing, the order's revision goes up, its pricing is cleared, and its
+//! `OrderModified` is queued for `orders.modified` in the same write; validation re-prices the
+//! revision and produces its `OrderValidated` (event id `<order>:validated:r<n>`).
 //!
 //! [`Store::modify_order`]: orderflow_store::Store::modify_order
 
-use orderflow_schemas::{now_millis, OrderItem, OrderModified, OrderStatus, PaymentMethod};
+use orderflow_schemas::{now_millis, OrderItem, OrderStatus, PaymentMethod};
 use orderflow_store::{ModifyOutcome, OrderRecord};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{announce, OpError};
+use super::{announced, OpError};
 use crate::{
     auth::Caller,
     body::integer,
@@ -174,39 +172,6 @@ pub async fn modify_order(
         ModifyOutcome::NotFound => return Ok(Modified::NotFound),
     };
     state.orders.invalidate(order_id).await;
-    announce_modified(state, &order).await?;
+    announced(state);
     Ok(Modified::Modified(order))
-}
-
-/// Produces `OrderModified` for the order's revision while it is not priced yet: after the
-/// change, and again on a retry (the same event id) when the first produce failed, so a
-/// revision is never left unpriced.
-pub(crate) async fn announce_modified(
-    state: &ApiState,
-    order: &OrderRecord,
-) -> Result<(), OpError> {
-    if order.revision == 0 || order.pricing.is_some() {
-        return Ok(());
-    }
-    let order_id = order.order_id.as_str();
-    let event_id = OrderModified::event_id_for(order_id, order.revision);
-    let at = order
-        .timeline
-        .iter()
-        .find(|t| t.event_id == event_id)
-        .map_or(order.updated_at, |t| t.at);
-    let event = OrderModified {
-        event_id,
-        order_id: order_id.to_string(),
-        customer_id: order.customer_id.clone(),
-        revision: order.revision,
-        items: order.items.clone(),
-        occurred_at: at,
-    };
-    announce(
-        state,
-        &event,
-        "the order is changed, but the event log is unavailable; retry to announce it",
-    )
-    .await
 }

@@ -1,18 +1,15 @@
-//! Placing an order: the order and its `Idempotency-Key` recorded in one store write
-//! ([`Store::create_order`], which also enforces the cap on orders awaiting a bank transfer),
-//! then `OrderAccepted` on `orders.accepted`.
+//! Placing an order: the order, its `Idempotency-Key` and its `OrderAccepted` (for
+//! `orders.accepted`, through the outbox) recorded in one store write ([`Store::create_order`],
+//! which also enforces the cap on orders awaiting a bank transfer).
 //!
 //! [`Store::create_order`]: orderflow_store::Store::create_order
 
-use orderflow_schemas::{Address, OrderAccepted, OrderItem, OrderStatus, PaymentMethod};
+use orderflow_schemas::{Address, OrderItem, OrderStatus, PaymentMethod};
 use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};
 use tracing::info;
 
-use super::{announce, OpError};
+use super::{announced, OpError};
 use crate::ApiState;
-
-/// The answer when the order is recorded (or replayed) but its event did not go out.
-const UNANNOUNCED: &str = "the event log is unavailable; retry with the same Idempotency-Key";
 
 /// A new order, validated.
 pub struct NewOrder {
@@ -30,10 +27,9 @@ pub struct NewOrder {
 /// What placing an order came to.
 #[derive(Debug)]
 pub enum Placed {
-    /// Recorded and announced.
+    /// Recorded (and its event queued).
     Accepted { order_id: String },
-    /// The `Idempotency-Key` named this earlier order (announced again while still
-    /// `accepted`).
+    /// The `Idempotency-Key` named this earlier order; nothing new is recorded or announced.
     Replayed {
         order_id: String,
         status: OrderStatus,
@@ -46,25 +42,17 @@ pub enum Placed {
     TooManyUnpaid { open: u32 },
 }
 
-/// Records the order and announces it.
+/// Records the order with its announcement.
 pub async fn place_order(state: &ApiState, new: NewOrder) -> Result<Placed, OpError> {
     let now = orderflow_schemas::now_millis();
     let order_id = uuid::Uuid::now_v7().to_string();
     tracing::Span::current().record("order_id", order_id.as_str());
-    let event = OrderAccepted {
-        event_id: OrderStatus::Accepted.event_id(&order_id),
-        order_id: order_id.clone(),
-        customer_id: new.customer_id.clone(),
-        items: new.items.clone(),
-        shipping_address: new.shipping_address.clone(),
-        payment: PaymentMethod {
-            method: new.payment_method.clone(),
-        },
-        occurred_at: now,
+    let payment = PaymentMethod {
+        method: new.payment_method.clone(),
     };
     // The card token stays in the store, written with the order, for the payment stage to
     // read by order id; no event carries it. An offline payment has nothing to charge.
-    let payment_token = (!event.payment.is_offline()).then(|| PaymentToken {
+    let payment_token = (!payment.is_offline()).then(|| PaymentToken {
         token: new.payment_token,
         expires_at: now + orderflow_store::PAYMENT_TOKEN_TTL.as_millis() as i64,
     });
@@ -81,7 +69,7 @@ pub async fn place_order(state: &ApiState, new: NewOrder) -> Result<Placed, OpEr
         updated_at: now,
         timeline: vec![TimelineEntry {
             status: OrderStatus::Accepted,
-            event_id: event.event_id.clone(),
+            event_id: OrderStatus::Accepted.event_id(&order_id),
             at: now,
             detail: None,
         }],
@@ -105,23 +93,13 @@ pub async fn place_order(state: &ApiState, new: NewOrder) -> Result<Placed, OpEr
         CreateOrder::KeyReused { order_id } => return Ok(Placed::KeyReused { order_id }),
         CreateOrder::Existing(existing) => {
             tracing::Span::current().record("order_id", existing.order_id.as_str());
-            // Still `accepted`: its event may not have reached the topic (the first attempt
-            // failed to produce). Produce it again; every stage deduplicates by order id.
-            if existing.status == OrderStatus::Accepted {
-                let mut event = event;
-                event.order_id = existing.order_id.clone();
-                event.event_id = OrderStatus::Accepted.event_id(&existing.order_id);
-                event.occurred_at = existing.created_at;
-                event.items = existing.items.clone();
-                announce(state, &event, UNANNOUNCED).await?;
-            }
             return Ok(Placed::Replayed {
                 order_id: existing.order_id,
                 status: existing.status,
             });
         }
     }
-    announce(state, &event, UNANNOUNCED).await?;
+    announced(state);
     orderflow_schemas::metrics::metrics().orders_accepted.inc();
     info!(%order_id, "Order accepted.");
     Ok(Placed::Accepted { order_id })

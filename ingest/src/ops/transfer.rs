@@ -3,26 +3,22 @@
 //! Recording claims the payment of the order's current revision ([`Store::claim_payment`]):
 //! from then on the quantities are final, and a change that raced it is refused (or, if it
 //! won, the claim is refused and the admin retries with the new total). The payment is
-//! recorded once ([`Store::record_payment`]: the first reference wins), the order becomes
-//! `paid` ([`Store::apply_status`], idempotent by the event id), and `OrderPaid` goes out on
-//! `orders.paid`; invoicing takes it from there. A cancel that slipped in before the payment
-//! was recorded is announced again with the refund, so the payment stage refunds the transfer.
-//! Recording the same reference again finishes what the first call started.
+//! recorded once ([`Store::record_payment`]: the first reference wins), then the order becomes
+//! `paid` with its `OrderPaid` queued for `orders.paid` in the same write ([`Store::mark_paid`],
+//! idempotent); invoicing takes it from there. A cancel that slipped in before the payment was
+//! recorded is announced again with the refund (same write), so the payment stage refunds the
+//! transfer. Recording the same reference again finishes what the first call started.
 //!
 //! [`Store::claim_payment`]: orderflow_store::Store::claim_payment
 //! [`Store::record_payment`]: orderflow_store::Store::record_payment
-//! [`Store::apply_status`]: orderflow_store::Store::apply_status
+//! [`Store::mark_paid`]: orderflow_store::Store::mark_paid
 
-use orderflow_schemas::{now_millis, OrderCancelled, OrderPaid, OrderStatus, PaymentMethod};
-use orderflow_store::{OrderRecord, PaymentClaim, PaymentRecord, StatusUpdate};
+use orderflow_schemas::{now_millis, OrderStatus, PaymentMethod};
+use orderflow_store::{OrderRecord, PaymentClaim, PaymentRecord};
 use tracing::warn;
 
-use super::{announce, modify::announce_modified, OpError};
+use super::{announced, OpError};
 use crate::ApiState;
-
-/// The answer when the payment is recorded but its event did not go out.
-const UNANNOUNCED: &str =
-    "the payment is recorded, but the event log is unavailable; retry to announce it";
 
 /// What recording a transfer came to.
 #[derive(Debug)]
@@ -40,8 +36,7 @@ pub enum Transfer {
     },
     /// The order is past the point where a transfer pays it (cancelled, rejected, ...).
     Final(OrderStatus),
-    /// The order is being validated or re-priced: retry in a moment (a change whose
-    /// announcement was lost has been announced again).
+    /// The order is being validated or re-priced: retry in a moment.
     BeingPriced,
     /// The order changed since it was read: retry for its new total.
     Changed,
@@ -78,8 +73,6 @@ pub async fn record_transfer(
                 other => return Ok(Transfer::Final(other)),
             };
             let Some(pricing) = pricing else {
-                // A change whose announcement was lost is announced again, so it gets priced.
-                announce_modified(state, &order).await?;
                 return Ok(Transfer::BeingPriced);
             };
             match state.store.claim_payment(order_id, order.revision).await? {
@@ -111,68 +104,23 @@ pub async fn record_transfer(
     mark_paid(state, order, &payment).await
 }
 
-/// Records `paid` on the order and produces `OrderPaid` (both idempotent by the event id); a
-/// cancel that slipped in before the payment was recorded is announced again, so the payment
-/// stage refunds the transfer.
+/// Records `paid` on the order with its `OrderPaid` (and, when it was cancelled meanwhile,
+/// its `OrderCancelled` again with the refund), idempotently.
 async fn mark_paid(
     state: &ApiState,
     order: OrderRecord,
     payment: &PaymentRecord,
 ) -> Result<Transfer, OpError> {
-    let order_id = order.order_id.clone();
-    let Some(pricing) = order.pricing.clone() else {
+    if order.pricing.is_none() {
         return Ok(Transfer::Unpriced);
-    };
-    let payment_id = payment.payment_id.clone().unwrap_or_default();
-    let event = OrderPaid {
-        event_id: OrderStatus::Paid.event_id(&order_id),
-        order_id: order_id.clone(),
-        customer_id: order.customer_id.clone(),
-        payment_id: payment_id.clone(),
-        lines: pricing.lines.clone(),
-        currency: pricing.currency.clone(),
-        subtotal_cents: pricing.subtotal_cents,
-        tax_cents: pricing.tax_cents,
-        total_cents: pricing.total_cents,
-        occurred_at: payment.at,
-    };
-    state
-        .store
-        .apply_status(StatusUpdate {
-            order_id: order_id.clone(),
-            customer_id: order.customer_id.clone(),
-            status: OrderStatus::Paid,
-            event_id: event.event_id.clone(),
-            at: payment.at,
-            detail: Some(payment_id),
-            pricing: Some(pricing),
-            invoice_number: None,
-            revision: order.revision,
-        })
-        .await?;
-    state.orders.invalidate(&order_id).await;
-    announce(state, &event, UNANNOUNCED).await?;
-    let Some(order) = state.store.get_order(&order_id).await? else {
+    }
+    let Some(order) = state.store.mark_paid(payment).await? else {
         return Ok(Transfer::NotFound);
     };
+    state.orders.invalidate(&order.order_id).await;
+    announced(state);
     if order.status == OrderStatus::Cancelled {
-        let cancelled_at = order
-            .timeline
-            .iter()
-            .find(|t| t.status == OrderStatus::Cancelled)
-            .map_or(order.updated_at, |t| t.at);
-        let event = OrderCancelled {
-            event_id: OrderStatus::Cancelled.event_id(&order_id),
-            order_id: order_id.clone(),
-            customer_id: order.customer_id.clone(),
-            reason: None,
-            paid: true,
-            refund_cents: payment.amount_cents,
-            currency: payment.currency.clone(),
-            occurred_at: cancelled_at,
-        };
-        announce(state, &event, UNANNOUNCED).await?;
-        warn!(%order_id, "Transfer recorded for an order cancelled meanwhile; refund requested.");
+        warn!(order_id = %order.order_id, "Transfer recorded for an order cancelled meanwhile; refund requested.");
     }
     Ok(Transfer::Paid(Box::new(order)))
 }

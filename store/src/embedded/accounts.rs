@@ -89,10 +89,18 @@ impl AccountStore for EmbeddedStore {
             .await
     }
 
-    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+    async fn put_verification_email(
+        &self,
+        email: VerificationEmail,
+        announce: Option<OutboxEvent>,
+    ) -> Result<()> {
         self.write(move |txn| {
             VERIFICATION_EMAILS.purge(txn, orderflow_schemas::now_millis())?;
-            VERIFICATION_EMAILS.put(txn, &email.event_id, &email, email.expires_at)
+            VERIFICATION_EMAILS.put(txn, &email.event_id, &email, email.expires_at)?;
+            match &announce {
+                Some(event) => queue_in(txn, event),
+                None => Ok(()),
+            }
         })
         .await
     }

@@ -23,13 +23,16 @@ use redb::{
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{account::*, model::*, Result, Store, StoreError};
+use crate::{account::*, model::*, outbox::OutboxEvent, Result, Store, StoreError};
+
+use self::outbox::queue_in;
 
 mod accounts;
 mod catalogue;
 mod deliveries;
 mod invoices;
 mod orders;
+mod outbox;
 mod payments;
 
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
@@ -79,6 +82,8 @@ const VERIFICATION_EMAILS: Expiring = Expiring {
     records: TableDefinition::new("verification_emails"),
     by_expiry: TableDefinition::new("verification_emails_by_expiry"),
 };
+/// The outbox: `{position:020}` → [`OutboxEvent`], the position from the counter `outbox`.
+const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 /// Most expired secrets one write removes (the rest go with the next writes).
 const PURGE_BATCH: usize = 64;
 
@@ -155,6 +160,7 @@ impl EmbeddedStore {
             txn.open_table(ADJUSTMENT_KEYS).map_err(unavailable)?;
             txn.open_table(UNPAID).map_err(unavailable)?;
             txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
+            txn.open_table(OUTBOX).map_err(unavailable)?;
             backfill_unpaid_in(&txn)?;
             for expiring in [PAYMENT_TOKENS, VERIFICATION_EMAILS] {
                 txn.open_table(expiring.records).map_err(unavailable)?;
@@ -722,20 +728,30 @@ fn cancel_in(
         return Ok(CancelOutcome::NotFound);
     };
     drop(orders);
-    let order = match order.status {
+    let (order, first) = match order.status {
         OrderStatus::Shipped => return Ok(CancelOutcome::Shipped),
-        OrderStatus::Cancelled => order,
-        _ => finish_in(txn, order, OrderStatus::Cancelled, reason, at)?,
+        OrderStatus::Cancelled => (order, false),
+        _ => (
+            finish_in(txn, order, OrderStatus::Cancelled, reason, at)?,
+            true,
+        ),
     };
     release_in(txn, order_id)?;
     // Cancelled through the API, which announces it: no longer the expiry's business.
     unindex_unpaid_in(txn, &order)?;
     let payments = txn.open_table(PAYMENTS).map_err(unavailable)?;
-    let paid =
-        get_json::<PaymentRecord, _>(&payments, "payment", order_id)?.is_some_and(|p| p.approved);
+    let payment =
+        get_json::<PaymentRecord, _>(&payments, "payment", order_id)?.filter(|p| p.approved);
+    drop(payments);
+    if first {
+        let refund = payment
+            .as_ref()
+            .map(|p| (p.amount_cents, p.currency.clone()));
+        queue_in(txn, &OutboxEvent::of(&cancellation_event(&order, refund))?)?;
+    }
     Ok(CancelOutcome::Cancelled {
         order: Box::new(order),
-        paid,
+        paid: payment.is_some(),
     })
 }
 
@@ -751,13 +767,9 @@ fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcom
         OrderStatus::Paid | OrderStatus::Invoiced => {
             // The shipped units leave `reserved` in the same transaction.
             settle_in(txn, order_id, Settle::Consume)?;
-            ShipOutcome::Shipped(Box::new(finish_in(
-                txn,
-                order,
-                OrderStatus::Shipped,
-                None,
-                at,
-            )?))
+            let order = finish_in(txn, order, OrderStatus::Shipped, None, at)?;
+            queue_in(txn, &OutboxEvent::of(&crate::outbox::shipped(&order))?)?;
+            ShipOutcome::Shipped(Box::new(order))
         }
         other => ShipOutcome::NotReady(other),
     })
@@ -860,6 +872,7 @@ fn modify_in(
     order.timeline.sort_by_key(|t| (t.status.rank(), t.at));
     order.updated_at = order.updated_at.max(at);
     put_json(txn, ORDERS, order_id, &order)?;
+    queue_in(txn, &OutboxEvent::of(&crate::outbox::modified(&order))?)?;
     Ok(ModifyOutcome::Modified {
         order: Box::new(order),
         lines: plan.lines,

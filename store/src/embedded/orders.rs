@@ -65,6 +65,7 @@ impl OrderStore for EmbeddedStore {
                 PAYMENT_TOKENS.purge(txn, orderflow_schemas::now_millis())?;
                 PAYMENT_TOKENS.put(txn, &order.order_id, token, token.expires_at)?;
             }
+            queue_in(txn, &OutboxEvent::of(&crate::outbox::accepted(&order))?)?;
             Ok(CreateOrder::Created)
         })
         .await
@@ -210,6 +211,53 @@ impl OrderStore for EmbeddedStore {
         let change = crate::OrderChange::Prices(prices);
         self.write(move |txn| modify_in(txn, &order_id, &change, at))
             .await
+    }
+
+    async fn mark_paid(&self, payment: &PaymentRecord) -> Result<Option<OrderRecord>> {
+        let payment = payment.clone();
+        self.write(move |txn| {
+            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+            let Some(order) = get_json::<OrderRecord, _>(&orders, "order", &payment.order_id)?
+            else {
+                return Ok(None);
+            };
+            drop(orders);
+            let event_id = OrderStatus::Paid.event_id(&order.order_id);
+            let Some(paid) = crate::outbox::paid(&order, &payment) else {
+                return Ok(Some(order));
+            };
+            if order.timeline.iter().any(|t| t.event_id == event_id) {
+                return Ok(Some(order));
+            }
+            apply_status_in(
+                txn,
+                &StatusUpdate {
+                    order_id: order.order_id.clone(),
+                    customer_id: order.customer_id.clone(),
+                    status: OrderStatus::Paid,
+                    event_id,
+                    at: payment.at,
+                    detail: payment.payment_id.clone(),
+                    pricing: order.pricing.clone(),
+                    invoice_number: None,
+                    revision: order.revision,
+                },
+            )?;
+            queue_in(txn, &OutboxEvent::of(&paid)?)?;
+            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+            let order = get_json::<OrderRecord, _>(&orders, "order", &payment.order_id)?;
+            drop(orders);
+            if let Some(order) = order
+                .as_ref()
+                .filter(|o| o.status == OrderStatus::Cancelled)
+            {
+                // Cancelled before the transfer was recorded: announced again with the refund.
+                let refund = Some((payment.amount_cents, payment.currency.clone()));
+                queue_in(txn, &OutboxEvent::of(&cancellation_event(order, refund))?)?;
+            }
+            Ok(order)
+        })
+        .await
     }
 
     async fn list_unpaid_orders(

@@ -485,9 +485,21 @@ impl AccountStore for ScyllaStore {
         self.put_verification_impl(&code).await
     }
 
-    async fn put_verification_email(&self, email: VerificationEmail) -> Result<()> {
+    async fn put_verification_email(
+        &self,
+        email: VerificationEmail,
+        announce: Option<crate::OutboxEvent>,
+    ) -> Result<()> {
+        let Some(event) = announce else {
+            return retry("put_verification_email", || {
+                self.put_verification_email_impl(&email)
+            })
+            .await;
+        };
+        // The event's intent first, confirmed by the email's record ([`super::outbox`]).
+        let announce = self.announce_whole(&event, &email.event_id)?;
         retry("put_verification_email", || {
-            self.put_verification_email_impl(&email)
+            announce.decide(self.put_verification_email_impl(&email))
         })
         .await
     }

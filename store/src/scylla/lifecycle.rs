@@ -9,6 +9,9 @@
 //! soon as the call returns. A cancel then releases the order's stock with the idempotent
 //! [`Store::release`]; a repeated cancel (after a crash between the two) releases again, which
 //! gives back whatever is still held and nothing twice.
+//!
+//! The call that sets the final step announces it: its outbox intent is written before the
+//! conditional batch and deleted when the batch finds a final step already ([`super::outbox`]).
 
 use scylla::{
     frame::types::Consistency,
@@ -19,8 +22,8 @@ use scylla::{
     value::CqlValue,
 };
 
-use super::{raced, retry, text, ScyllaStore};
-use orderflow_schemas::OrderStatus;
+use super::{outbox::Announce, raced, retry, text, ScyllaStore};
+use orderflow_schemas::{OrderCancelled, OrderShipped, OrderStatus};
 
 use super::from_json;
 use crate::{
@@ -134,6 +137,7 @@ impl ScyllaStore {
         order_id: &str,
         reason: Option<&str>,
         at: i64,
+        announce: &Announce<'_>,
     ) -> Result<CancelOutcome> {
         let Some(order) = self.get_order(order_id).await? else {
             return Ok(CancelOutcome::NotFound);
@@ -141,11 +145,12 @@ impl ScyllaStore {
         match order.status {
             OrderStatus::Shipped => return Ok(CancelOutcome::Shipped),
             OrderStatus::Cancelled => {}
-            _ => match self
-                .finish(order_id, OrderStatus::Cancelled, reason, at)
+            _ => match announce
+                .decide(self.finish(order_id, OrderStatus::Cancelled, reason, at))
                 .await?
             {
-                Finish::Applied | Finish::Already(OrderStatus::Cancelled) => {}
+                Finish::Applied => announce.applied(),
+                Finish::Already(OrderStatus::Cancelled) => {}
                 Finish::Already(_) => return Ok(CancelOutcome::Shipped),
             },
         }
@@ -161,7 +166,12 @@ impl ScyllaStore {
         })
     }
 
-    async fn ship_once(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
+    async fn ship_once(
+        &self,
+        order_id: &str,
+        at: i64,
+        announce: &Announce<'_>,
+    ) -> Result<ShipOutcome> {
         let Some(order) = self.get_order(order_id).await? else {
             return Ok(ShipOutcome::NotFound);
         };
@@ -175,11 +185,12 @@ impl ScyllaStore {
             OrderStatus::Paid | OrderStatus::Invoiced => {}
             other => return Ok(ShipOutcome::NotReady(other)),
         }
-        match self
-            .finish(order_id, OrderStatus::Shipped, None, at)
+        match announce
+            .decide(self.finish(order_id, OrderStatus::Shipped, None, at))
             .await?
         {
-            Finish::Applied | Finish::Already(OrderStatus::Shipped) => {}
+            Finish::Applied => announce.applied(),
+            Finish::Already(OrderStatus::Shipped) => {}
             Finish::Already(other) => return Ok(ShipOutcome::NotReady(other)),
         }
         // The shipped units leave `reserved` (idempotent: a repeated ship settles what is left).
@@ -195,11 +206,22 @@ impl ScyllaStore {
         reason: Option<&str>,
         at: i64,
     ) -> Result<CancelOutcome> {
-        retry("cancel_order", || self.cancel_once(order_id, reason, at)).await
+        let announce =
+            self.announce::<OrderCancelled>(OrderStatus::Cancelled.event_id(order_id), order_id);
+        let outcome = retry("cancel_order", || {
+            self.cancel_once(order_id, reason, at, &announce)
+        })
+        .await?;
+        announce.settle().await;
+        Ok(outcome)
     }
 
     pub(super) async fn ship_order_retried(&self, order_id: &str, at: i64) -> Result<ShipOutcome> {
-        retry("ship_order", || self.ship_once(order_id, at)).await
+        let announce =
+            self.announce::<OrderShipped>(OrderStatus::Shipped.event_id(order_id), order_id);
+        let outcome = retry("ship_order", || self.ship_once(order_id, at, &announce)).await?;
+        announce.settle().await;
+        Ok(outcome)
     }
 
     pub(super) async fn get_refund_impl(&self, order_id: &str) -> Result<Option<RefundRecord>> {

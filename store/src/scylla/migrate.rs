@@ -78,6 +78,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "line_prices",
         cql: include_str!("../../migrations/scylla/0010_line_prices.cql"),
     },
+    // The outbox: intents of the events announcing the API's changes.
+    Migration {
+        version: 11,
+        name: "outbox",
+        cql: include_str!("../../migrations/scylla/0011_outbox.cql"),
+    },
 ];
 
 /// The schema version this build needs.
@@ -439,6 +445,10 @@ mod tests {
         assert!(all
             .iter()
             .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.stock_adjustment_keys (")));
+        assert!(all
+            .iter()
+            .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.outbox (")
+                && s.ends_with("AND gc_grace_seconds = 10800")));
         let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(
             versions.windows(2).all(|w| w[1] == w[0] + 1) && versions[0] == 1,

@@ -50,6 +50,10 @@
 //!   one of a racing modification and claim wins. A modification moves the stock first, under
 //!   the reservation lease and a `holds` key of its revision, and moves it back when its fence
 //!   is refused; whoever takes the lease next finishes or undoes one that stopped part-way.
+//! - The **outbox** (`outbox.rs`): a call that announces a change writes an intent row before
+//!   its decisive write, and deletes it when it changed nothing; the relay is given an intent
+//!   once the change it names is recorded (the order's timeline has the event id), with the
+//!   event built from the recorded state.
 
 mod accounts;
 mod catalogue;
@@ -59,6 +63,7 @@ mod lifecycle;
 mod migrate;
 mod modify;
 mod orders;
+mod outbox;
 mod payments;
 mod secrets;
 mod unpaid;
@@ -231,6 +236,8 @@ pub struct ScyllaStore {
     unpaid: Arc<unpaid::UnpaidStatements>,
     /// The statements of payment tokens and verification emails: [`secrets`].
     secrets: Arc<secrets::SecretStatements>,
+    /// The outbox's statements and this instance's place in it: [`outbox`].
+    outbox: Arc<outbox::Outbox>,
     keyspace: String,
     delivery_ttl_secs: i32,
 }
@@ -328,7 +335,7 @@ impl Statements {
             product_move: p(format!("UPDATE {ks}.products SET stock = ?, reserved = ?, holds[?] = ?, version = ? WHERE sku = ? IF version = ?"), false).await?,
             product_drop_hold: p(format!("DELETE holds[?] FROM {ks}.products WHERE sku = ? IF EXISTS"), false).await?,
             product_list: p(format!("SELECT sku, name, price_cents, currency, stock, reserved, holds, version, discontinued FROM {ks}.products"), false).await?,
-            order_get: p(format!("SELECT customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at, revision, payment_claim, event_id, status, at, detail FROM {ks}.orders WHERE order_id = ?"), false).await?,
+            order_get: p(format!("SELECT {ORDER_COLUMNS} FROM {ks}.orders WHERE order_id = ?"), false).await?,
             order_statics: p(format!("INSERT INTO {ks}.orders (order_id, customer_id, items, shipping_address, payment_method, pricing, invoice_number, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), false).await?,
             order_entry: p(format!("INSERT INTO {ks}.orders (order_id, event_id, status, at, detail) VALUES (?, ?, ?, ?, ?)"), false).await?,
             order_entry_with_customer: p(format!("INSERT INTO {ks}.orders (order_id, event_id, status, at, detail, customer_id) VALUES (?, ?, ?, ?, ?, ?)"), false).await?,
@@ -405,6 +412,7 @@ impl ScyllaStore {
         let modify = modify::ModifyStatements::prepare(&session, &keyspace).await?;
         let unpaid = unpaid::UnpaidStatements::prepare(&session, &keyspace).await?;
         let secrets = secrets::SecretStatements::prepare(&session, &keyspace).await?;
+        let outbox = outbox::Outbox::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
@@ -413,6 +421,7 @@ impl ScyllaStore {
             modify: Arc::new(modify),
             unpaid: Arc::new(unpaid),
             secrets: Arc::new(secrets),
+            outbox: Arc::new(outbox),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
                 .unwrap_or(i32::MAX)
@@ -985,17 +994,20 @@ impl ScyllaStore {
     /// the claiming call is taken to have stopped, its order id is voided (so it can never be
     /// written, even by a call that was only stalled) and the key is replaced. Of two calls
     /// whichever loses answers with the winner's order or "in progress" on its next round.
+    /// The order is written once `announce`'s intent is ([`outbox`]).
     async fn create_order_once(
         &self,
         order: &OrderRecord,
         idempotency: Option<&IdempotencyKey>,
         max_unpaid: Option<u32>,
+        announce: &outbox::Announce<'_>,
     ) -> Result<CreateOrder> {
         let Some(key) = idempotency else {
             if let Some(refused) = self.unpaid_refusal(order, max_unpaid).await? {
                 return Ok(refused);
             }
-            self.write_order(order).await?;
+            announce.decide(self.write_order(order)).await?;
+            announce.applied();
             return Ok(CreateOrder::Created);
         };
         let ttl = key_ttl_secs(key, order.created_at);
@@ -1024,6 +1036,8 @@ impl ScyllaStore {
                 if seen_order == order.order_id {
                     // Our own claim, from an attempt whose answer was lost.
                     if self.get_order(&order.order_id).await?.is_some() {
+                        // Order ids are unique to a call: an earlier attempt wrote it.
+                        announce.applied();
                         return Ok(CreateOrder::Created);
                     }
                 } else {
@@ -1085,7 +1099,8 @@ impl ScyllaStore {
                 .await?;
                 return Ok(refused);
             }
-            if self.open_order(order).await? {
+            if announce.decide(self.open_order(order)).await? {
+                announce.applied();
                 self.write_index_rows(order).await?;
                 return Ok(CreateOrder::Created);
             }
@@ -1323,6 +1338,10 @@ impl From<ProductRow> for StockRow {
         }
     }
 }
+
+/// The columns of an order's partition, as [`OrderRow`].
+const ORDER_COLUMNS: &str = "customer_id, items, shipping_address, payment_method, pricing, \
+     invoice_number, created_at, revision, payment_claim, event_id, status, at, detail";
 
 type OrderRow = (
     Option<String>,

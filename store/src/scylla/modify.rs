@@ -18,6 +18,8 @@
 //!    conditional writes on the same partition, so Paxos orders them: of a racing modification
 //!    and claim exactly one applies. A refused fence moves the stock back and answers
 //!    `NotModifiable`.
+//!    The fence is announced: an outbox intent for the revision's `OrderModified` is written
+//!    before it and deleted when it is refused ([`super::outbox`]).
 //! 3. The reservation row records the new lines and revision (`IF owner = me`, giving up the
 //!    lease), then the holds of the revision are dropped.
 //!
@@ -64,8 +66,8 @@ use super::{
     ScyllaStore,
 };
 use crate::{
-    LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, PaymentClaim,
-    Reservation, ReservedLine, Result, StatusUpdate, StoreError,
+    LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, OutboxEvent,
+    PaymentClaim, Reservation, ReservedLine, Result, StatusUpdate, StoreError,
 };
 
 pub(super) struct ModifyStatements {
@@ -589,20 +591,34 @@ impl ScyllaStore {
             return stopped;
         }
 
-        // 2. The fence.
+        // 2. The fence, announced: its outbox intent first, deleted if the fence is refused.
+        // Kept whole, so that it is relayed even once a later revision replaced its items.
+        let announce = self.announce_whole(
+            &OutboxEvent::of(&OrderModified {
+                event_id: OrderModified::event_id_for(order_id, next),
+                order_id: order_id.to_string(),
+                customer_id: order.customer_id.clone(),
+                revision: next,
+                items: items.clone(),
+                occurred_at: at,
+            })?,
+            order_id,
+        )?;
+        announce.intend().await?;
         lease.check(order_id)?;
         let detail = change.detail(next);
-        if !self
-            .fence(
+        if !announce
+            .decide(self.fence(
                 order_id,
                 (&items, &plan.prices()),
                 fence.revision,
                 at,
                 detail,
-            )
+            ))
             .await?
         {
             // A claim, a cancel or a ship came first: nothing changes.
+            announce.settle().await;
             self.undo_moves(order_id, &key, &skus, lease).await?;
             self.leave(order_id, lease, &current, reserved_at).await?;
             let order = self.get_order(order_id).await?.ok_or_else(raced)?;

@@ -1,7 +1,9 @@
 //! [`OrderStore`] on ScyllaDB.
 
+use orderflow_schemas::{OrderAccepted, OrderPaid};
+
 use super::*;
-use crate::OrderStore;
+use crate::{OrderStore, OutboxEvent};
 
 #[async_trait]
 impl OrderStore for ScyllaStore {
@@ -12,10 +14,16 @@ impl OrderStore for ScyllaStore {
         payment_token: Option<PaymentToken>,
         max_unpaid: Option<u32>,
     ) -> Result<CreateOrder> {
+        let announce = self.announce::<OrderAccepted>(
+            OrderStatus::Accepted.event_id(&order.order_id),
+            &order.order_id,
+        );
         let outcome = retry("create_order", || {
-            self.create_order_once(&order, idempotency.as_ref(), max_unpaid)
+            self.create_order_once(&order, idempotency.as_ref(), max_unpaid, &announce)
         })
         .await?;
+        // A repeat, a refusal or a lost race: nothing to announce.
+        announce.settle().await;
         // The token goes on the order's partition right after the order: a crash in between
         // leaves an order without one, which the payment stage declines as expired (the
         // customer orders again); never a token without its order.
@@ -178,68 +186,7 @@ impl OrderStore for ScyllaStore {
     }
 
     async fn apply_status(&self, update: StatusUpdate) -> Result<()> {
-        retry("apply_status", || async {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
-            batch.append_statement(self.q.order_entry_with_customer.clone());
-            values.push(vec![
-                text(&update.order_id),
-                text(&update.event_id),
-                text(update.status.as_str()),
-                Some(CqlValue::BigInt(update.at)),
-                update.detail.as_deref().and_then(text),
-                text(&update.customer_id),
-            ]);
-            // A late step of an earlier revision does not price the order's current one.
-            let pricing = match &update.pricing {
-                Some(pricing) if self.prices_current_revision(&update).await? => Some(pricing),
-                _ => None,
-            };
-            if let Some(pricing) = pricing {
-                batch.append_statement(self.q.order_pricing.clone());
-                values.push(vec![
-                    Some(CqlValue::Text(to_json(pricing)?)),
-                    text(&update.order_id),
-                ]);
-            }
-            if let Some(number) = &update.invoice_number {
-                batch.append_statement(self.q.order_invoice_number.clone());
-                values.push(vec![text(number), text(&update.order_id)]);
-            }
-            batch.set_consistency(Consistency::LocalQuorum);
-            batch.set_is_idempotent(true);
-            // One partition: applied together. The index rows are idempotent upserts beside it
-            // (for orders this store never saw created).
-            let bucket = bucket_of(&update.order_id, update.at);
-            let day = day_of(&update.order_id, update.at);
-            let (written, indexed, bucketed, day_indexed, day_marked) = tokio::join!(
-                self.session.batch(&batch, values),
-                self.run(
-                    &self.q.customer_order,
-                    (
-                        update.customer_id.as_str(),
-                        bucket,
-                        update.order_id.as_str()
-                    ),
-                ),
-                self.run(
-                    &self.q.customer_bucket,
-                    (update.customer_id.as_str(), bucket)
-                ),
-                self.run(
-                    &self.q.day_order,
-                    (day, update.order_id.as_str(), update.customer_id.as_str()),
-                ),
-                self.run(&self.q.day_mark, (day,)),
-            );
-            written.map_err(unavailable)?;
-            indexed?;
-            bucketed?;
-            day_indexed?;
-            day_marked?;
-            Ok(())
-        })
-        .await
+        retry("apply_status", || self.apply_status_once(&update)).await
     }
 
     async fn cancel_order(
@@ -279,6 +226,60 @@ impl OrderStore for ScyllaStore {
             .await
     }
 
+    async fn mark_paid(&self, payment: &PaymentRecord) -> Result<Option<OrderRecord>> {
+        let order_id = payment.order_id.as_str();
+        let Some(order) = self.get_order(order_id).await? else {
+            return Ok(None);
+        };
+        let event_id = OrderStatus::Paid.event_id(order_id);
+        if crate::outbox::paid(&order, payment).is_none()
+            || order.timeline.iter().any(|t| t.event_id == event_id)
+        {
+            // Not priced, or paid already: nothing changes.
+            return Ok(Some(order));
+        }
+        // The intents come first ([`outbox`]); `OrderPaid` is built from the payment recorded.
+        let paid = self.announce::<OrderPaid>(event_id.clone(), order_id);
+        paid.intend().await?;
+        // Cancelled before the transfer was recorded: announced again, with its refund (an
+        // event of its own, kept whole).
+        let refund = Some((payment.amount_cents, payment.currency.clone()));
+        let mut cancelled = None;
+        if order.status == OrderStatus::Cancelled {
+            let again = self.announce_whole(
+                &OutboxEvent::of(&cancellation_event(&order, refund.clone()))?,
+                order_id,
+            )?;
+            again.intend().await?;
+            cancelled = Some(again);
+        }
+        let update = StatusUpdate {
+            order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            status: OrderStatus::Paid,
+            event_id,
+            at: payment.at,
+            detail: payment.payment_id.clone(),
+            pricing: order.pricing.clone(),
+            invoice_number: None,
+            revision: order.revision,
+        };
+        retry("mark_paid", || paid.decide(self.apply_status_once(&update))).await?;
+        let order = self.get_order(order_id).await?;
+        if let (None, Some(order)) = (&cancelled, &order) {
+            if order.status == OrderStatus::Cancelled {
+                // Cancelled while the payment was being marked.
+                self.announce_whole(
+                    &OutboxEvent::of(&cancellation_event(order, refund))?,
+                    order_id,
+                )?
+                .intend()
+                .await?;
+            }
+        }
+        Ok(order)
+    }
+
     async fn list_unpaid_orders(
         &self,
         placed_before: i64,
@@ -298,5 +299,70 @@ impl OrderStore for ScyllaStore {
 
     async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
         self.forget_unpaid_impl(order_id).await
+    }
+}
+
+impl ScyllaStore {
+    /// One attempt of [`OrderStore::apply_status`].
+    async fn apply_status_once(&self, update: &StatusUpdate) -> Result<()> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+        batch.append_statement(self.q.order_entry_with_customer.clone());
+        values.push(vec![
+            text(&update.order_id),
+            text(&update.event_id),
+            text(update.status.as_str()),
+            Some(CqlValue::BigInt(update.at)),
+            update.detail.as_deref().and_then(text),
+            text(&update.customer_id),
+        ]);
+        // A late step of an earlier revision does not price the order's current one.
+        let pricing = match &update.pricing {
+            Some(pricing) if self.prices_current_revision(update).await? => Some(pricing),
+            _ => None,
+        };
+        if let Some(pricing) = pricing {
+            batch.append_statement(self.q.order_pricing.clone());
+            values.push(vec![
+                Some(CqlValue::Text(to_json(pricing)?)),
+                text(&update.order_id),
+            ]);
+        }
+        if let Some(number) = &update.invoice_number {
+            batch.append_statement(self.q.order_invoice_number.clone());
+            values.push(vec![text(number), text(&update.order_id)]);
+        }
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_is_idempotent(true);
+        // One partition: applied together. The index rows are idempotent upserts beside it
+        // (for orders this store never saw created).
+        let bucket = bucket_of(&update.order_id, update.at);
+        let day = day_of(&update.order_id, update.at);
+        let (written, indexed, bucketed, day_indexed, day_marked) = tokio::join!(
+            self.session.batch(&batch, values),
+            self.run(
+                &self.q.customer_order,
+                (
+                    update.customer_id.as_str(),
+                    bucket,
+                    update.order_id.as_str()
+                ),
+            ),
+            self.run(
+                &self.q.customer_bucket,
+                (update.customer_id.as_str(), bucket)
+            ),
+            self.run(
+                &self.q.day_order,
+                (day, update.order_id.as_str(), update.customer_id.as_str()),
+            ),
+            self.run(&self.q.day_mark, (day,)),
+        );
+        written.map_err(unavailable)?;
+        indexed?;
+        bucketed?;
+        day_indexed?;
+        day_marked?;
+        Ok(())
     }
 }

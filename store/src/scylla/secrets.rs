@@ -83,10 +83,14 @@ impl SecretStatements {
     }
 }
 
-/// The TTL (seconds, at least 1) of a record that must be gone at `expires_at`.
+/// The longest TTL ScyllaDB (and Cassandra) take: 20 years.
+const MAX_TTL_SECS: i64 = 630_720_000;
+
+/// The TTL (seconds, at least 1) of a record that must be gone at `expires_at` (at most
+/// [`MAX_TTL_SECS`]: a record that never expires lives that long).
 pub(super) fn ttl_until(expires_at: i64, now: i64) -> i32 {
-    let secs = (expires_at - now).max(0) / 1000 + 1;
-    i32::try_from(secs).unwrap_or(i32::MAX)
+    let secs = expires_at.saturating_sub(now).max(0) / 1000 + 1;
+    i32::try_from(secs.min(MAX_TTL_SECS)).unwrap_or(i32::MAX)
 }
 
 impl ScyllaStore {
@@ -180,5 +184,18 @@ impl ScyllaStore {
         self.run(&self.secrets.email_delete, (event_id,))
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_run_to_the_expiry_within_what_the_server_takes() {
+        assert_eq!(ttl_until(10_000, 0), 11);
+        assert_eq!(ttl_until(0, 10_000), 1, "expired: gone at once");
+        assert_eq!(ttl_until(i64::MAX, 0), MAX_TTL_SECS as i32, "never expires");
+        assert_eq!(ttl_until(i64::MAX, i64::MIN), MAX_TTL_SECS as i32);
     }
 }

@@ -41,6 +41,7 @@ mod deliveries;
 mod lifecycle;
 mod modifications;
 mod orders;
+mod outbox;
 mod payments;
 mod reservations;
 mod secrets;
@@ -52,6 +53,7 @@ use deliveries::*;
 use lifecycle::*;
 use modifications::*;
 use orders::*;
+use outbox::*;
 use payments::*;
 use reservations::*;
 use secrets::*;
@@ -150,6 +152,17 @@ macro_rules! conformance_tests {
             payment_tokens_live_with_their_order = check_payment_tokens_live_with_their_order;
             [tokio::test]
             verification_emails_live_until_sent = check_verification_emails_live_until_sent;
+            // The outbox.
+            [tokio::test]
+            orders_queue_their_events_once = check_orders_queue_their_events_once;
+            [tokio::test]
+            ship_queues_its_event_once = check_ship_queues_its_event_once;
+            [tokio::test]
+            modifications_and_transfers_queue_their_events = check_modifications_and_transfers_queue_their_events;
+            [tokio::test]
+            a_transfer_after_a_cancel_queues_the_refund = check_a_transfer_after_a_cancel_queues_the_refund;
+            [tokio::test]
+            relayed_events_are_forgotten = check_relayed_events_are_forgotten;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {

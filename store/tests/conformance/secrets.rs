@@ -125,11 +125,11 @@ pub(crate) async fn check_verification_emails_live_until_sent(store: Arc<dyn Sto
     let first = unique("c1:verify");
     let second = unique("c1:verify");
     store
-        .put_verification_email(email(&first, "123456", now + 900_000))
+        .put_verification_email(email(&first, "123456", now + 900_000), None)
         .await
         .unwrap();
     store
-        .put_verification_email(email(&second, "654321", now + 900_000))
+        .put_verification_email(email(&second, "654321", now + 900_000), None)
         .await
         .unwrap();
     assert_eq!(
@@ -146,7 +146,7 @@ pub(crate) async fn check_verification_emails_live_until_sent(store: Arc<dyn Sto
     assert!(!format!("{:?}", email(&first, "123456", 0)).contains("123456"));
 
     store
-        .put_verification_email(email(&first, "111111", now + 600_000))
+        .put_verification_email(email(&first, "111111", now + 600_000), None)
         .await
         .unwrap();
     assert_eq!(
@@ -174,7 +174,7 @@ pub(crate) async fn check_verification_emails_live_until_sent(store: Arc<dyn Sto
 
     let stale = unique("c1:verify");
     store
-        .put_verification_email(email(&stale, "999999", now - 1))
+        .put_verification_email(email(&stale, "999999", now - 1), None)
         .await
         .unwrap();
     assert_eq!(
