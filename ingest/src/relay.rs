@@ -83,7 +83,7 @@ pub async fn run(state: Arc<ApiState>, shutdown: CancellationToken) {
                 }
                 failures = failures.saturating_add(1);
                 tokio::select! {
-                    _ = tokio::time::sleep(orderflow_kafka::backoff(failures.min(7))) => {}
+                    _ = tokio::time::sleep(orderflow_kafka::BACKOFF.delay(failures.min(7))) => {}
                     _ = shutdown.cancelled() => break,
                 }
             }

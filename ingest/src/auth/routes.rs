@@ -242,7 +242,8 @@ pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(),
     let code = secrets::verification_code().map_err(internal)?;
     let now = now_ms();
     let expires_at = now + CODE_TTL.as_millis() as i64;
-    let event_id = format!("{}:verify:{}", account.customer_id, uuid::Uuid::now_v7());
+    let event_id =
+        AccountVerificationRequested::event_id_for(&account.customer_id, uuid::Uuid::now_v7());
     state
         .store
         .put_verification(VerificationCode {
