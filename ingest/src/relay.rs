@@ -78,7 +78,7 @@ pub async fn run(state: Arc<ApiState>, shutdown: CancellationToken) {
             Err(e) => {
                 // Logged on the first failure and then every 64th, so a broker that is down
                 // for long does not flood the log; the gauge shows the waiting events.
-                if failures % 64 == 0 {
+                if failures.is_multiple_of(64) {
                     warn!(error = %e, "The outbox relay cannot put events on their topics; retrying.");
                 }
                 failures = failures.saturating_add(1);
