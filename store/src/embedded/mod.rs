@@ -1274,6 +1274,11 @@ fn modify_in(
             lines,
         });
     }
+    if order.revision >= MAX_ORDER_REVISIONS {
+        return Ok(ModifyOutcome::TooManyRevisions {
+            max: MAX_ORDER_REVISIONS,
+        });
+    }
     let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
     let mut changed = Vec::with_capacity(plan.deltas.len());
     for (sku, delta) in &plan.deltas {

@@ -65,6 +65,7 @@ use super::{
 };
 use crate::{
     LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, PaymentClaim,
+    MAX_ORDER_REVISIONS,
     Reservation, ReservedLine, Result, StatusUpdate, StoreError,
 };
 
@@ -540,6 +541,12 @@ impl ScyllaStore {
             return Ok(ModifyOutcome::Modified {
                 order: Box::new(order),
                 lines: current.lines,
+            });
+        }
+        if current.revision >= MAX_ORDER_REVISIONS {
+            self.leave(order_id, lease, &current, reserved_at).await?;
+            return Ok(ModifyOutcome::TooManyRevisions {
+                max: MAX_ORDER_REVISIONS,
             });
         }
 
