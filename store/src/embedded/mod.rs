@@ -671,10 +671,7 @@ fn purge_deliveries_in(txn: &WriteTransaction, delivered_by: i64, limit: usize) 
 /// Makes the family (`customer \0 family`) live at least until `expires_at`.
 fn extend_family_in(txn: &WriteTransaction, family: &str, expires_at: i64) -> Result<()> {
     let mut expiry = txn.open_table(REFRESH_FAMILY_EXPIRY).map_err(unavailable)?;
-    let before = expiry
-        .get(family)
-        .map_err(unavailable)?
-        .map(|g| g.value());
+    let before = expiry.get(family).map_err(unavailable)?.map(|g| g.value());
     if before.is_some_and(|b| b >= expires_at) {
         return Ok(());
     }
@@ -731,7 +728,9 @@ fn backfill_expiry_in(txn: &WriteTransaction) -> Result<()> {
     }
     let mut last_token = std::collections::HashMap::<String, i64>::new();
     {
-        let tokens = txn.open_table(REFRESH_TOKENS.records).map_err(unavailable)?;
+        let tokens = txn
+            .open_table(REFRESH_TOKENS.records)
+            .map_err(unavailable)?;
         for entry in tokens.iter().map_err(unavailable)? {
             let (_, value) = entry.map_err(unavailable)?;
             let token: RefreshToken = from_bytes("refresh token", value.value())?;

@@ -335,7 +335,12 @@ impl ScyllaStore {
             let ttl = ttl_until(t.expires_at, now_millis());
             self.lwt(
                 &self.a().family_insert,
-                (t.customer_id.as_str(), t.family_id.as_str(), t.expires_at, ttl),
+                (
+                    t.customer_id.as_str(),
+                    t.family_id.as_str(),
+                    t.expires_at,
+                    ttl,
+                ),
             )
             .await?;
             self.run(

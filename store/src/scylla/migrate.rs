@@ -436,9 +436,7 @@ mod tests {
             |s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.products ( sku text PRIMARY KEY,")
         ));
         assert!(all.contains(&"ALTER TABLE ks.products ADD discontinued boolean".to_string()));
-        assert!(
-            all.contains(&"ALTER TABLE ks.refresh_families ADD expires_at bigint".to_string())
-        );
+        assert!(all.contains(&"ALTER TABLE ks.refresh_families ADD expires_at bigint".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD revision int static".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_claim int static".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_token text static".to_string()));

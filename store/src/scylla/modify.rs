@@ -65,8 +65,7 @@ use super::{
 };
 use crate::{
     LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, PaymentClaim,
-    MAX_ORDER_REVISIONS,
-    Reservation, ReservedLine, Result, StatusUpdate, StoreError,
+    Reservation, ReservedLine, Result, StatusUpdate, StoreError, MAX_ORDER_REVISIONS,
 };
 
 pub(super) struct ModifyStatements {

@@ -595,7 +595,10 @@ pub(crate) async fn check_an_order_changes_a_bounded_number_of_times(store: Arc<
         }
     );
     assert_eq!(store.get_order(&o.order_id).await.unwrap().unwrap(), before);
-    assert_eq!(stock(&*store, &sku).await, (100 - i64::from(quantity), i64::from(quantity)));
+    assert_eq!(
+        stock(&*store, &sku).await,
+        (100 - i64::from(quantity), i64::from(quantity))
+    );
     // Asking for what it has already is no change, and still answers the order.
     let same = store
         .modify_order(&o.order_id, vec![item(&sku, quantity)], T0 + 1002)

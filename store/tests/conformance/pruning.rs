@@ -129,7 +129,10 @@ pub(crate) async fn check_adjustment_keys_expire(store: EmbeddedStore) {
         (key(&long, start + DAY_MS), 2),
     ] {
         let adjusted = store.adjust_stock(&sku, delta, Some(k)).await.unwrap();
-        assert!(matches!(adjusted, StockAdjustment::Adjusted(_)), "{adjusted:?}");
+        assert!(
+            matches!(adjusted, StockAdjustment::Adjusted(_)),
+            "{adjusted:?}"
+        );
     }
     assert_eq!(prune_all(&store, start + HOUR_MS - 1).await, 0);
     assert_eq!(prune_all(&store, start + 2 * HOUR_MS).await, 1);
@@ -163,22 +166,39 @@ pub(crate) async fn check_refresh_tokens_expire(store: EmbeddedStore) {
         )
         .await
         .unwrap();
-    assert!(matches!(outcome, RotateOutcome::Rotated { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, RotateOutcome::Rotated { .. }),
+        "{outcome:?}"
+    );
 
     assert_eq!(prune_all(&store, start + HOUR_MS - 1).await, 0);
     // Two expired tokens (one of them used) and the family that had no other.
     assert_eq!(prune_all(&store, start + 2 * HOUR_MS).await, 3);
-    assert!(store.refresh_family_revoked(&customer, &gone).await.unwrap());
+    assert!(store
+        .refresh_family_revoked(&customer, &gone)
+        .await
+        .unwrap());
     // Gone, so unknown even at a time it was live.
     let unknown = store
         .rotate_refresh_token(&gone_token.token_hash, &unique("x"), start + DAY_MS, start)
         .await
         .unwrap();
     assert_eq!(unknown, RotateOutcome::Unknown);
-    assert!(!store.refresh_family_revoked(&customer, &rotated).await.unwrap());
-    assert!(!store.refresh_family_revoked(&customer, &kept).await.unwrap());
+    assert!(!store
+        .refresh_family_revoked(&customer, &rotated)
+        .await
+        .unwrap());
+    assert!(!store
+        .refresh_family_revoked(&customer, &kept)
+        .await
+        .unwrap());
     let again = store
-        .rotate_refresh_token(&successor, &unique("next"), start + DAY_MS, start + 2 * HOUR_MS)
+        .rotate_refresh_token(
+            &successor,
+            &unique("next"),
+            start + DAY_MS,
+            start + 2 * HOUR_MS,
+        )
         .await
         .unwrap();
     assert!(matches!(again, RotateOutcome::Rotated { .. }), "{again:?}");
@@ -194,7 +214,10 @@ pub(crate) async fn check_refresh_tokens_expire(store: EmbeddedStore) {
         .await
         .unwrap());
     assert_eq!(prune_all(&store, i64::MAX / 2).await, 0);
-    assert!(store.refresh_family_revoked(&customer, &kept).await.unwrap());
+    assert!(store
+        .refresh_family_revoked(&customer, &kept)
+        .await
+        .unwrap());
 }
 
 /// A disk for redb that keeps everything in memory and, on demand, holds every sync until let
@@ -273,16 +296,23 @@ impl StorageBackend for Disk {
 /// as unavailable; reads still answer.
 pub(crate) async fn check_a_store_that_cannot_write_is_unhealthy() {
     let disk = Arc::new(TestDisk::default());
-    let store = EmbeddedStore::with_backend(Disk(disk.clone()), &EmbeddedConfig::default()).unwrap();
+    let store =
+        EmbeddedStore::with_backend(Disk(disk.clone()), &EmbeddedConfig::default()).unwrap();
     let sku = unique("sku");
     store.put_products(vec![product(&sku, 3)]).await.unwrap();
     store.healthcheck().await.expect("healthy while it writes");
 
     disk.failing.store(true, Ordering::SeqCst);
     let health = store.healthcheck().await;
-    assert!(matches!(health, Err(StoreError::Unavailable(_))), "{health:?}");
+    assert!(
+        matches!(health, Err(StoreError::Unavailable(_))),
+        "{health:?}"
+    );
     let write = store.put_products(vec![product(&unique("sku"), 1)]).await;
-    assert!(matches!(write, Err(StoreError::Unavailable(_))), "{write:?}");
+    assert!(
+        matches!(write, Err(StoreError::Unavailable(_))),
+        "{write:?}"
+    );
     assert_eq!(stock(&store, &sku).await, (3, 0));
 }
 
@@ -301,13 +331,21 @@ pub(crate) async fn check_a_full_write_queue_pushes_back() {
     let _release = Release(disk.clone());
     let put = |sku: String| {
         let store = store.clone();
-        tokio::spawn(async move { (sku.clone(), store.put_products(vec![product(&sku, 1)]).await) })
+        tokio::spawn(async move {
+            (
+                sku.clone(),
+                store.put_products(vec![product(&sku, 1)]).await,
+            )
+        })
     };
     // One write in the writer's hands, stuck in its commit.
     let in_hand = put(unique("in-hand"));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while disk.waiting.load(Ordering::SeqCst) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the writer never synced");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never synced"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Two more: one takes the queue's one place and waits; the other finds it full.
