@@ -76,7 +76,7 @@ echo "soak: $bin, $rate orders/s for ${duration}s, a sample every ${every}s (pid
 printf "%6s  %9s  %5s  %7s  %9s  %8s  %6s\n" "t (s)" "RSS (MiB)" "fds" "threads" "store MiB" "data MiB" "readyz"
 sample
 "$bin" load --url "$http" --brokers "$brokers" --pid "$pid" --json \
-    --rate "$rate" --duration "${duration}s" --timeout-secs 120 >"$work/load.out" 2>&1 &
+    --rate "$rate" --duration "${duration}s" --timeout-secs "$(( duration + 120 ))" >"$work/load.out" 2>&1 &
 load_pid=$!
 while kill -0 "$load_pid" 2>/dev/null; do
     for _ in $(seq 1 "$every"); do
@@ -94,4 +94,9 @@ echo
 echo "load (exit $status):"
 grep -v '^{' "$work/load.out" || true
 tail -n 1 "$work/load.out"
+# What /readyz found down, if anything, and the run's errors, counted.
+plain() { sed 's/\x1b\[[0-9;]*m//g' "$work/run.log"; }
+echo "not ready, by check: $(plain | grep 'Not ready' | grep -o 'check="*[a-z_]*' | sort | uniq -c | xargs || true)"
+echo "warnings and errors logged, by message:"
+plain | grep -E ' (WARN|ERROR) ' | sed -E 's/^[^ ]+ +(WARN|ERROR) +//; s/[:,] .*//' | cut -c1-100 | sort | uniq -c | sort -rn | head -n 8 || true
 exit "$status"
