@@ -251,9 +251,17 @@ pub struct StoreArgs {
         value_parser = parse_replication
     )]
     pub scylla_replication: Replication,
-    /// How long the bridge remembers a delivered event in ScyllaDB (its dedup window), e.g. `14d`.
-    #[arg(long, env = "ORDERFLOW_SCYLLA_DELIVERY_TTL", default_value = "14d", value_parser = humantime_duration)]
-    pub scylla_delivery_ttl: Duration,
+    /// How long the bridge remembers a delivered event (its dedup window), e.g. `14d`, in
+    /// either store: a replay of an event delivered longer ago sends it again. Keep it above
+    /// twice the topics' retention (see README, "Delivery guarantees, per sink").
+    #[arg(
+        long,
+        alias = "scylla-delivery-ttl",
+        env = "ORDERFLOW_DELIVERY_TTL",
+        default_value = "14d",
+        value_parser = humantime_duration
+    )]
+    pub delivery_ttl: Duration,
     /// The CQL user to log in as (PasswordAuthenticator), with --scylla-password.
     #[arg(long, env = "ORDERFLOW_SCYLLA_USERNAME", requires = "scylla_password")]
     pub scylla_username: Option<String>,
@@ -287,7 +295,7 @@ impl StoreArgs {
             return None;
         }
         let mut config = ScyllaConfig::new(nodes, self.scylla_keyspace.clone());
-        config.delivery_ttl = self.scylla_delivery_ttl;
+        config.delivery_ttl = self.delivery_ttl;
         if let (Some(username), Some(password)) = (&self.scylla_username, &self.scylla_password) {
             config.credentials = Some(ScyllaCredentials {
                 username: username.clone(),

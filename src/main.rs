@@ -22,7 +22,7 @@ use orderflow_schemas::{
     registry::{register_catalogue, subject, Compatibility, LocalRegistry, Registry},
     SchemaIds, TopicKind, Topics,
 };
-use orderflow_store::{scylla, EmbeddedStore, Instrumented, ScyllaStore, Store};
+use orderflow_store::{scylla, EmbeddedConfig, EmbeddedStore, Instrumented, ScyllaStore, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -270,8 +270,19 @@ async fn register_schemas(
 /// `orderflow_store_operation_seconds`.
 async fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
     let Some(config) = common.store.scylla() else {
-        let store = EmbeddedStore::open(&common.data_dir.join("state"))
+        let config = EmbeddedConfig {
+            delivery_ttl: common.store.delivery_ttl,
+            ..EmbeddedConfig::default()
+        };
+        let store = EmbeddedStore::open_with(&common.data_dir.join("state"), &config)
             .with_context(|| format!("opening the store under {}", common.data_dir.display()))?;
+        // Writes remove what expired as they add; this catches up after a quiet spell. It
+        // ends with the runtime.
+        tokio::spawn(
+            store
+                .clone()
+                .prune_periodically(Duration::from_secs(60), std::future::pending()),
+        );
         return Ok(Arc::new(Instrumented::new(store)));
     };
     let session = scylla::connect(&config).await?;

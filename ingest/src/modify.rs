@@ -80,6 +80,18 @@ fn retry_soon(slug: &str, title: &str, detail: String) -> Problem {
 }
 
 /// Why the order's quantities cannot change, as a 409.
+/// 409: the order has changed as many times as an order may.
+pub(crate) fn too_many_revisions(order_id: &str, max: i32) -> Problem {
+    Problem::conflict(
+        "order-revision-limit",
+        "Order cannot change again",
+        format!(
+            "order {order_id} has been changed {max} times, the most an order may: cancel it \
+             and order again"
+        ),
+    )
+}
+
 pub(crate) fn not_modifiable(order_id: &str, status: OrderStatus, claimed: bool) -> Problem {
     let title = "Order cannot change";
     match status {
@@ -212,6 +224,7 @@ pub async fn modify(
                 message,
             ));
         }
+        Modified::TooManyRevisions { max } => return Err(too_many_revisions(&order_id, max)),
         Modified::UnknownItem { sku } => {
             // The order changed between the read and the write (another change dropped it).
             let field = change_field(&req.items, &sku, "sku");

@@ -270,6 +270,9 @@ pub async fn adjust_prices(
                 )],
             ));
         }
+        ModifyOutcome::TooManyRevisions { max } => {
+            return Err(crate::modify::too_many_revisions(&order_id, max))
+        }
         // A repricing moves no stock.
         ModifyOutcome::Insufficient { .. } | ModifyOutcome::NotFound => return Err(not_found()),
     };

@@ -37,7 +37,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use account::*;
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedConfig, EmbeddedStore};
 pub use instrumented::Instrumented;
 pub use model::*;
 pub use objects::{InvoiceFile, InvoiceFiles};
@@ -421,6 +421,13 @@ pub trait Store:
 pub const DEFAULT_UNPAID_ORDER_TTL: Duration = Duration::from_secs(72 * 60 * 60);
 /// How many orders awaiting a bank transfer a customer may have open by default.
 pub const DEFAULT_MAX_UNPAID_ORDERS: u32 = 3;
+
+/// How long a sink's delivery marker is kept by default (both stores): the window in which a
+/// redelivered or replayed event is recognised and not sent again. Twice the 7 days topics
+/// are kept by default (Kafka's `retention.ms`, `orderflow topics create --retention 7d`), so
+/// that an event parked on a dead-letter topic on its last day there and replayed on the
+/// dead-letter topic's last day is still known. A replay of anything older sends it again.
+pub const DEFAULT_DELIVERY_TTL: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
 /// How long an `Idempotency-Key` is remembered by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);

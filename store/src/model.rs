@@ -405,9 +405,17 @@ pub enum ModifyOutcome {
     Insufficient { sku: String, available: i64 },
     /// Refused: the order has no item with this SKU (only quantities can change).
     UnknownItem { sku: String },
+    /// Refused: the order has been changed [`MAX_ORDER_REVISIONS`] times (`max`) already.
+    /// Nothing changed.
+    TooManyRevisions { max: i32 },
     /// No order has this id.
     NotFound,
 }
+
+/// How many times one order may change (quantities or prices): each change is a revision, an
+/// `OrderModified` event, a re-pricing and a timeline entry, so the order's record and its
+/// history stay bounded. An order that needs more is cancelled and placed again.
+pub const MAX_ORDER_REVISIONS: i32 = 50;
 
 /// What [`crate::Store::claim_payment`] answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

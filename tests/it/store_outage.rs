@@ -197,6 +197,111 @@ async fn a_store_outage_pauses_the_stage_and_loses_nothing() {
         .expect("the stage ends cleanly");
 }
 
+/// The embedded store on a disk that stops writing: `/readyz` turns 503 naming the store (its
+/// health check writes through the store's writer), and writes answer unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_embedded_store_cannot_write() {
+    let cluster: MockCluster<'static, DefaultProducerContext> =
+        MockCluster::new(1).expect("mock cluster starts");
+    let topics = Topics::new(format!("t{}-", uuid::Uuid::now_v7().simple()));
+    let kafka = KafkaConfig::new(cluster.bootstrap_servers(), topics);
+    for name in kafka.topics.all() {
+        cluster.create_topic(&name, 1, 1).expect("topic created");
+    }
+    let producer = EventProducer::new(&kafka).unwrap();
+    let disk = Arc::new(FailingDisk::default());
+    let store = EmbeddedStore::with_backend(
+        DiskHandle(disk.clone()),
+        &orderflow_store::EmbeddedConfig::default(),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let readyz = format!("http://{}/readyz", listener.local_addr().unwrap());
+    tokio::spawn(orderflow_ingest::serve_metrics(
+        listener,
+        orderflow_ingest::Readiness::new(Arc::new(store.clone()), producer),
+        shutdown.clone(),
+    ));
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = http.get(&readyz).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    disk.failing.store(true, Ordering::SeqCst);
+    let not_ready = http.get(&readyz).send().await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    let body = not_ready.text().await.unwrap();
+    assert!(body.contains("not ready: store"), "{body}");
+    let write = store
+        .put_products(vec![Product {
+            sku: "MUG-002".into(),
+            name: "Mug".into(),
+            price_cents: 1250,
+            currency: "EUR".into(),
+            stock: 1,
+            reserved: 0,
+            discontinued: false,
+        }])
+        .await;
+    assert!(
+        matches!(write, Err(StoreError::Unavailable(_))),
+        "{write:?}"
+    );
+    shutdown.cancel();
+}
+
+/// redb's in-memory storage, failing every write and sync once `failing` is set.
+#[derive(Debug, Default)]
+struct FailingDisk {
+    memory: redb::backends::InMemoryBackend,
+    failing: AtomicBool,
+}
+
+impl FailingDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("the disk is gone"));
+        }
+        Ok(())
+    }
+}
+
+/// The [`FailingDisk`] as the store's storage, while the test holds on to it.
+#[derive(Debug)]
+struct DiskHandle(Arc<FailingDisk>);
+
+impl redb::StorageBackend for DiskHandle {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.memory.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.memory.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.check()?;
+        self.0.memory.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.check()?;
+        self.0.memory.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.check()?;
+        self.0.memory.write(offset, data)
+    }
+}
+
 fn accepted() -> OrderAccepted {
     let order_id = uuid::Uuid::now_v7().to_string();
     OrderAccepted {

@@ -61,6 +61,8 @@ pub enum Modified {
     Insufficient { sku: String, available: i64 },
     /// The order no longer has `sku` (a change raced this one).
     UnknownItem { sku: String },
+    /// The order has changed `max` times, as many as an order may.
+    TooManyRevisions { max: i32 },
 }
 
 fn field_error(field: String, message: impl Into<String>) -> FieldError {
@@ -169,6 +171,7 @@ pub async fn modify_order(
             return Ok(Modified::Insufficient { sku, available })
         }
         ModifyOutcome::UnknownItem { sku } => return Ok(Modified::UnknownItem { sku }),
+        ModifyOutcome::TooManyRevisions { max } => return Ok(Modified::TooManyRevisions { max }),
         ModifyOutcome::NotFound => return Ok(Modified::NotFound),
     };
     state.orders.invalidate(order_id).await;

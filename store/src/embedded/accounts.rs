@@ -95,7 +95,7 @@ impl AccountStore for EmbeddedStore {
         announce: Option<OutboxEvent>,
     ) -> Result<()> {
         self.write(move |txn| {
-            VERIFICATION_EMAILS.purge(txn, orderflow_schemas::now_millis())?;
+            VERIFICATION_EMAILS.purge(txn, orderflow_schemas::now_millis(), PURGE_BATCH)?;
             VERIFICATION_EMAILS.put(txn, &email.event_id, &email, email.expires_at)?;
             match &announce {
                 Some(event) => queue_in(txn, event),
@@ -132,13 +132,17 @@ impl AccountStore for EmbeddedStore {
 
     async fn create_refresh_token(&self, token: RefreshToken) -> Result<()> {
         self.write(move |txn| {
-            put_json(txn, REFRESH_TOKENS, &token.token_hash, &token)?;
+            let now = orderflow_schemas::now_millis();
+            REFRESH_TOKENS.purge(txn, now, PURGE_BATCH)?;
+            purge_families_in(txn, now, PURGE_BATCH)?;
+            REFRESH_TOKENS.put(txn, &token.token_hash, &token, token.expires_at)?;
             let key = compound(&token.customer_id, &token.family_id);
             let mut families = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
             if families.get(key.as_str()).map_err(unavailable)?.is_none() {
                 families.insert(key.as_str(), false).map_err(unavailable)?;
             }
-            Ok(())
+            drop(families);
+            extend_family_in(txn, &key, token.expires_at)
         })
         .await
     }
@@ -158,7 +162,9 @@ impl AccountStore for EmbeddedStore {
     async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool> {
         let token_hash = token_hash.to_string();
         self.write(move |txn| {
-            let table = txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
+            let table = txn
+                .open_table(REFRESH_TOKENS.records)
+                .map_err(unavailable)?;
             let Some(token) = get_json::<RefreshToken, _>(&table, "refresh token", &token_hash)?
             else {
                 return Ok(false);

@@ -85,7 +85,9 @@ impl CatalogueStore for EmbeddedStore {
             };
             drop(table);
             if let Some(key) = &key {
-                let keys = txn.open_table(ADJUSTMENT_KEYS).map_err(unavailable)?;
+                let keys = txn
+                    .open_table(ADJUSTMENT_KEYS.records)
+                    .map_err(unavailable)?;
                 let seen = get_json::<AdjustmentRecord, _>(&keys, "adjustment key", &key.key)?;
                 match seen {
                     Some(seen) if seen.expires_at > now => {
@@ -114,7 +116,8 @@ impl CatalogueStore for EmbeddedStore {
                     delta,
                     expires_at: key.expires_at,
                 };
-                put_json(txn, ADJUSTMENT_KEYS, &key.key, &record)?;
+                ADJUSTMENT_KEYS.purge(txn, now, PURGE_BATCH)?;
+                ADJUSTMENT_KEYS.put(txn, &key.key, &record, key.expires_at)?;
             }
             Ok(StockAdjustment::Adjusted(product))
         })

@@ -21,12 +21,15 @@ impl DeliveryStore for EmbeddedStore {
     async fn mark_delivered(&self, sink: &str, ids: &[String]) -> Result<()> {
         let keys: Vec<String> = ids.iter().map(|id| compound(sink, id)).collect();
         let now = orderflow_schemas::now_millis();
+        let delivery_ttl = self.delivery_ttl_ms;
         self.write(move |txn| {
-            let mut table = txn.open_table(DELIVERIES).map_err(unavailable)?;
-            for key in &keys {
-                table.insert(key.as_str(), now).map_err(unavailable)?;
-            }
-            Ok(())
+            // As many expired markers go as come, and a few more.
+            purge_deliveries_in(
+                txn,
+                now.saturating_sub(delivery_ttl),
+                PURGE_BATCH + keys.len(),
+            )?;
+            mark_delivered_in(txn, &keys, now)
         })
         .await
     }

@@ -9,10 +9,28 @@
 //! Each write is a closure that may run twice: when one write of a group fails, the group is
 //! rolled back and every write is retried in a transaction of its own, so one bad write
 //! never fails its neighbours. Reads use MVCC read transactions and never wait for the writer.
+//!
+//! The writer's queue is bounded ([`EmbeddedConfig::write_queue`]): when it is full a write
+//! waits for room (backpressure on whoever writes faster than the disk), and after
+//! [`EmbeddedConfig::write_queue_wait`] answers [`StoreError::Unavailable`] (a 503 with
+//! `Retry-After` from the API; the stages retry). A write that panics answers an error and the
+//! writer goes on; a writer that stopped anyway, or a disk that refuses to commit, fails
+//! [`Store::healthcheck`] (a write through the queue), so `/readyz` answers 503.
+//!
+//! # What expires
+//! Records that only matter for a while are indexed by the time they expire
+//! (`<ms, 20 digits> \0 key` → ()), and each write that adds one removes up to [`PURGE_BATCH`]
+//! expired ones of its kind, oldest first, without a scan: delivery markers
+//! ([`EmbeddedConfig::delivery_ttl`] after delivery), idempotency keys, stock adjustment keys,
+//! refresh tokens (at their `expires_at`), refresh token families (once their last token has
+//! expired), payment tokens and verification emails. [`EmbeddedStore::prune_expired`] removes
+//! the rest in batches (the store runs it once a minute). A store written before these
+//! indexes existed is indexed once when opened (marker `expiry_index`).
 
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -23,7 +41,9 @@ use redb::{
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{account::*, model::*, outbox::OutboxEvent, Result, Store, StoreError};
+use crate::{
+    account::*, model::*, outbox::OutboxEvent, Result, Store, StoreError, DEFAULT_DELIVERY_TTL,
+};
 
 use self::outbox::queue_in;
 
@@ -39,14 +59,20 @@ const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 /// `customer \0 order id` → (); order ids are UUIDv7, so key order is creation order.
 const CUSTOMER_ORDERS: TableDefinition<&str, ()> = TableDefinition::new("customer_orders");
-/// `customer \0 key` → idempotency record.
-const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// `customer \0 key` → idempotency record, until the key expires.
+const IDEMPOTENCY: Expiring = Expiring {
+    what: "idempotency",
+    records: TableDefinition::new("idempotency"),
+    by_expiry: TableDefinition::new("idempotency_by_expiry"),
+};
 const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
 const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
 const INVOICES: TableDefinition<&str, &[u8]> = TableDefinition::new("invoices");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-/// `sink \0 id` → ms when delivered.
+/// `sink \0 id` → ms when delivered, until [`EmbeddedConfig::delivery_ttl`] later.
 const DELIVERIES: TableDefinition<&str, i64> = TableDefinition::new("deliveries");
+/// The same markers by when they were delivered: `<ms, 20 digits> \0 sink \0 id` → ().
+const DELIVERIES_BY_TIME: TableDefinition<&str, ()> = TableDefinition::new("deliveries_by_time");
 
 // Accounts.
 /// customer id → account.
@@ -55,16 +81,32 @@ const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const ACCOUNT_EMAILS: TableDefinition<&str, &str> = TableDefinition::new("account_emails");
 /// customer id → its live verification code.
 const VERIFICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("verifications");
-/// token hash → refresh token.
-const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
-/// `customer \0 family` → revoked; every family of a customer, so all can be revoked.
+/// token hash → refresh token, until it expires.
+const REFRESH_TOKENS: Expiring = Expiring {
+    what: "refresh token",
+    records: TableDefinition::new("refresh_tokens"),
+    by_expiry: TableDefinition::new("refresh_tokens_by_expiry"),
+};
+/// `customer \0 family` → revoked; every family of a customer, so all can be revoked. A
+/// family goes once its last token has expired (then it counts as revoked: no token of it is
+/// left to refresh, and every access token it gave has expired before).
 const REFRESH_FAMILIES: TableDefinition<&str, bool> = TableDefinition::new("refresh_families");
+/// `customer \0 family` → when the family's last token expires.
+const REFRESH_FAMILY_EXPIRY: TableDefinition<&str, i64> =
+    TableDefinition::new("refresh_family_expiry");
+/// The same families by that time: `<ms, 20 digits> \0 customer \0 family` → ().
+const REFRESH_FAMILIES_BY_EXPIRY: TableDefinition<&str, ()> =
+    TableDefinition::new("refresh_families_by_expiry");
 /// name → ms when set.
 const MARKERS: TableDefinition<&str, i64> = TableDefinition::new("markers");
 /// Refunds by order id.
 const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
-/// Stock adjustments' `Idempotency-Key`s: key → the adjustment it applied.
-const ADJUSTMENT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("adjustment_keys");
+/// Stock adjustments' `Idempotency-Key`s: key → the adjustment it applied, until it expires.
+const ADJUSTMENT_KEYS: Expiring = Expiring {
+    what: "adjustment key",
+    records: TableDefinition::new("adjustment_keys"),
+    by_expiry: TableDefinition::new("adjustment_keys_by_expiry"),
+};
 /// Orders awaiting a bank transfer, by the time they were placed: `{created_at:020} \0 order
 /// id` → customer id ([`Store::list_unpaid_orders`]).
 const UNPAID: TableDefinition<&str, &str> = TableDefinition::new("unpaid_orders");
@@ -84,11 +126,47 @@ const VERIFICATION_EMAILS: Expiring = Expiring {
 };
 /// The outbox: `{position:020}` → [`OutboxEvent`], the position from the counter `outbox`.
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
-/// Most expired secrets one write removes (the rest go with the next writes).
+/// Every table of records that expire at their `expires_at`.
+const EXPIRING: [Expiring; 5] = [
+    PAYMENT_TOKENS,
+    VERIFICATION_EMAILS,
+    IDEMPOTENCY,
+    ADJUSTMENT_KEYS,
+    REFRESH_TOKENS,
+];
+/// Most expired records of one kind one write removes (the rest go with the next writes, or
+/// [`EmbeddedStore::prune_expired`]); more than any write adds, so the tables cannot outgrow
+/// what is live.
 const PURGE_BATCH: usize = 64;
 
 /// Most writes one transaction takes; more wait for the next one.
 const MAX_GROUP: usize = 1024;
+
+/// The marker (in `markers`) the health check's probe write sets.
+const PROBE_MARKER: &str = "writer_probe";
+
+/// How the embedded store behaves.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// How long a sink's delivery marker is kept (the bridge's dedup window): a redelivery
+    /// older than this is delivered again.
+    pub delivery_ttl: Duration,
+    /// Most writes that wait for the writer; a write beyond waits for room.
+    pub write_queue: usize,
+    /// How long a write waits for room in a full queue before it answers
+    /// [`StoreError::Unavailable`].
+    pub write_queue_wait: Duration,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            delivery_ttl: DEFAULT_DELIVERY_TTL,
+            write_queue: 4 * MAX_GROUP,
+            write_queue_wait: Duration::from_secs(5),
+        }
+    }
+}
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct IdempotencyRecord {
@@ -104,11 +182,20 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: Arc<Writer>,
     path: PathBuf,
+    /// [`EmbeddedConfig::delivery_ttl`], ms.
+    delivery_ttl_ms: i64,
+    write_queue_wait: Duration,
 }
 
 struct Writer {
-    queue: Option<mpsc::UnboundedSender<Box<dyn Job>>>,
+    queue: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 impl Drop for Writer {
@@ -129,14 +216,36 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file `state.redb` in `dir`.
+    /// Opens (or creates) the database file `state.redb` in `dir`, with the default
+    /// [`EmbeddedConfig`].
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &EmbeddedConfig::default())
+    }
+
+    /// Opens (or creates) the database file `state.redb` in `dir`.
+    pub fn open_with(dir: &Path, config: &EmbeddedConfig) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
         let path = dir.join("state.redb");
         let db = Database::create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        Self::start(db, path, config)
+    }
+
+    /// A store on another storage than a file (redb's `InMemoryBackend`, or a disk that fails
+    /// on demand in tests); its [`EmbeddedStore::path`] is empty.
+    pub fn with_backend(
+        backend: impl redb::StorageBackend,
+        config: &EmbeddedConfig,
+    ) -> Result<Self> {
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open the store: {e}")))?;
+        Self::start(db, PathBuf::new(), config)
+    }
+
+    fn start(db: Database, path: PathBuf, config: &EmbeddedConfig) -> Result<Self> {
         let db = Arc::new(db);
         // Create every table up front, so reads never see a missing table.
         {
@@ -144,31 +253,33 @@ impl EmbeddedStore {
             txn.open_table(PRODUCTS).map_err(unavailable)?;
             txn.open_table(ORDERS).map_err(unavailable)?;
             txn.open_table(CUSTOMER_ORDERS).map_err(unavailable)?;
-            txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
             txn.open_table(RESERVATIONS).map_err(unavailable)?;
             txn.open_table(PAYMENTS).map_err(unavailable)?;
             txn.open_table(INVOICES).map_err(unavailable)?;
             txn.open_table(COUNTERS).map_err(unavailable)?;
             txn.open_table(DELIVERIES).map_err(unavailable)?;
+            txn.open_table(DELIVERIES_BY_TIME).map_err(unavailable)?;
             txn.open_table(ACCOUNTS).map_err(unavailable)?;
             txn.open_table(ACCOUNT_EMAILS).map_err(unavailable)?;
             txn.open_table(VERIFICATIONS).map_err(unavailable)?;
-            txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
             txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+            txn.open_table(REFRESH_FAMILY_EXPIRY).map_err(unavailable)?;
+            txn.open_table(REFRESH_FAMILIES_BY_EXPIRY)
+                .map_err(unavailable)?;
             txn.open_table(MARKERS).map_err(unavailable)?;
             txn.open_table(REFUNDS).map_err(unavailable)?;
-            txn.open_table(ADJUSTMENT_KEYS).map_err(unavailable)?;
             txn.open_table(UNPAID).map_err(unavailable)?;
             txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
             txn.open_table(OUTBOX).map_err(unavailable)?;
-            backfill_unpaid_in(&txn)?;
-            for expiring in [PAYMENT_TOKENS, VERIFICATION_EMAILS] {
+            for expiring in EXPIRING {
                 txn.open_table(expiring.records).map_err(unavailable)?;
                 txn.open_table(expiring.by_expiry).map_err(unavailable)?;
             }
+            backfill_unpaid_in(&txn)?;
+            backfill_expiry_in(&txn)?;
             txn.commit().map_err(unavailable)?;
         }
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (writes, queue) = mpsc::channel(config.write_queue.max(1));
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -178,7 +289,65 @@ impl EmbeddedStore {
             queue: Some(writes),
             thread: Some(thread),
         });
-        Ok(EmbeddedStore { db, writer, path })
+        Ok(EmbeddedStore {
+            db,
+            writer,
+            path,
+            delivery_ttl_ms: i64::try_from(config.delivery_ttl.as_millis()).unwrap_or(i64::MAX),
+            write_queue_wait: config.write_queue_wait,
+        })
+    }
+
+    /// Removes what has expired by `now` (ms), at most `limit` records of each kind, oldest
+    /// first (see [What expires](self#what-expires)); returns how many went. Fewer than `limit`
+    /// of every kind: nothing expired is left.
+    pub async fn prune_expired(&self, now: i64, limit: usize) -> Result<usize> {
+        let delivery_ttl = self.delivery_ttl_ms;
+        self.write(move |txn| {
+            let mut removed = 0;
+            for expiring in EXPIRING {
+                removed += expiring.purge(txn, now, limit)?;
+            }
+            removed += purge_families_in(txn, now, limit)?;
+            removed += purge_deliveries_in(txn, now.saturating_sub(delivery_ttl), limit)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// Runs [`EmbeddedStore::prune_expired`] every `every` until `shutdown`, in batches until
+    /// nothing expired is left.
+    pub async fn prune_periodically(
+        self,
+        every: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        const BATCH: usize = 1024;
+        let prune = async {
+            loop {
+                tokio::time::sleep(every).await;
+                loop {
+                    let now = orderflow_schemas::now_millis();
+                    match self.prune_expired(now, BATCH).await {
+                        Ok(removed) if removed > 0 => {
+                            tracing::debug!(removed, "Pruned expired records.");
+                            if removed < BATCH {
+                                break;
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Pruning expired records failed.");
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = prune => {}
+            () = shutdown => {}
+        }
     }
 
     /// Where the database file is.
@@ -199,12 +368,25 @@ impl EmbeddedStore {
             result: None,
             reply: Some(reply),
         });
-        self.writer
+        let queue = self
+            .writer
             .queue
             .as_ref()
-            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?
-            .send(job)
-            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        match tokio::time::timeout(self.write_queue_wait, queue.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(StoreError::Unavailable(
+                    "the store writer has stopped".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the store's write queue has been full for {:?}",
+                    self.write_queue_wait
+                )))
+            }
+        }
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
@@ -234,7 +416,17 @@ where
     F: Fn(&WriteTransaction) -> Result<T> + Send,
 {
     fn run(&mut self, txn: &WriteTransaction) -> bool {
-        let result = (self.f)(txn);
+        // A write that panics (a bug) fails alone; the writer and the other writes go on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(txn)))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %why, "A store write panicked.");
+                Err(StoreError::Invalid(format!("the write panicked: {why}")))
+            });
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -252,7 +444,7 @@ where
     }
 }
 
-fn writer_loop(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<Box<dyn Job>>) {
+fn writer_loop(db: Arc<Database>, mut queue: mpsc::Receiver<Box<dyn Job>>) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -416,26 +608,175 @@ impl Expiring {
         Ok(())
     }
 
-    /// Removes up to [`PURGE_BATCH`] records that expired by `now`, oldest first.
-    fn purge(self, txn: &WriteTransaction, now: i64) -> Result<()> {
-        let mut index = txn.open_table(self.by_expiry).map_err(unavailable)?;
-        let end = expiry_key(now.saturating_add(1), "");
-        let expired: Vec<String> = index
-            .range(..end.as_str())
-            .map_err(unavailable)?
-            .take(PURGE_BATCH)
-            .map(|entry| entry.map(|(key, _)| key.value().to_string()))
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
+    /// Removes up to `limit` records that expired by `now`, oldest first; how many went.
+    fn purge(self, txn: &WriteTransaction, now: i64, limit: usize) -> Result<usize> {
+        let expired = take_expired(txn, self.by_expiry, now, limit)?;
         let mut records = txn.open_table(self.records).map_err(unavailable)?;
-        for entry in expired {
-            index.remove(entry.as_str()).map_err(unavailable)?;
-            if let Some((_, key)) = entry.split_once('\u{0}') {
-                records.remove(key).map_err(unavailable)?;
-            }
+        for key in &expired {
+            records.remove(key.as_str()).map_err(unavailable)?;
         }
-        Ok(())
+        Ok(expired.len())
     }
+}
+
+/// Removes up to `limit` entries of an index by time (`<ms, 20 digits> \0 key` → ()) at or
+/// before `until`, oldest first, and returns their keys.
+fn take_expired(
+    txn: &WriteTransaction,
+    index: TableDefinition<&str, ()>,
+    until: i64,
+    limit: usize,
+) -> Result<Vec<String>> {
+    if until < 0 {
+        return Ok(Vec::new());
+    }
+    let mut index = txn.open_table(index).map_err(unavailable)?;
+    let end = expiry_key(until.saturating_add(1), "");
+    let entries: Vec<String> = index
+        .range(..end.as_str())
+        .map_err(unavailable)?
+        .take(limit)
+        .map(|entry| entry.map(|(key, _)| key.value().to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    let mut keys = Vec::with_capacity(entries.len());
+    for entry in entries {
+        index.remove(entry.as_str()).map_err(unavailable)?;
+        if let Some((_, key)) = entry.split_once('\u{0}') {
+            keys.push(key.to_string());
+        }
+    }
+    Ok(keys)
+}
+
+/// Marks `sink \0 id` keys delivered at `at`, each indexed by that time.
+fn mark_delivered_in(txn: &WriteTransaction, keys: &[String], at: i64) -> Result<()> {
+    let mut table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+    let mut index = txn.open_table(DELIVERIES_BY_TIME).map_err(unavailable)?;
+    for key in keys {
+        if let Some(before) = table.insert(key.as_str(), at).map_err(unavailable)? {
+            index
+                .remove(expiry_key(before.value(), key).as_str())
+                .map_err(unavailable)?;
+        }
+        index
+            .insert(expiry_key(at, key).as_str(), ())
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Removes up to `limit` delivery markers delivered at or before `delivered_by`.
+fn purge_deliveries_in(txn: &WriteTransaction, delivered_by: i64, limit: usize) -> Result<usize> {
+    let expired = take_expired(txn, DELIVERIES_BY_TIME, delivered_by, limit)?;
+    let mut table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+    for key in &expired {
+        table.remove(key.as_str()).map_err(unavailable)?;
+    }
+    Ok(expired.len())
+}
+
+/// Makes the family (`customer \0 family`) live at least until `expires_at`.
+fn extend_family_in(txn: &WriteTransaction, family: &str, expires_at: i64) -> Result<()> {
+    let mut expiry = txn.open_table(REFRESH_FAMILY_EXPIRY).map_err(unavailable)?;
+    let before = expiry.get(family).map_err(unavailable)?.map(|g| g.value());
+    if before.is_some_and(|b| b >= expires_at) {
+        return Ok(());
+    }
+    expiry.insert(family, expires_at).map_err(unavailable)?;
+    let mut index = txn
+        .open_table(REFRESH_FAMILIES_BY_EXPIRY)
+        .map_err(unavailable)?;
+    if let Some(before) = before {
+        index
+            .remove(expiry_key(before, family).as_str())
+            .map_err(unavailable)?;
+    }
+    index
+        .insert(expiry_key(expires_at, family).as_str(), ())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Removes up to `limit` refresh token families whose last token expired by `now`.
+fn purge_families_in(txn: &WriteTransaction, now: i64, limit: usize) -> Result<usize> {
+    let expired = take_expired(txn, REFRESH_FAMILIES_BY_EXPIRY, now, limit)?;
+    let mut families = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+    let mut expiry = txn.open_table(REFRESH_FAMILY_EXPIRY).map_err(unavailable)?;
+    for family in &expired {
+        families.remove(family.as_str()).map_err(unavailable)?;
+        expiry.remove(family.as_str()).map_err(unavailable)?;
+    }
+    Ok(expired.len())
+}
+
+/// Indexes by expiry what a store written before the indexes existed holds, once (marker
+/// `expiry_index`): idempotency keys, stock adjustment keys, refresh tokens and their
+/// families, delivery markers. A family without a token left lives one more day (its access
+/// tokens have expired by then).
+fn backfill_expiry_in(txn: &WriteTransaction) -> Result<()> {
+    const MARKER: &str = "expiry_index";
+    let mut markers = txn.open_table(MARKERS).map_err(unavailable)?;
+    if markers.get(MARKER).map_err(unavailable)?.is_some() {
+        return Ok(());
+    }
+    let now = orderflow_schemas::now_millis();
+    markers.insert(MARKER, now).map_err(unavailable)?;
+    drop(markers);
+    for expiring in [IDEMPOTENCY, ADJUSTMENT_KEYS, REFRESH_TOKENS] {
+        let records = txn.open_table(expiring.records).map_err(unavailable)?;
+        let mut index = txn.open_table(expiring.by_expiry).map_err(unavailable)?;
+        for entry in records.iter().map_err(unavailable)? {
+            let (key, value) = entry.map_err(unavailable)?;
+            let expires_at = from_bytes::<Expiry>(expiring.what, value.value())?.expires_at;
+            index
+                .insert(expiry_key(expires_at, key.value()).as_str(), ())
+                .map_err(unavailable)?;
+        }
+    }
+    let mut last_token = std::collections::HashMap::<String, i64>::new();
+    {
+        let tokens = txn
+            .open_table(REFRESH_TOKENS.records)
+            .map_err(unavailable)?;
+        for entry in tokens.iter().map_err(unavailable)? {
+            let (_, value) = entry.map_err(unavailable)?;
+            let token: RefreshToken = from_bytes("refresh token", value.value())?;
+            let family = compound(&token.customer_id, &token.family_id);
+            let at = last_token.entry(family).or_insert(token.expires_at);
+            *at = (*at).max(token.expires_at);
+        }
+    }
+    let families: Vec<String> = txn
+        .open_table(REFRESH_FAMILIES)
+        .map_err(unavailable)?
+        .iter()
+        .map_err(unavailable)?
+        .map(|entry| entry.map(|(key, _)| key.value().to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    for family in families {
+        let expires_at = last_token
+            .get(&family)
+            .copied()
+            .unwrap_or(now + 24 * 60 * 60 * 1000);
+        extend_family_in(txn, &family, expires_at)?;
+    }
+    let delivered: Vec<(String, i64)> = txn
+        .open_table(DELIVERIES)
+        .map_err(unavailable)?
+        .iter()
+        .map_err(unavailable)?
+        .map(|entry| entry.map(|(key, at)| (key.value().to_string(), at.value())))
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    let mut index = txn.open_table(DELIVERIES_BY_TIME).map_err(unavailable)?;
+    for (key, at) in delivered {
+        index
+            .insert(expiry_key(at, &key).as_str(), ())
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// Moves an order's read model forward; see [`Store::apply_status`].
@@ -559,12 +900,14 @@ fn settle_in(txn: &WriteTransaction, order_id: &str, settle: Settle) -> Result<b
 
 // --- Accounts -------------------------------------------------------------
 
-/// Revokes one family (`customer \0 family`).
+/// Revokes one family (`customer \0 family`); one already gone (expired) stays gone, which
+/// counts as revoked.
 fn revoke_family_in(txn: &WriteTransaction, customer_id: &str, family_id: &str) -> Result<()> {
-    txn.open_table(REFRESH_FAMILIES)
-        .map_err(unavailable)?
-        .insert(compound(customer_id, family_id).as_str(), true)
-        .map_err(unavailable)?;
+    let key = compound(customer_id, family_id);
+    let mut families = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
+    if families.get(key.as_str()).map_err(unavailable)?.is_some() {
+        families.insert(key.as_str(), true).map_err(unavailable)?;
+    }
     Ok(())
 }
 
@@ -593,7 +936,9 @@ fn rotate_in(
     next_expires_at: i64,
     now: i64,
 ) -> Result<RotateOutcome> {
-    let table = txn.open_table(REFRESH_TOKENS).map_err(unavailable)?;
+    let table = txn
+        .open_table(REFRESH_TOKENS.records)
+        .map_err(unavailable)?;
     let Some(mut token) = get_json::<RefreshToken, _>(&table, "refresh token", presented)? else {
         return Ok(RotateOutcome::Unknown);
     };
@@ -609,7 +954,7 @@ fn rotate_in(
         return Ok(RotateOutcome::Expired);
     }
     token.used = true;
-    put_json(txn, REFRESH_TOKENS, presented, &token)?;
+    REFRESH_TOKENS.put(txn, presented, &token, token.expires_at)?;
     let next = RefreshToken {
         token_hash: next_hash.to_string(),
         family_id: token.family_id.clone(),
@@ -617,7 +962,14 @@ fn rotate_in(
         expires_at: next_expires_at,
         used: false,
     };
-    put_json(txn, REFRESH_TOKENS, next_hash, &next)?;
+    REFRESH_TOKENS.purge(txn, now, PURGE_BATCH)?;
+    purge_families_in(txn, now, PURGE_BATCH)?;
+    REFRESH_TOKENS.put(txn, next_hash, &next, next_expires_at)?;
+    extend_family_in(
+        txn,
+        &compound(&token.customer_id, &token.family_id),
+        next_expires_at,
+    )?;
     Ok(RotateOutcome::Rotated {
         customer_id: token.customer_id,
         family_id: token.family_id,
@@ -671,10 +1023,26 @@ fn check_verification_in(
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    /// A read, and a write through the writer's queue (one tiny commit): fails when the
+    /// writer has stopped, its queue stays full, or the disk refuses to commit.
     async fn healthcheck(&self) -> Result<()> {
         let txn = self.read()?;
         txn.open_table(COUNTERS).map_err(unavailable)?;
-        Ok(())
+        drop(txn);
+        if !self.writer.alive() {
+            return Err(StoreError::Unavailable(
+                "the store writer has stopped".into(),
+            ));
+        }
+        let now = orderflow_schemas::now_millis();
+        self.write(move |txn| {
+            txn.open_table(MARKERS)
+                .map_err(unavailable)?
+                .insert(PROBE_MARKER, now)
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn set_marker(&self, name: &str, at: i64) -> Result<bool> {
@@ -816,6 +1184,11 @@ fn modify_in(
         return Ok(ModifyOutcome::Modified {
             order: Box::new(order),
             lines,
+        });
+    }
+    if order.revision >= MAX_ORDER_REVISIONS {
+        return Ok(ModifyOutcome::TooManyRevisions {
+            max: MAX_ORDER_REVISIONS,
         });
     }
     let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;

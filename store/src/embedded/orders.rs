@@ -16,7 +16,7 @@ impl OrderStore for EmbeddedStore {
         self.write(move |txn| {
             if let Some(key) = &idempotency {
                 let ikey = compound(&order.customer_id, &key.key);
-                let table = txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+                let table = txn.open_table(IDEMPOTENCY.records).map_err(unavailable)?;
                 let seen: Option<IdempotencyRecord> = get_json(&table, "idempotency", &ikey)?;
                 drop(table);
                 if let Some(seen) = seen.filter(|s| s.expires_at > now) {
@@ -42,15 +42,16 @@ impl OrderStore for EmbeddedStore {
                 }
             }
             if let Some(key) = &idempotency {
-                put_json(
+                IDEMPOTENCY.purge(txn, now, PURGE_BATCH)?;
+                IDEMPOTENCY.put(
                     txn,
-                    IDEMPOTENCY,
                     &compound(&order.customer_id, &key.key),
                     &IdempotencyRecord {
                         order_id: order.order_id.clone(),
                         fingerprint: key.fingerprint.clone(),
                         expires_at: key.expires_at,
                     },
+                    key.expires_at,
                 )?;
             }
             put_json(txn, ORDERS, &order.order_id, &order)?;
@@ -62,7 +63,7 @@ impl OrderStore for EmbeddedStore {
                 index_unpaid_in(txn, &order)?;
             }
             if let Some(token) = &payment_token {
-                PAYMENT_TOKENS.purge(txn, orderflow_schemas::now_millis())?;
+                PAYMENT_TOKENS.purge(txn, orderflow_schemas::now_millis(), PURGE_BATCH)?;
                 PAYMENT_TOKENS.put(txn, &order.order_id, token, token.expires_at)?;
             }
             queue_in(txn, &OutboxEvent::of(&crate::outbox::accepted(&order))?)?;

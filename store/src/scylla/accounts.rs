@@ -10,11 +10,17 @@
 //! - **Refresh tokens**: rotation flips `used` with `IF used = false`, so of two concurrent
 //!   exchanges of one token exactly one wins; the other is a reuse and revokes the family. A
 //!   revoked family (`refresh_families.revoked`) refuses every token of it, whenever issued.
+//! - **Expiry** (`0012_refresh_token_ttls.cql`): a token's row lives until the token expires
+//!   (TTL); a family's row until its last token expires, each rotation extending it
+//!   (`expires_at`, with its TTL). A revocation writes `revoked` with a TTL up to the family's
+//!   expiry, then reads the expiry again and follows a rotation that extended it meanwhile; a
+//!   rotation reads `revoked` after extending and, revoked, extends the revocation too: of the
+//!   two, the later one to look sees the other's write, so no family outlives its revocation.
 
 use scylla::{frame::types::Consistency, statement::prepared::PreparedStatement, value::CqlValue};
 
 use super::*;
-use super::{corrupt, raced, retry, Lwt, ScyllaStore};
+use super::{corrupt, raced, retry, secrets::ttl_until, Lwt, ScyllaStore};
 use crate::AccountStore;
 use crate::{account::*, Result, StoreError};
 
@@ -38,6 +44,7 @@ pub(super) struct AccountStatements {
     token_use: PreparedStatement,
     family_get: PreparedStatement,
     family_insert: PreparedStatement,
+    family_extend: PreparedStatement,
     family_revoke: PreparedStatement,
     families_of: PreparedStatement,
     marker_set: PreparedStatement,
@@ -110,11 +117,12 @@ impl AccountStatements {
             code_consume: p(format!("DELETE FROM {ks}.verification_codes WHERE customer_id = ? IF code_hash = ? AND attempts = ?"), false).await?,
             code_drop: p(format!("DELETE FROM {ks}.verification_codes WHERE customer_id = ? IF code_hash = ?"), false).await?,
             token_get: p(format!("SELECT family_id, customer_id, expires_at, used FROM {ks}.refresh_tokens WHERE token_hash = ?"), true).await?,
-            token_insert: p(format!("INSERT INTO {ks}.refresh_tokens (token_hash, family_id, customer_id, expires_at, used) VALUES (?, ?, ?, ?, false)"), false).await?,
-            token_use: p(format!("UPDATE {ks}.refresh_tokens SET used = true WHERE token_hash = ? IF used = false"), false).await?,
-            family_get: p(format!("SELECT revoked FROM {ks}.refresh_families WHERE customer_id = ? AND family_id = ?"), true).await?,
-            family_insert: p(format!("INSERT INTO {ks}.refresh_families (customer_id, family_id, revoked) VALUES (?, ?, false) IF NOT EXISTS"), false).await?,
-            family_revoke: p(format!("UPDATE {ks}.refresh_families SET revoked = true WHERE customer_id = ? AND family_id = ?"), false).await?,
+            token_insert: p(format!("INSERT INTO {ks}.refresh_tokens (token_hash, family_id, customer_id, expires_at, used) VALUES (?, ?, ?, ?, false) USING TTL ?"), false).await?,
+            token_use: p(format!("UPDATE {ks}.refresh_tokens USING TTL ? SET used = true WHERE token_hash = ? IF used = false"), false).await?,
+            family_get: p(format!("SELECT revoked, expires_at FROM {ks}.refresh_families WHERE customer_id = ? AND family_id = ?"), true).await?,
+            family_insert: p(format!("INSERT INTO {ks}.refresh_families (customer_id, family_id, revoked, expires_at) VALUES (?, ?, false, ?) IF NOT EXISTS USING TTL ?"), false).await?,
+            family_extend: p(format!("UPDATE {ks}.refresh_families USING TTL ? SET expires_at = ? WHERE customer_id = ? AND family_id = ?"), false).await?,
+            family_revoke: p(format!("UPDATE {ks}.refresh_families USING TTL ? SET revoked = true WHERE customer_id = ? AND family_id = ?"), false).await?,
             families_of: p(format!("SELECT family_id FROM {ks}.refresh_families WHERE customer_id = ?"), false).await?,
             marker_set: p(format!("INSERT INTO {ks}.markers (name, at) VALUES (?, ?) IF NOT EXISTS"), false).await?,
         })
@@ -324,9 +332,15 @@ impl ScyllaStore {
 
     pub(super) async fn create_refresh_token_impl(&self, t: &RefreshToken) -> Result<()> {
         retry("create_refresh_token", || async {
+            let ttl = ttl_until(t.expires_at, now_millis());
             self.lwt(
                 &self.a().family_insert,
-                (t.customer_id.as_str(), t.family_id.as_str()),
+                (
+                    t.customer_id.as_str(),
+                    t.family_id.as_str(),
+                    t.expires_at,
+                    ttl,
+                ),
             )
             .await?;
             self.run(
@@ -336,6 +350,7 @@ impl ScyllaStore {
                     t.family_id.as_str(),
                     t.customer_id.as_str(),
                     t.expires_at,
+                    ttl,
                 ),
             )
             .await
@@ -344,18 +359,46 @@ impl ScyllaStore {
         .await
     }
 
-    pub(super) async fn family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+    /// The family's row: whether it is revoked and when its last token expires (`None` for a
+    /// row written before families expired); `None` when there is no such family.
+    async fn family(
+        &self,
+        customer_id: &str,
+        family_id: &str,
+    ) -> Result<Option<(bool, Option<i64>)>> {
         Ok(self
-            .first::<(Option<bool>,)>(&self.a().family_get, (customer_id, family_id))
+            .first::<(Option<bool>, Option<i64>)>(&self.a().family_get, (customer_id, family_id))
             .await?
-            // A family never stored is no login: nothing may use it.
-            .is_none_or(|(r,)| r.unwrap_or(false)))
+            .map(|(revoked, expires_at)| (revoked.unwrap_or(false), expires_at)))
     }
 
+    pub(super) async fn family_revoked(&self, customer_id: &str, family_id: &str) -> Result<bool> {
+        Ok(self
+            .family(customer_id, family_id)
+            .await?
+            // A family never stored (or expired) is no login: nothing may use it.
+            .is_none_or(|(revoked, _)| revoked))
+    }
+
+    /// Revokes the family until it expires, following a rotation that extends it meanwhile;
+    /// a family that is gone (expired) is revoked already.
     async fn revoke_family(&self, customer_id: &str, family_id: &str) -> Result<()> {
-        self.run(&self.a().family_revoke, (customer_id, family_id))
-            .await
-            .map(|_| ())
+        let Some((_, mut expires_at)) = self.family(customer_id, family_id).await? else {
+            return Ok(());
+        };
+        loop {
+            // A row from before families expired: revoked for good, as it was written.
+            let ttl = expires_at.map_or(0, |at| ttl_until(at, now_millis()));
+            self.run(&self.a().family_revoke, (ttl, customer_id, family_id))
+                .await?;
+            let Some((_, now_expires_at)) = self.family(customer_id, family_id).await? else {
+                return Ok(());
+            };
+            if expires_at.is_none() || now_expires_at <= expires_at {
+                return Ok(());
+            }
+            expires_at = now_expires_at;
+        }
     }
 
     async fn rotate_once(
@@ -382,6 +425,7 @@ impl ScyllaStore {
             return Ok(RotateOutcome::Expired);
         }
         // The successor first: nobody knows it until the exchange below wins.
+        let next_ttl = ttl_until(next_expires_at, now);
         self.run(
             &self.a().token_insert,
             (
@@ -389,11 +433,31 @@ impl ScyllaStore {
                 family_id.as_str(),
                 customer_id.as_str(),
                 next_expires_at,
+                next_ttl,
             ),
         )
         .await?;
-        let exchange = self.lwt(&self.a().token_use, (presented,)).await?;
+        let presented_ttl = ttl_until(expires_at.unwrap_or(0), now);
+        let exchange = self
+            .lwt(&self.a().token_use, (presented_ttl, presented))
+            .await?;
         if exchange.applied {
+            // The family lives as long as its newest token; then, a revocation that raced
+            // this is made to last as long (see the module's notes).
+            self.run(
+                &self.a().family_extend,
+                (
+                    next_ttl,
+                    next_expires_at,
+                    customer_id.as_str(),
+                    family_id.as_str(),
+                ),
+            )
+            .await?;
+            if self.family_revoked(&customer_id, &family_id).await? {
+                self.revoke_family(&customer_id, &family_id).await?;
+                return Ok(RotateOutcome::Revoked);
+            }
             return Ok(RotateOutcome::Rotated {
                 customer_id,
                 family_id,

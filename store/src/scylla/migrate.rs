@@ -84,6 +84,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox",
         cql: include_str!("../../migrations/scylla/0011_outbox.cql"),
     },
+    // Refresh tokens and their families expire (TTLs).
+    Migration {
+        version: 12,
+        name: "refresh_token_ttls",
+        cql: include_str!("../../migrations/scylla/0012_refresh_token_ttls.cql"),
+    },
 ];
 
 /// The schema version this build needs.
@@ -436,6 +442,7 @@ mod tests {
             |s| s.starts_with("CREATE TABLE IF NOT EXISTS ks.products ( sku text PRIMARY KEY,")
         ));
         assert!(all.contains(&"ALTER TABLE ks.products ADD discontinued boolean".to_string()));
+        assert!(all.contains(&"ALTER TABLE ks.refresh_families ADD expires_at bigint".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD revision int static".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_claim int static".to_string()));
         assert!(all.contains(&"ALTER TABLE ks.orders ADD payment_token text static".to_string()));

@@ -119,7 +119,7 @@ impl ScyllaConfig {
         ScyllaConfig {
             nodes,
             keyspace: keyspace.into(),
-            delivery_ttl: Duration::from_secs(14 * 24 * 60 * 60),
+            delivery_ttl: crate::DEFAULT_DELIVERY_TTL,
             connect_timeout: Duration::from_secs(10),
             credentials: None,
             tls: None,

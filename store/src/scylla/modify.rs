@@ -67,7 +67,7 @@ use super::{
 };
 use crate::{
     LinePrice, ModificationPlan, ModifyOutcome, OrderChange, OrderRecord, OrderStore, OutboxEvent,
-    PaymentClaim, Reservation, ReservedLine, Result, StatusUpdate, StoreError,
+    PaymentClaim, Reservation, ReservedLine, Result, StatusUpdate, StoreError, MAX_ORDER_REVISIONS,
 };
 
 pub(super) struct ModifyStatements {
@@ -542,6 +542,12 @@ impl ScyllaStore {
             return Ok(ModifyOutcome::Modified {
                 order: Box::new(order),
                 lines: current.lines,
+            });
+        }
+        if current.revision >= MAX_ORDER_REVISIONS {
+            self.leave(order_id, lease, &current, reserved_at).await?;
+            return Ok(ModifyOutcome::TooManyRevisions {
+                max: MAX_ORDER_REVISIONS,
             });
         }
 

@@ -199,14 +199,17 @@ pub(crate) async fn check_verification_codes(store: Arc<dyn Store>) {
 
 /// Rotation hands on the family; a reuse, a logout or disabling the account revokes it.
 pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>) {
+    // Refresh tokens expire by the store's own clock (pruned as tokens are written, or a
+    // TTL), so their times are from now.
+    let t0 = orderflow_schemas::now_millis();
     let customer = new_id();
     let family = new_id();
-    let first = refresh(&customer, &family, T0 + DAY_MS);
+    let first = refresh(&customer, &family, t0 + DAY_MS);
     store.create_refresh_token(first.clone()).await.unwrap();
     let second = unique("token");
     assert_eq!(
         store
-            .rotate_refresh_token(&first.token_hash, &second, T0 + DAY_MS, T0)
+            .rotate_refresh_token(&first.token_hash, &second, t0 + DAY_MS, t0)
             .await
             .unwrap(),
         RotateOutcome::Rotated {
@@ -221,7 +224,7 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
     // The first token again: a reuse, which revokes the family, the second token too.
     assert_eq!(
         store
-            .rotate_refresh_token(&first.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .rotate_refresh_token(&first.token_hash, &unique("token"), t0 + DAY_MS, t0)
             .await
             .unwrap(),
         RotateOutcome::Reused
@@ -246,21 +249,21 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
     );
     assert_eq!(
         store
-            .rotate_refresh_token(&second, &unique("token"), T0 + DAY_MS, T0)
+            .rotate_refresh_token(&second, &unique("token"), t0 + DAY_MS, t0)
             .await
             .unwrap(),
         RotateOutcome::Revoked
     );
     assert_eq!(
         store
-            .rotate_refresh_token("no-such-token", &unique("token"), T0 + DAY_MS, T0)
+            .rotate_refresh_token("no-such-token", &unique("token"), t0 + DAY_MS, t0)
             .await
             .unwrap(),
         RotateOutcome::Unknown
     );
 
     // Logout revokes the family of the token it is given.
-    let login = refresh(&customer, &new_id(), T0 + DAY_MS);
+    let login = refresh(&customer, &new_id(), t0 + DAY_MS);
     store.create_refresh_token(login.clone()).await.unwrap();
     assert!(store
         .revoke_refresh_family(&login.token_hash)
@@ -269,18 +272,18 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
     assert!(!store.revoke_refresh_family("no-such-token").await.unwrap());
     assert_eq!(
         store
-            .rotate_refresh_token(&login.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .rotate_refresh_token(&login.token_hash, &unique("token"), t0 + DAY_MS, t0)
             .await
             .unwrap(),
         RotateOutcome::Revoked
     );
 
     // Expired.
-    let old = refresh(&customer, &new_id(), T0);
+    let old = refresh(&customer, &new_id(), t0 + 60_000);
     store.create_refresh_token(old.clone()).await.unwrap();
     assert_eq!(
         store
-            .rotate_refresh_token(&old.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .rotate_refresh_token(&old.token_hash, &unique("token"), t0 + DAY_MS, t0 + 60_000)
             .await
             .unwrap(),
         RotateOutcome::Expired
@@ -288,10 +291,10 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
 
     // Disabling the account revokes every family of it, and only its.
     let (a, b) = (
-        refresh(&customer, &new_id(), T0 + DAY_MS),
-        refresh(&customer, &new_id(), T0 + DAY_MS),
+        refresh(&customer, &new_id(), t0 + DAY_MS),
+        refresh(&customer, &new_id(), t0 + DAY_MS),
     );
-    let other = refresh(&new_id(), &new_id(), T0 + DAY_MS);
+    let other = refresh(&new_id(), &new_id(), t0 + DAY_MS);
     for t in [&a, &b, &other] {
         store.create_refresh_token(t.clone()).await.unwrap();
     }
@@ -306,7 +309,7 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
             .unwrap());
         assert_eq!(
             store
-                .rotate_refresh_token(&t.token_hash, &unique("token"), T0 + DAY_MS, T0)
+                .rotate_refresh_token(&t.token_hash, &unique("token"), t0 + DAY_MS, t0)
                 .await
                 .unwrap(),
             RotateOutcome::Revoked
@@ -314,7 +317,7 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
     }
     assert!(matches!(
         store
-            .rotate_refresh_token(&other.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .rotate_refresh_token(&other.token_hash, &unique("token"), t0 + DAY_MS, t0)
             .await
             .unwrap(),
         RotateOutcome::Rotated { .. }
@@ -322,8 +325,8 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
 
     // A password change revokes every family of the account but the login that made it.
     let (kept, ended) = (
-        refresh(&customer, &new_id(), T0 + DAY_MS),
-        refresh(&customer, &new_id(), T0 + DAY_MS),
+        refresh(&customer, &new_id(), t0 + DAY_MS),
+        refresh(&customer, &new_id(), t0 + DAY_MS),
     );
     for t in [&kept, &ended] {
         store.create_refresh_token(t.clone()).await.unwrap();
@@ -342,7 +345,7 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
         .unwrap());
     assert!(matches!(
         store
-            .rotate_refresh_token(&kept.token_hash, &unique("token"), T0 + DAY_MS, T0)
+            .rotate_refresh_token(&kept.token_hash, &unique("token"), t0 + DAY_MS, t0)
             .await
             .unwrap(),
         RotateOutcome::Rotated { .. }
@@ -351,7 +354,10 @@ pub(crate) async fn check_refresh_tokens_rotate_and_revoke(store: Arc<dyn Store>
 
 /// Of concurrent exchanges of one token, exactly one gets a new token.
 pub(crate) async fn check_a_refresh_token_rotates_once(store: Arc<dyn Store>) {
-    let token = refresh(&new_id(), &new_id(), T0 + DAY_MS);
+    // Refresh tokens expire by the store's own clock (pruned as tokens are written, or a
+    // TTL), so their times are from now.
+    let t0 = orderflow_schemas::now_millis();
+    let token = refresh(&new_id(), &new_id(), t0 + DAY_MS);
     store.create_refresh_token(token.clone()).await.unwrap();
     let barrier = Arc::new(Barrier::new(6));
     let handles = (0..6)
@@ -360,7 +366,7 @@ pub(crate) async fn check_a_refresh_token_rotates_once(store: Arc<dyn Store>) {
             tokio::spawn(async move {
                 barrier.wait().await;
                 store
-                    .rotate_refresh_token(&hash, &unique("token"), T0 + DAY_MS, T0)
+                    .rotate_refresh_token(&hash, &unique("token"), t0 + DAY_MS, t0)
                     .await
                     .unwrap()
             })

@@ -30,7 +30,7 @@ use orderflow_store::{
     OrderFilter, OrderRecord, OrderStore, PaymentClaim, PaymentRecord, PaymentStore, PaymentToken,
     Pricing, Product, ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome,
     ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,
-    VerificationEmail, VerifyOutcome, MAX_VERIFICATION_ATTEMPTS,
+    VerificationEmail, VerifyOutcome, MAX_ORDER_REVISIONS, MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -43,6 +43,7 @@ mod modifications;
 mod orders;
 mod outbox;
 mod payments;
+mod pruning;
 mod reservations;
 mod secrets;
 mod unpaid;
@@ -55,6 +56,7 @@ use modifications::*;
 use orders::*;
 use outbox::*;
 use payments::*;
+use pruning::*;
 use reservations::*;
 use secrets::*;
 use unpaid::*;
@@ -135,6 +137,8 @@ macro_rules! conformance_tests {
             reprice_changes_unit_prices_of_an_unpaid_order = check_reprice_changes_unit_prices_of_an_unpaid_order;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             racing_reprice_and_claim_one_wins = check_racing_reprice_and_claim_one_wins;
+            [tokio::test]
+            an_order_changes_a_bounded_number_of_times = check_an_order_changes_a_bounded_number_of_times;
             [tokio::test(flavor = "multi_thread", worker_threads = 2)]
             keyed_stock_adjustments_apply_once = check_keyed_stock_adjustments_apply_once;
             // One idempotency key, one order.
@@ -188,6 +192,46 @@ mod embedded {
     }
 
     conformance_tests!(open);
+
+    fn fresh() -> (EmbeddedStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn delivery_markers_expire() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        check_delivery_markers_expire(dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_expire() {
+        let (store, _dir) = fresh();
+        check_idempotency_keys_expire(store).await;
+    }
+
+    #[tokio::test]
+    async fn adjustment_keys_expire() {
+        let (store, _dir) = fresh();
+        check_adjustment_keys_expire(store).await;
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_expire() {
+        let (store, _dir) = fresh();
+        check_refresh_tokens_expire(store).await;
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_write_is_unhealthy() {
+        check_a_store_that_cannot_write_is_unhealthy().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_write_queue_pushes_back() {
+        check_a_full_write_queue_pushes_back().await;
+    }
 
     /// Everything written survives dropping every handle and opening the directory again, and
     /// the invoice sequence continues where it stopped.

@@ -543,3 +543,66 @@ pub(crate) async fn check_racing_reprice_and_claim_one_wins(store: Arc<dyn Store
     }
     assert_eq!(stock(&*store, &sku).await, (990, 10), "no stock moves");
 }
+
+/// An order changes at most [`MAX_ORDER_REVISIONS`] times: one more change is refused naming
+/// the limit and changes nothing (its record and timeline stay bounded).
+pub(crate) async fn check_an_order_changes_a_bounded_number_of_times(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 100)]).await.unwrap();
+    let o = validated_order(&*store, &[item(&sku, 1)]).await;
+    for revision in 1..=MAX_ORDER_REVISIONS {
+        // Alternating 2 and 1 units: each one a real change.
+        let quantity = 1 + revision % 2;
+        let changed = modified(
+            store
+                .modify_order(
+                    &o.order_id,
+                    vec![item(&sku, quantity)],
+                    T0 + 10 + i64::from(revision),
+                )
+                .await
+                .unwrap(),
+        );
+        assert_eq!(changed.revision, revision);
+    }
+    let before = store.get_order(&o.order_id).await.unwrap().unwrap();
+    let quantity = before.items[0].quantity;
+    let refused = store
+        .modify_order(&o.order_id, vec![item(&sku, quantity + 1)], T0 + 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        ModifyOutcome::TooManyRevisions {
+            max: MAX_ORDER_REVISIONS
+        }
+    );
+    let price = store
+        .reprice_order(
+            &o.order_id,
+            vec![LinePrice {
+                sku: sku.clone(),
+                unit_price_cents: 1,
+            }],
+            T0 + 1001,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        price,
+        ModifyOutcome::TooManyRevisions {
+            max: MAX_ORDER_REVISIONS
+        }
+    );
+    assert_eq!(store.get_order(&o.order_id).await.unwrap().unwrap(), before);
+    assert_eq!(
+        stock(&*store, &sku).await,
+        (100 - i64::from(quantity), i64::from(quantity))
+    );
+    // Asking for what it has already is no change, and still answers the order.
+    let same = store
+        .modify_order(&o.order_id, vec![item(&sku, quantity)], T0 + 1002)
+        .await
+        .unwrap();
+    assert_eq!(modified(same), before);
+}
