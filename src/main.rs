@@ -500,11 +500,13 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
     if args.brokers.is_none() {
         // The embedded broker (its patched storage, vendor/tansu-storage) answers a fetch as
         // soon as a record is produced to one of its topics, so a long wait adds no latency
-        // and an idle consumer asks twice a second instead of a hundred times. Flags and
-        // ORDERFLOW_KAFKA_* still win, since they are applied after this.
+        // and an idle consumer asks every five seconds instead of a hundred times a second.
+        // (librdkafka sends heartbeats and commits on the group coordinator's own connection,
+        // which a waiting fetch does not hold up.) Flags and ORDERFLOW_KAFKA_* still win,
+        // since they are applied after this.
         kafka
             .properties
-            .insert(0, ("fetch.wait.max.ms".into(), "500".into()));
+            .insert(0, ("fetch.wait.max.ms".into(), "5000".into()));
         // After a crash (kill -9), the stages' old group members block the rebalance until
         // their session times out: on loopback a short session is safe and resumes in seconds
         // instead of librdkafka's 45.
