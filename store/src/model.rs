@@ -213,6 +213,24 @@ pub struct StatusUpdate {
     pub revision: i32,
 }
 
+impl StatusUpdate {
+    /// `paid` on `order` by `payment` (a bank transfer recorded through the API): timeline
+    /// `<order>:paid` at the payment's time, detail its reference, the order's pricing.
+    pub fn paid(order: &OrderRecord, payment: &PaymentRecord) -> Self {
+        StatusUpdate {
+            order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            status: OrderStatus::Paid,
+            event_id: OrderStatus::Paid.event_id(&order.order_id),
+            at: payment.at,
+            detail: payment.payment_id.clone(),
+            pricing: order.pricing.clone(),
+            invoice_number: None,
+            revision: order.revision,
+        }
+    }
+}
+
 /// A product as it was when an order reserved it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservedLine {

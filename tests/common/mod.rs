@@ -368,6 +368,13 @@ impl Pipeline {
         orderflow_ingest::auth::AuthSettings::new(secret.trim().as_bytes())
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
     }

@@ -229,15 +229,7 @@ async fn the_fifo_queue_gets_each_event_once_across_a_restart_and_redelivery() {
         assert_eq!(seen.get(e), Some(&1), "{e} received once: {seen:?}");
     }
     assert_eq!(messages.len(), expected.len(), "{seen:?}");
-    let metrics = p
-        .client
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics
             .lines()
@@ -285,15 +277,7 @@ async fn with_aws_down_the_bridge_retries_and_delivers_everything_once_it_is_bac
     // It is retrying (and says so in its readiness).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = p
-            .client
-            .get(p.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = p.metrics().await;
         if metrics.lines().any(|l| {
             l.starts_with("orderflow_errors_total{")
                 && l.contains("stage=\"bridge.")
@@ -486,15 +470,7 @@ impl Hook {
 
 /// The value of one sample of `/metrics` (0 when it is not there).
 async fn sample(p: &Pipeline, name: &str, sink: &str) -> f64 {
-    let text = p
-        .client
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = p.metrics().await;
     let series = format!("{name}{{sink=\"{sink}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

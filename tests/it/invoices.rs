@@ -192,15 +192,7 @@ async fn cached_order_reads_never_go_backwards() {
             assert_eq!(p.order(&id).await["status"], "invoiced");
         }
     }
-    let metrics = p
-        .client
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     let count = |outcome: &str| -> f64 {
         metrics
             .lines()

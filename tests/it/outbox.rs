@@ -132,15 +132,7 @@ async fn orders_taken_while_the_broker_is_down_go_through_when_it_is_back() {
         std::time::Duration::from_secs(15),
         std::time::Duration::from_millis(100),
         || async {
-            let text = p
-                .client
-                .get(p.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = p.metrics().await;
             text.lines()
                 .find_map(|l| l.strip_prefix("orderflow_outbox_events "))
                 .and_then(|v| v.trim().parse::<f64>().ok())

@@ -230,20 +230,7 @@ impl OrderStore for EmbeddedStore {
             if order.timeline.iter().any(|t| t.event_id == event_id) {
                 return Ok(Some(order));
             }
-            apply_status_in(
-                txn,
-                &StatusUpdate {
-                    order_id: order.order_id.clone(),
-                    customer_id: order.customer_id.clone(),
-                    status: OrderStatus::Paid,
-                    event_id,
-                    at: payment.at,
-                    detail: payment.payment_id.clone(),
-                    pricing: order.pricing.clone(),
-                    invoice_number: None,
-                    revision: order.revision,
-                },
-            )?;
+            apply_status_in(txn, &StatusUpdate::paid(&order, &payment))?;
             queue_in(txn, &OutboxEvent::of(&paid)?)?;
             let orders = txn.open_table(ORDERS).map_err(unavailable)?;
             let order = get_json::<OrderRecord, _>(&orders, "order", &payment.order_id)?;

@@ -253,17 +253,7 @@ impl OrderStore for ScyllaStore {
             again.intend().await?;
             cancelled = Some(again);
         }
-        let update = StatusUpdate {
-            order_id: order.order_id.clone(),
-            customer_id: order.customer_id.clone(),
-            status: OrderStatus::Paid,
-            event_id,
-            at: payment.at,
-            detail: payment.payment_id.clone(),
-            pricing: order.pricing.clone(),
-            invoice_number: None,
-            revision: order.revision,
-        };
+        let update = StatusUpdate::paid(&order, payment);
         retry("mark_paid", || paid.decide(self.apply_status_once(&update))).await?;
         let order = self.get_order(order_id).await?;
         if let (None, Some(order)) = (&cancelled, &order) {
