@@ -68,7 +68,7 @@ pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
         (status = 422, description = "The reason is empty, too long or has control \
             characters, or the body has unknown fields.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 503, description = "The store or the event log is down; retry.",
+        (status = 503, description = "The store is down; retry.",
          body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
     ),
@@ -208,8 +208,8 @@ fn price_changes(order: &OrderRecord, changes: &[PriceChange]) -> Result<Vec<Lin
             "status": 422, "detail": "lines[0].unit_price_cents: must be from 0 to 100000000",
             "errors": [{"field": "lines[0].unit_price_cents",
                 "message": "must be from 0 to 100000000"}]})),
-        (status = 503, description = "The store or the event log is down; retry (a retry \
-            finishes what the first call started).", body = Problem,
+        (status = 503, description = "The store is down; retry (a retry finishes what \
+            the first call started).", body = Problem,
          content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait."))),
     ),

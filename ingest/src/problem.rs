@@ -251,13 +251,6 @@ impl From<StoreError> for Problem {
     }
 }
 
-/// A broker error as the answer: 503 with `Retry-After`, the broker's words in the log only.
-impl From<orderflow_kafka::Error> for Problem {
-    fn from(e: orderflow_kafka::Error) -> Self {
-        Problem::down("event log", &e)
-    }
-}
-
 /// The responses every route shares, declared once for the OpenAPI document:
 /// `responses((status = 200, ...), responses::Unauthorized, responses::Unavailable)`.
 pub mod responses {
@@ -302,12 +295,12 @@ pub mod responses {
     )]
     pub struct NotJson(pub Problem);
 
-    /// 503: the store or the event log is down.
+    /// 503: the store is down.
     #[derive(IntoResponses)]
     #[response(
         status = 503,
-        description = "The store or the event log is down; retry (a retry finishes what the \
-            first call started).",
+        description = "The store is down; retry (a retry finishes what the first call \
+            started). A broker that is down is no reason: the events wait in the outbox.",
         content_type = "application/problem+json",
         headers(("Retry-After" = u32, description = "Seconds to wait."))
     )]
