@@ -119,7 +119,7 @@ pub(crate) fn not_modifiable(order_id: &str, status: OrderStatus, claimed: bool)
 /// A change that does not apply to the order's items: 422 for a value out of range, 409 for a
 /// change the order's items do not allow (a SKU it does not have, a SKU twice, no item left),
 /// as the document cannot say what the order holds.
-fn change_problem(e: ChangeError) -> Problem {
+pub(crate) fn change_problem(e: ChangeError) -> Problem {
     match e {
         ChangeError::Invalid(errors) => Problem::invalid(errors),
         ChangeError::Refused(errors) => refused_change(errors),
@@ -127,7 +127,7 @@ fn change_problem(e: ChangeError) -> Problem {
 }
 
 /// 409: the change does not fit the order's items.
-fn refused_change(errors: Vec<FieldError>) -> Problem {
+pub(crate) fn refused_change(errors: Vec<FieldError>) -> Problem {
     Problem::fields(
         StatusCode::CONFLICT,
         "order-change-refused",

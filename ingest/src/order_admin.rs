@@ -7,35 +7,33 @@
 //! A price adjustment (a discount, a correction) takes the path of a change of quantities
 //! ([`crate::modify`]): only while the order awaits its bank transfer (status `validated`,
 //! payment not claimed), the store swaps the reservation's lines to the new unit prices and
-//! bumps the revision ([`Store::reprice_order`]), then `OrderModified` goes out and validation
-//! re-prices the revision (new totals, a `validated` step, the customer's email).
+//! bumps the revision, then `OrderModified` goes out and validation re-prices the revision (new
+//! totals, a `validated` step, the customer's email). The operation is [`ops::reprice_order`]
+//! (what it writes and announces is documented there).
 //!
-//! [`Store::reprice_order`]: orderflow_store::Store::reprice_order
+//! [`ops::reprice_order`]: crate::ops::reprice_order
 
 use std::sync::Arc;
 
 use axum::{
     body::Body,
     extract::{rejection::PathRejection, Path, State},
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
     Json,
 };
-use orderflow_schemas::{now_millis, PaymentMethod};
-use orderflow_store::{LinePrice, ModifyOutcome, OrderRecord};
 use serde::Deserialize;
 use tracing::info;
 use utoipa::ToSchema;
 
+pub use crate::ops::{PriceChange, MAX_UNIT_PRICE_CENTS};
 use crate::{
     auth::Caller,
     lifecycle::CancelOrderRequest,
-    orders::{integer, json_body, OrderView, MAX_ITEMS},
+    ops::{self, Modified, OpError},
+    orders::{json_body, OrderView},
     problem::{FieldError, Problem},
     ApiState,
 };
-
-/// The highest unit price an adjustment may set, in cents (a million in the currency).
-pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
 
 /// `DELETE /v1/orders/{id}`.
 #[utoipa::path(
@@ -90,77 +88,6 @@ pub struct AdjustPricesRequest {
     /// New unit prices for lines of the order (the others keep theirs).
     #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<PriceChange>,
-}
-
-/// A new unit price for one line of the order.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PriceChange {
-    /// A SKU the order has.
-    #[schema(max_length = 64, example = "MUG-001")]
-    pub sku: String,
-    /// The new unit price, in cents of the order's currency (tax is added on top, as at
-    /// placing).
-    #[serde(deserialize_with = "integer")]
-    #[schema(minimum = 0, maximum = 100_000_000, example = 990)]
-    pub unit_price_cents: i64,
-}
-
-fn field_error(field: String, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field,
-        message: message.into(),
-    }
-}
-
-/// The prices asked for, checked against the order: a value out of range is a 422; a SKU the
-/// order does not have, or one listed twice, a 409 (the document cannot say what the order
-/// holds).
-fn price_changes(order: &OrderRecord, changes: &[PriceChange]) -> Result<Vec<LinePrice>, Problem> {
-    let mut invalid = Vec::new();
-    let mut conflicts = Vec::new();
-    if changes.is_empty() {
-        invalid.push(field_error("lines".into(), "must hold at least one line"));
-    }
-    if changes.len() > MAX_ITEMS {
-        invalid.push(field_error(
-            "lines".into(),
-            format!("must hold at most {MAX_ITEMS} lines"),
-        ));
-    }
-    for (i, change) in changes.iter().enumerate().take(MAX_ITEMS) {
-        if !(0..=MAX_UNIT_PRICE_CENTS).contains(&change.unit_price_cents) {
-            invalid.push(field_error(
-                format!("lines[{i}].unit_price_cents"),
-                format!("must be from 0 to {MAX_UNIT_PRICE_CENTS}"),
-            ));
-        } else if changes[..i].iter().any(|c| c.sku == change.sku) {
-            conflicts.push(field_error(format!("lines[{i}].sku"), "is listed twice"));
-        } else if !order.items.iter().any(|item| item.sku == change.sku) {
-            conflicts.push(field_error(
-                format!("lines[{i}].sku"),
-                "is not in this order: only the prices of its lines can change",
-            ));
-        }
-    }
-    if !invalid.is_empty() {
-        return Err(Problem::invalid(invalid));
-    }
-    if !conflicts.is_empty() {
-        return Err(Problem::fields(
-            StatusCode::CONFLICT,
-            "order-change-refused",
-            "The order cannot change this way",
-            conflicts,
-        ));
-    }
-    Ok(changes
-        .iter()
-        .map(|c| LinePrice {
-            sku: c.sku.clone(),
-            unit_price_cents: c.unit_price_cents,
-        })
-        .collect())
 }
 
 /// `POST /v1/orders/{id}/prices`.
@@ -226,68 +153,54 @@ pub async fn adjust_prices(
     tracing::Span::current().record("order_id", order_id.as_str());
     let req: AdjustPricesRequest = json_body(&headers, body).await?;
     let not_found = || Problem::not_found(format!("no order {order_id}"));
-    let down = |e: orderflow_store::StoreError| Problem::down("order store", &e);
-    let order = state
-        .store
-        .get_order(&order_id)
+    let outcome = ops::reprice_order(&state, &order_id, &req.lines)
         .await
-        .map_err(down)?
-        .ok_or_else(not_found)?;
-    let prices = price_changes(&order, &req.lines)?;
-    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
-        return Err(Problem::conflict(
-            "order-not-modifiable",
-            "Order cannot change",
-            format!(
-                "order {order_id} is paid by {}, charged as soon as it is validated: its \
-                 prices cannot change (cancel it and order again)",
-                order
-                    .payment_method
-                    .as_deref()
-                    .unwrap_or("an unknown method")
-            ),
-        ));
-    }
-    let outcome = state
-        .store
-        .reprice_order(&order_id, prices, now_millis())
-        .await
-        .map_err(down)?;
+        .map_err(|OpError::Store(e)| Problem::down("order store", &e))?;
     let order = match outcome {
-        ModifyOutcome::Modified { order, .. } => *order,
-        ModifyOutcome::NotModifiable { status, claimed } => {
+        Modified::Modified(order) => *order,
+        Modified::BadChange(e) => return Err(crate::modify::change_problem(e)),
+        Modified::NotBankTransfer { method } => {
+            return Err(Problem::conflict(
+                "order-not-modifiable",
+                "Order cannot change",
+                format!(
+                    "order {order_id} is paid by {}, charged as soon as it is validated: its \
+                     prices cannot change (cancel it and order again)",
+                    method.as_deref().unwrap_or("an unknown method")
+                ),
+            ))
+        }
+        Modified::NotModifiable { status, claimed } => {
             return Err(crate::modify::not_modifiable(&order_id, status, claimed))
         }
-        ModifyOutcome::UnknownItem { sku } => {
+        Modified::UnknownItem { sku } => {
+            // The order changed between the read and the write (another change dropped it).
             let i = req.lines.iter().position(|l| l.sku == sku).unwrap_or(0);
-            return Err(Problem::fields(
-                StatusCode::CONFLICT,
-                "order-change-refused",
-                "The order cannot change this way",
-                vec![field_error(
-                    format!("lines[{i}].sku"),
-                    "is not in this order: only the prices of its lines can change",
-                )],
-            ));
+            return Err(crate::modify::refused_change(vec![FieldError {
+                field: format!("lines[{i}].sku"),
+                message: "is not in this order: only the prices of its lines can change".into(),
+            }]));
         }
-        ModifyOutcome::TooManyRevisions { max } => {
+        Modified::TooManyRevisions { max } => {
             return Err(crate::modify::too_many_revisions(&order_id, max))
         }
         // A repricing moves no stock.
-        ModifyOutcome::Insufficient { .. } | ModifyOutcome::NotFound => return Err(not_found()),
+        Modified::Insufficient { .. } | Modified::NotFound => return Err(not_found()),
     };
-    state.orders.invalidate(&order_id).await;
-    // The store queued the revision's `OrderModified`: the relay puts it out.
-    state.relay.wake();
     info!(%order_id, by = %caller.customer_id, revision = order.revision, "Order prices adjusted.");
     Ok(Json(order.into()))
 }
 
 #[cfg(test)]
 mod tests {
-    use orderflow_schemas::{OrderItem, OrderStatus};
+    use orderflow_schemas::{OrderItem, OrderStatus, PaymentMethod};
+    use orderflow_store::{LinePrice, OrderRecord};
 
     use super::*;
+
+    fn price_changes(o: &OrderRecord, changes: &[PriceChange]) -> Result<Vec<LinePrice>, Problem> {
+        ops::modify::price_changes(o, changes).map_err(crate::modify::change_problem)
+    }
 
     fn order() -> OrderRecord {
         OrderRecord {

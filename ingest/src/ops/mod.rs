@@ -12,7 +12,8 @@
 //! # Layout
 //! - [`place`]: [`place_order`], a new order (`OrderAccepted`).
 //! - [`lifecycle`]: [`cancel_order`] (`OrderCancelled`) and [`ship_order`] (`OrderShipped`).
-//! - [`modify`]: [`modify_order`], new quantities of an unpaid order (`OrderModified`).
+//! - [`modify`]: [`modify_order`], new quantities of an unpaid order, and [`reprice_order`],
+//!   new unit prices of its lines (`OrderModified`).
 //! - [`transfer`]: [`record_transfer`], the bank transfer that pays an order (`OrderPaid`).
 
 pub mod lifecycle;
@@ -21,7 +22,9 @@ pub mod place;
 pub mod transfer;
 
 pub use lifecycle::{cancel_order, ship_order};
-pub use modify::{modify_order, ItemChange, Modified};
+pub use modify::{
+    modify_order, reprice_order, ItemChange, Modified, PriceChange, MAX_UNIT_PRICE_CENTS,
+};
 pub use place::{place_order, NewOrder, Placed};
 pub use transfer::{record_transfer, Transfer};
 

@@ -1,14 +1,17 @@
-//! Changing the quantities of an unpaid order (paid by bank transfer, status `validated`).
+//! Changing an unpaid order (paid by bank transfer, status `validated`): the quantities of its
+//! items ([`modify_order`]) or (admins) the unit prices of its lines ([`reprice_order`]).
 //!
-//! The change goes to the store ([`Store::modify_order`]): the reservation swaps to the new
-//! quantities all or nothing, the order's revision goes up, its pricing is cleared, and its
-//! `OrderModified` is queued for `orders.modified` in the same write; validation re-prices the
-//! revision and produces its `OrderValidated` (event id `<order>:validated:r<n>`).
+//! The change goes to the store ([`Store::modify_order`], [`Store::reprice_order`]): the
+//! reservation swaps to the new quantities (all or nothing) or unit prices, the order's
+//! revision goes up, its pricing is cleared, and its `OrderModified` is queued for
+//! `orders.modified` in the same write; validation re-prices the revision and produces its
+//! `OrderValidated` (event id `<order>:validated:r<n>`).
 //!
 //! [`Store::modify_order`]: orderflow_store::Store::modify_order
+//! [`Store::reprice_order`]: orderflow_store::Store::reprice_order
 
 use orderflow_schemas::{now_millis, OrderItem, OrderStatus, PaymentMethod};
-use orderflow_store::{ModifyOutcome, OrderRecord};
+use orderflow_store::{LinePrice, ModifyOutcome, OrderRecord};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -20,6 +23,9 @@ use crate::{
     problem::FieldError,
     ApiState,
 };
+
+/// The highest unit price an adjustment may set, in cents (a million in the currency).
+pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
 
 /// A new quantity for one item of the order.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -34,7 +40,22 @@ pub struct ItemChange {
     pub quantity: i64,
 }
 
-/// Why changes cannot apply to the order's items, field by field.
+/// A new unit price for one line of the order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceChange {
+    /// A SKU the order has.
+    #[schema(max_length = 64, example = "MUG-001")]
+    pub sku: String,
+    /// The new unit price, in cents of the order's currency (tax is added on top, as at
+    /// placing).
+    #[serde(deserialize_with = "integer")]
+    #[schema(minimum = 0, maximum = 100_000_000, example = 990)]
+    pub unit_price_cents: i64,
+}
+
+/// Why changes cannot apply to the order's items (quantities) or lines (prices), field by
+/// field.
 #[derive(Debug)]
 pub enum ChangeError {
     /// A value is out of range (or there is no change at all).
@@ -53,7 +74,7 @@ pub enum Modified {
     NotFound,
     /// The order is not paid by bank transfer (a card is charged once validated).
     NotBankTransfer { method: Option<String> },
-    /// The changes do not apply to the order's items.
+    /// The changes do not apply to the order's items or lines.
     BadChange(ChangeError),
     /// The order is not awaiting its transfer (`claimed`: its payment is being recorded).
     NotModifiable { status: OrderStatus, claimed: bool },
@@ -158,23 +179,104 @@ pub async fn modify_order(
             method: order.payment_method,
         });
     }
-    let order = match state
+    let outcome = state
         .store
         .modify_order(order_id, items, now_millis())
-        .await?
-    {
+        .await?;
+    Ok(changed(state, order_id, outcome).await)
+}
+
+/// The prices asked for, checked against the order: a value out of range is
+/// [`ChangeError::Invalid`]; a SKU the order does not have, or one listed twice,
+/// [`ChangeError::Refused`].
+pub fn price_changes(
+    order: &OrderRecord,
+    changes: &[PriceChange],
+) -> Result<Vec<LinePrice>, ChangeError> {
+    let mut invalid = Vec::new();
+    let mut conflicts = Vec::new();
+    if changes.is_empty() {
+        invalid.push(field_error("lines".into(), "must hold at least one line"));
+    }
+    if changes.len() > MAX_ITEMS {
+        invalid.push(field_error(
+            "lines".into(),
+            format!("must hold at most {MAX_ITEMS} lines"),
+        ));
+    }
+    for (i, change) in changes.iter().enumerate().take(MAX_ITEMS) {
+        if !(0..=MAX_UNIT_PRICE_CENTS).contains(&change.unit_price_cents) {
+            invalid.push(field_error(
+                format!("lines[{i}].unit_price_cents"),
+                format!("must be from 0 to {MAX_UNIT_PRICE_CENTS}"),
+            ));
+        } else if changes[..i].iter().any(|c| c.sku == change.sku) {
+            conflicts.push(field_error(format!("lines[{i}].sku"), "is listed twice"));
+        } else if !order.items.iter().any(|item| item.sku == change.sku) {
+            conflicts.push(field_error(
+                format!("lines[{i}].sku"),
+                "is not in this order: only the prices of its lines can change",
+            ));
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(ChangeError::Invalid(invalid));
+    }
+    if !conflicts.is_empty() {
+        return Err(ChangeError::Refused(conflicts));
+    }
+    Ok(changes
+        .iter()
+        .map(|c| LinePrice {
+            sku: c.sku.clone(),
+            unit_price_cents: c.unit_price_cents,
+        })
+        .collect())
+}
+
+/// Sets new unit prices on lines of the order (for an admin: any customer's order) and
+/// announces the new revision. A repricing moves no stock: it never comes to
+/// [`Modified::Insufficient`].
+pub async fn reprice_order(
+    state: &ApiState,
+    order_id: &str,
+    changes: &[PriceChange],
+) -> Result<Modified, OpError> {
+    let Some(order) = state.store.get_order(order_id).await? else {
+        return Ok(Modified::NotFound);
+    };
+    let prices = match price_changes(&order, changes) {
+        Ok(prices) => prices,
+        Err(e) => return Ok(Modified::BadChange(e)),
+    };
+    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
+        return Ok(Modified::NotBankTransfer {
+            method: order.payment_method,
+        });
+    }
+    let outcome = state
+        .store
+        .reprice_order(order_id, prices, now_millis())
+        .await?;
+    Ok(changed(state, order_id, outcome).await)
+}
+
+/// What the store's change came to; a change made drops the order from the read cache and
+/// wakes the relay for the `OrderModified` the store queued.
+async fn changed(state: &ApiState, order_id: &str, outcome: ModifyOutcome) -> Modified {
+    let order = match outcome {
         ModifyOutcome::Modified { order, .. } => order,
         ModifyOutcome::NotModifiable { status, claimed } => {
-            return Ok(Modified::NotModifiable { status, claimed })
+            return Modified::NotModifiable { status, claimed }
         }
         ModifyOutcome::Insufficient { sku, available } => {
-            return Ok(Modified::Insufficient { sku, available })
+            return Modified::Insufficient { sku, available }
         }
-        ModifyOutcome::UnknownItem { sku } => return Ok(Modified::UnknownItem { sku }),
-        ModifyOutcome::TooManyRevisions { max } => return Ok(Modified::TooManyRevisions { max }),
-        ModifyOutcome::NotFound => return Ok(Modified::NotFound),
+        ModifyOutcome::UnknownItem { sku } => return Modified::UnknownItem { sku },
+        ModifyOutcome::TooManyRevisions { max } => return Modified::TooManyRevisions { max },
+        ModifyOutcome::NotFound => return Modified::NotFound,
     };
     state.orders.invalidate(order_id).await;
     announced(state);
-    Ok(Modified::Modified(order))
+    Modified::Modified(order)
 }
