@@ -18,7 +18,7 @@
 //!   it replaces the key, so the first call, if it was only stalled, can no longer write its
 //!   order. Claim and write are two partitions, but the fence is on the order's: one key, one
 //!   order, under any interleaving.
-//! - **Unpaid orders** (`unpaid.rs`): bank-transfer orders awaiting their transfer are listed by
+//! - **Unpaid orders** (`orders.rs`): bank-transfer orders awaiting their transfer are listed by
 //!   time placed for the expiry sweep; an expiry is the cancel's conditional batch that is also
 //!   refused once the payment is claimed.
 //! - **Invoice numbers** come from one LWT sequence row that takes the next number together
@@ -44,7 +44,7 @@
 //! - **Payment tokens** and **verification emails** (`secrets.rs`): a card order's token is a
 //!   static column pair of the order's partition, written by the order's own logged batch with
 //!   a TTL to its expiry; a verification email's clear code is a row by event id with a TTL.
-//! - **Modifications** and **payment claims** (`modify.rs`): an order's `revision`,
+//! - **Modifications** and **payment claims** (`orders.rs`): an order's `revision`,
 //!   `payment_claim` and `lifecycle` static columns are written only by LWTs on its partition,
 //!   so a modification's fence, a claim, a cancel and a ship are ordered by Paxos and exactly
 //!   one of a racing modification and claim wins. A modification moves the stock first, under
@@ -59,14 +59,11 @@ mod accounts;
 mod catalogue;
 mod deliveries;
 mod invoices;
-mod lifecycle;
 mod migrate;
-mod modify;
 mod orders;
 mod outbox;
 mod payments;
 mod secrets;
-mod unpaid;
 
 use std::{
     collections::HashMap,
@@ -228,12 +225,12 @@ pub struct ScyllaStore {
     q: Arc<Statements>,
     /// The statements of accounts: [`accounts`].
     accounts: Arc<accounts::AccountStatements>,
-    /// The statements of cancel and ship: [`lifecycle`].
-    lifecycle: Arc<lifecycle::LifecycleStatements>,
-    /// The statements of modifications and payment claims: [`modify`].
-    modify: Arc<modify::ModifyStatements>,
-    /// The statements of orders awaiting a bank transfer: [`unpaid`].
-    unpaid: Arc<unpaid::UnpaidStatements>,
+    /// The statements of cancel and ship: [`orders`].
+    lifecycle: Arc<orders::LifecycleStatements>,
+    /// The statements of modifications and payment claims: [`orders`].
+    modify: Arc<orders::ModifyStatements>,
+    /// The statements of orders awaiting a bank transfer: [`orders`].
+    unpaid: Arc<orders::UnpaidStatements>,
     /// The statements of payment tokens and verification emails: [`secrets`].
     secrets: Arc<secrets::SecretStatements>,
     /// The outbox's statements and this instance's place in it: [`outbox`].
@@ -408,9 +405,9 @@ impl ScyllaStore {
         }
         let q = Statements::prepare(&session, &keyspace).await?;
         let accounts = accounts::AccountStatements::prepare(&session, &keyspace).await?;
-        let lifecycle = lifecycle::LifecycleStatements::prepare(&session, &keyspace).await?;
-        let modify = modify::ModifyStatements::prepare(&session, &keyspace).await?;
-        let unpaid = unpaid::UnpaidStatements::prepare(&session, &keyspace).await?;
+        let lifecycle = orders::LifecycleStatements::prepare(&session, &keyspace).await?;
+        let modify = orders::ModifyStatements::prepare(&session, &keyspace).await?;
+        let unpaid = orders::UnpaidStatements::prepare(&session, &keyspace).await?;
         let secrets = secrets::SecretStatements::prepare(&session, &keyspace).await?;
         let outbox = outbox::Outbox::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
@@ -682,8 +679,8 @@ impl ScyllaStore {
             return Ok(false);
         };
         // A modification that stopped part-way is finished or undone first, so what is
-        // settled is what the order holds ([`modify`]).
-        let modify::Reconciled {
+        // settled is what the order holds ([`orders`]).
+        let orders::Reconciled {
             lines, revision, ..
         } = self.reconcile(order_id, lease, lines, revision).await?;
         let mut given: Vec<(String, i64)> = Vec::new();
@@ -1458,6 +1455,21 @@ fn day_at(ms: i64) -> i32 {
 /// id order.
 fn day_of(order_id: &str, fallback_ms: i64) -> i32 {
     day_at(uuid_v7_millis(order_id).unwrap_or(fallback_ms))
+}
+
+/// Prepares an idempotent statement.
+async fn prepare(
+    session: &scylla::client::session::Session,
+    cql: String,
+    consistency: Consistency,
+) -> Result<PreparedStatement> {
+    let mut statement = session
+        .prepare(cql.clone())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
+    statement.set_is_idempotent(true);
+    statement.set_consistency(consistency);
+    Ok(statement)
 }
 
 /// The TTL of an idempotency-key row: the key's lifetime plus a grace period (the expiry

@@ -88,9 +88,7 @@ use scylla::{
     value::{CqlTimeuuid, MaybeUnset},
 };
 
-use super::{
-    from_json, lifecycle::prepare, order_from_rows, retry, to_json, OrderRow, ScyllaStore,
-};
+use super::{from_json, order_from_rows, prepare, retry, to_json, OrderRow, ScyllaStore};
 use crate::{
     cancellation_event, outbox as build, OrderRecord, OrderStore, OutboxEvent, OutboxStore,
     PaymentRecord, PaymentStore, Queued, Result, StoreError,

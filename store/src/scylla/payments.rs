@@ -49,3 +49,19 @@ impl PaymentStore for ScyllaStore {
         self.record_refund_impl(refund).await
     }
 }
+
+impl ScyllaStore {
+    pub(super) async fn get_refund_impl(&self, order_id: &str) -> Result<Option<RefundRecord>> {
+        self.first::<(Option<String>,)>(&self.lifecycle.refund_get, (order_id,))
+            .await?
+            .and_then(|(r,)| r)
+            .map(|r| from_json("refund", &r))
+            .transpose()
+    }
+
+    pub(super) async fn record_refund_impl(&self, refund: RefundRecord) -> Result<RefundRecord> {
+        let order_id = refund.order_id.clone();
+        self.record_once(&self.lifecycle.refund_insert, "refund", &order_id, refund)
+            .await
+    }
+}

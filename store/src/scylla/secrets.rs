@@ -11,7 +11,7 @@
 
 use scylla::{frame::types::Consistency, statement::prepared::PreparedStatement, value::CqlValue};
 
-use super::{lifecycle::prepare, text, ScyllaStore};
+use super::{prepare, text, ScyllaStore};
 use crate::{PaymentToken, Result, VerificationEmail};
 
 pub(super) struct SecretStatements {
