@@ -79,7 +79,6 @@ fn retry_soon(slug: &str, title: &str, detail: String) -> Problem {
     Problem::conflict(slug, title, detail).with_retry_after(1)
 }
 
-/// Why the order's quantities cannot change, as a 409.
 /// 409: the order has changed as many times as an order may.
 pub(crate) fn too_many_revisions(order_id: &str, max: i32) -> Problem {
     Problem::conflict(
@@ -92,6 +91,21 @@ pub(crate) fn too_many_revisions(order_id: &str, max: i32) -> Problem {
     )
 }
 
+/// 409: the order is paid by `method`, not by bank transfer, so its `what` (quantities,
+/// prices) cannot change.
+pub(crate) fn not_bank_transfer(order_id: &str, method: Option<String>, what: &str) -> Problem {
+    Problem::conflict(
+        "order-not-modifiable",
+        "Order cannot change",
+        format!(
+            "order {order_id} is paid by {}, charged as soon as it is validated: its {what} \
+             cannot change (cancel it and order again)",
+            method.as_deref().unwrap_or("an unknown method")
+        ),
+    )
+}
+
+/// Why the order's quantities cannot change, as a 409.
 pub(crate) fn not_modifiable(order_id: &str, status: OrderStatus, claimed: bool) -> Problem {
     let title = "Order cannot change";
     match status {
@@ -200,15 +214,7 @@ pub async fn modify(
         Modified::NotFound => return Err(not_found(&order_id)),
         Modified::BadChange(e) => return Err(change_problem(e)),
         Modified::NotBankTransfer { method } => {
-            return Err(Problem::conflict(
-                "order-not-modifiable",
-                "Order cannot change",
-                format!(
-                    "order {order_id} is paid by {}, charged as soon as it is validated: its \
-                     quantities cannot change (cancel it and order again)",
-                    method.as_deref().unwrap_or("an unknown method")
-                ),
-            ))
+            return Err(not_bank_transfer(&order_id, method, "quantities"))
         }
         Modified::NotModifiable { status, claimed } => {
             return Err(not_modifiable(&order_id, status, claimed))

@@ -160,14 +160,8 @@ pub async fn adjust_prices(
         Modified::Modified(order) => *order,
         Modified::BadChange(e) => return Err(crate::modify::change_problem(e)),
         Modified::NotBankTransfer { method } => {
-            return Err(Problem::conflict(
-                "order-not-modifiable",
-                "Order cannot change",
-                format!(
-                    "order {order_id} is paid by {}, charged as soon as it is validated: its \
-                     prices cannot change (cancel it and order again)",
-                    method.as_deref().unwrap_or("an unknown method")
-                ),
+            return Err(crate::modify::not_bank_transfer(
+                &order_id, method, "prices",
             ))
         }
         Modified::NotModifiable { status, claimed } => {

@@ -162,23 +162,15 @@ pub async fn modify_order(
     order_id: &str,
     changes: &[ItemChange],
 ) -> Result<Modified, OpError> {
-    let Some(order) = state
+    let order = state
         .store
         .get_order(order_id)
         .await?
-        .filter(|o| caller.may_access(&o.customer_id))
-    else {
-        return Ok(Modified::NotFound);
-    };
-    let items = match apply_changes(&order, changes) {
+        .filter(|o| caller.may_access(&o.customer_id));
+    let items = match checked(order, |o| apply_changes(o, changes)) {
         Ok(items) => items,
-        Err(e) => return Ok(Modified::BadChange(e)),
+        Err(refused) => return Ok(refused),
     };
-    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
-        return Ok(Modified::NotBankTransfer {
-            method: order.payment_method,
-        });
-    }
     let outcome = state
         .store
         .modify_order(order_id, items, now_millis())
@@ -242,23 +234,35 @@ pub async fn reprice_order(
     order_id: &str,
     changes: &[PriceChange],
 ) -> Result<Modified, OpError> {
-    let Some(order) = state.store.get_order(order_id).await? else {
-        return Ok(Modified::NotFound);
-    };
-    let prices = match price_changes(&order, changes) {
+    let order = state.store.get_order(order_id).await?;
+    let prices = match checked(order, |o| price_changes(o, changes)) {
         Ok(prices) => prices,
-        Err(e) => return Ok(Modified::BadChange(e)),
+        Err(refused) => return Ok(refused),
     };
-    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
-        return Ok(Modified::NotBankTransfer {
-            method: order.payment_method,
-        });
-    }
     let outcome = state
         .store
         .reprice_order(order_id, prices, now_millis())
         .await?;
     Ok(changed(state, order_id, outcome).await)
+}
+
+/// The change `check` makes of what is asked, for the order read (`None`: no order the caller
+/// may see), or why the order cannot take it: no such order, changes that do not fit it (first),
+/// or a payment method other than a bank transfer.
+fn checked<T>(
+    order: Option<OrderRecord>,
+    check: impl FnOnce(&OrderRecord) -> Result<T, ChangeError>,
+) -> Result<T, Modified> {
+    let Some(order) = order else {
+        return Err(Modified::NotFound);
+    };
+    let change = check(&order).map_err(Modified::BadChange)?;
+    if order.payment_method.as_deref() != Some(PaymentMethod::BANK_TRANSFER) {
+        return Err(Modified::NotBankTransfer {
+            method: order.payment_method,
+        });
+    }
+    Ok(change)
 }
 
 /// What the store's change came to; a change made drops the order from the read cache and
