@@ -21,7 +21,7 @@ use crate::problem::responses;
 use crate::{
     auth::Caller,
     ops,
-    orders::{is_json, parse_json, read_body, OrderView},
+    orders::{is_json, no_order, order_path, parse_json, read_body, OrderView},
     problem::{text_problem, FieldError, Problem},
     ApiState,
 };
@@ -107,8 +107,7 @@ pub async fn cancel(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<OrderView>, Problem> {
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     let req = cancel_request(&headers, body).await?;
     let reason = req.reason.as_deref().map(str::trim);
     match ops::cancel_order(&state, &caller, &order_id, reason).await? {
@@ -121,7 +120,7 @@ pub async fn cancel(
             "Order already shipped",
             format!("order {order_id} has shipped and can no longer be cancelled"),
         )),
-        CancelOutcome::NotFound => Err(Problem::not_found(format!("no order {order_id}"))),
+        CancelOutcome::NotFound => Err(no_order(&order_id)),
     }
 }
 
@@ -158,8 +157,7 @@ pub async fn ship(
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
     caller.require_admin()?;
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     match ops::ship_order(&state, &order_id).await? {
         ShipOutcome::Shipped(order) => {
             info!(%order_id, by = %caller.customer_id, "Order shipped.");
@@ -173,6 +171,6 @@ pub async fn ship(
                 status.as_str()
             ),
         )),
-        ShipOutcome::NotFound => Err(Problem::not_found(format!("no order {order_id}"))),
+        ShipOutcome::NotFound => Err(no_order(&order_id)),
     }
 }

@@ -29,7 +29,13 @@ use orderflow_kafka::follow::KeyListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::Caller, cache::OrderCache, orders::OrderView, problem::Problem, ApiState};
+use crate::{
+    auth::Caller,
+    cache::OrderCache,
+    orders::{no_order, order_path, OrderView},
+    problem::Problem,
+    ApiState,
+};
 
 /// How many changes a slow stream may fall behind before it reads its order again anyway.
 const BACKLOG: usize = 1024;
@@ -163,8 +169,7 @@ pub async fn order_events(
     caller: Caller,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     // Subscribed before the first read: a change between the two is not lost.
     let changes = state.live.subscribe();
     let order = state
@@ -173,7 +178,7 @@ pub async fn order_events(
         .await
         .map_err(|e| Problem::down("order store", &e))?
         .filter(|o| caller.may_access(&o.customer_id))
-        .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
+        .ok_or_else(|| no_order(&order_id))?;
     let first = view_json(order.into());
     let stream = order_stream(state.clone(), order_id, first, changes);
     Ok(sse(stream))

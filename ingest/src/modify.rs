@@ -32,7 +32,7 @@ use crate::{
         modify::{ChangeError, Modified},
         Transfer,
     },
-    orders::{json_body, OrderView},
+    orders::{json_body, no_order, order_path, OrderView},
     problem::{text_problem, FieldError, Problem},
     ApiState,
 };
@@ -61,10 +61,6 @@ pub struct RecordPaymentRequest {
         example = "TRF-2026-000123"
     )]
     pub reference: String,
-}
-
-fn not_found(order_id: &str) -> Problem {
-    Problem::not_found(format!("no order {order_id}"))
 }
 
 fn field_error(field: String, message: impl Into<String>) -> FieldError {
@@ -206,12 +202,11 @@ pub async fn modify(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<OrderView>, Problem> {
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     let req: ModifyOrderRequest = json_body(&headers, body).await?;
     let order = match ops::modify_order(&state, &caller, &order_id, &req.items).await? {
         Modified::Modified(order) => *order,
-        Modified::NotFound => return Err(not_found(&order_id)),
+        Modified::NotFound => return Err(no_order(&order_id)),
         Modified::BadChange(e) => return Err(change_problem(e)),
         Modified::NotBankTransfer { method } => {
             return Err(not_bank_transfer(&order_id, method, "quantities"))
@@ -287,8 +282,7 @@ pub async fn record_payment(
     body: Body,
 ) -> Result<Json<OrderView>, Problem> {
     caller.require_admin()?;
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     let req: RecordPaymentRequest = json_body(&headers, body).await?;
     let reference = req.reference.trim().to_string();
     if let Some(message) = text_problem(&reference, MAX_REFERENCE_CHARS) {
@@ -301,7 +295,7 @@ pub async fn record_payment(
     let refuse = |detail: String| Problem::conflict("order-not-payable", title, detail);
     let order = match ops::record_transfer(&state, &order_id, &reference).await? {
         Transfer::Paid(order) => *order,
-        Transfer::NotFound => return Err(not_found(&order_id)),
+        Transfer::NotFound => return Err(no_order(&order_id)),
         Transfer::NotBankTransfer { method } => {
             return Err(refuse(format!(
                 "order {order_id} is paid by {}: the payment stage charges it",

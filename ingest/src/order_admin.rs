@@ -30,7 +30,7 @@ use crate::{
     auth::Caller,
     lifecycle::CancelOrderRequest,
     ops::{self, Modified, OpError},
-    orders::{json_body, OrderView},
+    orders::{json_body, no_order, order_path, OrderView},
     problem::{FieldError, Problem},
     ApiState,
 };
@@ -149,10 +149,8 @@ pub async fn adjust_prices(
     body: Body,
 ) -> Result<Json<OrderView>, Problem> {
     caller.require_admin()?;
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     let req: AdjustPricesRequest = json_body(&headers, body).await?;
-    let not_found = || Problem::not_found(format!("no order {order_id}"));
     let outcome = ops::reprice_order(&state, &order_id, &req.lines)
         .await
         .map_err(|OpError::Store(e)| Problem::down("order store", &e))?;
@@ -179,7 +177,7 @@ pub async fn adjust_prices(
             return Err(crate::modify::too_many_revisions(&order_id, max))
         }
         // A repricing moves no stock.
-        Modified::Insufficient { .. } | Modified::NotFound => return Err(not_found()),
+        Modified::Insufficient { .. } | Modified::NotFound => return Err(no_order(&order_id)),
     };
     info!(%order_id, by = %caller.customer_id, revision = order.revision, "Order prices adjusted.");
     Ok(Json(order.into()))

@@ -547,6 +547,19 @@ fn order_customer(caller: &Caller, named: Option<&str>) -> Result<String, Proble
     }
 }
 
+/// The order id of a `/v1/orders/{id}…` route, or the 400 that names it; recorded on the
+/// request's span.
+pub(crate) fn order_path(segment: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    let order_id = crate::problem::path("id", segment)?;
+    tracing::Span::current().record("order_id", order_id.as_str());
+    Ok(order_id)
+}
+
+/// 404: no such order (or one the caller may not see: the same answer).
+pub(crate) fn no_order(order_id: &str) -> Problem {
+    Problem::not_found(format!("no order {order_id}"))
+}
+
 /// `GET /v1/orders/{id}`.
 #[utoipa::path(
     get,
@@ -575,12 +588,11 @@ pub async fn get(
     caller: Caller,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     match state.orders.get(&*state.store, &order_id).await? {
         Some(order) if caller.may_access(&order.customer_id) => Ok(Json(order.into())),
         // Someone else's order: the same answer as for none at all.
-        _ => Err(Problem::not_found(format!("no order {order_id}"))),
+        _ => Err(no_order(&order_id)),
     }
 }
 
@@ -617,14 +629,13 @@ pub async fn invoice(
     caller: crate::auth::Caller,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let order_id = crate::problem::path("id", order_id)?;
-    tracing::Span::current().record("order_id", order_id.as_str());
+    let order_id = order_path(order_id)?;
     let order = state
         .orders
         .get(&*state.store, &order_id)
         .await?
         .filter(|o| caller.may_access(&o.customer_id))
-        .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
+        .ok_or_else(|| no_order(&order_id))?;
     let Some(number) = order.invoice_number else {
         return Err(Problem::not_found(format!(
             "order {order_id} has no invoice yet (status {})",
