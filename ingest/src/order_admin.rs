@@ -31,7 +31,7 @@ use crate::{
     lifecycle::CancelOrderRequest,
     ops::{self, Modified, OpError},
     orders::{json_body, no_order, order_path, OrderView},
-    problem::{FieldError, Problem},
+    problem::{responses, FieldError, Problem},
     ApiState,
 };
 
@@ -59,10 +59,8 @@ use crate::{
          content_type = "application/problem+json"),
         (status = 409, description = "The order has shipped: it can no longer be cancelled.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "The reason is empty, too long or has control \
             characters, or the body has unknown fields.", body = Problem,
          content_type = "application/problem+json"),
@@ -112,8 +110,7 @@ pub struct AdjustPricesRequest {
          body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid access token.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::Forbidden,
         (status = 404, description = "No such order.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The order cannot change now (not awaiting a bank \
@@ -125,10 +122,8 @@ pub struct AdjustPricesRequest {
             "detail": "lines[0].sku: is not in this order: only the prices of its lines can change",
             "errors": [{"field": "lines[0].sku",
                 "message": "is not in this order: only the prices of its lines can change"}]})),
-        (status = 413, description = "The body is over 1 MiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 415, description = "The content type is not JSON.", body = Problem,
-         content_type = "application/problem+json"),
+        responses::BodyTooLarge,
+        responses::NotJson,
         (status = 422, description = "A price is out of range, or no line is named (the field \
             names it).", body = Problem, content_type = "application/problem+json",
          example = json!({"type": "/problems/validation", "title": "Invalid request",
