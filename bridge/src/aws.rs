@@ -9,8 +9,13 @@ use std::time::Duration;
 
 use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::{
-    config::http::HttpResponse,
+    config::{http::HttpResponse, SharedHttpClient},
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+};
+use aws_smithy_http_client::{
+    proxy::ProxyConfig,
+    tls::{self, rustls_provider::CryptoMode},
+    Builder, ConnectorBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +44,7 @@ impl AwsConfig {
     pub async fn load(&self) -> SdkConfig {
         let timeout = Duration::from_secs(self.timeout_secs.unwrap_or(10).max(1));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
@@ -55,6 +61,25 @@ impl AwsConfig {
         }
         loader.load().await
     }
+}
+
+/// The HTTP client of every AWS call (the services and the credential providers): the SDK's
+/// default client, hyper with rustls and the system's root certificates, honouring
+/// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, with ring as rustls' crypto provider instead of the
+/// SDK's default aws-lc. Connections are pooled per connector settings.
+pub fn https_client() -> SharedHttpClient {
+    // What `aws-smithy-runtime`'s `default-https-client` feature builds, with the provider
+    // swapped.
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// Classifies a failed SDK call, with `what` saying what was attempted.

@@ -130,6 +130,7 @@ impl Moto {
     /// An SDK config for this server, with dummy credentials.
     pub async fn sdk_config(&self) -> SdkConfig {
         aws_config::defaults(BehaviorVersion::latest())
+            .http_client(orderflow_bridge::aws::https_client())
             .region(Region::new("us-east-1"))
             .endpoint_url(self.endpoint())
             .credentials_provider(Credentials::new("test", "test", None, None, "test"))
