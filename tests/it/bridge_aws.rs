@@ -151,6 +151,61 @@ async fn an_order_shows_up_as_sqs_messages_and_emails_to_its_customer() {
     assert!(p.stop().success());
 }
 
+/// The AWS sinks over TLS, through the SDK's HTTPS client (rustls with ring): moto behind
+/// stunnel with a certificate from a private CA, which the bridge trusts only through
+/// `SSL_CERT_FILE` (the client reads the system's trust store, where that variable points).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqs_sink_reaches_an_https_endpoint_whose_ca_the_trust_store_holds() {
+    let Some(stunnel) = crate::managed_kafka::stunnel() else {
+        eprintln!(
+            "SKIPPED: no stunnel4 on this machine (scripts/test.sh installs it with apt-get when \
+             it runs as root)"
+        );
+        return;
+    };
+    let moto = Moto::start().await;
+    let tls = tempfile::tempdir().unwrap();
+    crate::managed_kafka::private_ca(tls.path());
+    let (port, _stunnel) = crate::managed_kafka::tls_in_front_of(stunnel, tls.path(), moto.port);
+    let mut env: Vec<(&str, String)> = moto
+        .env()
+        .into_iter()
+        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+        .collect();
+    env.push(("AWS_ENDPOINT_URL", format!("https://127.0.0.1:{port}")));
+    env.push((
+        "SSL_CERT_FILE",
+        tls.path().join("ca.pem").to_str().unwrap().to_string(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CREATED_ONLY);
+    let p = Pipeline::start_with_env(
+        dir.path(),
+        &["--bridge-config", config.to_str().unwrap()],
+        &env,
+    );
+    let ready = p.wait_until_ready().await;
+    assert_eq!(ready["sinks"], "ok", "{ready}");
+
+    let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+    // Read back over moto's plain port: the message went through the TLS one.
+    let created = moto.queue_url("created").await;
+    let (m, _) = message_for(&moto, &created, &id).await;
+    assert_eq!(body(&m)["type"], "order_accepted");
+    assert!(p.stop().success());
+}
+
+const CREATED_ONLY: &str = r#"
+provision = true
+[sinks.orders_created]
+type = "sqs"
+queue_name = "created"
+[[routes]]
+events = ["order_accepted"]
+sinks = ["orders_created"]
+mapping = "event"
+"#;
+
 const FIFO_ONLY: &str = r#"
 provision = true
 [sinks.orders_paid]

@@ -92,7 +92,7 @@ async fn the_pipeline_produces_zstd_batches_that_another_client_reads() {
 // ---------------------------------------------------------------------------------------------
 
 /// stunnel, if it is installed (scripts/test.sh installs Debian's stunnel4).
-fn stunnel() -> Option<&'static str> {
+pub(crate) fn stunnel() -> Option<&'static str> {
     ["stunnel4", "stunnel"].into_iter().find(|bin| {
         Command::new(bin)
             .arg("-version")
@@ -117,7 +117,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA (`ca.pem`) and a certificate it signed for IP 127.0.0.1 (`server.pem`, `server.key`).
-fn private_ca(dir: &Path) {
+pub(crate) fn private_ca(dir: &Path) {
     openssl(
         dir,
         &[
@@ -261,7 +261,7 @@ async fn the_pipeline_runs_through_a_tls_listener_with_a_private_ca() {
 
 /// stunnel on a free port with the private CA's server certificate in `dir`, in front of
 /// `127.0.0.1:<behind>`; killed when dropped.
-fn tls_in_front_of(stunnel: &str, dir: &Path, behind: u16) -> (u16, Killed) {
+pub(crate) fn tls_in_front_of(stunnel: &str, dir: &Path, behind: u16) -> (u16, Killed) {
     let port = free_port();
     std::fs::write(
         dir.join(format!("stunnel-{behind}.conf")),
