@@ -432,12 +432,32 @@ where
         }
     }
 
+    // Patch: a member that sends a request is alive: its last contact is now.
+    fn touch(&mut self, member_id: &str, now: SystemTime) {
+        let members = match self {
+            Self::Forming(inner) => &mut inner.members,
+            Self::Formed(inner) => &mut inner.members,
+        };
+
+        if let Some(member) = members.get_mut(member_id) {
+            _ = member.last_contact.replace(now);
+        }
+    }
+
+    // Patch: evicting a member starts a new generation, Forming or Formed, so that every
+    // remaining member (its heartbeat or SyncGroup now at an older generation) is told
+    // RebalanceInProgress and joins again, and the next assignment is made without the evicted
+    // member. Upstream kept the generation: the remaining members were never told, and a
+    // Forming group's leader could assign partitions to the evicted member.
     fn missed_heartbeat(self, group_id: &str, now: SystemTime) -> Self {
         debug!(?group_id, ?now);
 
         match self {
             Self::Forming(mut inner) => {
-                _ = inner.missed_heartbeat(group_id, now);
+                if inner.missed_heartbeat(group_id, now) {
+                    inner.generation_id += 1;
+                    info!("missed heartbeat for {group_id}, now in {}", inner.generation_id);
+                }
                 Self::Forming(inner)
             }
             Self::Formed(mut inner) => {
@@ -448,7 +468,7 @@ where
                         session_timeout_ms: inner.session_timeout_ms,
                         rebalance_timeout_ms: inner.rebalance_timeout_ms,
                         members: inner.members,
-                        generation_id: inner.generation_id,
+                        generation_id: inner.generation_id + 1,
                         state: Forming {
                             protocol_type: Some(inner.state.protocol_type),
                             protocol_name: Some(inner.state.protocol_name),
@@ -752,6 +772,8 @@ where
             })?;
 
             if group_instance_id.is_none() {
+                // Patch: the member asking is alive; only members gone quiet are evicted.
+                original.touch(member_id, now);
                 original = original.missed_heartbeat(group_id, now);
             }
 
@@ -896,6 +918,8 @@ where
             debug!(?group_id, ?original, ?version, ?iteration);
 
             if group_instance_id.is_none() {
+                // Patch: the member asking is alive; only members gone quiet are evicted.
+                original.touch(member_id, now);
                 original = original.missed_heartbeat(group_id, now);
             }
 
@@ -1177,13 +1201,20 @@ where
 
             let now = SystemTime::now();
 
-            let (mut wrapper, body) = wrapper
-                .heartbeat(now, group_id, generation_id, member_id, group_instance_id)
-                .await;
-
+            // Patch: members that missed their heartbeats are evicted before this heartbeat is
+            // answered, so that the answer is RebalanceInProgress when that starts a new
+            // generation. Upstream evicted them after answering: the member asking was told
+            // nothing and went on heartbeating in a generation without the evicted member's
+            // partitions, or in a Forming group that no SyncGroup would ever form.
+            let mut wrapper = wrapper;
             if group_instance_id.is_none() {
+                wrapper.touch(member_id, now);
                 wrapper = wrapper.missed_heartbeat(group_id, now);
             }
+
+            let (wrapper, body) = wrapper
+                .heartbeat(now, group_id, generation_id, member_id, group_instance_id)
+                .await;
 
             debug!(group_id, ?wrapper, ?version, iteration,);
 
@@ -1965,11 +1996,14 @@ where
             return (self.into(), sync_group_response.into());
         }
 
-        if self
+        // Patch: only the leader's SyncGroup forms the group. Upstream let any member's
+        // SyncGroup form a group without a leader (its leader evicted), with that member as
+        // leader and the assignments it sent: a follower's, none.
+        if !self
             .state
             .leader
             .as_ref()
-            .is_some_and(|leader_id| member_id != leader_id.as_str())
+            .is_some_and(|leader_id| member_id == leader_id.as_str())
         {
             debug!(?self.state.leader, sync_outcome = ?ErrorCode::RebalanceInProgress);
 
