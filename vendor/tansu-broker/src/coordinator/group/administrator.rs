@@ -3969,6 +3969,25 @@ mod tests {
             otherwise => panic!("{otherwise:?}"),
         };
 
+        // Patch: the member joins again with its member id, and so becomes the leader: only the
+        // leader's SyncGroup forms the group.
+        let (s, _) = s
+            .join(
+                now,
+                Some(CLIENT_ID),
+                GROUP_ID,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                member_id.as_str(),
+                group_instance_id,
+                PROTOCOL_TYPE,
+                Some(&first_member_protocols[..]),
+                reason,
+            )
+            .await;
+
+        assert_eq!(Some(member_id.as_str()), s.leader());
+
         let assignments = [SyncGroupRequestAssignment::default()
             .member_id(member_id.clone())
             .assignment(Bytes::from_static(b"assignment_01"))];
