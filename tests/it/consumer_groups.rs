@@ -57,7 +57,11 @@ impl Broker {
             .create()
             .unwrap();
         let created = futures::executor::block_on(admin.create_topics(
-            [&NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))],
+            [&NewTopic::new(
+                &topic,
+                PARTITIONS,
+                TopicReplication::Fixed(1),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         ))
         .unwrap();
@@ -237,9 +241,11 @@ fn for_each_restart(scenario: fn(&Broker, &str, Duration)) {
 fn a_sole_member_killed_and_replaced_at_once_gets_every_partition() {
     for_each_restart(|broker, group, delay| {
         let mut first = Member::start("first", broker, group);
-        wait_for("the first member gets every partition", &mut [&mut first], |m| {
-            m[0].assigned == every_partition()
-        });
+        wait_for(
+            "the first member gets every partition",
+            &mut [&mut first],
+            |m| m[0].assigned == every_partition(),
+        );
 
         first.kill();
         std::thread::sleep(delay);

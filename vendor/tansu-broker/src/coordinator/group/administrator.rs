@@ -456,7 +456,10 @@ where
             Self::Forming(mut inner) => {
                 if inner.missed_heartbeat(group_id, now) {
                     inner.generation_id += 1;
-                    info!("missed heartbeat for {group_id}, now in {}", inner.generation_id);
+                    info!(
+                        "missed heartbeat for {group_id}, now in {}",
+                        inner.generation_id
+                    );
                 }
                 Self::Forming(inner)
             }
