@@ -1205,10 +1205,8 @@ where
             let now = SystemTime::now();
 
             // Patch: members that missed their heartbeats are evicted before this heartbeat is
-            // answered, so that the answer is RebalanceInProgress when that starts a new
-            // generation. Upstream evicted them after answering: the member asking was told
-            // nothing and went on heartbeating in a generation without the evicted member's
-            // partitions, or in a Forming group that no SyncGroup would ever form.
+            // answered, so that the answer carries the eviction's new generation
+            // (RebalanceInProgress). Upstream evicted them after answering.
             let mut wrapper = wrapper;
             if group_instance_id.is_none() {
                 wrapper.touch(member_id, now);
