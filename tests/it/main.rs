@@ -9,6 +9,7 @@ mod auth;
 mod bridge_aws;
 mod browser;
 mod console;
+mod consumer_groups;
 mod crash;
 mod dashboards;
 mod deploy;
