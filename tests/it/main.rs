@@ -13,6 +13,7 @@ mod consumer_groups;
 mod crash;
 mod dashboards;
 mod deploy;
+mod fetch;
 mod fuzz;
 mod invoices;
 mod lifecycle;
