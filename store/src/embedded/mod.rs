@@ -156,6 +156,9 @@ pub struct EmbeddedConfig {
     /// How long a write waits for room in a full queue before it answers
     /// [`StoreError::Unavailable`].
     pub write_queue_wait: Duration,
+    /// Most memory redb keeps of the file's pages (its own default is 1 GiB, which a long run
+    /// fills as the file grows); pages beyond are read again through the OS's page cache.
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedConfig {
@@ -164,6 +167,7 @@ impl Default for EmbeddedConfig {
             delivery_ttl: DEFAULT_DELIVERY_TTL,
             write_queue: 4 * MAX_GROUP,
             write_queue_wait: Duration::from_secs(5),
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -228,7 +232,9 @@ impl EmbeddedStore {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
         let path = dir.join("state.redb");
-        let db = Database::create(&path)
+        let db = redb::Builder::new()
+            .set_cache_size(config.cache_bytes)
+            .create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         Self::start(db, path, config)
     }
@@ -240,6 +246,7 @@ impl EmbeddedStore {
         config: &EmbeddedConfig,
     ) -> Result<Self> {
         let db = redb::Builder::new()
+            .set_cache_size(config.cache_bytes)
             .create_with_backend(backend)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the store: {e}")))?;
         Self::start(db, PathBuf::new(), config)

@@ -2065,6 +2065,9 @@ impl Storage for StorageContainer {
             Self::Turso(engine) => engine.delete_records(topics),
         }
         .await
+        // Patch: records or topics may be gone: forget every partition's known offsets.
+        .inspect(|_| service::offsets_changed())
+        .inspect_err(|_| service::offsets_changed())
         .inspect(|_| {
             STORAGE_CONTAINER_REQUESTS.add(1, &attributes);
         })
@@ -2096,6 +2099,9 @@ impl Storage for StorageContainer {
             Self::Turso(engine) => engine.delete_topic(topic),
         }
         .await
+        // Patch: records or topics may be gone: forget every partition's known offsets.
+        .inspect(|_| service::offsets_changed())
+        .inspect_err(|_| service::offsets_changed())
         .inspect(|_| {
             STORAGE_CONTAINER_REQUESTS.add(1, &attributes);
         })
@@ -2164,11 +2170,15 @@ impl Storage for StorageContainer {
         }
         .await
         .inspect(|_| {
-            // Patch: wake the fetches waiting on this topic.
+            // Patch: forget the partition's known offsets, then wake the fetches waiting on
+            // this topic.
+            service::partition_written(topition);
             service::records_written(Some(topition.topic()));
             STORAGE_CONTAINER_REQUESTS.add(1, &attributes);
         })
         .inspect_err(|_| {
+            // Patch: a failed produce may have written some of the batch.
+            service::partition_written(topition);
             STORAGE_CONTAINER_ERRORS.add(1, &attributes);
         })
     }
@@ -2861,8 +2871,9 @@ impl Storage for StorageContainer {
         }
         .await
         .inspect(|_| {
-            // Patch: a transaction's end makes records visible (or aborts them): wake every
-            // waiting fetch.
+            // Patch: a transaction's end makes records visible (or aborts them): forget every
+            // partition's known offsets and wake every waiting fetch.
+            service::offsets_changed();
             service::records_written(None);
             STORAGE_CONTAINER_REQUESTS.add(1, &attributes);
         })
@@ -2894,6 +2905,9 @@ impl Storage for StorageContainer {
             Self::Turso(engine) => engine.maintain(now),
         }
         .await
+        // Patch: records or topics may be gone: forget every partition's known offsets.
+        .inspect(|_| service::offsets_changed())
+        .inspect_err(|_| service::offsets_changed())
         .inspect(|maintain| {
             debug!(?maintain);
             STORAGE_CONTAINER_REQUESTS.add(1, &attributes);

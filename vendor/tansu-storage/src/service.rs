@@ -59,7 +59,7 @@ pub use describe_groups::DescribeGroupsService;
 pub use describe_topic_partitions::DescribeTopicPartitionsService;
 pub use describe_user_scram_credentials::DescribeUserScramCredentialsService;
 pub use fetch::FetchService;
-pub(crate) use fetch::records_written;
+pub(crate) use fetch::{offsets_changed, partition_written, records_written};
 pub use find_coordinator::FindCoordinatorService;
 pub use get_telemetry_subscriptions::GetTelemetrySubscriptionsService;
 pub use incremental_alter_configs::IncrementalAlterConfigsService;

@@ -13,7 +13,7 @@
 // limitations under the License.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, LazyLock, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -31,7 +31,7 @@ use tansu_sans_io::{
 use tokio::{sync::Notify, time::sleep};
 use tracing::{debug, error, instrument};
 
-use crate::{Error, Result, Storage, Topition};
+use crate::{Error, OffsetStage, Result, Storage, Topition};
 
 /// Fetches waiting for records, by topic name: each waiting fetch registers its own [`Notify`]
 /// under every topic it reads, before it reads them, and a produce to a topic wakes them
@@ -60,6 +60,83 @@ pub(crate) fn records_written(topic: Option<&str>) {
     );
     for waiter in woken.iter().filter_map(Weak::upgrade) {
         waiter.notify_one();
+    }
+}
+
+/// Patch: the offsets a fetch last read of each partition, while nothing has been written to it
+/// since, so that a fetch of a partition with nothing past its offset answers from memory
+/// instead of querying the storage twice (upstream reads every partition of every topic a fetch
+/// names, each time: a consumer of many topics paid for all of them whenever one had a record).
+///
+/// A produce to a partition forgets it ([`partition_written`]); a transaction's end, deleted
+/// records or topics and the storage's maintenance forget every partition
+/// ([`offsets_changed`]). A read remembers what it found only when nothing was forgotten since
+/// it began ([`Ticket`]), so a produce that lands during a read is never hidden.
+#[derive(Default)]
+struct KnownOffsets {
+    /// Raised when every partition is forgotten.
+    epoch: u64,
+    partitions: HashMap<Topition, Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// Raised by every produce to the partition.
+    version: u64,
+    stage: Option<OffsetStage>,
+}
+
+/// Where [`KnownOffsets`] stood when a read of one partition began.
+struct Ticket {
+    epoch: u64,
+    version: u64,
+}
+
+static KNOWN: LazyLock<Mutex<KnownOffsets>> = LazyLock::new(Default::default);
+
+/// The partition's offsets, if read since anything was written to it.
+fn known_offsets(tp: &Topition) -> Option<OffsetStage> {
+    KNOWN
+        .lock()
+        .ok()
+        .and_then(|known| known.partitions.get(tp).and_then(|k| k.stage))
+}
+
+fn ticket(tp: &Topition) -> Option<Ticket> {
+    KNOWN.lock().ok().map(|known| Ticket {
+        epoch: known.epoch,
+        version: known.partitions.get(tp).map_or(0, |k| k.version),
+    })
+}
+
+/// Remembers the offsets a read found, unless the partition was written meanwhile.
+fn remember(tp: &Topition, ticket: Option<Ticket>, stage: OffsetStage) {
+    let (Some(ticket), Ok(mut known)) = (ticket, KNOWN.lock()) else {
+        return;
+    };
+    if known.epoch != ticket.epoch {
+        return;
+    }
+    let entry = known.partitions.entry(tp.clone()).or_default();
+    if entry.version == ticket.version {
+        entry.stage = Some(stage);
+    }
+}
+
+/// Forgets what is known of a partition: records were (or may have been) written to it.
+pub(crate) fn partition_written(tp: &Topition) {
+    if let Ok(mut known) = KNOWN.lock() {
+        let entry = known.partitions.entry(tp.clone()).or_default();
+        entry.version += 1;
+        entry.stage = None;
+    }
+}
+
+/// Forgets what is known of every partition: offsets changed other than by a produce.
+pub(crate) fn offsets_changed() {
+    if let Ok(mut known) = KNOWN.lock() {
+        known.epoch += 1;
+        known.partitions.clear();
     }
 }
 
@@ -184,6 +261,14 @@ impl FetchService {
         let partition_index = fetch_partition.partition;
         let tp = Topition::new(topic, partition_index);
 
+        // Patch: nothing past the fetch offset, as far as the last read knows: no query.
+        if let Some(stage) = known_offsets(&tp)
+            && fetch_partition.fetch_offset >= stage.high_watermark()
+        {
+            return Ok(Self::partition_data(partition_index, stage, Vec::new()));
+        }
+        let ticket = ticket(&tp);
+
         let mut batches = Vec::new();
 
         let mut offset = fetch_partition.fetch_offset;
@@ -224,8 +309,17 @@ impl FetchService {
             .offset_stage(&tp)
             .await
             .inspect_err(|error| error!(?error, ?tp))?;
+        remember(&tp, ticket, offset_stage);
 
-        Ok(PartitionData::default()
+        Ok(Self::partition_data(partition_index, offset_stage, batches)).inspect(|r| debug!(?r))
+    }
+
+    fn partition_data(
+        partition_index: i32,
+        offset_stage: OffsetStage,
+        batches: Vec<Batch>,
+    ) -> PartitionData {
+        PartitionData::default()
             .partition_index(partition_index)
             .error_code(ErrorCode::None.into())
             .high_watermark(offset_stage.high_watermark())
@@ -240,8 +334,7 @@ impl FetchService {
                 None
             } else {
                 Some(Frame { batches })
-            }))
-        .inspect(|r| debug!(?r))
+            })
     }
 
     fn unknown_topic_response(&self, fetch: &FetchTopic) -> Result<FetchableTopicResponse> {

@@ -1,0 +1,152 @@
+//! Fetches on Orderflow's broker (`orderflow broker`, its storage patched in
+//! vendor/tansu-storage): a consumer waiting on many partitions is answered as soon as a record
+//! lands in any of them, and a partition the broker remembers as having nothing new never hides
+//! a record produced since.
+
+use crate::common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    producer::{BaseProducer, BaseRecord, Producer},
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+
+const TOPICS: usize = 4;
+const PARTITIONS: i32 = 3;
+
+/// How long the test waits for one record before it fails. Far beyond the consumer's
+/// `fetch.wait.max.ms`: a record that a stale answer hid would stay hidden (nothing else is
+/// produced to its partition while the test waits for it), so this is a bound on "never".
+const NEVER: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_consumer_of_many_partitions_gets_every_record_however_they_interleave() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["broker", "--data-dir"])
+        .arg(dir.path())
+        .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    common::wait_for_port(port, &mut child, "orderflow broker");
+    let _broker = common::Killed(child);
+    let bootstrap = format!("127.0.0.1:{port}");
+
+    let run = uuid::Uuid::now_v7();
+    let topics: Vec<String> = (0..TOPICS).map(|i| format!("fetch-{run}-{i}")).collect();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    let created = futures::executor::block_on(admin.create_topics(
+        &new,
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    // Every partition assigned by hand from its start, with the long fetch wait `orderflow
+    // run` uses on its embedded broker: an answer has to come from a produce's wake-up.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("fetch-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5000")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for topic in &topics {
+        for partition in 0..PARTITIONS {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&assignment).unwrap();
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let mut send = |topic: &str, partition: i32, value: &str| {
+        producer
+            .send(
+                BaseRecord::<(), _>::to(topic)
+                    .partition(partition)
+                    .payload(value),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    };
+
+    // One record at a time, each waited for before the next, walking the partitions in an
+    // order that revisits some at once and leaves others alone for a while; then pairs
+    // produced back to back into one partition and into two.
+    let places = (0..36).map(|i: usize| {
+        let topic = (i * 7 + i / 5) % TOPICS;
+        let partition = ((i * 5 + i / 3) % PARTITIONS as usize) as i32;
+        (topic, partition)
+    });
+    for (i, (topic, partition)) in places.enumerate() {
+        let value = format!("single-{i}");
+        send(&topics[topic], partition, &value);
+        let got = read_until(&consumer, 1);
+        assert_eq!(
+            got,
+            vec![value],
+            "record {i} on {}/{partition}",
+            topics[topic]
+        );
+    }
+    for i in 0..6 {
+        let (a, b) = (format!("pair-{i}-a"), format!("pair-{i}-b"));
+        send(&topics[i % TOPICS], 1, &a);
+        if i % 2 == 0 {
+            send(&topics[i % TOPICS], 1, &b);
+        } else {
+            send(&topics[(i + 1) % TOPICS], 2, &b);
+        }
+        let mut got = read_until(&consumer, 2);
+        got.sort();
+        assert_eq!(got, vec![a, b], "pair {i}");
+    }
+}
+
+/// Reads until `count` records have come (or fails after [`NEVER`]), and makes sure no more
+/// follow at once.
+fn read_until(consumer: &BaseConsumer, count: usize) -> Vec<String> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < count {
+        assert!(
+            start.elapsed() < NEVER,
+            "only {got:?} of {count} records came in {NEVER:?}"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            got.push(String::from_utf8(message.payload().unwrap().to_vec()).unwrap());
+        }
+    }
+    if let Some(extra) = consumer.poll(Duration::from_millis(100)) {
+        panic!(
+            "a record more than expected: {:?}",
+            extra.unwrap().payload()
+        );
+    }
+    got
+}
