@@ -24,7 +24,7 @@ FROM rust:1-bookworm AS builder
 # What the C parts of the dependency tree need: librdkafka (rdkafka-sys runs its `./configure`
 # and `make`: gcc, g++, make, perl, python3), zlib (found by libz-sys through pkg-config),
 # OpenSSL (librdkafka's TLS and SASL, ScyllaDB's TLS; through pkg-config), and the cc builds of
-# SQLite (libsql), lz4, zstd and aws-lc. The rust image ships most of this already; listing it
+# SQLite (libsql), lz4 and zstd. The rust image ships most of this already; listing it
 # keeps the build honest if the base changes. No cmake: nothing needs it.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \

@@ -82,7 +82,7 @@ fn a_consumer_of_many_partitions_gets_every_record_however_they_interleave() {
         .set("linger.ms", "0")
         .create()
         .unwrap();
-    let mut send = |topic: &str, partition: i32, value: &str| {
+    let send = |topic: &str, partition: i32, value: &str| {
         producer
             .send(
                 BaseRecord::<(), _>::to(topic)
