@@ -868,8 +868,11 @@ async fn unpaid_orders_expire_and_give_their_stock_back() {
     let p = Pipeline::start_with(
         dir.path(),
         &[
+            // Long enough for the first order of a pipeline just started to be validated and
+            // paid before it could expire (a first order was seen validated 5 s after it was
+            // placed); short enough to wait for the second one's expiry.
             "--unpaid-order-ttl",
-            "5s",
+            "10s",
             "--unpaid-sweep-interval",
             "200ms",
         ],
