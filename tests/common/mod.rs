@@ -663,6 +663,27 @@ pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
+/// `orderflow broker` on a free port with its data in `dir`: the process (killed when dropped)
+/// and its bootstrap address.
+pub fn start_broker(dir: &Path) -> (Killed, String) {
+    let port = free_port();
+    (broker_on(dir, port), format!("127.0.0.1:{port}"))
+}
+
+/// `orderflow broker` on `port` with its data in `dir`, quiet but for errors, killed when the
+/// guard drops (started again on the same port and dir, it carries on where it stopped).
+pub fn broker_on(dir: &Path, port: u16) -> Killed {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["broker", "--data-dir"])
+        .arg(dir)
+        .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, "orderflow broker");
+    Killed(child)
+}
+
 /// A child process killed when the test ends, however it ends.
 pub struct Killed(pub Child);
 

@@ -41,16 +41,7 @@ struct Broker {
 impl Broker {
     fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args(["broker", "--data-dir"])
-            .arg(dir.path())
-            .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap();
-        common::wait_for_port(port, &mut child, "orderflow broker");
-        let bootstrap = format!("127.0.0.1:{port}");
+        let (process, bootstrap) = common::start_broker(dir.path());
         let topic = format!("groups-{}", uuid::Uuid::now_v7());
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -68,7 +59,7 @@ impl Broker {
         assert!(created.iter().all(Result::is_ok), "{created:?}");
         Broker {
             _dir: dir,
-            _process: common::Killed(child),
+            _process: process,
             bootstrap,
             topic,
         }

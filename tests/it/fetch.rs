@@ -5,10 +5,7 @@
 
 use crate::common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -29,17 +26,7 @@ const NEVER: Duration = Duration::from_secs(30);
 #[test]
 fn a_consumer_of_many_partitions_gets_every_record_however_they_interleave() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(["broker", "--data-dir"])
-        .arg(dir.path())
-        .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "error")
-        .spawn()
-        .unwrap();
-    common::wait_for_port(port, &mut child, "orderflow broker");
-    let _broker = common::Killed(child);
-    let bootstrap = format!("127.0.0.1:{port}");
+    let (_broker, bootstrap) = common::start_broker(dir.path());
 
     let run = uuid::Uuid::now_v7();
     let topics: Vec<String> = (0..TOPICS).map(|i| format!("fetch-{run}-{i}")).collect();

@@ -70,19 +70,6 @@ async fn each_event_reaches_its_topic_once_however_often_a_request_is_repeated()
     }
 }
 
-/// `orderflow broker` on `port` with its log in `dir`, killed when the guard drops.
-fn broker(dir: &std::path::Path, port: u16) -> common::Killed {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(["broker", "--data-dir"])
-        .arg(dir)
-        .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "error")
-        .spawn()
-        .unwrap();
-    common::wait_for_port(port, &mut child, "orderflow broker");
-    common::Killed(child)
-}
-
 /// The broker dies (SIGKILL) under a running pipeline: orders are still accepted (their
 /// events wait in the outbox, `orderflow_outbox_events` counts them), a cancel of an order
 /// placed before is answered too, and once the broker is back every one of them goes through,
@@ -91,7 +78,7 @@ fn broker(dir: &std::path::Path, port: u16) -> common::Killed {
 async fn orders_taken_while_the_broker_is_down_go_through_when_it_is_back() {
     let (broker_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let port = common::free_port();
-    let broker_guard = broker(broker_dir.path(), port);
+    let broker_guard = common::broker_on(broker_dir.path(), port);
     let brokers = format!("127.0.0.1:{port}");
     // An external broker: no demo accounts, an admin of its own.
     let p = Pipeline::start_with(
@@ -146,7 +133,7 @@ async fn orders_taken_while_the_broker_is_down_go_through_when_it_is_back() {
         assert_eq!(p.order(id).await["status"], "accepted");
     }
 
-    let _broker = broker(broker_dir.path(), port);
+    let _broker = common::broker_on(broker_dir.path(), port);
     for id in &during {
         p.wait_for_status(id, "invoiced").await;
     }
