@@ -31,7 +31,7 @@ use tansu_sans_io::{
 use tokio::{sync::Notify, time::sleep};
 use tracing::{debug, error, instrument};
 
-use crate::{Error, OffsetStage, Result, Storage, Topition};
+use crate::{Error, OffsetStage, Result, Storage, TopicId, Topition};
 
 /// Fetches waiting for records, by topic name: each waiting fetch registers its own [`Notify`]
 /// under every topic it reads, before it reads them, and a produce to a topic wakes them
@@ -137,6 +137,42 @@ pub(crate) fn offsets_changed() {
     if let Ok(mut known) = KNOWN.lock() {
         known.epoch += 1;
         known.partitions.clear();
+    }
+    if let Ok(mut topics) = TOPICS.lock() {
+        topics.epoch += 1;
+        topics.found.clear();
+    }
+}
+
+/// Patch: the id and name of each topic a fetch named, as the storage's metadata last found
+/// them, so that a fetch does not query the metadata of each of its topics every time it reads
+/// (upstream does; for a consumer of ten topics that was ten queries, each building a full
+/// metadata answer, per read). Only topics that exist are kept; [`offsets_changed`] (a deleted
+/// topic among its causes) forgets them all, and a lookup that began before that is not kept.
+#[derive(Default)]
+struct KnownTopics {
+    epoch: u64,
+    found: HashMap<TopicId, ([u8; 16], String)>,
+}
+
+static TOPICS: LazyLock<Mutex<KnownTopics>> = LazyLock::new(Default::default);
+
+fn known_topic(topic: &TopicId) -> Option<([u8; 16], String)> {
+    TOPICS
+        .lock()
+        .ok()
+        .and_then(|topics| topics.found.get(topic).cloned())
+}
+
+fn topics_epoch() -> Option<u64> {
+    TOPICS.lock().ok().map(|topics| topics.epoch)
+}
+
+fn remember_topic(topic: TopicId, epoch: Option<u64>, id: [u8; 16], name: String) {
+    if let (Some(epoch), Ok(mut topics)) = (epoch, TOPICS.lock())
+        && topics.epoch == epoch
+    {
+        _ = topics.found.insert(topic, (id, name));
     }
 }
 
@@ -383,14 +419,36 @@ impl FetchService {
     {
         debug!(?max_wait_ms, ?min_bytes, ?isolation, ?fetch);
 
-        let metadata = ctx.state().metadata(Some(&[fetch.into()])).await?;
+        // Patch: the topic's id and name from memory when a fetch found it before.
+        let topic = TopicId::from(fetch);
+        let found = match known_topic(&topic) {
+            Some((topic_id, name)) => Some((Some(topic_id), name)),
+            None => {
+                let epoch = topics_epoch();
+                let metadata = ctx.state().metadata(Some(&[topic.clone()])).await?;
+                match metadata.topics().first() {
+                    Some(MetadataResponseTopic {
+                        error_code,
+                        topic_id: Some(topic_id),
+                        name: Some(name),
+                        ..
+                    }) if *error_code == i16::from(ErrorCode::None) => {
+                        remember_topic(topic, epoch, *topic_id, name.clone());
+                        Some((Some(*topic_id), name.clone()))
+                    }
+                    // Upstream answers a topic the storage does not know as found, with that
+                    // error code and the null id: so does this, without remembering it.
+                    Some(MetadataResponseTopic {
+                        topic_id,
+                        name: Some(name),
+                        ..
+                    }) => Some((*topic_id, name.clone())),
+                    _ => None,
+                }
+            }
+        };
 
-        if let Some(MetadataResponseTopic {
-            topic_id,
-            name: Some(name),
-            ..
-        }) = metadata.topics().first()
-        {
+        if let Some((topic_id, ref name)) = found {
             wait_for(name, waiter);
 
             let mut partitions = Vec::new();
@@ -413,7 +471,7 @@ impl FetchService {
 
             Ok(FetchableTopicResponse::default()
                 .topic(fetch.topic.to_owned())
-                .topic_id(topic_id.to_owned())
+                .topic_id(topic_id)
                 .partitions(Some(partitions)))
         } else {
             self.unknown_topic_response(fetch)
