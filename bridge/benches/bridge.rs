@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use orderflow_bridge::{file::FileSink, BridgeHandler, Routing, Sink};
 use orderflow_kafka::{Handler, Incoming};
-use orderflow_schemas::{wire, OrderLine, OrderValidated, PaymentMethod, TopicKind};
+use orderflow_schemas::{wire, OrderLine, OrderStatus, OrderValidated, PaymentMethod, TopicKind};
 use orderflow_store::{EmbeddedStore, Store};
 
 /// Events per batch, each of its own order (so all run concurrently, as in the consume loop).
@@ -18,7 +18,7 @@ const BATCH: usize = 256;
 fn message(i: usize, run: &str) -> Incoming {
     let order_id = format!("{run}-{i}");
     let event = OrderValidated {
-        event_id: format!("{order_id}:validated"),
+        event_id: OrderStatus::Validated.event_id(&order_id),
         order_id: order_id.clone(),
         customer_id: "bench".into(),
         lines: vec![OrderLine {

@@ -1,6 +1,6 @@
 //! Whether a failed send can succeed later: decided here, in [`is_retriable`], for every sink.
 //! A retriable failure leaves the event's offset unstored and the consume loop tries again with
-//! exponential backoff and jitter ([`orderflow_kafka::backoff`]); anything else goes to the
+//! exponential backoff and jitter ([`orderflow_kafka::BACKOFF`]); anything else goes to the
 //! bridge's dead-letter topic with the reason.
 
 use std::fmt::Display;

@@ -10,7 +10,9 @@ use std::sync::{
 use async_trait::async_trait;
 use orderflow_bridge::{BridgeHandler, Delivery, Routing, Sink, SinkError};
 use orderflow_kafka::{Handler, HandlerError, Incoming};
-use orderflow_schemas::{wire, AccountVerificationRequested, OrderRejected, TopicKind};
+use orderflow_schemas::{
+    wire, AccountVerificationRequested, OrderRejected, OrderStatus, TopicKind,
+};
 use orderflow_store::{EmbeddedStore, Store, VerificationEmail};
 
 /// Fails its first `failures` sends with `error`, then takes everything; counts what it took.
@@ -66,7 +68,7 @@ impl Sink for Flaky {
 
 fn rejected(order_id: &str) -> Incoming {
     let event = OrderRejected {
-        event_id: format!("{order_id}:rejected"),
+        event_id: OrderStatus::Rejected.event_id(order_id),
         order_id: order_id.into(),
         customer_id: "c1".into(),
         reason_code: "unknown_sku".into(),

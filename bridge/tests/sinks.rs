@@ -17,7 +17,7 @@ use orderflow_bridge::{
     webhook::{self, WebhookConfig},
     Delivery, Envelope, Mapping, Sink, SinkError,
 };
-use orderflow_schemas::{wire, OrderLine, OrderValidated, PaymentMethod, TopicKind};
+use orderflow_schemas::{wire, OrderLine, OrderStatus, OrderValidated, PaymentMethod, TopicKind};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -25,7 +25,7 @@ use tokio::{
 
 fn validated(order_id: &str, customer_id: &str) -> Envelope {
     let event = OrderValidated {
-        event_id: format!("{order_id}:validated"),
+        event_id: OrderStatus::Validated.event_id(order_id),
         order_id: order_id.into(),
         customer_id: customer_id.into(),
         lines: vec![OrderLine {

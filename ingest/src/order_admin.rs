@@ -148,7 +148,10 @@ pub async fn adjust_prices(
     let req: AdjustPricesRequest = json_body(&headers, body).await?;
     let outcome = ops::reprice_order(&state, &order_id, &req.lines)
         .await
-        .map_err(|OpError::Store(e)| Problem::down("order store", &e))?;
+        .map_err(|e| match e {
+            OpError::Store(e) => Problem::down("order store", &e),
+            e => e.into(),
+        })?;
     let order = match outcome {
         Modified::Modified(order) => *order,
         Modified::BadChange(e) => return Err(crate::modify::change_problem(e)),

@@ -33,7 +33,7 @@ fn order(id: &str) -> OrderRecord {
         updated_at: 1,
         timeline: vec![TimelineEntry {
             status: OrderStatus::Accepted,
-            event_id: format!("{id}:accepted"),
+            event_id: OrderStatus::Accepted.event_id(id),
             at: 1,
             detail: None,
         }],
@@ -48,7 +48,7 @@ fn validated_update(id: &str) -> StatusUpdate {
         order_id: id.to_string(),
         customer_id: "bench".into(),
         status: OrderStatus::Validated,
-        event_id: format!("{id}:validated"),
+        event_id: OrderStatus::Validated.event_id(id),
         at: 2,
         detail: None,
         pricing: None,

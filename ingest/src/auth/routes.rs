@@ -3,7 +3,8 @@
 //! - Register creates an unverified `customer` account and emails a one-time 6-digit code
 //!   (the `AccountVerificationRequested` event on `accounts.verification`, which the bridge
 //!   sends: the file sink on `orderflow run`, SES in production). The code lives
-//!   [`CODE_TTL`] and dies after 5 wrong tries; `/resend` issues a new one.
+//!   [`CODE_TTL`] and dies after 5 wrong tries; `/resend` issues a new one. Issuing a code is
+//!   [`ops::send_verification_code`].
 //! - Nothing tells whether an email has an account (no account enumeration): register
 //!   answers the same `202` for a taken email, after the same argon2 work, and creates
 //!   nothing (an unverified owner gets a new code); verify answers one and the same `403` for
@@ -20,11 +21,12 @@
 //! - Refresh rotates: the presented token is used up and a new one (same family) comes back.
 //!   Presenting a used token again is taken as theft: the whole family is revoked, and the
 //!   holder of the newer token has to log in again. Logout revokes the family.
+//!
+//! [`CODE_TTL`]: ops::CODE_TTL
 
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
 use axum::{
@@ -33,11 +35,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use orderflow_schemas::AccountVerificationRequested;
-use orderflow_store::{
-    Account, OutboxEvent, RefreshToken, RotateOutcome, VerificationCode, VerificationEmail,
-    VerifyOutcome,
-};
+use orderflow_store::{Account, RefreshToken, RotateOutcome, VerifyOutcome};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use utoipa::ToSchema;
@@ -47,12 +45,10 @@ use crate::problem::responses;
 use crate::{
     body::{json_body, JsonBody},
     customers::AccountView,
+    ops,
     problem::{FieldError, Problem},
     ApiState,
 };
-
-/// How long a verification code works.
-pub const CODE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// `POST /v1/auth/register`'s body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -225,7 +221,7 @@ fn field(field: &str, message: impl Into<String>) -> FieldError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Problem {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Problem {
     warn!(error = %e, "Auth failed internally.");
     Problem::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -233,49 +229,6 @@ fn internal(e: impl std::fmt::Display) -> Problem {
         "Internal error",
         "the request could not be completed",
     )
-}
-
-/// Issues a code for the account and queues its event for `accounts.verification`. The event
-/// carries no code: the store keeps its hash (for checking) and, until the bridge has emailed
-/// it, the code itself under the event's id.
-pub(crate) async fn send_code(state: &ApiState, account: &Account) -> Result<(), Problem> {
-    let code = secrets::verification_code().map_err(internal)?;
-    let now = now_ms();
-    let expires_at = now + CODE_TTL.as_millis() as i64;
-    let event_id =
-        AccountVerificationRequested::event_id_for(&account.customer_id, uuid::Uuid::now_v7());
-    state
-        .store
-        .put_verification(VerificationCode {
-            customer_id: account.customer_id.clone(),
-            code_hash: secrets::code_digest(&account.customer_id, &code),
-            expires_at,
-            attempts: 0,
-        })
-        .await?;
-    let event = AccountVerificationRequested {
-        event_id: event_id.clone(),
-        customer_id: account.customer_id.clone(),
-        email: account.email.clone(),
-        name: account.name.clone(),
-        expires_at,
-        occurred_at: now,
-    };
-    // The code waits in the store for the bridge, and the event that asks for the email is
-    // queued in the same write (the outbox): the relay puts it on its topic.
-    state
-        .store
-        .put_verification_email(
-            VerificationEmail {
-                event_id,
-                code,
-                expires_at,
-            },
-            Some(OutboxEvent::of(&event)?),
-        )
-        .await?;
-    state.relay.wake();
-    Ok(())
 }
 
 /// `POST /v1/auth/register`.
@@ -370,7 +323,7 @@ pub async fn register(
         return Ok(registered());
     }
     info!(customer_id = %account.customer_id, "Account registered.");
-    send_code(&state, &account).await?;
+    ops::send_verification_code(&state, &account).await?;
     Ok(registered())
 }
 
@@ -379,7 +332,7 @@ pub async fn register(
 async fn taken(state: &ApiState, existing: &Account) -> Result<(), Problem> {
     info!(customer_id = %existing.customer_id, "Registration for an email in use.");
     if !existing.verified && !existing.disabled {
-        send_code(state, existing).await?;
+        ops::send_verification_code(state, existing).await?;
     }
     Ok(())
 }
@@ -526,7 +479,7 @@ pub async fn resend(
     limit(&state.auth_limits.resend, &email, client_ip(&state, &parts))?;
     if let Some(account) = state.store.get_account_by_email(&email).await? {
         if !account.verified && !account.disabled {
-            send_code(&state, &account).await?;
+            ops::send_verification_code(&state, &account).await?;
         }
     }
     Ok((

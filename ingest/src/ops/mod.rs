@@ -1,7 +1,8 @@
-//! The order operations, below the HTTP handlers: each writes the order's new state in the
-//! store, drops the order from the read cache, wakes the outbox relay, and returns a typed
-//! outcome. A handler parses the request, calls one, and maps the outcome to a response; the
-//! seeder (and a test) call them without building a request.
+//! The operations below the HTTP handlers: each order operation writes the order's new state
+//! in the store, drops the order from the read cache, wakes the outbox relay, and returns a
+//! typed outcome; sending a verification code writes the code and wakes the relay. A handler
+//! parses the request, calls one, and maps the outcome to a response; the seeder (and a test)
+//! call them without building a request.
 //!
 //! The store queues the event that announces a change in the same write as the change (its
 //! outbox, [`orderflow_store::OutboxStore`]), built from what it recorded and with a stable id;
@@ -15,11 +16,14 @@
 //! - [`modify`]: [`modify_order`], new quantities of an unpaid order, and [`reprice_order`],
 //!   new unit prices of its lines (`OrderModified`).
 //! - [`transfer`]: [`record_transfer`], the bank transfer that pays an order (`OrderPaid`).
+//! - [`verification`]: [`send_verification_code`], a new code for an account to verify its
+//!   email with (`AccountVerificationRequested`).
 
 pub mod lifecycle;
 pub mod modify;
 pub mod place;
 pub mod transfer;
+pub mod verification;
 
 pub use lifecycle::{cancel_order, ship_order};
 pub use modify::{
@@ -27,22 +31,27 @@ pub use modify::{
 };
 pub use place::{place_order, NewOrder, Placed};
 pub use transfer::{record_transfer, Transfer};
+pub use verification::{send_verification_code, CODE_TTL};
 
 use orderflow_store::StoreError;
 
 use crate::{problem::Problem, ApiState};
 
-/// Why an operation failed: the store could not do it (worth a retry when unavailable).
+/// Why an operation failed: the store could not do it (worth a retry when unavailable), or
+/// the system gave no randomness for a secret (a retry will not help).
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    NoRandomness(String),
 }
 
 impl From<OpError> for Problem {
     fn from(e: OpError) -> Self {
         match e {
             OpError::Store(e) => e.into(),
+            OpError::NoRandomness(e) => crate::auth::routes::internal(e),
         }
     }
 }

@@ -16,11 +16,15 @@
 //!   expiry, then reads the expiry again and follows a rotation that extended it meanwhile; a
 //!   rotation reads `revoked` after extending and, revoked, extends the revocation too: of the
 //!   two, the later one to look sees the other's write, so no family outlives its revocation.
+//! - **Verification emails** (`0009_secrets.cql`): the clear code the bridge is to email is one
+//!   row of `verification_emails` by event id, with a TTL up to the code's expiry. Reads also
+//!   check the expiry, so a record reads as gone from `expires_at` on whatever the TTL's
+//!   rounding.
 
 use scylla::{frame::types::Consistency, statement::prepared::PreparedStatement, value::CqlValue};
 
 use super::*;
-use super::{corrupt, raced, retry, secrets::ttl_until, Lwt, ScyllaStore};
+use super::{corrupt, raced, retry, ttl_until, Lwt, ScyllaStore};
 use crate::AccountStore;
 use crate::{account::*, Result, StoreError};
 
@@ -39,6 +43,9 @@ pub(super) struct AccountStatements {
     code_count: PreparedStatement,
     code_consume: PreparedStatement,
     code_drop: PreparedStatement,
+    verification_email_put: PreparedStatement,
+    verification_email_get: PreparedStatement,
+    verification_email_delete: PreparedStatement,
     token_get: PreparedStatement,
     token_insert: PreparedStatement,
     token_use: PreparedStatement,
@@ -116,6 +123,9 @@ impl AccountStatements {
             code_count: p(format!("UPDATE {ks}.verification_codes SET attempts = ? WHERE customer_id = ? IF code_hash = ? AND attempts = ?"), false).await?,
             code_consume: p(format!("DELETE FROM {ks}.verification_codes WHERE customer_id = ? IF code_hash = ? AND attempts = ?"), false).await?,
             code_drop: p(format!("DELETE FROM {ks}.verification_codes WHERE customer_id = ? IF code_hash = ?"), false).await?,
+            verification_email_put: p(format!("INSERT INTO {ks}.verification_emails (event_id, code, expires_at) VALUES (?, ?, ?) USING TTL ?"), false).await?,
+            verification_email_get: p(format!("SELECT code, expires_at FROM {ks}.verification_emails WHERE event_id = ?"), false).await?,
+            verification_email_delete: p(format!("DELETE FROM {ks}.verification_emails WHERE event_id = ?"), false).await?,
             token_get: p(format!("SELECT family_id, customer_id, expires_at, used FROM {ks}.refresh_tokens WHERE token_hash = ?"), true).await?,
             token_insert: p(format!("INSERT INTO {ks}.refresh_tokens (token_hash, family_id, customer_id, expires_at, used) VALUES (?, ?, ?, ?, false) USING TTL ?"), false).await?,
             token_use: p(format!("UPDATE {ks}.refresh_tokens USING TTL ? SET used = true WHERE token_hash = ? IF used = false"), false).await?,
@@ -328,6 +338,48 @@ impl ScyllaStore {
             self.check_verification_once(customer_id, code_hash, now)
         })
         .await
+    }
+
+    pub(super) async fn put_verification_email_impl(
+        &self,
+        email: &VerificationEmail,
+    ) -> Result<()> {
+        let ttl = ttl_until(email.expires_at, orderflow_schemas::now_millis());
+        self.run(
+            &self.a().verification_email_put,
+            (
+                email.event_id.as_str(),
+                email.code.as_str(),
+                email.expires_at,
+                ttl,
+            ),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(super) async fn get_verification_email_impl(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<VerificationEmail>> {
+        let row = self
+            .first::<(Option<String>, Option<i64>)>(&self.a().verification_email_get, (event_id,))
+            .await?;
+        Ok(match row {
+            Some((Some(code), Some(expires_at))) if expires_at > now => Some(VerificationEmail {
+                event_id: event_id.to_string(),
+                code,
+                expires_at,
+            }),
+            _ => None,
+        })
+    }
+
+    pub(super) async fn delete_verification_email_impl(&self, event_id: &str) -> Result<()> {
+        self.run(&self.a().verification_email_delete, (event_id,))
+            .await
+            .map(|_| ())
     }
 
     pub(super) async fn create_refresh_token_impl(&self, t: &RefreshToken) -> Result<()> {

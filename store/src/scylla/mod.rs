@@ -41,9 +41,10 @@
 //!   order id's time, newest first) over the days `order_days` names, or a customer's own index
 //!   when the filter names one; the status and time filters are applied to the orders read
 //!   while paging.
-//! - **Payment tokens** and **verification emails** (`secrets.rs`): a card order's token is a
-//!   static column pair of the order's partition, written by the order's own logged batch with
-//!   a TTL to its expiry; a verification email's clear code is a row by event id with a TTL.
+//! - **Payment tokens** (`payments.rs`) and **verification emails** (`accounts.rs`): a card
+//!   order's token is a static column pair of the order's partition, written right after the
+//!   order with a TTL to its expiry; a verification email's clear code is a row by event id
+//!   with a TTL.
 //! - **Modifications** and **payment claims** (`orders.rs`): an order's `revision`,
 //!   `payment_claim` and `lifecycle` static columns are written only by LWTs on its partition,
 //!   so a modification's fence, a claim, a cancel and a ship are ordered by Paxos and exactly
@@ -63,7 +64,6 @@ mod migrate;
 mod orders;
 mod outbox;
 mod payments;
-mod secrets;
 
 use std::{
     collections::HashMap,
@@ -231,8 +231,8 @@ pub struct ScyllaStore {
     modify: Arc<orders::ModifyStatements>,
     /// The statements of orders awaiting a bank transfer: [`orders`].
     unpaid: Arc<orders::UnpaidStatements>,
-    /// The statements of payment tokens and verification emails: [`secrets`].
-    secrets: Arc<secrets::SecretStatements>,
+    /// The statements of payment tokens: [`payments`].
+    tokens: Arc<payments::TokenStatements>,
     /// The outbox's statements and this instance's place in it: [`outbox`].
     outbox: Arc<outbox::Outbox>,
     keyspace: String,
@@ -408,7 +408,7 @@ impl ScyllaStore {
         let lifecycle = orders::LifecycleStatements::prepare(&session, &keyspace).await?;
         let modify = orders::ModifyStatements::prepare(&session, &keyspace).await?;
         let unpaid = orders::UnpaidStatements::prepare(&session, &keyspace).await?;
-        let secrets = secrets::SecretStatements::prepare(&session, &keyspace).await?;
+        let tokens = payments::TokenStatements::prepare(&session, &keyspace).await?;
         let outbox = outbox::Outbox::prepare(&session, &keyspace).await?;
         Ok(ScyllaStore {
             session: Arc::new(session),
@@ -417,7 +417,7 @@ impl ScyllaStore {
             lifecycle: Arc::new(lifecycle),
             modify: Arc::new(modify),
             unpaid: Arc::new(unpaid),
-            secrets: Arc::new(secrets),
+            tokens: Arc::new(tokens),
             outbox: Arc::new(outbox),
             keyspace,
             delivery_ttl_secs: i32::try_from(config.delivery_ttl.as_secs())
@@ -1479,6 +1479,16 @@ fn key_ttl_secs(key: &IdempotencyKey, now: i64) -> i32 {
     i32::try_from(lifetime + IDEMPOTENCY_GRACE_SECS).unwrap_or(i32::MAX)
 }
 
+/// The longest TTL ScyllaDB (and Cassandra) take: 20 years.
+const MAX_TTL_SECS: i64 = 630_720_000;
+
+/// The TTL (seconds, at least 1) of a record that must be gone at `expires_at` (at most
+/// [`MAX_TTL_SECS`]: a record that never expires lives that long).
+fn ttl_until(expires_at: i64, now: i64) -> i32 {
+    let secs = expires_at.saturating_sub(now).max(0) / 1000 + 1;
+    i32::try_from(secs.min(MAX_TTL_SECS)).unwrap_or(i32::MAX)
+}
+
 fn text(s: &str) -> Option<CqlValue> {
     Some(CqlValue::Text(s.to_string()))
 }
@@ -1551,6 +1561,14 @@ mod tests {
             key_ttl_secs(&key, 20_000),
             1 + IDEMPOTENCY_GRACE_SECS as i32
         );
+    }
+
+    #[test]
+    fn ttls_run_to_the_expiry_within_what_the_server_takes() {
+        assert_eq!(ttl_until(10_000, 0), 11);
+        assert_eq!(ttl_until(0, 10_000), 1, "expired: gone at once");
+        assert_eq!(ttl_until(i64::MAX, 0), MAX_TTL_SECS as i32, "never expires");
+        assert_eq!(ttl_until(i64::MAX, i64::MIN), MAX_TTL_SECS as i32);
     }
 
     #[test]

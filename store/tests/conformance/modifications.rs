@@ -230,7 +230,7 @@ pub(crate) async fn check_payment_claims_fence_modifications(store: Arc<dyn Stor
     store
         .apply_status(StatusUpdate {
             pricing: Some(pricing(3)),
-            event_id: format!("{}:validated:r1", o.order_id),
+            event_id: OrderStatus::Validated.revision_event_id(&o.order_id, 1),
             revision: 1,
             ..update(&o, OrderStatus::Validated, T0 + 12)
         })

@@ -284,7 +284,7 @@ pub(crate) async fn check_relayed_events_are_forgotten(store: Arc<dyn Store>) {
     let mut events = Vec::new();
     for n in 0..3 {
         let event = AccountVerificationRequested {
-            event_id: format!("{customer}:verify:{n}"),
+            event_id: AccountVerificationRequested::event_id_for(&customer, n),
             customer_id: customer.clone(),
             email: "someone@example.com".into(),
             name: "Someone".into(),
