@@ -37,7 +37,7 @@ pub struct VerificationCode {
 }
 
 /// The clear code of one verification email, kept only until the bridge has sent the email
-/// (then [`crate::Store::delete_verification_email`]) and at most until the code expires. It
+/// (then [`crate::AccountStore::delete_verification_email`]) and at most until the code expires. It
 /// is keyed by the `AccountVerificationRequested` event's id, which is all the event carries
 /// of it; checking a code uses the hash in [`VerificationCode`], never this. Its `Debug` does
 /// not show the code.

@@ -124,7 +124,7 @@ pub trait OrderStore: Send + Sync {
     /// call still recording its order answers [`CreateOrder::InProgress`] and writes nothing.
     ///
     /// A card order's `payment_token` is kept in the same write as the order (nothing is
-    /// written when the key names an earlier order), readable by [`Store::get_payment_token`].
+    /// written when the key names an earlier order), readable by [`PaymentStore::get_payment_token`].
     ///
     /// With `max_unpaid`, an order paid by bank transfer is refused
     /// ([`CreateOrder::TooManyUnpaid`]) when its customer has that many orders awaiting a
@@ -165,9 +165,9 @@ pub trait OrderStore: Send + Sync {
     /// event id is there already, and moves the status forward (never back).
     async fn apply_status(&self, update: StatusUpdate) -> Result<()>;
 
-    /// Cancels an order, atomically with respect to [`Store::ship_order`]: refused once it has
+    /// Cancels an order, atomically with respect to [`OrderStore::ship_order`]: refused once it has
     /// shipped; otherwise its status becomes `cancelled` (timeline entry `<order>:cancelled`,
-    /// detail `reason`, at `at`) and its reserved stock is released (as [`Store::release`]).
+    /// detail `reason`, at `at`) and its reserved stock is released (as [`CatalogueStore::release`]).
     /// Idempotent: a repeat answers as the first call did, keeping the first reason and time.
     /// The cancelling call queues `OrderCancelled` ([`cancellation_event`], with the refund of
     /// an approved payment) in the outbox in the same write; a repeat queues nothing.
@@ -179,7 +179,7 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<CancelOutcome>;
 
     /// Marks a paid or invoiced order as shipped (timeline entry `<order>:shipped`), atomically
-    /// with respect to [`Store::cancel_order`]: never a cancelled one. Idempotent. The shipping
+    /// with respect to [`OrderStore::cancel_order`]: never a cancelled one. Idempotent. The shipping
     /// call queues `OrderShipped` ([`outbox::shipped`]) in the same write; a repeat nothing.
     async fn ship_order(&self, order_id: &str, at: i64) -> Result<ShipOutcome>;
 
@@ -190,7 +190,7 @@ pub trait OrderStore: Send + Sync {
     /// prices stay those the order was priced at), the revision goes up by one, the pricing
     /// is cleared until validation re-prices the revision, and the timeline gets
     /// `<order>:modified:r<revision>` (status `validated`, detail `revision <n>`), atomically
-    /// with respect to [`Store::claim_payment`], [`Store::cancel_order`] and other
+    /// with respect to [`PaymentStore::claim_payment`], [`OrderStore::cancel_order`] and other
     /// modifications. A modification queues the revision's `OrderModified`
     /// ([`outbox::modified`]) in the same write.
     async fn modify_order(
@@ -200,12 +200,12 @@ pub trait OrderStore: Send + Sync {
         at: i64,
     ) -> Result<ModifyOutcome>;
     /// Sets new unit prices on lines of a validated order whose payment is not claimed (each
-    /// SKU once, prices zero or more, SKUs of the order only): as [`Store::modify_order`] does
+    /// SKU once, prices zero or more, SKUs of the order only): as [`OrderStore::modify_order`] does
     /// for quantities, through the same path and with the same refusals, atomically with
     /// respect to the same calls; no stock moves. The timeline entry is
     /// `<order>:modified:r<revision>` (detail `revision <n>: price of <sku> adjusted`), and
     /// validation re-prices the revision at the new unit prices (its `OrderModified` queued as
-    /// by [`Store::modify_order`]).
+    /// by [`OrderStore::modify_order`]).
     async fn reprice_order(
         &self,
         order_id: &str,
@@ -214,8 +214,8 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<ModifyOutcome>;
 
     /// Marks the order paid by `payment`, a bank transfer recorded through the API
-    /// ([`Store::record_payment`] after [`Store::claim_payment`]): status `paid` as
-    /// [`Store::apply_status`] moves it (timeline `<order>:paid` at the payment's time, detail
+    /// ([`PaymentStore::record_payment`] after [`PaymentStore::claim_payment`]): status `paid` as
+    /// [`OrderStore::apply_status`] moves it (timeline `<order>:paid` at the payment's time, detail
     /// its reference) and `OrderPaid` ([`outbox::paid`]) queued in the same write. When the
     /// order was cancelled meanwhile, its `OrderCancelled` is queued again with the refund of
     /// this payment. Idempotent: a repeat changes and queues nothing. The order as it is now,
@@ -224,9 +224,9 @@ pub trait OrderStore: Send + Sync {
 
     /// Orders paid by bank transfer placed (`created_at`) before `placed_before`, oldest first,
     /// at most `limit`, that await their transfer ([`awaits_transfer`]) or were expired by
-    /// [`Store::expire_unpaid_order`] and not yet let go of ([`Store::forget_unpaid_order`]).
+    /// [`OrderStore::expire_unpaid_order`] and not yet let go of ([`OrderStore::forget_unpaid_order`]).
     /// An order leaves this list as its payment is claimed, as it is cancelled through
-    /// [`Store::cancel_order`], or once forgotten.
+    /// [`OrderStore::cancel_order`], or once forgotten.
     async fn list_unpaid_orders(
         &self,
         placed_before: i64,
@@ -234,11 +234,11 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<Vec<OrderRecord>>;
 
     /// Cancels an order that still awaits its bank transfer (reason `reason`, at `at`) as
-    /// [`Store::cancel_order`] does, stock released, atomically with respect to
-    /// [`Store::claim_payment`]: of a racing expiry and claim exactly one wins, and a claimed
+    /// [`OrderStore::cancel_order`] does, stock released, atomically with respect to
+    /// [`PaymentStore::claim_payment`]: of a racing expiry and claim exactly one wins, and a claimed
     /// order is refused ([`ExpireOutcome::NotAwaiting`]). Idempotent: a repeat answers as the
-    /// first call did. The order stays in [`Store::list_unpaid_orders`] until
-    /// [`Store::forget_unpaid_order`], so an expiry whose announcement was lost is found again.
+    /// first call did. The order stays in [`OrderStore::list_unpaid_orders`] until
+    /// [`OrderStore::forget_unpaid_order`], so an expiry whose announcement was lost is found again.
     async fn expire_unpaid_order(
         &self,
         order_id: &str,
@@ -246,7 +246,7 @@ pub trait OrderStore: Send + Sync {
         at: i64,
     ) -> Result<ExpireOutcome>;
 
-    /// Drops the order from [`Store::list_unpaid_orders`] (its expiry is announced, or it no
+    /// Drops the order from [`OrderStore::list_unpaid_orders`] (its expiry is announced, or it no
     /// longer awaits a transfer). Idempotent.
     async fn forget_unpaid_order(&self, order_id: &str) -> Result<()>;
 }
@@ -274,7 +274,7 @@ pub trait PaymentStore: Send + Sync {
 
     /// Claims the payment of the order's `revision` before it is charged (or a bank transfer
     /// recorded): granted unless the order moved on to a later revision or is final; after a
-    /// grant [`Store::modify_order`] refuses. Idempotent for the same revision.
+    /// grant [`OrderStore::modify_order`] refuses. Idempotent for the same revision.
     async fn claim_payment(&self, order_id: &str, revision: i32) -> Result<PaymentClaim>;
 }
 

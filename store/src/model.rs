@@ -21,7 +21,7 @@ pub struct Product {
     pub discontinued: bool,
 }
 
-/// A change to a product's details (not its stock: see [`crate::Store::adjust_stock`]); `None`
+/// A change to a product's details (not its stock: see [`crate::CatalogueStore::adjust_stock`]); `None`
 /// leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProductChange {
@@ -45,7 +45,7 @@ impl ProductChange {
     }
 }
 
-/// The `Idempotency-Key` of a stock adjustment ([`crate::Store::adjust_stock`]): an adjustment
+/// The `Idempotency-Key` of a stock adjustment ([`crate::CatalogueStore::adjust_stock`]): an adjustment
 /// applied under a key is applied once; a repeat answers [`StockAdjustment::Replayed`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdjustmentKey {
@@ -63,7 +63,7 @@ pub struct AdjustmentRecord {
     pub expires_at: i64,
 }
 
-/// What [`crate::Store::adjust_stock`] did.
+/// What [`crate::CatalogueStore::adjust_stock`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StockAdjustment {
     /// Applied: the product as it is now.
@@ -117,18 +117,18 @@ pub struct OrderRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub timeline: Vec<TimelineEntry>,
-    /// 0 as placed, one more for each change of quantities ([`crate::Store::modify_order`]).
+    /// 0 as placed, one more for each change of quantities ([`crate::OrderStore::modify_order`]).
     #[serde(default)]
     pub revision: i32,
-    /// The revision the payment was claimed for ([`crate::Store::claim_payment`]): from then
+    /// The revision the payment was claimed for ([`crate::PaymentStore::claim_payment`]): from then
     /// on the quantities are final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_claim: Option<i32>,
 }
 
 /// A card order's payment gateway token, kept in the store (never on a topic) from the order's
-/// creation ([`crate::Store::create_order`], in the same write) until the charge's outcome is
-/// recorded or the order is rejected or cancelled ([`crate::Store::delete_payment_token`]), and
+/// creation ([`crate::OrderStore::create_order`], in the same write) until the charge's outcome is
+/// recorded or the order is rejected or cancelled ([`crate::PaymentStore::delete_payment_token`]), and
 /// at most until `expires_at`. Its `Debug` does not show the token.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentToken {
@@ -176,15 +176,15 @@ pub enum CreateOrder {
 }
 
 /// Whether the order awaits a bank transfer: paid by bank transfer, not final, and its
-/// payment not claimed ([`crate::Store::claim_payment`]). Such orders hold their stock until
-/// the transfer is recorded or they expire ([`crate::Store::expire_unpaid_order`]).
+/// payment not claimed ([`crate::PaymentStore::claim_payment`]). Such orders hold their stock until
+/// the transfer is recorded or they expire ([`crate::OrderStore::expire_unpaid_order`]).
 pub fn awaits_transfer(order: &OrderRecord) -> bool {
     order.payment_method.as_deref() == Some(orderflow_schemas::PaymentMethod::BANK_TRANSFER)
         && matches!(order.status, OrderStatus::Accepted | OrderStatus::Validated)
         && order.payment_claim.is_none()
 }
 
-/// What [`crate::Store::expire_unpaid_order`] did.
+/// What [`crate::OrderStore::expire_unpaid_order`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExpireOutcome {
     /// The order is cancelled (by this call, or before: a repeat answers alike), its stock
@@ -252,7 +252,7 @@ pub enum Reservation {
         /// failed, cancelled) or left with the shipment (shipped).
         #[serde(default)]
         released: bool,
-        /// The order revision the lines are for ([`crate::Store::modify_order`] swaps them).
+        /// The order revision the lines are for ([`crate::OrderStore::modify_order`] swaps them).
         #[serde(default)]
         revision: i32,
     },
@@ -307,7 +307,7 @@ impl Invoice {
 
 // --- Order lifecycle ---
 
-/// Which orders `Store::list_orders` returns. Every field narrows the list; none set lists
+/// Which orders `OrderStore::list_orders` returns. Every field narrows the list; none set lists
 /// every order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderFilter {
@@ -336,7 +336,7 @@ impl OrderFilter {
 
 // --- Cancel and ship ---
 
-/// What [`crate::Store::cancel_order`] did.
+/// What [`crate::OrderStore::cancel_order`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// The order is cancelled (by this call or an earlier one, which a repeat answers alike):
@@ -377,7 +377,7 @@ pub fn cancellation_event(
     }
 }
 
-/// What [`crate::Store::ship_order`] did.
+/// What [`crate::OrderStore::ship_order`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShipOutcome {
     /// The order is shipped (by this call or an earlier one): as it is now.
@@ -405,7 +405,7 @@ pub struct RefundRecord {
 
 // --- Modifications and payment claims ---
 
-/// What [`crate::Store::modify_order`] did.
+/// What [`crate::OrderStore::modify_order`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModifyOutcome {
     /// The order holds the new quantities: as it is now (its new revision, items, no pricing
@@ -435,7 +435,7 @@ pub enum ModifyOutcome {
 /// history stay bounded. An order that needs more is cancelled and placed again.
 pub const MAX_ORDER_REVISIONS: i32 = 50;
 
-/// What [`crate::Store::claim_payment`] answered.
+/// What [`crate::PaymentStore::claim_payment`] answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentClaim {
     /// The payment of this revision may go ahead (claimed by this call or an earlier one):
@@ -449,7 +449,7 @@ pub enum PaymentClaim {
     NotFound,
 }
 
-/// How [`crate::Store::modify_order`] changes a reservation: the new lines, and per SKU the
+/// How [`crate::OrderStore::modify_order`] changes a reservation: the new lines, and per SKU the
 /// units to take from the stock (positive) or give back (negative). Both stores plan alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModificationPlan {
@@ -461,7 +461,7 @@ pub struct ModificationPlan {
 impl ModificationPlan {
     /// Plans the change from the reserved `current` lines to `items`. `Ok(Err(refusal))` when
     /// an item is not in the order; an error when `items` breaks the rules of
-    /// [`crate::Store::modify_order`] (the API checks them first).
+    /// [`crate::OrderStore::modify_order`] (the API checks them first).
     pub fn new(
         current: &[ReservedLine],
         items: &[OrderItem],
@@ -520,8 +520,8 @@ pub struct LinePrice {
     pub unit_price_cents: i64,
 }
 
-/// A change of a validated, unpaid order that [`crate::Store::modify_order`] and
-/// [`crate::Store::reprice_order`] make through the same path: the reservation swaps to the
+/// A change of a validated, unpaid order that [`crate::OrderStore::modify_order`] and
+/// [`crate::OrderStore::reprice_order`] make through the same path: the reservation swaps to the
 /// planned lines, the revision goes up, the pricing is cleared until validation re-prices it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderChange {

@@ -19,7 +19,7 @@
 //!
 //! # What expires
 //! Records that only matter for a while are indexed by the time they expire
-//! (`<ms, 20 digits> \0 key` → ()), and each write that adds one removes up to [`PURGE_BATCH`]
+//! (`<ms, 20 digits> \0 key` → ()), and each write that adds one removes up to `PURGE_BATCH`
 //! expired ones of its kind, oldest first, without a scan: delivery markers
 //! ([`EmbeddedConfig::delivery_ttl`] after delivery), idempotency keys, stock adjustment keys,
 //! refresh tokens (at their `expires_at`), refresh token families (once their last token has
@@ -108,7 +108,7 @@ const ADJUSTMENT_KEYS: Expiring = Expiring {
     by_expiry: TableDefinition::new("adjustment_keys_by_expiry"),
 };
 /// Orders awaiting a bank transfer, by the time they were placed: `{created_at:020} \0 order
-/// id` → customer id ([`Store::list_unpaid_orders`]).
+/// id` → customer id ([`OrderStore::list_unpaid_orders`]).
 const UNPAID: TableDefinition<&str, &str> = TableDefinition::new("unpaid_orders");
 /// The same orders by customer: `customer \0 order id` → created_at (the per-customer cap).
 const UNPAID_BY_CUSTOMER: TableDefinition<&str, i64> = TableDefinition::new("unpaid_by_customer");
@@ -786,7 +786,7 @@ fn backfill_expiry_in(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-/// Moves an order's read model forward; see [`Store::apply_status`].
+/// Moves an order's read model forward; see [`OrderStore::apply_status`].
 fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> {
     let mut orders = txn.open_table(ORDERS).map_err(unavailable)?;
     let existing: Option<OrderRecord> = get_json(&orders, "order", &update.order_id)?;
@@ -1091,7 +1091,7 @@ fn finish_in(
     Ok(order)
 }
 
-/// See [`Store::cancel_order`].
+/// See [`OrderStore::cancel_order`].
 fn cancel_in(
     txn: &WriteTransaction,
     order_id: &str,
@@ -1130,7 +1130,7 @@ fn cancel_in(
     })
 }
 
-/// See [`Store::ship_order`].
+/// See [`OrderStore::ship_order`].
 fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcome> {
     let orders = txn.open_table(ORDERS).map_err(unavailable)?;
     let Some(order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
@@ -1152,7 +1152,7 @@ fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcom
 
 // --- Modifications ----------------------------------------------------------------
 
-/// See [`Store::modify_order`] and [`Store::reprice_order`]: the order, its reservation and the
+/// See [`OrderStore::modify_order`] and [`OrderStore::reprice_order`]: the order, its reservation and the
 /// products change in one transaction, so a claim, a cancel or a reservation of the same
 /// products sees all or none.
 fn modify_in(
@@ -1259,7 +1259,7 @@ fn modify_in(
     })
 }
 
-/// See [`Store::claim_payment`].
+/// See [`PaymentStore::claim_payment`].
 fn claim_in(txn: &WriteTransaction, order_id: &str, revision: i32) -> Result<PaymentClaim> {
     let orders = txn.open_table(ORDERS).map_err(unavailable)?;
     let Some(mut order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
@@ -1380,7 +1380,7 @@ fn count_unpaid_in(txn: &WriteTransaction, customer_id: &str) -> Result<u32> {
     Ok(open)
 }
 
-/// See [`Store::expire_unpaid_order`]: the check and the cancel are one transaction, so a
+/// See [`OrderStore::expire_unpaid_order`]: the check and the cancel are one transaction, so a
 /// claim lands wholly before (refused here) or after (refused there).
 fn expire_in(
     txn: &WriteTransaction,

@@ -1,5 +1,5 @@
 //! An invoice as a PDF, with `pdf-writer`: A4 pages, DejaVu Sans embedded as a subset of the
-//! glyphs used ([`font`]), so customers' names and addresses print as written in any
+//! glyphs used (the `font` module), so customers' names and addresses print as written in any
 //! script the font covers; content streams left uncompressed.
 //!
 //! The invoice names who it is for ([`BillTo`]): the customer's name (its account) and the

@@ -10,7 +10,7 @@
 //! reads the winner from the LWT's answer. The timeline row is written by the same Paxos round,
 //! so a read of the order (its status is the timeline's furthest step) sees the final step as
 //! soon as the call returns. A cancel then releases the order's stock with the idempotent
-//! [`Store::release`]; a repeated cancel (after a crash between the two) releases again, which
+//! [`CatalogueStore::release`]; a repeated cancel (after a crash between the two) releases again, which
 //! gives back whatever is still held and nothing twice.
 //!
 //! The call that sets the final step announces it: its outbox intent is written before the
@@ -49,7 +49,7 @@
 //!   held under the next revision's key moved for nothing and is moved back;
 //! - **crash between the fence and step 3**: the order is one revision ahead and the stock
 //!   matches it; the reservation's lines are planned again from the order's items (no stock
-//!   moves) and recorded with the next decision. Until then [`Store::reserve`] answers the old
+//!   moves) and recorded with the next decision. Until then [`CatalogueStore::reserve`] answers the old
 //!   reservation (the API publishes `orders.modified` only once `modify_order` answered, and
 //!   its retry with the same quantities finishes the swap and answers `Modified`);
 //! - **crash after step 3, before the holds are dropped**: stale `holds` entries, which move no
@@ -71,7 +71,7 @@
 //!
 //! An order paid by bank transfer gets a row in `unpaid_orders` (by time placed, one partition)
 //! and in `unpaid_orders_by_customer` in the batch that writes it. The rows go when its payment
-//! is claimed, it is cancelled, or its expiry is announced ([`Store::forget_unpaid_order`]);
+//! is claimed, it is cancelled, or its expiry is announced ([`OrderStore::forget_unpaid_order`]);
 //! those deletions follow the decisive write, so a crash between the two leaves a row behind,
 //! which the next sweep meets and forgets (the order no longer awaits a transfer).
 //!
