@@ -11,7 +11,7 @@
 //! one order: a request that meets the key while another is still recording its order gets 409
 //! with `Retry-After`.
 //!
-//! [`Store::create_order`]: orderflow_store::Store::create_order
+//! [`Store::create_order`]: orderflow_store::OrderStore::create_order
 
 use std::{sync::Arc, time::UNIX_EPOCH};
 

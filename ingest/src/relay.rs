@@ -98,7 +98,7 @@ pub async fn drain(state: &ApiState) -> Result<(), RelayError> {
     Ok(())
 }
 
-/// One round: produces up to [`BATCH`] queued events, forgets those the broker acknowledged,
+/// One round: produces up to `BATCH` (256) queued events, forgets those the broker acknowledged,
 /// and answers how many; an error when any could not be produced (the others are forgotten).
 pub async fn relay_once(state: &ApiState) -> Result<usize, RelayError> {
     let queued = state.store.outbox(BATCH).await?;

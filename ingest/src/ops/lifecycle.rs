@@ -5,8 +5,8 @@
 //! first call's reason and time), with the id `<order id>:cancelled` / `<order id>:shipped`;
 //! then drops the order from the read cache. A repeat changes and announces nothing.
 //!
-//! [`Store::cancel_order`]: orderflow_store::Store::cancel_order
-//! [`Store::ship_order`]: orderflow_store::Store::ship_order
+//! [`Store::cancel_order`]: orderflow_store::OrderStore::cancel_order
+//! [`Store::ship_order`]: orderflow_store::OrderStore::ship_order
 
 use orderflow_schemas::now_millis;
 use orderflow_store::{CancelOutcome, ShipOutcome};

@@ -7,8 +7,8 @@
 //! `orders.modified` in the same write; validation re-prices the revision and produces its
 //! `OrderValidated` (event id `<order>:validated:r<n>`).
 //!
-//! [`Store::modify_order`]: orderflow_store::Store::modify_order
-//! [`Store::reprice_order`]: orderflow_store::Store::reprice_order
+//! [`Store::modify_order`]: orderflow_store::OrderStore::modify_order
+//! [`Store::reprice_order`]: orderflow_store::OrderStore::reprice_order
 
 use orderflow_schemas::{now_millis, OrderItem, OrderStatus, PaymentMethod};
 use orderflow_store::{LinePrice, ModifyOutcome, OrderRecord};

@@ -2,7 +2,7 @@
 //! `orders.accepted`, through the outbox) recorded in one store write ([`Store::create_order`],
 //! which also enforces the cap on orders awaiting a bank transfer).
 //!
-//! [`Store::create_order`]: orderflow_store::Store::create_order
+//! [`Store::create_order`]: orderflow_store::OrderStore::create_order
 
 use orderflow_schemas::{Address, OrderItem, OrderStatus, PaymentMethod};
 use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};

@@ -9,9 +9,9 @@
 //! recorded is announced again with the refund (same write), so the payment stage refunds the
 //! transfer. Recording the same reference again finishes what the first call started.
 //!
-//! [`Store::claim_payment`]: orderflow_store::Store::claim_payment
-//! [`Store::record_payment`]: orderflow_store::Store::record_payment
-//! [`Store::mark_paid`]: orderflow_store::Store::mark_paid
+//! [`Store::claim_payment`]: orderflow_store::PaymentStore::claim_payment
+//! [`Store::record_payment`]: orderflow_store::PaymentStore::record_payment
+//! [`Store::mark_paid`]: orderflow_store::OrderStore::mark_paid
 
 use orderflow_schemas::{now_millis, OrderStatus, PaymentMethod};
 use orderflow_store::{OrderRecord, PaymentClaim, PaymentRecord};
