@@ -33,6 +33,29 @@ use tracing::{debug, error, instrument};
 
 use crate::{API_ERRORS, API_REQUESTS};
 
+/// Patch: frames up to this size are decoded and encoded on the connection's task; larger ones
+/// (a big produce request, a fetch response with many records) still go to the blocking pool,
+/// so that one of them does not hold up the other connections served by the same worker.
+const INLINE_FRAME_BYTES: usize = 64 * 1024;
+
+/// Patch: the bytes of record data in a response body, which is what makes a response large
+/// (only a fetch response carries records; every other response is a few hundred bytes).
+fn record_bytes(body: &Body) -> usize {
+    let Body::FetchResponse(fetch) = body else {
+        return 0;
+    };
+
+    fetch
+        .responses
+        .iter()
+        .flatten()
+        .flat_map(|topic| topic.partitions.iter().flatten())
+        .flat_map(|partition| partition.records.iter())
+        .flat_map(|records| records.batches.iter())
+        .map(|batch| batch.record_data.len())
+        .sum()
+}
+
 /// A [Matcher] of [`Request`]s using their [API key][`ApiKey`].
 #[derive(Clone, Copy, Debug, Default, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct RequestApiKeyMatcher(pub i16);
@@ -314,6 +337,10 @@ where
                     SaslAuthenticateRequest::default().auth_bytes(req.slice(4..)),
                 ),
             }
+        } else if req.len() <= INLINE_FRAME_BYTES {
+            // Patch: a small request is decoded on the connection's task, without a hand-off to
+            // the blocking pool and back.
+            Frame::request_from_bytes(req).inspect(|request| debug!(?request))?
         } else {
             spawn_blocking(|| Frame::request_from_bytes(req))
                 .await?
@@ -391,24 +418,34 @@ where
                 *v0 = Some(true)
             }
 
-            spawn_blocking(move || {
+            // Patch: a small response is encoded on the connection's task, without a hand-off to
+            // the blocking pool and back; only a fetch response with many records is large.
+            let inline = record_bytes(&body) <= INLINE_FRAME_BYTES;
+            let encode = move || {
                 Frame::response(
                     Header::Response { correlation_id },
                     body,
                     api_key,
                     api_version,
                 )
-            })
-            .await?
-            .inspect(|response| {
-                debug!(response = ?response[..]);
-                API_REQUESTS.add(1, &attributes);
-            })
-            .inspect_err(|err| {
-                error!(api_key, api_version, ?err);
-                API_ERRORS.add(1, &attributes);
-            })
-            .map_err(Into::into)
+            };
+
+            let response = if inline {
+                encode()
+            } else {
+                spawn_blocking(encode).await?
+            };
+
+            response
+                .inspect(|response| {
+                    debug!(response = ?response[..]);
+                    API_REQUESTS.add(1, &attributes);
+                })
+                .inspect_err(|err| {
+                    error!(api_key, api_version, ?err);
+                    API_ERRORS.add(1, &attributes);
+                })
+                .map_err(Into::into)
         }
     }
 }
