@@ -25,7 +25,7 @@ use nanoid::nanoid;
 use opentelemetry::KeyValue;
 use rama::{Context, Layer, Service};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, BufWriter},
+    io::{AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
     task::JoinSet,
 };
@@ -355,10 +355,13 @@ where
     where
         W: AsyncWriteExt + Unpin,
     {
-        let mut w = BufWriter::new(req);
-        w.write_all(&frame).await.inspect_err(|err| error!(?err))?;
+        // Patch: the encoded frame is written as it is (upstream copied it into a new 8 KiB
+        // `BufWriter` for every response, which wrote it in one call all the same).
+        req.write_all(&frame)
+            .await
+            .inspect_err(|err| error!(?err))?;
         BYTES_SENT.add(frame.len() as u64, &[]);
-        w.flush().await.map_err(Into::into)
+        req.flush().await.map_err(Into::into)
     }
 
     #[instrument(skip_all, fields(id = nanoid!()))]
@@ -394,7 +397,7 @@ where
     async fn serve(
         &self,
         ctx: Context<TcpContext>,
-        mut req: Stream,
+        req: Stream,
     ) -> Result<Self::Response, Self::Error> {
         let attributes = {
             let state = ctx.state();
@@ -409,6 +412,12 @@ where
         };
 
         let maximum_frame_size = ctx.state().maximum_frame_size;
+
+        // Patch: reads are buffered, so that a request's size and body (and whatever the client
+        // sent after them: librdkafka pipelines its requests) come in one read from the socket,
+        // not two or more per request. A frame larger than the buffer is read into its own
+        // buffer directly. (The stream itself is no longer read from, so it is not `mut`.)
+        let mut req = BufReader::new(req);
 
         loop {
             let ctx = ctx.clone();
