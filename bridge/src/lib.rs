@@ -9,7 +9,7 @@
 //!   the notification).
 //! - [`config`]: the routing config (TOML + `ORDERFLOW_BRIDGE__*` env): sinks by name, routes
 //!   from event types to sinks; [`config::SinkConfig::build`] is where sink types register.
-//! - One folder per sink, each with its config: [`log`], [`file`], [`sqs`], [`ses`],
+//! - One folder per sink, each with its config: [`log`], [`file`](mod@file), [`sqs`], [`ses`],
 //!   [`webhook`]. [`aws`]: what the AWS sinks share (SDK config, error mapping).
 //! - [`retry`]: the one function that says whether a failure is worth retrying.
 //! - [`health`]: sink healthchecks in the background, for readiness.
