@@ -28,12 +28,15 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// in the backlog within this time.
 const PARTITIONS_TTL: Duration = Duration::from_secs(60);
 
+/// The partitions (topic, partition) of a view's topics, and when they were read.
+type KnownPartitions = (Instant, Vec<(String, i32)>);
+
 /// A read-only view of one consumer group's offsets on a set of topics.
 pub struct GroupView {
     consumer: BaseConsumer,
     topics: Vec<String>,
     /// The topics' partitions and when they were read.
-    partitions: Mutex<Option<(Instant, Vec<(String, i32)>)>>,
+    partitions: Mutex<Option<KnownPartitions>>,
 }
 
 impl GroupView {

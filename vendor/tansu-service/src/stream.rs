@@ -356,10 +356,19 @@ where
         W: AsyncWriteExt + Unpin,
     {
         // Patch: the encoded frame is written as it is (upstream copied it into a new 8 KiB
-        // `BufWriter` for every response, which wrote it in one call all the same).
-        req.write_all(&frame)
-            .await
-            .inspect_err(|err| error!(?err))?;
+        // `BufWriter` for every response, which wrote it in one call all the same, on flush).
+        // A client that closed its connection before its answer came is not an error of the
+        // broker: upstream's flush did not log that case either.
+        req.write_all(&frame).await.inspect_err(|err| {
+            if matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) {
+                debug!(?err)
+            } else {
+                error!(?err)
+            }
+        })?;
         BYTES_SENT.add(frame.len() as u64, &[]);
         req.flush().await.map_err(Into::into)
     }
