@@ -17,6 +17,22 @@ fn spans(line: &Value) -> Vec<&Value> {
         .unwrap_or_default()
 }
 
+/// Whether the JSON log file has a line written while the log sink's stage handled `event_type`
+/// of `order_id`.
+fn log_sink_handled(log_file: &std::path::Path, order_id: &str, event_type: &str) -> bool {
+    let text = std::fs::read_to_string(log_file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|line| {
+            spans(&line).into_iter().any(|s| {
+                s["name"] == "handle_message"
+                    && s["stage"] == "bridge.log"
+                    && s["event_type"] == event_type
+                    && s["order_id"] == order_id
+            })
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,6 +55,19 @@ async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
         })
     })
     .await;
+    // The notifications above are the file sink's; the log sink is a stage of its own, which
+    // may come to the same events a little later: stop once it has handled both invoices.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ![&id, &other]
+        .iter()
+        .all(|order| log_sink_handled(&log_file, order, "OrderInvoiced"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log sink did not handle both orders' OrderInvoiced within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert!(p.stop().success());
 
     let text = std::fs::read_to_string(&log_file).unwrap();
