@@ -4,14 +4,18 @@
 //! through the API.
 //!
 //! The payment stage sweeps every `interval`: it pages through the orders placed before
-//! `now - ttl` that await a transfer ([`Store::list_unpaid_orders`], oldest first), expires each
-//! ([`Store::expire_unpaid_order`]: refused, atomically, once the transfer's payment is claimed,
+//! `now - ttl` that await a transfer ([`OrderStore::list_unpaid_orders`], oldest first), expires each
+//! ([`OrderStore::expire_unpaid_order`]: refused, atomically, once the transfer's payment is claimed,
 //! so a transfer recorded at the same moment wins or loses whole), announces the cancel, and only
-//! then lets go of the order ([`Store::forget_unpaid_order`]). A crash between the cancel and the
+//! then lets go of the order ([`OrderStore::forget_unpaid_order`]). A crash between the cancel and the
 //! announcement leaves the order listed: the next sweep announces it (the same event id).
 //!
 //! Several payment instances may sweep at once: the expiry is idempotent and each announces the
 //! same event (`<order id>:cancelled`), which consumers deduplicate.
+//!
+//! [`OrderStore::list_unpaid_orders`]: orderflow_store::OrderStore::list_unpaid_orders
+//! [`OrderStore::expire_unpaid_order`]: orderflow_store::OrderStore::expire_unpaid_order
+//! [`OrderStore::forget_unpaid_order`]: orderflow_store::OrderStore::forget_unpaid_order
 
 use std::{sync::Arc, time::Duration};
 

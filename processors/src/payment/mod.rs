@@ -3,7 +3,7 @@
 //! never reaches the gateway twice. A declined charge releases the order's reserved stock.
 //!
 //! The card token is not in `OrderValidated`: the API keeps it in the store with the order, and
-//! the stage reads it there by order id when it charges ([`Store::get_payment_token`]), then
+//! the stage reads it there by order id when it charges ([`PaymentStore::get_payment_token`]), then
 //! deletes it once the outcome is recorded (a cancel deletes it too). A token gone before the
 //! charge (expired) fails the payment with [`TOKEN_EXPIRED`]. The token is never logged.
 //!
@@ -17,6 +17,8 @@
 //!
 //! Unpaid orders ([`expiry`]): the stage also cancels the bank-transfer orders whose transfer
 //! was not recorded in time, releasing their stock.
+//!
+//! [`PaymentStore::get_payment_token`]: orderflow_store::PaymentStore::get_payment_token
 
 pub mod expiry;
 mod gateway;
