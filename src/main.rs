@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 /// mimalloc instead of the system's allocator: the pipeline allocates and frees small buffers
 /// on every message (decoded events, store records, Kafka frames), and glibc's malloc spent a
-/// quarter of the CPU of a loaded `orderflow run` on them (BENCHMARKS.md).
+/// fifth of the CPU of a loaded `orderflow run` on them (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
