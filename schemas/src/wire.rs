@@ -108,7 +108,10 @@ pub fn decode_with<E: Event>(ids: &SchemaIds, payload: &[u8]) -> Result<E, Decod
         message: e.to_string(),
     };
     let value = match writer {
-        None => apache_avro::from_avro_datum(E::schema(), &mut datum, None),
+        // `E`'s own schema names no type by reference (its encoder, `write_avro_datum_ref`,
+        // resolves no names either), so it is read without indexing its names first, which
+        // `from_avro_datum` does again on every call.
+        None => apache_avro::from_avro_datum_schemata(E::schema(), Vec::new(), &mut datum, None),
         Some(writer) => apache_avro::from_avro_datum(writer, &mut datum, Some(E::schema())),
     }
     .map_err(avro)?;
