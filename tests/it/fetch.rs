@@ -1,7 +1,8 @@
 //! Fetches on Orderflow's broker (`orderflow broker`, its storage patched in
 //! vendor/tansu-storage): a consumer waiting on many partitions is answered as soon as a record
 //! lands in any of them, and a partition the broker remembers as having nothing new never hides
-//! a record produced since.
+//! a record produced since. Each record comes back with its own headers, in the order they
+//! were written.
 
 use crate::common;
 
@@ -11,6 +12,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
+    message::{Header, Headers, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, Producer},
     ClientConfig, Message, Offset, TopicPartitionList,
 };
@@ -111,6 +113,103 @@ fn a_consumer_of_many_partitions_gets_every_record_however_they_interleave() {
         let mut got = read_until(&consumer, 2);
         got.sort();
         assert_eq!(got, vec![a, b], "pair {i}");
+    }
+}
+
+#[test]
+fn every_record_comes_back_with_its_own_headers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, bootstrap) = common::start_broker(dir.path());
+    let topic = format!("headers-{}", uuid::Uuid::now_v7());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let created = futures::executor::block_on(admin.create_topics(
+        &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    // Record i carries i % 4 headers (none for some), one of them without a value; they go in
+    // batches of several records, so one fetch returns records with and without headers.
+    let headers_of = |i: usize| -> Vec<(String, Option<String>)> {
+        (0..i % 4)
+            .map(|h| {
+                let value = (h != 1).then(|| format!("value-{i}-{h}"));
+                (format!("key-{h}"), value)
+            })
+            .collect()
+    };
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    const RECORDS: usize = 40;
+    for i in 0..RECORDS {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in headers_of(i) {
+            headers = headers.insert(Header {
+                key: &key,
+                value: value.as_deref(),
+            });
+        }
+        producer
+            .send(
+                BaseRecord::<(), _>::to(&topic)
+                    .payload(&format!("record-{i}"))
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        if i % 10 == 9 {
+            producer.flush(Duration::from_secs(10)).unwrap();
+        }
+    }
+
+    // From the start, and from the middle of the partition.
+    for from in [0, 17] {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", format!("{topic}-{from}"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, 0, Offset::Offset(from as i64))
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let start = Instant::now();
+        let mut next = from;
+        while next < RECORDS {
+            assert!(start.elapsed() < NEVER, "records from {next} did not come");
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.unwrap();
+            assert_eq!(message.offset(), next as i64);
+            assert_eq!(
+                message.payload_view::<str>().unwrap().unwrap(),
+                format!("record-{next}")
+            );
+            let got: Vec<(String, Option<String>)> = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            let value = h.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                            (h.key.to_string(), value)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(got, headers_of(next), "the headers of record {next}");
+            next += 1;
+        }
     }
 }
 

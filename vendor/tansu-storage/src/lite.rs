@@ -169,6 +169,17 @@ fn elapsed_millis(start: SystemTime) -> u64 {
         .map_or(0, |duration| duration.as_millis() as u64)
 }
 
+/// Patch: one record as a fetch read it, before it is packed into a batch.
+struct FetchedRecord {
+    offset: i64,
+    attributes: i16,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    producer_id: i64,
+    producer_epoch: i16,
+}
+
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 struct Txn {
     name: String,
@@ -1407,6 +1418,8 @@ static DDL: LazyLock<Cache> = LazyLock::new(|| {
             include_sql!("ddl/040-consumer-offset.sql"),
         ),
         ("040-header.sql", include_sql!("ddl/040-header.sql")),
+        // Patch: an index for the headers of a partition's records.
+        ("045-header-index.sql", include_sql!("ddl/045-header-index.sql")),
         (
             "040-producer-detail.sql",
             include_sql!("ddl/040-producer-detail.sql"),
@@ -2450,227 +2463,140 @@ impl Storage for Delegate {
 
         let c = self.connection().await?;
 
-        let mut records = c
-            .query(
-                "record_fetch.sql",
-                (
-                    self.cluster.as_str(),
-                    topition.topic(),
-                    topition.partition(),
-                    offset,
-                    (max_bytes as i64),
-                    high_watermark,
-                ),
-            )
-            .await
-            .inspect_err(|err| error!(?err))?;
-
-        let mut batches = vec![];
-
-        if let Some(row) = records.next().await? {
-            let offset_delta = 0;
-            let timestamp_delta = 0;
-
-            let record_builder = {
-                let mut record_builder = Record::builder()
-                    .offset_delta(offset_delta)
-                    .timestamp_delta(timestamp_delta)
-                    .key(
-                        row.get::<Option<Vec<u8>>>(3)
-                            .map(|o| o.map(Bytes::from))
-                            .inspect(|k| debug!(?k))
-                            .inspect_err(|err| error!(?err))?,
-                    )
-                    .value(
-                        row.get::<Option<Vec<u8>>>(4)
-                            .map(|o| o.map(Bytes::from))
-                            .inspect(|v| debug!(?v))
-                            .inspect_err(|err| error!(?err))?,
-                    );
-
-                let mut headers = c
-                    .query(
-                        "header_fetch.sql",
-                        (
-                            self.cluster.as_str(),
-                            topition.topic(),
-                            topition.partition(),
-                            offset,
-                        ),
-                    )
-                    .await?;
-
-                while let Some(header) = headers.next().await? {
-                    let mut header_builder = Header::builder();
-
-                    if let Some(k) = header
-                        .get::<Option<Vec<u8>>>(0)
-                        .inspect_err(|err| error!(?err))?
-                    {
-                        header_builder = header_builder.key(Bytes::from(k));
-                    }
-
-                    if let Some(v) = header
-                        .get::<Option<Vec<u8>>>(1)
-                        .inspect_err(|err| error!(?err))?
-                    {
-                        header_builder = header_builder.value(Bytes::from(v));
-                    }
-
-                    record_builder = record_builder.header(header_builder);
-                }
-
-                record_builder
-            };
-
-            let mut batch_builder = inflated::Batch::builder()
-                .base_offset(
-                    row.get::<i64>(0)
-                        .inspect(|base_offset| debug!(base_offset))
-                        .inspect_err(|err| error!(?err))?,
+        // Patch: the records are read first, then the headers of all of them in one query.
+        // Upstream ran a header query per record, and that query scanned the whole header
+        // table (which had no index).
+        let mut rows = vec![];
+        {
+            let mut records = c
+                .query(
+                    "record_fetch.sql",
+                    (
+                        self.cluster.as_str(),
+                        topition.topic(),
+                        topition.partition(),
+                        offset,
+                        (max_bytes as i64),
+                        high_watermark,
+                    ),
                 )
-                .attributes(
-                    row.get::<Option<i32>>(1)
+                .await
+                .inspect_err(|err| error!(?err))?;
+
+            while let Some(row) = records.next().await? {
+                rows.push(FetchedRecord {
+                    offset: row.get::<i64>(0).inspect_err(|err| error!(?err))?,
+                    attributes: row
+                        .get::<Option<i32>>(1)
                         .map(|attributes| attributes.unwrap_or(0))
                         .inspect_err(|err| error!(?err))? as i16,
-                )
-                .base_timestamp(
-                    row.get_value(2)
+                    timestamp: row
+                        .get_value(2)
                         .map_err(Error::from)
                         .and_then(LiteTimestamp::try_from)
                         .and_then(|system_time| to_timestamp(&system_time.0).map_err(Into::into))
                         .inspect_err(|err| error!(?err))?,
-                )
-                .producer_id(
-                    row.get::<Option<i64>>(6)
+                    key: row
+                        .get::<Option<Vec<u8>>>(3)
+                        .map(|o| o.map(Bytes::from))
+                        .inspect_err(|err| error!(?err))?,
+                    value: row
+                        .get::<Option<Vec<u8>>>(4)
+                        .map(|o| o.map(Bytes::from))
+                        .inspect_err(|err| error!(?err))?,
+                    producer_id: row
+                        .get::<Option<i64>>(6)
                         .map(|producer_id| producer_id.unwrap_or(-1))
                         .inspect_err(|err| error!(?err))?,
-                )
-                .producer_epoch(
-                    row.get::<Option<i32>>(7)
+                    producer_epoch: row
+                        .get::<Option<i32>>(7)
                         .map(|producer_epoch| producer_epoch.unwrap_or(-1))
                         .inspect_err(|err| error!(?err))? as i16,
+                });
+            }
+        }
+
+        let mut headers = vec![];
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            let mut found = c
+                .query(
+                    "header_fetch_range.sql",
+                    (
+                        self.cluster.as_str(),
+                        topition.topic(),
+                        topition.partition(),
+                        first.offset,
+                        last.offset,
+                    ),
                 )
-                .record(record_builder)
-                .last_offset_delta(offset_delta);
+                .await
+                .inspect_err(|err| error!(?err))?;
 
-            while let Some(row) = records.next().await? {
-                let attributes = row
-                    .get::<Option<i32>>(1)
-                    .map(|attributes| attributes.unwrap_or(0))
-                    .inspect_err(|err| error!(?err))? as i16;
-
-                let producer_id = row
-                    .get::<Option<i64>>(6)
-                    .map(|producer_id| producer_id.unwrap_or(-1))
-                    .inspect_err(|err| error!(?err))?;
-                let producer_epoch = row
-                    .get::<Option<i32>>(7)
-                    .map(|producer_epoch| producer_epoch.unwrap_or(-1))
-                    .inspect_err(|err| error!(?err))? as i16;
-
-                if batch_builder.attributes != attributes
-                    || batch_builder.producer_id != producer_id
-                    || batch_builder.producer_epoch != producer_epoch
+            while let Some(header) = found.next().await? {
+                let offset = header.get::<i64>(0).inspect_err(|err| error!(?err))?;
+                let mut header_builder = Header::builder();
+                if let Some(k) = header
+                    .get::<Option<Vec<u8>>>(1)
+                    .inspect_err(|err| error!(?err))?
                 {
-                    batches.push(batch_builder.build().and_then(TryInto::try_into)?);
-
-                    batch_builder = inflated::Batch::builder()
-                        .base_offset(
-                            row.get::<i64>(0)
-                                .inspect(|base_offset| debug!(base_offset))
-                                .inspect_err(|err| error!(?err))?,
-                        )
-                        .base_timestamp(
-                            row.get_value(2)
-                                .map_err(Error::from)
-                                .and_then(LiteTimestamp::try_from)
-                                .and_then(|system_time| {
-                                    to_timestamp(&system_time.0).map_err(Into::into)
-                                })
-                                .inspect_err(|err| error!(?err))?,
-                        )
-                        .attributes(attributes)
-                        .producer_id(producer_id)
-                        .producer_epoch(producer_epoch);
+                    header_builder = header_builder.key(Bytes::from(k));
                 }
+                if let Some(v) = header
+                    .get::<Option<Vec<u8>>>(2)
+                    .inspect_err(|err| error!(?err))?
+                {
+                    header_builder = header_builder.value(Bytes::from(v));
+                }
+                headers.push((offset, header_builder));
+            }
+        }
+        let mut headers = headers.into_iter().peekable();
 
-                let offset = row
-                    .get::<i64>(0)
-                    .inspect(|offset| debug!(offset))
-                    .inspect_err(|err| error!(?err))?;
-                let offset_delta = i32::try_from(offset - batch_builder.base_offset)?;
+        let mut batches = vec![];
+        let mut batch_builder: Option<inflated::Builder> = None;
 
-                let timestamp_delta = row
-                    .get_value(2)
-                    .map_err(Error::from)
-                    .and_then(LiteTimestamp::try_from)
-                    .and_then(|system_time| {
-                        to_timestamp(&system_time.0)
-                            .map(|timestamp| timestamp - batch_builder.base_timestamp)
-                            .map_err(Into::into)
-                    })
-                    .inspect(|timestamp| debug!(?timestamp))
-                    .inspect_err(|err| error!(?err))?;
-
-                let record_builder = {
-                    let mut record_builder = Record::builder()
-                        .offset_delta(offset_delta)
-                        .timestamp_delta(timestamp_delta)
-                        .key(
-                            row.get::<Option<Vec<u8>>>(3)
-                                .map(|o| o.map(Bytes::from))
-                                .inspect(|k| debug!(?k))
-                                .inspect_err(|err| error!(?err))?,
-                        )
-                        .value(
-                            row.get::<Option<Vec<u8>>>(4)
-                                .map(|o| o.map(Bytes::from))
-                                .inspect(|v| debug!(?v))
-                                .inspect_err(|err| error!(?err))?,
-                        );
-
-                    let mut headers = c
-                        .query(
-                            "header_fetch.sql",
-                            (
-                                self.cluster.as_str(),
-                                topition.topic(),
-                                topition.partition(),
-                                offset,
-                            ),
-                        )
-                        .await?;
-
-                    while let Some(header) = headers.next().await? {
-                        let mut header_builder = Header::builder();
-
-                        if let Some(k) = header
-                            .get::<Option<Vec<u8>>>(0)
-                            .inspect_err(|err| error!(?err))?
-                        {
-                            header_builder = header_builder.key(Bytes::from(k));
-                        }
-
-                        if let Some(v) = header
-                            .get::<Option<Vec<u8>>>(1)
-                            .inspect_err(|err| error!(?err))?
-                        {
-                            header_builder = header_builder.value(Bytes::from(v));
-                        }
-
-                        record_builder = record_builder.header(header_builder);
+        for row in rows {
+            // A batch holds consecutive records of one producer with the same attributes.
+            let same_batch = batch_builder.as_ref().is_some_and(|batch| {
+                batch.attributes == row.attributes
+                    && batch.producer_id == row.producer_id
+                    && batch.producer_epoch == row.producer_epoch
+            });
+            let batch = match batch_builder.take() {
+                Some(batch) if same_batch => batch,
+                other => {
+                    if let Some(done) = other {
+                        batches.push(done.build().and_then(TryInto::try_into)?);
                     }
+                    inflated::Batch::builder()
+                        .base_offset(row.offset)
+                        .base_timestamp(row.timestamp)
+                        .attributes(row.attributes)
+                        .producer_id(row.producer_id)
+                        .producer_epoch(row.producer_epoch)
+                }
+            };
 
-                    record_builder
-                };
-
-                batch_builder = batch_builder
-                    .record(record_builder)
-                    .last_offset_delta(offset_delta);
+            let offset_delta = i32::try_from(row.offset - batch.base_offset)?;
+            let mut record_builder = Record::builder()
+                .offset_delta(offset_delta)
+                .timestamp_delta(row.timestamp - batch.base_timestamp)
+                .key(row.key)
+                .value(row.value);
+            while headers.next_if(|(at, _)| *at < row.offset).is_some() {}
+            while let Some((_, header)) = headers.next_if(|(at, _)| *at == row.offset) {
+                record_builder = record_builder.header(header);
             }
 
-            batches.push(batch_builder.build().and_then(TryInto::try_into)?);
+            batch_builder = Some(
+                batch
+                    .record(record_builder)
+                    .last_offset_delta(offset_delta),
+            );
+        }
+
+        if let Some(batch) = batch_builder {
+            batches.push(batch.build().and_then(TryInto::try_into)?);
         } else {
             batches.push(
                 inflated::Batch::builder()

@@ -309,6 +309,10 @@ impl FetchService {
 
         let mut offset = fetch_partition.fetch_offset;
 
+        // Patch: the watermarks read after the last records, when the read reached them (upstream
+        // read once more to find nothing, then read the watermarks).
+        let mut stage_after_read = None;
+
         loop {
             if *max_bytes == 0 {
                 break;
@@ -338,13 +342,31 @@ impl FetchService {
             } else {
                 batches.append(&mut fetched);
             }
+
+            let stage = ctx
+                .state()
+                .offset_stage(&tp)
+                .await
+                .inspect_err(|error| error!(?error, ?tp))?;
+            let visible = if isolation == IsolationLevel::ReadCommitted {
+                stage.last_stable()
+            } else {
+                stage.high_watermark()
+            };
+            if offset >= visible {
+                stage_after_read = Some(stage);
+                break;
+            }
         }
 
-        let offset_stage = ctx
-            .state()
-            .offset_stage(&tp)
-            .await
-            .inspect_err(|error| error!(?error, ?tp))?;
+        let offset_stage = match stage_after_read {
+            Some(stage) => stage,
+            None => ctx
+                .state()
+                .offset_stage(&tp)
+                .await
+                .inspect_err(|error| error!(?error, ?tp))?,
+        };
         remember(&tp, ticket, offset_stage);
 
         Ok(Self::partition_data(partition_index, offset_stage, batches)).inspect(|r| debug!(?r))
