@@ -230,10 +230,10 @@ pub(crate) async fn record_and_emit<E: Event>(
 /// and then does nothing (no stock, no charge, no invoice). One read of the order record.
 pub(crate) async fn is_cancelled(store: &dyn Store, order_id: &str) -> Result<bool, HandlerError> {
     Ok(store
-        .get_order(order_id)
+        .order_status(order_id)
         .await
         .map_err(store_error)?
-        .is_some_and(|o| o.status == OrderStatus::Cancelled))
+        == Some(OrderStatus::Cancelled))
 }
 
 /// When an order was accepted, read from its id: the API mints order ids as UUIDv7 at accept

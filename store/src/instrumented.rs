@@ -5,7 +5,7 @@
 use std::{future::Future, time::Instant};
 
 use async_trait::async_trait;
-use orderflow_schemas::{metrics, OrderItem};
+use orderflow_schemas::{metrics, OrderItem, OrderStatus};
 
 use crate::{
     Account, AccountStore, CatalogueStore, CreateOrder, DeliveryStore, IdempotencyKey, Invoice,
@@ -108,6 +108,10 @@ impl<S: Store> OrderStore for Instrumented<S> {
 
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
         timed("get_order", self.0.get_order(order_id)).await
+    }
+
+    async fn order_status(&self, order_id: &str) -> Result<Option<OrderStatus>> {
+        timed("order_status", self.0.order_status(order_id)).await
     }
 
     async fn list_customer_orders(

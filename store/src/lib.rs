@@ -41,7 +41,7 @@ pub use embedded::{EmbeddedConfig, EmbeddedStore};
 pub use instrumented::Instrumented;
 pub use model::*;
 pub use objects::{InvoiceFile, InvoiceFiles};
-use orderflow_schemas::OrderItem;
+use orderflow_schemas::{OrderItem, OrderStatus};
 pub use outbox::{OutboxEvent, Queued};
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaStore};
@@ -141,6 +141,12 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<CreateOrder>;
 
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>>;
+
+    /// The order's status alone, `None` for an order the store does not know: what a stage
+    /// checks before its effect, without decoding the whole record.
+    async fn order_status(&self, order_id: &str) -> Result<Option<OrderStatus>> {
+        Ok(self.get_order(order_id).await?.map(|order| order.status))
+    }
 
     /// A customer's orders, newest first, at most `limit`, strictly older than `before` (an order
     /// id) when given.

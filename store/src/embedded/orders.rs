@@ -78,6 +78,17 @@ impl OrderStore for EmbeddedStore {
         get_json(&table, "order", order_id)
     }
 
+    async fn order_status(&self, order_id: &str) -> Result<Option<OrderStatus>> {
+        /// The one field of an order's record this reads; the others are skipped unparsed.
+        #[derive(serde::Deserialize)]
+        struct Status {
+            status: OrderStatus,
+        }
+        let txn = self.read()?;
+        let table = txn.open_table(ORDERS).map_err(unavailable)?;
+        Ok(get_json::<Status, _>(&table, "order", order_id)?.map(|order| order.status))
+    }
+
     async fn list_customer_orders(
         &self,
         customer_id: &str,

@@ -12,7 +12,8 @@ pub(crate) fn cancelled(outcome: CancelOutcome) -> (OrderRecord, bool) {
 
 /// A cancel sets the status with its timeline entry, gives the stock back once (a second cancel
 /// answers the same and releases nothing more), says whether a charge was approved; a late
-/// pipeline step never moves the order out of `cancelled`; an unknown order is `NotFound`.
+/// pipeline step never moves the order out of `cancelled`; an unknown order is `NotFound`. The
+/// status alone ([`OrderStore::order_status`]) reads as the record's does.
 pub(crate) async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn Store>) {
     let sku = unique("sku");
     store.put_products(vec![product(&sku, 10)]).await.unwrap();
@@ -30,6 +31,11 @@ pub(crate) async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn 
         .await
         .unwrap();
     assert_eq!(stock(&*store, &sku).await, (7, 3));
+    assert_eq!(
+        store.order_status(&o.order_id).await.unwrap(),
+        Some(OrderStatus::Validated)
+    );
+    assert_eq!(store.order_status(&unique("order")).await.unwrap(), None);
 
     let (first, paid) = cancelled(
         store
@@ -62,6 +68,10 @@ pub(crate) async fn check_cancel_releases_stock_once_and_repeats(store: Arc<dyn 
         .unwrap();
     let got = store.get_order(&o.order_id).await.unwrap().unwrap();
     assert_eq!(got.status, OrderStatus::Cancelled);
+    assert_eq!(
+        store.order_status(&o.order_id).await.unwrap(),
+        Some(OrderStatus::Cancelled)
+    );
 
     // A paid order says so.
     let paid_order = order(&unique("customer"), T0);
