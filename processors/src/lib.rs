@@ -227,13 +227,9 @@ pub(crate) async fn record_and_emit<E: Event>(
 }
 
 /// Whether the order was cancelled: a stage checks before its effect
-/// and then does nothing (no stock, no charge, no invoice). One read of the order record.
+/// and then does nothing (no stock, no charge, no invoice). One read of the order's status.
 pub(crate) async fn is_cancelled(store: &dyn Store, order_id: &str) -> Result<bool, HandlerError> {
-    Ok(store
-        .order_status(order_id)
-        .await
-        .map_err(store_error)?
-        == Some(OrderStatus::Cancelled))
+    Ok(store.order_status(order_id).await.map_err(store_error)? == Some(OrderStatus::Cancelled))
 }
 
 /// When an order was accepted, read from its id: the API mints order ids as UUIDv7 at accept
