@@ -10,12 +10,14 @@
 //! cached when no invalidation happened while it was being loaded (an invalidation leaves a
 //! marker with its sequence number; with the marker gone, any invalidation at all during the
 //! load counts), and of two loads the one further along (status rank, then timeline length)
-//! stays. Each API process has its own cache: behind a load balancer, successive reads may
+//! stays. An event for an order that is neither cached nor being loaded only counts as an
+//! invalidation: most events are for orders nobody reads, and a marker for each would keep the
+//! cache busy evicting markers. Each API process has its own cache: behind a load balancer, successive reads may
 //! reach different processes, each monotonic on its own.
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -45,6 +47,24 @@ pub struct OrderCache {
     invalidations: AtomicU64,
     /// Whether invalidations arrive: until then, no caching.
     following: AtomicBool,
+    /// Loads from the store under way that may offer their order to the cache.
+    loading: AtomicUsize,
+}
+
+/// Counts a load under way until dropped, even if its future is.
+struct Loading<'a>(&'a AtomicUsize);
+
+impl<'a> Loading<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Loading(count)
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for OrderCache {
@@ -62,6 +82,7 @@ impl OrderCache {
                 .build(),
             invalidations: AtomicU64::new(0),
             following: AtomicBool::new(false),
+            loading: AtomicUsize::new(0),
         }
     }
 
@@ -80,6 +101,7 @@ impl OrderCache {
             }
         }
         outcome.with_label_values(&["miss"]).inc();
+        let _loading = Loading::start(&self.loading);
         let started = self.invalidations.load(Ordering::SeqCst);
         let loaded = store.get_order(order_id).await?;
         if let (Some(order), true) = (&loaded, enabled) {
@@ -119,6 +141,18 @@ impl OrderCache {
         self.entries
             .insert(order_id.to_string(), Slot::Invalidated(seq))
             .await;
+    }
+
+    /// Drops the order for an event that went by. Without an entry or a load under way there is
+    /// nothing to drop and no load to warn: the invalidation is only counted (a load that starts
+    /// after it reads the store after it, as after [`OrderCache::invalidate`]).
+    pub async fn event_for(&self, order_id: &str) {
+        let seq = self.invalidations.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.loading.load(Ordering::SeqCst) > 0 || self.entries.contains_key(order_id) {
+            self.entries
+                .insert(order_id.to_string(), Slot::Invalidated(seq))
+                .await;
+        }
     }
 
     /// Drops everything.
@@ -165,7 +199,7 @@ impl KeyListener for Invalidator {
 
     async fn key(&self, key: &[u8]) {
         if let Ok(order_id) = std::str::from_utf8(key) {
-            self.0.invalidate(order_id).await;
+            self.0.event_for(order_id).await;
         }
     }
 
@@ -245,6 +279,39 @@ mod tests {
         cache
             .offer("o1", &order(OrderStatus::Paid, 3), started)
             .await;
+        assert_eq!(cached(&cache).await, None);
+    }
+
+    #[tokio::test]
+    async fn an_event_drops_a_cached_order_and_outdates_a_load_under_way() {
+        let cache = OrderCache::default();
+        cache.following.store(true, Ordering::SeqCst);
+
+        // Nothing cached, nothing loading: nothing is written to the cache.
+        cache.event_for("o1").await;
+        cache.entries.run_pending_tasks().await;
+        assert_eq!(cache.entries.entry_count(), 0);
+
+        // A cached order is dropped.
+        let started = cache.invalidations.load(Ordering::SeqCst);
+        cache
+            .offer("o1", &order(OrderStatus::Paid, 3), started)
+            .await;
+        assert_eq!(cached(&cache).await, Some(OrderStatus::Paid));
+        cache.event_for("o1").await;
+        assert_eq!(cached(&cache).await, None);
+
+        // A load under way when the event went by is not cached, even with other orders'
+        // events after it.
+        cache.entries.invalidate("o1").await;
+        let loading = Loading::start(&cache.loading);
+        let started = cache.invalidations.load(Ordering::SeqCst);
+        cache.event_for("o1").await;
+        cache.event_for("other").await;
+        cache
+            .offer("o1", &order(OrderStatus::Paid, 3), started)
+            .await;
+        drop(loading);
         assert_eq!(cached(&cache).await, None);
     }
 
