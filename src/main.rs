@@ -522,6 +522,12 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> Result<()> {
         kafka
             .properties
             .insert(0, ("heartbeat.interval.ms".into(), "1500".into()));
+        // Uncompressed batches on loopback: the broker keeps a row per record, so it unpacks
+        // every batch it is sent and packs every batch it answers a fetch with, and for a
+        // compressed batch its decoder reads through the codec a byte at a time.
+        kafka
+            .properties
+            .insert(0, ("compression.type".into(), "none".into()));
     }
     let settings = admin::TopicSettings {
         partitions: args.partitions,
