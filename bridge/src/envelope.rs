@@ -98,7 +98,8 @@ pub struct Envelope {
     pub occurred_at: i64,
     /// The Avro schema id it was framed with.
     pub schema_id: u32,
-    /// The event's fields, as JSON.
+    /// The event's fields, as JSON; `null` when decoded for a sink that does not read them
+    /// ([`Envelope::decode_without_data`]).
     pub data: serde_json::Value,
     /// The customer notification it becomes, if any.
     #[serde(skip)]
@@ -120,10 +121,31 @@ impl Envelope {
         ids: &SchemaIds,
         payload: &[u8],
     ) -> Result<Option<Envelope>, DecodeError> {
+        Self::decode_as(kind, ids, payload, true)
+    }
+
+    /// As [`Envelope::decode`], but without the event's fields as JSON (`data` is `null`): for
+    /// a sink that reads only the notification and the metadata ([`Sink::reads_event_data`]).
+    ///
+    /// [`Sink::reads_event_data`]: crate::Sink::reads_event_data
+    pub fn decode_without_data(
+        kind: TopicKind,
+        ids: &SchemaIds,
+        payload: &[u8],
+    ) -> Result<Option<Envelope>, DecodeError> {
+        Self::decode_as(kind, ids, payload, false)
+    }
+
+    fn decode_as(
+        kind: TopicKind,
+        ids: &SchemaIds,
+        payload: &[u8],
+        with_data: bool,
+    ) -> Result<Option<Envelope>, DecodeError> {
         let Some(t) = EventType::of_topic(kind) else {
             return Ok(None);
         };
-        let p = (ids, payload);
+        let p = (ids, payload, with_data);
         Ok(Some(match kind {
             TopicKind::OrdersAccepted => Self::of::<OrderAccepted>(t, p, |_| None)?,
             TopicKind::OrdersValidated => {
@@ -161,7 +183,7 @@ impl Envelope {
 
     fn of<E: Event>(
         event_type: EventType,
-        (ids, payload): (&SchemaIds, &[u8]),
+        (ids, payload, with_data): (&SchemaIds, &[u8], bool),
         notification: impl FnOnce(&E) -> Option<Notification>,
     ) -> Result<Envelope, DecodeError> {
         let event: E = wire::decode_with(ids, payload)?;
@@ -174,7 +196,11 @@ impl Envelope {
             // The id the message was framed with (the registry's, when there is one).
             schema_id: wire::schema_id(payload)?,
             // Serializing a plain struct of strings, numbers and lists cannot fail.
-            data: serde_json::to_value(&event).unwrap_or_default(),
+            data: if with_data {
+                serde_json::to_value(&event).unwrap_or_default()
+            } else {
+                serde_json::Value::Null
+            },
             notification: notification(&event),
             email: None,
             verification_code: None,

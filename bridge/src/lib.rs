@@ -215,15 +215,19 @@ impl BridgeHandler {
             return Ok(None);
         };
         let kind = event_type.topic();
-        let Some(mut envelope) = Envelope::decode(kind, &m.schemas, &m.payload)
-            .map_err(|e| HandlerError::Poison(e.to_string()))?
-        else {
-            return Ok(None);
-        };
         // A verification email's code is in the store, under the event's id, until the email
         // is out at every sink routed for it (or the code expires): without it there is
-        // nothing to send.
+        // nothing to send. Its notification is made from the event's fields.
         let verification = event_type == EventType::ACCOUNT_VERIFICATION;
+        let decoded = if mapping == Mapping::Event || verification || self.sink().reads_event_data()
+        {
+            Envelope::decode(kind, &m.schemas, &m.payload)
+        } else {
+            Envelope::decode_without_data(kind, &m.schemas, &m.payload)
+        };
+        let Some(mut envelope) = decoded.map_err(|e| HandlerError::Poison(e.to_string()))? else {
+            return Ok(None);
+        };
         if verification {
             let pending = self
                 .store

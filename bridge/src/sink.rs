@@ -72,6 +72,11 @@ pub trait Sink: Send + Sync + 'static {
     /// markers and labels logs and metrics.
     fn name(&self) -> &str;
     async fn send(&self, delivery: &Delivery<'_>) -> Result<(), SinkError>;
+    /// Whether the sink reads the event's fields ([`Envelope::data`]) when it sends a
+    /// notification; a delivery with the `event` mapping always carries them.
+    fn reads_event_data(&self) -> bool {
+        true
+    }
     /// A cheap read-only check that the sink can take deliveries.
     async fn healthcheck(&self) -> Result<(), SinkError>;
 }

@@ -23,6 +23,10 @@ struct Flaky {
     taken: Mutex<Vec<String>>,
     /// The body of each delivery taken.
     bodies: Mutex<Vec<String>>,
+    /// What it answers to [`Sink::reads_event_data`].
+    reads_data: bool,
+    /// The event's fields (`Envelope::data`) of each delivery taken.
+    data: Mutex<Vec<serde_json::Value>>,
 }
 
 impl Flaky {
@@ -33,7 +37,16 @@ impl Flaky {
             error,
             taken: Mutex::default(),
             bodies: Mutex::default(),
+            reads_data: true,
+            data: Mutex::default(),
         })
+    }
+
+    /// Takes everything, and reads only the notification.
+    fn notifications_only(name: &'static str) -> Arc<Flaky> {
+        let mut sink = Flaky::new(name, 0, SinkError::Retriable("x".into()));
+        Arc::get_mut(&mut sink).unwrap().reads_data = false;
+        sink
     }
 
     fn taken(&self) -> Vec<String> {
@@ -58,7 +71,12 @@ impl Sink for Flaky {
         self.taken.lock().unwrap().push(d.envelope.id.clone());
         let body = String::from_utf8(d.body()?).unwrap();
         self.bodies.lock().unwrap().push(body);
+        self.data.lock().unwrap().push(d.envelope.data.clone());
         Ok(())
+    }
+
+    fn reads_event_data(&self) -> bool {
+        self.reads_data
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {
@@ -185,6 +203,49 @@ async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_i
     // A code that is gone (expired, never kept) sends nothing and is not retried.
     h.handle(&verification("c1:verify:2")).await.unwrap();
     assert_eq!(flaky.taken(), ["c1:verify:1"]);
+}
+
+#[tokio::test]
+async fn a_sink_that_reads_only_notifications_gets_them_whole_without_the_event_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let lean = Flaky::notifications_only("lean");
+    let full = Flaky::new("full", 0, SinkError::Retriable("x".into()));
+    let (hs, store) = handlers(&dir, vec![lean.clone(), full.clone()]);
+
+    let m = rejected("o1");
+    hs[0].handle(&m).await.unwrap();
+    hs[1].handle(&m).await.unwrap();
+    let (lean_bodies, full_bodies) = (lean.bodies.lock().unwrap(), full.bodies.lock().unwrap());
+    assert_eq!(*lean_bodies, *full_bodies, "the same notification");
+    assert!(
+        lean_bodies[0].contains("unknown SKU NOPE"),
+        "{}",
+        lean_bodies[0]
+    );
+    assert_eq!(lean.data.lock().unwrap()[0], serde_json::Value::Null);
+    assert_eq!(full.data.lock().unwrap()[0]["reason"], "unknown SKU NOPE");
+    drop((lean_bodies, full_bodies));
+
+    // A verification email is made from the event's fields: it has its code all the same.
+    let now = orderflow_schemas::now_millis();
+    store
+        .put_verification_email(
+            VerificationEmail {
+                event_id: "c1:verify:1".into(),
+                code: "048213".into(),
+                expires_at: now + 15 * 60_000,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    hs[0].handle(&verification("c1:verify:1")).await.unwrap();
+    let bodies = lean.bodies.lock().unwrap();
+    assert!(
+        bodies[1].contains("Your verification code is 048213."),
+        "{}",
+        bodies[1]
+    );
 }
 
 #[tokio::test]

@@ -112,6 +112,10 @@ impl Sink for FileSink {
         &self.name
     }
 
+    fn reads_event_data(&self) -> bool {
+        false
+    }
+
     async fn send(&self, d: &Delivery<'_>) -> Result<(), SinkError> {
         let mut line = d.body()?;
         line.push(b'\n');

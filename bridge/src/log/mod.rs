@@ -47,6 +47,10 @@ impl Sink for LogSink {
         &self.name
     }
 
+    fn reads_event_data(&self) -> bool {
+        false
+    }
+
     async fn send(&self, d: &Delivery<'_>) -> Result<(), SinkError> {
         let e = d.envelope;
         let subject = e.notification.as_ref().map(|n| n.subject.as_str());
