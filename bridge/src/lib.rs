@@ -245,8 +245,11 @@ impl BridgeHandler {
                 .map_err(|e| HandlerError::Poison(e.to_string()))?;
         }
         // An email goes to the account's own address (sinks fall back to their recipient
-        // template for customers without an account).
-        if envelope.notification.is_some() && !envelope.customer_id.is_empty() {
+        // template for customers without an account), looked up for the sinks that send to it.
+        if envelope.notification.is_some()
+            && !envelope.customer_id.is_empty()
+            && self.sink().reads_customer_email()
+        {
             envelope.email = self
                 .store
                 .get_account(&envelope.customer_id)

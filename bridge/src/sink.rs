@@ -77,6 +77,11 @@ pub trait Sink: Send + Sync + 'static {
     fn reads_event_data(&self) -> bool {
         true
     }
+    /// Whether the sink sends to the customer's address ([`Envelope::email`], looked up in
+    /// the store for each notification).
+    fn reads_customer_email(&self) -> bool {
+        true
+    }
     /// A cheap read-only check that the sink can take deliveries.
     async fn healthcheck(&self) -> Result<(), SinkError>;
 }

@@ -13,7 +13,7 @@ use orderflow_kafka::{Handler, HandlerError, Incoming};
 use orderflow_schemas::{
     wire, AccountVerificationRequested, OrderRejected, OrderStatus, TopicKind,
 };
-use orderflow_store::{EmbeddedStore, Store, VerificationEmail};
+use orderflow_store::{Account, EmbeddedStore, Store, VerificationEmail};
 
 /// Fails its first `failures` sends with `error`, then takes everything; counts what it took.
 struct Flaky {
@@ -27,6 +27,8 @@ struct Flaky {
     reads_data: bool,
     /// The event's fields (`Envelope::data`) of each delivery taken.
     data: Mutex<Vec<serde_json::Value>>,
+    /// The customer's address (`Envelope::email`) of each delivery taken.
+    emails: Mutex<Vec<Option<String>>>,
 }
 
 impl Flaky {
@@ -39,10 +41,12 @@ impl Flaky {
             bodies: Mutex::default(),
             reads_data: true,
             data: Mutex::default(),
+            emails: Mutex::default(),
         })
     }
 
-    /// Takes everything, and reads only the notification.
+    /// Takes everything, and reads only the notification (not the event's fields, not the
+    /// customer's address).
     fn notifications_only(name: &'static str) -> Arc<Flaky> {
         let mut sink = Flaky::new(name, 0, SinkError::Retriable("x".into()));
         Arc::get_mut(&mut sink).unwrap().reads_data = false;
@@ -72,10 +76,15 @@ impl Sink for Flaky {
         let body = String::from_utf8(d.body()?).unwrap();
         self.bodies.lock().unwrap().push(body);
         self.data.lock().unwrap().push(d.envelope.data.clone());
+        self.emails.lock().unwrap().push(d.envelope.email.clone());
         Ok(())
     }
 
     fn reads_event_data(&self) -> bool {
+        self.reads_data
+    }
+
+    fn reads_customer_email(&self) -> bool {
         self.reads_data
     }
 
@@ -206,11 +215,25 @@ async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_i
 }
 
 #[tokio::test]
-async fn a_sink_that_reads_only_notifications_gets_them_whole_without_the_event_fields() {
+async fn a_sink_that_reads_only_notifications_gets_them_whole_without_event_fields_or_address() {
     let dir = tempfile::tempdir().unwrap();
     let lean = Flaky::notifications_only("lean");
     let full = Flaky::new("full", 0, SinkError::Retriable("x".into()));
     let (hs, store) = handlers(&dir, vec![lean.clone(), full.clone()]);
+    store
+        .create_account(Account {
+            customer_id: "c1".into(),
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            role: "customer".into(),
+            password_hash: String::new(),
+            verified: true,
+            disabled: false,
+            created_at: 1,
+            updated_at: 1,
+        })
+        .await
+        .unwrap();
 
     let m = rejected("o1");
     hs[0].handle(&m).await.unwrap();
@@ -224,6 +247,11 @@ async fn a_sink_that_reads_only_notifications_gets_them_whole_without_the_event_
     );
     assert_eq!(lean.data.lock().unwrap()[0], serde_json::Value::Null);
     assert_eq!(full.data.lock().unwrap()[0]["reason"], "unknown SKU NOPE");
+    assert_eq!(lean.emails.lock().unwrap()[0], None);
+    assert_eq!(
+        full.emails.lock().unwrap()[0].as_deref(),
+        Some("ada@example.com")
+    );
     drop((lean_bodies, full_bodies));
 
     // A verification email is made from the event's fields: it has its code all the same.

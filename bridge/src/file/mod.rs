@@ -116,6 +116,10 @@ impl Sink for FileSink {
         false
     }
 
+    fn reads_customer_email(&self) -> bool {
+        false
+    }
+
     async fn send(&self, d: &Delivery<'_>) -> Result<(), SinkError> {
         let mut line = d.body()?;
         line.push(b'\n');

@@ -51,6 +51,10 @@ impl Sink for LogSink {
         false
     }
 
+    fn reads_customer_email(&self) -> bool {
+        false
+    }
+
     async fn send(&self, d: &Delivery<'_>) -> Result<(), SinkError> {
         let e = d.envelope;
         let subject = e.notification.as_ref().map(|n| n.subject.as_str());
