@@ -513,8 +513,11 @@ pub struct RunArgs {
     /// another name, e.g. in a container.
     #[arg(long, env = "ORDERFLOW_BROKER_ADVERTISE")]
     pub kafka_advertise: Option<String>,
-    /// Partitions per topic when creating topics.
-    #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 3)]
+    /// Partitions per topic when creating topics. One by default: in one process each stage
+    /// is one consumer, which reads every partition of its topics in each fetch, so more
+    /// partitions only add work. More are for consumers in other processes sharing this
+    /// broker's topics.
+    #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 1)]
     pub partitions: i32,
     /// On the embedded defaults' first start, place the demo user's sample orders too (the demo
     /// accounts and catalogue are always loaded then). `false` starts with no orders.
