@@ -12,8 +12,8 @@
 //! load counts), and of two loads the one further along (status rank, then timeline length)
 //! stays. An event for an order that is neither cached nor being loaded only counts as an
 //! invalidation: most events are for orders nobody reads, and a marker for each would keep the
-//! cache busy evicting markers. Each API process has its own cache: behind a load balancer, successive reads may
-//! reach different processes, each monotonic on its own.
+//! cache busy evicting markers. Each API process has its own cache: behind a load balancer,
+//! successive reads may reach different processes, each monotonic on its own.
 
 use std::{
     sync::{
@@ -143,9 +143,9 @@ impl OrderCache {
             .await;
     }
 
-    /// Drops the order for an event that went by. Without an entry or a load under way there is
-    /// nothing to drop and no load to warn: the invalidation is only counted (a load that starts
-    /// after it reads the store after it, as after [`OrderCache::invalidate`]).
+    /// Drops the order for an event that went by. With neither an entry nor a load under way
+    /// there is nothing to drop and no load to warn, so the invalidation is only counted: a
+    /// load that starts later reads the store after the event, and may cache what it reads.
     pub async fn event_for(&self, order_id: &str) {
         let seq = self.invalidations.fetch_add(1, Ordering::SeqCst) + 1;
         if self.loading.load(Ordering::SeqCst) > 0 || self.entries.contains_key(order_id) {
