@@ -136,6 +136,22 @@ fn verification(event_id: &str) -> Incoming {
     }
 }
 
+/// Keeps `code` in the store for the verification email of event `event_id`, as the API does
+/// when it asks for one; it expires 15 minutes after `now`.
+async fn keep_code(store: &dyn Store, event_id: &str, code: &str, now: i64) {
+    store
+        .put_verification_email(
+            VerificationEmail {
+                event_id: event_id.into(),
+                code: code.into(),
+                expires_at: now + 15 * 60_000,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+}
+
 /// The stage of the first sink.
 fn handler(dir: &tempfile::TempDir, sinks: Vec<Arc<dyn Sink>>) -> BridgeHandler {
     handlers(dir, sinks).0.remove(0)
@@ -166,17 +182,7 @@ async fn a_verification_email_carries_the_code_from_the_store_once_and_then_it_i
     let flaky = Flaky::new("flaky", 1, SinkError::Retriable("throttled".into()));
     let (h, store) = handler_with_store(&dir, vec![flaky.clone()]);
     let now = orderflow_schemas::now_millis();
-    store
-        .put_verification_email(
-            VerificationEmail {
-                event_id: "c1:verify:1".into(),
-                code: "048213".into(),
-                expires_at: now + 15 * 60_000,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    keep_code(&*store, "c1:verify:1", "048213", now).await;
     let m = verification("c1:verify:1");
     assert!(!String::from_utf8_lossy(&m.payload).contains("048213"));
 
@@ -256,17 +262,7 @@ async fn a_sink_that_reads_only_notifications_gets_them_whole_without_event_fiel
 
     // A verification email is made from the event's fields: it has its code all the same.
     let now = orderflow_schemas::now_millis();
-    store
-        .put_verification_email(
-            VerificationEmail {
-                event_id: "c1:verify:1".into(),
-                code: "048213".into(),
-                expires_at: now + 15 * 60_000,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    keep_code(&*store, "c1:verify:1", "048213", now).await;
     hs[0].handle(&verification("c1:verify:1")).await.unwrap();
     let bodies = lean.bodies.lock().unwrap().clone();
     assert!(
@@ -310,17 +306,7 @@ async fn a_verification_code_stays_until_every_sink_routed_for_it_has_the_email(
     let flaky = Flaky::new("flaky", 1, SinkError::Retriable("throttled".into()));
     let (hs, store) = handlers(&dir, vec![steady.clone(), flaky.clone()]);
     let now = orderflow_schemas::now_millis();
-    store
-        .put_verification_email(
-            VerificationEmail {
-                event_id: "c1:verify:1".into(),
-                code: "048213".into(),
-                expires_at: now + 15 * 60_000,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    keep_code(&*store, "c1:verify:1", "048213", now).await;
     let m = verification("c1:verify:1");
     hs[0].handle(&m).await.unwrap();
     assert!(hs[1].handle(&m).await.is_err());
