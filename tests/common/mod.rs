@@ -14,6 +14,8 @@ use std::{
 };
 
 use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     message::OwnedMessage,
     producer::{BaseProducer, BaseRecord, Producer},
@@ -668,6 +670,25 @@ pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
 pub fn start_broker(dir: &Path) -> (Killed, String) {
     let port = free_port();
     (broker_on(dir, port), format!("127.0.0.1:{port}"))
+}
+
+/// Creates `topics` (name, partitions) on the broker at `bootstrap`, failing the test if one of
+/// them cannot be.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let created = futures::executor::block_on(admin.create_topics(
+        &new,
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
 }
 
 /// `orderflow broker` on `port` with its data in `dir`, quiet but for errors, killed when the

@@ -17,8 +17,6 @@ use std::{
 };
 
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     producer::{BaseProducer, BaseRecord, Producer},
     ClientConfig,
 };
@@ -43,20 +41,7 @@ impl Broker {
         let dir = tempfile::tempdir().unwrap();
         let (process, bootstrap) = common::start_broker(dir.path());
         let topic = format!("groups-{}", uuid::Uuid::now_v7());
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .unwrap();
-        let created = futures::executor::block_on(admin.create_topics(
-            [&NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .unwrap();
-        assert!(created.iter().all(Result::is_ok), "{created:?}");
+        common::create_topics(&bootstrap, &[(&topic, PARTITIONS)]);
         Broker {
             _dir: dir,
             _process: process,

@@ -9,8 +9,6 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     message::{Header, Headers, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, Producer},
@@ -32,20 +30,8 @@ fn a_consumer_of_many_partitions_gets_every_record_however_they_interleave() {
 
     let run = uuid::Uuid::now_v7();
     let topics: Vec<String> = (0..TOPICS).map(|i| format!("fetch-{run}-{i}")).collect();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    let created = futures::executor::block_on(admin.create_topics(
-        &new,
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let wanted: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), PARTITIONS)).collect();
+    common::create_topics(&bootstrap, &wanted);
 
     // Every partition assigned by hand from its start, with the long fetch wait `orderflow
     // run` uses on its embedded broker: an answer has to come from a produce's wake-up.
@@ -121,16 +107,7 @@ fn every_record_comes_back_with_its_own_headers_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (_broker, bootstrap) = common::start_broker(dir.path());
     let topic = format!("headers-{}", uuid::Uuid::now_v7());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    let created = futures::executor::block_on(admin.create_topics(
-        &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    common::create_topics(&bootstrap, &[(&topic, 1)]);
 
     // Record i carries i % 4 headers (none for some), one of them without a value; they go in
     // batches of several records, so one fetch returns records with and without headers.
