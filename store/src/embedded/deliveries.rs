@@ -22,13 +22,16 @@ impl DeliveryStore for EmbeddedStore {
         let keys: Vec<String> = ids.iter().map(|id| compound(sink, id)).collect();
         let now = orderflow_schemas::now_millis();
         let delivery_ttl = self.delivery_ttl_ms;
+        let oldest = self.oldest_delivery.clone();
         self.write(move |txn| {
             // As many expired markers go as come, and a few more.
             purge_deliveries_in(
                 txn,
                 now.saturating_sub(delivery_ttl),
                 PURGE_BATCH + keys.len(),
+                &oldest,
             )?;
+            oldest.added(now);
             mark_delivered_in(txn, &keys, now)
         })
         .await

@@ -188,6 +188,8 @@ pub struct EmbeddedStore {
     path: PathBuf,
     /// [`EmbeddedConfig::delivery_ttl`], ms.
     delivery_ttl_ms: i64,
+    /// No delivery marker is older than this (ms); see [`OldestDelivery`].
+    oldest_delivery: Arc<OldestDelivery>,
     write_queue_wait: Duration,
 }
 
@@ -301,6 +303,7 @@ impl EmbeddedStore {
             writer,
             path,
             delivery_ttl_ms: i64::try_from(config.delivery_ttl.as_millis()).unwrap_or(i64::MAX),
+            oldest_delivery: Arc::new(OldestDelivery::unknown()),
             write_queue_wait: config.write_queue_wait,
         })
     }
@@ -310,13 +313,19 @@ impl EmbeddedStore {
     /// of every kind: nothing expired is left.
     pub async fn prune_expired(&self, now: i64, limit: usize) -> Result<usize> {
         let delivery_ttl = self.delivery_ttl_ms;
+        let oldest_delivery = self.oldest_delivery.clone();
         self.write(move |txn| {
             let mut removed = 0;
             for expiring in EXPIRING {
                 removed += expiring.purge(txn, now, limit)?;
             }
             removed += purge_families_in(txn, now, limit)?;
-            removed += purge_deliveries_in(txn, now.saturating_sub(delivery_ttl), limit)?;
+            removed += purge_deliveries_in(
+                txn,
+                now.saturating_sub(delivery_ttl),
+                limit,
+                &oldest_delivery,
+            )?;
             Ok(removed)
         })
         .await
@@ -618,9 +627,11 @@ impl Expiring {
     /// Removes up to `limit` records that expired by `now`, oldest first; how many went.
     fn purge(self, txn: &WriteTransaction, now: i64, limit: usize) -> Result<usize> {
         let expired = take_expired(txn, self.by_expiry, now, limit)?;
-        let mut records = txn.open_table(self.records).map_err(unavailable)?;
-        for key in &expired {
-            records.remove(key.as_str()).map_err(unavailable)?;
+        if !expired.is_empty() {
+            let mut records = txn.open_table(self.records).map_err(unavailable)?;
+            for key in &expired {
+                records.remove(key.as_str()).map_err(unavailable)?;
+            }
         }
         Ok(expired.len())
     }
@@ -673,14 +684,71 @@ fn mark_delivered_in(txn: &WriteTransaction, keys: &[String], at: i64) -> Result
     Ok(())
 }
 
+/// A lower bound on when the oldest delivery marker was delivered, so that the writes that add
+/// markers skip looking for expired ones while none can have expired (nearly always: markers
+/// live for days). Read and set by the writer only; a bound set by a write that is rolled back
+/// is still a bound (too low at worst, which costs one look).
+#[derive(Debug)]
+struct OldestDelivery(std::sync::atomic::AtomicI64);
+
+impl OldestDelivery {
+    /// Not known yet: the first purge looks, and learns it.
+    fn unknown() -> Self {
+        OldestDelivery(std::sync::atomic::AtomicI64::new(i64::MIN))
+    }
+
+    /// Whether a marker may have been delivered at or before `delivered_by`.
+    fn may_hold_any_by(&self, delivered_by: i64) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) <= delivered_by
+    }
+
+    /// A marker delivered at `at` is (about to be) stored.
+    fn added(&self, at: i64) {
+        self.0.fetch_min(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The oldest marker left after a purge was delivered at `at` (`None`: none is left).
+    fn set(&self, at: Option<i64>) {
+        self.0
+            .store(at.unwrap_or(i64::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Removes up to `limit` delivery markers delivered at or before `delivered_by`.
-fn purge_deliveries_in(txn: &WriteTransaction, delivered_by: i64, limit: usize) -> Result<usize> {
+fn purge_deliveries_in(
+    txn: &WriteTransaction,
+    delivered_by: i64,
+    limit: usize,
+    oldest: &OldestDelivery,
+) -> Result<usize> {
+    if !oldest.may_hold_any_by(delivered_by) {
+        return Ok(0);
+    }
     let expired = take_expired(txn, DELIVERIES_BY_TIME, delivered_by, limit)?;
-    let mut table = txn.open_table(DELIVERIES).map_err(unavailable)?;
-    for key in &expired {
-        table.remove(key.as_str()).map_err(unavailable)?;
+    if !expired.is_empty() {
+        let mut table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+        for key in &expired {
+            table.remove(key.as_str()).map_err(unavailable)?;
+        }
+    }
+    if expired.len() < limit {
+        // Every expired marker is gone: the oldest left says when to look again.
+        oldest.set(first_time_in(txn, DELIVERIES_BY_TIME)?);
     }
     Ok(expired.len())
+}
+
+/// The time of the first (oldest) entry of an index by time, if it has any.
+fn first_time_in(txn: &WriteTransaction, index: TableDefinition<&str, ()>) -> Result<Option<i64>> {
+    let index = txn.open_table(index).map_err(unavailable)?;
+    let Some((key, _)) = index.first().map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let key = key.value();
+    let time = key.split_once('\u{0}').map_or(key, |(time, _)| time);
+    time.parse()
+        .map(Some)
+        .map_err(|_| StoreError::Corrupt(format!("index entry {key:?} has no time")))
 }
 
 /// Makes the family (`customer \0 family`) live at least until `expires_at`.

@@ -206,6 +206,12 @@ mod embedded {
     }
 
     #[tokio::test]
+    async fn marking_deliveries_removes_expired_markers() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        check_marking_deliveries_removes_expired_markers(dir.path()).await;
+    }
+
+    #[tokio::test]
     async fn idempotency_keys_expire() {
         let (store, _dir) = fresh();
         check_idempotency_keys_expire(store).await;

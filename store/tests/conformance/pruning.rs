@@ -66,6 +66,50 @@ pub(crate) async fn check_delivery_markers_expire(dir: &std::path::Path) {
     );
 }
 
+/// Marking deliveries removes the markers that have expired meanwhile, with no prune: right
+/// after a store opens, and again for markers added after one such removal.
+pub(crate) async fn check_marking_deliveries_removes_expired_markers(dir: &std::path::Path) {
+    const TTL: Duration = Duration::from_millis(200);
+    let sink = unique("sink");
+    let first: Vec<String> = (0..3).map(|_| new_id()).collect();
+    let second: Vec<String> = (0..3).map(|_| new_id()).collect();
+    let third = vec![new_id()];
+    {
+        let store = EmbeddedStore::open_with(dir, &config(TTL)).unwrap();
+        store.mark_delivered(&sink, &first).await.unwrap();
+    }
+    tokio::time::sleep(TTL * 2).await;
+
+    // Opened again: the first write that marks a delivery looks for expired markers.
+    let store = EmbeddedStore::open_with(dir, &config(TTL)).unwrap();
+    store.mark_delivered(&sink, &second).await.unwrap();
+    assert_eq!(
+        store.delivered(&sink, &first).await.unwrap(),
+        vec![false; 3]
+    );
+    assert_eq!(
+        store.delivered(&sink, &second).await.unwrap(),
+        vec![true; 3]
+    );
+    // Within the TTL, a write keeps them.
+    store.mark_delivered(&sink, &third).await.unwrap();
+    assert_eq!(
+        store.delivered(&sink, &second).await.unwrap(),
+        vec![true; 3]
+    );
+
+    // Once the second ones have expired, the next write removes them too.
+    tokio::time::sleep(TTL * 2).await;
+    let fourth = vec![new_id()];
+    store.mark_delivered(&sink, &fourth).await.unwrap();
+    assert_eq!(
+        store.delivered(&sink, &second).await.unwrap(),
+        vec![false; 3]
+    );
+    assert_eq!(store.delivered(&sink, &third).await.unwrap(), vec![false]);
+    assert_eq!(store.delivered(&sink, &fourth).await.unwrap(), vec![true]);
+}
+
 /// Idempotency keys go once expired: the same key then makes a new order even at a time it
 /// would have been live; a live key still answers its order.
 pub(crate) async fn check_idempotency_keys_expire(store: EmbeddedStore) {
