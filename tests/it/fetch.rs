@@ -2,7 +2,8 @@
 //! vendor/tansu-storage): a consumer waiting on many partitions is answered as soon as a record
 //! lands in any of them, and a partition the broker remembers as having nothing new never hides
 //! a record produced since. Each record comes back with its own headers, in the order they
-//! were written.
+//! were written, and the same whether the broker answers from the latest batches it keeps in
+//! memory or from its database.
 
 use crate::common;
 
@@ -187,6 +188,105 @@ fn every_record_comes_back_with_its_own_headers_in_order() {
             assert_eq!(got, headers_of(next), "the headers of record {next}");
             next += 1;
         }
+    }
+}
+
+/// The broker answers a fetch of the latest uncompressed batches from memory, and reads older
+/// records, compressed batches and everything after a restart from its database: a consumer
+/// gets the same records at the same offsets either way, from any offset, even one in the
+/// middle of a batch.
+#[test]
+fn records_read_from_memory_and_from_the_database_are_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let broker = common::broker_on(dir.path(), port);
+    let topic = format!("tail-{}", uuid::Uuid::now_v7());
+    common::create_topics(&bootstrap, &[(&topic, 1)]);
+
+    // 3 MB in groups of 100 records, every other group lz4-compressed: more than the broker
+    // keeps in memory, so the first records are only in its database.
+    const RECORDS: usize = 3000;
+    let producer = |compression: &str| -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "5")
+            .set("compression.type", compression)
+            .create()
+            .unwrap()
+    };
+    let (plain, lz4) = (producer("none"), producer("lz4"));
+    for group in 0..RECORDS / 100 {
+        let producer = if group % 2 == 0 { &plain } else { &lz4 };
+        for i in group * 100..(group + 1) * 100 {
+            producer
+                .send(
+                    BaseRecord::to(&topic)
+                        .key(&i.to_string())
+                        .payload(&value_of(i)),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    for from in [0, 1234, RECORDS - 37] {
+        read_all_from(&bootstrap, &topic, from, RECORDS);
+    }
+    // Killed and started again: nothing in memory, all from the database.
+    drop(broker);
+    let _broker = common::broker_on(dir.path(), port);
+    for from in [0, RECORDS - 37] {
+        read_all_from(&bootstrap, &topic, from, RECORDS);
+    }
+}
+
+/// Record `i`'s value: about 1 kB, its number first.
+fn value_of(i: usize) -> String {
+    format!("record-{i}-{}", "x".repeat(1000))
+}
+
+/// Reads partition 0 of `topic` from `from` up to `records`, checking every record's offset,
+/// key and value.
+fn read_all_from(bootstrap: &str, topic: &str, from: usize, records: usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("{topic}-{from}-{}", uuid::Uuid::now_v7()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Offset(from as i64))
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let start = Instant::now();
+    let mut next = from;
+    while next < records {
+        assert!(
+            start.elapsed() < NEVER,
+            "reading from {from}: records from {next} did not come"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        assert_eq!(message.offset(), next as i64, "reading from {from}");
+        assert_eq!(
+            message.key_view::<str>().unwrap().unwrap(),
+            next.to_string(),
+            "reading from {from}"
+        );
+        assert_eq!(
+            message.payload_view::<str>().unwrap().unwrap(),
+            value_of(next),
+            "reading from {from}"
+        );
+        next += 1;
     }
 }
 

@@ -80,6 +80,11 @@ use tracing::{debug, error, instrument};
 use url::Url;
 use uuid::Uuid;
 
+// Patch: the latest batches of each partition, answered from memory (`src/lite/tail.rs`).
+#[path = "lite/tail.rs"]
+mod tail;
+use tail::Tail;
+
 macro_rules! include_sql {
     ($e: expr) => {
         remove_comments(include_str!($e))
@@ -231,6 +236,9 @@ pub(crate) struct Delegate {
     lake: Option<House>,
 
     vacuum_into: Option<String>,
+
+    // Patch: the latest batches of each partition (`src/lite/tail.rs`).
+    tail: Arc<Tail>,
 }
 
 #[derive(Clone, Debug)]
@@ -2051,6 +2059,7 @@ impl Builder<String, i32, Url, Url> {
                 schemas: self.schemas,
                 lake: self.lake,
                 vacuum_into,
+                tail: Arc::new(Tail::default()),
             };
 
             server.spawn(async move {
@@ -2284,6 +2293,9 @@ impl Storage for Delegate {
             .execute("topic_delete_by.sql", (self.cluster.as_str(), topic_name))
             .await?;
 
+        // Patch: its batches are not answered from memory any more.
+        self.tail.forget_topic(topic_name);
+
         pc.commit(tx).await.and(Ok(ErrorCode::None)).inspect(|_| {
             DELEGATE_REQUEST_DURATION.record(
                 elapsed_millis(start),
@@ -2409,6 +2421,9 @@ impl Storage for Delegate {
             debug!(after_produce_transaction = elapsed_millis(start));
         })?;
 
+        // Patch: a batch fetches may be answered with from memory once it has committed.
+        let kept = Tail::keeps(transaction_id, &deflated).then(|| deflated.clone());
+
         let high = self
             .produce_in_tx(transaction_id, topition, deflated, &pc)
             .await
@@ -2423,6 +2438,10 @@ impl Storage for Delegate {
             .inspect_err(|err| error!(?err))
             .inspect(|_| {
                 debug!(after_produce_commit = elapsed_millis(start));
+
+                if let Some(batch) = kept {
+                    self.tail.produced(topition, high, batch);
+                }
 
                 DELEGATE_REQUEST_DURATION.record(
                     elapsed_millis(start),
@@ -2460,6 +2479,14 @@ impl Storage for Delegate {
             min_bytes,
             max_bytes
         );
+
+        // Patch: the latest batches are answered from memory when they hold the offset.
+        if let Some(batches) = self
+            .tail
+            .fetch(topition, offset, high_watermark, max_bytes)
+        {
+            return Ok(batches);
+        }
 
         let c = self.connection().await?;
 
@@ -4350,6 +4377,11 @@ impl Storage for Delegate {
 
         let compacted = self.policy_compact().await?;
         debug!(compacted);
+
+        // Patch: records went, so the batches in memory may hold some of them.
+        if deleted > 0 || compacted > 0 {
+            self.tail.clear();
+        }
 
         self.vacuum_into().await?;
 

@@ -330,18 +330,18 @@ impl FetchService {
             *max_bytes =
                 u32::try_from(fetched.byte_size()).map(|bytes| max_bytes.saturating_sub(bytes))?;
 
-            offset += fetched
-                .iter()
-                .map(|batch| batch.record_count as i64)
-                .sum::<i64>();
-
             debug!(?offset, ?fetched);
 
             if fetched.is_empty() || fetched.first().is_some_and(|batch| batch.record_count == 0) {
                 break;
-            } else {
-                batches.append(&mut fetched);
             }
+
+            // Patch: on from the end of the last batch, which may have begun before `offset`
+            // (batches answered whole) or skipped offsets (compacted records).
+            offset = fetched.last().map_or(offset, |batch| {
+                offset.max(batch.base_offset + i64::from(batch.last_offset_delta) + 1)
+            });
+            batches.append(&mut fetched);
 
             let stage = ctx
                 .state()
