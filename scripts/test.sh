@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command (README.md; .ci/run calls it). Installs the Python peers the integration tests
 # start on 127.0.0.1 (moto's AWS emulator, ...) into a virtualenv next to the build, stunnel
-# (the TLS listener of tests/it/managed_kafka.rs) when it is missing and this runs as root, and
-# Chromium with chromedriver (tests/it/browser.rs) when missing (as root, or through sudo), then
-# runs the whole workspace's tests. Extra arguments go to `cargo test`.
+# (the TLS listener of tests/it/managed_kafka.rs) and kcat (tests/it/clients.rs) when they are
+# missing and this runs as root, Chromium with chromedriver (tests/it/browser.rs) when missing (as
+# root, or through sudo), and kafkajs from npm next to the build when Node.js is there, then runs
+# the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,18 @@ if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
             echo "scripts/test.sh: could not install stunnel4: the TLS test will be SKIPPED" >&2
     else
         echo "scripts/test.sh: no stunnel4 (apt-get install stunnel4): the TLS test will be SKIPPED" >&2
+    fi
+fi
+
+# Debian's kcat (librdkafka 2.0.2, older than the one we build with) for the clients test; without
+# it that test says SKIPPED and passes.
+if ! command -v kcat >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -qq kcat >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq kcat >/dev/null 2>&1; } ||
+            echo "scripts/test.sh: could not install kcat: its clients test will be SKIPPED" >&2
+    else
+        echo "scripts/test.sh: no kcat (apt-get install kcat): its clients test will be SKIPPED" >&2
     fi
 fi
 
@@ -69,6 +82,22 @@ if ! cmp -s scripts/test-requirements.txt "$stamp"; then
     cp scripts/test-requirements.txt "$stamp"
 fi
 export ORDERFLOW_TEST_PYTHON="$(cd "$venv" && pwd)/bin/python"
+
+# kafkajs for the clients test, from npm into a directory next to the build (again only when
+# scripts/test-package.json changes); without Node.js and npm that test says SKIPPED and passes.
+node_dir="$target_dir/test-node"
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    if ! cmp -s scripts/test-package.json "$node_dir/package.json" || [ ! -d "$node_dir/node_modules" ]; then
+        rm -rf "$node_dir"
+        mkdir -p "$node_dir"
+        cp scripts/test-package.json "$node_dir/package.json"
+        (cd "$node_dir" && npm install --silent --no-audit --no-fund >/dev/null) ||
+            missing "npm could not install scripts/test-package.json into $node_dir"
+    fi
+    export ORDERFLOW_TEST_NODE_MODULES="$(cd "$node_dir" && pwd)/node_modules"
+else
+    echo "scripts/test.sh: no node and npm: the kafkajs clients test will be SKIPPED" >&2
+fi
 
 # The dependency tree's licenses, sources and duplicate versions (deny.toml), with cargo-deny
 # built once into the target dir; its advisories check needs the RustSec database from GitHub

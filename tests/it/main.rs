@@ -8,6 +8,7 @@ mod common;
 mod auth;
 mod bridge_aws;
 mod browser;
+mod clients;
 mod console;
 mod consumer_groups;
 mod crash;

@@ -43,11 +43,15 @@ where
         _req: ApiVersionsRequest,
     ) -> Result<Self::Response, Self::Error> {
         Ok::<_, E>(
+            // Patch: no tagged fields (upstream sent the four below at their default values,
+            // which Kafka leaves out): librdkafka before 2.1 skips a tagged field one byte short
+            // and fails on this response ("Read underflow"), so Debian 12's kcat could not
+            // connect.
             ApiVersionsResponse::default()
-                .finalized_features(Some([].into()))
-                .finalized_features_epoch(Some(-1))
-                .supported_features(Some([].into()))
-                .zk_migration_ready(Some(false))
+                .finalized_features(None)
+                .finalized_features_epoch(None)
+                .supported_features(None)
+                .zk_migration_ready(None)
                 .error_code(ErrorCode::None.into())
                 .api_keys(Some(
                     RootMessageMeta::messages()
