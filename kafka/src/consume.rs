@@ -38,7 +38,7 @@ use rdkafka::{
     Message,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, field, info, info_span, warn, Instrument, Span};
+use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::{EventProducer, KafkaConfig, Result, StatsContext, BACKOFF};
 
@@ -458,18 +458,17 @@ async fn handle_one<H: Handler>(
 /// where the message came from.
 fn message_span(stage: &StageConfig, m: &Incoming) -> Span {
     let event_type = m.kind.and_then(|k| k.spec().schema).unwrap_or("unknown");
+    let key = m.key.as_deref().map(String::from_utf8_lossy);
+    // Every field at creation: one recorded later is formatted again.
     let span = info_span!(
         "handle_message",
         stage = %stage.name,
-        order_id = field::Empty,
+        order_id = key.as_deref(),
         event_type,
         topic = %m.topic,
         partition = m.partition,
         offset = m.offset,
     );
-    if let Some(key) = &m.key {
-        span.record("order_id", String::from_utf8_lossy(key).as_ref());
-    }
     #[cfg(feature = "otlp")]
     crate::trace::set_parent(&span, &m.headers);
     span
