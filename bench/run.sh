@@ -106,6 +106,7 @@ measure() {
     local best=0 best_file=""
     for rate in 100 250 500 750 1000 1500 2000 2500 3000 4000 5000 7500 10000; do
         if ! load --rate "$rate" --duration "${step}s" --timeout-secs 60 >"$dir/open-$rate.out" 2>&1; then
+            echo "    open loop $rate/s failed: $(grep -v '^{' "$dir/open-$rate.out" | tail -n 3 | tr '\n' ' ')"
             break
         fi
         local p99 done_per_s

@@ -16,7 +16,7 @@
 //! logs in as `--email` / `--password` (the demo customer of `orderflow run` by default).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -31,7 +31,7 @@ use orderflow_schemas::{
 };
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
-    ClientConfig, Message,
+    ClientConfig, Message, Offset, TopicPartitionList,
 };
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -121,20 +121,15 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             "group.id",
             format!("orderflow-load-{}", uuid::Uuid::now_v7()),
         )
-        .set("auto.offset.reset", "latest")
         .set("enable.auto.commit", "false")
         // The latency is read from the events' own times, not when this consumer sees them.
         .set("fetch.wait.max.ms", "500")
         .create()?;
-    consumer.subscribe(&[&invoiced_topic])?;
-    // Let the consumer join before orders flow, so that it reads from "latest" = now.
-    let joined = Instant::now();
-    while consumer.assignment()?.count() == 0 {
-        if joined.elapsed() > Duration::from_secs(15) {
-            bail!("could not join a consumer group on {}", args.brokers);
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
-    }
+    // From the topic's end as it is before any order is sent, so that no order's event can come
+    // before where the consumer starts.
+    let end = end_of(&consumer, &invoiced_topic)
+        .with_context(|| format!("reading the end of {invoiced_topic} on {}", args.brokers))?;
+    consumer.assign(&end)?;
 
     let target = args.pid.or_else(|| listening_pid(&args.url));
     let cpu_before = target.and_then(cpu_time);
@@ -167,7 +162,11 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     };
 
     let mut latencies = Vec::with_capacity(total as usize);
+    // Events of orders whose answer has not been counted yet (or of orders of another run).
     let mut early: HashMap<String, i64> = HashMap::new();
+    let mut early_checked_at = 0;
+    let mut invoiced: HashSet<String> = HashSet::new();
+    let mut duplicates = 0u64;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut accepted_in = None;
     let mut last_invoiced = started.elapsed();
@@ -186,6 +185,23 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             eprintln!("timed out waiting for invoiced events");
             break;
         }
+        // An event read before its order's answer counts once the answer is in.
+        {
+            let sent = sender.sent.lock().await;
+            if !early.is_empty() && sent.accepted.len() != early_checked_at {
+                early_checked_at = sent.accepted.len();
+                early.retain(|id, invoiced_at| match sent.accepted.get(id) {
+                    Some(at) => {
+                        if invoiced.insert(id.clone()) {
+                            latencies.push((*invoiced_at - at).max(0) as u64);
+                            last_invoiced = started.elapsed();
+                        }
+                        false
+                    }
+                    None => true,
+                });
+            }
+        }
         let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
         {
             Ok(Ok(m)) => m,
@@ -197,16 +213,17 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         else {
             continue;
         };
-        early.insert(event.order_id, event.occurred_at);
         let sent = sender.sent.lock().await;
-        early.retain(|id, invoiced_at| match sent.accepted.get(id) {
-            Some(at) => {
-                latencies.push((*invoiced_at - at).max(0) as u64);
+        match sent.accepted.get(&event.order_id) {
+            Some(at) if invoiced.insert(event.order_id.clone()) => {
+                latencies.push((event.occurred_at - at).max(0) as u64);
                 last_invoiced = started.elapsed();
-                false
             }
-            None => true,
-        });
+            Some(_) => duplicates += 1,
+            None => {
+                early.insert(event.order_id, event.occurred_at);
+            }
+        }
     }
     let elapsed = started.elapsed();
     let accepted_in = accepted_in.unwrap_or(elapsed);
@@ -239,6 +256,9 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     println!("accepted (202):       {accepted}");
     println!("failed:               {failed} {:?}", sent.errors);
     println!("invoiced seen:        {done}");
+    if duplicates > 0 {
+        println!("invoiced twice:       {duplicates} events of orders already seen invoiced");
+    }
     println!(
         "accept rate:          {accepted_per_s:.0} orders/s ({:.2} s)",
         accepted_in.as_secs_f64()
@@ -282,6 +302,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             "e2e_p99_ms": percentile(&latencies, 0.99),
             "e2e_max_ms": latencies.last().copied().unwrap_or(0),
             "errors": sent.errors,
+            "duplicates": duplicates,
             "cpu_seconds": cpu_seconds.map(round1),
             "cpu_us_per_order": cpu_us_per_order,
             "pid": target,
@@ -289,7 +310,19 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         println!("{summary}");
     }
     if done < accepted {
-        bail!("{} orders were not invoiced in time", accepted - done);
+        let mut missing: Vec<&str> = sent
+            .accepted
+            .keys()
+            .filter(|id| !invoiced.contains(*id))
+            .map(String::as_str)
+            .collect();
+        missing.sort_unstable();
+        missing.truncate(3);
+        bail!(
+            "{} orders were not invoiced in time (e.g. {})",
+            accepted - done,
+            missing.join(", ")
+        );
     }
     Ok(())
 }
@@ -424,6 +457,27 @@ fn open_loop(sender: &Sender, total: u64, rate: u32, started: Instant) -> tokio:
 }
 
 /// The `p` quantile of sorted samples (0 when there are none).
+/// Every partition of `topic` at its high watermark (blocking: at start, before orders flow).
+fn end_of(consumer: &StreamConsumer, topic: &str) -> Result<TopicPartitionList> {
+    let timeout = Duration::from_secs(15);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!("the topic {topic} has no partitions (does it exist?)");
+    }
+    let mut end = TopicPartitionList::new();
+    for partition in partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        end.add_partition_offset(topic, partition, Offset::Offset(high))?;
+    }
+    Ok(end)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;

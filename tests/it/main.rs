@@ -18,6 +18,7 @@ mod fetch;
 mod fuzz;
 mod invoices;
 mod lifecycle;
+mod load;
 mod logs;
 mod managed_kafka;
 mod openapi;
