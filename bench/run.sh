@@ -77,6 +77,19 @@ stop() {
 
 load() { "$bin" load --url "$http" --brokers "$brokers" --pid "$pid" --json "$@"; }
 
+# Waits (up to 60 s) until the pipeline is quiet again, under 10% of a core over a second: after
+# a burst, the bridge's sinks are still delivering when the load tool has seen every invoice.
+settle() {
+    local t0 t1
+    for _ in $(seq 1 60); do
+        t0="$(ticks "$pid")"
+        sleep 1
+        t1="$(ticks "$pid")"
+        if [ $((t1 - t0)) -lt 10 ]; then return; fi
+    done
+    echo "    (still busy after 60 s)"
+}
+
 # Measures `$1` (a binary) under the label `$2`; the figures go to $work/$2.json.
 measure() {
     local run_bin="$1" label="$2" dir="$work/$2"
@@ -97,9 +110,11 @@ measure() {
 
     load --orders "$orders" --concurrency 64 | tee "$dir/closed.out"
     echo "(c) closed loop c=64: $(field "$dir/closed.out" completed_per_s) orders/s invoiced"
+    settle
 
     load --orders "$orders" --concurrency 256 | tee "$dir/ingest.out"
     echo "(b) ingest at saturation: $(field "$dir/ingest.out" accepted_per_s) orders/s accepted"
+    settle
 
     # Open loop, stepping up while accept → invoiced p99 stays ≤ 100 ms and the invoiced rate
     # keeps up with the offered one.
