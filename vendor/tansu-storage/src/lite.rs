@@ -2226,6 +2226,10 @@ impl Storage for Delegate {
         }
 
         pc.commit(tx).await.and(Ok(uuid)).inspect(|_| {
+            // Patch: nothing kept of an earlier topic of the same name (a produce to it may
+            // still have been under way when it was deleted).
+            self.tail.forget_topic(topic.name.as_str());
+
             DELEGATE_REQUEST_DURATION.record(
                 elapsed_millis(start),
                 &[KeyValue::new("operation", "create_topic")],
@@ -2421,7 +2425,7 @@ impl Storage for Delegate {
             debug!(after_produce_transaction = elapsed_millis(start));
         })?;
 
-        // Patch: a batch fetches may be answered with from memory once it has committed.
+        // Patch: the batch as produced, kept once committed to answer fetches from memory.
         let kept = Tail::keeps(transaction_id, &deflated).then(|| deflated.clone());
 
         let high = self
