@@ -12,7 +12,14 @@ use serde_json::Value;
 async fn load(p: &Pipeline, args: &[&str]) -> Value {
     let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
     command
-        .args(["load", "--url", &p.http, "--brokers", &p.bootstrap, "--json"])
+        .args([
+            "load",
+            "--url",
+            &p.http,
+            "--brokers",
+            &p.bootstrap,
+            "--json",
+        ])
         .args(["--token", p.admin.token(), "--timeout-secs", "60"])
         .args(args);
     let out = tokio::task::spawn_blocking(move || command.output().unwrap())
