@@ -2,7 +2,10 @@
 # The benchmark (README.md, "Benchmark"): builds the release binary, starts `orderflow run` on
 # ephemeral ports in a temporary data dir, and measures, side by side on this machine:
 #   (a) the raw producer ceiling into the same embedded broker (`orderflow load --raw`),
-#   (b) ingest at saturation (closed loop, 256 requests in flight; the stages run behind it),
+#   (b) ingest at saturation (closed loop, 256 requests in flight): alone, the API and the broker
+#       as their own processes (`orderflow ingest`, `orderflow broker`) with no stage behind
+#       them, with its HTTP latency below saturation (open loop); and within `orderflow run`,
+#       the stages running behind it,
 #   (c) the whole pipeline: a closed loop of 10,000 orders at 64 in flight, then an open loop
 #       stepping up the rate; the highest rate sustained with accept → invoiced p99 ≤ 100 ms,
 #   (d) idle CPU over 10 s.
@@ -77,6 +80,59 @@ stop() {
 
 load() { "$bin" load --url "$http" --brokers "$brokers" --pid "$pid" --json "$@"; }
 
+# Waits (up to 60 s) for a line matching $2 in file $1 while process $3 lives.
+await_line() {
+    for _ in $(seq 1 600); do
+        if grep -q "$2" "$1" 2>/dev/null; then return; fi
+        kill -0 "$3" 2>/dev/null || { cat "${1%.out}.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "no '$2' in $1" >&2
+    exit 1
+}
+
+# (b) ingest alone: `$1 broker` and `$1 ingest` on the data dir `orderflow run` set up under the
+# label `$2` (its accounts, catalogue and JWT secret), no stage consuming; figures go to
+# $work/$2/alone-*.out.
+ingest_alone() {
+    local run_bin="$1" dir="$work/$2" orders="$3" step="$4" bpid ipid t0 t1
+    "$run_bin" broker --data-dir "$dir/data" --kafka-listen 127.0.0.1:0 \
+        >"$dir/broker.out" 2>"$dir/broker.log" &
+    bpid=$!
+    await_line "$dir/broker.out" "Kafka bootstrap:" "$bpid"
+    brokers="$(awk '/Kafka bootstrap:/ { print $3 }' "$dir/broker.out")"
+    ORDERFLOW_JWT_SECRET="$(cat "$dir/data/jwt-secret")" "$run_bin" ingest --data-dir "$dir/data" \
+        --brokers "$brokers" --http 127.0.0.1:0 >"$dir/api.out" 2>"$dir/api.log" &
+    ipid=$!
+    pid="$ipid"
+    await_line "$dir/api.log" "HTTP API listening" "$ipid"
+    http="http://$(sed -n 's/.*HTTP API listening.*addr=\([0-9.:]*\).*/\1/p' "$dir/api.log" | head -n 1)"
+    for _ in $(seq 1 300); do
+        if curl -fsS "$http/readyz" >/dev/null 2>&1; then break; fi
+        sleep 0.2
+    done
+    sleep 5
+    t0="$(ticks "$bpid")"
+    load --accept-only --orders "$orders" --concurrency 256 | tee "$dir/alone-saturation.out"
+    t1="$(ticks "$bpid")"
+    echo "{\"broker_cpu_us_per_order\": $(( (t1 - t0) * 10000 / orders ))}" >"$dir/alone-broker.out"
+    echo "(b) ingest alone at saturation: $(field "$dir/alone-saturation.out" accepted_per_s) orders/s accepted"
+    sleep 2
+    # Below saturation: open loops at a quarter, a half and three quarters of it.
+    local saturation quarter rate
+    saturation="$(field "$dir/alone-saturation.out" accepted_per_s)"
+    quarter="$(python3 -c "print(max(1, round($saturation / 4 / 500)) * 500)")"
+    for n in 1 2 3; do
+        rate=$((quarter * n))
+        load --accept-only --rate "$rate" --duration "${step}s" | tee "$dir/alone-open-$n.out" | tail -n 1
+        echo "    ingest alone at $rate/s: HTTP p99 $(field "$dir/alone-open-$n.out" http_p99_ms) ms"
+        sleep 2
+    done
+    kill -INT "$ipid" "$bpid" 2>/dev/null || true
+    wait "$ipid" "$bpid" 2>/dev/null || true
+    pid=""
+}
+
 # Waits (up to 60 s) until the pipeline is quiet again, under 10% of a core over a second: after
 # a burst, the bridge's sinks are still delivering when the load tool has seen every invoice.
 settle() {
@@ -137,6 +193,8 @@ measure() {
     echo "(c) sustained with e2e p99 ≤ 100 ms: $best orders/s"
     stop
 
+    ingest_alone "$run_bin" "$label" "$((orders * 2))" "$step"
+
     python3 - "$dir" "$idle" "$best" "${best_file:-}" >"$work/$label.json" <<'PY'
 import json, sys
 d, idle, best, best_file = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -146,6 +204,8 @@ print(json.dumps({
     "raw": last(f"{d}/raw.out"),
     "closed": last(f"{d}/closed.out"),
     "ingest": last(f"{d}/ingest.out"),
+    "alone": last(f"{d}/alone-saturation.out") | last(f"{d}/alone-broker.out"),
+    "alone_open": [last(f"{d}/alone-open-{n}.out") for n in (1, 2, 3)],
     "sustained_rate": best,
     "sustained": last(best_file) if best_file else None,
 }))
@@ -181,8 +241,12 @@ rev = sh("git rev-parse --short HEAD")
 rows = [
     ("(a) raw produce, records/s (400 B, acks=all, idempotent)", lambda r: r["raw"]["records_per_s"]),
     ("(a) broker CPU per raw record, µs", lambda r: r["raw"].get("cpu_us_per_record")),
-    ("(b) ingest at saturation (c=256), accepted/s", lambda r: r["ingest"]["accepted_per_s"]),
-    ("(b) HTTP p50 / p99 at saturation, ms", lambda r: f'{r["ingest"]["http_p50_ms"]} / {r["ingest"]["http_p99_ms"]}'),
+    ("(b) ingest alone at saturation (c=256), accepted/s", lambda r: r["alone"]["accepted_per_s"]),
+    ("(b) alone: HTTP p50 / p99 at saturation, ms", lambda r: f'{r["alone"]["http_p50_ms"]} / {r["alone"]["http_p99_ms"]}'),
+    ("(b) alone: CPU per order, API + broker, µs", lambda r: f'{r["alone"]["cpu_us_per_order"]} + {r["alone"]["broker_cpu_us_per_order"]}'),
+    ("(b) alone below saturation (open loop): HTTP p99, ms", lambda r: ", ".join(f'{o["http_p99_ms"]} at {o["rate"]:,}/s' for o in r["alone_open"])),
+    ("(b) within `orderflow run`, stages behind it (c=256), accepted/s", lambda r: r["ingest"]["accepted_per_s"]),
+    ("(b) within `orderflow run`: HTTP p50 / p99 at saturation, ms", lambda r: f'{r["ingest"]["http_p50_ms"]} / {r["ingest"]["http_p99_ms"]}'),
     ("(c) closed loop 10k orders c=64: accepted/s", lambda r: r["closed"]["accepted_per_s"]),
     ("(c) closed loop: invoiced/s", lambda r: r["closed"]["completed_per_s"]),
     ("(c) closed loop: accept → invoiced p50 / p99, ms", lambda r: f'{r["closed"]["e2e_p50_ms"]} / {r["closed"]["e2e_p99_ms"]}'),
@@ -190,7 +254,7 @@ rows = [
     ("(c) highest open-loop rate with e2e p99 ≤ 100 ms, orders/s", lambda r: r["sustained_rate"]),
     ("(c) at that rate: e2e p50 / p99, ms", lambda r: f'{r["sustained"]["e2e_p50_ms"]} / {r["sustained"]["e2e_p99_ms"]}' if r["sustained"] else "—"),
     ("(d) idle CPU, % of one core", lambda r: r["idle_pct"]),
-    ("(b)/(a)", lambda r: round(r["ingest"]["accepted_per_s"] / r["raw"]["records_per_s"], 3)),
+    ("(b)/(a), alone", lambda r: round(r["alone"]["accepted_per_s"] / r["raw"]["records_per_s"], 3)),
     ("(c)/(a)", lambda r: round(r["sustained_rate"] / r["raw"]["records_per_s"], 3)),
 ]
 lines = [

@@ -183,6 +183,10 @@ pub struct LoadArgs {
     /// The size of each `--raw` record's value.
     #[arg(long, default_value_t = 400)]
     pub record_bytes: usize,
+    /// Measure the API alone: count the answers and do not wait for invoiced events (for an
+    /// `orderflow ingest` with no stages behind it; the end-to-end figures are left out).
+    #[arg(long, conflicts_with = "raw")]
+    pub accept_only: bool,
     /// Print the figures as one JSON object, last.
     #[arg(long)]
     pub json: bool,

@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use orderflow_schemas::{
-    registry::{lookup_catalogue, RegistryClient},
+    registry::{lookup_catalogue, RegistryClient, SchemaIds},
     wire, OrderInvoiced, TopicKind, Topics,
 };
 use rdkafka::{
@@ -111,25 +111,24 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     let topics = Topics::new(args.topic_prefix.clone());
     // The ids the pipeline frames with, from its registry (`orderflow run` serves one).
     let registry_url = args.schema_registry.as_deref().unwrap_or(&args.url);
-    let ids = lookup_catalogue(&RegistryClient::new(registry_url)?, &topics)
-        .await
-        .with_context(|| format!("reading the schema ids from {registry_url}"))?;
+    let ids = if args.accept_only {
+        SchemaIds::builtin()
+    } else if args.schema_registry.is_none() && !serves_registry(&args.url).await? {
+        // An API without a registry (`orderflow ingest` without `--schema-registry`) frames
+        // with the built-in ids.
+        eprintln!("no schema registry at {}: reading events with the built-in ids", args.url);
+        SchemaIds::builtin()
+    } else {
+        lookup_catalogue(&RegistryClient::new(registry_url)?, &topics)
+            .await
+            .with_context(|| format!("reading the schema ids from {registry_url}"))?
+    };
     let invoiced_topic = topics.name(TopicKind::OrdersInvoiced);
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set(
-            "group.id",
-            format!("orderflow-load-{}", uuid::Uuid::now_v7()),
-        )
-        .set("enable.auto.commit", "false")
-        // The latency is read from the events' own times, not when this consumer sees them.
-        .set("fetch.wait.max.ms", "500")
-        .create()?;
-    // From the topic's end as it is before any order is sent, so that no order's event can come
-    // before where the consumer starts.
-    let end = end_of(&consumer, &invoiced_topic)
-        .with_context(|| format!("reading the end of {invoiced_topic} on {}", args.brokers))?;
-    consumer.assign(&end)?;
+    let consumer = if args.accept_only {
+        None
+    } else {
+        Some(invoiced_consumer(&args, &invoiced_topic)?)
+    };
 
     let target = args.pid.or_else(|| listening_pid(&args.url));
     let cpu_before = target.and_then(cpu_time);
@@ -176,6 +175,9 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             accepted_in = Some(started.elapsed());
         }
         if answered >= total {
+            if consumer.is_none() {
+                break;
+            }
             let sent = sender.sent.lock().await;
             if latencies.len() >= sent.accepted.len() {
                 break;
@@ -202,6 +204,10 @@ pub async fn run(args: LoadArgs) -> Result<()> {
                 });
             }
         }
+        let Some(consumer) = &consumer else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
         let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
         {
             Ok(Ok(m)) => m,
@@ -255,7 +261,12 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     println!("orders sent:          {total}");
     println!("accepted (202):       {accepted}");
     println!("failed:               {failed} {:?}", sent.errors);
-    println!("invoiced seen:        {done}");
+    let waited = consumer.is_some();
+    if waited {
+        println!("invoiced seen:        {done}");
+    } else {
+        println!("invoiced seen:        not waited for (--accept-only)");
+    }
     if duplicates > 0 {
         println!("invoiced twice:       {duplicates} events of orders already seen invoiced");
     }
@@ -263,22 +274,26 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         "accept rate:          {accepted_per_s:.0} orders/s ({:.2} s)",
         accepted_in.as_secs_f64()
     );
-    println!(
-        "end-to-end rate:      {completed_per_s:.0} orders/s invoiced ({:.2} s)",
-        last_invoiced.max(accepted_in).as_secs_f64()
-    );
+    if waited {
+        println!(
+            "end-to-end rate:      {completed_per_s:.0} orders/s invoiced ({:.2} s)",
+            last_invoiced.max(accepted_in).as_secs_f64()
+        );
+    }
     println!(
         "HTTP accept:          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms(percentile(&http_us, 0.50)),
         ms(percentile(&http_us, 0.99)),
         ms(http_us.last().copied().unwrap_or(0))
     );
-    println!(
-        "accept → invoiced:    p50 {} ms, p99 {} ms, max {} ms",
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(0)
-    );
+    if waited {
+        println!(
+            "accept → invoiced:    p50 {} ms, p99 {} ms, max {} ms",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(0)
+        );
+    }
     match (target, cpu_seconds, cpu_us_per_order) {
         (Some(pid), Some(seconds), Some(per_order)) => println!(
             "pipeline CPU:         {seconds:.2} s (pid {pid}), {per_order} µs per accepted order"
@@ -286,21 +301,23 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         _ => println!("pipeline CPU:         unknown (not a local process; --pid)"),
     }
     if args.json {
+        // Without waiting for invoiced events there are no end-to-end figures.
+        let e2e = |v: serde_json::Value| if waited { v } else { serde_json::Value::Null };
         let summary = json!({
             "mode": if rate.is_some() { "open" } else { "closed" },
             "rate": rate,
             "concurrency": if rate.is_some() { None } else { Some(args.concurrency) },
             "orders": total,
             "accepted": accepted,
-            "completed": done,
+            "completed": e2e(json!(done)),
             "accepted_per_s": round1(accepted_per_s),
-            "completed_per_s": round1(completed_per_s),
+            "completed_per_s": e2e(json!(round1(completed_per_s))),
             "http_p50_ms": round1(ms(percentile(&http_us, 0.50))),
             "http_p99_ms": round1(ms(percentile(&http_us, 0.99))),
             "http_max_ms": round1(ms(http_us.last().copied().unwrap_or(0))),
-            "e2e_p50_ms": percentile(&latencies, 0.50),
-            "e2e_p99_ms": percentile(&latencies, 0.99),
-            "e2e_max_ms": latencies.last().copied().unwrap_or(0),
+            "e2e_p50_ms": e2e(json!(percentile(&latencies, 0.50))),
+            "e2e_p99_ms": e2e(json!(percentile(&latencies, 0.99))),
+            "e2e_max_ms": e2e(json!(latencies.last().copied().unwrap_or(0))),
             "errors": sent.errors,
             "duplicates": duplicates,
             "cpu_seconds": cpu_seconds.map(round1),
@@ -309,7 +326,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         });
         println!("{summary}");
     }
-    if done < accepted {
+    if done < accepted && waited {
         let mut missing: Vec<&str> = sent
             .accepted
             .keys()
@@ -325,6 +342,37 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A consumer of `orders.invoiced` assigned to its end as it is now, so that no event of an
+/// order sent after this can come before where it starts.
+fn invoiced_consumer(args: &LoadArgs, invoiced_topic: &str) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set(
+            "group.id",
+            format!("orderflow-load-{}", uuid::Uuid::now_v7()),
+        )
+        .set("enable.auto.commit", "false")
+        // The latency is read from the events' own times, not when this consumer sees them.
+        .set("fetch.wait.max.ms", "500")
+        .create()?;
+    // From the topic's end as it is before any order is sent, so that no order's event can come
+    // before where the consumer starts.
+    let end = end_of(&consumer, invoiced_topic)
+        .with_context(|| format!("reading the end of {invoiced_topic} on {}", args.brokers))?;
+    consumer.assign(&end)?;
+    Ok(consumer)
+}
+
+/// Whether the API at `url` serves a schema registry (`orderflow run`'s does; `orderflow
+/// ingest`'s does not, unless it keeps the registry itself).
+async fn serves_registry(url: &str) -> Result<bool> {
+    let subjects = format!("{}/subjects", url.trim_end_matches('/'));
+    let response = reqwest::get(&subjects)
+        .await
+        .with_context(|| format!("reaching {url}"))?;
+    Ok(response.status() != reqwest::StatusCode::NOT_FOUND)
 }
 
 /// `--raw`: `records` records straight into the broker with the pipeline's producer settings

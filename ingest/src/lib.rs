@@ -484,8 +484,10 @@ pub async fn serve(
     state: Arc<ApiState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(addr = ?addr, "HTTP API listening.");
+    match listener.local_addr() {
+        Ok(addr) => info!(%addr, "HTTP API listening."),
+        Err(e) => info!(error = %e, "HTTP API listening (its address unknown)."),
+    }
     // The live streams never end on their own: end them, so that the shutdown does not wait.
     let live = state.live.clone();
     let closing = shutdown.clone();
@@ -516,8 +518,10 @@ pub async fn serve_metrics(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(addr = ?addr, "Metrics listening.");
+    match listener.local_addr() {
+        Ok(addr) => info!(%addr, "Metrics listening."),
+        Err(e) => info!(error = %e, "Metrics listening (its address unknown)."),
+    }
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
