@@ -116,7 +116,10 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     } else if args.schema_registry.is_none() && !serves_registry(&args.url).await? {
         // An API without a registry (`orderflow ingest` without `--schema-registry`) frames
         // with the built-in ids.
-        eprintln!("no schema registry at {}: reading events with the built-in ids", args.url);
+        eprintln!(
+            "no schema registry at {}: reading events with the built-in ids",
+            args.url
+        );
         SchemaIds::builtin()
     } else {
         lookup_catalogue(&RegistryClient::new(registry_url)?, &topics)
