@@ -194,10 +194,18 @@ pub struct LoadArgs {
     /// process listening on the `--url` port, when there is one).
     #[arg(long)]
     pub pid: Option<u32>,
-    /// The SKU every order buys one of (the demo catalogue has 1,000,000 sticker packs).
+    /// The SKU every valid order buys one of (the demo catalogue has 1,000,000 sticker packs).
     #[arg(long, default_value = "STICKER-001")]
     pub sku: String,
-    /// Give up waiting for invoiced events after this many seconds.
+    /// Percent of the orders paid with a card the gateway declines (`tok_decline`): they end
+    /// in `orders.payment-failed`, and are awaited there.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub declines: u8,
+    /// Percent of the orders of a SKU the catalogue does not have: validation rejects them
+    /// (`orders.rejected`), where they are awaited.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub unknown_skus: u8,
+    /// Give up waiting for the orders' outcomes after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
     /// The access token to post every order with (as its account: the orders name no

@@ -1,5 +1,6 @@
 //! `orderflow load` against `orderflow run`: every order it sends is counted once, accepted and
-//! invoiced, in a closed loop and at a fixed rate, and its JSON summary says so; with
+//! come to its outcome (invoiced, or declined and rejected in a mix), in a closed loop and at a
+//! fixed rate, and its JSON summary says so; with
 //! `--accept-only`, against `orderflow ingest` alone.
 
 use crate::common;
@@ -48,11 +49,38 @@ async fn every_order_load_sends_is_counted_once_accepted_and_invoiced() {
     assert_eq!(closed["errors"], serde_json::json!({}), "{closed}");
     assert!(closed["e2e_p99_ms"].as_u64().unwrap() > 0, "{closed}");
 
-    // Right after, at a fixed rate: the first orders' events come while the consumer starts.
-    let open = load(&p, &["--rate", "40", "--duration", "2s"]).await;
+    assert_eq!(
+        closed["outcomes"],
+        serde_json::json!({"invoiced": 60}),
+        "{closed}"
+    );
+
+    // Right after, at a fixed rate, a mix: the first orders' events come while the consumer
+    // starts; a tenth of the cards are declined and a tenth of the SKUs unknown, each order
+    // awaited on the topic of the outcome it is meant to have.
+    let open = load(
+        &p,
+        &[
+            "--rate",
+            "40",
+            "--duration",
+            "2s",
+            "--declines",
+            "10",
+            "--unknown-skus",
+            "10",
+        ],
+    )
+    .await;
     assert_eq!(open["mode"], "open");
     assert_eq!(open["accepted"], 80, "{open}");
     assert_eq!(open["completed"], 80, "{open}");
+    assert_eq!(
+        open["outcomes"],
+        serde_json::json!({"invoiced": 64, "payment_failed": 8, "rejected": 8}),
+        "{open}"
+    );
+    assert_eq!(open["unexpected"], serde_json::json!({}), "{open}");
     assert_eq!(open["duplicates"], 0, "{open}");
 }
 
@@ -201,7 +229,7 @@ async fn accept_only_measures_an_api_with_no_stage_behind_it() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("3 orders were not invoiced in time"),
+        stderr.contains("3 orders did not come to their outcome in time"),
         "{stderr}"
     );
 }
