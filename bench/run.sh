@@ -106,7 +106,8 @@ ingest_alone() {
     ipid=$!
     pid="$ipid"
     await_line "$dir/api.log" "HTTP API listening" "$ipid"
-    http="http://$(sed -n 's/.*HTTP API listening.*addr=\([0-9.:]*\).*/\1/p' "$dir/api.log" | head -n 1)"
+    # `addr=127.0.0.1:PORT` (older builds: `addr=Some(127.0.0.1:PORT)`).
+    http="http://$(sed -n 's/.*HTTP API listening.*addr=\(Some(\)\{0,1\}\([0-9.:]*\).*/\2/p' "$dir/api.log" | head -n 1)"
     for _ in $(seq 1 300); do
         if curl -fsS "$http/readyz" >/dev/null 2>&1; then break; fi
         sleep 0.2
@@ -135,15 +136,18 @@ ingest_alone() {
 
 # Waits (up to 60 s) until the pipeline is quiet again, under 10% of a core over a second: after
 # a burst, the bridge's sinks are still delivering when the load tool has seen every invoice.
+# Then writes the burst's dirty pages back (`sync`): otherwise the kernel does so about 30 s
+# later, in the middle of the next step, and the fsyncs of that step wait for it.
 settle() {
     local t0 t1
     for _ in $(seq 1 60); do
         t0="$(ticks "$pid")"
         sleep 1
         t1="$(ticks "$pid")"
-        if [ $((t1 - t0)) -lt 10 ]; then return; fi
+        if [ $((t1 - t0)) -lt 10 ]; then sync; return; fi
     done
     echo "    (still busy after 60 s)"
+    sync
 }
 
 # Measures `$1` (a binary) under the label `$2`; the figures go to $work/$2.json.
@@ -175,16 +179,26 @@ measure() {
     # Open loop, stepping up while accept → invoiced p99 stays ≤ 100 ms and the invoiced rate
     # keeps up with the offered one.
     local best=0 best_file=""
-    for rate in 100 250 500 750 1000 1500 2000 2500 3000 4000 5000 7500 10000; do
-        if ! load --rate "$rate" --duration "${step}s" --timeout-secs 60 >"$dir/open-$rate.out" 2>&1; then
-            echo "    open loop $rate/s failed: $(grep -v '^{' "$dir/open-$rate.out" | tail -n 3 | tr '\n' ' ')"
-            break
-        fi
-        local p99 done_per_s
-        p99="$(field "$dir/open-$rate.out" e2e_p99_ms)"
-        done_per_s="$(field "$dir/open-$rate.out" completed_per_s)"
-        echo "    open loop $rate/s: invoiced $done_per_s/s, e2e p99 $p99 ms"
-        if python3 -c "import sys; sys.exit(0 if $p99 <= 100 and $done_per_s >= 0.95 * $rate else 1)"; then
+    # A step that misses is run once more: one stall of the disk or of the machine (a VM's
+    # neighbours) spoils a 10-s step, and would end the search there. Both tries are printed.
+    local rate try met p99 done_per_s
+    for rate in 100 250 500 750 1000 1500 2000 2500 3000 3500 4000 5000 7500 10000; do
+        met=0
+        for try in 1 2; do
+            if ! load --rate "$rate" --duration "${step}s" --timeout-secs 60 >"$dir/open-$rate.out" 2>&1; then
+                echo "    open loop $rate/s failed: $(grep -v '^{' "$dir/open-$rate.out" | tail -n 3 | tr '\n' ' ')"
+                break
+            fi
+            p99="$(field "$dir/open-$rate.out" e2e_p99_ms)"
+            done_per_s="$(field "$dir/open-$rate.out" completed_per_s)"
+            echo "    open loop $rate/s (try $try): invoiced $done_per_s/s, e2e p99 $p99 ms"
+            if python3 -c "import sys; sys.exit(0 if $p99 <= 100 and $done_per_s >= 0.95 * $rate else 1)"; then
+                met=1
+                break
+            fi
+            settle
+        done
+        if [ "$met" = 1 ]; then
             best="$rate"; best_file="$dir/open-$rate.out"
         else
             break
