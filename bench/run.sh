@@ -70,6 +70,7 @@ start() {
         sleep 0.2
     done
     sleep 10
+    log_in
 }
 
 stop() {
@@ -78,7 +79,15 @@ stop() {
     pid=""
 }
 
-load() { "$bin" load --url "$http" --brokers "$brokers" --pid "$pid" --json "$@"; }
+# Logs in as the demo customer (`orderflow run`'s) at $http: sets token. The steps share it,
+# since the API limits how often one account may log in.
+log_in() {
+    token="$(curl -fsS -X POST "$http/v1/auth/login" -H 'content-type: application/json' \
+        -d '{"email": "user@example.com", "password": "user123"}' |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')"
+}
+
+load() { "$bin" load --url "$http" --brokers "$brokers" --pid "$pid" --token "$token" --json "$@"; }
 
 # Waits (up to 60 s) for a line matching $2 in file $1 while process $3 lives.
 await_line() {
@@ -113,22 +122,42 @@ ingest_alone() {
         sleep 0.2
     done
     sleep 5
+    log_in
     t0="$(ticks "$bpid")"
     load --accept-only --orders "$orders" --concurrency 256 | tee "$dir/alone-saturation.out"
     t1="$(ticks "$bpid")"
     echo "{\"broker_cpu_us_per_order\": $(( (t1 - t0) * 10000 / orders ))}" >"$dir/alone-broker.out"
     echo "(b) ingest alone at saturation: $(field "$dir/alone-saturation.out" accepted_per_s) orders/s accepted"
+    # Below saturation: an open loop stepping up while HTTP p99 stays ≤ 20 ms and the accept
+    # rate keeps up with the offered one (a step that misses is run once more, as in (c)).
     sleep 2
-    # Below saturation: open loops at a quarter, a half and three quarters of it.
-    local saturation quarter rate
-    saturation="$(field "$dir/alone-saturation.out" accepted_per_s)"
-    quarter="$(python3 -c "print(max(1, round($saturation / 4 / 500)) * 500)")"
-    for n in 1 2 3; do
-        rate=$((quarter * n))
-        load --accept-only --rate "$rate" --duration "${step}s" | tee "$dir/alone-open-$n.out" | tail -n 1
-        echo "    ingest alone at $rate/s: HTTP p99 $(field "$dir/alone-open-$n.out" http_p99_ms) ms"
-        sleep 2
+    sync
+    local rate try met p99 per_s best=0 best_file=""
+    for rate in 2500 5000 7500 10000 12500 15000 17500 20000 25000; do
+        met=0
+        for try in 1 2; do
+            if ! load --accept-only --rate "$rate" --duration "${step}s" >"$dir/alone-open-$rate.out" 2>&1; then
+                echo "    ingest alone at $rate/s failed: $(grep -v '^{' "$dir/alone-open-$rate.out" | tail -n 3 | tr '\n' ' ')"
+                break
+            fi
+            p99="$(field "$dir/alone-open-$rate.out" http_p99_ms)"
+            per_s="$(field "$dir/alone-open-$rate.out" accepted_per_s)"
+            echo "    ingest alone at $rate/s (try $try): accepted $per_s/s, HTTP p99 $p99 ms"
+            sleep 2
+            sync
+            if python3 -c "import sys; sys.exit(0 if $p99 <= 20 and $per_s >= 0.95 * $rate else 1)"; then
+                met=1
+                break
+            fi
+        done
+        if [ "$met" = 1 ]; then
+            best="$rate"; best_file="$dir/alone-open-$rate.out"
+        else
+            break
+        fi
     done
+    echo "(b) ingest alone sustained with HTTP p99 ≤ 20 ms: $best orders/s"
+    if [ -n "$best_file" ]; then cp "$best_file" "$dir/alone-sustained.out"; fi
     kill -INT "$ipid" "$bpid" 2>/dev/null || true
     wait "$ipid" "$bpid" 2>/dev/null || true
     pid=""
@@ -210,7 +239,7 @@ measure() {
     ingest_alone "$run_bin" "$label" "$((orders * 2))" "$step"
 
     python3 - "$dir" "$idle" "$best" "${best_file:-}" >"$work/$label.json" <<'PY'
-import json, sys
+import json, os, sys
 d, idle, best, best_file = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 last = lambda f: json.loads(open(f).read().strip().splitlines()[-1])
 print(json.dumps({
@@ -219,7 +248,7 @@ print(json.dumps({
     "closed": last(f"{d}/closed.out"),
     "ingest": last(f"{d}/ingest.out"),
     "alone": last(f"{d}/alone-saturation.out") | last(f"{d}/alone-broker.out"),
-    "alone_open": [last(f"{d}/alone-open-{n}.out") for n in (1, 2, 3)],
+    "alone_sustained": last(f"{d}/alone-sustained.out") if os.path.exists(f"{d}/alone-sustained.out") else None,
     "sustained_rate": best,
     "sustained": last(best_file) if best_file else None,
 }))
@@ -258,7 +287,8 @@ rows = [
     ("(b) ingest alone at saturation (c=256), accepted/s", lambda r: r["alone"]["accepted_per_s"]),
     ("(b) alone: HTTP p50 / p99 at saturation, ms", lambda r: f'{r["alone"]["http_p50_ms"]} / {r["alone"]["http_p99_ms"]}'),
     ("(b) alone: CPU per order, API + broker, µs", lambda r: f'{r["alone"]["cpu_us_per_order"]} + {r["alone"]["broker_cpu_us_per_order"]}'),
-    ("(b) alone below saturation (open loop): HTTP p99, ms", lambda r: ", ".join(f'{o["http_p99_ms"]} at {o["rate"]:,}/s' for o in r["alone_open"])),
+    ("(b) alone: highest open-loop rate with HTTP p99 ≤ 20 ms, orders/s", lambda r: r["alone_sustained"]["rate"] if r["alone_sustained"] else 0),
+    ("(b) alone at that rate: HTTP p50 / p99, ms", lambda r: f'{r["alone_sustained"]["http_p50_ms"]} / {r["alone_sustained"]["http_p99_ms"]}' if r["alone_sustained"] else "—"),
     ("(b) within `orderflow run`, stages behind it (c=256), accepted/s", lambda r: r["ingest"]["accepted_per_s"]),
     ("(b) within `orderflow run`: HTTP p50 / p99 at saturation, ms", lambda r: f'{r["ingest"]["http_p50_ms"]} / {r["ingest"]["http_p99_ms"]}'),
     ("(c) closed loop 10k orders c=64: accepted/s", lambda r: r["closed"]["accepted_per_s"]),
