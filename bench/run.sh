@@ -50,6 +50,14 @@ ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 # A field of the JSON object on the last line of a file.
 field() { tail -n 1 "$1" | python3 -c "import json,sys; v=json.load(sys.stdin).get('$2'); print('' if v is None else v)"; }
 
+# Waits (up to 60 s) until the API at $http answers /readyz.
+await_ready() {
+    for _ in $(seq 1 300); do
+        if curl -fsS "$http/readyz" >/dev/null 2>&1; then return; fi
+        sleep 0.2
+    done
+}
+
 # Starts `$1 run` in a fresh data dir; sets pid, http, brokers.
 start() {
     local dir="$work/$2"
@@ -65,10 +73,7 @@ start() {
     http="$(awk '/HTTP API:/ { print $3 }' "$dir/run.out")"
     brokers="$(awk '/Kafka bootstrap:/ { print $3 }' "$dir/run.out")"
     # Ready (stages joined their groups, demo data placed and processed), then quiet.
-    for _ in $(seq 1 300); do
-        if curl -fsS "$http/readyz" >/dev/null 2>&1; then break; fi
-        sleep 0.2
-    done
+    await_ready
     sleep 10
     log_in
 }
@@ -117,10 +122,7 @@ ingest_alone() {
     await_line "$dir/api.log" "HTTP API listening" "$ipid"
     # `addr=127.0.0.1:PORT` (older builds: `addr=Some(127.0.0.1:PORT)`).
     http="http://$(sed -n 's/.*HTTP API listening.*addr=\(Some(\)\{0,1\}\([0-9.:]*\).*/\2/p' "$dir/api.log" | head -n 1)"
-    for _ in $(seq 1 300); do
-        if curl -fsS "$http/readyz" >/dev/null 2>&1; then break; fi
-        sleep 0.2
-    done
+    await_ready
     sleep 5
     log_in
     t0="$(ticks "$bpid")"

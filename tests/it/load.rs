@@ -10,23 +10,19 @@ use std::process::Command;
 use common::Pipeline;
 use serde_json::Value;
 
-/// Runs `orderflow load` with `args` against `p`; its JSON summary (the last line).
-async fn load(p: &Pipeline, args: &[&str]) -> Value {
+/// Runs `orderflow load --url url --brokers bootstrap --json args…`; its output.
+async fn run_load(url: &str, bootstrap: &str, args: &[&str]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
     command
-        .args([
-            "load",
-            "--url",
-            &p.http,
-            "--brokers",
-            &p.bootstrap,
-            "--json",
-        ])
-        .args(["--token", p.admin.token(), "--timeout-secs", "60"])
+        .args(["load", "--url", url, "--brokers", bootstrap, "--json"])
         .args(args);
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+    tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The JSON summary (the last line) of a load that succeeded.
+fn summary(args: &[&str], out: &std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -34,6 +30,13 @@ async fn load(p: &Pipeline, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+/// Runs `orderflow load` with `args` against `p`; its JSON summary.
+async fn load(p: &Pipeline, args: &[&str]) -> Value {
+    let mut all = vec!["--token", p.admin.token(), "--timeout-secs", "60"];
+    all.extend_from_slice(args);
+    summary(&all, &run_load(&p.http, &p.bootstrap, &all).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,30 +183,10 @@ async fn accept_only_measures_an_api_with_no_stage_behind_it() {
         "HTTP API listening. addr=",
     );
     let url = format!("http://{addr}");
-    let run = |args: Vec<&'static str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
-        command
-            .args(["load", "--url", &url, "--brokers", &bootstrap, "--json"])
-            .args(args);
-        tokio::task::spawn_blocking(move || command.output().unwrap())
-    };
 
-    let out = run(vec![
-        "--accept-only",
-        "--orders",
-        "40",
-        "--concurrency",
-        "4",
-    ])
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let args = ["--accept-only", "--orders", "40", "--concurrency", "4"];
+    let out = run_load(&url, &bootstrap, &args).await;
+    let summary = summary(&args, &out);
     assert_eq!(summary["accepted"], 40, "{summary}");
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
     assert!(
@@ -212,6 +195,7 @@ async fn accept_only_measures_an_api_with_no_stage_behind_it() {
     );
     assert!(summary["completed"].is_null(), "{summary}");
     assert!(summary["e2e_p99_ms"].is_null(), "{summary}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("not waited for (--accept-only)"),
         "{stdout}"
@@ -219,9 +203,7 @@ async fn accept_only_measures_an_api_with_no_stage_behind_it() {
 
     // Waiting for invoices from an API with nothing behind it: read with the built-in ids (it
     // serves no registry), and told plainly that the orders were not invoiced.
-    let out = run(vec!["--orders", "3", "--timeout-secs", "3"])
-        .await
-        .unwrap();
+    let out = run_load(&url, &bootstrap, &["--orders", "3", "--timeout-secs", "3"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
