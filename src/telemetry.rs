@@ -4,7 +4,8 @@
 //!
 //! The spans: `http_request` (method, route, status, order id) around every API request, and
 //! `handle_message` (stage, order id, event type, topic, partition, offset) around every message
-//! a stage handles; every log line written inside one carries its fields. With `otlp`, events
+//! a stage handles, at debug level (target `orderflow::messages`); every log line written inside
+//! one carries its fields. With `otlp`, events
 //! carry the trace context across Kafka (`orderflow_kafka`'s feature of the same name), so an
 //! order's spans form one trace.
 
@@ -54,9 +55,14 @@ pub fn init(args: &LogArgs) -> Result<Telemetry> {
         let provider = otlp::provider()?;
         let layer = provider.as_ref().map(|provider| {
             use opentelemetry::trace::TracerProvider as _;
-            // Orderflow's own spans (`orderflow*` targets), not the embedded broker's.
+            // Orderflow's own spans (`orderflow*` targets), not the embedded broker's; the
+            // stages' message spans are at debug level.
             let ours = tracing_subscriber::filter::Targets::new()
-                .with_target("orderflow", tracing::Level::INFO);
+                .with_target("orderflow", tracing::Level::INFO)
+                .with_target(
+                    orderflow_kafka::consume::MESSAGE_SPANS,
+                    tracing::Level::DEBUG,
+                );
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("orderflow"))
                 .with_filter(ours)

@@ -14,13 +14,15 @@
 //! sees the message.
 //!
 //! Each message is handled in a `handle_message` span with the stage, the order id (the
-//! message key), the event type, topic, partition and offset as fields.
+//! message key), the event type, topic, partition and offset as fields: a debug span of the
+//! target [`MESSAGE_SPANS`].
 //!
 //! It records the stage's metrics (`orderflow_schemas::metrics`): messages by outcome, batch
 //! sizes, per-message processing time, messages in flight, the age of each consumed event, and
 //! errors by type.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     future::Future,
     sync::Arc,
@@ -38,7 +40,7 @@ use rdkafka::{
     Message,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument, Span};
+use tracing::{debug, debug_span, info, warn, Instrument, Span};
 
 use crate::{EventProducer, KafkaConfig, Result, StatsContext, BACKOFF};
 
@@ -50,6 +52,10 @@ pub mod dlq_headers {
     pub const SOURCE_PARTITION: &str = "orderflow-dlq-source-partition";
     pub const SOURCE_OFFSET: &str = "orderflow-dlq-source-offset";
 }
+
+/// The target of the `handle_message` spans (debug level): `RUST_LOG=info,orderflow::messages=debug`
+/// puts each stage's log lines in the span of the message they are about.
+pub const MESSAGE_SPANS: &str = "orderflow::messages";
 
 /// One consumed message, owned.
 #[derive(Debug, Clone)]
@@ -70,6 +76,17 @@ impl Incoming {
     /// Decodes the payload as an `E`, by its schema id.
     pub fn decode<E: Event>(&self) -> Result<E, DecodeError> {
         wire::decode_with(&self.schemas, &self.payload)
+    }
+
+    /// The order id: the message key, as text.
+    fn order_id(&self) -> Option<Cow<'_, str>> {
+        self.key.as_deref().map(String::from_utf8_lossy)
+    }
+
+    /// The name of the event's schema, by its topic; `unknown` for a topic not in the
+    /// catalogue.
+    fn event_type(&self) -> &'static str {
+        self.kind.and_then(|k| k.spec().schema).unwrap_or("unknown")
     }
 }
 
@@ -453,18 +470,23 @@ async fn handle_one<H: Handler>(
     .await
 }
 
-/// The span of one message's handling: every log line of the stage's work on it (and its
-/// retries, its dead-lettering) carries the order id (the message key), the event type, and
-/// where the message came from.
+/// The span of one message's handling: every log line of the stage's work on it carries the
+/// order id (the message key), the event type, and where the message came from.
+///
+/// It is a debug span of its own target, [`MESSAGE_SPANS`]: made for each of the several
+/// messages an order makes, spans were a tenth of the pipeline's CPU, while the lines that
+/// need them are few and name the order themselves (a retry, a dead-lettering, a sink's
+/// delivery). `RUST_LOG=info,orderflow::messages=debug` turns them on for the logs; the OTLP
+/// exporter always takes them.
 fn message_span(stage: &StageConfig, m: &Incoming) -> Span {
-    let event_type = m.kind.and_then(|k| k.spec().schema).unwrap_or("unknown");
-    let key = m.key.as_deref().map(String::from_utf8_lossy);
+    let key = m.order_id();
     // Every field at creation: one recorded later is formatted again.
-    let span = info_span!(
+    let span = debug_span!(
+        target: MESSAGE_SPANS,
         "handle_message",
         stage = %stage.name,
         order_id = key.as_deref(),
-        event_type,
+        event_type = m.event_type(),
         topic = %m.topic,
         partition = m.partition,
         offset = m.offset,
@@ -519,7 +541,8 @@ async fn handle_with_retries<H: Handler>(
             }
             Err(HandlerError::Retriable(error)) => {
                 stats.retriable_errors.inc();
-                warn!(stage = %stage.name, topic = %m.topic, partition = m.partition,
+                warn!(stage = %stage.name, order_id = m.order_id().as_deref(),
+                      event_type = m.event_type(), topic = %m.topic, partition = m.partition,
                       offset = m.offset, attempt, %error, "Retrying message.");
                 if !pause(attempt, shutdown).await {
                     return false;
@@ -547,8 +570,9 @@ async fn dead_letter(
     reason: &str,
     shutdown: &CancellationToken,
 ) -> bool {
-    warn!(stage = %stage.name, topic = %m.topic, partition = m.partition, offset = m.offset,
-          %reason, "Dead-lettering message.");
+    warn!(stage = %stage.name, order_id = m.order_id().as_deref(), event_type = m.event_type(),
+          topic = %m.topic, partition = m.partition, offset = m.offset, %reason,
+          "Dead-lettering message.");
     let topic = producer.topic(stage.dead_letter);
     let partition = m.partition.to_string();
     let offset = m.offset.to_string();
@@ -589,7 +613,8 @@ async fn dead_letter(
             Ok(()) => return true,
             Err(error) => {
                 stats.dead_letter_errors.inc();
-                warn!(stage = %stage.name, %error, attempt, "Dead-letter produce failed; retrying.");
+                warn!(stage = %stage.name, topic = %m.topic, partition = m.partition,
+                      offset = m.offset, %error, attempt, "Dead-letter produce failed; retrying.");
                 if !pause(attempt, shutdown).await {
                     return false;
                 }

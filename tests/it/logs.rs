@@ -1,11 +1,17 @@
 //! Logs: with `--log-format json`, every line is a JSON object, and the lines written while an
-//! order is handled (by the HTTP API, by each stage) carry the order id in their span.
+//! order is handled (by the HTTP API, by each stage) carry the order id in their span; the
+//! stages' message spans at debug level, a line at info level or above naming its message
+//! itself.
 
 use crate::common;
 
 use std::collections::BTreeSet;
 
 use common::{order_body, Pipeline};
+use rdkafka::{
+    producer::{BaseProducer, BaseRecord, Producer},
+    ClientConfig,
+};
 use serde_json::Value;
 
 /// The spans a JSON log line was written in (tracing-subscriber's `spans` list, outermost
@@ -40,8 +46,8 @@ async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
     let p = Pipeline::start_logging_to(
         dir.path(),
         &["--log-format", "json"],
-        // Each stage logs "Message handled." at debug level, in the message's span.
-        "info,orderflow_kafka=debug",
+        // The message spans, and each stage's "Message handled." line (debug) in its span.
+        "info,orderflow::messages=debug,orderflow_kafka=debug",
         &log_file,
     );
     let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
@@ -161,4 +167,75 @@ async fn a_clean_start_and_stop_log_no_warning_from_librdkafka_and_no_error() {
         })
         .collect();
     assert!(bad.is_empty(), "{}\n---\n{text}", bad.join("\n"));
+}
+
+/// At the default level the message spans are off, and the stage's warning about a message it
+/// cannot handle names that message itself: order id (its key), event type, stage, and where
+/// it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_info_level_a_dead_lettered_message_is_named_by_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("orderflow.log");
+    let p = Pipeline::start_logging_to(dir.path(), &["--log-format", "json"], "info", &log_file);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &p.bootstrap)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to("orders.accepted")
+                .key("poison-1")
+                .payload("not avro"),
+        )
+        .unwrap();
+    producer.flush(std::time::Duration::from_secs(10)).unwrap();
+    // An order behind it: its log sink line shows the stages went on.
+    let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
+    p.wait_for_status(&id, "invoiced").await;
+
+    let dead_lettered = |text: &str| -> Option<Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["fields"]["message"] == "Dead-lettering message.")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let line = loop {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if let Some(line) = dead_lettered(&text) {
+            break line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no \"Dead-lettering message.\" line within 60 s:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(p.stop().success());
+
+    let fields = &line["fields"];
+    assert_eq!(fields["order_id"], "poison-1", "{line}");
+    assert_eq!(fields["event_type"], "OrderAccepted", "{line}");
+    assert_eq!(fields["stage"], "validation", "{line}");
+    assert_eq!(fields["topic"], "orders.accepted", "{line}");
+    assert!(fields["offset"].is_i64(), "{line}");
+    assert!(
+        fields["reason"].as_str().unwrap().contains("magic byte"),
+        "{line}"
+    );
+
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    for l in text.lines() {
+        let l: Value = serde_json::from_str(l).unwrap();
+        assert!(
+            spans(&l).iter().all(|s| s["name"] != "handle_message"),
+            "a message span at info level: {l}"
+        );
+    }
+    // The log sink's line for the order names it without a span.
+    assert!(
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["fields"]["message"] == "Delivery." && l["fields"]["order_id"] == *id),
+        "no log sink line for {id}:\n{text}"
+    );
 }
