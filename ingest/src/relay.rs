@@ -9,8 +9,13 @@
 //! forgetting only when the process dies; the next relay produces those events again, with the
 //! same event ids, which consumers deduplicate on.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use orderflow_kafka::TraceContext;
 use orderflow_schemas::{
     metrics::metrics, AccountVerificationRequested, Event, OrderAccepted, OrderCancelled,
     OrderModified, OrderPaid, OrderShipped,
@@ -29,11 +34,19 @@ const BATCH: usize = 256;
 const IDLE_LOOK: Duration = Duration::from_secs(5);
 /// How long the relay keeps going after the shutdown to put the last events out.
 const DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(5);
+/// Most keys whose trace contexts wait for their events to go out (while the broker is down, the
+/// events queued beyond these go out in traces of their own).
+const MAX_TRACES: usize = 65_536;
 
-/// Wakes the relay when an operation has queued an event.
+/// Wakes the relay when an operation has queued an event, and keeps the trace context of the
+/// operation (with the `otlp` feature), so that the event goes out in the request's trace.
 #[derive(Debug, Default)]
 pub struct Relay {
     queued: Notify,
+    /// By event key (the order id; the customer id for account events): the trace context of
+    /// the last operation that queued an event with that key, until the relay has produced it.
+    /// Kept in memory only: an event produced after a restart starts a trace of its own.
+    traces: Mutex<HashMap<String, TraceContext>>,
 }
 
 impl Relay {
@@ -43,6 +56,38 @@ impl Relay {
         // broker that is down; the relay sets it exactly on its next look.
         metrics().outbox_events.inc();
         self.queued.notify_one();
+    }
+
+    /// Tells the relay that the operation running now queued an event keyed `key`: it goes out
+    /// in the current span's trace, if that is traced.
+    pub fn announce(&self, key: &str) {
+        if let Some(trace) = TraceContext::current() {
+            let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+            if traces.len() < MAX_TRACES || traces.contains_key(key) {
+                traces.insert(key.to_string(), trace);
+            }
+        }
+        self.wake();
+    }
+
+    /// The trace context an event keyed `key` goes out in, if one was kept.
+    fn trace_of(&self, key: &str) -> Option<TraceContext> {
+        let traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+        if traces.is_empty() {
+            return None;
+        }
+        traces.get(key).cloned()
+    }
+
+    /// Forgets the trace contexts of events that went out.
+    fn forget<'a>(&self, keys: impl Iterator<Item = &'a str>) {
+        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+        if traces.is_empty() {
+            return;
+        }
+        for key in keys {
+            traces.remove(key);
+        }
     }
 }
 
@@ -113,7 +158,10 @@ pub async fn relay_once(state: &ApiState) -> Result<usize, RelayError> {
     let mut failed = None;
     for (q, result) in queued.iter().zip(results) {
         match result {
-            Ok(()) => relayed.push(q.position.clone()),
+            Ok(()) => {
+                relayed.push(q.position.clone());
+                state.relay.forget(std::iter::once(q.event.key.as_str()));
+            }
             Err(e) => {
                 failed.get_or_insert(e);
             }
@@ -153,9 +201,10 @@ async fn produce(state: &ApiState, event: &OutboxEvent) -> Result<(), RelayError
 
 async fn send<E: Event>(state: &ApiState, queued: &OutboxEvent) -> Result<(), RelayError> {
     let event: E = queued.decode()?;
+    let trace = state.relay.trace_of(&queued.key);
     state
         .producer
-        .send(&event)
+        .send_in(&event, trace.as_ref())
         .await
         .map_err(|source| RelayError::Produce {
             event_id: queued.event_id.clone(),

@@ -35,7 +35,7 @@ use orderflow_schemas::{registry::RegistryClient, Backoff, SchemaIds, Topics};
 use rdkafka::ClientConfig;
 
 pub use consume::{run_consumer, Handler, HandlerError, Incoming, StageConfig};
-pub use producer::EventProducer;
+pub use producer::{EventProducer, TraceContext};
 pub use stats::StatsContext;
 
 /// Errors of the Kafka layer.

@@ -73,6 +73,29 @@ impl Drop for Client {
     }
 }
 
+/// A span's trace context (with the `otlp` feature, its W3C `traceparent` and `tracestate`),
+/// kept to produce an event in that span's trace once the span is gone: the API's outbox relay
+/// produces what a request queued. Without the feature there is none.
+#[derive(Debug, Clone)]
+pub struct TraceContext {
+    #[cfg(feature = "otlp")]
+    headers: Vec<(String, String)>,
+}
+
+impl TraceContext {
+    /// The current span's, if it is being traced.
+    pub fn current() -> Option<TraceContext> {
+        #[cfg(feature = "otlp")]
+        {
+            crate::trace::current().map(|headers| TraceContext { headers })
+        }
+        #[cfg(not(feature = "otlp"))]
+        {
+            None
+        }
+    }
+}
+
 /// A cheap-to-clone producer of framed events.
 #[derive(Clone)]
 pub struct EventProducer {
@@ -117,13 +140,24 @@ impl EventProducer {
     /// has acknowledged it (acks=all). The record's timestamp is the event's `occurred_at`, so
     /// a consumer sees how old an event is without decoding it (`orderflow_stage_lag_seconds`).
     pub async fn send<E: Event>(&self, event: &E) -> Result<()> {
+        self.send_in(event, None).await
+    }
+
+    /// [`send`](Self::send), in the trace of `trace` (a span's, taken earlier) instead of the
+    /// current span's when it is given.
+    pub async fn send_in<E: Event>(&self, event: &E, trace: Option<&TraceContext>) -> Result<()> {
         let payload = wire::encode_with(&self.schemas, event)?;
         let topic = self.topics.name(E::TOPIC);
         // No headers: the topic and the schema id say what the message is. With the `otlp`
         // feature, the trace context of the span this runs in, when it is traced.
         let headers = OwnedHeaders::new();
         #[cfg(feature = "otlp")]
-        let headers = crate::trace::inject(headers);
+        let headers = match trace {
+            Some(trace) => crate::trace::insert(headers, &trace.headers),
+            None => crate::trace::inject(headers),
+        };
+        #[cfg(not(feature = "otlp"))]
+        let _ = trace;
         self.send_record(
             &topic,
             Some(event.key().as_bytes()),

@@ -14,12 +14,26 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// Adds the current span's trace context (`traceparent`, `tracestate`) to `headers`, if the
 /// span is being traced.
 pub(crate) fn inject(headers: OwnedHeaders) -> OwnedHeaders {
+    match current() {
+        Some(carrier) => insert(headers, &carrier),
+        None => headers,
+    }
+}
+
+/// The current span's trace context as headers (`traceparent`, `tracestate`), if the span is
+/// being traced.
+pub(crate) fn current() -> Option<Vec<(String, String)>> {
     let cx = Span::current().context();
     if !cx.span().span_context().is_valid() {
-        return headers;
+        return None;
     }
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    Some(carrier.into_iter().collect())
+}
+
+/// Adds trace context headers taken earlier ([`current`]) to `headers`.
+pub(crate) fn insert(headers: OwnedHeaders, carrier: &[(String, String)]) -> OwnedHeaders {
     carrier.iter().fold(headers, |headers, (key, value)| {
         headers.insert(Header {
             key,

@@ -32,7 +32,7 @@ pub async fn cancel_order(
         .await?;
     if matches!(outcome, CancelOutcome::Cancelled { .. }) {
         state.orders.invalidate(order_id).await;
-        announced(state);
+        announced(state, order_id);
     }
     Ok(outcome)
 }
@@ -42,7 +42,7 @@ pub async fn ship_order(state: &ApiState, order_id: &str) -> Result<ShipOutcome,
     let outcome = state.store.ship_order(order_id, now_millis()).await?;
     if matches!(outcome, ShipOutcome::Shipped(_)) {
         state.orders.invalidate(order_id).await;
-        announced(state);
+        announced(state, order_id);
     }
     Ok(outcome)
 }

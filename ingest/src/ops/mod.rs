@@ -56,7 +56,8 @@ impl From<OpError> for Problem {
     }
 }
 
-/// After a write that queued an event: the relay puts it on its topic.
-fn announced(state: &ApiState) {
-    state.relay.wake();
+/// After a write that queued an event keyed `key` (the order id; the customer id for account
+/// events): the relay puts it on its topic, in the current request's trace.
+fn announced(state: &ApiState, key: &str) {
+    state.relay.announce(key);
 }

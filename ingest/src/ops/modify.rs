@@ -281,6 +281,6 @@ async fn changed(state: &ApiState, order_id: &str, outcome: ModifyOutcome) -> Mo
         ModifyOutcome::NotFound => return Modified::NotFound,
     };
     state.orders.invalidate(order_id).await;
-    announced(state);
+    announced(state, order_id);
     Modified::Modified(order)
 }

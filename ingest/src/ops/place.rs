@@ -99,7 +99,7 @@ pub async fn place_order(state: &ApiState, new: NewOrder) -> Result<Placed, OpEr
             });
         }
     }
-    announced(state);
+    announced(state, &order_id);
     orderflow_schemas::metrics::metrics().orders_accepted.inc();
     info!(%order_id, "Order accepted.");
     Ok(Placed::Accepted { order_id })

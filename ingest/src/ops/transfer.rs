@@ -118,7 +118,7 @@ async fn mark_paid(
         return Ok(Transfer::NotFound);
     };
     state.orders.invalidate(&order.order_id).await;
-    announced(state);
+    announced(state, &order.order_id);
     if order.status == OrderStatus::Cancelled {
         warn!(order_id = %order.order_id, "Transfer recorded for an order cancelled meanwhile; refund requested.");
     }

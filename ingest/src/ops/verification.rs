@@ -57,6 +57,6 @@ pub async fn send_verification_code(state: &ApiState, account: &Account) -> Resu
             Some(OutboxEvent::of(&event)?),
         )
         .await?;
-    announced(state);
+    announced(state, &account.customer_id);
     Ok(())
 }
