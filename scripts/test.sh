@@ -115,3 +115,7 @@ else
 fi
 
 cargo test --workspace --locked "$@"
+
+# OTLP export is a feature of its own (`--features otlp`), off in the build above: its test,
+# an order's spans exported as one trace from the request through every stage, builds with it.
+cargo test --locked --features otlp --test it "$@" otlp::
