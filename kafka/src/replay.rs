@@ -6,10 +6,14 @@
 //!
 //! The replay reads as the consumer group `<prefix>orderflow-dlq-replay` and commits each
 //! partition's offset after the re-driven messages are acknowledged, so running it twice does
-//! not replay the same dead letters twice. It stops when it has reached the end of every
-//! partition.
+//! not replay the same dead letters twice. It stops at the end each partition had when it
+//! started: a message that is still poison comes back to the dead-letter topic while the
+//! replay runs, and is left for the next replay instead of being re-driven again and again.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -39,8 +43,9 @@ const DLQ_HEADERS: [&str; 5] = [
     dlq_headers::SOURCE_OFFSET,
 ];
 
-/// Replays `topic` (a full topic name) from where the last replay stopped to its end.
-/// `idle` bounds the wait for the next message or the end of a partition.
+/// Replays `topic` (a full topic name) from where the last replay stopped to the end it had
+/// when the replay started. `idle` bounds the wait for the next message or the end of a
+/// partition.
 pub async fn replay_dead_letters(
     kafka: &KafkaConfig,
     topic: &str,
@@ -55,6 +60,14 @@ pub async fn replay_dead_letters(
     let consumer: StreamConsumer = config.create()?;
     consumer.subscribe(&[topic])?;
     let partitions = partition_count(&consumer, topic).await?;
+    // Where each partition ends now: the replay stops there.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for partition in 0..partitions as i32 {
+        let (_, high) = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
+        })?;
+        ends.insert(partition, high);
+    }
     info!(topic, group, partitions, "Replaying dead letters.");
 
     let mut report = ReplayReport::default();
@@ -75,7 +88,13 @@ pub async fn replay_dead_letters(
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(m)) => m,
         };
-        at_end.remove(&message.partition());
+        let end = ends.get(&message.partition()).copied().unwrap_or(i64::MAX);
+        if message.offset() >= end {
+            // Dead-lettered after the replay started (perhaps one it re-drove): the next
+            // replay's.
+            at_end.insert(message.partition());
+            continue;
+        }
         let source = message.headers().and_then(|h| {
             h.iter()
                 .find(|h| h.key == dlq_headers::SOURCE_TOPIC)
@@ -121,6 +140,9 @@ pub async fn replay_dead_letters(
             Offset::Offset(message.offset() + 1),
         )?;
         consumer.commit(&done, CommitMode::Sync)?;
+        if message.offset() + 1 >= end {
+            at_end.insert(message.partition());
+        }
     }
     info!(
         topic,
