@@ -67,7 +67,8 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Re-drive a dead-letter topic: each message goes back to the topic it came from (its
-    /// `orderflow-dlq-source-topic` header), from where the last replay stopped to the end.
+    /// `orderflow-dlq-source-topic` header), from where the last replay stopped to the end the
+    /// topic had when this one started.
     Replay(DlqReplayArgs),
     /// List what is parked on the dead-letter topics: topic, partition, offset, time, key,
     /// the stage that parked it and why. Reads without a consumer group: changes nothing.
