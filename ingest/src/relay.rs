@@ -79,13 +79,10 @@ impl Relay {
         traces.get(key).cloned()
     }
 
-    /// Forgets the trace contexts of events that went out.
-    fn forget<'a>(&self, keys: impl Iterator<Item = &'a str>) {
+    /// Forgets the trace context of events keyed `key`: one went out.
+    fn forget(&self, key: &str) {
         let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
-        if traces.is_empty() {
-            return;
-        }
-        for key in keys {
+        if !traces.is_empty() {
             traces.remove(key);
         }
     }
@@ -160,7 +157,7 @@ pub async fn relay_once(state: &ApiState) -> Result<usize, RelayError> {
         match result {
             Ok(()) => {
                 relayed.push(q.position.clone());
-                state.relay.forget(std::iter::once(q.event.key.as_str()));
+                state.relay.forget(&q.event.key);
             }
             Err(e) => {
                 failed.get_or_insert(e);

@@ -7,11 +7,7 @@ use crate::common;
 
 use std::collections::BTreeSet;
 
-use common::{order_body, Pipeline};
-use rdkafka::{
-    producer::{BaseProducer, BaseRecord, Producer},
-    ClientConfig,
-};
+use common::{order_body, produce_raw, Pipeline};
 use serde_json::Value;
 
 /// The spans a JSON log line was written in (tracing-subscriber's `spans` list, outermost
@@ -177,18 +173,13 @@ async fn at_info_level_a_dead_lettered_message_is_named_by_its_own_line() {
     let dir = tempfile::tempdir().unwrap();
     let log_file = dir.path().join("orderflow.log");
     let p = Pipeline::start_logging_to(dir.path(), &["--log-format", "json"], "info", &log_file);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &p.bootstrap)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            BaseRecord::to("orders.accepted")
-                .key("poison-1")
-                .payload("not avro"),
-        )
-        .unwrap();
-    producer.flush(std::time::Duration::from_secs(10)).unwrap();
+    produce_raw(
+        &p.bootstrap,
+        "orders.accepted",
+        "poison-1",
+        b"not avro".to_vec(),
+    )
+    .await;
     // An order behind it: its log sink line shows the stages went on.
     let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;
     p.wait_for_status(&id, "invoiced").await;
