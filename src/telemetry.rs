@@ -5,9 +5,8 @@
 //! The spans: `http_request` (method, route, status, order id) around every API request, and
 //! `handle_message` (stage, order id, event type, topic, partition, offset) around every message
 //! a stage handles, at debug level (target `orderflow::messages`); every log line written inside
-//! one carries its fields. With `otlp`, events
-//! carry the trace context across Kafka (`orderflow_kafka`'s feature of the same name), so an
-//! order's spans form one trace.
+//! one carries its fields. With `otlp`, events carry the trace context across Kafka
+//! (`orderflow_kafka`'s feature of the same name), so an order's spans form one trace.
 
 use anyhow::Result;
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
