@@ -12,6 +12,8 @@
 //! - One folder per sink, each with its config: [`log`], [`file`](mod@file), [`sqs`], [`ses`],
 //!   [`webhook`]. [`aws`]: what the AWS sinks share (SDK config, error mapping).
 //! - [`retry`]: the one function that says whether a failure is worth retrying.
+//! - `markers`: a sink's delivered-markers, the concurrent events' asks and marks each sent to
+//!   the store as one call.
 //! - [`health`]: sink healthchecks in the background, for readiness.
 //! - [`run_bridge`]: one consumer per sink, each in its own consumer group
 //!   (`<prefix>orderflow-bridge.<sink>`) on the topics routed to that sink, so that each sink
@@ -46,6 +48,7 @@ pub mod envelope;
 pub mod file;
 pub mod health;
 pub mod log;
+mod markers;
 pub mod notification;
 pub mod retry;
 pub mod ses;
@@ -72,6 +75,8 @@ use orderflow_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use markers::Markers;
+
 pub use config::{BridgeConfig, BuildContext, ConfigError, Routing};
 pub use envelope::{Envelope, EventType};
 pub use health::SinkHealth;
@@ -96,6 +101,8 @@ pub struct BridgeHandler {
     store: Arc<dyn Store>,
     routing: Arc<Routing>,
     sink: usize,
+    /// This sink's delivered-markers.
+    markers: Markers,
     /// The events this sink is retrying (their ids): `orderflow_sink_retrying_events`.
     retrying: Mutex<HashSet<String>>,
 }
@@ -104,6 +111,7 @@ impl BridgeHandler {
     /// The stage of sink number `sink` (an index into `routing.sinks`).
     pub fn new(store: Arc<dyn Store>, routing: Arc<Routing>, sink: usize) -> Self {
         BridgeHandler {
+            markers: Markers::new(&store, routing.sinks[sink].sink.name()),
             store,
             routing,
             sink,
@@ -144,13 +152,12 @@ impl BridgeHandler {
         let sink = slot.sink.as_ref();
         let m = metrics::metrics();
         let deliveries = |outcome| m.sink_deliveries.with_label_values(&[sink.name(), outcome]);
-        let ids = [envelope.id.clone()];
         let done = self
-            .store
-            .delivered(sink.name(), &ids)
+            .markers
+            .delivered(&envelope.id)
             .await
             .map_err(|e| HandlerError::Retriable(e.to_string()))?;
-        if done.first().copied().unwrap_or(false) {
+        if done {
             deliveries(outcome::SKIPPED_DUPLICATE).inc();
             return Ok(());
         }
@@ -173,8 +180,8 @@ impl BridgeHandler {
             }
         })?;
         deliveries(outcome::SENT).inc();
-        self.store
-            .mark_delivered(sink.name(), &ids)
+        self.markers
+            .mark_delivered(&envelope.id)
             .await
             .map_err(|e| HandlerError::Retriable(e.to_string()))
     }
