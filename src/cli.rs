@@ -275,6 +275,17 @@ pub struct StoreArgs {
         value_parser = humantime_duration
     )]
     pub delivery_ttl: Duration,
+    /// The embedded store's least time between the starts of two commits, e.g. `2ms`: under
+    /// load a write waits up to this long to share its commit (and its fsync) with the writes
+    /// that come meanwhile; a write after a quiet spell commits at once. `0s` commits each
+    /// group as soon as the previous commit is done. Longer saves CPU, shorter saves latency.
+    #[arg(
+        long,
+        env = "ORDERFLOW_STORE_COMMIT_INTERVAL",
+        default_value = "2ms",
+        value_parser = humantime_duration
+    )]
+    pub store_commit_interval: Duration,
     /// The CQL user to log in as (PasswordAuthenticator), with --scylla-password.
     #[arg(long, env = "ORDERFLOW_SCYLLA_USERNAME", requires = "scylla_password")]
     pub scylla_username: Option<String>,

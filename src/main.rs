@@ -278,6 +278,7 @@ async fn open_store(common: &CommonArgs) -> Result<Arc<dyn Store>> {
     let Some(config) = common.store.scylla() else {
         let config = EmbeddedConfig {
             delivery_ttl: common.store.delivery_ttl,
+            commit_interval: common.store.store_commit_interval,
             ..EmbeddedConfig::default()
         };
         let store = EmbeddedStore::open_with(&common.data_dir.join("state"), &config)
