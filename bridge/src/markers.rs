@@ -7,14 +7,14 @@
 //! one commit: a batch of events costs a few store calls instead of two per event. An ask or a
 //! mark made alone goes to the store at once.
 //!
-//! Each kind of call has its own task, started on first use; asks never wait behind a mark's
-//! commit. The tasks end with the [`Markers`], and hold the store only during a call, so that a
-//! stopped stage leaves nothing open.
+//! Each kind of call has its own task, started on first use (and again if it ever stopped);
+//! asks never wait behind a mark's commit. The tasks end with the [`Markers`], and hold the
+//! store only during a call, so that a stopped stage leaves nothing open.
 //!
 //! [`DeliveryStore::delivered`]: orderflow_store::DeliveryStore::delivered
 //! [`DeliveryStore::mark_delivered`]: orderflow_store::DeliveryStore::mark_delivered
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use orderflow_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -35,9 +35,11 @@ enum Op {
 pub(crate) struct Markers {
     store: Weak<dyn Store>,
     sink: String,
-    asks: OnceLock<mpsc::UnboundedSender<(String, Reply)>>,
-    marks: OnceLock<mpsc::UnboundedSender<(String, Reply)>>,
+    asks: Mutex<Option<Queue>>,
+    marks: Mutex<Option<Queue>>,
 }
+
+type Queue = mpsc::UnboundedSender<(String, Reply)>;
 
 impl Markers {
     /// The markers of sink `sink` in `store` (which the caller keeps open).
@@ -45,8 +47,8 @@ impl Markers {
         Markers {
             store: Arc::downgrade(store),
             sink: sink.to_string(),
-            asks: OnceLock::new(),
-            marks: OnceLock::new(),
+            asks: Mutex::new(None),
+            marks: Mutex::new(None),
         }
     }
 
@@ -61,18 +63,30 @@ impl Markers {
     }
 
     async fn call(&self, op: Op, id: &str) -> Result<bool, StoreError> {
-        let queue = match op {
+        let (reply, answer) = oneshot::channel();
+        self.queue(op)
+            .send((id.to_string(), reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The queue of `op`'s task, which is started if it is not running.
+    fn queue(&self, op: Op) -> Queue {
+        let mut queue = match op {
             Op::Ask => &self.asks,
             Op::Mark => &self.marks,
         }
-        .get_or_init(|| {
-            let (queue, requests) = mpsc::unbounded_channel();
-            tokio::spawn(serve(self.store.clone(), self.sink.clone(), op, requests));
-            queue
-        });
-        let (reply, answer) = oneshot::channel();
-        queue.send((id.to_string(), reply)).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+        match &*queue {
+            Some(running) if !running.is_closed() => running.clone(),
+            _ => {
+                let (sender, requests) = mpsc::unbounded_channel();
+                tokio::spawn(serve(self.store.clone(), self.sink.clone(), op, requests));
+                *queue = Some(sender.clone());
+                sender
+            }
+        }
     }
 }
 
