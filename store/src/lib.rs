@@ -269,7 +269,9 @@ pub trait PaymentStore: Send + Sync {
 
     async fn get_payment(&self, order_id: &str) -> Result<Option<PaymentRecord>>;
 
-    /// Records the charge for an order unless one is recorded already; returns the recorded one.
+    /// Records the charge for an order unless one is recorded already, and forgets the order's
+    /// payment token (the outcome it was kept for is recorded; in the same write where the store
+    /// has transactions); returns the recorded one.
     async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord>;
 
     /// The order's refund, if it has one.

@@ -3,8 +3,8 @@
 //! never reaches the gateway twice. A declined charge releases the order's reserved stock.
 //!
 //! The card token is not in `OrderValidated`: the API keeps it in the store with the order, and
-//! the stage reads it there by order id when it charges ([`PaymentStore::get_payment_token`]), then
-//! deletes it once the outcome is recorded (a cancel deletes it too). A token gone before the
+//! the stage reads it there by order id when it charges ([`PaymentStore::get_payment_token`]); the
+//! store forgets it when the outcome is recorded (a cancel deletes it too). A token gone before the
 //! charge (expired) fails the payment with [`TOKEN_EXPIRED`]. The token is never logged.
 //!
 //! Refunds: a cancelled order's approved charge is refunded once (by
@@ -68,6 +68,9 @@ impl PaymentHandler {
         order: &OrderValidated,
     ) -> Result<Option<PaymentRecord>, HandlerError> {
         if let Some(done) = self.recorded(&order.order_id).await? {
+            // Recording forgets the token, but a store without transactions deletes it in a
+            // second write, which a crash may have missed.
+            self.forget_token(&order.order_id).await?;
             return Ok(Some(done));
         }
         let token = self
@@ -239,7 +242,6 @@ impl Handler for PaymentHandler {
             debug!(order_id = %order.order_id, "Order cancelled; not charged.");
             return Ok(());
         };
-        self.forget_token(&order.order_id).await?;
         if payment.approved && is_cancelled(&*self.store, &order.order_id).await? {
             // Cancelled while charging: the cancel's refund may have found no charge yet.
             self.refund(&payment, &order.customer_id).await?;

@@ -23,6 +23,7 @@ impl PaymentStore for EmbeddedStore {
 
     async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
         self.write(move |txn| {
+            PAYMENT_TOKENS.remove(txn, &payment.order_id)?;
             let table = txn.open_table(PAYMENTS).map_err(unavailable)?;
             if let Some(existing) = get_json(&table, "payment", &payment.order_id)? {
                 return Ok(existing);

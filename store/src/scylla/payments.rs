@@ -85,8 +85,13 @@ impl PaymentStore for ScyllaStore {
 
     async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
         let order_id = payment.order_id.clone();
-        self.record_once(&self.q.payment_insert, "payment", &order_id, payment)
-            .await
+        let recorded = self
+            .record_once(&self.q.payment_insert, "payment", &order_id, payment)
+            .await?;
+        // After the record: a failure here leaves the token to the caller's retry, which finds
+        // the payment recorded and deletes it again.
+        self.delete_payment_token(&order_id).await?;
+        Ok(recorded)
     }
 
     async fn get_refund(&self, order_id: &str) -> Result<Option<RefundRecord>> {

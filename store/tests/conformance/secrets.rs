@@ -5,8 +5,9 @@ use super::*;
 // Secrets kept off the topics: payment tokens and verification emails. Their times are the wall
 // clock's (stores drop expired secrets by it).
 
-/// A card order's token is written with the order, read back until it is deleted or expires,
-/// and left alone by a replay of the order's idempotency key; deleting is idempotent.
+/// A card order's token is written with the order, read back until it is deleted, its charge's
+/// outcome recorded, or it expires, and left alone by a replay of the order's idempotency key;
+/// deleting is idempotent.
 pub(crate) async fn check_payment_tokens_live_with_their_order(store: Arc<dyn Store>) {
     let now = orderflow_schemas::now_millis();
     let customer = unique("customer");
@@ -107,6 +108,28 @@ pub(crate) async fn check_payment_tokens_live_with_their_order(store: Arc<dyn St
         .await
         .unwrap();
     store.delete_payment_token(&stale.order_id).await.unwrap();
+    assert_eq!(
+        store.get_payment_token(&other.order_id, now).await.unwrap(),
+        Some(token("other", now + DAY_MS))
+    );
+
+    // Recording the charge's outcome forgets the token it was kept for, and only that one.
+    let charged = order(&customer, now);
+    store
+        .create_order(
+            charged.clone(),
+            None,
+            Some(token("charged", now + DAY_MS)),
+            None,
+        )
+        .await
+        .unwrap();
+    let outcome = payment(&charged.order_id, false, "ch_secrets");
+    assert_eq!(store.record_payment(outcome.clone()).await.unwrap(), outcome);
+    assert_eq!(
+        store.get_payment_token(&charged.order_id, now).await.unwrap(),
+        None
+    );
     assert_eq!(
         store.get_payment_token(&other.order_id, now).await.unwrap(),
         Some(token("other", now + DAY_MS))
