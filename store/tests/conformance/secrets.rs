@@ -125,9 +125,15 @@ pub(crate) async fn check_payment_tokens_live_with_their_order(store: Arc<dyn St
         .await
         .unwrap();
     let outcome = payment(&charged.order_id, false, "ch_secrets");
-    assert_eq!(store.record_payment(outcome.clone()).await.unwrap(), outcome);
     assert_eq!(
-        store.get_payment_token(&charged.order_id, now).await.unwrap(),
+        store.record_payment(outcome.clone()).await.unwrap(),
+        outcome
+    );
+    assert_eq!(
+        store
+            .get_payment_token(&charged.order_id, now)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
