@@ -1,7 +1,8 @@
 //! Orderflow's stream processors. Each stage consumes one topic, applies its effect to the
-//! store idempotently (keyed by order id), records the step on the order's read model, and
-//! produces its outcome; the shared consume loop (`orderflow_kafka::consume`) stores offsets
-//! only after all of that is done.
+//! store idempotently (keyed by order id) and records the step on the order's read model, both
+//! in one store call ([`orderflow_store::StepStore`]: one write in the embedded store), and
+//! then produces its outcome; the shared consume loop (`orderflow_kafka::consume`) stores
+//! offsets only after all of that is done.
 //!
 //! # Layout
 //! - [`validation`]: `orders.accepted` → reserve stock, price → `orders.validated` |
@@ -15,9 +16,11 @@
 //! - [`invoicing`]: `orders.paid` → numbered invoice, its PDF in object storage →
 //!   `orders.invoiced`.
 //!
-//! No stage acts on a cancelled order (`is_cancelled`, checked before the effect): validation
-//! reserves nothing (and gives back at once what a reservation racing the cancel took),
-//! payment charges nothing, invoicing issues nothing.
+//! No stage acts on a cancelled order, checked in its step (and by payment before it charges,
+//! `is_cancelled`): validation reserves nothing (a store without transactions gives back at
+//! once what a reservation racing the cancel took), payment charges nothing (and refunds a
+//! charge that raced the cancel), invoicing issues nothing; none records a status or
+//! produces an event for it.
 //!
 //! Each recorded step observes `orderflow_order_latency_seconds{status}`, the time from the
 //! order's acceptance (carried in its UUIDv7 order id) to the step's `occurred_at`.
@@ -193,6 +196,25 @@ pub(crate) struct StepDetails {
     pub revision: i32,
 }
 
+/// The status change a step's event makes on the order's read model.
+pub(crate) fn status_update<E: Event>(
+    status: OrderStatus,
+    event: &E,
+    details: StepDetails,
+) -> StatusUpdate {
+    StatusUpdate {
+        order_id: event.order_id().to_string(),
+        customer_id: event.customer_id().to_string(),
+        status,
+        event_id: event.event_id().to_string(),
+        at: event.occurred_at(),
+        detail: details.detail,
+        pricing: details.pricing,
+        invoice_number: details.invoice_number,
+        revision: details.revision,
+    }
+}
+
 /// Records a step on the order's read model, then produces its event. Both are idempotent by
 /// the event id, so a redelivered message may do this again safely.
 pub(crate) async fn record_and_emit<E: Event>(
@@ -203,19 +225,19 @@ pub(crate) async fn record_and_emit<E: Event>(
     details: StepDetails,
 ) -> Result<(), HandlerError> {
     store
-        .apply_status(StatusUpdate {
-            order_id: event.order_id().to_string(),
-            customer_id: event.customer_id().to_string(),
-            status,
-            event_id: event.event_id().to_string(),
-            at: event.occurred_at(),
-            detail: details.detail,
-            pricing: details.pricing,
-            invoice_number: details.invoice_number,
-            revision: details.revision,
-        })
+        .apply_status(status_update(status, event, details))
         .await
         .map_err(store_error)?;
+    emit(producer, status, event).await
+}
+
+/// Produces the event of a step recorded on the order's read model, and observes the order's
+/// latency to it.
+pub(crate) async fn emit<E: Event>(
+    producer: &EventProducer,
+    status: OrderStatus,
+    event: &E,
+) -> Result<(), HandlerError> {
     producer.send(event).await.map_err(produce_error)?;
     if let Some(accepted_at) = accepted_at(event.order_id()) {
         metrics::metrics()
@@ -226,8 +248,8 @@ pub(crate) async fn record_and_emit<E: Event>(
     Ok(())
 }
 
-/// Whether the order was cancelled: a stage checks before its effect
-/// and then does nothing (no stock, no charge, no invoice). One read of the order's status.
+/// Whether the order was cancelled, outside a step: payment checks before it charges, and then
+/// charges nothing. One read of the order's status.
 pub(crate) async fn is_cancelled(store: &dyn Store, order_id: &str) -> Result<bool, HandlerError> {
     Ok(store.order_status(order_id).await.map_err(store_error)? == Some(OrderStatus::Cancelled))
 }

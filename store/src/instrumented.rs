@@ -11,8 +11,8 @@ use crate::{
     Account, AccountStore, CatalogueStore, CreateOrder, DeliveryStore, IdempotencyKey, Invoice,
     InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, OutboxEvent, OutboxStore, PaymentRecord,
     PaymentStore, PaymentToken, Product, ProductChange, Queued, RefreshToken, Reservation, Result,
-    RotateOutcome, StatusUpdate, StockAdjustment, Store, VerificationCode, VerificationEmail,
-    VerifyOutcome,
+    RotateOutcome, StatusUpdate, Step, StepRecord, StepStore, StockAdjustment, Store,
+    VerificationCode, VerificationEmail, VerifyOutcome,
 };
 
 /// Wraps a store with metrics.
@@ -248,6 +248,43 @@ impl<S: Store> InvoiceStore for Instrumented<S> {
 
     async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>> {
         timed("get_invoice", self.0.get_invoice(order_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> StepStore for Instrumented<S> {
+    async fn reserve_step(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        at: i64,
+        record: StepRecord<Reservation>,
+    ) -> Result<Step<Reservation>> {
+        timed(
+            "reserve_step",
+            self.0.reserve_step(order_id, items, at, record),
+        )
+        .await
+    }
+
+    async fn record_payment_step(
+        &self,
+        payment: PaymentRecord,
+        record: StepRecord<PaymentRecord>,
+    ) -> Result<Step<PaymentRecord>> {
+        timed(
+            "record_payment_step",
+            self.0.record_payment_step(payment, record),
+        )
+        .await
+    }
+
+    async fn invoice_step(
+        &self,
+        draft: InvoiceDraft,
+        record: StepRecord<Invoice>,
+    ) -> Result<Step<Invoice>> {
+        timed("invoice_step", self.0.invoice_step(draft, record)).await
     }
 }
 

@@ -4,9 +4,10 @@
 //! # Layout
 //! - [`Store`]: the one interface every stage uses, the union of one trait per area
 //!   ([`CatalogueStore`], [`OrderStore`], [`PaymentStore`], [`InvoiceStore`],
-//!   [`AccountStore`], [`DeliveryStore`], [`OutboxStore`]). Each effect is idempotent by a key derived
-//!   from the event (order id, event id), so a redelivered event never applies twice and a
-//!   stage can always re-emit the outcome it already recorded.
+//!   [`AccountStore`], [`DeliveryStore`], [`OutboxStore`]), and [`StepStore`]: a stage's
+//!   effect and its status change in one call (one write in the embedded store). Each effect
+//!   is idempotent by a key derived from the event (order id, event id), so a redelivered event
+//!   never applies twice and a stage can always re-emit the outcome it already recorded.
 //! - [`model`]: the records the store keeps, and the rules both implementations apply as pure
 //!   plans ([`ReservationPlan`], [`ModificationPlan`]).
 //! - [`account`]: accounts, email verification codes and refresh tokens.
@@ -296,6 +297,70 @@ pub trait InvoiceStore: Send + Sync {
     async fn get_invoice(&self, order_id: &str) -> Result<Option<Invoice>>;
 }
 
+/// The stages' steps: a stage's effect and the status change it makes on the order's read
+/// model, refused for a cancelled order, in one write where the store has transactions (the
+/// embedded store), else as the calls of the other traits each method names, in that order
+/// (the default methods). Idempotent as those calls are: a repeat answers the first outcome
+/// and records nothing twice.
+#[async_trait]
+pub trait StepStore: CatalogueStore + OrderStore + PaymentStore + InvoiceStore {
+    /// Validation's step: unless the order is cancelled, reserves its items
+    /// ([`CatalogueStore::reserve`]) and records `record(&reservation)`
+    /// ([`OrderStore::apply_status`]). [`Step::Cancelled`]: nothing is reserved (without
+    /// transactions, a reservation that raced the cancel is given back).
+    async fn reserve_step(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        at: i64,
+        record: StepRecord<Reservation>,
+    ) -> Result<Step<Reservation>> {
+        if self.order_status(order_id).await? == Some(OrderStatus::Cancelled) {
+            return Ok(Step::Cancelled);
+        }
+        let reservation = self.reserve(order_id, items, at).await?;
+        if self.order_status(order_id).await? == Some(OrderStatus::Cancelled) {
+            self.release(order_id).await?;
+            return Ok(Step::Cancelled);
+        }
+        self.apply_status(record(&reservation)).await?;
+        Ok(Step::Done(reservation))
+    }
+
+    /// Payment's step: records the charge's outcome ([`PaymentStore::record_payment`], which
+    /// answers the one recorded first and forgets the card token), then, unless the order is
+    /// cancelled, `record(&recorded)`. [`Step::Cancelled`]: the payment is recorded all the same
+    /// (the gateway charged it): an approved one is for the caller to refund.
+    async fn record_payment_step(
+        &self,
+        payment: PaymentRecord,
+        record: StepRecord<PaymentRecord>,
+    ) -> Result<Step<PaymentRecord>> {
+        let recorded = self.record_payment(payment).await?;
+        if self.order_status(&recorded.order_id).await? == Some(OrderStatus::Cancelled) {
+            return Ok(Step::Cancelled);
+        }
+        self.apply_status(record(&recorded)).await?;
+        Ok(Step::Done(recorded))
+    }
+
+    /// Invoicing's step: unless the order is cancelled, numbers and stores its invoice
+    /// ([`InvoiceStore::create_invoice`]) and records `record(&invoice)`.
+    /// [`Step::Cancelled`]: no invoice.
+    async fn invoice_step(
+        &self,
+        draft: InvoiceDraft,
+        record: StepRecord<Invoice>,
+    ) -> Result<Step<Invoice>> {
+        if self.order_status(&draft.order_id).await? == Some(OrderStatus::Cancelled) {
+            return Ok(Step::Cancelled);
+        }
+        let invoice = self.create_invoice(draft).await?;
+        self.apply_status(record(&invoice)).await?;
+        Ok(Step::Done(invoice))
+    }
+}
+
 /// Accounts, their email verification codes and refresh tokens.
 #[async_trait]
 pub trait AccountStore: Send + Sync {
@@ -401,7 +466,7 @@ pub trait OutboxStore: Send + Sync {
 }
 
 /// The state store: the union of the stores by area ([`CatalogueStore`], [`OrderStore`],
-/// [`PaymentStore`], [`InvoiceStore`], [`AccountStore`], [`DeliveryStore`], [`OutboxStore`]), so one
+/// [`PaymentStore`], [`InvoiceStore`], [`StepStore`], [`AccountStore`], [`DeliveryStore`], [`OutboxStore`]), so one
 /// `Arc<dyn Store>` serves every stage. Implementations: [`EmbeddedStore`] (redb, one machine) and `ScyllaStore`
 /// (ScyllaDB, the `scylla` feature, on by default); both pass `tests/conformance/`.
 #[async_trait]
@@ -410,6 +475,7 @@ pub trait Store:
     + OrderStore
     + PaymentStore
     + InvoiceStore
+    + StepStore
     + AccountStore
     + DeliveryStore
     + OutboxStore

@@ -213,6 +213,19 @@ pub struct StatusUpdate {
     pub revision: i32,
 }
 
+/// What a stage's step ([`crate::StepStore`]) records on the order's read model for its effect's
+/// outcome: the status change the outcome makes.
+pub type StepRecord<T> = Box<dyn Fn(&T) -> StatusUpdate + Send + Sync>;
+
+/// The answer to a stage's step ([`crate::StepStore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step<T> {
+    /// The effect's outcome (on a repeat, the first call's), its status change recorded.
+    Done(T),
+    /// The order is cancelled: no status change recorded, and, depending on the step, no effect.
+    Cancelled,
+}
+
 impl StatusUpdate {
     /// `paid` on `order` by `payment` (a bank transfer recorded through the API): timeline
     /// `<order>:paid` at the payment's time, detail its reference, the order's pricing.

@@ -678,14 +678,22 @@ async fn metrics_are_served_and_count_the_pipeline() {
         ) >= 2.0,
         "{text}"
     );
-    assert!(
-        metric(
-            &text,
-            "orderflow_store_operation_seconds_count",
-            &[("operation", "apply_status")],
-        ) >= 4.0,
-        "{text}"
-    );
+    // Each stage's step is one store call: both orders reserved (one validated, one
+    // rejected), one paid, one invoiced.
+    for (step, calls) in [
+        ("reserve_step", 2.0),
+        ("record_payment_step", 1.0),
+        ("invoice_step", 1.0),
+    ] {
+        assert!(
+            metric(
+                &text,
+                "orderflow_store_operation_seconds_count",
+                &[("operation", step)],
+            ) >= calls,
+            "{step}: {text}"
+        );
+    }
     assert!(
         metric(
             &text,

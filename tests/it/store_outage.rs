@@ -24,8 +24,8 @@ use orderflow_store::{
     Account, AccountStore, CatalogueStore, CreateOrder, DeliveryStore, EmbeddedStore,
     IdempotencyKey, Invoice, InvoiceDraft, InvoiceStore, OrderRecord, OrderStore, OutboxEvent,
     OutboxStore, PaymentRecord, PaymentStore, PaymentToken, Product, ProductChange, Queued,
-    RefreshToken, Reservation, Result, RotateOutcome, StatusUpdate, StockAdjustment, Store,
-    StoreError, VerificationCode, VerificationEmail, VerifyOutcome,
+    RefreshToken, Reservation, Result, RotateOutcome, StatusUpdate, StepStore, StockAdjustment,
+    Store, StoreError, VerificationCode, VerificationEmail, VerifyOutcome,
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -612,6 +612,10 @@ impl InvoiceStore for Switchable {
         self.up()?.get_invoice(order_id).await
     }
 }
+
+/// The default steps: the separate calls above, each of which may meet the outage, as a store
+/// without transactions (ScyllaDB) makes them.
+impl StepStore for Switchable {}
 
 #[async_trait]
 impl AccountStore for Switchable {

@@ -32,10 +32,12 @@ use orderflow_kafka::{EventProducer, Handler, HandlerError, Incoming};
 use orderflow_schemas::{
     OrderCancelled, OrderPaid, OrderStatus, OrderValidated, PaymentFailed, PaymentRefunded,
 };
-use orderflow_store::{PaymentRecord, Pricing, RefundRecord, Store};
+use orderflow_store::{
+    PaymentRecord, Pricing, RefundRecord, StatusUpdate, Step, StepRecord, Store,
+};
 use tracing::{debug, warn};
 
-use crate::{decode, is_cancelled, produce_error, record_and_emit, store_error, StepDetails};
+use crate::{decode, emit, is_cancelled, produce_error, status_update, store_error, StepDetails};
 
 pub struct PaymentHandler {
     store: Arc<dyn Store>,
@@ -56,8 +58,9 @@ impl PaymentHandler {
         }
     }
 
-    /// The recorded charge for the order, charging first if there is none; `None` when the
-    /// order turned out to be cancelled before anything was charged.
+    /// The order's charge: the one recorded already (a redelivery), or the gateway's answer to
+    /// a charge made now, for the step to record; `None` when the order turned out to be
+    /// cancelled before anything was charged.
     ///
     /// The card token is read from the store by order id (no event carries it). It is gone
     /// once the charge's outcome is recorded, which this finds first; gone for an order never
@@ -68,9 +71,6 @@ impl PaymentHandler {
         order: &OrderValidated,
     ) -> Result<Option<PaymentRecord>, HandlerError> {
         if let Some(done) = self.recorded(&order.order_id).await? {
-            // Recording forgets the token, but a store without transactions deletes it in a
-            // second write, which a crash may have missed.
-            self.forget_token(&order.order_id).await?;
             return Ok(Some(done));
         }
         let token = self
@@ -111,19 +111,15 @@ impl PaymentHandler {
             ChargeOutcome::Approved { payment_id } => (true, Some(payment_id), None),
             ChargeOutcome::Declined { reason } => (false, None, Some(reason)),
         };
-        self.store
-            .record_payment(PaymentRecord {
-                order_id: order.order_id.clone(),
-                amount_cents: order.total_cents,
-                currency: order.currency.clone(),
-                approved,
-                payment_id,
-                reason,
-                at: orderflow_schemas::now_millis(),
-            })
-            .await
-            .map(Some)
-            .map_err(store_error)
+        Ok(Some(PaymentRecord {
+            order_id: order.order_id.clone(),
+            amount_cents: order.total_cents,
+            currency: order.currency.clone(),
+            approved,
+            payment_id,
+            reason,
+            at: orderflow_schemas::now_millis(),
+        }))
     }
 
     /// The charge recorded for the order, if any.
@@ -222,6 +218,74 @@ impl Handler for RefundHandler {
     }
 }
 
+/// What payment announces for a recorded charge: the event, and what it records besides the
+/// status.
+enum Outcome {
+    Paid(OrderPaid, StepDetails),
+    Failed(PaymentFailed, StepDetails),
+}
+
+impl Outcome {
+    /// The outcome of the order's recorded `payment`: `OrderPaid` (detail the payment id,
+    /// the order's pricing) or `PaymentFailed` (detail the reason).
+    fn of(order: &OrderValidated, payment: &PaymentRecord) -> Self {
+        if payment.approved {
+            let payment_id = payment.payment_id.clone().unwrap_or_default();
+            let event = OrderPaid {
+                event_id: OrderStatus::Paid.event_id(&order.order_id),
+                order_id: order.order_id.clone(),
+                customer_id: order.customer_id.clone(),
+                payment_id: payment_id.clone(),
+                lines: order.lines.clone(),
+                currency: order.currency.clone(),
+                subtotal_cents: order.subtotal_cents,
+                tax_cents: order.tax_cents,
+                total_cents: order.total_cents,
+                occurred_at: payment.at,
+            };
+            let details = StepDetails {
+                detail: Some(payment_id),
+                pricing: Some(Pricing {
+                    lines: order.lines.clone(),
+                    currency: order.currency.clone(),
+                    subtotal_cents: order.subtotal_cents,
+                    tax_cents: order.tax_cents,
+                    total_cents: order.total_cents,
+                }),
+                invoice_number: None,
+                revision: order.revision,
+            };
+            Outcome::Paid(event, details)
+        } else {
+            let reason = payment.reason.clone().unwrap_or_else(|| "declined".into());
+            let event = PaymentFailed {
+                event_id: OrderStatus::PaymentFailed.event_id(&order.order_id),
+                order_id: order.order_id.clone(),
+                customer_id: order.customer_id.clone(),
+                amount_cents: payment.amount_cents,
+                currency: payment.currency.clone(),
+                reason: reason.clone(),
+                occurred_at: payment.at,
+            };
+            let details = StepDetails {
+                detail: Some(reason),
+                ..Default::default()
+            };
+            Outcome::Failed(event, details)
+        }
+    }
+
+    /// The status change the outcome records.
+    fn status_update(self) -> StatusUpdate {
+        match self {
+            Outcome::Paid(event, details) => status_update(OrderStatus::Paid, &event, details),
+            Outcome::Failed(event, details) => {
+                status_update(OrderStatus::PaymentFailed, &event, details)
+            }
+        }
+    }
+}
+
 impl Handler for PaymentHandler {
     async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
         let order: OrderValidated = decode(m)?;
@@ -242,75 +306,35 @@ impl Handler for PaymentHandler {
             debug!(order_id = %order.order_id, "Order cancelled; not charged.");
             return Ok(());
         };
-        if payment.approved && is_cancelled(&*self.store, &order.order_id).await? {
+        let record: StepRecord<PaymentRecord> = {
+            let order = order.clone();
+            Box::new(move |payment| Outcome::of(&order, payment).status_update())
+        };
+        let step = self
+            .store
+            .record_payment_step(payment, record)
+            .await
+            .map_err(store_error)?;
+        let Step::Done(payment) = step else {
             // Cancelled while charging: the cancel's refund may have found no charge yet.
-            self.refund(&payment, &order.customer_id).await?;
-            debug!(order_id = %order.order_id, "Order cancelled while charging; refunded.");
+            self.refund_recorded(&order.order_id, &order.customer_id)
+                .await?;
+            debug!(order_id = %order.order_id, "Order cancelled while charging; nothing announced.");
             return Ok(());
-        }
-        if payment.approved {
-            let payment_id = payment.payment_id.clone().unwrap_or_default();
-            let event = OrderPaid {
-                event_id: OrderStatus::Paid.event_id(&order.order_id),
-                order_id: order.order_id.clone(),
-                customer_id: order.customer_id.clone(),
-                payment_id: payment_id.clone(),
-                lines: order.lines.clone(),
-                currency: order.currency.clone(),
-                subtotal_cents: order.subtotal_cents,
-                tax_cents: order.tax_cents,
-                total_cents: order.total_cents,
-                occurred_at: payment.at,
-            };
-            let details = StepDetails {
-                detail: Some(payment_id),
-                pricing: Some(Pricing {
-                    lines: order.lines,
-                    currency: order.currency,
-                    subtotal_cents: order.subtotal_cents,
-                    tax_cents: order.tax_cents,
-                    total_cents: order.total_cents,
-                }),
-                invoice_number: None,
-                revision: order.revision,
-            };
-            record_and_emit(
-                &*self.store,
-                &self.producer,
-                OrderStatus::Paid,
-                &event,
-                details,
-            )
-            .await?;
-            debug!(order_id = %order.order_id, "Order paid.");
-        } else {
-            self.store
-                .release(&order.order_id)
-                .await
-                .map_err(store_error)?;
-            let reason = payment.reason.clone().unwrap_or_else(|| "declined".into());
-            let event = PaymentFailed {
-                event_id: OrderStatus::PaymentFailed.event_id(&order.order_id),
-                order_id: order.order_id.clone(),
-                customer_id: order.customer_id.clone(),
-                amount_cents: payment.amount_cents,
-                currency: payment.currency.clone(),
-                reason: reason.clone(),
-                occurred_at: payment.at,
-            };
-            let details = StepDetails {
-                detail: Some(reason),
-                ..Default::default()
-            };
-            record_and_emit(
-                &*self.store,
-                &self.producer,
-                OrderStatus::PaymentFailed,
-                &event,
-                details,
-            )
-            .await?;
-            debug!(order_id = %order.order_id, "Payment failed.");
+        };
+        match Outcome::of(&order, &payment) {
+            Outcome::Paid(event, _) => {
+                emit(&self.producer, OrderStatus::Paid, &event).await?;
+                debug!(order_id = %order.order_id, "Order paid.");
+            }
+            Outcome::Failed(event, _) => {
+                self.store
+                    .release(&order.order_id)
+                    .await
+                    .map_err(store_error)?;
+                emit(&self.producer, OrderStatus::PaymentFailed, &event).await?;
+                debug!(order_id = %order.order_id, "Payment failed.");
+            }
         }
         Ok(())
     }

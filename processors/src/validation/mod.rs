@@ -9,10 +9,10 @@ use orderflow_schemas::{
     OrderAccepted, OrderLine, OrderModified, OrderRejected, OrderStatus, OrderValidated,
     PaymentMethod,
 };
-use orderflow_store::{Pricing, Reservation, ReservedLine, Store};
+use orderflow_store::{Pricing, Reservation, ReservedLine, StatusUpdate, Step, StepRecord, Store};
 use tracing::debug;
 
-use crate::{decode, is_cancelled, record_and_emit, store_error, StepDetails};
+use crate::{decode, emit, record_and_emit, status_update, store_error, StepDetails};
 
 pub struct ValidationHandler {
     store: Arc<dyn Store>,
@@ -57,111 +57,142 @@ pub fn price(lines: &[ReservedLine], tax_bps: i64) -> Pricing {
     }
 }
 
-impl ValidationHandler {
-    /// Prices the reserved lines of the order's `revision` and records and produces its
-    /// `OrderValidated` (event id `<order>:validated`, with `:r<revision>` after a change).
-    async fn validated(
-        &self,
-        order_id: &str,
-        customer_id: &str,
-        payment: PaymentMethod,
-        lines: &[ReservedLine],
-        at: i64,
-        revision: i32,
-    ) -> Result<(), HandlerError> {
-        let pricing = price(lines, self.tax_bps);
-        let event = OrderValidated {
-            event_id: OrderStatus::Validated.revision_event_id(order_id, revision),
-            order_id: order_id.to_string(),
-            customer_id: customer_id.to_string(),
-            lines: pricing.lines.clone(),
-            currency: pricing.currency.clone(),
-            subtotal_cents: pricing.subtotal_cents,
-            tax_cents: pricing.tax_cents,
-            total_cents: pricing.total_cents,
-            payment,
-            occurred_at: at,
-            revision,
-        };
-        let details = StepDetails {
-            pricing: Some(pricing),
-            revision,
-            ..Default::default()
-        };
-        record_and_emit(
-            &*self.store,
-            &self.producer,
-            OrderStatus::Validated,
-            &event,
-            details,
-        )
-        .await
-    }
+/// What validation announces for a reservation: the event, and what it records besides the
+/// status.
+enum Outcome {
+    Validated(OrderValidated, StepDetails),
+    Rejected(OrderRejected, StepDetails),
 }
 
-impl Handler for ValidationHandler {
-    async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
-        let order: OrderAccepted = decode(m)?;
-        if is_cancelled(&*self.store, &order.order_id).await? {
-            debug!(order_id = %order.order_id, "Order cancelled; nothing reserved.");
-            return Ok(());
-        }
-        let now = orderflow_schemas::now_millis();
-        let reservation = self
-            .store
-            .reserve(&order.order_id, &order.items, now)
-            .await
-            .map_err(store_error)?;
-        // A cancel between the check and the reservation released nothing: give it back now.
-        if is_cancelled(&*self.store, &order.order_id).await? {
-            self.store
-                .release(&order.order_id)
-                .await
-                .map_err(store_error)?;
-            debug!(order_id = %order.order_id, "Order cancelled; reservation released.");
-            return Ok(());
-        }
+impl Outcome {
+    /// The outcome of `reservation` for the order: its reserved lines priced
+    /// (`OrderValidated`, event id `<order>:validated`, with `:r<revision>` after a change) or
+    /// its rejection (`OrderRejected`).
+    fn of(
+        order_id: &str,
+        customer_id: &str,
+        payment: &PaymentMethod,
+        reservation: &Reservation,
+        tax_bps: i64,
+    ) -> Self {
         match reservation {
-            // A redelivery after a modification finds the modified lines: the same event as
-            // the modification's re-pricing.
             Reservation::Reserved {
                 lines,
                 at,
                 revision,
                 ..
             } => {
-                self.validated(
-                    &order.order_id,
-                    &order.customer_id,
-                    order.payment.clone(),
-                    &lines,
-                    at,
-                    revision,
-                )
-                .await?;
-                debug!(order_id = %order.order_id, "Order validated.");
+                let (event, details) = validated(
+                    order_id,
+                    customer_id,
+                    payment.clone(),
+                    lines,
+                    *at,
+                    *revision,
+                    tax_bps,
+                );
+                Outcome::Validated(event, details)
             }
             Reservation::Rejected { code, reason, at } => {
                 let event = OrderRejected {
-                    event_id: OrderStatus::Rejected.event_id(&order.order_id),
-                    order_id: order.order_id.clone(),
-                    customer_id: order.customer_id.clone(),
+                    event_id: OrderStatus::Rejected.event_id(order_id),
+                    order_id: order_id.to_string(),
+                    customer_id: customer_id.to_string(),
                     reason_code: code.to_string(),
-                    reason,
-                    occurred_at: at,
+                    reason: reason.clone(),
+                    occurred_at: *at,
                 };
                 let details = StepDetails {
                     detail: Some(event.reason.clone()),
                     ..Default::default()
                 };
-                record_and_emit(
-                    &*self.store,
-                    &self.producer,
-                    OrderStatus::Rejected,
-                    &event,
-                    details,
-                )
-                .await?;
+                Outcome::Rejected(event, details)
+            }
+        }
+    }
+
+    /// The status change the outcome records.
+    fn status_update(self) -> StatusUpdate {
+        match self {
+            Outcome::Validated(event, details) => {
+                status_update(OrderStatus::Validated, &event, details)
+            }
+            Outcome::Rejected(event, details) => {
+                status_update(OrderStatus::Rejected, &event, details)
+            }
+        }
+    }
+}
+
+/// The order's `revision` with its reserved `lines` priced, and what it records besides the
+/// status.
+fn validated(
+    order_id: &str,
+    customer_id: &str,
+    payment: PaymentMethod,
+    lines: &[ReservedLine],
+    at: i64,
+    revision: i32,
+    tax_bps: i64,
+) -> (OrderValidated, StepDetails) {
+    let pricing = price(lines, tax_bps);
+    let event = OrderValidated {
+        event_id: OrderStatus::Validated.revision_event_id(order_id, revision),
+        order_id: order_id.to_string(),
+        customer_id: customer_id.to_string(),
+        lines: pricing.lines.clone(),
+        currency: pricing.currency.clone(),
+        subtotal_cents: pricing.subtotal_cents,
+        tax_cents: pricing.tax_cents,
+        total_cents: pricing.total_cents,
+        payment,
+        occurred_at: at,
+        revision,
+    };
+    let details = StepDetails {
+        pricing: Some(pricing),
+        revision,
+        ..Default::default()
+    };
+    (event, details)
+}
+
+impl Handler for ValidationHandler {
+    async fn handle(&self, m: &Incoming) -> Result<(), HandlerError> {
+        let order: OrderAccepted = decode(m)?;
+        let record: StepRecord<Reservation> = {
+            let (order_id, customer_id) = (order.order_id.clone(), order.customer_id.clone());
+            let (payment, tax_bps) = (order.payment.clone(), self.tax_bps);
+            Box::new(move |reservation| {
+                Outcome::of(&order_id, &customer_id, &payment, reservation, tax_bps).status_update()
+            })
+        };
+        let now = orderflow_schemas::now_millis();
+        let step = self
+            .store
+            .reserve_step(&order.order_id, &order.items, now, record)
+            .await
+            .map_err(store_error)?;
+        // A redelivery after a modification finds the modified lines: the same event as the
+        // modification's re-pricing.
+        let Step::Done(reservation) = step else {
+            debug!(order_id = %order.order_id, "Order cancelled; nothing reserved.");
+            return Ok(());
+        };
+        let outcome = Outcome::of(
+            &order.order_id,
+            &order.customer_id,
+            &order.payment,
+            &reservation,
+            self.tax_bps,
+        );
+        match outcome {
+            Outcome::Validated(event, _) => {
+                emit(&self.producer, OrderStatus::Validated, &event).await?;
+                debug!(order_id = %order.order_id, "Order validated.");
+            }
+            Outcome::Rejected(event, _) => {
+                emit(&self.producer, OrderStatus::Rejected, &event).await?;
                 // A rejected order is never charged: its card token goes.
                 self.store
                     .delete_payment_token(&order.order_id)
@@ -213,16 +244,23 @@ impl Handler for ModificationHandler {
         let payment = PaymentMethod {
             method: order.payment_method.unwrap_or_default(),
         };
-        self.0
-            .validated(
-                order_id,
-                &modified.customer_id,
-                payment,
-                &lines,
-                modified.occurred_at,
-                revision,
-            )
-            .await?;
+        let (event, details) = validated(
+            order_id,
+            &modified.customer_id,
+            payment,
+            &lines,
+            modified.occurred_at,
+            revision,
+            self.0.tax_bps,
+        );
+        record_and_emit(
+            store,
+            &self.0.producer,
+            OrderStatus::Validated,
+            &event,
+            details,
+        )
+        .await?;
         debug!(%order_id, revision, "Modified order re-priced.");
         Ok(())
     }

@@ -138,7 +138,7 @@ impl CatalogueStore for EmbeddedStore {
 }
 
 /// Reserves all items or none, as [`ReservationPlan`] plans; see [`CatalogueStore::reserve`].
-fn reserve_in(
+pub(super) fn reserve_in(
     txn: &WriteTransaction,
     order_id: &str,
     items: &[OrderItem],

@@ -56,6 +56,7 @@ mod invoices;
 mod orders;
 mod outbox;
 mod payments;
+mod steps;
 
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");

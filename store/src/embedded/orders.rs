@@ -79,14 +79,9 @@ impl OrderStore for EmbeddedStore {
     }
 
     async fn order_status(&self, order_id: &str) -> Result<Option<OrderStatus>> {
-        /// The one field of an order's record this reads; the others are skipped unparsed.
-        #[derive(serde::Deserialize)]
-        struct Status {
-            status: OrderStatus,
-        }
         let txn = self.read()?;
         let table = txn.open_table(ORDERS).map_err(unavailable)?;
-        Ok(get_json::<Status, _>(&table, "order", order_id)?.map(|order| order.status))
+        status_of(&table, order_id)
     }
 
     async fn list_customer_orders(
@@ -307,4 +302,18 @@ impl OrderStore for EmbeddedStore {
         })
         .await
     }
+}
+
+/// An order's status alone, `None` for an order not in `orders`; the record's other fields
+/// are skipped unparsed.
+pub(super) fn status_of<T>(orders: &T, order_id: &str) -> Result<Option<OrderStatus>>
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    /// The one field of an order's record this reads.
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: OrderStatus,
+    }
+    Ok(get_json::<Status, _>(orders, "order", order_id)?.map(|order| order.status))
 }

@@ -22,17 +22,8 @@ impl PaymentStore for EmbeddedStore {
     }
 
     async fn record_payment(&self, payment: PaymentRecord) -> Result<PaymentRecord> {
-        self.write(move |txn| {
-            PAYMENT_TOKENS.remove(txn, &payment.order_id)?;
-            let table = txn.open_table(PAYMENTS).map_err(unavailable)?;
-            if let Some(existing) = get_json(&table, "payment", &payment.order_id)? {
-                return Ok(existing);
-            }
-            drop(table);
-            put_json(txn, PAYMENTS, &payment.order_id, &payment)?;
-            Ok(payment.clone())
-        })
-        .await
+        self.write(move |txn| record_payment_in(txn, &payment))
+            .await
     }
 
     async fn get_refund(&self, order_id: &str) -> Result<Option<RefundRecord>> {
@@ -59,4 +50,20 @@ impl PaymentStore for EmbeddedStore {
         self.write(move |txn| claim_in(txn, &order_id, revision))
             .await
     }
+}
+
+/// Records the charge unless one is recorded, and forgets the card token; see
+/// [`PaymentStore::record_payment`].
+pub(super) fn record_payment_in(
+    txn: &WriteTransaction,
+    payment: &PaymentRecord,
+) -> Result<PaymentRecord> {
+    PAYMENT_TOKENS.remove(txn, &payment.order_id)?;
+    let table = txn.open_table(PAYMENTS).map_err(unavailable)?;
+    if let Some(existing) = get_json(&table, "payment", &payment.order_id)? {
+        return Ok(existing);
+    }
+    drop(table);
+    put_json(txn, PAYMENTS, &payment.order_id, payment)?;
+    Ok(payment.clone())
 }

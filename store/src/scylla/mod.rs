@@ -94,7 +94,7 @@ use scylla::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{model::*, InvoiceStore, OrderStore, Result, Store, StoreError};
+use crate::{model::*, InvoiceStore, OrderStore, Result, StepStore, Store, StoreError};
 
 /// Where the store is and how it behaves.
 #[derive(Debug, Clone)]
@@ -1199,6 +1199,10 @@ where
 fn jitter(base: Duration) -> Duration {
     base + orderflow_schemas::backoff::jitter(base)
 }
+
+/// The steps as separate statements (the default methods): ScyllaDB has no transactions
+/// across tables, and each call they make is idempotent and retried on its own.
+impl StepStore for ScyllaStore {}
 
 #[async_trait]
 impl Store for ScyllaStore {

@@ -29,8 +29,9 @@ use orderflow_store::{
     EmbeddedStore, ExpireOutcome, IdempotencyKey, InvoiceDraft, InvoiceStore, ModifyOutcome,
     OrderFilter, OrderRecord, OrderStore, PaymentClaim, PaymentRecord, PaymentStore, PaymentToken,
     Pricing, Product, ProductChange, RefreshToken, RefundRecord, Reservation, RotateOutcome,
-    ShipOutcome, StatusUpdate, StockAdjustment, Store, StoreError, TimelineEntry, VerificationCode,
-    VerificationEmail, VerifyOutcome, MAX_ORDER_REVISIONS, MAX_VERIFICATION_ATTEMPTS,
+    ShipOutcome, StatusUpdate, Step, StepRecord, StockAdjustment, Store, StoreError, TimelineEntry,
+    VerificationCode, VerificationEmail, VerifyOutcome, MAX_ORDER_REVISIONS,
+    MAX_VERIFICATION_ATTEMPTS,
 };
 use tokio::{sync::Barrier, task::JoinHandle};
 use uuid::Uuid;
@@ -46,6 +47,7 @@ mod payments;
 mod pruning;
 mod reservations;
 mod secrets;
+mod steps;
 mod unpaid;
 
 use accounts::*;
@@ -59,6 +61,7 @@ use payments::*;
 use pruning::*;
 use reservations::*;
 use secrets::*;
+use steps::*;
 use unpaid::*;
 
 /// A fixed "now" (ms), so times in assertions are exact.
@@ -167,6 +170,11 @@ macro_rules! conformance_tests {
             a_transfer_after_a_cancel_queues_the_refund = check_a_transfer_after_a_cancel_queues_the_refund;
             [tokio::test]
             relayed_events_are_forgotten = check_relayed_events_are_forgotten;
+            // The stages' steps.
+            [tokio::test]
+            steps_record_their_status_with_their_effect = check_steps_record_their_status_with_their_effect;
+            [tokio::test]
+            steps_do_nothing_for_a_cancelled_order = check_steps_do_nothing_for_a_cancelled_order;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {

@@ -1,0 +1,67 @@
+//! [`StepStore`] on redb: each step is one write transaction, so the cancellation check, the
+//! effect and its status change are atomic with respect to a cancel, and a stage's step costs
+//! one group commit.
+
+use super::*;
+use crate::{Step, StepRecord, StepStore};
+
+#[async_trait]
+impl StepStore for EmbeddedStore {
+    async fn reserve_step(
+        &self,
+        order_id: &str,
+        items: &[OrderItem],
+        at: i64,
+        record: StepRecord<Reservation>,
+    ) -> Result<Step<Reservation>> {
+        let order_id = order_id.to_string();
+        let items = items.to_vec();
+        self.write(move |txn| {
+            if cancelled_in(txn, &order_id)? {
+                return Ok(Step::Cancelled);
+            }
+            let reservation = catalogue::reserve_in(txn, &order_id, &items, at)?;
+            apply_status_in(txn, &record(&reservation))?;
+            Ok(Step::Done(reservation))
+        })
+        .await
+    }
+
+    async fn record_payment_step(
+        &self,
+        payment: PaymentRecord,
+        record: StepRecord<PaymentRecord>,
+    ) -> Result<Step<PaymentRecord>> {
+        self.write(move |txn| {
+            let recorded = payments::record_payment_in(txn, &payment)?;
+            if cancelled_in(txn, &recorded.order_id)? {
+                return Ok(Step::Cancelled);
+            }
+            apply_status_in(txn, &record(&recorded))?;
+            Ok(Step::Done(recorded))
+        })
+        .await
+    }
+
+    async fn invoice_step(
+        &self,
+        draft: InvoiceDraft,
+        record: StepRecord<Invoice>,
+    ) -> Result<Step<Invoice>> {
+        self.write(move |txn| {
+            if cancelled_in(txn, &draft.order_id)? {
+                return Ok(Step::Cancelled);
+            }
+            let invoice = invoices::create_invoice_in(txn, &draft)?;
+            apply_status_in(txn, &record(&invoice))?;
+            Ok(Step::Done(invoice))
+        })
+        .await
+    }
+}
+
+/// Whether the order is cancelled, as the step's transaction sees it.
+fn cancelled_in(txn: &WriteTransaction, order_id: &str) -> Result<bool> {
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    Ok(orders::status_of(&orders, order_id)? == Some(OrderStatus::Cancelled))
+}
