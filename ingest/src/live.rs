@@ -4,7 +4,7 @@
 //! The API follows the order topics already, to drop entries of its order read cache
 //! ([`crate::cache`]). [`Follower`] does that and then tells [`Live`], a broadcast of the order
 //! ids that changed. Every stage writes the order's read model before it produces the event
-//! ([`orderflow_store::OrderStore::apply_status`], then the produce), so when an event goes by the
+//! (its step, [`orderflow_store::StepStore`], then the produce), so when an event goes by the
 //! store already shows its step: a stream re-reads its order and sends it when it differs from
 //! what it sent last. Nothing is polled; between changes only SSE keep-alive comments go out.
 //!
