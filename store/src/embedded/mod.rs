@@ -883,8 +883,30 @@ fn backfill_expiry_in(txn: &WriteTransaction) -> Result<()> {
 
 /// Moves an order's read model forward; see [`OrderStore::apply_status`].
 fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> {
+    let existing = order_in(txn, &update.order_id)?;
+    apply_status_to(txn, existing, update)
+}
+
+/// The order's record as the transaction sees it.
+fn order_in(txn: &WriteTransaction, order_id: &str) -> Result<Option<OrderRecord>> {
+    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
+    get_json(&orders, "order", order_id)
+}
+
+/// [`apply_status_in`] on the order's record read earlier in the same transaction (`None`: the
+/// store has no such order), which saves reading it again.
+fn apply_status_to(
+    txn: &WriteTransaction,
+    existing: Option<OrderRecord>,
+    update: &StatusUpdate,
+) -> Result<()> {
+    if let Some(order) = existing.as_ref().filter(|o| o.order_id != update.order_id) {
+        return Err(StoreError::Invalid(format!(
+            "a status change for order {} applied to order {}",
+            update.order_id, order.order_id
+        )));
+    }
     let mut orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    let existing: Option<OrderRecord> = get_json(&orders, "order", &update.order_id)?;
     let new = existing.is_none();
     let mut order = match existing {
         Some(order) => order,

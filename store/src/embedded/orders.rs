@@ -306,7 +306,7 @@ impl OrderStore for EmbeddedStore {
 
 /// An order's status alone, `None` for an order not in `orders`; the record's other fields
 /// are skipped unparsed.
-pub(super) fn status_of<T>(orders: &T, order_id: &str) -> Result<Option<OrderStatus>>
+fn status_of<T>(orders: &T, order_id: &str) -> Result<Option<OrderStatus>>
 where
     T: ReadableTable<&'static str, &'static [u8]>,
 {

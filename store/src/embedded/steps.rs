@@ -1,6 +1,7 @@
 //! [`StepStore`] on redb: each step is one write transaction, so the cancellation check, the
 //! effect and its status change are atomic with respect to a cancel, and a stage's step costs
-//! one group commit.
+//! one group commit. The order's record is read once, for the check, and the status change is
+//! applied to it (no effect writes the order's record).
 
 use super::*;
 use crate::{Step, StepRecord, StepStore};
@@ -17,11 +18,12 @@ impl StepStore for EmbeddedStore {
         let order_id = order_id.to_string();
         let items = items.to_vec();
         self.write(move |txn| {
-            if cancelled_in(txn, &order_id)? {
+            let order = order_in(txn, &order_id)?;
+            if cancelled(&order) {
                 return Ok(Step::Cancelled);
             }
             let reservation = catalogue::reserve_in(txn, &order_id, &items, at)?;
-            apply_status_in(txn, &record(&reservation))?;
+            apply_status_to(txn, order, &record(&reservation))?;
             Ok(Step::Done(reservation))
         })
         .await
@@ -34,10 +36,11 @@ impl StepStore for EmbeddedStore {
     ) -> Result<Step<PaymentRecord>> {
         self.write(move |txn| {
             let recorded = payments::record_payment_in(txn, &payment)?;
-            if cancelled_in(txn, &recorded.order_id)? {
+            let order = order_in(txn, &recorded.order_id)?;
+            if cancelled(&order) {
                 return Ok(Step::Cancelled);
             }
-            apply_status_in(txn, &record(&recorded))?;
+            apply_status_to(txn, order, &record(&recorded))?;
             Ok(Step::Done(recorded))
         })
         .await
@@ -49,19 +52,21 @@ impl StepStore for EmbeddedStore {
         record: StepRecord<Invoice>,
     ) -> Result<Step<Invoice>> {
         self.write(move |txn| {
-            if cancelled_in(txn, &draft.order_id)? {
+            let order = order_in(txn, &draft.order_id)?;
+            if cancelled(&order) {
                 return Ok(Step::Cancelled);
             }
             let invoice = invoices::create_invoice_in(txn, &draft)?;
-            apply_status_in(txn, &record(&invoice))?;
+            apply_status_to(txn, order, &record(&invoice))?;
             Ok(Step::Done(invoice))
         })
         .await
     }
 }
 
-/// Whether the order is cancelled, as the step's transaction sees it.
-fn cancelled_in(txn: &WriteTransaction, order_id: &str) -> Result<bool> {
-    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    Ok(orders::status_of(&orders, order_id)? == Some(OrderStatus::Cancelled))
+/// Whether the order, as the step's transaction read it, is cancelled.
+fn cancelled(order: &Option<OrderRecord>) -> bool {
+    order
+        .as_ref()
+        .is_some_and(|o| o.status == OrderStatus::Cancelled)
 }
