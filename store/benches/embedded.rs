@@ -9,8 +9,8 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use orderflow_schemas::{OrderItem, OrderStatus};
 use orderflow_store::{
-    EmbeddedStore, InvoiceDraft, OrderRecord, PaymentRecord, Pricing, Product, StatusUpdate, Store,
-    TimelineEntry,
+    EmbeddedStore, Invoice, InvoiceDraft, OrderRecord, PaymentRecord, Pricing, Product,
+    Reservation, StatusUpdate, StepRecord, Store, TimelineEntry,
 };
 
 /// Messages handled concurrently, as in one consume-loop batch.
@@ -230,17 +230,23 @@ fn bench(c: &mut Criterion) {
 /// What ingest, the three stages and the bridge (two sinks, two notifications) ask of the
 /// store for one order that is accepted, validated, paid and invoiced.
 async fn one_order(store: &dyn Store, id: &str) {
-    let status = |status: OrderStatus, at: i64| StatusUpdate {
-        order_id: id.to_string(),
-        customer_id: "bench".into(),
-        status,
-        event_id: status.event_id(id),
-        at,
-        detail: None,
-        pricing: None,
-        invoice_number: None,
-        revision: 0,
-    };
+    fn status(id: &str, status: OrderStatus, at: i64) -> StatusUpdate {
+        StatusUpdate {
+            order_id: id.to_string(),
+            customer_id: "bench".into(),
+            status,
+            event_id: status.event_id(id),
+            at,
+            detail: None,
+            pricing: None,
+            invoice_number: None,
+            revision: 0,
+        }
+    }
+    fn record<T: 'static>(id: &str, s: OrderStatus, at: i64) -> StepRecord<T> {
+        let id = id.to_string();
+        Box::new(move |_| status(&id, s, at))
+    }
     let items = [OrderItem {
         sku: "SKU".into(),
         quantity: 1,
@@ -257,41 +263,43 @@ async fn one_order(store: &dyn Store, id: &str) {
         .await
         .unwrap();
     // validation
-    store.reserve(id, &items, 2).await.unwrap();
-    store
-        .apply_status(status(OrderStatus::Validated, 2))
-        .await
-        .unwrap();
-    // payment
+    let validated: StepRecord<Reservation> = record(id, OrderStatus::Validated, 2);
+    store.reserve_step(id, &items, 2, validated).await.unwrap();
+    // payment: the check before the charge, a charge recorded already, the card token
+    assert_ne!(
+        store.order_status(id).await.unwrap(),
+        Some(OrderStatus::Cancelled)
+    );
     assert!(store.get_payment(id).await.unwrap().is_none());
+    store.get_payment_token(id, 3).await.unwrap();
+    let paid: StepRecord<PaymentRecord> = record(id, OrderStatus::Paid, 3);
     store
-        .record_payment(PaymentRecord {
-            order_id: id.to_string(),
-            amount_cents: 120,
-            currency: "EUR".into(),
-            approved: true,
-            payment_id: Some(format!("ch_{id}")),
-            reason: None,
-            at: 3,
-        })
-        .await
-        .unwrap();
-    store
-        .apply_status(status(OrderStatus::Paid, 3))
+        .record_payment_step(
+            PaymentRecord {
+                order_id: id.to_string(),
+                amount_cents: 120,
+                currency: "EUR".into(),
+                approved: true,
+                payment_id: Some(format!("ch_{id}")),
+                reason: None,
+                at: 3,
+            },
+            paid,
+        )
         .await
         .unwrap();
     // invoicing
+    let invoiced: StepRecord<Invoice> = record(id, OrderStatus::Invoiced, 4);
     store
-        .create_invoice(InvoiceDraft {
-            order_id: id.to_string(),
-            customer_id: "bench".into(),
-            pricing,
-            at: 4,
-        })
-        .await
-        .unwrap();
-    store
-        .apply_status(status(OrderStatus::Invoiced, 4))
+        .invoice_step(
+            InvoiceDraft {
+                order_id: id.to_string(),
+                customer_id: "bench".into(),
+                pricing,
+                at: 4,
+            },
+            invoiced,
+        )
         .await
         .unwrap();
     // bridge: order confirmed and invoice ready, through two sinks
