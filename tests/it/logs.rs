@@ -42,8 +42,9 @@ async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
     let p = Pipeline::start_logging_to(
         dir.path(),
         &["--log-format", "json"],
-        // The message spans, and each stage's "Message handled." line (debug) in its span.
-        "info,orderflow::messages=debug,orderflow_kafka=debug",
+        // The message spans, each stage's "Message handled." line (debug) in its span, and
+        // the API's "Order accepted." (debug) in its request's.
+        "info,orderflow::messages=debug,orderflow_kafka=debug,orderflow_ingest::ops=debug",
         &log_file,
     );
     let id = p.place(&order_body("MUG-001", 1, "tok_visa")).await;

@@ -6,7 +6,7 @@
 
 use orderflow_schemas::{Address, OrderItem, OrderStatus, PaymentMethod};
 use orderflow_store::{CreateOrder, IdempotencyKey, OrderRecord, PaymentToken, TimelineEntry};
-use tracing::info;
+use tracing::debug;
 
 use super::{announced, OpError};
 use crate::ApiState;
@@ -101,6 +101,6 @@ pub async fn place_order(state: &ApiState, new: NewOrder) -> Result<Placed, OpEr
     }
     announced(state, &order_id);
     orderflow_schemas::metrics::metrics().orders_accepted.inc();
-    info!(%order_id, "Order accepted.");
+    debug!(%order_id, "Order accepted.");
     Ok(Placed::Accepted { order_id })
 }
