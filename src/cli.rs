@@ -282,7 +282,7 @@ pub struct StoreArgs {
     #[arg(
         long,
         env = "ORDERFLOW_STORE_COMMIT_INTERVAL",
-        default_value = "2ms",
+        default_value = "4ms",
         value_parser = humantime_duration
     )]
     pub store_commit_interval: Duration,
