@@ -329,8 +329,10 @@ pub trait StepStore: CatalogueStore + OrderStore + PaymentStore + InvoiceStore {
 
     /// Payment's step: records the charge's outcome ([`PaymentStore::record_payment`], which
     /// answers the one recorded first and forgets the card token), then, unless the order is
-    /// cancelled, `record(&recorded)`. [`Step::Cancelled`]: the payment is recorded all the same
-    /// (the gateway charged it): an approved one is for the caller to refund.
+    /// cancelled, gives a declined charge's reserved stock back ([`CatalogueStore::release`])
+    /// and records `record(&recorded)`, so an order that reads `payment_failed` holds no stock.
+    /// [`Step::Cancelled`]: the payment is recorded all the same (the gateway charged it): an
+    /// approved one is for the caller to refund; the cancel gave the stock back.
     async fn record_payment_step(
         &self,
         payment: PaymentRecord,
@@ -339,6 +341,9 @@ pub trait StepStore: CatalogueStore + OrderStore + PaymentStore + InvoiceStore {
         let recorded = self.record_payment(payment).await?;
         if self.order_status(&recorded.order_id).await? == Some(OrderStatus::Cancelled) {
             return Ok(Step::Cancelled);
+        }
+        if !recorded.approved {
+            self.release(&recorded.order_id).await?;
         }
         self.apply_status(record(&recorded)).await?;
         Ok(Step::Done(recorded))

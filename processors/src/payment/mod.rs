@@ -328,10 +328,7 @@ impl Handler for PaymentHandler {
                 debug!(order_id = %order.order_id, "Order paid.");
             }
             Outcome::Failed(event, _) => {
-                self.store
-                    .release(&order.order_id)
-                    .await
-                    .map_err(store_error)?;
+                // The step gave the stock back.
                 emit(&self.producer, OrderStatus::PaymentFailed, &event).await?;
                 debug!(order_id = %order.order_id, "Payment failed.");
             }

@@ -40,6 +40,9 @@ impl StepStore for EmbeddedStore {
             if cancelled(&order) {
                 return Ok(Step::Cancelled);
             }
+            if !recorded.approved {
+                release_in(txn, &recorded.order_id)?;
+            }
             apply_status_to(txn, order, &record(&recorded))?;
             Ok(Step::Done(recorded))
         })

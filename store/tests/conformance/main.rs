@@ -175,6 +175,8 @@ macro_rules! conformance_tests {
             steps_record_their_status_with_their_effect = check_steps_record_their_status_with_their_effect;
             [tokio::test]
             steps_do_nothing_for_a_cancelled_order = check_steps_do_nothing_for_a_cancelled_order;
+            [tokio::test]
+            a_declined_payment_step_gives_the_stock_back = check_a_declined_payment_step_gives_the_stock_back;
         }
     };
     ($open:path; $( [$($attr:tt)*] $name:ident = $check:ident; )*) => {

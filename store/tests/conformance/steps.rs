@@ -188,3 +188,44 @@ pub(crate) async fn check_steps_do_nothing_for_a_cancelled_order(store: Arc<dyn 
     assert_eq!(read.status, OrderStatus::Cancelled);
     assert_eq!(read.timeline, cancelled.timeline, "no step recorded");
 }
+
+/// A declined charge's step gives the order's reserved stock back in the same call as it
+/// records the status, so an order that reads `payment_failed` holds no stock; a repeat gives
+/// nothing back twice.
+pub(crate) async fn check_a_declined_payment_step_gives_the_stock_back(store: Arc<dyn Store>) {
+    let sku = unique("sku");
+    store.put_products(vec![product(&sku, 10)]).await.unwrap();
+    let o = order(&unique("customer"), T0);
+    store
+        .create_order(o.clone(), None, None, None)
+        .await
+        .unwrap();
+    store
+        .reserve_step(
+            &o.order_id,
+            &[item(&sku, 3)],
+            T0 + 1,
+            record(&o, OrderStatus::Validated, reserved_at),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stock(&*store, &sku).await, (7, 3));
+
+    for _ in 0..2 {
+        let step = store
+            .record_payment_step(
+                payment(&o.order_id, false, "ch_declined"),
+                record(&o, OrderStatus::PaymentFailed, |p: &PaymentRecord| p.at),
+            )
+            .await
+            .unwrap();
+        let Step::Done(recorded) = step else {
+            panic!("recorded, got {step:?}");
+        };
+        assert!(!recorded.approved);
+        assert_eq!(stock(&*store, &sku).await, (10, 0), "given back once");
+    }
+    let read = store.get_order(&o.order_id).await.unwrap().unwrap();
+    assert_eq!(read.status, OrderStatus::PaymentFailed);
+    assert_eq!(entries(&read, OrderStatus::PaymentFailed), 1);
+}
