@@ -318,6 +318,20 @@ impl Invoice {
     }
 }
 
+impl InvoiceDraft {
+    /// The draft's invoice under number `sequence`.
+    pub fn numbered(&self, sequence: u64) -> Invoice {
+        Invoice {
+            number: Invoice::format_number(sequence),
+            sequence,
+            order_id: self.order_id.clone(),
+            customer_id: self.customer_id.clone(),
+            pricing: self.pricing.clone(),
+            issued_at: self.at,
+        }
+    }
+}
+
 // --- Order lifecycle ---
 
 /// Which orders `OrderStore::list_orders` returns. Every field narrows the list; none set lists

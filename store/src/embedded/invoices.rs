@@ -33,14 +33,7 @@ pub(super) fn create_invoice_in(txn: &WriteTransaction, draft: &InvoiceDraft) ->
         + 1;
     counters.insert("invoice", sequence).map_err(unavailable)?;
     drop(counters);
-    let invoice = Invoice {
-        number: Invoice::format_number(sequence),
-        sequence,
-        order_id: draft.order_id.clone(),
-        customer_id: draft.customer_id.clone(),
-        pricing: draft.pricing.clone(),
-        issued_at: draft.at,
-    };
+    let invoice = draft.numbered(sequence);
     put_json(txn, INVOICES, &draft.order_id, &invoice)?;
     Ok(invoice)
 }

@@ -1216,11 +1216,9 @@ fn cancel_in(
     reason: Option<&str>,
     at: i64,
 ) -> Result<CancelOutcome> {
-    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    let Some(order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+    let Some(order) = order_in(txn, order_id)? else {
         return Ok(CancelOutcome::NotFound);
     };
-    drop(orders);
     let (order, first) = match order.status {
         OrderStatus::Shipped => return Ok(CancelOutcome::Shipped),
         OrderStatus::Cancelled => (order, false),
@@ -1250,11 +1248,9 @@ fn cancel_in(
 
 /// See [`OrderStore::ship_order`].
 fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcome> {
-    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    let Some(order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+    let Some(order) = order_in(txn, order_id)? else {
         return Ok(ShipOutcome::NotFound);
     };
-    drop(orders);
     Ok(match order.status {
         OrderStatus::Shipped => ShipOutcome::Shipped(Box::new(order)),
         OrderStatus::Paid | OrderStatus::Invoiced => {
@@ -1279,11 +1275,9 @@ fn modify_in(
     change: &OrderChange,
     at: i64,
 ) -> Result<ModifyOutcome> {
-    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    let Some(mut order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+    let Some(mut order) = order_in(txn, order_id)? else {
         return Ok(ModifyOutcome::NotFound);
     };
-    drop(orders);
     let refused = |order: &OrderRecord| ModifyOutcome::NotModifiable {
         status: order.status,
         claimed: order.payment_claim.is_some(),
@@ -1379,11 +1373,9 @@ fn modify_in(
 
 /// See [`PaymentStore::claim_payment`].
 fn claim_in(txn: &WriteTransaction, order_id: &str, revision: i32) -> Result<PaymentClaim> {
-    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    let Some(mut order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+    let Some(mut order) = order_in(txn, order_id)? else {
         return Ok(PaymentClaim::NotFound);
     };
-    drop(orders);
     if order.status.is_final() {
         return Ok(PaymentClaim::Final(order.status));
     }
@@ -1506,11 +1498,9 @@ fn expire_in(
     reason: &str,
     at: i64,
 ) -> Result<ExpireOutcome> {
-    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    let Some(order) = get_json::<OrderRecord, _>(&orders, "order", order_id)? else {
+    let Some(order) = order_in(txn, order_id)? else {
         return Ok(ExpireOutcome::NotFound);
     };
-    drop(orders);
     if order.status == OrderStatus::Cancelled {
         return Ok(ExpireOutcome::Cancelled(Box::new(order)));
     }

@@ -79,9 +79,14 @@ impl OrderStore for EmbeddedStore {
     }
 
     async fn order_status(&self, order_id: &str) -> Result<Option<OrderStatus>> {
+        /// The one field of an order's record this reads; the others are skipped unparsed.
+        #[derive(serde::Deserialize)]
+        struct Status {
+            status: OrderStatus,
+        }
         let txn = self.read()?;
         let table = txn.open_table(ORDERS).map_err(unavailable)?;
-        status_of(&table, order_id)
+        Ok(get_json::<Status, _>(&table, "order", order_id)?.map(|order| order.status))
     }
 
     async fn list_customer_orders(
@@ -223,12 +228,9 @@ impl OrderStore for EmbeddedStore {
     async fn mark_paid(&self, payment: &PaymentRecord) -> Result<Option<OrderRecord>> {
         let payment = payment.clone();
         self.write(move |txn| {
-            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-            let Some(order) = get_json::<OrderRecord, _>(&orders, "order", &payment.order_id)?
-            else {
+            let Some(order) = order_in(txn, &payment.order_id)? else {
                 return Ok(None);
             };
-            drop(orders);
             let event_id = OrderStatus::Paid.event_id(&order.order_id);
             let Some(paid) = crate::outbox::paid(&order, &payment) else {
                 return Ok(Some(order));
@@ -238,9 +240,7 @@ impl OrderStore for EmbeddedStore {
             }
             apply_status_in(txn, &StatusUpdate::paid(&order, &payment))?;
             queue_in(txn, &OutboxEvent::of(&paid)?)?;
-            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-            let order = get_json::<OrderRecord, _>(&orders, "order", &payment.order_id)?;
-            drop(orders);
+            let order = order_in(txn, &payment.order_id)?;
             if let Some(order) = order
                 .as_ref()
                 .filter(|o| o.status == OrderStatus::Cancelled)
@@ -291,29 +291,10 @@ impl OrderStore for EmbeddedStore {
 
     async fn forget_unpaid_order(&self, order_id: &str) -> Result<()> {
         let order_id = order_id.to_string();
-        self.write(move |txn| {
-            let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-            let order = get_json::<OrderRecord, _>(&orders, "order", &order_id)?;
-            drop(orders);
-            match order {
-                Some(order) => unindex_unpaid_in(txn, &order),
-                None => Ok(()),
-            }
+        self.write(move |txn| match order_in(txn, &order_id)? {
+            Some(order) => unindex_unpaid_in(txn, &order),
+            None => Ok(()),
         })
         .await
     }
-}
-
-/// An order's status alone, `None` for an order not in `orders`; the record's other fields
-/// are skipped unparsed.
-fn status_of<T>(orders: &T, order_id: &str) -> Result<Option<OrderStatus>>
-where
-    T: ReadableTable<&'static str, &'static [u8]>,
-{
-    /// The one field of an order's record this reads.
-    #[derive(serde::Deserialize)]
-    struct Status {
-        status: OrderStatus,
-    }
-    Ok(get_json::<Status, _>(orders, "order", order_id)?.map(|order| order.status))
 }

@@ -1138,14 +1138,7 @@ impl ScyllaStore {
                 }
             }
             let sequence = value as u64 + 1;
-            let invoice = Invoice {
-                number: Invoice::format_number(sequence),
-                sequence,
-                order_id: draft.order_id.clone(),
-                customer_id: draft.customer_id.clone(),
-                pricing: draft.pricing.clone(),
-                issued_at: draft.at,
-            };
+            let invoice = draft.numbered(sequence);
             let taken = self
                 .lwt(
                     &self.q.sequence_take,
