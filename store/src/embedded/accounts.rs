@@ -50,7 +50,7 @@ impl AccountStore for EmbeddedStore {
     async fn update_account(&self, account: Account) -> Result<bool> {
         self.write(move |txn| {
             let table = txn.open_table(ACCOUNTS).map_err(unavailable)?;
-            let Some(existing) = get_json::<Account, _>(&table, "account", &account.customer_id)?
+            let Some(existing) = get_json::<Account, _>(&*table, "account", &account.customer_id)?
             else {
                 return Ok(false);
             };
@@ -165,7 +165,7 @@ impl AccountStore for EmbeddedStore {
             let table = txn
                 .open_table(REFRESH_TOKENS.records)
                 .map_err(unavailable)?;
-            let Some(token) = get_json::<RefreshToken, _>(&table, "refresh token", &token_hash)?
+            let Some(token) = get_json::<RefreshToken, _>(&*table, "refresh token", &token_hash)?
             else {
                 return Ok(false);
             };

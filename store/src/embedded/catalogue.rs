@@ -58,7 +58,7 @@ impl CatalogueStore for EmbeddedStore {
         let sku = sku.to_string();
         self.write(move |txn| {
             let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            let Some(mut product) = get_json::<Product, _>(&table, "product", &sku)? else {
+            let Some(mut product) = get_json::<Product, _>(&*table, "product", &sku)? else {
                 return Ok(None);
             };
             drop(table);
@@ -80,7 +80,7 @@ impl CatalogueStore for EmbeddedStore {
         let now = orderflow_schemas::now_millis();
         self.write(move |txn| {
             let table = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            let Some(mut product) = get_json::<Product, _>(&table, "product", &sku)? else {
+            let Some(mut product) = get_json::<Product, _>(&*table, "product", &sku)? else {
                 return Ok(StockAdjustment::NotFound);
             };
             drop(table);
@@ -88,7 +88,7 @@ impl CatalogueStore for EmbeddedStore {
                 let keys = txn
                     .open_table(ADJUSTMENT_KEYS.records)
                     .map_err(unavailable)?;
-                let seen = get_json::<AdjustmentRecord, _>(&keys, "adjustment key", &key.key)?;
+                let seen = get_json::<AdjustmentRecord, _>(&*keys, "adjustment key", &key.key)?;
                 match seen {
                     Some(seen) if seen.expires_at > now => {
                         return Ok(if seen.sku == sku && seen.delta == delta {
@@ -139,13 +139,13 @@ impl CatalogueStore for EmbeddedStore {
 
 /// Reserves all items or none, as [`ReservationPlan`] plans; see [`CatalogueStore::reserve`].
 pub(super) fn reserve_in(
-    txn: &WriteTransaction,
+    txn: &Tx,
     order_id: &str,
     items: &[OrderItem],
     at: i64,
 ) -> Result<Reservation> {
     let mut reservations = txn.open_table(RESERVATIONS).map_err(unavailable)?;
-    if let Some(done) = get_json(&reservations, "reservation", order_id)? {
+    if let Some(done) = get_json(&*reservations, "reservation", order_id)? {
         return Ok(done);
     }
     let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
@@ -153,7 +153,7 @@ pub(super) fn reserve_in(
     // order holds nothing yet.
     let plan = ReservationPlan::new(
         items,
-        |sku| get_json::<Product, _>(&products, "product", sku),
+        |sku| get_json::<Product, _>(&*products, "product", sku),
         |_| false,
     )?;
     let reservation = match plan {

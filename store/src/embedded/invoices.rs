@@ -18,9 +18,9 @@ impl InvoiceStore for EmbeddedStore {
 
 /// Numbers and stores the order's invoice, or answers the one it has; see
 /// [`InvoiceStore::create_invoice`].
-pub(super) fn create_invoice_in(txn: &WriteTransaction, draft: &InvoiceDraft) -> Result<Invoice> {
+pub(super) fn create_invoice_in(txn: &Tx, draft: &InvoiceDraft) -> Result<Invoice> {
     let table = txn.open_table(INVOICES).map_err(unavailable)?;
-    if let Some(existing) = get_json(&table, "invoice", &draft.order_id)? {
+    if let Some(existing) = get_json(&*table, "invoice", &draft.order_id)? {
         return Ok(existing);
     }
     drop(table);

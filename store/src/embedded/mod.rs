@@ -8,6 +8,8 @@
 //! transaction before it commits (group commit): many concurrent callers share one fsync.
 //! Under load it begins a commit at most every [`EmbeddedConfig::commit_interval`] (4 ms), so
 //! that each commit takes the writes of that time; a write after a quiet spell commits at once.
+//! A group's writes share the transaction's open tables ([`tx::Tx`]): each table is opened on
+//! its first use in the group and closed before the commit, not at every use.
 //! Each write is a closure that may run twice: when one write of a group fails, the group is
 //! rolled back and every write is retried in a transaction of its own, so one bad write
 //! never fails its neighbours. Reads use MVCC read transactions and never wait for the writer.
@@ -37,9 +39,7 @@ use std::{
 
 use async_trait::async_trait;
 use orderflow_schemas::OrderItem;
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,7 +47,7 @@ use crate::{
     account::*, model::*, outbox::OutboxEvent, Result, Store, StoreError, DEFAULT_DELIVERY_TTL,
 };
 
-use self::outbox::queue_in;
+use self::{outbox::queue_in, tx::Tx};
 
 mod accounts;
 mod catalogue;
@@ -57,6 +57,7 @@ mod orders;
 mod outbox;
 mod payments;
 mod steps;
+mod tx;
 
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
@@ -300,8 +301,10 @@ impl EmbeddedStore {
                 txn.open_table(expiring.records).map_err(unavailable)?;
                 txn.open_table(expiring.by_expiry).map_err(unavailable)?;
             }
-            backfill_unpaid_in(&txn)?;
-            backfill_expiry_in(&txn)?;
+            let tx = Tx::new(&txn);
+            backfill_unpaid_in(&tx)?;
+            backfill_expiry_in(&tx)?;
+            drop(tx);
             txn.commit().map_err(unavailable)?;
         }
         let (writes, queue) = mpsc::channel(config.write_queue.max(1));
@@ -395,7 +398,7 @@ impl EmbeddedStore {
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: Fn(&WriteTransaction) -> Result<T> + Send + 'static,
+        F: Fn(&Tx) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(TypedJob {
@@ -434,7 +437,7 @@ impl EmbeddedStore {
 
 trait Job: Send {
     /// Runs the write; false when it failed (its error is kept for the reply).
-    fn run(&mut self, txn: &WriteTransaction) -> bool;
+    fn run(&mut self, txn: &Tx) -> bool;
     /// Replies with the write's result, or with the commit's error.
     fn finish(&mut self, commit: Result<()>);
 }
@@ -448,9 +451,9 @@ struct TypedJob<T, F> {
 impl<T, F> Job for TypedJob<T, F>
 where
     T: Send,
-    F: Fn(&WriteTransaction) -> Result<T> + Send,
+    F: Fn(&Tx) -> Result<T> + Send,
 {
-    fn run(&mut self, txn: &WriteTransaction) -> bool {
+    fn run(&mut self, txn: &Tx) -> bool {
         // A write that panics (a bug) fails alone; the writer and the other writes go on.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(txn)))
             .unwrap_or_else(|panic| {
@@ -499,7 +502,9 @@ fn writer_loop(db: Arc<Database>, mut queue: mpsc::Receiver<Box<dyn Job>>, inter
         last_shared = (group.len() > 1).then_some(began);
         let all_ok = match db.begin_write() {
             Ok(txn) => {
-                let ok = group.iter_mut().all(|job| job.run(&txn));
+                let tx = Tx::new(&txn);
+                let ok = group.iter_mut().all(|job| job.run(&tx));
+                drop(tx);
                 if ok {
                     let commit = txn.commit().map_err(unavailable);
                     for job in &mut group {
@@ -523,7 +528,10 @@ fn writer_loop(db: Arc<Database>, mut queue: mpsc::Receiver<Box<dyn Job>>, inter
         for job in &mut group {
             let commit = match db.begin_write() {
                 Ok(txn) => {
-                    if job.run(&txn) {
+                    let tx = Tx::new(&txn);
+                    let ok = job.run(&tx);
+                    drop(tx);
+                    if ok {
                         txn.commit().map_err(unavailable)
                     } else {
                         let _ = txn.abort();
@@ -562,7 +570,7 @@ where
 }
 
 fn put_json<T: Serialize>(
-    txn: &WriteTransaction,
+    txn: &Tx,
     def: TableDefinition<&str, &[u8]>,
     key: &str,
     value: &T,
@@ -601,13 +609,7 @@ fn expiry_key(expires_at: i64, key: &str) -> String {
 
 impl Expiring {
     /// Stores (or replaces) the record under `key`.
-    fn put<T: Serialize>(
-        self,
-        txn: &WriteTransaction,
-        key: &str,
-        value: &T,
-        expires_at: i64,
-    ) -> Result<()> {
+    fn put<T: Serialize>(self, txn: &Tx, key: &str, value: &T, expires_at: i64) -> Result<()> {
         self.remove(txn, key)?;
         put_json(txn, self.records, key, value)?;
         txn.open_table(self.by_expiry)
@@ -636,7 +638,7 @@ impl Expiring {
     }
 
     /// Removes the record under `key`, if any, with its index entry.
-    fn remove(self, txn: &WriteTransaction, key: &str) -> Result<()> {
+    fn remove(self, txn: &Tx, key: &str) -> Result<()> {
         let removed = txn
             .open_table(self.records)
             .map_err(unavailable)?
@@ -653,7 +655,7 @@ impl Expiring {
     }
 
     /// Removes up to `limit` records that expired by `now`, oldest first; how many went.
-    fn purge(self, txn: &WriteTransaction, now: i64, limit: usize) -> Result<usize> {
+    fn purge(self, txn: &Tx, now: i64, limit: usize) -> Result<usize> {
         let expired = take_expired(txn, self.by_expiry, now, limit)?;
         if !expired.is_empty() {
             let mut records = txn.open_table(self.records).map_err(unavailable)?;
@@ -668,7 +670,7 @@ impl Expiring {
 /// Removes up to `limit` entries of an index by time (`<ms, 20 digits> \0 key` → ()) at or
 /// before `until`, oldest first, and returns their keys.
 fn take_expired(
-    txn: &WriteTransaction,
+    txn: &Tx,
     index: TableDefinition<&str, ()>,
     until: i64,
     limit: usize,
@@ -696,7 +698,7 @@ fn take_expired(
 }
 
 /// Marks `sink \0 id` keys delivered at `at`, each indexed by that time.
-fn mark_delivered_in(txn: &WriteTransaction, keys: &[String], at: i64) -> Result<()> {
+fn mark_delivered_in(txn: &Tx, keys: &[String], at: i64) -> Result<()> {
     let mut table = txn.open_table(DELIVERIES).map_err(unavailable)?;
     let mut index = txn.open_table(DELIVERIES_BY_TIME).map_err(unavailable)?;
     for key in keys {
@@ -744,7 +746,7 @@ impl OldestDelivery {
 
 /// Removes up to `limit` delivery markers delivered at or before `delivered_by`.
 fn purge_deliveries_in(
-    txn: &WriteTransaction,
+    txn: &Tx,
     delivered_by: i64,
     limit: usize,
     oldest: &OldestDelivery,
@@ -767,7 +769,7 @@ fn purge_deliveries_in(
 }
 
 /// The time of the first (oldest) entry of an index by time, if it has any.
-fn first_time_in(txn: &WriteTransaction, index: TableDefinition<&str, ()>) -> Result<Option<i64>> {
+fn first_time_in(txn: &Tx, index: TableDefinition<&str, ()>) -> Result<Option<i64>> {
     let index = txn.open_table(index).map_err(unavailable)?;
     let Some((key, _)) = index.first().map_err(unavailable)? else {
         return Ok(None);
@@ -780,7 +782,7 @@ fn first_time_in(txn: &WriteTransaction, index: TableDefinition<&str, ()>) -> Re
 }
 
 /// Makes the family (`customer \0 family`) live at least until `expires_at`.
-fn extend_family_in(txn: &WriteTransaction, family: &str, expires_at: i64) -> Result<()> {
+fn extend_family_in(txn: &Tx, family: &str, expires_at: i64) -> Result<()> {
     let mut expiry = txn.open_table(REFRESH_FAMILY_EXPIRY).map_err(unavailable)?;
     let before = expiry.get(family).map_err(unavailable)?.map(|g| g.value());
     if before.is_some_and(|b| b >= expires_at) {
@@ -802,7 +804,7 @@ fn extend_family_in(txn: &WriteTransaction, family: &str, expires_at: i64) -> Re
 }
 
 /// Removes up to `limit` refresh token families whose last token expired by `now`.
-fn purge_families_in(txn: &WriteTransaction, now: i64, limit: usize) -> Result<usize> {
+fn purge_families_in(txn: &Tx, now: i64, limit: usize) -> Result<usize> {
     let expired = take_expired(txn, REFRESH_FAMILIES_BY_EXPIRY, now, limit)?;
     let mut families = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
     let mut expiry = txn.open_table(REFRESH_FAMILY_EXPIRY).map_err(unavailable)?;
@@ -817,7 +819,7 @@ fn purge_families_in(txn: &WriteTransaction, now: i64, limit: usize) -> Result<u
 /// `expiry_index`): idempotency keys, stock adjustment keys, refresh tokens and their
 /// families, delivery markers. A family without a token left lives one more day (its access
 /// tokens have expired by then).
-fn backfill_expiry_in(txn: &WriteTransaction) -> Result<()> {
+fn backfill_expiry_in(txn: &Tx) -> Result<()> {
     const MARKER: &str = "expiry_index";
     let mut markers = txn.open_table(MARKERS).map_err(unavailable)?;
     if markers.get(MARKER).map_err(unavailable)?.is_some() {
@@ -883,24 +885,20 @@ fn backfill_expiry_in(txn: &WriteTransaction) -> Result<()> {
 }
 
 /// Moves an order's read model forward; see [`OrderStore::apply_status`].
-fn apply_status_in(txn: &WriteTransaction, update: &StatusUpdate) -> Result<()> {
+fn apply_status_in(txn: &Tx, update: &StatusUpdate) -> Result<()> {
     let existing = order_in(txn, &update.order_id)?;
     apply_status_to(txn, existing, update)
 }
 
 /// The order's record as the transaction sees it.
-fn order_in(txn: &WriteTransaction, order_id: &str) -> Result<Option<OrderRecord>> {
+fn order_in(txn: &Tx, order_id: &str) -> Result<Option<OrderRecord>> {
     let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-    get_json(&orders, "order", order_id)
+    get_json(&*orders, "order", order_id)
 }
 
 /// [`apply_status_in`] on the order's record read earlier in the same transaction (`None`: the
 /// store has no such order), which saves reading it again.
-fn apply_status_to(
-    txn: &WriteTransaction,
-    existing: Option<OrderRecord>,
-    update: &StatusUpdate,
-) -> Result<()> {
+fn apply_status_to(txn: &Tx, existing: Option<OrderRecord>, update: &StatusUpdate) -> Result<()> {
     if let Some(order) = existing.as_ref().filter(|o| o.order_id != update.order_id) {
         return Err(StoreError::Invalid(format!(
             "a status change for order {} applied to order {}",
@@ -972,7 +970,7 @@ fn apply_status_to(
     Ok(())
 }
 
-fn release_in(txn: &WriteTransaction, order_id: &str) -> Result<bool> {
+fn release_in(txn: &Tx, order_id: &str) -> Result<bool> {
     settle_in(txn, order_id, Settle::GiveBack)
 }
 
@@ -986,9 +984,10 @@ enum Settle {
 }
 
 /// Settles the order's reservation once: `false` when there was nothing (left) to settle.
-fn settle_in(txn: &WriteTransaction, order_id: &str, settle: Settle) -> Result<bool> {
+fn settle_in(txn: &Tx, order_id: &str, settle: Settle) -> Result<bool> {
     let mut reservations = txn.open_table(RESERVATIONS).map_err(unavailable)?;
-    let Some(mut reservation) = get_json::<Reservation, _>(&reservations, "reservation", order_id)?
+    let Some(mut reservation) =
+        get_json::<Reservation, _>(&*reservations, "reservation", order_id)?
     else {
         return Ok(false);
     };
@@ -1003,7 +1002,7 @@ fn settle_in(txn: &WriteTransaction, order_id: &str, settle: Settle) -> Result<b
     }
     let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
     for line in lines.iter() {
-        if let Some(mut p) = get_json::<Product, _>(&products, "product", &line.sku)? {
+        if let Some(mut p) = get_json::<Product, _>(&*products, "product", &line.sku)? {
             let q = i64::from(line.quantity);
             if settle == Settle::GiveBack {
                 p.stock += q;
@@ -1027,7 +1026,7 @@ fn settle_in(txn: &WriteTransaction, order_id: &str, settle: Settle) -> Result<b
 
 /// Revokes one family (`customer \0 family`); one already gone (expired) stays gone, which
 /// counts as revoked.
-fn revoke_family_in(txn: &WriteTransaction, customer_id: &str, family_id: &str) -> Result<()> {
+fn revoke_family_in(txn: &Tx, customer_id: &str, family_id: &str) -> Result<()> {
     let key = compound(customer_id, family_id);
     let mut families = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
     if families.get(key.as_str()).map_err(unavailable)?.is_some() {
@@ -1036,9 +1035,9 @@ fn revoke_family_in(txn: &WriteTransaction, customer_id: &str, family_id: &str) 
     Ok(())
 }
 
-fn family_revoked(txn: &WriteTransaction, customer_id: &str, family_id: &str) -> Result<bool> {
+fn family_revoked(txn: &Tx, customer_id: &str, family_id: &str) -> Result<bool> {
     let table = txn.open_table(REFRESH_FAMILIES).map_err(unavailable)?;
-    revoked_in(&table, customer_id, family_id)
+    revoked_in(&*table, customer_id, family_id)
 }
 
 /// Whether the family is marked revoked in the `refresh_families` table (read or write side).
@@ -1055,7 +1054,7 @@ fn revoked_in(
 }
 
 fn rotate_in(
-    txn: &WriteTransaction,
+    txn: &Tx,
     presented: &str,
     next_hash: &str,
     next_expires_at: i64,
@@ -1064,7 +1063,7 @@ fn rotate_in(
     let table = txn
         .open_table(REFRESH_TOKENS.records)
         .map_err(unavailable)?;
-    let Some(mut token) = get_json::<RefreshToken, _>(&table, "refresh token", presented)? else {
+    let Some(mut token) = get_json::<RefreshToken, _>(&*table, "refresh token", presented)? else {
         return Ok(RotateOutcome::Unknown);
     };
     drop(table);
@@ -1102,13 +1101,13 @@ fn rotate_in(
 }
 
 fn check_verification_in(
-    txn: &WriteTransaction,
+    txn: &Tx,
     customer_id: &str,
     code_hash: &str,
     now: i64,
 ) -> Result<VerifyOutcome> {
     let mut table = txn.open_table(VERIFICATIONS).map_err(unavailable)?;
-    let Some(mut code) = get_json::<VerificationCode, _>(&table, "verification", customer_id)?
+    let Some(mut code) = get_json::<VerificationCode, _>(&*table, "verification", customer_id)?
     else {
         return Ok(VerifyOutcome::NoCode);
     };
@@ -1136,7 +1135,7 @@ fn check_verification_in(
     table.remove(customer_id).map_err(unavailable)?;
     drop(table);
     let accounts = txn.open_table(ACCOUNTS).map_err(unavailable)?;
-    let account: Option<Account> = get_json(&accounts, "account", customer_id)?;
+    let account: Option<Account> = get_json(&*accounts, "account", customer_id)?;
     drop(accounts);
     if let Some(mut account) = account {
         account.verified = true;
@@ -1190,7 +1189,7 @@ use orderflow_schemas::OrderStatus;
 
 /// Moves an order to a final status in one transaction (the caller checked it may).
 fn finish_in(
-    txn: &WriteTransaction,
+    txn: &Tx,
     mut order: OrderRecord,
     status: OrderStatus,
     detail: Option<&str>,
@@ -1210,12 +1209,7 @@ fn finish_in(
 }
 
 /// See [`OrderStore::cancel_order`].
-fn cancel_in(
-    txn: &WriteTransaction,
-    order_id: &str,
-    reason: Option<&str>,
-    at: i64,
-) -> Result<CancelOutcome> {
+fn cancel_in(txn: &Tx, order_id: &str, reason: Option<&str>, at: i64) -> Result<CancelOutcome> {
     let Some(order) = order_in(txn, order_id)? else {
         return Ok(CancelOutcome::NotFound);
     };
@@ -1232,7 +1226,7 @@ fn cancel_in(
     unindex_unpaid_in(txn, &order)?;
     let payments = txn.open_table(PAYMENTS).map_err(unavailable)?;
     let payment =
-        get_json::<PaymentRecord, _>(&payments, "payment", order_id)?.filter(|p| p.approved);
+        get_json::<PaymentRecord, _>(&*payments, "payment", order_id)?.filter(|p| p.approved);
     drop(payments);
     if first {
         let refund = payment
@@ -1247,7 +1241,7 @@ fn cancel_in(
 }
 
 /// See [`OrderStore::ship_order`].
-fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcome> {
+fn ship_in(txn: &Tx, order_id: &str, at: i64) -> Result<ShipOutcome> {
     let Some(order) = order_in(txn, order_id)? else {
         return Ok(ShipOutcome::NotFound);
     };
@@ -1269,12 +1263,7 @@ fn ship_in(txn: &WriteTransaction, order_id: &str, at: i64) -> Result<ShipOutcom
 /// See [`OrderStore::modify_order`] and [`OrderStore::reprice_order`]: the order, its reservation and the
 /// products change in one transaction, so a claim, a cancel or a reservation of the same
 /// products sees all or none.
-fn modify_in(
-    txn: &WriteTransaction,
-    order_id: &str,
-    change: &OrderChange,
-    at: i64,
-) -> Result<ModifyOutcome> {
+fn modify_in(txn: &Tx, order_id: &str, change: &OrderChange, at: i64) -> Result<ModifyOutcome> {
     let Some(mut order) = order_in(txn, order_id)? else {
         return Ok(ModifyOutcome::NotFound);
     };
@@ -1291,7 +1280,7 @@ fn modify_in(
         at: reserved_at,
         released: false,
         ..
-    }) = get_json::<Reservation, _>(&reservations, "reservation", order_id)?
+    }) = get_json::<Reservation, _>(&*reservations, "reservation", order_id)?
     else {
         return Ok(refused(&order));
     };
@@ -1313,7 +1302,7 @@ fn modify_in(
     let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
     let mut changed = Vec::with_capacity(plan.deltas.len());
     for (sku, delta) in &plan.deltas {
-        let Some(mut product) = get_json::<Product, _>(&products, "product", sku)? else {
+        let Some(mut product) = get_json::<Product, _>(&*products, "product", sku)? else {
             return Err(StoreError::Corrupt(format!(
                 "order {order_id} holds units of {sku}, which is not in the catalogue"
             )));
@@ -1372,7 +1361,7 @@ fn modify_in(
 }
 
 /// See [`PaymentStore::claim_payment`].
-fn claim_in(txn: &WriteTransaction, order_id: &str, revision: i32) -> Result<PaymentClaim> {
+fn claim_in(txn: &Tx, order_id: &str, revision: i32) -> Result<PaymentClaim> {
     let Some(mut order) = order_in(txn, order_id)? else {
         return Ok(PaymentClaim::NotFound);
     };
@@ -1409,7 +1398,7 @@ fn unpaid_key(placed_at: i64, order_id: &str) -> String {
 
 /// Lists the orders that await a transfer in a store written before the index existed, once
 /// (marker `unpaid_index`).
-fn backfill_unpaid_in(txn: &WriteTransaction) -> Result<()> {
+fn backfill_unpaid_in(txn: &Tx) -> Result<()> {
     const MARKER: &str = "unpaid_index";
     let mut markers = txn.open_table(MARKERS).map_err(unavailable)?;
     if markers.get(MARKER).map_err(unavailable)?.is_some() {
@@ -1436,7 +1425,7 @@ fn backfill_unpaid_in(txn: &WriteTransaction) -> Result<()> {
 }
 
 /// Lists the order among those awaiting a transfer.
-fn index_unpaid_in(txn: &WriteTransaction, order: &OrderRecord) -> Result<()> {
+fn index_unpaid_in(txn: &Tx, order: &OrderRecord) -> Result<()> {
     txn.open_table(UNPAID)
         .map_err(unavailable)?
         .insert(
@@ -1455,7 +1444,7 @@ fn index_unpaid_in(txn: &WriteTransaction, order: &OrderRecord) -> Result<()> {
 }
 
 /// Drops the order from those awaiting a transfer (nothing when it is not there).
-fn unindex_unpaid_in(txn: &WriteTransaction, order: &OrderRecord) -> Result<()> {
+fn unindex_unpaid_in(txn: &Tx, order: &OrderRecord) -> Result<()> {
     txn.open_table(UNPAID)
         .map_err(unavailable)?
         .remove(unpaid_key(order.created_at, &order.order_id).as_str())
@@ -1468,7 +1457,7 @@ fn unindex_unpaid_in(txn: &WriteTransaction, order: &OrderRecord) -> Result<()> 
 }
 
 /// How many of the customer's orders await a transfer.
-fn count_unpaid_in(txn: &WriteTransaction, customer_id: &str) -> Result<u32> {
+fn count_unpaid_in(txn: &Tx, customer_id: &str) -> Result<u32> {
     let index = txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
     let orders = txn.open_table(ORDERS).map_err(unavailable)?;
     let start = compound(customer_id, "");
@@ -1481,7 +1470,7 @@ fn count_unpaid_in(txn: &WriteTransaction, customer_id: &str) -> Result<u32> {
         let (key, _) = entry.map_err(unavailable)?;
         let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default();
         // An expired order stays listed until its announcement: it no longer counts.
-        if get_json::<OrderRecord, _>(&orders, "order", order_id)?
+        if get_json::<OrderRecord, _>(&*orders, "order", order_id)?
             .is_some_and(|o| awaits_transfer(&o))
         {
             open += 1;
@@ -1492,12 +1481,7 @@ fn count_unpaid_in(txn: &WriteTransaction, customer_id: &str) -> Result<u32> {
 
 /// See [`OrderStore::expire_unpaid_order`]: the check and the cancel are one transaction, so a
 /// claim lands wholly before (refused here) or after (refused there).
-fn expire_in(
-    txn: &WriteTransaction,
-    order_id: &str,
-    reason: &str,
-    at: i64,
-) -> Result<ExpireOutcome> {
+fn expire_in(txn: &Tx, order_id: &str, reason: &str, at: i64) -> Result<ExpireOutcome> {
     let Some(order) = order_in(txn, order_id)? else {
         return Ok(ExpireOutcome::NotFound);
     };

@@ -17,7 +17,7 @@ impl OrderStore for EmbeddedStore {
             if let Some(key) = &idempotency {
                 let ikey = compound(&order.customer_id, &key.key);
                 let table = txn.open_table(IDEMPOTENCY.records).map_err(unavailable)?;
-                let seen: Option<IdempotencyRecord> = get_json(&table, "idempotency", &ikey)?;
+                let seen: Option<IdempotencyRecord> = get_json(&*table, "idempotency", &ikey)?;
                 drop(table);
                 if let Some(seen) = seen.filter(|s| s.expires_at > now) {
                     if seen.fingerprint != key.fingerprint {
@@ -27,7 +27,7 @@ impl OrderStore for EmbeddedStore {
                     }
                     let orders = txn.open_table(ORDERS).map_err(unavailable)?;
                     if let Some(existing) =
-                        get_json::<OrderRecord, _>(&orders, "order", &seen.order_id)?
+                        get_json::<OrderRecord, _>(&*orders, "order", &seen.order_id)?
                     {
                         return Ok(CreateOrder::Existing(Box::new(existing)));
                     }

@@ -5,7 +5,7 @@ use super::*;
 use crate::{outbox::Queued, OutboxStore};
 
 /// Queues `event` in the outbox of the transaction `txn`.
-pub(super) fn queue_in(txn: &WriteTransaction, event: &OutboxEvent) -> Result<()> {
+pub(super) fn queue_in(txn: &Tx, event: &OutboxEvent) -> Result<()> {
     let position = {
         let mut counters = txn.open_table(COUNTERS).map_err(unavailable)?;
         let next = counters

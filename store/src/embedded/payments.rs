@@ -35,7 +35,7 @@ impl PaymentStore for EmbeddedStore {
     async fn record_refund(&self, refund: RefundRecord) -> Result<RefundRecord> {
         self.write(move |txn| {
             let table = txn.open_table(REFUNDS).map_err(unavailable)?;
-            if let Some(existing) = get_json(&table, "refund", &refund.order_id)? {
+            if let Some(existing) = get_json(&*table, "refund", &refund.order_id)? {
                 return Ok(existing);
             }
             drop(table);
@@ -54,13 +54,10 @@ impl PaymentStore for EmbeddedStore {
 
 /// Records the charge unless one is recorded, and forgets the card token; see
 /// [`PaymentStore::record_payment`].
-pub(super) fn record_payment_in(
-    txn: &WriteTransaction,
-    payment: &PaymentRecord,
-) -> Result<PaymentRecord> {
+pub(super) fn record_payment_in(txn: &Tx, payment: &PaymentRecord) -> Result<PaymentRecord> {
     PAYMENT_TOKENS.remove(txn, &payment.order_id)?;
     let table = txn.open_table(PAYMENTS).map_err(unavailable)?;
-    if let Some(existing) = get_json(&table, "payment", &payment.order_id)? {
+    if let Some(existing) = get_json(&*table, "payment", &payment.order_id)? {
         return Ok(existing);
     }
     drop(table);
