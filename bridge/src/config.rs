@@ -76,19 +76,17 @@ pub struct BridgeConfig {
 }
 
 impl Default for BridgeConfig {
-    /// Without a config: every customer notification to the log and to
-    /// `<data dir>/notifications.jsonl`.
+    /// Without a config: every customer notification to `<data dir>/notifications.jsonl`.
+    /// Each sink costs a consumer of its own and a sent-marker per event, so the default has one;
+    /// a config routes to the log sink too (`type = "log"`) for a line per notification.
     fn default() -> Self {
         BridgeConfig {
             provision: false,
             aws: AwsConfig::default(),
-            sinks: BTreeMap::from([
-                ("log".to_string(), SinkConfig::Log(LogConfig::default())),
-                ("file".to_string(), SinkConfig::File(FileConfig::default())),
-            ]),
+            sinks: BTreeMap::from([("file".to_string(), SinkConfig::File(FileConfig::default()))]),
             routes: vec![RouteConfig {
                 events: EventType::all().filter(|t| t.notifies()).collect(),
-                sinks: vec!["log".into(), "file".into()],
+                sinks: vec!["file".into()],
                 mapping: None,
             }],
         }
@@ -530,9 +528,12 @@ mod tests {
     }
 
     #[test]
-    fn the_default_sends_every_notification_to_the_log_and_the_file() {
+    fn the_default_sends_every_notification_to_the_file() {
         let c = BridgeConfig::default();
         c.validate().unwrap();
+        assert_eq!(c.sinks.keys().collect::<Vec<_>>(), ["file"]);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].sinks, ["file"]);
         assert_eq!(BridgeConfig::default_with_env([]).unwrap(), c);
         let moved = BridgeConfig::default_with_env(env(&[(
             "ORDERFLOW_BRIDGE__SINKS__FILE__PATH",

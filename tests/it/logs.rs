@@ -35,13 +35,36 @@ fn log_sink_handled(log_file: &std::path::Path, order_id: &str, event_type: &str
         })
 }
 
+/// A bridge config that routes the notifications to the log sink as well as to the file
+/// (the default routing has the file alone); its path, as an argument of `orderflow run`.
+fn with_log_sink(dir: &std::path::Path) -> String {
+    let path = dir.join("bridge.toml");
+    std::fs::write(
+        &path,
+        r#"
+[sinks.log]
+type = "log"
+
+[sinks.file]
+type = "file"
+
+[[routes]]
+events = ["order_validated", "order_rejected", "payment_failed", "order_invoiced"]
+sinks = ["log", "file"]
+"#,
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
     let dir = tempfile::tempdir().unwrap();
     let log_file = dir.path().join("orderflow.log");
+    let routing = with_log_sink(dir.path());
     let p = Pipeline::start_logging_to(
         dir.path(),
-        &["--log-format", "json"],
+        &["--log-format", "json", "--bridge-config", &routing],
         // The message spans, each stage's "Message handled." line (debug) in its span, and
         // the API's "Order accepted." (debug) in its request's.
         "info,orderflow::messages=debug,orderflow_kafka=debug,orderflow_ingest::ops=debug",
@@ -116,7 +139,7 @@ async fn json_log_lines_carry_the_order_id_of_the_request_and_of_each_stage() {
         ("validation", "OrderAccepted", "orders.accepted"),
         ("payment", "OrderValidated", "orders.validated"),
         ("invoicing", "OrderPaid", "orders.paid"),
-        // The default routing's two sinks, each its own stage.
+        // The two sinks of the routing, each its own stage.
         ("bridge.file", "OrderValidated", "orders.validated"),
         ("bridge.file", "OrderInvoiced", "orders.invoiced"),
         ("bridge.log", "OrderValidated", "orders.validated"),
@@ -173,7 +196,13 @@ async fn a_clean_start_and_stop_log_no_warning_from_librdkafka_and_no_error() {
 async fn at_info_level_a_dead_lettered_message_is_named_by_its_own_line() {
     let dir = tempfile::tempdir().unwrap();
     let log_file = dir.path().join("orderflow.log");
-    let p = Pipeline::start_logging_to(dir.path(), &["--log-format", "json"], "info", &log_file);
+    let routing = with_log_sink(dir.path());
+    let p = Pipeline::start_logging_to(
+        dir.path(),
+        &["--log-format", "json", "--bridge-config", &routing],
+        "info",
+        &log_file,
+    );
     produce_raw(
         &p.bootstrap,
         "orders.accepted",
