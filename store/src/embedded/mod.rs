@@ -1459,7 +1459,6 @@ fn unindex_unpaid_in(txn: &Tx, order: &OrderRecord) -> Result<()> {
 /// How many of the customer's orders await a transfer.
 fn count_unpaid_in(txn: &Tx, customer_id: &str) -> Result<u32> {
     let index = txn.open_table(UNPAID_BY_CUSTOMER).map_err(unavailable)?;
-    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
     let start = compound(customer_id, "");
     let end = format!("{customer_id}\u{1}");
     let mut open = 0;
@@ -1470,9 +1469,7 @@ fn count_unpaid_in(txn: &Tx, customer_id: &str) -> Result<u32> {
         let (key, _) = entry.map_err(unavailable)?;
         let order_id = key.value().rsplit('\u{0}').next().unwrap_or_default();
         // An expired order stays listed until its announcement: it no longer counts.
-        if get_json::<OrderRecord, _>(&*orders, "order", order_id)?
-            .is_some_and(|o| awaits_transfer(&o))
-        {
+        if order_in(txn, order_id)?.is_some_and(|o| awaits_transfer(&o)) {
             open += 1;
         }
     }

@@ -25,10 +25,7 @@ impl OrderStore for EmbeddedStore {
                             order_id: seen.order_id,
                         });
                     }
-                    let orders = txn.open_table(ORDERS).map_err(unavailable)?;
-                    if let Some(existing) =
-                        get_json::<OrderRecord, _>(&*orders, "order", &seen.order_id)?
-                    {
+                    if let Some(existing) = order_in(txn, &seen.order_id)? {
                         return Ok(CreateOrder::Existing(Box::new(existing)));
                     }
                 }
