@@ -6,6 +6,10 @@
 //! ([`TTL`]) as a safety net. Until the follower is in place (and after a consumer error, when
 //! events may have been missed) every read goes to the store.
 //!
+//! The follower runs only while orders are read: each read wants it ([`Demand::want`]), and
+//! once nothing has read for [`FOLLOW_IDLE`] (nor held a live stream open) it stops, and the
+//! cache with it (emptied, every read to the store) until the next read starts it again.
+//!
 //! A read never shows an older status than one this process answered before: an entry is only
 //! cached when no invalidation happened while it was being loaded (an invalidation leaves a
 //! marker with its sequence number; with the marker gone, any invalidation at all during the
@@ -24,7 +28,7 @@ use std::{
 };
 
 use moka::{future::Cache, ops::compute::Op};
-use orderflow_kafka::follow::KeyListener;
+use orderflow_kafka::follow::{Demand, KeyListener};
 use orderflow_schemas::metrics;
 use orderflow_store::{OrderRecord, Store, StoreError};
 
@@ -32,6 +36,9 @@ use orderflow_store::{OrderRecord, Store, StoreError};
 pub const CAPACITY: u64 = 10_000;
 /// Longest an entry is kept, even without an event.
 pub const TTL: Duration = Duration::from_secs(60);
+/// How long the follower goes on without an order read or a live stream (then every entry
+/// would have expired anyway).
+pub const FOLLOW_IDLE: Duration = TTL;
 
 #[derive(Clone)]
 enum Slot {
@@ -49,6 +56,8 @@ pub struct OrderCache {
     following: AtomicBool,
     /// Loads from the store under way that may offer their order to the cache.
     loading: AtomicUsize,
+    /// Whether the follower is wanted: reads want it.
+    demand: Arc<Demand>,
 }
 
 /// Counts a load under way until dropped, even if its future is.
@@ -83,7 +92,13 @@ impl OrderCache {
             invalidations: AtomicU64::new(0),
             following: AtomicBool::new(false),
             loading: AtomicUsize::new(0),
+            demand: Arc::new(Demand::new(FOLLOW_IDLE)),
         }
+    }
+
+    /// What wants the follower: each read through this cache, and the live streams.
+    pub fn demand(&self) -> &Arc<Demand> {
+        &self.demand
     }
 
     /// The order, from the cache or else from `store` (then cached, when that is safe).
@@ -93,6 +108,7 @@ impl OrderCache {
         order_id: &str,
     ) -> Result<Option<OrderRecord>, StoreError> {
         let outcome = metrics::metrics().order_cache_requests.clone();
+        self.demand.want();
         let enabled = self.following.load(Ordering::SeqCst);
         if enabled {
             if let Some(Slot::Order(order)) = self.entries.get(order_id).await {
@@ -167,21 +183,6 @@ impl OrderCache {
     }
 }
 
-/// Follows the order topics until `shutdown`, dropping each event's order from `cache`.
-pub async fn follow_orders(
-    kafka: &orderflow_kafka::KafkaConfig,
-    cache: Arc<OrderCache>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> orderflow_kafka::Result<()> {
-    orderflow_kafka::follow::follow_keys(
-        kafka,
-        orderflow_kafka::follow::order_topics(),
-        Arc::new(Invalidator(cache)),
-        shutdown,
-    )
-    .await
-}
-
 /// Whether `a` is further along than `b`.
 fn further(a: &OrderRecord, b: &OrderRecord) -> bool {
     (a.status.rank(), a.timeline.len(), a.updated_at)
@@ -204,6 +205,12 @@ impl KeyListener for Invalidator {
     }
 
     fn gap(&self) {
+        self.0.invalidate_all();
+    }
+
+    fn stopped(&self) {
+        // Not enabled first: a load finishing meanwhile does not offer what it read.
+        self.0.following.store(false, Ordering::SeqCst);
         self.0.invalidate_all();
     }
 }
@@ -321,5 +328,32 @@ mod tests {
         cache.offer("o1", &order(OrderStatus::Paid, 3), 0).await;
         assert_eq!(cached(&cache).await, None);
         assert!(!cache.is_enabled());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_follower_empties_the_cache_and_turns_it_off() {
+        let cache = Arc::new(OrderCache::default());
+        let follower = Invalidator(cache.clone());
+        follower.following();
+        let started = cache.invalidations.load(Ordering::SeqCst);
+        cache
+            .offer("o1", &order(OrderStatus::Paid, 3), started)
+            .await;
+        assert_eq!(cached(&cache).await, Some(OrderStatus::Paid));
+        follower.stopped();
+        assert!(!cache.is_enabled());
+        assert_eq!(cached(&cache).await, None);
+        let started = cache.invalidations.load(Ordering::SeqCst);
+        cache
+            .offer("o1", &order(OrderStatus::Invoiced, 4), started)
+            .await;
+        assert_eq!(cached(&cache).await, None, "no invalidation arrives now");
+        // Following again, from a clean slate.
+        follower.following();
+        let started = cache.invalidations.load(Ordering::SeqCst);
+        cache
+            .offer("o1", &order(OrderStatus::Invoiced, 4), started)
+            .await;
+        assert_eq!(cached(&cache).await, Some(OrderStatus::Invoiced));
     }
 }

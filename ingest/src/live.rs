@@ -25,7 +25,7 @@ use axum::{
     },
 };
 use futures::Stream;
-use orderflow_kafka::follow::KeyListener;
+use orderflow_kafka::follow::{Hold, KeyListener};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +97,10 @@ pub struct Follower {
 impl KeyListener for Follower {
     fn following(&self) {
         self.cache.following();
+        orderflow_schemas::metrics::metrics()
+            .order_follower_following
+            .set(1);
+        // A stream that read its order before the follower was in place reads it again.
         self.live.publish(Change::All);
     }
 
@@ -111,16 +115,24 @@ impl KeyListener for Follower {
         self.cache.gap();
         self.live.publish(Change::All);
     }
+
+    fn stopped(&self) {
+        self.cache.stopped();
+        orderflow_schemas::metrics::metrics()
+            .order_follower_following
+            .set(0);
+    }
 }
 
-/// Follows the order topics until `shutdown`: the read cache's invalidations and the live
-/// streams' changes.
+/// Follows the order topics until `shutdown`, while the cache's reads or a live stream want
+/// it ([`OrderCache::demand`]): the read cache's invalidations and the live streams' changes.
 pub async fn follow_orders(
     kafka: &orderflow_kafka::KafkaConfig,
     cache: Arc<OrderCache>,
     live: Arc<Live>,
     shutdown: CancellationToken,
 ) -> orderflow_kafka::Result<()> {
+    let demand = cache.demand().clone();
     let follower = Follower {
         cache: crate::cache::Invalidator(cache),
         live,
@@ -129,6 +141,7 @@ pub async fn follow_orders(
         kafka,
         orderflow_kafka::follow::order_topics(),
         Arc::new(follower),
+        demand,
         shutdown,
     )
     .await
@@ -170,7 +183,10 @@ pub async fn order_events(
     order_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let order_id = order_path(order_id)?;
-    // Subscribed before the first read: a change between the two is not lost.
+    // Subscribed before the first read: a change between the two is not lost. The stream
+    // keeps the follower going; one that was stopped tells every stream to read again once it
+    // follows (`Change::All`), which catches a change made before it was in place.
+    let wanted = state.orders.demand().hold();
     let changes = state.live.subscribe();
     let order = state
         .store
@@ -180,7 +196,7 @@ pub async fn order_events(
         .filter(|o| caller.may_access(&o.customer_id))
         .ok_or_else(|| no_order(&order_id))?;
     let first = view_json(order.into());
-    let stream = order_stream(state.clone(), order_id, first, changes);
+    let stream = order_stream(state.clone(), order_id, first, changes, wanted);
     Ok(sse(stream))
 }
 
@@ -212,6 +228,8 @@ struct Following {
     last: String,
     /// Still to send first.
     pending: Option<String>,
+    /// Keeps the follower going while the stream is open.
+    _wanted: Hold,
 }
 
 /// The order's events: `first`, then the order each time it changes.
@@ -220,6 +238,7 @@ fn order_stream(
     order_id: String,
     first: String,
     changes: broadcast::Receiver<Change>,
+    wanted: Hold,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let closing = state.live.closing();
     let s = Following {
@@ -229,6 +248,7 @@ fn order_stream(
         closing,
         last: String::new(),
         pending: Some(first),
+        _wanted: wanted,
     };
     futures::stream::unfold(s, |mut s| async move {
         if let Some(json) = s.pending.take() {

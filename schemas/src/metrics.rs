@@ -57,6 +57,9 @@ pub const STORE_ERRORS_TOTAL: &str = "orderflow_store_errors_total";
 /// Order reads the API answered from its in-process cache (`outcome` `hit`) or
 /// from the store (`miss`).
 pub const ORDER_CACHE_REQUESTS_TOTAL: &str = "orderflow_order_cache_requests_total";
+/// 1 while the API follows the order topics (for its cache and live streams), 0 while nothing
+/// reads orders through it and it does not.
+pub const ORDER_FOLLOWER_FOLLOWING: &str = "orderflow_order_follower_following";
 
 // From librdkafka's statistics (`statistics.interval.ms`, every 5 s by default): gauges set on
 // each report, so they are as fresh as the last one.
@@ -139,6 +142,7 @@ pub struct Metrics {
     pub outbox_events: IntGauge,
     pub outbox_relayed: IntCounter,
     pub order_cache_requests: IntCounterVec,
+    pub order_follower_following: IntGauge,
     pub sink_deliveries: IntCounterVec,
     pub sink_send: HistogramVec,
     pub sink_backlog: IntGaugeVec,
@@ -241,6 +245,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             ORDER_CACHE_REQUESTS_TOTAL,
             "Order reads answered from the API's cache (hit) or the store (miss).",
             &["outcome"],
+        ),
+        order_follower_following: register(
+            registry,
+            IntGauge::new(
+                ORDER_FOLLOWER_FOLLOWING,
+                "1 while the API follows the order topics for its cache and live streams.",
+            ),
         ),
         sink_deliveries: counter_vec(
             registry,
@@ -447,6 +458,7 @@ mod tests {
             KAFKA_BROKER_UP,
             KAFKA_PRODUCER_QUEUE_MESSAGES,
             KAFKA_PRODUCER_QUEUE_BYTES,
+            ORDER_FOLLOWER_FOLLOWING,
         ];
         for name in counters.iter().chain(&seconds).chain(&gauges) {
             assert!(name.starts_with("orderflow_"), "{name}");
