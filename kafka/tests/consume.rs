@@ -26,8 +26,8 @@ use rdkafka::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How long any single wait in these tests may take before the test fails.
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{wait_for, WAIT};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -270,19 +270,6 @@ impl Handler for Recorder {
             self.handled.lock().unwrap().push((key, payload));
         }
         outcome
-    }
-}
-
-/// Polls `condition` every 50 ms; fails the test with `what` after 20 s.
-async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {} s waiting for {what}",
-            WAIT.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use orderflow_kafka::{
@@ -18,8 +18,9 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// How long any single wait in these tests may take before the test fails.
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{wait_for, WAIT};
+
 /// The follower's idle time here: short, so that it stops within the test.
 const IDLE: Duration = Duration::from_millis(400);
 
@@ -57,18 +58,6 @@ impl KeyListener for Listener {
 
     fn stopped(&self) {
         self.0.lock().unwrap().push(Told::Stopped);
-    }
-}
-
-async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {} s waiting for {what}",
-            WAIT.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
