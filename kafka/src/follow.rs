@@ -12,7 +12,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -60,8 +60,7 @@ pub struct Demand {
     /// When the keys were last wanted, in ms since `epoch`.
     last: AtomicU64,
     epoch: Instant,
-    /// Whether the follower is following: a want while it is needs not wake it.
-    following: AtomicBool,
+    /// Wakes a stopped follower (a permit left while it follows costs it one more look).
     wake: Notify,
 }
 
@@ -85,7 +84,6 @@ impl Demand {
             holds: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             epoch: Instant::now(),
-            following: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -93,9 +91,7 @@ impl Demand {
     /// The keys are wanted now (a read that the keys keep right).
     pub fn want(&self) {
         self.last.store(self.now_ms(), Ordering::SeqCst);
-        if !self.following.load(Ordering::SeqCst) {
-            self.wake.notify_one();
-        }
+        self.wake.notify_one();
     }
 
     /// The keys are wanted until the answer is dropped (a live stream).
@@ -152,10 +148,8 @@ pub async fn follow_keys(
             return Ok(());
         };
         info!(topics = ?names, "Following the order topics.");
-        demand.following.store(true, Ordering::SeqCst);
         listener.following();
         let done = follow(&consumer, &*listener, &demand, &shutdown).await;
-        demand.following.store(false, Ordering::SeqCst);
         listener.stopped();
         drop(consumer);
         if done {
@@ -318,9 +312,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_old_want_does_not_start_the_follower() {
         let demand = Demand::new(IDLE);
-        demand.following.store(true, Ordering::SeqCst);
+        // Wanted while the follower followed: it left a wake-up behind.
         demand.want();
-        demand.following.store(false, Ordering::SeqCst);
         tokio::time::sleep(2 * IDLE).await;
         let shutdown = CancellationToken::new();
         let wait = demand.until_wanted(&shutdown);

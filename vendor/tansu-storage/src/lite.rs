@@ -879,9 +879,9 @@ impl Delegate {
             } else {
                 (Some(inflated.producer_id), Some(inflated.producer_epoch))
             };
-            let mut records = inflated.records.iter().enumerate().peekable();
-            while records.peek().is_some() {
-                let left = inflated.records.len() - records.peek().map_or(0, |(delta, _)| *delta);
+            let mut inserted = 0;
+            while inserted < inflated.records.len() {
+                let left = inflated.records.len() - inserted;
                 let Some(&(key, rows)) = RECORD_INSERTS.iter().find(|(_, rows)| *rows <= left)
                 else {
                     break;
@@ -890,7 +890,8 @@ impl Delegate {
                 params.push(self.cluster.as_str().into());
                 params.push(topic.into());
                 params.push(partition.into());
-                for (delta, record) in records.by_ref().take(rows) {
+                let chunk = &inflated.records[inserted..inserted + rows];
+                for (record, delta) in chunk.iter().zip(inserted..) {
                     params.push((base + i64::try_from(delta)?).into());
                     params.push(i64::from(inflated.attributes).into());
                     params.push(producer_id.map_or(Value::Null, Value::from));
@@ -913,8 +914,9 @@ impl Delegate {
                 _ = connection
                     .execute(key, params)
                     .await
-                    .inspect_err(|err| error!(?err, ?topic, ?partition, base, rows))
+                    .inspect_err(|err| error!(?err, ?topic, ?partition, base, inserted, rows))
                     .map_err(unique_constraint(ErrorCode::UnknownServerError))?;
+                inserted += rows;
             }
 
             for (delta, record) in inflated.records.iter().enumerate() {
